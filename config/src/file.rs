@@ -1,0 +1,280 @@
+//! The configuration file format: what operators write.
+//!
+//! This is Gantry's stable user interface. Every struct rejects unknown fields,
+//! every optional field documents its default and unit, and every default is a
+//! named `DEFAULT_*` constant. The gateway never reads these types directly: they are
+//! validated and converted into [`crate::Config`] first.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Largest request header block accepted from a client, in bytes (64 KiB). Larger: 431.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Largest request body accepted from a client, in bytes (10 MiB). Larger: 413.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Most client connections open at once across all listeners.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// How long a client may take to send the next piece of its request, in milliseconds.
+pub const DEFAULT_CLIENT_READ_TIMEOUT_MS: u64 = 60_000;
+/// How long a client may take to accept the next piece of the response, in milliseconds.
+pub const DEFAULT_CLIENT_WRITE_TIMEOUT_MS: u64 = 60_000;
+/// How long an idle keep-alive client connection is kept open, in milliseconds.
+pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 60_000;
+/// How long in-flight requests get to finish after SIGTERM, in milliseconds.
+pub const DEFAULT_SHUTDOWN_GRACE_PERIOD_MS: u64 = 30_000;
+/// Time to establish a TCP (and TLS) connection to an upstream endpoint, in milliseconds.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Longest wait for the next bytes from an upstream endpoint, in milliseconds.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 30_000;
+/// Longest wait for an upstream endpoint to accept the next bytes, in milliseconds.
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
+/// Extra attempts, on another endpoint, for an idempotent request whose connect failed.
+pub const DEFAULT_RETRIES: u32 = 1;
+/// Time between two active health checks of one endpoint, in milliseconds.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 5_000;
+/// Time one active health check may take, in milliseconds.
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 1_000;
+/// Consecutive passed checks that bring an ejected endpoint back.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Consecutive failed checks that eject an endpoint.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// Path requested by `kind = "http"` health checks.
+pub const DEFAULT_HEALTH_PATH: &str = "/";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Client-facing limits that apply to every listener.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`). Absent: no admin listener.
+    pub admin: Option<AdminSection>,
+    /// Where clients connect. At least one.
+    #[serde(default)]
+    pub listeners: Vec<ListenerSection>,
+    /// Groups of upstream endpoints that routes send traffic to.
+    #[serde(default)]
+    pub pools: Vec<PoolSection>,
+    /// Which requests go to which pool, tried host first, then longest path prefix.
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Worker threads serving traffic. Default: the number of CPUs.
+    pub threads: Option<usize>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Bytes of request line and headers, summed. Default [`DEFAULT_MAX_HEADER_BYTES`].
+    pub max_header_bytes: Option<usize>,
+    /// Bytes of request body, unless a route sets its own. Default [`DEFAULT_MAX_BODY_BYTES`].
+    pub max_body_bytes: Option<u64>,
+    /// Client connections open at once. Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: Option<usize>,
+    /// Milliseconds. Default [`DEFAULT_CLIENT_READ_TIMEOUT_MS`].
+    pub client_read_timeout_ms: Option<u64>,
+    /// Milliseconds. Default [`DEFAULT_CLIENT_WRITE_TIMEOUT_MS`].
+    pub client_write_timeout_ms: Option<u64>,
+    /// Milliseconds. Default [`DEFAULT_KEEPALIVE_TIMEOUT_MS`].
+    pub keepalive_timeout_ms: Option<u64>,
+    /// Milliseconds. Default [`DEFAULT_SHUTDOWN_GRACE_PERIOD_MS`].
+    pub shutdown_grace_period_ms: Option<u64>,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `ip:port` of the admin listener, e.g. `127.0.0.1:9090`. Keep it off public interfaces.
+    pub address: String,
+}
+
+/// `[[listeners]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// `ip:port` to listen on, e.g. `0.0.0.0:443`.
+    pub address: String,
+    /// Accept HTTP/2 over cleartext (prior knowledge) as well as HTTP/1.1. Default: false.
+    #[serde(default)]
+    pub h2c: bool,
+    /// Terminate TLS on this listener. Absent: plain TCP.
+    pub tls: Option<TlsSection>,
+}
+
+/// `[listeners.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Offer HTTP/2 through ALPN (preferred over HTTP/1.1). Default: true.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+    /// Certificates, chosen by SNI. The first one without `server_names` is the default
+    /// for clients that send no (or an unknown) server name.
+    pub certificates: Vec<CertificateSection>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[[listeners.tls.certificates]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// Server names this certificate answers for: exact (`api.example.com`) or one
+    /// leading wildcard label (`*.example.com`). Empty: the default certificate.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// `[[pools]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// Unique name that routes refer to.
+    pub name: String,
+    /// `host:port` of each endpoint. Host names are resolved at start-up.
+    pub endpoints: Vec<String>,
+    /// How an endpoint is picked. Default: `round_robin`.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// What `consistent_hash` hashes. Default: `client_address`.
+    #[serde(default)]
+    pub hash_on: HashOn,
+    /// The header hashed when `hash_on = "header"`.
+    pub hash_header: Option<String>,
+    /// Milliseconds. Default [`DEFAULT_CONNECT_TIMEOUT_MS`].
+    pub connect_timeout_ms: Option<u64>,
+    /// Milliseconds. Default [`DEFAULT_READ_TIMEOUT_MS`].
+    pub read_timeout_ms: Option<u64>,
+    /// Milliseconds. Default [`DEFAULT_WRITE_TIMEOUT_MS`].
+    pub write_timeout_ms: Option<u64>,
+    /// Retries on another endpoint when connecting fails, for idempotent methods
+    /// (GET, HEAD, OPTIONS, PUT, DELETE, TRACE). Default [`DEFAULT_RETRIES`].
+    pub retries: Option<u32>,
+    /// Connect to endpoints over TLS. Default: false.
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI (and certificate name) for upstream TLS. Default: the endpoint's host.
+    pub sni: Option<String>,
+    /// Active health checking. Absent: every endpoint is always considered healthy.
+    pub health_check: Option<HealthCheckSection>,
+}
+
+/// Endpoint selection policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// Ketama consistent hashing of the `hash_on` key: the same key sticks to the same
+    /// endpoint, and only ~1/N of keys move when an endpoint comes or goes.
+    ConsistentHash,
+}
+
+/// The key hashed by `consistent_hash`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    /// The client's IP address.
+    #[default]
+    ClientAddress,
+    /// The value of `hash_header` (requests without it fall back to the client address).
+    Header,
+}
+
+/// `[pools.health_check]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// `tcp`: the endpoint accepts a connection. `http`: `GET path` answers 200.
+    pub kind: HealthCheckKind,
+    /// Path for `kind = "http"`. Default [`DEFAULT_HEALTH_PATH`].
+    pub path: Option<String>,
+    /// Host header for `kind = "http"`. Default: `localhost`.
+    pub host: Option<String>,
+    /// Milliseconds. Default [`DEFAULT_HEALTH_INTERVAL_MS`].
+    pub interval_ms: Option<u64>,
+    /// Milliseconds. Default [`DEFAULT_HEALTH_TIMEOUT_MS`].
+    pub timeout_ms: Option<u64>,
+    /// Default [`DEFAULT_HEALTHY_THRESHOLD`].
+    pub healthy_threshold: Option<u32>,
+    /// Default [`DEFAULT_UNHEALTHY_THRESHOLD`].
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// Health check probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// A TCP connection can be established.
+    Tcp,
+    /// An HTTP GET answers 200.
+    Http,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// The pool requests are sent to.
+    pub pool: String,
+    /// Host names matched (exact or `*.example.com`, port ignored). Empty: any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Path prefix matched on segment boundaries (`/api` matches `/api` and `/api/x`,
+    /// not `/apix`). Default: `/`.
+    pub path_prefix: Option<String>,
+    /// Methods matched. Empty: any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Remove `path_prefix` from the path before forwarding. Default: false.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Body limit for this route in bytes. Default: `limits.max_body_bytes`.
+    pub max_body_bytes: Option<u64>,
+    /// Changes to the request before it goes upstream.
+    #[serde(default)]
+    pub request_headers: HeaderRewriteSection,
+    /// Changes to the response before it goes to the client.
+    #[serde(default)]
+    pub response_headers: HeaderRewriteSection,
+}
+
+/// `[routes.request_headers]` / `[routes.response_headers]`: applied remove, then set, then add.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRewriteSection {
+    /// Header names to delete.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Headers to set, replacing any existing value.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Headers to append, keeping existing values.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+}

@@ -1,0 +1,264 @@
+//! Gantry's configuration.
+//!
+//! Two layers, as in River: [`file`] is the TOML format operators write (strict, with
+//! documented defaults), and [`Config`] is what the gateway uses (validated, defaults
+//! filled in, addresses parsed, durations typed). [`load`] and [`parse`] go from one to
+//! the other and report *every* problem at once, each with its field path.
+
+pub mod file;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use file::{HashOn, HealthCheckKind, LoadBalancing};
+
+/// The default configuration compiled into the binary, used by `gantry serve` without
+/// `--config`. Kept as `config/examples/default.toml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../examples/default.toml");
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path, e.g. `routes[2].pool`; empty for the file as a whole.
+    pub path: String,
+    /// What is wrong, and what would be right.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}", format_problems(file, problems))]
+    Invalid {
+        /// The file (or `<embedded default>`).
+        file: String,
+        /// Every problem found, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+fn format_problems(file: &str, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{file}: {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// The problems found, empty for a read error.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+}
+
+/// Read, parse and validate a configuration file. Relative TLS paths are resolved
+/// against the file's directory.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.display().to_string(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &path.display().to_string(), base)
+}
+
+/// Parse and validate configuration text. `name` labels errors; relative paths in
+/// the text are resolved against `base`.
+pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        file: name.to_string(),
+        problems,
+    };
+    let raw = validate::deserialize(text).map_err(|p| invalid(vec![p]))?;
+    validate::convert(raw, base).map_err(invalid)
+}
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Worker threads per service.
+    pub threads: usize,
+    /// Client-facing limits.
+    pub limits: Limits,
+    /// Admin listener address, if any.
+    pub admin: Option<SocketAddr>,
+    /// Client listeners.
+    pub listeners: Vec<Listener>,
+    /// Upstream pools, referenced by index from routes.
+    pub pools: Vec<Pool>,
+    /// Routes, in file order.
+    pub routes: Vec<Route>,
+}
+
+/// Client-facing limits (see [`file::LimitsSection`] for defaults).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request line plus headers, bytes.
+    pub max_header_bytes: usize,
+    /// Request body, bytes (routes may override).
+    pub max_body_bytes: u64,
+    /// Open client connections.
+    pub max_connections: usize,
+    /// Client read timeout.
+    pub client_read_timeout: Duration,
+    /// Client write timeout.
+    pub client_write_timeout: Duration,
+    /// Idle keep-alive timeout.
+    pub keepalive_timeout: Duration,
+    /// Time in-flight requests get after SIGTERM.
+    pub shutdown_grace_period: Duration,
+}
+
+/// A client listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// Bound address.
+    pub address: SocketAddr,
+    /// Cleartext HTTP/2 accepted.
+    pub h2c: bool,
+    /// TLS termination, if any.
+    pub tls: Option<Tls>,
+}
+
+/// TLS settings of a listener.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// Offer `h2` in ALPN.
+    pub http2: bool,
+    /// Certificates; SNI picks among them.
+    pub certificates: Vec<Certificate>,
+}
+
+/// A certificate and key, both as absolute (or base-relative) paths.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    /// PEM chain.
+    pub cert: PathBuf,
+    /// PEM key.
+    pub key: PathBuf,
+    /// Lower-cased server names; empty for the default certificate.
+    pub server_names: Vec<String>,
+}
+
+/// An upstream pool.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// Unique name.
+    pub name: String,
+    /// `host:port` strings, syntax checked.
+    pub endpoints: Vec<String>,
+    /// Selection policy.
+    pub load_balancing: LoadBalancing,
+    /// Hash key source for `consistent_hash`.
+    pub hash_on: HashKey,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream read timeout.
+    pub read_timeout: Duration,
+    /// Upstream write timeout.
+    pub write_timeout: Duration,
+    /// Retries of idempotent requests on connect failure.
+    pub retries: u32,
+    /// Upstream TLS.
+    pub tls: bool,
+    /// Upstream SNI.
+    pub sni: Option<String>,
+    /// Active health check.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// What a consistent hash is computed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client IP.
+    ClientAddress,
+    /// A request header (lower-cased name), falling back to the client IP.
+    Header(String),
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// Probe kind.
+    pub kind: HealthCheckKind,
+    /// HTTP path.
+    pub path: String,
+    /// HTTP Host header.
+    pub host: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Passes needed to re-admit.
+    pub healthy_threshold: u32,
+    /// Failures needed to eject.
+    pub unhealthy_threshold: u32,
+}
+
+/// A route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique name.
+    pub name: String,
+    /// Index into [`Config::pools`].
+    pub pool: usize,
+    /// Lower-cased host patterns; empty matches any host.
+    pub hosts: Vec<String>,
+    /// Path prefix, starting with `/`, without trailing `/` unless it is `/`.
+    pub path_prefix: String,
+    /// Upper-case methods; empty matches any.
+    pub methods: Vec<String>,
+    /// Strip the prefix before forwarding.
+    pub strip_prefix: bool,
+    /// Body limit in bytes.
+    pub max_body_bytes: u64,
+    /// Request header rewrite.
+    pub request_headers: HeaderRewrite,
+    /// Response header rewrite.
+    pub response_headers: HeaderRewrite,
+}
+
+/// A validated header rewrite: names lower-cased, values checked.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRewrite {
+    /// Names to remove.
+    pub remove: Vec<String>,
+    /// Name/value pairs to set.
+    pub set: Vec<(String, String)>,
+    /// Name/value pairs to append.
+    pub add: Vec<(String, String)>,
+}
+
+impl HeaderRewrite {
+    /// Whether the rewrite does nothing.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+}

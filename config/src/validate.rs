@@ -1,0 +1,470 @@
+//! From [`FileConfig`] to [`Config`]: fill defaults, parse, and collect every problem.
+
+use crate::file::*;
+use crate::{
+    Certificate, Config, HashKey, HeaderRewrite, HealthCheck, Limits, Listener, Pool, Problem,
+    Route, Tls,
+};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Deserialize strictly, turning serde's first error into a [`Problem`] with the field
+/// path, the line, and for an unknown field the nearest valid name.
+pub(crate) fn deserialize(text: &str) -> Result<FileConfig, Problem> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize::<_, FileConfig>(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let mut message = inner.message().trim().to_string();
+        if let Some(hint) = nearest_field_hint(&message) {
+            message.push_str(&hint);
+        }
+        if let Some(span) = inner.span() {
+            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            message = format!("{message} (line {line})");
+        }
+        Problem {
+            path: if path == "." { String::new() } else { path },
+            message,
+        }
+    })
+}
+
+/// serde reports ``unknown field `x`, expected one of `a`, `b` ``; name the closest.
+fn nearest_field_hint(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let candidates = rest.split('`').skip(1).step_by(2);
+    let (best, score) = candidates
+        .map(|c| (c, strsim::jaro_winkler(unknown, c)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    (score > 0.7).then(|| format!("; did you mean `{best}`?"))
+}
+
+/// Collects problems while converting.
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// A duration field that must be positive.
+    fn millis(&mut self, path: String, value: Option<u64>, default: u64) -> Duration {
+        let ms = value.unwrap_or(default);
+        if ms == 0 {
+            self.fail(path, "must be at least 1 millisecond (0 would fail every request)");
+        }
+        Duration::from_millis(ms)
+    }
+
+    /// A count that must be at least 1.
+    fn at_least_one<T: Copy + Into<u64>>(&mut self, path: String, value: Option<T>, default: T) -> T {
+        let v = value.unwrap_or(default);
+        if v.into() == 0 {
+            self.fail(path, "must be at least 1");
+        }
+        v
+    }
+
+    fn socket_addr(&mut self, path: String, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.fail(
+                    path,
+                    format!("`{value}` is not an `ip:port` address (e.g. `127.0.0.1:8080`, `[::]:443`)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn unique<'a>(&mut self, seen: &mut HashSet<&'a str>, path: String, kind: &str, name: &'a str) {
+        if name.is_empty() {
+            self.fail(path, format!("{kind} name must not be empty"));
+        } else if !seen.insert(name) {
+            self.fail(path, format!("duplicate {kind} name `{name}`"));
+        }
+    }
+}
+
+pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker { problems: Vec::new() };
+
+    let threads = match raw.server.threads {
+        Some(0) => {
+            c.fail("server.threads", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+
+    let l = &raw.limits;
+    let limits = Limits {
+        max_header_bytes: {
+            let v = l.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+            if v < 1024 {
+                c.fail("limits.max_header_bytes", format!("{v} is below the minimum of 1024 bytes"));
+            }
+            v
+        },
+        max_body_bytes: l.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        max_connections: {
+            let v = l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+            if v == 0 {
+                c.fail("limits.max_connections", "must be at least 1");
+            }
+            v
+        },
+        client_read_timeout: c.millis(
+            "limits.client_read_timeout_ms".into(),
+            l.client_read_timeout_ms,
+            DEFAULT_CLIENT_READ_TIMEOUT_MS,
+        ),
+        client_write_timeout: c.millis(
+            "limits.client_write_timeout_ms".into(),
+            l.client_write_timeout_ms,
+            DEFAULT_CLIENT_WRITE_TIMEOUT_MS,
+        ),
+        keepalive_timeout: c.millis(
+            "limits.keepalive_timeout_ms".into(),
+            l.keepalive_timeout_ms,
+            DEFAULT_KEEPALIVE_TIMEOUT_MS,
+        ),
+        // Zero is allowed here: it means "drop in-flight requests at once".
+        shutdown_grace_period: Duration::from_millis(
+            l.shutdown_grace_period_ms
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE_PERIOD_MS),
+        ),
+    };
+
+    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let addr = c.socket_addr("admin.address".into(), &a.address)?;
+        addresses.insert(addr, "admin.address".into());
+        Some(addr)
+    });
+
+    if raw.listeners.is_empty() {
+        c.fail("listeners", "at least one `[[listeners]]` is required");
+    }
+    let mut names = HashSet::new();
+    let mut listeners = Vec::new();
+    for (i, ls) in raw.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}]");
+        c.unique(&mut names, format!("{at}.name"), "listener", &ls.name);
+        let address = c.socket_addr(format!("{at}.address"), &ls.address);
+        if let Some(addr) = address {
+            if let Some(other) = addresses.insert(addr, format!("{at}.address")) {
+                c.fail(format!("{at}.address"), format!("{addr} is already used by {other}"));
+            }
+        }
+        let tls = ls.tls.as_ref().map(|t| convert_tls(&mut c, &format!("{at}.tls"), t, base));
+        if let Some(address) = address {
+            listeners.push(Listener {
+                name: ls.name.clone(),
+                address,
+                h2c: ls.h2c,
+                tls,
+            });
+        }
+    }
+
+    let mut names = HashSet::new();
+    let mut pools = Vec::new();
+    for (i, p) in raw.pools.iter().enumerate() {
+        let at = format!("pools[{i}]");
+        c.unique(&mut names, format!("{at}.name"), "pool", &p.name);
+        pools.push(convert_pool(&mut c, &at, p));
+    }
+
+    let mut names = HashSet::new();
+    let mut matchers = HashMap::new();
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        c.unique(&mut names, format!("{at}.name"), "route", &r.name);
+        let Some(route) = convert_route(&mut c, &at, r, &raw.pools, limits.max_body_bytes) else {
+            continue;
+        };
+        let key = (route.hosts.clone(), route.path_prefix.clone(), route.methods.clone());
+        if let Some(other) = matchers.insert(key, at.clone()) {
+            c.fail(
+                at,
+                format!("matches exactly the same hosts, path prefix and methods as {other}, so it can never be chosen"),
+            );
+        }
+        routes.push(route);
+    }
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            threads,
+            limits,
+            admin,
+            listeners,
+            pools,
+            routes,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+fn convert_tls(c: &mut Checker, at: &str, t: &TlsSection, base: &Path) -> Tls {
+    if t.certificates.is_empty() {
+        c.fail(format!("{at}.certificates"), "at least one certificate is required");
+    }
+    let mut seen_names = HashMap::new();
+    let mut certificates = Vec::new();
+    for (j, cert) in t.certificates.iter().enumerate() {
+        let cat = format!("{at}.certificates[{j}]");
+        let cert_path = base.join(&cert.cert);
+        let key_path = base.join(&cert.key);
+        check_pem(c, format!("{cat}.cert"), &cert_path, PemKind::Certificate);
+        check_pem(c, format!("{cat}.key"), &key_path, PemKind::PrivateKey);
+        let mut server_names = Vec::new();
+        for (k, name) in cert.server_names.iter().enumerate() {
+            let name = name.to_ascii_lowercase();
+            let path = format!("{cat}.server_names[{k}]");
+            if !valid_host_pattern(&name) {
+                c.fail(path, format!("`{name}` is not a host name or `*.domain` wildcard"));
+            } else if let Some(other) = seen_names.insert(name.clone(), path.clone()) {
+                c.fail(path, format!("`{name}` is already served by {other}"));
+            }
+            server_names.push(name);
+        }
+        certificates.push(Certificate {
+            cert: cert_path,
+            key: key_path,
+            server_names,
+        });
+    }
+    Tls {
+        http2: t.http2,
+        certificates,
+    }
+}
+
+enum PemKind {
+    Certificate,
+    PrivateKey,
+}
+
+/// A TLS file must exist, be readable, and hold what it should; name the file if not.
+fn check_pem(c: &mut Checker, path: String, file: &Path, kind: PemKind) {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            c.fail(path, format!("cannot read `{}`: {e}", file.display()));
+            return;
+        }
+    };
+    let mut reader = bytes.as_slice();
+    let ok = match kind {
+        PemKind::Certificate => rustls_pemfile::certs(&mut reader).any(|r| r.is_ok()),
+        PemKind::PrivateKey => matches!(rustls_pemfile::private_key(&mut reader), Ok(Some(_))),
+    };
+    if !ok {
+        let what = match kind {
+            PemKind::Certificate => "no PEM certificate",
+            PemKind::PrivateKey => "no PEM private key",
+        };
+        c.fail(path, format!("`{}` holds {what}", file.display()));
+    }
+}
+
+fn valid_host_pattern(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn convert_pool(c: &mut Checker, at: &str, p: &PoolSection) -> Pool {
+    if p.endpoints.is_empty() {
+        c.fail(format!("{at}.endpoints"), "at least one endpoint is required");
+    }
+    let mut seen = HashSet::new();
+    for (j, e) in p.endpoints.iter().enumerate() {
+        let path = format!("{at}.endpoints[{j}]");
+        if !valid_endpoint(e) {
+            c.fail(path, format!("`{e}` is not `host:port` with a port from 1 to 65535"));
+        } else if !seen.insert(e.as_str()) {
+            c.fail(path, format!("duplicate endpoint `{e}`"));
+        }
+    }
+    let hash_on = match (p.hash_on, &p.hash_header) {
+        (HashOn::ClientAddress, None) => HashKey::ClientAddress,
+        (HashOn::ClientAddress, Some(_)) => {
+            c.fail(format!("{at}.hash_header"), "only used with `hash_on = \"header\"`");
+            HashKey::ClientAddress
+        }
+        (HashOn::Header, None) => {
+            c.fail(format!("{at}.hash_header"), "required when `hash_on = \"header\"`");
+            HashKey::ClientAddress
+        }
+        (HashOn::Header, Some(h)) => {
+            check_header_name(c, format!("{at}.hash_header"), h);
+            HashKey::Header(h.to_ascii_lowercase())
+        }
+    };
+    if p.load_balancing != LoadBalancing::ConsistentHash && p.hash_header.is_some() {
+        c.fail(format!("{at}.hash_header"), "only used with `load_balancing = \"consistent_hash\"`");
+    }
+    let health_check = p.health_check.as_ref().map(|h| {
+        let hat = format!("{at}.health_check");
+        if h.kind == HealthCheckKind::Tcp && (h.path.is_some() || h.host.is_some()) {
+            c.fail(format!("{hat}.kind"), "`path` and `host` need `kind = \"http\"`");
+        }
+        let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
+        if !path.starts_with('/') {
+            c.fail(format!("{hat}.path"), format!("`{path}` must start with `/`"));
+        }
+        let interval = c.millis(format!("{hat}.interval_ms"), h.interval_ms, DEFAULT_HEALTH_INTERVAL_MS);
+        let timeout = c.millis(format!("{hat}.timeout_ms"), h.timeout_ms, DEFAULT_HEALTH_TIMEOUT_MS);
+        HealthCheck {
+            kind: h.kind,
+            path,
+            host: h.host.clone().unwrap_or_else(|| "localhost".into()),
+            interval,
+            timeout,
+            healthy_threshold: c.at_least_one(
+                format!("{hat}.healthy_threshold"),
+                h.healthy_threshold,
+                DEFAULT_HEALTHY_THRESHOLD,
+            ),
+            unhealthy_threshold: c.at_least_one(
+                format!("{hat}.unhealthy_threshold"),
+                h.unhealthy_threshold,
+                DEFAULT_UNHEALTHY_THRESHOLD,
+            ),
+        }
+    });
+    Pool {
+        name: p.name.clone(),
+        endpoints: p.endpoints.clone(),
+        load_balancing: p.load_balancing,
+        hash_on,
+        connect_timeout: c.millis(format!("{at}.connect_timeout_ms"), p.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS),
+        read_timeout: c.millis(format!("{at}.read_timeout_ms"), p.read_timeout_ms, DEFAULT_READ_TIMEOUT_MS),
+        write_timeout: c.millis(format!("{at}.write_timeout_ms"), p.write_timeout_ms, DEFAULT_WRITE_TIMEOUT_MS),
+        retries: p.retries.unwrap_or(DEFAULT_RETRIES),
+        tls: p.tls,
+        sni: p.sni.clone(),
+        health_check,
+    }
+}
+
+/// `host:port`, `ip:port` or `[v6]:port`.
+fn valid_endpoint(e: &str) -> bool {
+    if e.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = e.rsplit_once(':') else {
+        return false;
+    };
+    matches!(port.parse::<u16>(), Ok(p) if p > 0) && valid_host_pattern(host) && !host.starts_with('*')
+}
+
+fn check_header_name(c: &mut Checker, path: String, name: &str) {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        c.fail(path, format!("`{name}` is not a valid HTTP header name"));
+    }
+}
+
+fn convert_rewrite(c: &mut Checker, at: &str, h: &HeaderRewriteSection) -> HeaderRewrite {
+    for (k, name) in h.remove.iter().enumerate() {
+        check_header_name(c, format!("{at}.remove[{k}]"), name);
+    }
+    let mut pairs = |field: &str, map: &std::collections::BTreeMap<String, String>| {
+        map.iter()
+            .map(|(name, value)| {
+                let path = format!("{at}.{field}.{name}");
+                check_header_name(c, path.clone(), name);
+                if http::HeaderValue::from_str(value).is_err() {
+                    c.fail(path, "value has characters not allowed in an HTTP header");
+                }
+                (name.to_ascii_lowercase(), value.clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    let set = pairs("set", &h.set);
+    let add = pairs("add", &h.add);
+    HeaderRewrite {
+        remove: h.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        set,
+        add,
+    }
+}
+
+fn convert_route(
+    c: &mut Checker,
+    at: &str,
+    r: &RouteSection,
+    pools: &[PoolSection],
+    default_body: u64,
+) -> Option<Route> {
+    let pool = pools.iter().position(|p| p.name == r.pool);
+    if pool.is_none() {
+        let known: Vec<_> = pools.iter().map(|p| format!("`{}`", p.name)).collect();
+        let known = if known.is_empty() {
+            "no pools are defined".to_string()
+        } else {
+            format!("defined pools: {}", known.join(", "))
+        };
+        c.fail(format!("{at}.pool"), format!("no pool named `{}` ({known})", r.pool));
+    }
+    let mut hosts = Vec::new();
+    for (k, h) in r.hosts.iter().enumerate() {
+        let h = h.to_ascii_lowercase();
+        if !valid_host_pattern(&h) {
+            c.fail(format!("{at}.hosts[{k}]"), format!("`{h}` is not a host name or `*.domain` wildcard"));
+        }
+        hosts.push(h);
+    }
+    hosts.sort();
+    let mut prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+    if !prefix.starts_with('/') {
+        c.fail(format!("{at}.path_prefix"), format!("`{prefix}` must start with `/`"));
+    }
+    while prefix.len() > 1 && prefix.ends_with('/') {
+        prefix.pop();
+    }
+    let mut methods = Vec::new();
+    for (k, m) in r.methods.iter().enumerate() {
+        let upper = m.to_ascii_uppercase();
+        if http::Method::from_bytes(upper.as_bytes()).is_err() || upper.is_empty() {
+            c.fail(format!("{at}.methods[{k}]"), format!("`{m}` is not an HTTP method"));
+        }
+        methods.push(upper);
+    }
+    methods.sort();
+    methods.dedup();
+    let request_headers = convert_rewrite(c, &format!("{at}.request_headers"), &r.request_headers);
+    let response_headers = convert_rewrite(c, &format!("{at}.response_headers"), &r.response_headers);
+    Some(Route {
+        name: r.name.clone(),
+        pool: pool?,
+        hosts,
+        path_prefix: prefix,
+        methods,
+        strip_prefix: r.strip_prefix,
+        max_body_bytes: r.max_body_bytes.unwrap_or(default_body),
+        request_headers,
+        response_headers,
+    })
+}

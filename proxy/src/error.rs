@@ -1,0 +1,155 @@
+//! The one table from gateway errors to client responses.
+//!
+//! Clients get a small, stable JSON body `{"error": {"message", "type", "code"}}`; the
+//! `code` never changes meaning, the message says what limit or rule applied, and no
+//! internal detail (addresses, error chains) leaks. Logs get the full story.
+
+use pingora::{Error, ErrorSource, ErrorType};
+
+/// Everything the gateway itself answers with an error status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The request line and headers exceed `limits.max_header_bytes`.
+    #[error("request headers are {size} bytes, over the limit of {limit} bytes (limits.max_header_bytes)")]
+    HeadersTooLarge {
+        /// Bytes received.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The body exceeds the route's (or the global) limit.
+    #[error("request body is over the limit of {limit} bytes for this route")]
+    BodyTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// No route matches the host and path.
+    #[error("no route matches this host and path")]
+    NoRoute,
+    /// A route matches host and path but not the method.
+    #[error("method not allowed here; allowed: {}", allowed.join(", "))]
+    MethodNotAllowed {
+        /// Methods that would be accepted.
+        allowed: Vec<String>,
+    },
+    /// Every endpoint of the pool is ejected by health checks (or was tried already).
+    #[error("no healthy upstream endpoint is available")]
+    NoHealthyEndpoint,
+    /// Connecting to the upstream failed (after any retries).
+    #[error("the upstream could not be reached")]
+    UpstreamUnreachable,
+    /// The upstream did not answer in time.
+    #[error("the upstream did not respond in time")]
+    UpstreamTimeout,
+    /// The upstream answered with something that is not valid HTTP, or hung up.
+    #[error("the upstream sent an invalid or incomplete response")]
+    BadGateway,
+    /// The client sent something that is not valid HTTP.
+    #[error("the request is malformed")]
+    BadRequest,
+    /// A bug or resource failure inside the gateway.
+    #[error("internal gateway error")]
+    Internal,
+}
+
+impl GatewayError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::BadRequest => 400,
+            GatewayError::NoRoute => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::HeadersTooLarge { .. } => 431,
+            GatewayError::Internal => 500,
+            GatewayError::UpstreamUnreachable | GatewayError::BadGateway => 502,
+            GatewayError::NoHealthyEndpoint => 503,
+            GatewayError::UpstreamTimeout => 504,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::HeadersTooLarge { .. } => "headers_too_large",
+            GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::NoRoute => "route_not_found",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::NoHealthyEndpoint => "no_healthy_upstream",
+            GatewayError::UpstreamUnreachable => "upstream_unreachable",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::BadGateway => "bad_gateway",
+            GatewayError::BadRequest => "bad_request",
+            GatewayError::Internal => "internal_error",
+        }
+    }
+
+    /// Error family, as in OpenAI-style error bodies.
+    pub fn kind(&self) -> &'static str {
+        if self.status() < 500 {
+            "invalid_request_error"
+        } else {
+            "upstream_error"
+        }
+    }
+
+    /// Whether the client, not the gateway or upstream, is at fault.
+    pub fn is_client_error(&self) -> bool {
+        self.status() < 500
+    }
+
+    /// The JSON body sent to the client.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}
+        }))
+        .expect("serializing a JSON value cannot fail")
+    }
+
+    /// Classify a Pingora error that no phase of ours recorded.
+    pub fn from_pingora(e: &Error) -> Option<GatewayError> {
+        use ErrorType::*;
+        Some(match (e.esource(), e.etype()) {
+            (_, HTTPStatus(413)) => GatewayError::BodyTooLarge { limit: 0 },
+            (ErrorSource::Upstream, ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError | TLSHandshakeFailure | TLSHandshakeTimedout | BindError | ConnectProxyFailure) => {
+                GatewayError::UpstreamUnreachable
+            }
+            (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => GatewayError::UpstreamTimeout,
+            (ErrorSource::Upstream, _) => GatewayError::BadGateway,
+            // The client went away or stalled: nobody to answer.
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout) => return None,
+            (ErrorSource::Downstream, _) => GatewayError::BadRequest,
+            (ErrorSource::Internal | ErrorSource::Unset, _) => GatewayError::Internal,
+        })
+    }
+
+    /// A Pingora error carrying this error's status, for returning from a phase.
+    pub fn into_pingora(self) -> Box<Error> {
+        Error::explain(ErrorType::HTTPStatus(self.status()), self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_small_stable_json() {
+        let e = GatewayError::HeadersTooLarge { size: 70000, limit: 65536 };
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], "headers_too_large");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("65536"));
+        assert_eq!(e.status(), 431);
+    }
+
+    #[test]
+    fn upstream_timeouts_map_to_504_and_connect_failures_to_502() {
+        let t = Error::new(ErrorType::ReadTimedout).into_up();
+        assert_eq!(GatewayError::from_pingora(&t), Some(GatewayError::UpstreamTimeout));
+        let c = Error::new(ErrorType::ConnectRefused).into_up();
+        assert_eq!(GatewayError::from_pingora(&c).unwrap().status(), 502);
+        let gone = Error::new(ErrorType::ConnectionClosed).into_down();
+        assert_eq!(GatewayError::from_pingora(&gone), None);
+    }
+}

@@ -1,0 +1,458 @@
+//! The gateway as Pingora phases. Each phase does one job; see `docs/PHASES.md`.
+//!
+//! | phase                    | job                                                     |
+//! |--------------------------|---------------------------------------------------------|
+//! | `early_request_filter`   | client timeouts, keep-alive                             |
+//! | `request_filter`         | request id, header limit, route match, body limit      |
+//! | `upstream_peer`          | pick a healthy endpoint of the route's pool             |
+//! | `upstream_request_filter`| prefix strip, header rewrite, forwarding headers        |
+//! | `request_body_filter`    | enforce the body limit on streamed (chunked) bodies     |
+//! | `fail_to_connect`        | retry idempotent requests on another endpoint           |
+//! | `response_filter`        | response header rewrite, echo request id, drain         |
+//! | `fail_to_proxy`          | map any failure to the error table, JSON body           |
+//! | `logging`                | access log and metrics                                  |
+
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::router::{self, Match, Router};
+use crate::upstream::Pool;
+use async_trait::async_trait;
+use bytes::Bytes;
+use gantry_config::{HeaderRewrite, Limits};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::Backend;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, Result};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Notify;
+
+/// Request id header, read from the client when valid and generated otherwise.
+pub const REQUEST_ID: &str = "x-request-id";
+/// Longest client-supplied request id kept as is.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Process-wide state the phases and the shutdown logic share.
+#[derive(Default)]
+pub struct Lifecycle {
+    draining: AtomicBool,
+    inflight: AtomicUsize,
+    idle: Notify,
+}
+
+impl Lifecycle {
+    /// Stop taking new work: `/readyz` fails and responses close their connection.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether draining has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Requests in progress.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no request is in progress.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.inflight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts a request as in flight for as long as it lives.
+pub struct InflightGuard {
+    lifecycle: Arc<Lifecycle>,
+    metrics: Arc<Metrics>,
+}
+
+impl InflightGuard {
+    fn new(lifecycle: &Arc<Lifecycle>, metrics: &Arc<Metrics>) -> Self {
+        lifecycle.inflight.fetch_add(1, Ordering::SeqCst);
+        metrics.inflight_requests.inc();
+        InflightGuard {
+            lifecycle: lifecycle.clone(),
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.metrics.inflight_requests.dec();
+        if self.lifecycle.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.lifecycle.idle.notify_waiters();
+        }
+    }
+}
+
+/// The gateway's `ProxyHttp` implementation.
+pub struct Gateway {
+    router: Router,
+    pools: Vec<Arc<Pool>>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+/// Per-request state carried through the phases.
+pub struct RequestCtx {
+    started: Instant,
+    request_id: String,
+    route: Option<usize>,
+    tried: Vec<Backend>,
+    error: Option<GatewayError>,
+    body_bytes: u64,
+    _inflight: InflightGuard,
+}
+
+impl Gateway {
+    /// Assemble the gateway from its parts.
+    pub fn new(
+        router: Router,
+        pools: Vec<Arc<Pool>>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
+        Gateway {
+            router,
+            pools,
+            limits,
+            metrics,
+            lifecycle,
+        }
+    }
+
+    fn route_name(&self, ctx: &RequestCtx) -> &str {
+        ctx.route.map_or("none", |i| self.router.route(i).name.as_str())
+    }
+
+    /// Answer locally with the error's JSON body.
+    async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, err: GatewayError) -> Result<()> {
+        let body = err.body();
+        let mut resp = ResponseHeader::build(err.status(), Some(4))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(CONTENT_LENGTH, body.len())?;
+        resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        if let GatewayError::MethodNotAllowed { allowed } = &err {
+            resp.insert_header(http::header::ALLOW, allowed.join(", "))?;
+        }
+        if err.status() == 413 || err.status() == 431 || self.lifecycle.is_draining() {
+            // The rest of an oversized request may still be in flight: don't reuse.
+            session.set_keepalive(None);
+        }
+        ctx.error = Some(err);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(Bytes::from(body)), true).await
+    }
+}
+
+fn request_header_bytes(req: &RequestHeader) -> usize {
+    // method SP uri SP version CRLF, then `name: value CRLF` per header.
+    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    line + req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+}
+
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+fn host_of(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+fn apply_request_rewrite(req: &mut RequestHeader, rw: &HeaderRewrite) -> Result<()> {
+    for name in &rw.remove {
+        req.remove_header(name.as_str());
+    }
+    for (name, value) in &rw.set {
+        req.insert_header(name.clone(), value.as_str())?;
+    }
+    for (name, value) in &rw.add {
+        req.append_header(name.clone(), value.as_str())?;
+    }
+    Ok(())
+}
+
+fn apply_response_rewrite(resp: &mut ResponseHeader, rw: &HeaderRewrite) -> Result<()> {
+    for name in &rw.remove {
+        resp.remove_header(name.as_str());
+    }
+    for (name, value) in &rw.set {
+        resp.insert_header(name.clone(), value.as_str())?;
+    }
+    for (name, value) in &rw.add {
+        resp.append_header(name.clone(), value.as_str())?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            route: None,
+            tried: Vec::new(),
+            error: None,
+            body_bytes: 0,
+            _inflight: InflightGuard::new(&self.lifecycle, &self.metrics),
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+        session.set_read_timeout(Some(self.limits.client_read_timeout));
+        session.set_write_timeout(Some(self.limits.client_write_timeout));
+        if self.lifecycle.is_draining() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
+        }
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = match req.headers.get(REQUEST_ID) {
+            Some(v) if valid_request_id(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            _ => uuid::Uuid::new_v4().simple().to_string(),
+        };
+
+        let size = request_header_bytes(req);
+        if size > self.limits.max_header_bytes {
+            self.metrics.limit_rejections.with_label_values(&["header_bytes"]).inc();
+            let err = GatewayError::HeadersTooLarge {
+                size,
+                limit: self.limits.max_header_bytes,
+            };
+            self.respond(session, ctx, err).await?;
+            return Ok(true);
+        }
+
+        let found = self.router.find(host_of(req), req.uri.path(), &req.method);
+        let route = match found {
+            Match::Route(i) => i,
+            Match::NotFound => {
+                self.respond(session, ctx, GatewayError::NoRoute).await?;
+                return Ok(true);
+            }
+            Match::MethodNotAllowed(allowed) => {
+                self.respond(session, ctx, GatewayError::MethodNotAllowed { allowed }).await?;
+                return Ok(true);
+            }
+        };
+        ctx.route = Some(route);
+
+        let limit = self.router.route(route).max_body_bytes;
+        let declared = req
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            self.metrics.limit_rejections.with_label_values(&["body_bytes"]).inc();
+            self.respond(session, ctx, GatewayError::BodyTooLarge { limit }).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let route = self.router.route(ctx.route.expect("request_filter sets the route"));
+        let pool = &self.pools[route.pool];
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let key: &[u8] = if !pool.hashes() {
+            b""
+        } else {
+            pool.hash_header()
+                .and_then(|h| session.req_header().headers.get(h))
+                .map_or(client_ip.as_bytes(), |v| v.as_bytes())
+        };
+        let Some(backend) = pool.pick(key, &ctx.tried) else {
+            let err = if ctx.tried.is_empty() {
+                GatewayError::NoHealthyEndpoint
+            } else {
+                GatewayError::UpstreamUnreachable
+            };
+            ctx.error = Some(err.clone());
+            return Err(err.into_pingora());
+        };
+        let peer = pool.peer(&backend);
+        ctx.tried.push(backend);
+        Ok(peer)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let route = self.router.route(ctx.route.expect("route chosen"));
+        if route.strip_prefix {
+            let pq = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
+            let stripped = router::strip_prefix(&route.path_prefix, pq);
+            let uri = stripped
+                .parse()
+                .map_err(|e| Error::because(pingora::ErrorType::InternalError, "stripping prefix", e))?;
+            upstream.set_uri(uri);
+        }
+        apply_request_rewrite(upstream, &route.request_headers)?;
+
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        let tls = session
+            .digest()
+            .is_some_and(|d| d.ssl_digest.is_some());
+        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        upstream.insert_header(REQUEST_ID, &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            let limit = self.router.route(ctx.route.expect("route chosen")).max_body_bytes;
+            if ctx.body_bytes > limit {
+                self.metrics.limit_rejections.with_label_values(&["body_bytes"]).inc();
+                let err = GatewayError::BodyTooLarge { limit };
+                ctx.error = Some(err.clone());
+                return Err(err.into_pingora());
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let route = self.router.route(ctx.route.expect("route chosen"));
+        let pool = &self.pools[route.pool];
+        let retries_used = ctx.tried.len() as u32 - 1;
+        let idempotent = session.req_header().method.is_idempotent();
+        if idempotent && retries_used < pool.config.retries {
+            tracing::warn!(request_id = %ctx.request_id, pool = %pool.config.name, peer = %peer, error = %e, "connect failed, retrying on another endpoint");
+            self.metrics.upstream_retries.with_label_values(&[&pool.config.name]).inc();
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(i) = ctx.route {
+            apply_response_rewrite(resp, &self.router.route(i).response_headers)?;
+        }
+        resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        if self.lifecycle.is_draining() {
+            resp.insert_header(http::header::CONNECTION, "close")?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let err = ctx.error.clone().or_else(|| GatewayError::from_pingora(e));
+        let Some(err) = err else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let status = err.status();
+        if session.response_written().is_none() {
+            if ctx.request_id.is_empty() {
+                ctx.request_id = uuid::Uuid::new_v4().simple().to_string();
+            }
+            if let Err(write_err) = self.respond(session, ctx, err).await {
+                tracing::debug!(error = %write_err, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        // Client mistakes are answered, not logged as server errors.
+        ctx.error.as_ref().is_some_and(GatewayError::is_client_error)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = self.route_name(ctx);
+        let elapsed = ctx.started.elapsed();
+        let mut buf = itoa_status(status);
+        self.metrics.requests.with_label_values(&[route, buf.as_str()]).inc();
+        self.metrics.latency.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+        let req = session.req_header();
+        let upstream = ctx.tried.last().map(|b| b.addr.to_string());
+        buf.clear();
+        tracing::info!(
+            target: "gantry::access",
+            request_id = %ctx.request_id,
+            client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+            method = %req.method,
+            host = host_of(req).unwrap_or(""),
+            path = %req.uri.path(),
+            route,
+            status,
+            upstream = upstream.as_deref().unwrap_or(""),
+            attempts = ctx.tried.len(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+        );
+    }
+}
+
+fn itoa_status(status: u16) -> String {
+    status.to_string()
+}

@@ -1,0 +1,14 @@
+//! Gantry's gateway: a Pingora reverse proxy expressed as phases (see [`gateway`]),
+//! with routes, upstream pools, health checks, TLS, limits, metrics and graceful
+//! shutdown. The `gantry` binary (`src/main.rs`) is a thin CLI over [`server::Gantry`].
+
+pub mod admin;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod router;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+pub use server::{Gantry, ShutdownHandle, ShutdownTrigger};

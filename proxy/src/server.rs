@@ -1,0 +1,277 @@
+//! Assembling a Pingora server from a validated [`Config`] and running it until a
+//! shutdown signal, draining in-flight requests first.
+
+use crate::admin::AdminApp;
+use crate::gateway::{Gateway, Lifecycle};
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::tls::SniResolver;
+use crate::upstream::Pool;
+use anyhow::Context;
+use async_trait::async_trait;
+use gantry_config::Config;
+use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::ConnectionFilter;
+use pingora::protocols::Stream;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::listening::Service;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Seconds Pingora waits for runtimes to stop after our own drain has finished.
+const RUNTIME_SHUTDOWN_TIMEOUT_SECS: u64 = 1;
+
+/// A gateway ready to run.
+pub struct Gantry {
+    server: Server,
+    config: Config,
+    /// Shared with the phases: draining flag and in-flight count.
+    pub lifecycle: Arc<Lifecycle>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Triggers shutdown from inside the process (tests, embedding).
+#[derive(Clone, Default)]
+pub struct ShutdownHandle(Arc<Notify>);
+
+impl ShutdownHandle {
+    /// Begin a graceful shutdown, as SIGTERM would.
+    pub fn shutdown(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Where the shutdown request comes from.
+pub enum ShutdownTrigger {
+    /// SIGTERM or SIGINT (both graceful; Pingora's SIGQUIT upgrade is not used).
+    Signals,
+    /// An in-process handle.
+    Handle(ShutdownHandle),
+}
+
+impl Gantry {
+    /// Build listeners, pools, health checks and the admin listener.
+    pub fn build(config: Config) -> anyhow::Result<Gantry> {
+        let mut conf = ServerConf {
+            threads: config.threads,
+            // Our own drain (see `Drain`) waits for in-flight requests; Pingora need not.
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_TIMEOUT_SECS),
+            ..ServerConf::default()
+        };
+        conf.upstream_keepalive_pool_size = conf.upstream_keepalive_pool_size.max(128);
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+
+        let metrics = Arc::new(Metrics::new());
+        let lifecycle = Arc::new(Lifecycle::default());
+
+        let mut pools = Vec::new();
+        for p in &config.pools {
+            let (pool, health) = Pool::build(p)?;
+            pools.push(Arc::new(pool));
+            if let Some(service) = health {
+                server.add_boxed_service(service);
+            }
+        }
+
+        let gateway = Gateway::new(
+            Router::new(&config.routes),
+            pools.clone(),
+            config.limits.clone(),
+            metrics.clone(),
+            lifecycle.clone(),
+        );
+        let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+        if config.listeners.iter().any(|l| l.h2c) {
+            let mut options = HttpServerOptions::default();
+            options.h2c = true;
+            proxy.server_options = Some(options);
+        }
+        let app = Counted {
+            inner: Arc::new(proxy),
+            metrics: metrics.clone(),
+        };
+        let mut service = Service::new("gantry gateway".to_string(), app);
+        service.set_connection_filter(Arc::new(Admission {
+            max_connections: config.limits.max_connections,
+            metrics: metrics.clone(),
+            lifecycle: lifecycle.clone(),
+        }));
+        for l in &config.listeners {
+            let addr = l.address.to_string();
+            match &l.tls {
+                None => service.add_tcp(&addr),
+                Some(tls) => {
+                    let resolver = SniResolver::load(tls)
+                        .with_context(|| format!("listener `{}`", l.name))?;
+                    let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    settings.set_cert_resolver(Arc::new(resolver));
+                    if tls.http2 {
+                        settings.enable_h2();
+                    }
+                    service.add_tls_with_settings(&addr, None, settings);
+                }
+            }
+        }
+        server.add_service(service);
+
+        if let Some(admin) = config.admin {
+            let mut admin_service = Service::new(
+                "gantry admin".to_string(),
+                AdminApp {
+                    metrics: metrics.clone(),
+                    pools,
+                    lifecycle: lifecycle.clone(),
+                },
+            );
+            admin_service.add_tcp(&admin.to_string());
+            server.add_service(admin_service);
+        }
+
+        Ok(Gantry {
+            server,
+            config,
+            lifecycle,
+            metrics,
+        })
+    }
+
+    /// Run until shutdown. Blocks the calling thread; returns once every in-flight
+    /// request finished or the grace period ran out.
+    pub fn run(self, trigger: ShutdownTrigger) {
+        tracing::info!(
+            listeners = ?self.config.listeners.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
+            admin = ?self.config.admin.map(|a| a.to_string()),
+            "gantry gateway starting"
+        );
+        let drain = Drain {
+            trigger,
+            lifecycle: self.lifecycle.clone(),
+            grace: self.config.limits.shutdown_grace_period,
+        };
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(drain),
+        });
+        tracing::info!("gantry gateway stopped");
+    }
+}
+
+/// Graceful shutdown: on the trigger, refuse new connections, close kept-alive ones
+/// after their current response, wait for in-flight requests (up to the grace
+/// period), then let Pingora stop the runtimes.
+struct Drain {
+    trigger: ShutdownTrigger,
+    lifecycle: Arc<Lifecycle>,
+    grace: std::time::Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Drain {
+    async fn recv(&self) -> ShutdownSignal {
+        match &self.trigger {
+            ShutdownTrigger::Handle(h) => h.0.notified().await,
+            ShutdownTrigger::Signals => {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+                let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+        }
+        let inflight = self.lifecycle.inflight();
+        tracing::info!(inflight, grace_ms = self.grace.as_millis() as u64, "shutdown requested: draining");
+        self.lifecycle.start_draining();
+        if tokio::time::timeout(self.grace, self.lifecycle.wait_idle()).await.is_err() {
+            tracing::warn!(
+                abandoned = self.lifecycle.inflight(),
+                "grace period over with requests still in flight"
+            );
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Accept-time admission: refuse connections over `limits.max_connections` and
+/// every new connection once draining.
+#[derive(Debug)]
+struct Admission {
+    max_connections: usize,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("draining", &self.is_draining())
+            .field("inflight", &self.inflight())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for Admission {
+    async fn should_accept(&self, _addr: Option<&std::net::SocketAddr>) -> bool {
+        if self.lifecycle.is_draining() {
+            return false;
+        }
+        if self.metrics.open_connections.get() as usize >= self.max_connections {
+            self.metrics
+                .limit_rejections
+                .with_label_values(&["connections"])
+                .inc();
+            return false;
+        }
+        true
+    }
+}
+
+/// Counts open client connections around the wrapped app.
+///
+/// Pingora hands a kept-alive connection back to `process_new` after each request,
+/// so the count dips for an instant between requests; it is exact otherwise.
+struct Counted<A> {
+    inner: Arc<A>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        self.metrics.open_connections.inc();
+        let _guard = GaugeGuard(&self.metrics.open_connections);
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `TlsSettings::with_callbacks` is the constructor that takes a resolver instead of
+/// files; we need no handshake callbacks.
+struct NoCallbacks;
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for NoCallbacks {}
