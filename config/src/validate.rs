@@ -22,7 +22,11 @@ pub(crate) fn deserialize(text: &str) -> Result<FileConfig, Problem> {
             message.push_str(&hint);
         }
         if let Some(span) = inner.span() {
-            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            let line = text.as_bytes()[..span.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
             message = format!("{message} (line {line})");
         }
         Problem {
@@ -60,13 +64,21 @@ impl Checker {
     fn millis(&mut self, path: String, value: Option<u64>, default: u64) -> Duration {
         let ms = value.unwrap_or(default);
         if ms == 0 {
-            self.fail(path, "must be at least 1 millisecond (0 would fail every request)");
+            self.fail(
+                path,
+                "must be at least 1 millisecond (0 would fail every request)",
+            );
         }
         Duration::from_millis(ms)
     }
 
     /// A count that must be at least 1.
-    fn at_least_one<T: Copy + Into<u64>>(&mut self, path: String, value: Option<T>, default: T) -> T {
+    fn at_least_one<T: Copy + Into<u64>>(
+        &mut self,
+        path: String,
+        value: Option<T>,
+        default: T,
+    ) -> T {
         let v = value.unwrap_or(default);
         if v.into() == 0 {
             self.fail(path, "must be at least 1");
@@ -80,7 +92,9 @@ impl Checker {
             Err(_) => {
                 self.fail(
                     path,
-                    format!("`{value}` is not an `ip:port` address (e.g. `127.0.0.1:8080`, `[::]:443`)"),
+                    format!(
+                        "`{value}` is not an `ip:port` address (e.g. `127.0.0.1:8080`, `[::]:443`)"
+                    ),
                 );
                 None
             }
@@ -97,7 +111,9 @@ impl Checker {
 }
 
 pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Problem>> {
-    let mut c = Checker { problems: Vec::new() };
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
 
     let threads = match raw.server.threads {
         Some(0) => {
@@ -113,7 +129,10 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         max_header_bytes: {
             let v = l.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
             if v < 1024 {
-                c.fail("limits.max_header_bytes", format!("{v} is below the minimum of 1024 bytes"));
+                c.fail(
+                    "limits.max_header_bytes",
+                    format!("{v} is below the minimum of 1024 bytes"),
+                );
             }
             v
         },
@@ -165,10 +184,16 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         let address = c.socket_addr(format!("{at}.address"), &ls.address);
         if let Some(addr) = address {
             if let Some(other) = addresses.insert(addr, format!("{at}.address")) {
-                c.fail(format!("{at}.address"), format!("{addr} is already used by {other}"));
+                c.fail(
+                    format!("{at}.address"),
+                    format!("{addr} is already used by {other}"),
+                );
             }
         }
-        let tls = ls.tls.as_ref().map(|t| convert_tls(&mut c, &format!("{at}.tls"), t, base));
+        let tls = ls
+            .tls
+            .as_ref()
+            .map(|t| convert_tls(&mut c, &format!("{at}.tls"), t, base));
         if let Some(address) = address {
             listeners.push(Listener {
                 name: ls.name.clone(),
@@ -196,7 +221,11 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         let Some(route) = convert_route(&mut c, &at, r, &raw.pools, limits.max_body_bytes) else {
             continue;
         };
-        let key = (route.hosts.clone(), route.path_prefix.clone(), route.methods.clone());
+        let key = (
+            route.hosts.clone(),
+            route.path_prefix.clone(),
+            route.methods.clone(),
+        );
         if let Some(other) = matchers.insert(key, at.clone()) {
             c.fail(
                 at,
@@ -222,7 +251,10 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
 
 fn convert_tls(c: &mut Checker, at: &str, t: &TlsSection, base: &Path) -> Tls {
     if t.certificates.is_empty() {
-        c.fail(format!("{at}.certificates"), "at least one certificate is required");
+        c.fail(
+            format!("{at}.certificates"),
+            "at least one certificate is required",
+        );
     }
     let mut seen_names = HashMap::new();
     let mut certificates = Vec::new();
@@ -237,7 +269,10 @@ fn convert_tls(c: &mut Checker, at: &str, t: &TlsSection, base: &Path) -> Tls {
             let name = name.to_ascii_lowercase();
             let path = format!("{cat}.server_names[{k}]");
             if !valid_host_pattern(&name) {
-                c.fail(path, format!("`{name}` is not a host name or `*.domain` wildcard"));
+                c.fail(
+                    path,
+                    format!("`{name}` is not a host name or `*.domain` wildcard"),
+                );
             } else if let Some(other) = seen_names.insert(name.clone(), path.clone()) {
                 c.fail(path, format!("`{name}` is already served by {other}"));
             }
@@ -290,19 +325,27 @@ fn valid_host_pattern(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
 fn convert_pool(c: &mut Checker, at: &str, p: &PoolSection) -> Pool {
     if p.endpoints.is_empty() {
-        c.fail(format!("{at}.endpoints"), "at least one endpoint is required");
+        c.fail(
+            format!("{at}.endpoints"),
+            "at least one endpoint is required",
+        );
     }
     let mut seen = HashSet::new();
     for (j, e) in p.endpoints.iter().enumerate() {
         let path = format!("{at}.endpoints[{j}]");
         if !valid_endpoint(e) {
-            c.fail(path, format!("`{e}` is not `host:port` with a port from 1 to 65535"));
+            c.fail(
+                path,
+                format!("`{e}` is not `host:port` with a port from 1 to 65535"),
+            );
         } else if !seen.insert(e.as_str()) {
             c.fail(path, format!("duplicate endpoint `{e}`"));
         }
@@ -310,11 +353,17 @@ fn convert_pool(c: &mut Checker, at: &str, p: &PoolSection) -> Pool {
     let hash_on = match (p.hash_on, &p.hash_header) {
         (HashOn::ClientAddress, None) => HashKey::ClientAddress,
         (HashOn::ClientAddress, Some(_)) => {
-            c.fail(format!("{at}.hash_header"), "only used with `hash_on = \"header\"`");
+            c.fail(
+                format!("{at}.hash_header"),
+                "only used with `hash_on = \"header\"`",
+            );
             HashKey::ClientAddress
         }
         (HashOn::Header, None) => {
-            c.fail(format!("{at}.hash_header"), "required when `hash_on = \"header\"`");
+            c.fail(
+                format!("{at}.hash_header"),
+                "required when `hash_on = \"header\"`",
+            );
             HashKey::ClientAddress
         }
         (HashOn::Header, Some(h)) => {
@@ -323,19 +372,36 @@ fn convert_pool(c: &mut Checker, at: &str, p: &PoolSection) -> Pool {
         }
     };
     if p.load_balancing != LoadBalancing::ConsistentHash && p.hash_header.is_some() {
-        c.fail(format!("{at}.hash_header"), "only used with `load_balancing = \"consistent_hash\"`");
+        c.fail(
+            format!("{at}.hash_header"),
+            "only used with `load_balancing = \"consistent_hash\"`",
+        );
     }
     let health_check = p.health_check.as_ref().map(|h| {
         let hat = format!("{at}.health_check");
         if h.kind == HealthCheckKind::Tcp && (h.path.is_some() || h.host.is_some()) {
-            c.fail(format!("{hat}.kind"), "`path` and `host` need `kind = \"http\"`");
+            c.fail(
+                format!("{hat}.kind"),
+                "`path` and `host` need `kind = \"http\"`",
+            );
         }
         let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
         if !path.starts_with('/') {
-            c.fail(format!("{hat}.path"), format!("`{path}` must start with `/`"));
+            c.fail(
+                format!("{hat}.path"),
+                format!("`{path}` must start with `/`"),
+            );
         }
-        let interval = c.millis(format!("{hat}.interval_ms"), h.interval_ms, DEFAULT_HEALTH_INTERVAL_MS);
-        let timeout = c.millis(format!("{hat}.timeout_ms"), h.timeout_ms, DEFAULT_HEALTH_TIMEOUT_MS);
+        let interval = c.millis(
+            format!("{hat}.interval_ms"),
+            h.interval_ms,
+            DEFAULT_HEALTH_INTERVAL_MS,
+        );
+        let timeout = c.millis(
+            format!("{hat}.timeout_ms"),
+            h.timeout_ms,
+            DEFAULT_HEALTH_TIMEOUT_MS,
+        );
         HealthCheck {
             kind: h.kind,
             path,
@@ -359,9 +425,21 @@ fn convert_pool(c: &mut Checker, at: &str, p: &PoolSection) -> Pool {
         endpoints: p.endpoints.clone(),
         load_balancing: p.load_balancing,
         hash_on,
-        connect_timeout: c.millis(format!("{at}.connect_timeout_ms"), p.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS),
-        read_timeout: c.millis(format!("{at}.read_timeout_ms"), p.read_timeout_ms, DEFAULT_READ_TIMEOUT_MS),
-        write_timeout: c.millis(format!("{at}.write_timeout_ms"), p.write_timeout_ms, DEFAULT_WRITE_TIMEOUT_MS),
+        connect_timeout: c.millis(
+            format!("{at}.connect_timeout_ms"),
+            p.connect_timeout_ms,
+            DEFAULT_CONNECT_TIMEOUT_MS,
+        ),
+        read_timeout: c.millis(
+            format!("{at}.read_timeout_ms"),
+            p.read_timeout_ms,
+            DEFAULT_READ_TIMEOUT_MS,
+        ),
+        write_timeout: c.millis(
+            format!("{at}.write_timeout_ms"),
+            p.write_timeout_ms,
+            DEFAULT_WRITE_TIMEOUT_MS,
+        ),
         retries: p.retries.unwrap_or(DEFAULT_RETRIES),
         tls: p.tls,
         sni: p.sni.clone(),
@@ -377,7 +455,9 @@ fn valid_endpoint(e: &str) -> bool {
     let Some((host, port)) = e.rsplit_once(':') else {
         return false;
     };
-    matches!(port.parse::<u16>(), Ok(p) if p > 0) && valid_host_pattern(host) && !host.starts_with('*')
+    matches!(port.parse::<u16>(), Ok(p) if p > 0)
+        && valid_host_pattern(host)
+        && !host.starts_with('*')
 }
 
 fn check_header_name(c: &mut Checker, path: String, name: &str) {
@@ -426,20 +506,29 @@ fn convert_route(
         } else {
             format!("defined pools: {}", known.join(", "))
         };
-        c.fail(format!("{at}.pool"), format!("no pool named `{}` ({known})", r.pool));
+        c.fail(
+            format!("{at}.pool"),
+            format!("no pool named `{}` ({known})", r.pool),
+        );
     }
     let mut hosts = Vec::new();
     for (k, h) in r.hosts.iter().enumerate() {
         let h = h.to_ascii_lowercase();
         if !valid_host_pattern(&h) {
-            c.fail(format!("{at}.hosts[{k}]"), format!("`{h}` is not a host name or `*.domain` wildcard"));
+            c.fail(
+                format!("{at}.hosts[{k}]"),
+                format!("`{h}` is not a host name or `*.domain` wildcard"),
+            );
         }
         hosts.push(h);
     }
     hosts.sort();
     let mut prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
     if !prefix.starts_with('/') {
-        c.fail(format!("{at}.path_prefix"), format!("`{prefix}` must start with `/`"));
+        c.fail(
+            format!("{at}.path_prefix"),
+            format!("`{prefix}` must start with `/`"),
+        );
     }
     while prefix.len() > 1 && prefix.ends_with('/') {
         prefix.pop();
@@ -448,14 +537,18 @@ fn convert_route(
     for (k, m) in r.methods.iter().enumerate() {
         let upper = m.to_ascii_uppercase();
         if http::Method::from_bytes(upper.as_bytes()).is_err() || upper.is_empty() {
-            c.fail(format!("{at}.methods[{k}]"), format!("`{m}` is not an HTTP method"));
+            c.fail(
+                format!("{at}.methods[{k}]"),
+                format!("`{m}` is not an HTTP method"),
+            );
         }
         methods.push(upper);
     }
     methods.sort();
     methods.dedup();
     let request_headers = convert_rewrite(c, &format!("{at}.request_headers"), &r.request_headers);
-    let response_headers = convert_rewrite(c, &format!("{at}.response_headers"), &r.response_headers);
+    let response_headers =
+        convert_rewrite(c, &format!("{at}.response_headers"), &r.response_headers);
     Some(Route {
         name: r.name.clone(),
         pool: pool?,

@@ -59,16 +59,29 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/metrics" => {
                 self.refresh_health();
-                text(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render())
+                text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render(),
+                )
             }
             "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
                 let unavailable = self.refresh_health();
                 if self.lifecycle.is_draining() {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"draining\n".to_vec())
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        b"draining\n".to_vec(),
+                    )
                 } else if !unavailable.is_empty() {
-                    let body = format!("no healthy endpoint in pools: {}\n", unavailable.join(", "));
-                    text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body.into_bytes())
+                    let body =
+                        format!("no healthy endpoint in pools: {}\n", unavailable.join(", "));
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        body.into_bytes(),
+                    )
                 } else {
                     text(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 }

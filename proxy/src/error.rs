@@ -111,13 +111,18 @@ impl GatewayError {
         use ErrorType::*;
         Some(match (e.esource(), e.etype()) {
             (_, HTTPStatus(413)) => GatewayError::BodyTooLarge { limit: 0 },
-            (ErrorSource::Upstream, ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError | TLSHandshakeFailure | TLSHandshakeTimedout | BindError | ConnectProxyFailure) => {
-                GatewayError::UpstreamUnreachable
-            }
+            (
+                ErrorSource::Upstream,
+                ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError
+                | TLSHandshakeFailure | TLSHandshakeTimedout | BindError | ConnectProxyFailure,
+            ) => GatewayError::UpstreamUnreachable,
             (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => GatewayError::UpstreamTimeout,
             (ErrorSource::Upstream, _) => GatewayError::BadGateway,
             // The client went away or stalled: nobody to answer.
-            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout) => return None,
+            (
+                ErrorSource::Downstream,
+                ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout,
+            ) => return None,
             (ErrorSource::Downstream, _) => GatewayError::BadRequest,
             (ErrorSource::Internal | ErrorSource::Unset, _) => GatewayError::Internal,
         })
@@ -135,7 +140,10 @@ mod tests {
 
     #[test]
     fn bodies_are_small_stable_json() {
-        let e = GatewayError::HeadersTooLarge { size: 70000, limit: 65536 };
+        let e = GatewayError::HeadersTooLarge {
+            size: 70000,
+            limit: 65536,
+        };
         let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
         assert_eq!(v["error"]["code"], "headers_too_large");
         assert_eq!(v["error"]["type"], "invalid_request_error");
@@ -146,7 +154,10 @@ mod tests {
     #[test]
     fn upstream_timeouts_map_to_504_and_connect_failures_to_502() {
         let t = Error::new(ErrorType::ReadTimedout).into_up();
-        assert_eq!(GatewayError::from_pingora(&t), Some(GatewayError::UpstreamTimeout));
+        assert_eq!(
+            GatewayError::from_pingora(&t),
+            Some(GatewayError::UpstreamTimeout)
+        );
         let c = Error::new(ErrorType::ConnectRefused).into_up();
         assert_eq!(GatewayError::from_pingora(&c).unwrap().status(), 502);
         let gone = Error::new(ErrorType::ConnectionClosed).into_down();

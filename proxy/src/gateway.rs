@@ -136,11 +136,17 @@ impl Gateway {
     }
 
     fn route_name(&self, ctx: &RequestCtx) -> &str {
-        ctx.route.map_or("none", |i| self.router.route(i).name.as_str())
+        ctx.route
+            .map_or("none", |i| self.router.route(i).name.as_str())
     }
 
     /// Answer locally with the error's JSON body.
-    async fn respond(&self, session: &mut Session, ctx: &mut RequestCtx, err: GatewayError) -> Result<()> {
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        err: GatewayError,
+    ) -> Result<()> {
         let body = err.body();
         let mut resp = ResponseHeader::build(err.status(), Some(4))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
@@ -155,7 +161,9 @@ impl Gateway {
         }
         ctx.error = Some(err);
         session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(Bytes::from(body)), true).await
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await
     }
 }
 
@@ -223,7 +231,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
         session.set_read_timeout(Some(self.limits.client_read_timeout));
         session.set_write_timeout(Some(self.limits.client_write_timeout));
         if self.lifecycle.is_draining() {
@@ -243,7 +255,10 @@ impl ProxyHttp for Gateway {
 
         let size = request_header_bytes(req);
         if size > self.limits.max_header_bytes {
-            self.metrics.limit_rejections.with_label_values(&["header_bytes"]).inc();
+            self.metrics
+                .limit_rejections
+                .with_label_values(&["header_bytes"])
+                .inc();
             let err = GatewayError::HeadersTooLarge {
                 size,
                 limit: self.limits.max_header_bytes,
@@ -260,7 +275,8 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
             Match::MethodNotAllowed(allowed) => {
-                self.respond(session, ctx, GatewayError::MethodNotAllowed { allowed }).await?;
+                self.respond(session, ctx, GatewayError::MethodNotAllowed { allowed })
+                    .await?;
                 return Ok(true);
             }
         };
@@ -273,15 +289,25 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
-            self.metrics.limit_rejections.with_label_values(&["body_bytes"]).inc();
-            self.respond(session, ctx, GatewayError::BodyTooLarge { limit }).await?;
+            self.metrics
+                .limit_rejections
+                .with_label_values(&["body_bytes"])
+                .inc();
+            self.respond(session, ctx, GatewayError::BodyTooLarge { limit })
+                .await?;
             return Ok(true);
         }
         Ok(false)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let route = self.router.route(ctx.route.expect("request_filter sets the route"));
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = self
+            .router
+            .route(ctx.route.expect("request_filter sets the route"));
         let pool = &self.pools[route.pool];
         let client_ip = session
             .client_addr()
@@ -319,23 +345,29 @@ impl ProxyHttp for Gateway {
         if route.strip_prefix {
             let pq = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
             let stripped = router::strip_prefix(&route.path_prefix, pq);
-            let uri = stripped
-                .parse()
-                .map_err(|e| Error::because(pingora::ErrorType::InternalError, "stripping prefix", e))?;
+            let uri = stripped.parse().map_err(|e| {
+                Error::because(pingora::ErrorType::InternalError, "stripping prefix", e)
+            })?;
             upstream.set_uri(uri);
         }
         apply_request_rewrite(upstream, &route.request_headers)?;
 
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(prev) => format!("{prev}, {ip}"),
                 None => ip.to_string(),
             };
             upstream.insert_header("x-forwarded-for", xff)?;
         }
-        let tls = session
-            .digest()
-            .is_some_and(|d| d.ssl_digest.is_some());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         upstream.insert_header(REQUEST_ID, &ctx.request_id)?;
         Ok(())
@@ -350,9 +382,15 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
-            let limit = self.router.route(ctx.route.expect("route chosen")).max_body_bytes;
+            let limit = self
+                .router
+                .route(ctx.route.expect("route chosen"))
+                .max_body_bytes;
             if ctx.body_bytes > limit {
-                self.metrics.limit_rejections.with_label_values(&["body_bytes"]).inc();
+                self.metrics
+                    .limit_rejections
+                    .with_label_values(&["body_bytes"])
+                    .inc();
                 let err = GatewayError::BodyTooLarge { limit };
                 ctx.error = Some(err.clone());
                 return Err(err.into_pingora());
@@ -374,7 +412,10 @@ impl ProxyHttp for Gateway {
         let idempotent = session.req_header().method.is_idempotent();
         if idempotent && retries_used < pool.config.retries {
             tracing::warn!(request_id = %ctx.request_id, pool = %pool.config.name, peer = %peer, error = %e, "connect failed, retrying on another endpoint");
-            self.metrics.upstream_retries.with_label_values(&[&pool.config.name]).inc();
+            self.metrics
+                .upstream_retries
+                .with_label_values(&[&pool.config.name])
+                .inc();
             e.set_retry(true);
         } else {
             e.set_retry(false);
@@ -384,7 +425,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -393,12 +434,18 @@ impl ProxyHttp for Gateway {
         }
         resp.insert_header(REQUEST_ID, &ctx.request_id)?;
         if self.lifecycle.is_draining() {
-            resp.insert_header(http::header::CONNECTION, "close")?;
+            // Draining: this response is the connection's last.
+            session.set_keepalive(None);
         }
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let err = ctx.error.clone().or_else(|| GatewayError::from_pingora(e));
         let Some(err) = err else {
             return FailToProxy {
@@ -407,6 +454,8 @@ impl ProxyHttp for Gateway {
             };
         };
         let status = err.status();
+        // Pingora does not reuse a connection after a failure: say so in the response.
+        session.set_keepalive(None);
         if session.response_written().is_none() {
             if ctx.request_id.is_empty() {
                 ctx.request_id = uuid::Uuid::new_v4().simple().to_string();
@@ -423,19 +472,25 @@ impl ProxyHttp for Gateway {
 
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
         // Client mistakes are answered, not logged as server errors.
-        ctx.error.as_ref().is_some_and(GatewayError::is_client_error)
+        ctx.error
+            .as_ref()
+            .is_some_and(GatewayError::is_client_error)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = self.route_name(ctx);
         let elapsed = ctx.started.elapsed();
-        let mut buf = itoa_status(status);
-        self.metrics.requests.with_label_values(&[route, buf.as_str()]).inc();
-        self.metrics.latency.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+        self.metrics
+            .requests
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+        self.metrics
+            .latency
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
         let req = session.req_header();
         let upstream = ctx.tried.last().map(|b| b.addr.to_string());
-        buf.clear();
         tracing::info!(
             target: "gantry::access",
             request_id = %ctx.request_id,
@@ -451,8 +506,4 @@ impl ProxyHttp for Gateway {
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
         );
     }
-}
-
-fn itoa_status(status: u16) -> String {
-    status.to_string()
 }

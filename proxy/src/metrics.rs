@@ -35,7 +35,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("gantry_requests_total", "Requests answered, by route and status"),
+            Opts::new(
+                "gantry_requests_total",
+                "Requests answered, by route and status",
+            ),
             &["route", "status"],
         )
         .expect("valid metric");

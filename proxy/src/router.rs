@@ -167,9 +167,18 @@ mod tests {
     #[test]
     fn host_beats_path_and_exact_beats_wildcard() {
         let r = table();
-        assert_eq!(name(&r, Some("admin.example.com:8443"), "/api", Method::GET), "admin-host");
-        assert_eq!(name(&r, Some("ADMIN.example.com"), "/", Method::GET), "admin-host");
-        assert_eq!(name(&r, Some("www.example.com"), "/api", Method::GET), "wild");
+        assert_eq!(
+            name(&r, Some("admin.example.com:8443"), "/api", Method::GET),
+            "admin-host"
+        );
+        assert_eq!(
+            name(&r, Some("ADMIN.example.com"), "/", Method::GET),
+            "admin-host"
+        );
+        assert_eq!(
+            name(&r, Some("www.example.com"), "/api", Method::GET),
+            "wild"
+        );
         assert_eq!(name(&r, Some("example.com"), "/api", Method::GET), "api");
     }
 
@@ -180,7 +189,10 @@ mod tests {
             r.find(Some("post.test"), "/submit", &Method::GET),
             Match::MethodNotAllowed(vec!["POST".into()])
         );
-        assert_eq!(r.find(Some("other.test"), "/submit", &Method::POST), Match::NotFound);
+        assert_eq!(
+            r.find(Some("other.test"), "/submit", &Method::POST),
+            Match::NotFound
+        );
     }
 
     #[test]

@@ -106,8 +106,8 @@ impl Gantry {
             match &l.tls {
                 None => service.add_tcp(&addr),
                 Some(tls) => {
-                    let resolver = SniResolver::load(tls)
-                        .with_context(|| format!("listener `{}`", l.name))?;
+                    let resolver =
+                        SniResolver::load(tls).with_context(|| format!("listener `{}`", l.name))?;
                     let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     settings.set_cert_resolver(Arc::new(resolver));
@@ -186,9 +186,16 @@ impl ShutdownSignalWatch for Drain {
             }
         }
         let inflight = self.lifecycle.inflight();
-        tracing::info!(inflight, grace_ms = self.grace.as_millis() as u64, "shutdown requested: draining");
+        tracing::info!(
+            inflight,
+            grace_ms = self.grace.as_millis() as u64,
+            "shutdown requested: draining"
+        );
         self.lifecycle.start_draining();
-        if tokio::time::timeout(self.grace, self.lifecycle.wait_idle()).await.is_err() {
+        if tokio::time::timeout(self.grace, self.lifecycle.wait_idle())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 abandoned = self.lifecycle.inflight(),
                 "grace period over with requests still in flight"
@@ -250,7 +257,11 @@ struct Counted<A> {
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         self.metrics.open_connections.inc();
         let _guard = GaugeGuard(&self.metrics.open_connections);
         self.inner.process_new(stream, shutdown).await

@@ -21,7 +21,8 @@ impl SniResolver {
     /// names is the default; if all have names, the first one is.
     pub fn load(tls: &gantry_config::Tls) -> anyhow::Result<Self> {
         pingora::tls::install_default_crypto_provider();
-        let provider = CryptoProvider::get_default().ok_or_else(|| anyhow!("no TLS crypto provider"))?;
+        let provider =
+            CryptoProvider::get_default().ok_or_else(|| anyhow!("no TLS crypto provider"))?;
         let mut resolver = SniResolver {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
@@ -45,7 +46,9 @@ impl SniResolver {
             }
             for name in &c.server_names {
                 match name.strip_prefix("*.") {
-                    Some(domain) => resolver.wildcard.insert(domain.to_string(), certified.clone()),
+                    Some(domain) => resolver
+                        .wildcard
+                        .insert(domain.to_string(), certified.clone()),
                     None => resolver.exact.insert(name.clone(), certified.clone()),
                 };
             }

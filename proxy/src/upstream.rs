@@ -47,7 +47,9 @@ pub struct Pool {
 impl Pool {
     /// Build a pool, resolving endpoint names now. Returns the background service that
     /// runs its health checks, if it has any.
-    pub fn build(config: &gantry_config::Pool) -> anyhow::Result<(Pool, Option<Box<dyn ServiceWithDependents>>)> {
+    pub fn build(
+        config: &gantry_config::Pool,
+    ) -> anyhow::Result<(Pool, Option<Box<dyn ServiceWithDependents>>)> {
         let (selector, service) = match config.load_balancing {
             LoadBalancing::RoundRobin => build_lb::<RoundRobin>(config)?,
             LoadBalancing::Random => build_lb::<Random>(config)?,
@@ -136,7 +138,8 @@ where
         }
         HealthCheckKind::Http => {
             let mut http = HttpHealthCheck::new(&hc.host, config.tls);
-            http.req.set_uri(hc.path.parse().context("health check path")?);
+            http.req
+                .set_uri(hc.path.parse().context("health check path")?);
             http.consecutive_success = hc.healthy_threshold as usize;
             http.consecutive_failure = hc.unhealthy_threshold as usize;
             http.peer_template.options.connection_timeout = Some(hc.timeout);

@@ -1,0 +1,75 @@
+//! The admin listener: health, readiness, Prometheus metrics.
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let origin = Origin::start("o").await;
+    let gw = Gateway::start(&format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "{{gateway}}"
+[[pools]]
+name = "p"
+endpoints = ["{}"]
+[[routes]]
+name = "api"
+pool = "p"
+path_prefix = "/api"
+"#,
+        origin.addr
+    ))
+    .await;
+    for _ in 0..3 {
+        gw.get("/api/x").await;
+    }
+    gw.client
+        .get(gw.url("/api/x"))
+        .header("x-status", "500")
+        .send()
+        .await
+        .unwrap();
+    gw.get("/nope").await;
+    assert_eq!(
+        gw.metric("gantry_requests_total{route=\"api\",status=\"200\"}")
+            .await,
+        Some(3.0)
+    );
+    assert_eq!(
+        gw.metric("gantry_requests_total{route=\"api\",status=\"500\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        gw.metric("gantry_requests_total{route=\"none\",status=\"404\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        gw.metric("gantry_request_duration_seconds_count{route=\"api\"}")
+            .await,
+        Some(4.0)
+    );
+    let page = gw.metrics().await;
+    assert!(page.contains("gantry_open_connections"), "{page}");
+    assert!(page.contains(&format!(
+        "gantry_upstream_endpoint_healthy{{endpoint=\"{}\",pool=\"p\"}} 1",
+        origin.addr
+    )));
+
+    let health = gw
+        .client
+        .get(format!("http://{}/healthz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = gw
+        .client
+        .get(format!("http://{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}

@@ -1,0 +1,139 @@
+//! `gantry config check` prints, per problem, the file, the field path and what is wrong.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn check(files: &[&Path]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .arg("config")
+        .arg("check")
+        .args(files)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const BASE: &str = r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:8080"
+[[pools]]
+name = "p"
+endpoints = ["127.0.0.1:3000"]
+"#;
+
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    assert!(
+        files.len() >= 3,
+        "default, edge and tls-edge examples: {files:?}"
+    );
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let (ok, text) = check(&refs);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn every_problem_is_reported_with_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &format!(
+            r#"{BASE}
+[[pools]]
+name = "p"
+endpoints = ["nowhere"]
+connect_timeout_ms = 0
+[pools.health_check]
+kind = "tcp"
+unhealthy_threshold = 0
+[[routes]]
+name = "r"
+pool = "p"
+[[routes]]
+name = "r2"
+pool = "missing"
+[[listeners]]
+name = "tls"
+address = "999.1.1.1:443"
+[listeners.tls]
+[[listeners.tls.certificates]]
+cert = "nope.crt"
+key = "nope.key"
+"#
+        ),
+    );
+    let (ok, text) = check(&[&bad]);
+    assert!(!ok);
+    let file = bad.display().to_string();
+    for expected in [
+        "pools[1].name: duplicate pool name `p`",
+        "pools[1].endpoints[0]: `nowhere` is not `host:port`",
+        "pools[1].connect_timeout_ms: must be at least 1 millisecond",
+        "pools[1].health_check.unhealthy_threshold: must be at least 1",
+        "routes[1].pool: no pool named `missing` (defined pools: `p`, `p`)",
+        "listeners[1].address: `999.1.1.1:443` is not an `ip:port` address",
+        "listeners[1].tls.certificates[0].cert: cannot read",
+        "nope.crt",
+        "listeners[1].tls.certificates[0].key: cannot read",
+    ] {
+        assert!(
+            text.contains(&format!("{file}: {expected}")) || text.contains(expected),
+            "missing `{expected}` in:\n{text}"
+        );
+    }
+    assert!(
+        text.lines().all(|l| l.starts_with(&file)),
+        "every line names the file:\n{text}"
+    );
+}
+
+#[test]
+fn unknown_field_names_the_nearest_valid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "typo.toml",
+        &format!("{BASE}\n[[routes]]\nname = \"r\"\npool = \"p\"\npath_prefx = \"/a\"\n"),
+    );
+    let (ok, text) = check(&[&bad]);
+    assert!(!ok);
+    assert!(text.contains("routes[0]"), "{text}");
+    assert!(text.contains("unknown field `path_prefx`"), "{text}");
+    assert!(text.contains("did you mean `path_prefix`?"), "{text}");
+    assert!(text.contains("line 12"), "{text}");
+}
+
+#[test]
+fn help_has_examples() {
+    for args in [
+        &["serve", "--help"][..],
+        &["gateway", "--help"],
+        &["config", "check", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("Example:"),
+            "{args:?}: {text}"
+        );
+    }
+}

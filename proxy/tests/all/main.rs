@@ -1,0 +1,14 @@
+//! Gantry's gateway integration tests: one binary, one module per topic
+//! (fast to link on small machines), every server on an ephemeral port.
+
+mod harness;
+
+mod admin;
+mod bad_input;
+mod balancing;
+mod cli;
+mod health;
+mod retry;
+mod routing;
+mod shutdown;
+mod tls;
