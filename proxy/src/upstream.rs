@@ -12,6 +12,9 @@ use pingora::services::background::background_service;
 use pingora::services::ServiceWithDependents;
 use std::sync::Arc;
 
+/// A health-check task for the server to run in the background.
+pub type HealthService = Box<dyn ServiceWithDependents>;
+
 /// Bound on how many endpoints one selection visits before giving up.
 const MAX_SELECT_ITERATIONS: usize = 256;
 
@@ -47,9 +50,7 @@ pub struct Pool {
 impl Pool {
     /// Build a pool, resolving endpoint names now. Returns the background service that
     /// runs its health checks, if it has any.
-    pub fn build(
-        config: &gantry_config::Pool,
-    ) -> anyhow::Result<(Pool, Option<Box<dyn ServiceWithDependents>>)> {
+    pub fn build(config: &gantry_config::Pool) -> anyhow::Result<(Pool, Option<HealthService>)> {
         let (selector, service) = match config.load_balancing {
             LoadBalancing::RoundRobin => build_lb::<RoundRobin>(config)?,
             LoadBalancing::Random => build_lb::<Random>(config)?,
@@ -103,7 +104,7 @@ impl Pool {
 
 fn build_lb<S>(
     config: &gantry_config::Pool,
-) -> anyhow::Result<(Arc<dyn Selector>, Option<Box<dyn ServiceWithDependents>>)>
+) -> anyhow::Result<(Arc<dyn Selector>, Option<HealthService>)>
 where
     S: BackendSelection + Send + Sync + 'static,
     S::Iter: BackendIter,

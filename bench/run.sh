@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Gateway throughput and latency on loopback, in one run, for a 1 KiB response:
+#   direct to the origin · through nginx · through a minimal Pingora proxy · through Gantry.
+# Same wrk load for each (threads, connections, duration). One worker/thread per proxy.
+# Writes the results table to docs/BENCHMARKS.md (between the markers) and prints it.
+#
+#   bench/run.sh                  # defaults: 1 wrk thread, 50 connections, 10 s, 1 proxy thread
+#   CONNS=100 DURATION=20 bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh bench
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+WRK_THREADS=${WRK_THREADS:-1}
+CONNS=${CONNS:-50}
+DURATION=${DURATION:-10}
+WORKERS=${WORKERS:-1}
+BASE_PORT=${BASE_PORT:-18080}
+ORIGIN=127.0.0.1:$((BASE_PORT + 1))
+NGINX=127.0.0.1:$((BASE_PORT + 2))
+MINIMAL=127.0.0.1:$((BASE_PORT + 3))
+GANTRY=127.0.0.1:$((BASE_PORT + 4))
+ADMIN=127.0.0.1:$((BASE_PORT + 5))
+
+cargo build --release --locked -p gantry -p minimal-proxy
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+head -c 1024 /dev/zero | tr '\0' 'x' > "$work/1k.txt"
+nginx_conf() { # $1 name, $2 server block
+  cat > "$work/$1.conf" <<CONF
+worker_processes $WORKERS;
+daemon off;
+pid $work/$1.pid;
+error_log $work/$1.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/$1-body; proxy_temp_path $work/$1-proxy;
+  fastcgi_temp_path $work/$1-fcgi; uwsgi_temp_path $work/$1-uwsgi; scgi_temp_path $work/$1-scgi;
+  $2
+}
+CONF
+}
+nginx_conf origin "server { listen $ORIGIN; location / { root $work; try_files /1k.txt =404; } }"
+nginx_conf proxy "upstream origin { server $ORIGIN; keepalive 128; }
+  server { listen $NGINX; location / { proxy_pass http://origin; proxy_http_version 1.1;
+    proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }"
+cat > "$work/gantry.toml" <<CONF
+[server]
+threads = $WORKERS
+[admin]
+address = "$ADMIN"
+[[listeners]]
+name = "bench"
+address = "$GANTRY"
+[[pools]]
+name = "origin"
+endpoints = ["$ORIGIN"]
+[[routes]]
+name = "all"
+pool = "origin"
+CONF
+
+nginx -c "$work/origin.conf" & pids+=($!)
+nginx -c "$work/proxy.conf" & pids+=($!)
+target/release/minimal-proxy "$MINIMAL" "$ORIGIN" "$WORKERS" 2>/dev/null & pids+=($!)
+# Access logs off (level warn) to match nginx's `access_log off`.
+RUST_LOG=warn target/release/gantry gateway --config "$work/gantry.toml" & gantry_pid=$!; pids+=($gantry_pid)
+
+for addr in $ORIGIN $NGINX $MINIMAL $GANTRY; do
+  for _ in $(seq 100); do curl -sf "http://$addr/" -o /dev/null && break; sleep 0.1; done
+  curl -sf "http://$addr/" -o /dev/null || { echo "bench: $addr does not answer" >&2; exit 1; }
+done
+idle_rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gantry_pid/status")
+
+measure() { # $1 label, $2 addr
+  local out; out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://$2/")
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  printf '| %s | %.0f | %s | %s |\n' "$1" "$rps" "$p50" "$p99"
+}
+
+rows=$(
+  measure "direct to origin (nginx static)" "$ORIGIN"
+  measure "nginx reverse proxy" "$NGINX"
+  measure "minimal Pingora proxy (bench/minimal-proxy)" "$MINIMAL"
+  measure "Gantry" "$GANTRY"
+)
+loaded_rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gantry_pid/status")
+
+cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+table=$(cat <<TABLE
+Run: $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency,
+$WORKERS worker/thread per proxy, 1 KiB response, loopback, release profile (fat LTO, codegen-units = 1, mimalloc).
+
+| path | requests/s | p50 | p99 |
+|---|---|---|---|
+$rows
+
+Gantry RSS: idle $((idle_rss_kib / 1024)) MiB, after the run $((loaded_rss_kib / 1024)) MiB.
+TABLE
+)
+echo "$table"
+
+doc=docs/BENCHMARKS.md
+if grep -q '<!-- bench:start -->' "$doc" 2>/dev/null; then
+  python3 - "$doc" "$table" <<'PY'
+import sys, re
+path, table = sys.argv[1], sys.argv[2]
+text = open(path).read()
+text = re.sub(r"<!-- bench:start -->.*<!-- bench:end -->",
+              "<!-- bench:start -->\n" + table.replace("\\", "\\\\") + "\n<!-- bench:end -->", text, flags=re.S)
+open(path, "w").write(text)
+PY
+fi

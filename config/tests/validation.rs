@@ -1,0 +1,205 @@
+//! Each validation rule, as the operator sees it: field path plus what is wrong.
+
+use gantry_config::{parse, ConfigError, HashKey, EMBEDDED_DEFAULT};
+use std::path::Path;
+
+const BASE: &str = r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:8080"
+[[pools]]
+name = "p"
+endpoints = ["127.0.0.1:3000"]
+[[routes]]
+name = "r"
+pool = "p"
+"#;
+
+fn problems(extra: &str) -> Vec<String> {
+    match parse(&format!("{BASE}{extra}"), "t.toml", Path::new(".")) {
+        Ok(_) => vec![],
+        Err(e) => e.problems().iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn assert_problem(extra: &str, expected: &str) {
+    let found = problems(extra);
+    assert!(
+        found.iter().any(|p| p.contains(expected)),
+        "expected `{expected}` in {found:#?}"
+    );
+}
+
+#[test]
+fn embedded_default_is_valid_with_documented_defaults() {
+    let c = parse(EMBEDDED_DEFAULT, "default", Path::new(".")).unwrap();
+    assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:9090");
+    assert_eq!(
+        c.limits.max_connections,
+        gantry_config::file::DEFAULT_MAX_CONNECTIONS
+    );
+    assert_eq!(
+        c.limits.client_read_timeout.as_millis() as u64,
+        gantry_config::file::DEFAULT_CLIENT_READ_TIMEOUT_MS
+    );
+}
+
+#[test]
+fn defaults_fill_in_and_names_resolve() {
+    let c = parse(BASE, "t", Path::new(".")).unwrap();
+    let (pool, route) = (&c.pools[0], &c.routes[0]);
+    assert_eq!(pool.retries, gantry_config::file::DEFAULT_RETRIES);
+    assert_eq!(pool.hash_on, HashKey::ClientAddress);
+    assert_eq!(route.pool, 0);
+    assert_eq!(route.path_prefix, "/");
+    assert_eq!(
+        route.max_body_bytes,
+        gantry_config::file::DEFAULT_MAX_BODY_BYTES
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    assert_problem(
+        "[[routes]]\nname = \"r\"\npool = \"p\"\npath_prefix = \"/x\"",
+        "routes[1].name: duplicate route name `r`",
+    );
+    assert_problem(
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:8081\"",
+        "listeners[1].name: duplicate listener name `http`",
+    );
+}
+
+#[test]
+fn addresses() {
+    assert_problem(
+        "[admin]\naddress = \"localhost\"",
+        "admin.address: `localhost` is not an `ip:port` address",
+    );
+    assert_problem(
+        "[[listeners]]\nname = \"b\"\naddress = \"127.0.0.1:8080\"",
+        "listeners[1].address: 127.0.0.1:8080 is already used by listeners[0].address",
+    );
+    assert_problem(
+        "[[pools]]\nname = \"q\"\nendpoints = [\"host:0\"]",
+        "pools[1].endpoints[0]: `host:0` is not `host:port`",
+    );
+    assert!(problems(
+        "[[pools]]\nname = \"q\"\nendpoints = [\"backend.internal:80\", \"[::1]:80\"]"
+    )
+    .is_empty());
+}
+
+#[test]
+fn impossible_values() {
+    assert_problem(
+        "[limits]\nclient_read_timeout_ms = 0",
+        "limits.client_read_timeout_ms: must be at least 1 millisecond",
+    );
+    assert_problem(
+        "[limits]\nmax_connections = 0",
+        "limits.max_connections: must be at least 1",
+    );
+    assert_problem(
+        "[limits]\nmax_header_bytes = 10",
+        "limits.max_header_bytes: 10 is below the minimum of 1024 bytes",
+    );
+    assert_problem(
+        "[server]\nthreads = 0",
+        "server.threads: must be at least 1",
+    );
+    assert_problem(
+        "[[pools]]\nname = \"q\"\nendpoints = [\"127.0.0.1:1\"]\n[pools.health_check]\nkind = \"http\"\nhealthy_threshold = 0\ninterval_ms = 0",
+        "pools[1].health_check.healthy_threshold: must be at least 1",
+    );
+    assert_problem(
+        "[[pools]]\nname = \"q\"\nendpoints = [\"127.0.0.1:1\"]\n[pools.health_check]\nkind = \"http\"\ninterval_ms = 0",
+        "pools[1].health_check.interval_ms: must be at least 1 millisecond",
+    );
+}
+
+#[test]
+fn routes_and_headers() {
+    assert_problem(
+        "[[routes]]\nname = \"x\"\npool = \"nope\"",
+        "routes[1].pool: no pool named `nope` (defined pools: `p`)",
+    );
+    assert_problem(
+        "[[routes]]\nname = \"x\"\npool = \"p\"\npath_prefix = \"api\"",
+        "routes[1].path_prefix: `api` must start with `/`",
+    );
+    assert_problem(
+        "[[routes]]\nname = \"x\"\npool = \"p\"\nmethods = [\"G T\"]",
+        "routes[1].methods[0]: `G T` is not an HTTP method",
+    );
+    assert_problem(
+        "[[routes]]\nname = \"x\"\npool = \"p\"\npath_prefix = \"/a\"\nrequest_headers = { set = { \"bad header\" = \"v\" } }",
+        "routes[1].request_headers.set.bad header: `bad header` is not a valid HTTP header name",
+    );
+    assert_problem(
+        "[[routes]]\nname = \"x\"\npool = \"p\"",
+        "routes[1]: matches exactly the same hosts, path prefix and methods as routes[0]",
+    );
+}
+
+#[test]
+fn hashing_needs_a_header_name() {
+    assert_problem(
+        "[[pools]]\nname = \"q\"\nendpoints = [\"127.0.0.1:1\"]\nload_balancing = \"consistent_hash\"\nhash_on = \"header\"",
+        "pools[1].hash_header: required when `hash_on = \"header\"`",
+    );
+}
+
+#[test]
+fn unknown_fields_and_wrong_types_stop_at_the_first_with_a_path() {
+    let err = parse(
+        &format!("{BASE}[limits]\nmax_conections = 5\n"),
+        "t.toml",
+        Path::new("."),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("t.toml: limits.max_conections: unknown field"),
+        "{text}"
+    );
+    assert!(text.contains("did you mean `max_connections`?"), "{text}");
+    let err = parse(
+        &format!("{BASE}[limits]\nmax_connections = \"many\"\n"),
+        "t.toml",
+        Path::new("."),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("limits.max_connections: invalid type"),
+        "{err}"
+    );
+    assert!(matches!(err, ConfigError::Invalid { .. }));
+}
+
+#[test]
+fn tls_files_are_named_when_missing_or_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "not a pem").unwrap();
+    let text = format!(
+        "{BASE}[[listeners]]\nname = \"tls\"\naddress = \"127.0.0.1:8443\"\n[listeners.tls]\n[[listeners.tls.certificates]]\ncert = \"empty.pem\"\nkey = \"missing.key\"\n"
+    );
+    let err = parse(&text, "t.toml", dir.path()).unwrap_err();
+    let found: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("listeners[1].tls.certificates[0].cert:")
+                && p.contains("empty.pem` holds no PEM certificate")),
+        "{found:#?}"
+    );
+    assert!(
+        found.iter().any(
+            |p| p.starts_with("listeners[1].tls.certificates[0].key: cannot read")
+                && p.contains("missing.key")
+        ),
+        "{found:#?}"
+    );
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install what is missing and run Gantry's whole test suite: format check, clippy
+# with warnings as errors, every test, and `gantry config check` over the examples.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+export CARGO_TERM_COLOR=never RUST_BACKTRACE=0
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo test"
+log=$(mktemp)
+cargo test --locked --workspace 2>&1 | tee "$log"
+echo "== gantry config check config/examples/*.toml"
+cargo run --locked -q -p gantry -- config check config/examples/*.toml
+
+# One closing line for the whole suite.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
