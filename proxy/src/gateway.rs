@@ -169,7 +169,9 @@ impl Gateway {
 
 fn request_header_bytes(req: &RequestHeader) -> usize {
     // method SP uri SP version CRLF, then `name: value CRLF` per header.
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let uri = req.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + req.uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method.as_str().len() + uri + 12;
     line + req
         .headers
         .iter()

@@ -5,22 +5,14 @@ use crate::harness::*;
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_status() {
     let origin = Origin::start("o").await;
-    let gw = Gateway::start(&format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "{{gateway}}"
-[[pools]]
-name = "p"
-endpoints = ["{}"]
-[[routes]]
-name = "api"
-pool = "p"
-path_prefix = "/api"
-"#,
-        origin.addr
-    ))
-    .await;
+    let api = "[[routes]]
+name = \"api\"
+pool = \"p\"
+path_prefix = \"/api\"";
+    // The catch-all route only serves another host, so `/nope` matches nothing here.
+    let config = one_pool(&[origin.addr], "", api)
+        .replace("name = \"all\"", "name = \"all\"\nhosts = [\"other.test\"]");
+    let gw = Gateway::start(&config).await;
     for _ in 0..3 {
         gw.get("/api/x").await;
     }

@@ -9,28 +9,12 @@ async fn pool_of_three(policy: &str) -> (Vec<Origin>, Gateway) {
         Origin::start("b").await,
         Origin::start("c").await,
     ];
-    let endpoints: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
-    let gw = Gateway::start(&format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "{{gateway}}"
-[[pools]]
-name = "p"
-endpoints = [{}]
-{policy}
-[[routes]]
-name = "all"
-pool = "p"
-"#,
-        endpoints.join(", ")
-    ))
-    .await;
+    let addrs: Vec<_> = origins.iter().map(|o| o.addr).collect();
+    let gw = Gateway::start(&one_pool(&addrs, policy, "")).await;
     (origins, gw)
 }
 
-async fn origin_of(gw: &Gateway, req: reqwest::RequestBuilder) -> String {
-    let _ = gw;
+async fn origin_of(req: reqwest::RequestBuilder) -> String {
     let res = req.send().await.unwrap();
     assert_eq!(res.status(), 200);
     res.headers()["x-origin"].to_str().unwrap().to_string()
@@ -67,7 +51,6 @@ async fn consistent_hash_on_header_pins_keys_and_spreads_them() {
     let mut owner = HashMap::new();
     for user in 0..40 {
         let o = origin_of(
-            &gw,
             gw.client
                 .get(gw.url("/"))
                 .header("x-user", user.to_string()),
@@ -78,7 +61,6 @@ async fn consistent_hash_on_header_pins_keys_and_spreads_them() {
     // Every key goes back to the same endpoint.
     for user in 0..40 {
         let o = origin_of(
-            &gw,
             gw.client
                 .get(gw.url("/"))
                 .header("x-user", user.to_string()),
@@ -93,8 +75,8 @@ async fn consistent_hash_on_header_pins_keys_and_spreads_them() {
 #[tokio::test]
 async fn consistent_hash_on_client_address_is_sticky() {
     let (_origins, gw) = pool_of_three("load_balancing = \"consistent_hash\"").await;
-    let first = origin_of(&gw, gw.client.get(gw.url("/"))).await;
+    let first = origin_of(gw.client.get(gw.url("/"))).await;
     for _ in 0..10 {
-        assert_eq!(origin_of(&gw, gw.client.get(gw.url("/"))).await, first);
+        assert_eq!(origin_of(gw.client.get(gw.url("/"))).await, first);
     }
 }

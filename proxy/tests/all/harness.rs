@@ -162,6 +162,19 @@ async fn answer(
         .unwrap())
 }
 
+/// Config text for the common case: the `{gateway}` listener, one pool `p` over
+/// `endpoints` (plus `pool_extra` lines), a catch-all route `all`, then `tail`
+/// (more tables: `[limits]`, routes, ...).
+pub fn one_pool(endpoints: &[SocketAddr], pool_extra: &str, tail: &str) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\n\
+         [[pools]]\nname = \"p\"\nendpoints = [{}]\n{pool_extra}\n\
+         [[routes]]\nname = \"all\"\npool = \"p\"\n{tail}\n",
+        list.join(", ")
+    )
+}
+
 /// A running gateway. `{gateway}` and `{admin}` in the config text are replaced by
 /// ephemeral addresses; `{dir}` by a temporary directory (for TLS files).
 pub struct Gateway {

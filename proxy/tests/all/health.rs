@@ -5,28 +5,15 @@ use crate::harness::*;
 async fn checked_pool() -> (Origin, Origin, Gateway) {
     let a = Origin::start("a").await;
     let b = Origin::start("b").await;
-    let gw = Gateway::start(&format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "{{gateway}}"
-[[pools]]
-name = "p"
-endpoints = ["{}", "{}"]
-[pools.health_check]
-kind = "http"
-path = "/healthz"
+    let check = "[pools.health_check]
+kind = \"http\"
+path = \"/healthz\"
 interval_ms = 50
-timeout_ms = 500
+\
+                 timeout_ms = 500
 healthy_threshold = 2
-unhealthy_threshold = 2
-[[routes]]
-name = "all"
-pool = "p"
-"#,
-        a.addr, b.addr
-    ))
-    .await;
+unhealthy_threshold = 2";
+    let gw = Gateway::start(&one_pool(&[a.addr, b.addr], check, "")).await;
     (a, b, gw)
 }
 

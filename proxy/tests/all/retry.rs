@@ -6,23 +6,11 @@ use crate::harness::*;
 async fn live_and_dead(retries: u32) -> (Origin, Gateway) {
     let live = Origin::start("live").await;
     let dead = free_addr(); // nothing listens here: connection refused
-    let gw = Gateway::start(&format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "{{gateway}}"
-[[pools]]
-name = "p"
-endpoints = ["{dead}", "{live}"]
-retries = {retries}
-connect_timeout_ms = 500
-[[routes]]
-name = "all"
-pool = "p"
-"#,
-        live = live.addr
-    ))
-    .await;
+    let pool = format!(
+        "retries = {retries}
+connect_timeout_ms = 500"
+    );
+    let gw = Gateway::start(&one_pool(&[dead, live.addr], &pool, "")).await;
     (live, gw)
 }
 

@@ -5,23 +5,11 @@ use crate::harness::*;
 use std::time::{Duration, Instant};
 
 async fn gateway(origin: &Origin, grace_ms: u64) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[limits]
-shutdown_grace_period_ms = {grace_ms}
-[[listeners]]
-name = "http"
-address = "{{gateway}}"
-[[pools]]
-name = "p"
-endpoints = ["{}"]
-[[routes]]
-name = "all"
-pool = "p"
-"#,
-        origin.addr
-    ))
-    .await
+    let limits = format!(
+        "[limits]
+shutdown_grace_period_ms = {grace_ms}"
+    );
+    Gateway::start(&one_pool(&[origin.addr], "", &limits)).await
 }
 
 #[tokio::test]

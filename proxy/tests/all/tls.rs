@@ -109,20 +109,10 @@ async fn sni_selects_the_certificate_and_alpn_offers_h2() {
 #[tokio::test]
 async fn h2c_on_plain_listener() {
     let origin = Origin::start("o").await;
-    let gw = Gateway::start(&format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "{{gateway}}"
-h2c = true
-[[pools]]
-name = "p"
-endpoints = ["{}"]
-[[routes]]
-name = "all"
-pool = "p"
-"#,
-        origin.addr
+    let gw = Gateway::start(&one_pool(&[origin.addr], "", "").replace(
+        "[[pools]]",
+        "h2c = true
+[[pools]]",
     ))
     .await;
     let c = reqwest::Client::builder()
