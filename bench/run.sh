@@ -24,6 +24,7 @@ ADMIN=127.0.0.1:$((BASE_PORT + 5))
 
 cargo build --release --locked -p gantry -p minimal-proxy
 work=$(mktemp -d)
+chmod 755 "$work" # nginx workers run as an unprivileged user
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
@@ -73,7 +74,7 @@ RUST_LOG=warn target/release/gantry gateway --config "$work/gantry.toml" & gantr
 
 for addr in $ORIGIN $NGINX $MINIMAL $GANTRY; do
   for _ in $(seq 100); do curl -sf "http://$addr/" -o /dev/null && break; sleep 0.1; done
-  curl -sf "http://$addr/" -o /dev/null || { echo "bench: $addr does not answer" >&2; exit 1; }
+  curl -sf "http://$addr/" -o /dev/null || { echo "bench: $addr does not answer" >&2; tail -n 5 "$work"/*.err >&2 2>/dev/null; exit 1; }
 done
 idle_rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gantry_pid/status")
 

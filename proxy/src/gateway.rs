@@ -311,19 +311,20 @@ impl ProxyHttp for Gateway {
             .router
             .route(ctx.route.expect("request_filter sets the route"));
         let pool = &self.pools[route.pool];
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        let key: &[u8] = if !pool.hashes() {
-            b""
+        let backend = if pool.hashes() {
+            let header = pool.hash_header().and_then(|h| session.req_header().headers.get(h));
+            match header {
+                Some(v) => pool.pick(v.as_bytes(), &ctx.tried),
+                None => {
+                    let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+                    let key = ip.map(|ip| ip.to_string()).unwrap_or_default();
+                    pool.pick(key.as_bytes(), &ctx.tried)
+                }
+            }
         } else {
-            pool.hash_header()
-                .and_then(|h| session.req_header().headers.get(h))
-                .map_or(client_ip.as_bytes(), |v| v.as_bytes())
+            pool.pick(b"", &ctx.tried)
         };
-        let Some(backend) = pool.pick(key, &ctx.tried) else {
+        let Some(backend) = backend else {
             let err = if ctx.tried.is_empty() {
                 GatewayError::NoHealthyEndpoint
             } else {
@@ -492,7 +493,6 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
         let req = session.req_header();
-        let upstream = ctx.tried.last().map(|b| b.addr.to_string());
         tracing::info!(
             target: "gantry::access",
             request_id = %ctx.request_id,
@@ -502,7 +502,7 @@ impl ProxyHttp for Gateway {
             path = %req.uri.path(),
             route,
             status,
-            upstream = upstream.as_deref().unwrap_or(""),
+            upstream = %ctx.tried.last().map(|b| b.addr.to_string()).unwrap_or_default(),
             attempts = ctx.tried.len(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
