@@ -20,6 +20,8 @@ pub const DEFAULT_CLIENT_READ_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_CLIENT_WRITE_TIMEOUT_MS: u64 = 60_000;
 /// How long an idle keep-alive client connection is kept open, in milliseconds.
 pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 60_000;
+/// Concurrent HTTP/2 streams (requests) one client connection may have open.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// How long in-flight requests get to finish after SIGTERM, in milliseconds.
 pub const DEFAULT_SHUTDOWN_GRACE_PERIOD_MS: u64 = 30_000;
 /// Time to establish a TCP (and TLS) connection to an upstream endpoint, in milliseconds.
@@ -90,6 +92,9 @@ pub struct LimitsSection {
     pub keepalive_timeout_ms: Option<u64>,
     /// Milliseconds. Default [`DEFAULT_SHUTDOWN_GRACE_PERIOD_MS`].
     pub shutdown_grace_period_ms: Option<u64>,
+    /// Streams per HTTP/2 connection, advertised in SETTINGS; more are refused
+    /// with `REFUSED_STREAM`. Default [`DEFAULT_H2_MAX_CONCURRENT_STREAMS`].
+    pub h2_max_concurrent_streams: Option<u32>,
 }
 
 /// `[admin]`

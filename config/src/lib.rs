@@ -132,6 +132,8 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Time in-flight requests get after SIGTERM.
     pub shutdown_grace_period: Duration,
+    /// Concurrent streams per HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
 }
 
 /// A client listener.

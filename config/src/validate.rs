@@ -159,6 +159,11 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
             l.keepalive_timeout_ms,
             DEFAULT_KEEPALIVE_TIMEOUT_MS,
         ),
+        h2_max_concurrent_streams: c.at_least_one(
+            "limits.h2_max_concurrent_streams".into(),
+            l.h2_max_concurrent_streams,
+            DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+        ),
         // Zero is allowed here: it means "drop in-flight requests at once".
         shutdown_grace_period: Duration::from_millis(
             l.shutdown_grace_period_ms

@@ -312,11 +312,16 @@ impl ProxyHttp for Gateway {
             .route(ctx.route.expect("request_filter sets the route"));
         let pool = &self.pools[route.pool];
         let backend = if pool.hashes() {
-            let header = pool.hash_header().and_then(|h| session.req_header().headers.get(h));
+            let header = pool
+                .hash_header()
+                .and_then(|h| session.req_header().headers.get(h));
             match header {
                 Some(v) => pool.pick(v.as_bytes(), &ctx.tried),
                 None => {
-                    let ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+                    let ip = session
+                        .client_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.ip());
                     let key = ip.map(|ip| ip.to_string()).unwrap_or_default();
                     pool.pick(key.as_bytes(), &ctx.tried)
                 }

@@ -91,6 +91,10 @@ impl Gantry {
             options.h2c = true;
             proxy.server_options = Some(options);
         }
+        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+        h2.max_concurrent_streams(config.limits.h2_max_concurrent_streams);
+        h2.max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX));
+        proxy.h2_options = Some(h2);
         let app = Counted {
             inner: Arc::new(proxy),
             metrics: metrics.clone(),

@@ -126,3 +126,26 @@ async fn h2c_on_plain_listener() {
     // HTTP/1.1 clients still work on the same listener.
     assert_eq!(gw.get("/x").await.version(), reqwest::Version::HTTP_11);
 }
+
+#[tokio::test]
+async fn h2_stream_limit_is_advertised() {
+    let origin = Origin::start("o").await;
+    let config = one_pool(
+        &[origin.addr],
+        "",
+        "[limits]\nh2_max_concurrent_streams = 7",
+    )
+    .replace("[[pools]]", "h2c = true\n[[pools]]");
+    let gw = Gateway::start(&config).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::get(format!("http://{}/", gw.addr))
+        .body(())
+        .unwrap();
+    let (res, _) = send.send_request(req, true).unwrap();
+    assert_eq!(res.await.unwrap().status(), 200);
+    // The server's SETTINGS have arrived with the first response.
+    assert_eq!(send.current_max_send_streams(), 7);
+}
