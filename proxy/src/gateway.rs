@@ -71,6 +71,15 @@ impl Lifecycle {
     }
 }
 
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("draining", &self.is_draining())
+            .field("inflight", &self.inflight())
+            .finish()
+    }
+}
+
 /// Counts a request as in flight for as long as it lives.
 pub struct InflightGuard {
     lifecycle: Arc<Lifecycle>,

@@ -11,7 +11,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Gantry: an edge gateway for web and AI inference traffic.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  gantry serve\n  gantry gateway --config config/examples/edge.toml\n  gantry config check config/examples/*.toml"
+)]
 struct Cli {
     /// Log line format. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -44,7 +49,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Work with configuration files.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  gantry config check gantry.toml")]
     Config(ConfigCommand),
 }
 
@@ -87,27 +92,25 @@ fn load(path: &Path) -> anyhow::Result<gantry_config::Config> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Config(ConfigCommand::Check { files }) = &cli.command {
-        return check(files);
-    }
-    init_logging(cli.log_format);
-    let result = match cli.command {
-        Command::Gateway { config } => load(&config).and_then(run_gateway),
-        Command::Serve { config: Some(path) } => load(&path).and_then(run_gateway),
+    let config = match cli.command {
+        Command::Config(ConfigCommand::Check { files }) => return check(&files),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", gantry_config::EMBEDDED_DEFAULT);
+            return ExitCode::SUCCESS;
+        }
+        Command::Gateway { config }
+        | Command::Serve {
+            config: Some(config),
+        } => load(&config),
         Command::Serve { config: None } => gantry_config::parse(
             gantry_config::EMBEDDED_DEFAULT,
             "<embedded default>",
             Path::new("."),
         )
-        .map_err(Into::into)
-        .and_then(run_gateway),
-        Command::Config(ConfigCommand::Default) => {
-            print!("{}", gantry_config::EMBEDDED_DEFAULT);
-            Ok(())
-        }
-        Command::Config(ConfigCommand::Check { .. }) => unreachable!("handled above"),
+        .map_err(Into::into),
     };
-    match result {
+    init_logging(cli.log_format);
+    match config.and_then(run_gateway) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -218,21 +218,6 @@ struct Admission {
     lifecycle: Arc<Lifecycle>,
 }
 
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
-    }
-}
-
-impl std::fmt::Debug for Lifecycle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lifecycle")
-            .field("draining", &self.is_draining())
-            .field("inflight", &self.inflight())
-            .finish()
-    }
-}
-
 #[async_trait]
 impl ConnectionFilter for Admission {
     async fn should_accept(&self, _addr: Option<&std::net::SocketAddr>) -> bool {

@@ -45,6 +45,8 @@ pub struct Pool {
     pub config: gantry_config::Pool,
     /// The policy with its endpoints.
     pub selector: Arc<dyn Selector>,
+    /// SNI for upstream TLS: configured, or the first endpoint's host.
+    sni: String,
 }
 
 impl Pool {
@@ -56,10 +58,19 @@ impl Pool {
             LoadBalancing::Random => build_lb::<Random>(config)?,
             LoadBalancing::ConsistentHash => build_lb::<Consistent>(config)?,
         };
+        let sni = config.sni.clone().unwrap_or_else(|| {
+            config
+                .endpoints
+                .first()
+                .and_then(|e| e.rsplit_once(':'))
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                .unwrap_or_default()
+        });
         Ok((
             Pool {
                 config: config.clone(),
                 selector,
+                sni,
             },
             service,
         ))
@@ -74,14 +85,7 @@ impl Pool {
     /// How the request is sent to `backend`: timeouts and TLS from the pool's settings.
     pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
         let c = &self.config;
-        let sni = c.sni.clone().unwrap_or_else(|| {
-            c.endpoints
-                .first()
-                .and_then(|e| e.rsplit_once(':'))
-                .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-                .unwrap_or_default()
-        });
-        let mut peer = HttpPeer::new(backend.addr.clone(), c.tls, sni);
+        let mut peer = HttpPeer::new(backend.addr.clone(), c.tls, self.sni.clone());
         peer.options.connection_timeout = Some(c.connect_timeout);
         peer.options.read_timeout = Some(c.read_timeout);
         peer.options.write_timeout = Some(c.write_timeout);

@@ -78,3 +78,54 @@ async fn grace_period_bounds_the_wait() {
         "the abandoned request is cut off, not answered"
     );
 }
+
+/// The real binary, a real SIGTERM: the in-flight request is answered, then the
+/// process exits 0.
+#[tokio::test]
+async fn sigterm_drains_the_gantry_process() {
+    let origin = Origin::start("o").await;
+    let (addr, admin) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_pool(
+        &[origin.addr],
+        "",
+        &format!("[admin]\naddress = \"{admin}\""),
+    )
+    .replace("{gateway}", &addr.to_string());
+    let path = dir.path().join("gantry.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["gateway", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(addr).await;
+
+    let slow = tokio::spawn(async move {
+        client()
+            .get(format!("http://{addr}/"))
+            .header("x-delay-ms", "500")
+            .send()
+            .await
+    });
+    eventually("request reached the origin", || async {
+        origin.hits() == 1
+    })
+    .await;
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let res = slow.await.unwrap().expect("in-flight request answered");
+    assert_eq!(res.status(), 200);
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("process exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
