@@ -34,6 +34,10 @@ use tokio::sync::Notify;
 pub const REQUEST_ID: &str = "x-request-id";
 /// Longest client-supplied request id kept as is.
 const MAX_REQUEST_ID_LEN: usize = 128;
+/// Bodies of unknown length (chunked) on routes whose limit is at most this are read
+/// whole before the upstream is contacted, so an oversized one never reaches it.
+/// Equal to Pingora's retry buffer, which replays the read body to the upstream.
+const PREREAD_MAX_BYTES: u64 = 64 * 1024;
 
 /// Process-wide state the phases and the shutdown logic share.
 #[derive(Default)]
@@ -123,6 +127,8 @@ pub struct RequestCtx {
     tried: Vec<Backend>,
     error: Option<GatewayError>,
     body_bytes: u64,
+    /// The whole body was read (and counted) in `request_filter`.
+    body_preread: bool,
     _inflight: InflightGuard,
 }
 
@@ -147,6 +153,21 @@ impl Gateway {
     fn route_name(&self, ctx: &RequestCtx) -> &str {
         ctx.route
             .map_or("none", |i| self.router.route(i).name.as_str())
+    }
+
+    async fn reject_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        limit: u64,
+    ) -> Result<bool> {
+        self.metrics
+            .limit_rejections
+            .with_label_values(&["body_bytes"])
+            .inc();
+        self.respond(session, ctx, GatewayError::BodyTooLarge { limit })
+            .await?;
+        Ok(true)
     }
 
     /// Answer locally with the error's JSON body.
@@ -238,6 +259,7 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             error: None,
             body_bytes: 0,
+            body_preread: false,
             _inflight: InflightGuard::new(&self.lifecycle, &self.metrics),
         }
     }
@@ -300,13 +322,18 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
-            self.metrics
-                .limit_rejections
-                .with_label_values(&["body_bytes"])
-                .inc();
-            self.respond(session, ctx, GatewayError::BodyTooLarge { limit })
-                .await?;
-            return Ok(true);
+            return self.reject_body(session, ctx, limit).await;
+        }
+        if declared.is_none() && limit <= PREREAD_MAX_BYTES && !session.as_mut().is_body_empty() {
+            // Unknown length: read it all now; Pingora replays it from the retry buffer.
+            session.as_mut().enable_retry_buffering();
+            while let Some(chunk) = session.read_request_body().await? {
+                ctx.body_bytes += chunk.len() as u64;
+                if ctx.body_bytes > limit {
+                    return self.reject_body(session, ctx, limit).await;
+                }
+            }
+            ctx.body_preread = true;
         }
         Ok(false)
     }
@@ -397,7 +424,7 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(chunk) = body {
+        if let Some(chunk) = body.as_ref().filter(|_| !ctx.body_preread) {
             ctx.body_bytes += chunk.len() as u64;
             let limit = self
                 .router
