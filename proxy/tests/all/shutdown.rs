@@ -80,10 +80,11 @@ async fn grace_period_bounds_the_wait() {
 }
 
 /// The real binary, a real SIGTERM: the in-flight request is answered, then the
-/// process exits 0.
+/// process exits 0. Its access log is one JSON object per request.
 #[tokio::test]
 async fn sigterm_drains_the_gantry_process() {
     let origin = Origin::start("o").await;
+    let origin_addr = origin.addr.to_string();
     let (addr, admin) = (free_addr(), free_addr());
     let dir = tempfile::tempdir().unwrap();
     let config = one_pool(
@@ -95,9 +96,10 @@ async fn sigterm_drains_the_gantry_process() {
     let path = dir.path().join("gantry.toml");
     std::fs::write(&path, config).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["gateway", "--config"])
+        .args(["--log-format", "json", "gateway", "--config"])
         .arg(&path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,gantry::access=info")
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -123,9 +125,24 @@ async fn sigterm_drains_the_gantry_process() {
 
     let res = slow.await.unwrap().expect("in-flight request answered");
     assert_eq!(res.status(), 200);
-    let status = tokio::time::timeout(PATIENCE, child.wait())
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
         .await
         .expect("process exits")
         .unwrap();
-    assert!(status.success(), "{status:?}");
+    assert!(out.status.success(), "{:?}", out.status);
+
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "gantry::access")
+        .collect();
+    assert_eq!(access.len(), 1, "{logs}");
+    let fields = &access[0]["fields"];
+    assert_eq!(fields["request_id"], request_id.as_str());
+    assert_eq!(fields["status"], 200);
+    assert_eq!(fields["route"], "all");
+    assert_eq!(fields["method"], "GET");
+    assert_eq!(fields["upstream"], origin_addr.as_str());
 }
