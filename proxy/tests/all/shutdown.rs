@@ -95,7 +95,7 @@ async fn sigterm_drains_the_gantry_process() {
     .replace("{gateway}", &addr.to_string());
     let path = dir.path().join("gantry.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args(["--log-format", "json", "gateway", "--config"])
         .arg(&path)
         .env("RUST_LOG", "warn,gantry::access=info")
