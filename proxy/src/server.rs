@@ -55,6 +55,7 @@ pub enum ShutdownTrigger {
 impl Gantry {
     /// Build listeners, pools, health checks and the admin listener.
     pub fn build(config: Config) -> anyhow::Result<Gantry> {
+        check_bindable(&config)?;
         let mut conf = ServerConf {
             threads: config.threads,
             // Our own drain (see `Drain`) waits for in-flight requests; Pingora need not.
@@ -163,6 +164,21 @@ impl Gantry {
         });
         tracing::info!("gantry gateway stopped");
     }
+}
+
+/// Fail fast with a clear message when an address is taken (Pingora would retry
+/// binding for a while, for graceful upgrades, and then panic).
+fn check_bindable(config: &Config) -> anyhow::Result<()> {
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| (format!("listener `{}`", l.name), l.address));
+    let admin = config.admin.map(|a| ("admin listener".to_string(), a));
+    for (what, addr) in listeners.chain(admin) {
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("{what}: cannot listen on {addr}"))?;
+    }
+    Ok(())
 }
 
 /// Graceful shutdown: on the trigger, refuse new connections, close kept-alive ones

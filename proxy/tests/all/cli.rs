@@ -137,3 +137,26 @@ fn help_has_examples() {
         );
     }
 }
+
+#[test]
+fn a_taken_address_fails_fast_naming_the_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "busy.toml",
+        &BASE.replace("127.0.0.1:8080", &addr.to_string()),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["gateway", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains(&format!("listener `http`: cannot listen on {addr}")),
+        "{text}"
+    );
+}
