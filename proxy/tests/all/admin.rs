@@ -50,18 +50,8 @@ path_prefix = \"/api\"";
         origin.addr
     )));
 
-    let health = gw
-        .client
-        .get(format!("http://{}/healthz", gw.admin))
-        .send()
-        .await
-        .unwrap();
+    let health = gw.admin_get("/healthz").await;
     assert_eq!(health.status(), 200);
-    let ready = gw
-        .client
-        .get(format!("http://{}/readyz", gw.admin))
-        .send()
-        .await
-        .unwrap();
+    let ready = gw.admin_get("/readyz").await;
     assert_eq!(ready.status(), 200);
 }

@@ -236,16 +236,19 @@ impl Gateway {
             .expect("request reaches the gateway")
     }
 
-    /// Body of the admin `/metrics` page.
-    pub async fn metrics(&self) -> String {
+    /// GET a path on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        let url = format!("http://{}{path}", self.admin);
         self.client
-            .get(format!("http://{}/metrics", self.admin))
+            .get(url)
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+            .expect("admin listener answers")
+    }
+
+    /// Body of the admin `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await.text().await.unwrap()
     }
 
     /// Value of one metric sample line, e.g. `gantry_requests_total{route="a",status="200"}`.

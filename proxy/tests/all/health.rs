@@ -65,12 +65,7 @@ async fn all_endpoints_down_is_503_json_and_not_ready() {
     let body = json(res).await;
     assert_eq!(body["error"]["code"], "no_healthy_upstream");
     assert_eq!(body["error"]["type"], "upstream_error");
-    let ready = gw
-        .client
-        .get(format!("http://{}/readyz", gw.admin))
-        .send()
-        .await
-        .unwrap();
+    let ready = gw.admin_get("/readyz").await;
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("p"));
 }

@@ -147,23 +147,11 @@ async fn forwarding_headers_and_request_id() {
 #[tokio::test]
 async fn no_route_is_404_and_wrong_method_is_405_json() {
     let origin = Origin::start("only").await;
-    let gw = Gateway::start(&format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "{{gateway}}"
-[[pools]]
-name = "p"
-endpoints = ["{}"]
-[[routes]]
-name = "submit"
-pool = "p"
-path_prefix = "/submit"
-methods = ["POST"]
-"#,
-        origin.addr
-    ))
-    .await;
+    let submit = "name = \"submit\"
+path_prefix = \"/submit\"
+methods = [\"POST\"]";
+    let gw =
+        Gateway::start(&one_pool(&[origin.addr], "", "").replace("name = \"all\"", submit)).await;
     let res = gw.get("/elsewhere").await;
     assert_eq!(res.status(), 404);
     assert!(res.headers().contains_key("x-request-id"));
