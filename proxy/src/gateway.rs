@@ -14,11 +14,12 @@
 
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::rewrite::Rewrite;
 use crate::router::{self, Match, Router};
 use crate::upstream::Pool;
 use async_trait::async_trait;
 use bytes::Bytes;
-use gantry_config::{HeaderRewrite, Limits};
+use gantry_config::Limits;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::Backend;
@@ -113,6 +114,8 @@ impl Drop for InflightGuard {
 /// The gateway's `ProxyHttp` implementation.
 pub struct Gateway {
     router: Router,
+    /// Per route, by index: (request rewrite, response rewrite).
+    rewrites: Vec<(Rewrite, Rewrite)>,
     pools: Vec<Arc<Pool>>,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -141,8 +144,18 @@ impl Gateway {
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
     ) -> Self {
+        let rewrites = (0..router.len())
+            .map(|i| {
+                let r = router.route(i);
+                (
+                    Rewrite::new(&r.request_headers),
+                    Rewrite::new(&r.response_headers),
+                )
+            })
+            .collect();
         Gateway {
             router,
+            rewrites,
             pools,
             limits,
             metrics,
@@ -219,32 +232,6 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
-}
-
-fn apply_request_rewrite(req: &mut RequestHeader, rw: &HeaderRewrite) -> Result<()> {
-    for name in &rw.remove {
-        req.remove_header(name.as_str());
-    }
-    for (name, value) in &rw.set {
-        req.insert_header(name.clone(), value.as_str())?;
-    }
-    for (name, value) in &rw.add {
-        req.append_header(name.clone(), value.as_str())?;
-    }
-    Ok(())
-}
-
-fn apply_response_rewrite(resp: &mut ResponseHeader, rw: &HeaderRewrite) -> Result<()> {
-    for name in &rw.remove {
-        resp.remove_header(name.as_str());
-    }
-    for (name, value) in &rw.set {
-        resp.insert_header(name.clone(), value.as_str())?;
-    }
-    for (name, value) in &rw.add {
-        resp.append_header(name.clone(), value.as_str())?;
-    }
-    Ok(())
 }
 
 #[async_trait]
@@ -385,7 +372,8 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let route = self.router.route(ctx.route.expect("route chosen"));
+        let i = ctx.route.expect("route chosen");
+        let route = self.router.route(i);
         if route.strip_prefix {
             let pq = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
             let stripped = router::strip_prefix(&route.path_prefix, pq);
@@ -394,7 +382,7 @@ impl ProxyHttp for Gateway {
             })?;
             upstream.set_uri(uri);
         }
-        apply_request_rewrite(upstream, &route.request_headers)?;
+        self.rewrites[i].0.apply(upstream)?;
 
         if let Some(ip) = session
             .client_addr()
@@ -474,7 +462,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(i) = ctx.route {
-            apply_response_rewrite(resp, &self.router.route(i).response_headers)?;
+            self.rewrites[i].1.apply(resp)?;
         }
         resp.insert_header(REQUEST_ID, &ctx.request_id)?;
         if self.lifecycle.is_draining() {

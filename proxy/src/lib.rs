@@ -6,6 +6,7 @@ pub mod admin;
 pub mod error;
 pub mod gateway;
 pub mod metrics;
+pub mod rewrite;
 pub mod router;
 pub mod server;
 pub mod tls;

@@ -59,6 +59,16 @@ impl Router {
         Match::MethodNotAllowed(allowed)
     }
 
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
     /// The route at an index returned by [`Router::find`].
     pub fn route(&self, i: usize) -> &Route {
         &self.routes[i]
