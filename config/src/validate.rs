@@ -73,14 +73,14 @@ impl Checker {
     }
 
     /// A count that must be at least 1.
-    fn at_least_one<T: Copy + Into<u64>>(
+    fn at_least_one<T: Copy + PartialOrd + From<u8>>(
         &mut self,
         path: String,
         value: Option<T>,
         default: T,
     ) -> T {
         let v = value.unwrap_or(default);
-        if v.into() == 0 {
+        if v < T::from(1) {
             self.fail(path, "must be at least 1");
         }
         v
@@ -137,13 +137,11 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
             v
         },
         max_body_bytes: l.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
-        max_connections: {
-            let v = l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-            if v == 0 {
-                c.fail("limits.max_connections", "must be at least 1");
-            }
-            v
-        },
+        max_connections: c.at_least_one(
+            "limits.max_connections".into(),
+            l.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+        ),
         client_read_timeout: c.millis(
             "limits.client_read_timeout_ms".into(),
             l.client_read_timeout_ms,

@@ -59,6 +59,8 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/metrics" => {
                 self.refresh_health();
+                let inflight = self.lifecycle.inflight() as i64;
+                self.metrics.inflight_requests.set(inflight);
                 text(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",

@@ -93,6 +93,16 @@ impl GatewayError {
         }
     }
 
+    /// The `gantry_limit_rejections_total` label when a configured limit refused
+    /// the request.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::HeadersTooLarge { .. } => Some("header_bytes"),
+            GatewayError::BodyTooLarge { .. } => Some("body_bytes"),
+            _ => None,
+        }
+    }
+
     /// Whether the client, not the gateway or upstream, is at fault.
     pub fn is_client_error(&self) -> bool {
         self.status() < 500
@@ -110,7 +120,6 @@ impl GatewayError {
     pub fn from_pingora(e: &Error) -> Option<GatewayError> {
         use ErrorType::*;
         Some(match (e.esource(), e.etype()) {
-            (_, HTTPStatus(413)) => GatewayError::BodyTooLarge { limit: 0 },
             (
                 ErrorSource::Upstream,
                 ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError

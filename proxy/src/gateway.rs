@@ -86,27 +86,19 @@ impl std::fmt::Debug for Lifecycle {
 }
 
 /// Counts a request as in flight for as long as it lives.
-pub struct InflightGuard {
-    lifecycle: Arc<Lifecycle>,
-    metrics: Arc<Metrics>,
-}
+pub struct InflightGuard(Arc<Lifecycle>);
 
 impl InflightGuard {
-    fn new(lifecycle: &Arc<Lifecycle>, metrics: &Arc<Metrics>) -> Self {
+    fn new(lifecycle: &Arc<Lifecycle>) -> Self {
         lifecycle.inflight.fetch_add(1, Ordering::SeqCst);
-        metrics.inflight_requests.inc();
-        InflightGuard {
-            lifecycle: lifecycle.clone(),
-            metrics: metrics.clone(),
-        }
+        InflightGuard(lifecycle.clone())
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.metrics.inflight_requests.dec();
-        if self.lifecycle.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.lifecycle.idle.notify_waiters();
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
         }
     }
 }
@@ -133,6 +125,15 @@ pub struct RequestCtx {
     /// The whole body was read (and counted) in `request_filter`.
     body_preread: bool,
     _inflight: InflightGuard,
+}
+
+impl RequestCtx {
+    /// Record `err` as this request's outcome and turn it into a phase error.
+    fn fail(&mut self, err: GatewayError) -> Box<Error> {
+        let e = err.clone().into_pingora();
+        self.error = Some(err);
+        e
+    }
 }
 
 impl Gateway {
@@ -166,21 +167,6 @@ impl Gateway {
     fn route_name(&self, ctx: &RequestCtx) -> &str {
         ctx.route
             .map_or("none", |i| self.router.route(i).name.as_str())
-    }
-
-    async fn reject_body(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        limit: u64,
-    ) -> Result<bool> {
-        self.metrics
-            .limit_rejections
-            .with_label_values(&["body_bytes"])
-            .inc();
-        self.respond(session, ctx, GatewayError::BodyTooLarge { limit })
-            .await?;
-        Ok(true)
     }
 
     /// Answer locally with the error's JSON body.
@@ -222,6 +208,15 @@ fn request_header_bytes(req: &RequestHeader) -> usize {
         .sum::<usize>()
 }
 
+/// The client IP as a hash key, IPv4 mapped into IPv6 so both have one form.
+fn ip_key(ip: Option<std::net::IpAddr>) -> [u8; 16] {
+    match ip {
+        Some(std::net::IpAddr::V4(v4)) => v4.to_ipv6_mapped().octets(),
+        Some(std::net::IpAddr::V6(v6)) => v6.octets(),
+        None => [0; 16],
+    }
+}
+
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| c.is_ascii_graphic())
@@ -247,7 +242,7 @@ impl ProxyHttp for Gateway {
             error: None,
             body_bytes: 0,
             body_preread: false,
-            _inflight: InflightGuard::new(&self.lifecycle, &self.metrics),
+            _inflight: InflightGuard::new(&self.lifecycle),
         }
     }
 
@@ -275,10 +270,6 @@ impl ProxyHttp for Gateway {
 
         let size = request_header_bytes(req);
         if size > self.limits.max_header_bytes {
-            self.metrics
-                .limit_rejections
-                .with_label_values(&["header_bytes"])
-                .inc();
             let err = GatewayError::HeadersTooLarge {
                 size,
                 limit: self.limits.max_header_bytes,
@@ -309,7 +300,9 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
-            return self.reject_body(session, ctx, limit).await;
+            let err = GatewayError::BodyTooLarge { limit };
+            self.respond(session, ctx, err).await?;
+            return Ok(true);
         }
         if declared.is_none() && limit <= PREREAD_MAX_BYTES && !session.as_mut().is_body_empty() {
             // Unknown length: read it all now; Pingora replays it from the retry buffer.
@@ -317,7 +310,9 @@ impl ProxyHttp for Gateway {
             while let Some(chunk) = session.read_request_body().await? {
                 ctx.body_bytes += chunk.len() as u64;
                 if ctx.body_bytes > limit {
-                    return self.reject_body(session, ctx, limit).await;
+                    let err = GatewayError::BodyTooLarge { limit };
+                    self.respond(session, ctx, err).await?;
+                    return Ok(true);
                 }
             }
             ctx.body_preread = true;
@@ -345,8 +340,7 @@ impl ProxyHttp for Gateway {
                         .client_addr()
                         .and_then(|a| a.as_inet())
                         .map(|a| a.ip());
-                    let key = ip.map(|ip| ip.to_string()).unwrap_or_default();
-                    pool.pick(key.as_bytes(), &ctx.tried)
+                    pool.pick(&ip_key(ip), &ctx.tried)
                 }
             }
         } else {
@@ -358,8 +352,7 @@ impl ProxyHttp for Gateway {
             } else {
                 GatewayError::UpstreamUnreachable
             };
-            ctx.error = Some(err.clone());
-            return Err(err.into_pingora());
+            return Err(ctx.fail(err));
         };
         let peer = pool.peer(&backend);
         ctx.tried.push(backend);
@@ -419,13 +412,7 @@ impl ProxyHttp for Gateway {
                 .route(ctx.route.expect("route chosen"))
                 .max_body_bytes;
             if ctx.body_bytes > limit {
-                self.metrics
-                    .limit_rejections
-                    .with_label_values(&["body_bytes"])
-                    .inc();
-                let err = GatewayError::BodyTooLarge { limit };
-                ctx.error = Some(err.clone());
-                return Err(err.into_pingora());
+                return Err(ctx.fail(GatewayError::BodyTooLarge { limit }));
             }
         }
         Ok(())
@@ -513,6 +500,12 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = self.route_name(ctx);
         let elapsed = ctx.started.elapsed();
+        if let Some(limit) = ctx.error.as_ref().and_then(GatewayError::limit) {
+            self.metrics
+                .limit_rejections
+                .with_label_values(&[limit])
+                .inc();
+        }
         self.metrics
             .requests
             .with_label_values(&[route, &status.to_string()])

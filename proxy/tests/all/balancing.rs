@@ -48,25 +48,20 @@ async fn consistent_hash_on_header_pins_keys_and_spreads_them() {
         "load_balancing = \"consistent_hash\"\nhash_on = \"header\"\nhash_header = \"x-user\"",
     )
     .await;
-    let mut owner = HashMap::new();
-    for user in 0..40 {
-        let o = origin_of(
+    let owner_of = |user: u32| {
+        origin_of(
             gw.client
                 .get(gw.url("/"))
                 .header("x-user", user.to_string()),
         )
-        .await;
-        owner.insert(user, o);
+    };
+    let mut owner = HashMap::new();
+    for user in 0..40 {
+        owner.insert(user, owner_of(user).await);
     }
     // Every key goes back to the same endpoint.
     for user in 0..40 {
-        let o = origin_of(
-            gw.client
-                .get(gw.url("/"))
-                .header("x-user", user.to_string()),
-        )
-        .await;
-        assert_eq!(owner[&user], o, "user {user} moved");
+        assert_eq!(owner[&user], owner_of(user).await, "user {user} moved");
     }
     let used: HashSet<_> = owner.values().collect();
     assert_eq!(used.len(), 3, "40 keys use all 3 endpoints: {owner:?}");

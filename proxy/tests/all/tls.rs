@@ -15,18 +15,23 @@ fn write_cert(dir: &Path, name: &str) -> Cert {
     Cert { pem: ck.cert.pem() }
 }
 
-fn trusting(cert: &Cert, resolve: &[(&str, std::net::SocketAddr)], http2: bool) -> reqwest::Client {
+/// GET `https://{host}:{port}/` through the gateway with a client that trusts only `cert`.
+async fn fetch(
+    cert: &Cert,
+    host: &str,
+    gw: &Gateway,
+    http2: bool,
+) -> reqwest::Result<reqwest::Response> {
     let mut b = reqwest::Client::builder()
         .no_proxy()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem.as_bytes()).unwrap());
-    for (name, addr) in resolve {
-        b = b.resolve(name, *addr);
-    }
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem.as_bytes()).unwrap())
+        .resolve(host, gw.addr);
     if !http2 {
         b = b.http1_only();
     }
-    b.build().unwrap()
+    let url = format!("https://{host}:{}/", gw.addr.port());
+    b.build().unwrap().get(url).send().await
 }
 
 async fn tls_gateway(dir: &Path, origin: &Origin) -> Gateway {
@@ -66,15 +71,9 @@ async fn sni_selects_the_certificate_and_alpn_offers_h2() {
     let api = write_cert(dir.path(), "api.test");
     let origin = Origin::start("o").await;
     let gw = tls_gateway(dir.path(), &origin).await;
-    let port = gw.addr.port();
 
     // api.test is served with its own certificate (a client trusting only it succeeds) ...
-    let c = trusting(&api, &[("api.test", gw.addr)], true);
-    let res = c
-        .get(format!("https://api.test:{port}/"))
-        .send()
-        .await
-        .unwrap();
+    let res = fetch(&api, "api.test", &gw, true).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.version(),
@@ -84,12 +83,7 @@ async fn sni_selects_the_certificate_and_alpn_offers_h2() {
     assert_eq!(json(res).await["headers"]["x-forwarded-proto"], "https");
 
     // ... and localhost with the default one.
-    let c = trusting(&default, &[("localhost", gw.addr)], false);
-    let res = c
-        .get(format!("https://localhost:{port}/"))
-        .send()
-        .await
-        .unwrap();
+    let res = fetch(&default, "localhost", &gw, false).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.version(),
@@ -98,12 +92,7 @@ async fn sni_selects_the_certificate_and_alpn_offers_h2() {
     );
 
     // A client trusting only the default certificate rejects what api.test is served.
-    let c = trusting(&default, &[("api.test", gw.addr)], true);
-    assert!(c
-        .get(format!("https://api.test:{port}/"))
-        .send()
-        .await
-        .is_err());
+    assert!(fetch(&default, "api.test", &gw, true).await.is_err());
 }
 
 #[tokio::test]
