@@ -5,7 +5,7 @@
 # Writes the results table to docs/BENCHMARKS.md (between the markers) and prints it.
 #
 #   bench/run.sh                  # defaults: 1 wrk thread, 50 connections, 10 s, 1 proxy thread
-#   CONNS=100 DURATION=20 bench/run.sh
+#   CONNS=100 DURATION=20 ROUNDS=4 bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh bench
@@ -15,6 +15,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 CONNS=${CONNS:-50}
 DURATION=${DURATION:-10}
 WORKERS=${WORKERS:-1}
+ROUNDS=${ROUNDS:-2}
 BASE_PORT=${BASE_PORT:-18080}
 ORIGIN=127.0.0.1:$((BASE_PORT + 1))
 NGINX=127.0.0.1:$((BASE_PORT + 2))
@@ -78,30 +79,37 @@ for addr in $ORIGIN $NGINX $MINIMAL $GANTRY; do
 done
 idle_rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gantry_pid/status")
 
-measure() { # $1 label, $2 addr
-  local out; out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://$2/")
-  local rps p50 p99
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-  printf '| %s | %.0f | %s | %s |\n' "$1" "$rps" "$p50" "$p99"
+# One wrk run; prints "rps p50 p99".
+measure() { # $1 addr
+  local out; out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://$1/")
+  awk '/Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {printf "%.0f %s %s\n", r, p50, p99}' <<<"$out"
 }
 
-rows=$(
-  measure "direct to origin (nginx static)" "$ORIGIN"
-  measure "nginx reverse proxy" "$NGINX"
-  measure "minimal Pingora proxy (bench/minimal-proxy)" "$MINIMAL"
-  measure "Gantry" "$GANTRY"
-)
+# Every target once per round; odd rounds run in reverse order so no target is
+# always measured first or last on a shared, noisy machine.
+labels=("direct to origin (nginx static)" "nginx reverse proxy" "minimal Pingora proxy (bench/minimal-proxy)" "Gantry")
+addrs=("$ORIGIN" "$NGINX" "$MINIMAL" "$GANTRY")
+declare -A rps p50 p99
+for round in $(seq "$ROUNDS"); do
+  order=(0 1 2 3); [ $((round % 2)) -eq 0 ] && order=(3 2 1 0)
+  for i in "${order[@]}"; do
+    read -r r a b < <(measure "${addrs[$i]}")
+    rps[$i]="${rps[$i]:+${rps[$i]} }$r"; p50[$i]="${p50[$i]:+${p50[$i]} / }$a"; p99[$i]="${p99[$i]:+${p99[$i]} / }$b"
+  done
+done
+rows=$(for i in 0 1 2 3; do
+  mean=$(tr ' ' '\n' <<<"${rps[$i]}" | awk '{s+=$1} END {printf "%.0f", s/NR}')
+  printf '| %s | %s | %s | %s | %s |\n' "${labels[$i]}" "$mean" "${rps[$i]// / \/ }" "${p50[$i]}" "${p99[$i]}"
+done)
 loaded_rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gantry_pid/status")
 
 cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 table=$(cat <<TABLE
-Run: $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency,
+Run: $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), $ROUNDS rounds of wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s --latency,
 $WORKERS worker/thread per proxy, 1 KiB response, loopback, release profile (fat LTO, codegen-units = 1, mimalloc).
 
-| path | requests/s | p50 | p99 |
-|---|---|---|---|
+| path | requests/s (mean) | requests/s per round | p50 per round | p99 per round |
+|---|---|---|---|---|
 $rows
 
 Gantry RSS: idle $((idle_rss_kib / 1024)) MiB, after the run $((loaded_rss_kib / 1024)) MiB.

@@ -489,11 +489,17 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
-        // Client mistakes are answered, not logged as server errors.
-        ctx.error
-            .as_ref()
-            .is_some_and(GatewayError::is_client_error)
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        // Client mistakes are answered, and clients that went away have nobody to
+        // answer: neither is a server error (both still show in the access log).
+        match ctx
+            .error
+            .clone()
+            .or_else(|| GatewayError::from_pingora(error))
+        {
+            Some(e) => e.is_client_error(),
+            None => true,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
