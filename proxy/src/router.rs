@@ -19,44 +19,60 @@ pub enum Match {
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Route indices by path prefix length (longest first), then file order: the
+    /// order in which a request tries them.
+    order: Vec<usize>,
 }
 
 impl Router {
     /// Compile the routes of a validated config.
     pub fn new(routes: &[Route]) -> Self {
+        let mut order: Vec<usize> = (0..routes.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(routes[i].path_prefix.len()));
         Router {
             routes: routes.to_vec(),
+            order,
         }
     }
 
-    /// Find the route for a request. `host` may carry a port; it is ignored.
+    /// Find the route for a request: the most specific host, then the longest
+    /// prefix, then file order, among routes that accept the method. `host` may
+    /// carry a port; it is ignored. One pass, no allocation unless nothing matches.
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Match {
-        let host = host.map(|h| strip_port(h).to_ascii_lowercase());
-        let mut candidates: Vec<(u8, usize, usize)> = self
-            .routes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                let host_score = host_score(&r.hosts, host.as_deref())?;
-                prefix_matches(&r.path_prefix, path).then_some((host_score, r.path_prefix.len(), i))
-            })
-            .collect();
-        if candidates.is_empty() {
-            return Match::NotFound;
-        }
-        // Most specific host, then longest prefix, then file order.
-        candidates.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
-        let mut allowed = Vec::new();
-        for &(_, _, i) in &candidates {
-            let methods = &self.routes[i].methods;
-            if methods.is_empty() || methods.iter().any(|m| m == method.as_str()) {
-                return Match::Route(i);
+        let host = host.map(strip_port);
+        let mut best: Option<(u8, usize)> = None;
+        let mut path_matched = false;
+        for &i in &self.order {
+            let r = &self.routes[i];
+            let Some(score) = host_score(&r.hosts, host) else {
+                continue;
+            };
+            if !prefix_matches(&r.path_prefix, path) {
+                continue;
             }
-            allowed.extend(methods.iter().cloned());
+            path_matched = true;
+            // `order` is longest prefix first, so only a better host replaces `best`.
+            if accepts(r, method) && best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, i));
+            }
         }
-        allowed.sort();
-        allowed.dedup();
-        Match::MethodNotAllowed(allowed)
+        match best {
+            Some((_, i)) => Match::Route(i),
+            None if !path_matched => Match::NotFound,
+            None => {
+                let mut allowed: Vec<String> = self
+                    .routes
+                    .iter()
+                    .filter(|r| {
+                        host_score(&r.hosts, host).is_some() && prefix_matches(&r.path_prefix, path)
+                    })
+                    .flat_map(|r| r.methods.iter().cloned())
+                    .collect();
+                allowed.sort();
+                allowed.dedup();
+                Match::MethodNotAllowed(allowed)
+            }
+        }
     }
 
     /// Number of routes.
@@ -75,7 +91,12 @@ impl Router {
     }
 }
 
+fn accepts(route: &Route, method: &Method) -> bool {
+    route.methods.is_empty() || route.methods.iter().any(|m| m == method.as_str())
+}
+
 /// 3: exact host, 2: wildcard, 1: route matches any host; `None`: no match.
+/// Patterns are lower-case; the host is compared case-insensitively.
 fn host_score(patterns: &[String], host: Option<&str>) -> Option<u8> {
     if patterns.is_empty() {
         return Some(1);
@@ -83,13 +104,14 @@ fn host_score(patterns: &[String], host: Option<&str>) -> Option<u8> {
     let host = host?;
     let mut best = None;
     for p in patterns {
-        if p == host {
+        if p.eq_ignore_ascii_case(host) {
             return Some(3);
         }
         if let Some(domain) = p.strip_prefix("*.") {
-            if host.len() > domain.len() + 1
-                && host.ends_with(domain)
-                && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+            let split = host.len().saturating_sub(domain.len() + 1);
+            if split > 0
+                && host.as_bytes()[split] == b'.'
+                && host[split + 1..].eq_ignore_ascii_case(domain)
             {
                 best = Some(2);
             }
