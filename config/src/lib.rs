@@ -5,6 +5,7 @@
 //! filled in, addresses parsed, durations typed). [`load`] and [`parse`] go from one to
 //! the other and report *every* problem at once, each with its field path.
 
+pub mod backend;
 pub mod file;
 mod validate;
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 /// Deserialize strictly, turning serde's first error into a [`Problem`] with the field
 /// path, the line, and for an unknown field the nearest valid name.
-pub(crate) fn deserialize(text: &str) -> Result<FileConfig, Problem> {
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Problem> {
     let de = toml::Deserializer::new(text);
-    serde_path_to_error::deserialize::<_, FileConfig>(de).map_err(|err| {
+    serde_path_to_error::deserialize::<_, T>(de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let mut message = inner.message().trim().to_string();
@@ -48,12 +48,12 @@ fn nearest_field_hint(message: &str) -> Option<String> {
 }
 
 /// Collects problems while converting.
-struct Checker {
-    problems: Vec<Problem>,
+pub(crate) struct Checker {
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl Checker {
-    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             path: path.into(),
             message: message.into(),
@@ -61,7 +61,7 @@ impl Checker {
     }
 
     /// A duration field that must be positive.
-    fn millis(&mut self, path: String, value: Option<u64>, default: u64) -> Duration {
+    pub(crate) fn millis(&mut self, path: String, value: Option<u64>, default: u64) -> Duration {
         let ms = value.unwrap_or(default);
         if ms == 0 {
             self.fail(
@@ -73,7 +73,7 @@ impl Checker {
     }
 
     /// A count that must be at least 1.
-    fn at_least_one<T: Copy + PartialOrd + From<u8>>(
+    pub(crate) fn at_least_one<T: Copy + PartialOrd + From<u8>>(
         &mut self,
         path: String,
         value: Option<T>,
@@ -86,7 +86,7 @@ impl Checker {
         v
     }
 
-    fn socket_addr(&mut self, path: String, value: &str) -> Option<SocketAddr> {
+    pub(crate) fn socket_addr(&mut self, path: String, value: &str) -> Option<SocketAddr> {
         match value.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -101,7 +101,7 @@ impl Checker {
         }
     }
 
-    fn unique<'a>(&mut self, seen: &mut HashSet<&'a str>, path: String, kind: &str, name: &'a str) {
+    pub(crate) fn unique<'a>(&mut self, seen: &mut HashSet<&'a str>, path: String, kind: &str, name: &'a str) {
         if name.is_empty() {
             self.fail(path, format!("{kind} name must not be empty"));
         } else if !seen.insert(name) {

@@ -1,0 +1,388 @@
+//! Configuration of `gantry backend`: the gRPC inference server and its models.
+//!
+//! Same two layers as the gateway's configuration: [`BackendFile`] is what operators
+//! write (strict TOML, documented defaults as `DEFAULT_*` constants) and
+//! [`BackendConfig`] is what the backend runs on (validated, paths resolved).
+
+use crate::validate::{deserialize, Checker};
+use crate::{ConfigError, Problem};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The backend configuration compiled into the binary, used by `gantry backend`
+/// without `--config`. Kept as `config/examples/backend.toml`; its model paths are
+/// resolved against the current directory (where `scripts/setup.sh` puts `models/`).
+pub const EMBEDDED_BACKEND_DEFAULT: &str = include_str!("../examples/backend.toml");
+
+/// Address the gRPC server listens on.
+pub const DEFAULT_BACKEND_LISTEN: &str = "127.0.0.1:50051";
+/// How long running generations get to finish after SIGTERM, in milliseconds.
+pub const DEFAULT_BACKEND_GRACE_PERIOD_MS: u64 = 30_000;
+/// Sequences decoded together in one batch (generation models).
+pub const DEFAULT_MAX_RUNNING: u32 = 16;
+/// Requests waiting for a batch slot before new ones get RESOURCE_EXHAUSTED.
+pub const DEFAULT_MAX_QUEUED: u32 = 64;
+/// Longest prompt plus output, in tokens (generation); longest input (embeddings).
+pub const DEFAULT_MAX_CONTEXT: u32 = 2048;
+/// Largest `max_tokens` a generation request may ask for.
+pub const DEFAULT_MAX_TOKENS: u32 = 2048;
+/// Prompt tokens prefilled in one batched step; longer prompts are prefilled in
+/// chunks so running streams keep decoding.
+pub const DEFAULT_MAX_BATCH_TOKENS: u32 = 512;
+/// Texts in one Embed request.
+pub const DEFAULT_MAX_BATCH: u32 = 64;
+
+/// A backend configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    /// Server settings.
+    #[serde(default)]
+    pub backend: ServerFile,
+    /// The models to serve.
+    #[serde(default)]
+    pub models: Vec<ModelFile>,
+}
+
+/// `[backend]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// `ip:port` of the gRPC server. Default [`DEFAULT_BACKEND_LISTEN`].
+    pub listen: Option<String>,
+    /// Milliseconds running generations get after SIGTERM. Default
+    /// [`DEFAULT_BACKEND_GRACE_PERIOD_MS`].
+    pub shutdown_grace_period_ms: Option<u64>,
+}
+
+/// What a model does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Text generation from a llama-architecture GGUF file.
+    Generate,
+    /// Sentence embeddings from a BERT directory (safetensors, config.json,
+    /// tokenizer.json).
+    Embed,
+}
+
+/// Weight format a generation model is converted to at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantization {
+    /// 8-bit blocks (candle has SIMD kernels for them); closest to the source.
+    #[default]
+    Q8_0,
+    /// 4-bit blocks: half the memory of q8_0, a little less accurate.
+    Q4_0,
+    /// Keep the file's own format.
+    Keep,
+    /// Dequantise to 16-bit floats (bf16); the usual choice on CUDA.
+    Bf16,
+}
+
+/// `[[models]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// Name clients ask for.
+    pub name: String,
+    /// `generate` or `embed`.
+    pub kind: ModelKind,
+    /// GGUF file (generate) or model directory (embed); relative paths are
+    /// resolved against the configuration file's directory.
+    pub path: String,
+    /// `cpu` (default) or `cuda:N` (needs a build with the `cuda` feature).
+    pub device: Option<String>,
+    /// Generation models: weight format at load. Default `q8_0` on CPU, `bf16` on CUDA.
+    pub quantization: Option<Quantization>,
+    /// Generation: sequences decoded together. Default [`DEFAULT_MAX_RUNNING`].
+    pub max_running: Option<u32>,
+    /// Requests waiting for a slot. Default [`DEFAULT_MAX_QUEUED`].
+    pub max_queued: Option<u32>,
+    /// Tokens of prompt plus output (generate) or of one input (embed).
+    /// Default [`DEFAULT_MAX_CONTEXT`], capped by the model's own.
+    pub max_context: Option<u32>,
+    /// Largest `max_tokens`. Default [`DEFAULT_MAX_TOKENS`].
+    pub max_tokens: Option<u32>,
+    /// Prompt tokens prefilled per step. Default [`DEFAULT_MAX_BATCH_TOKENS`].
+    pub max_batch_tokens: Option<u32>,
+    /// Embed: texts per request. Default [`DEFAULT_MAX_BATCH`].
+    pub max_batch: Option<u32>,
+    /// Generation on CUDA: bytes of GPU memory the KV caches may use; requests
+    /// that would go past it wait in the queue. Default: no budget beyond
+    /// `max_running` × `max_context`.
+    pub kv_cache_budget_bytes: Option<u64>,
+}
+
+/// The validated backend configuration.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Time running generations get after SIGTERM.
+    pub grace_period: Duration,
+    /// Models, in file order.
+    pub models: Vec<ModelConfig>,
+}
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// One validated model.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// Name clients ask for.
+    pub name: String,
+    /// What it does.
+    pub kind: ModelKind,
+    /// Resolved file or directory.
+    pub path: PathBuf,
+    /// Where it runs.
+    pub device: DeviceSpec,
+    /// Weight format at load (generation).
+    pub quantization: Quantization,
+    /// Its limits.
+    pub limits: ModelLimits,
+}
+
+/// A model's limits; each is enforced with a clear error naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// Sequences decoded together.
+    pub max_running: usize,
+    /// Requests waiting for a slot.
+    pub max_queued: usize,
+    /// Tokens of prompt plus output (or of one embedding input).
+    pub max_context: usize,
+    /// Largest `max_tokens`.
+    pub max_tokens: usize,
+    /// Prompt tokens prefilled per step.
+    pub max_batch_tokens: usize,
+    /// Texts per Embed request.
+    pub max_batch: usize,
+    /// KV cache byte budget, if any.
+    pub kv_cache_budget_bytes: Option<u64>,
+}
+
+impl Default for ModelLimits {
+    fn default() -> Self {
+        ModelLimits {
+            max_running: DEFAULT_MAX_RUNNING as usize,
+            max_queued: DEFAULT_MAX_QUEUED as usize,
+            max_context: DEFAULT_MAX_CONTEXT as usize,
+            max_tokens: DEFAULT_MAX_TOKENS as usize,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS as usize,
+            max_batch: DEFAULT_MAX_BATCH as usize,
+            kv_cache_budget_bytes: None,
+        }
+    }
+}
+
+/// Read and validate a backend configuration file; relative model paths are
+/// resolved against the file's directory.
+pub fn load_backend(path: &Path) -> Result<BackendConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        file: path.display().to_string(),
+        cause,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_backend(&text, &path.display().to_string(), base)
+}
+
+/// Parse and validate backend configuration text; `name` labels errors, relative
+/// paths are resolved against `base`.
+pub fn parse_backend(text: &str, name: &str, base: &Path) -> Result<BackendConfig, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        file: name.to_string(),
+        problems,
+    };
+    let raw: BackendFile = deserialize(text).map_err(|p: Problem| invalid(vec![p]))?;
+    convert(raw, base).map_err(invalid)
+}
+
+fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    let listen_text = raw
+        .backend
+        .listen
+        .as_deref()
+        .unwrap_or(DEFAULT_BACKEND_LISTEN);
+    let listen = c.socket_addr("backend.listen".into(), listen_text);
+    let grace_period = c.millis(
+        "backend.shutdown_grace_period_ms".into(),
+        raw.backend.shutdown_grace_period_ms,
+        DEFAULT_BACKEND_GRACE_PERIOD_MS,
+    );
+    if raw.models.is_empty() {
+        c.fail("models", "at least one [[models]] entry is needed");
+    }
+    let mut names = HashSet::new();
+    let mut models = Vec::new();
+    for (i, m) in raw.models.iter().enumerate() {
+        let at = |field: &str| format!("models[{i}].{field}");
+        c.unique(&mut names, at("name"), "model", &m.name);
+        let path = base.join(&m.path);
+        let wanted = match m.kind {
+            ModelKind::Generate => path.is_file(),
+            ModelKind::Embed => path.join("model.safetensors").is_file()
+                && path.join("config.json").is_file()
+                && path.join("tokenizer.json").is_file(),
+        };
+        if !wanted {
+            let what = match m.kind {
+                ModelKind::Generate => "a GGUF file",
+                ModelKind::Embed => {
+                    "a directory with model.safetensors, config.json and tokenizer.json"
+                }
+            };
+            c.fail(
+                at("path"),
+                format!(
+                    "`{}` is not {what} (run scripts/setup.sh to install the default models)",
+                    path.display()
+                ),
+            );
+        }
+        let device = match m.device.as_deref().unwrap_or("cpu") {
+            "cpu" => DeviceSpec::Cpu,
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => DeviceSpec::Cuda(n),
+                _ => {
+                    c.fail(
+                        at("device"),
+                        format!("`{other}` is not a device: use `cpu` or `cuda:N` (e.g. `cuda:0`)"),
+                    );
+                    DeviceSpec::Cpu
+                }
+            },
+        };
+        let quantization = m.quantization.unwrap_or(match device {
+            DeviceSpec::Cpu => Quantization::Q8_0,
+            DeviceSpec::Cuda(_) => Quantization::Bf16,
+        });
+        if m.kind == ModelKind::Embed && m.quantization.is_some() {
+            c.fail(at("quantization"), "applies to generation models only");
+        }
+        let limits = ModelLimits {
+            max_running: c.at_least_one(at("max_running"), m.max_running, DEFAULT_MAX_RUNNING)
+                as usize,
+            max_queued: c.at_least_one(at("max_queued"), m.max_queued, DEFAULT_MAX_QUEUED)
+                as usize,
+            max_context: c.at_least_one(at("max_context"), m.max_context, DEFAULT_MAX_CONTEXT)
+                as usize,
+            max_tokens: c.at_least_one(at("max_tokens"), m.max_tokens, DEFAULT_MAX_TOKENS)
+                as usize,
+            max_batch_tokens: c.at_least_one(
+                at("max_batch_tokens"),
+                m.max_batch_tokens,
+                DEFAULT_MAX_BATCH_TOKENS,
+            ) as usize,
+            max_batch: c.at_least_one(at("max_batch"), m.max_batch, DEFAULT_MAX_BATCH) as usize,
+            kv_cache_budget_bytes: m.kv_cache_budget_bytes,
+        };
+        if m.kind == ModelKind::Generate && limits.max_tokens >= limits.max_context {
+            c.fail(
+                at("max_tokens"),
+                format!(
+                    "must be below max_context ({}) to leave room for the prompt",
+                    limits.max_context
+                ),
+            );
+        }
+        models.push(ModelConfig {
+            name: m.name.clone(),
+            kind: m.kind,
+            path,
+            device,
+            quantization,
+            limits,
+        });
+    }
+    if c.problems.is_empty() {
+        Ok(BackendConfig {
+            listen: listen.expect("checked"),
+            grace_period,
+            models,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse_backend(text, "t.toml", Path::new("/nonexistent")) {
+            Ok(_) => vec![],
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_bad_field_is_named_with_its_limit() {
+        let p = problems(
+            r#"
+[backend]
+listen = "nowhere"
+[[models]]
+name = "m"
+kind = "generate"
+path = "missing.gguf"
+device = "gpu"
+max_running = 0
+max_tokens = 4096
+max_context = 1024
+"#,
+        );
+        let all = p.join("\n");
+        assert!(all.contains("backend.listen: `nowhere` is not an `ip:port`"), "{all}");
+        assert!(all.contains("models[0].path: `/nonexistent/missing.gguf` is not a GGUF file"), "{all}");
+        assert!(all.contains("models[0].device: `gpu` is not a device"), "{all}");
+        assert!(all.contains("models[0].max_running: must be at least 1"), "{all}");
+        assert!(all.contains("models[0].max_tokens: must be below max_context (1024)"), "{all}");
+    }
+
+    #[test]
+    fn unknown_fields_get_the_nearest_name() {
+        let p = problems("[[models]]\nname = \"m\"\nkind = \"embed\"\npath = \".\"\nmax_runing = 3\n");
+        assert!(p[0].contains("did you mean `max_running`?"), "{p:?}");
+    }
+
+    #[test]
+    fn cuda_devices_parse_and_default_to_bf16() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.gguf"), b"x").unwrap();
+        let cfg = parse_backend(
+            "[[models]]\nname = \"m\"\nkind = \"generate\"\npath = \"m.gguf\"\ndevice = \"cuda:1\"\n",
+            "t",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(cfg.models[0].device, DeviceSpec::Cuda(1));
+        assert_eq!(cfg.models[0].quantization, Quantization::Bf16);
+        assert_eq!(cfg.listen.to_string(), DEFAULT_BACKEND_LISTEN);
+    }
+}

@@ -1,0 +1,507 @@
+//! The continuous-batching scheduler of one generation model.
+//!
+//! One OS thread owns the model. Between two steps it takes new requests from
+//! its queue into the running batch (up to `max_running`, and within the KV cache
+//! budget), drops the sequences whose client went away or whose deadline passed
+//! (freeing their caches), then runs ONE batched forward for every running
+//! sequence: newcomers feed their prompt (in chunks of at most
+//! `max_batch_tokens` prompt tokens per step), the others their last token.
+//!
+//! Admission is bounded: [`GenerateEngine::submit`] refuses at once when
+//! `max_queued` requests are already waiting.
+
+use crate::llama::{argmax_rows, Llama, SeqCache};
+use crate::sequence::{sample, Sampler, TextStream};
+use candle_transformers::generation::LogitsProcessor;
+use gantry_config::backend::ModelLimits;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokenizers::Tokenizer;
+use tokio::sync::{mpsc as tmpsc, watch};
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// `max_tokens` or the context limit.
+    Length,
+    /// A stop string.
+    Stop,
+    /// An end-of-sequence token.
+    Eos,
+    /// The backend stopped it (drain past the grace period).
+    Cancelled,
+}
+
+/// What a request's stream receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text and the tokens it covers.
+    Delta {
+        /// Whole UTF-8 characters.
+        text: String,
+        /// Token ids.
+        ids: Vec<u32>,
+    },
+    /// The last event.
+    Finished {
+        /// Why.
+        reason: Finish,
+        /// Prompt tokens.
+        prompt_tokens: usize,
+        /// Generated tokens.
+        completion_tokens: usize,
+        /// Arrival to admission.
+        queue_time: Duration,
+        /// Arrival to first token.
+        time_to_first_token: Duration,
+    },
+    /// The request failed after admission (its deadline passed).
+    DeadlineExceeded {
+        /// Tokens generated before.
+        completion_tokens: usize,
+    },
+}
+
+/// A request for the scheduler.
+#[derive(Debug)]
+pub struct Job {
+    /// Id for logs.
+    pub request_id: String,
+    /// Prompt token ids (non-empty, validated against the context).
+    pub prompt: Vec<u32>,
+    /// Sampling parameters (validated).
+    pub sampler: Sampler,
+    /// When it arrived.
+    pub arrived: Instant,
+    /// When to give up, from `grpc-timeout`.
+    pub deadline: Option<Instant>,
+    /// Where events go; closed receiver = client gone.
+    pub events: tmpsc::UnboundedSender<Event>,
+}
+
+/// A snapshot of a model's load.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Load {
+    /// Waiting requests.
+    pub queued: usize,
+    /// Running sequences.
+    pub running: usize,
+    /// Tokens in running sequences' caches.
+    pub tokens_in_flight: usize,
+    /// Bytes allocated for KV caches.
+    pub kv_cache_bytes: usize,
+    /// Generated tokens per second over the last second.
+    pub tokens_per_second: f32,
+    /// Forward steps run since start.
+    pub steps: u64,
+}
+
+/// Why a request was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// `max_queued` requests are already waiting.
+    #[error("queue full: {max_queued} requests are already waiting (max_queued)")]
+    QueueFull {
+        /// The limit.
+        max_queued: usize,
+    },
+    /// The engine stopped.
+    #[error("the model's scheduler has stopped")]
+    Stopped,
+}
+
+/// Handle to a running scheduler.
+#[derive(Debug, Clone)]
+pub struct GenerateEngine {
+    jobs: mpsc::Sender<Msg>,
+    queued: Arc<AtomicUsize>,
+    abort: Arc<AtomicBool>,
+    limits: ModelLimits,
+    load: watch::Receiver<Load>,
+}
+
+impl GenerateEngine {
+    /// Start the scheduler thread for `model`.
+    pub fn start(
+        name: &str,
+        model: Llama,
+        tokenizer: Arc<Tokenizer>,
+        eos: Vec<u32>,
+        limits: ModelLimits,
+    ) -> GenerateEngine {
+        let (jobs, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let abort = Arc::new(AtomicBool::new(false));
+        let (load_tx, load) = watch::channel(Load::default());
+        let scheduler = Scheduler {
+            model,
+            tokenizer,
+            eos,
+            limits,
+            jobs: rx,
+            queued: queued.clone(),
+            abort: abort.clone(),
+            load: load_tx,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            recent: VecDeque::new(),
+            steps: 0,
+        };
+        std::thread::Builder::new()
+            .name(format!("sched-{name}"))
+            .spawn(move || scheduler.run())
+            .expect("spawn scheduler thread");
+        GenerateEngine {
+            jobs,
+            queued,
+            abort,
+            limits,
+            load,
+        }
+    }
+
+    /// Queue a request, or refuse at once when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        let max_queued = self.limits.max_queued;
+        if self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < max_queued).then_some(q + 1)
+            })
+            .is_err()
+        {
+            return Err(SubmitError::QueueFull { max_queued });
+        }
+        self.jobs.send(Msg::Job(job)).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            SubmitError::Stopped
+        })
+    }
+
+    /// Follow the load.
+    pub fn load(&self) -> watch::Receiver<Load> {
+        self.load.clone()
+    }
+
+    /// Finish every sequence now with [`Finish::Cancelled`] (end of the grace period).
+    pub fn abort_all(&self) {
+        self.abort.store(true, Ordering::Release);
+        let _ = self.jobs.send(Msg::Wake);
+    }
+
+    /// The limits it enforces.
+    pub fn limits(&self) -> &ModelLimits {
+        &self.limits
+    }
+}
+
+/// What the scheduler's queue carries.
+#[derive(Debug)]
+enum Msg {
+    Job(Job),
+    /// Look at the abort flag now.
+    Wake,
+}
+
+struct Running {
+    job: Job,
+    cache: SeqCache,
+    /// Prompt tokens not yet fed to the model.
+    unfed: usize,
+    /// Prompt then generated tokens.
+    tokens: Vec<u32>,
+    generated: usize,
+    processor: LogitsProcessor,
+    stream: TextStream,
+    admitted: Instant,
+    first_token: Option<Instant>,
+}
+
+struct Scheduler {
+    model: Llama,
+    tokenizer: Arc<Tokenizer>,
+    eos: Vec<u32>,
+    limits: ModelLimits,
+    jobs: mpsc::Receiver<Msg>,
+    queued: Arc<AtomicUsize>,
+    abort: Arc<AtomicBool>,
+    load: watch::Sender<Load>,
+    waiting: VecDeque<Job>,
+    running: Vec<Running>,
+    /// (when, tokens generated) of recent steps, for tokens/s.
+    recent: VecDeque<(Instant, usize)>,
+    steps: u64,
+}
+
+impl Scheduler {
+    fn run(mut self) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                self.publish();
+                match self.jobs.recv() {
+                    Ok(Msg::Job(job)) => self.waiting.push_back(job),
+                    Ok(Msg::Wake) => {}
+                    Err(_) => return,
+                }
+            }
+            while let Ok(msg) = self.jobs.try_recv() {
+                if let Msg::Job(job) = msg {
+                    self.waiting.push_back(job);
+                }
+            }
+            if self.abort.load(Ordering::Acquire) {
+                self.cancel_all();
+                continue;
+            }
+            self.drop_gone();
+            self.admit();
+            if self.running.is_empty() {
+                // Everything waiting was dropped, or the KV budget is exhausted
+                // by nothing (a single oversized request is admitted alone).
+                continue;
+            }
+            if let Err(err) = self.step() {
+                tracing::error!(target: "gantry::backend", error = %err, "forward step failed; failing the batch");
+                for seq in self.running.drain(..) {
+                    drop(seq.job.events);
+                }
+            }
+            self.publish();
+        }
+    }
+
+    fn leave_queue(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Remove waiting and running sequences whose client went away or whose
+    /// deadline passed.
+    fn drop_gone(&mut self) {
+        let now = Instant::now();
+        let before = self.waiting.len();
+        self.waiting.retain(|job| {
+            if job.events.is_closed() {
+                return false;
+            }
+            if job.deadline.is_some_and(|d| d <= now) {
+                let _ = job.events.send(Event::DeadlineExceeded { completion_tokens: 0 });
+                return false;
+            }
+            true
+        });
+        self.leave_queue(before - self.waiting.len());
+        self.running.retain(|seq| {
+            if seq.job.events.is_closed() {
+                tracing::debug!(target: "gantry::backend", request_id = %seq.job.request_id, "client gone; sequence leaves the batch");
+                return false;
+            }
+            if seq.job.deadline.is_some_and(|d| d <= now) {
+                let _ = seq.job.events.send(Event::DeadlineExceeded {
+                    completion_tokens: seq.generated,
+                });
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Bytes a sequence may come to hold: its prompt plus everything it may generate.
+    fn reserved_bytes(&self, job: &Job) -> u64 {
+        ((job.prompt.len() + job.sampler.max_tokens) * self.model.kv_bytes_per_token()) as u64
+    }
+
+    fn admit(&mut self) {
+        let mut reserved: u64 = self.running.iter().map(|s| self.reserved_bytes(&s.job)).sum();
+        while self.running.len() < self.limits.max_running {
+            let Some(job) = self.waiting.front() else { break };
+            let need = self.reserved_bytes(job);
+            if let Some(budget) = self.limits.kv_cache_budget_bytes {
+                if !self.running.is_empty() && reserved + need > budget {
+                    break;
+                }
+            }
+            reserved += need;
+            let job = self.waiting.pop_front().expect("front exists");
+            self.leave_queue(1);
+            let processor = job.sampler.processor();
+            self.running.push(Running {
+                cache: self.model.new_cache(),
+                unfed: job.prompt.len(),
+                tokens: job.prompt.clone(),
+                generated: 0,
+                processor,
+                stream: TextStream::default(),
+                admitted: Instant::now(),
+                first_token: None,
+                job,
+            });
+        }
+    }
+
+    fn step(&mut self) -> candle_core::Result<()> {
+        // Who feeds what: decoding sequences one token, prefilling ones a chunk
+        // within the per-step prompt budget.
+        let mut budget = self.limits.max_batch_tokens;
+        let mut feeds: Vec<(usize, usize, usize)> = Vec::new(); // (seq, start, len)
+        for (i, seq) in self.running.iter().enumerate() {
+            if seq.unfed == 0 {
+                feeds.push((i, seq.tokens.len() - 1, 1));
+            }
+        }
+        for (i, seq) in self.running.iter().enumerate() {
+            if seq.unfed > 0 && budget > 0 {
+                let n = seq.unfed.min(budget);
+                budget -= n;
+                let start = seq.job.prompt.len() - seq.unfed;
+                feeds.push((i, start, n));
+            }
+        }
+        feeds.sort_unstable_by_key(|f| f.0);
+        let logits = {
+            let mut batch: Vec<(&[u32], &mut SeqCache)> = Vec::with_capacity(feeds.len());
+            let mut by_index: Vec<Option<&mut Running>> = self.running.iter_mut().map(Some).collect();
+            for &(i, start, n) in &feeds {
+                let seq = by_index[i].take().expect("each sequence fed once");
+                batch.push((&seq.tokens[start..start + n], &mut seq.cache));
+            }
+            self.model.forward(&mut batch)?
+        };
+        self.steps += 1;
+        for &(i, _, n) in &feeds {
+            let seq = &mut self.running[i];
+            if seq.unfed > 0 {
+                seq.unfed -= n;
+            }
+        }
+        // Rows whose sequence has now seen its whole prompt produce a token.
+        let greedy = if feeds
+            .iter()
+            .any(|&(i, _, _)| self.running[i].unfed == 0 && self.running[i].job.sampler.is_plain_greedy())
+        {
+            Some(argmax_rows(&logits)?)
+        } else {
+            None
+        };
+        let now = Instant::now();
+        let mut produced = 0;
+        let mut finished = Vec::new();
+        for (row, &(i, _, _)) in feeds.iter().enumerate() {
+            let seq = &mut self.running[i];
+            if seq.unfed > 0 {
+                continue;
+            }
+            let token = match &greedy {
+                Some(g) if seq.job.sampler.is_plain_greedy() => g[row],
+                _ => sample(&mut seq.processor, &seq.job.sampler, &logits.get(row)?, &seq.tokens)?,
+            };
+            produced += 1;
+            seq.first_token.get_or_insert(now);
+            seq.generated += 1;
+            seq.tokens.push(token);
+            if self.eos.contains(&token) {
+                finished.push((i, Finish::Eos));
+                continue;
+            }
+            let step = seq.stream.push(&self.tokenizer, token, &seq.job.sampler.stop);
+            if !step.text.is_empty() || !step.ids.is_empty() {
+                let _ = seq.job.events.send(Event::Delta {
+                    text: step.text,
+                    ids: step.ids,
+                });
+            }
+            if step.stopped {
+                finished.push((i, Finish::Stop));
+            } else if seq.generated >= seq.job.sampler.max_tokens
+                || seq.tokens.len() >= self.limits.max_context
+            {
+                finished.push((i, Finish::Length));
+            }
+        }
+        self.recent.push_back((now, produced));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(1))
+        {
+            self.recent.pop_front();
+        }
+        // Remove from the back so indices stay valid.
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
+        for (i, reason) in finished {
+            let seq = self.running.swap_remove(i);
+            finish(seq, reason);
+        }
+        Ok(())
+    }
+
+    fn cancel_all(&mut self) {
+        let n = self.waiting.len();
+        for job in self.waiting.drain(..) {
+            let _ = job.events.send(Event::Finished {
+                reason: Finish::Cancelled,
+                prompt_tokens: job.prompt.len(),
+                completion_tokens: 0,
+                queue_time: job.arrived.elapsed(),
+                time_to_first_token: Duration::ZERO,
+            });
+        }
+        self.leave_queue(n);
+        for seq in std::mem::take(&mut self.running) {
+            finish(seq, Finish::Cancelled);
+        }
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let now = Instant::now();
+        let window: usize = self.recent.iter().map(|(_, n)| n).sum();
+        let tokens_per_second = match self.recent.front() {
+            Some((first, _)) if window > 0 => {
+                let span = now.duration_since(*first).as_secs_f32().max(0.05);
+                window as f32 / span
+            }
+            _ => 0.0,
+        };
+        if self.running.is_empty() {
+            self.recent.clear();
+        }
+        let load = Load {
+            queued: self.queued.load(Ordering::Acquire),
+            running: self.running.len(),
+            tokens_in_flight: self.running.iter().map(|s| s.cache.len()).sum(),
+            kv_cache_bytes: self.running.iter().map(|s| s.cache.bytes()).sum(),
+            tokens_per_second,
+            steps: self.steps,
+        };
+        self.load.send_if_modified(|old| {
+            let changed = *old != load;
+            *old = load;
+            changed
+        });
+    }
+}
+
+fn finish(mut seq: Running, reason: Finish) {
+    if reason != Finish::Stop {
+        let rest = seq.stream.flush();
+        if !rest.text.is_empty() || !rest.ids.is_empty() {
+            let _ = seq.job.events.send(Event::Delta {
+                text: rest.text,
+                ids: rest.ids,
+            });
+        }
+    }
+    let _ = seq.job.events.send(Event::Finished {
+        reason,
+        prompt_tokens: seq.job.prompt.len(),
+        completion_tokens: seq.generated,
+        queue_time: seq.admitted.duration_since(seq.job.arrived),
+        time_to_first_token: seq
+            .first_token
+            .map(|t| t.duration_since(seq.job.arrived))
+            .unwrap_or_default(),
+    });
+}

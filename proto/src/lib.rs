@@ -1,0 +1,13 @@
+//! The `gantry.inference.v1` gRPC contract, generated from
+//! `proto/gantry/inference/v1/inference.proto` for both ends: the backend
+//! (`inference_server`) and the gateway (`inference_client`).
+
+/// Generated messages, client and server for `gantry.inference.v1`.
+pub mod v1 {
+    tonic::include_proto!("gantry.inference.v1");
+}
+
+pub use v1::*;
+
+/// The `.proto` source, for tools that want to hand it to other clients.
+pub const PROTO_SOURCE: &str = include_str!("../gantry/inference/v1/inference.proto");
