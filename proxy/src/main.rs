@@ -15,7 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     version,
     about,
     long_about = None,
-    after_help = "Examples:\n  gantry serve\n  gantry gateway --config config/examples/edge.toml\n  gantry config check config/examples/*.toml"
+    after_help = "Examples:\n  gantry serve\n  gantry gateway --config config/examples/edge.toml\n  gantry backend --config config/examples/backend.toml\n  gantry config check config/examples/*.toml"
 )]
 struct Cli {
     /// Log line format. The level comes from `RUST_LOG` (default `info`).
@@ -48,6 +48,18 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run the inference backend: models behind a continuous-batching scheduler,
+    /// served over gRPC (gantry.inference.v1). Without --config, the embedded
+    /// default serves SmolLM2-135M and all-MiniLM-L6-v2 from models/ on
+    /// 127.0.0.1:50051 (scripts/setup.sh installs them).
+    #[command(
+        after_help = "Example:\n  gantry backend\n  gantry backend --config config/examples/backend.toml\n  grpcurl -plaintext -d '{\"model\":\"smollm2-135m\",\"prompt\":\"Hi\"}' 127.0.0.1:50051 gantry.inference.v1.Inference/Generate"
+    )]
+    Backend {
+        /// Use this file instead of the embedded default (config/examples/backend.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Work with configuration files.
     #[command(subcommand, after_help = "Example:\n  gantry config check gantry.toml")]
     Config(ConfigCommand),
@@ -55,8 +67,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate files: exit 0 if all are valid, else print each problem as
-    /// `FILE: FIELD.PATH: what is wrong` and exit 1.
+    /// Validate files (gateway or backend configurations, told apart by their
+    /// `[backend]`/`[[models]]` tables): exit 0 if all are valid, else print each
+    /// problem as `FILE: FIELD.PATH: what is wrong` and exit 1.
     #[command(after_help = "Example:\n  gantry config check config/examples/*.toml")]
     Check {
         /// Files to check.
@@ -90,9 +103,54 @@ fn load(path: &Path) -> anyhow::Result<gantry_config::Config> {
     Ok(gantry_config::load(path)?)
 }
 
+fn run_backend(path: Option<PathBuf>) -> anyhow::Result<()> {
+    use gantry_config::backend;
+    let config = match path {
+        Some(p) => backend::load_backend(&p)?,
+        None => backend::parse_backend(
+            backend::EMBEDDED_BACKEND_DEFAULT,
+            "<embedded backend default>",
+            Path::new(backend::EMBEDDED_BACKEND_BASE),
+        )?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gantry-grpc")
+        .build()?;
+    runtime.block_on(async move {
+        let server = gantry_inference::Backend::start(config).await?;
+        tracing::info!(target: "gantry::backend", addr = %server.addr, "listening (NOT_SERVING until the models are warm)");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+            r = server.ready() => {
+                r?;
+                tracing::info!(target: "gantry::backend", "SERVING");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+        }
+        tracing::info!(target: "gantry::backend", "draining: NOT_SERVING, running streams get the grace period");
+        server.shutdown().await
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
+        Command::Backend { config } => {
+            init_logging(cli.log_format);
+            return match run_backend(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Config(ConfigCommand::Check { files }) => return check(&files),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", gantry_config::EMBEDDED_DEFAULT);
@@ -122,8 +180,17 @@ fn main() -> ExitCode {
 fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for f in files {
-        match gantry_config::load(f) {
-            Ok(_) => println!("{}: ok", f.display()),
+        let is_backend = std::fs::read_to_string(f)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .is_some_and(|t| t.contains_key("backend") || t.contains_key("models"));
+        let result = if is_backend {
+            gantry_config::backend::load_backend(f).map(drop)
+        } else {
+            gantry_config::load(f).map(drop)
+        };
+        match result {
+            Ok(()) => println!("{}: ok", f.display()),
             Err(e) => {
                 ok = false;
                 eprintln!("{e}");
