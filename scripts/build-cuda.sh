@@ -55,4 +55,4 @@ export LIBRARY_PATH="$STUBS/lib64:${LIBRARY_PATH:-}"
 cd "$ROOT"
 if [ $# -eq 0 ]; then set -- build --release; fi
 export CARGO_PROFILE_RELEASE_LTO="${CARGO_PROFILE_RELEASE_LTO:-thin}" CARGO_PROFILE_RELEASE_CODEGEN_UNITS="${CARGO_PROFILE_RELEASE_CODEGEN_UNITS:-16}"
-exec cargo "$@" --features gantry/cuda --target-dir "$ROOT/target/cuda"
+exec cargo "$@" --features gantry-inference/cuda --target-dir "$ROOT/target/cuda"

@@ -248,9 +248,11 @@ fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>>
         let path = base.join(&m.path);
         let wanted = match m.kind {
             ModelKind::Generate => path.is_file(),
-            ModelKind::Embed => path.join("model.safetensors").is_file()
-                && path.join("config.json").is_file()
-                && path.join("tokenizer.json").is_file(),
+            ModelKind::Embed => {
+                path.join("model.safetensors").is_file()
+                    && path.join("config.json").is_file()
+                    && path.join("tokenizer.json").is_file()
+            }
         };
         if !wanted {
             let what = match m.kind {
@@ -290,12 +292,10 @@ fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>>
         let limits = ModelLimits {
             max_running: c.at_least_one(at("max_running"), m.max_running, DEFAULT_MAX_RUNNING)
                 as usize,
-            max_queued: c.at_least_one(at("max_queued"), m.max_queued, DEFAULT_MAX_QUEUED)
-                as usize,
+            max_queued: c.at_least_one(at("max_queued"), m.max_queued, DEFAULT_MAX_QUEUED) as usize,
             max_context: c.at_least_one(at("max_context"), m.max_context, DEFAULT_MAX_CONTEXT)
                 as usize,
-            max_tokens: c.at_least_one(at("max_tokens"), m.max_tokens, DEFAULT_MAX_TOKENS)
-                as usize,
+            max_tokens: c.at_least_one(at("max_tokens"), m.max_tokens, DEFAULT_MAX_TOKENS) as usize,
             max_batch_tokens: c.at_least_one(
                 at("max_batch_tokens"),
                 m.max_batch_tokens,
@@ -361,16 +361,32 @@ max_context = 1024
 "#,
         );
         let all = p.join("\n");
-        assert!(all.contains("backend.listen: `nowhere` is not an `ip:port`"), "{all}");
-        assert!(all.contains("models[0].path: `/nonexistent/missing.gguf` is not a GGUF file"), "{all}");
-        assert!(all.contains("models[0].device: `gpu` is not a device"), "{all}");
-        assert!(all.contains("models[0].max_running: must be at least 1"), "{all}");
-        assert!(all.contains("models[0].max_tokens: must be below max_context (1024)"), "{all}");
+        assert!(
+            all.contains("backend.listen: `nowhere` is not an `ip:port`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("models[0].path: `/nonexistent/missing.gguf` is not a GGUF file"),
+            "{all}"
+        );
+        assert!(
+            all.contains("models[0].device: `gpu` is not a device"),
+            "{all}"
+        );
+        assert!(
+            all.contains("models[0].max_running: must be at least 1"),
+            "{all}"
+        );
+        assert!(
+            all.contains("models[0].max_tokens: must be below max_context (1024)"),
+            "{all}"
+        );
     }
 
     #[test]
     fn unknown_fields_get_the_nearest_name() {
-        let p = problems("[[models]]\nname = \"m\"\nkind = \"embed\"\npath = \".\"\nmax_runing = 3\n");
+        let p =
+            problems("[[models]]\nname = \"m\"\nkind = \"embed\"\npath = \".\"\nmax_runing = 3\n");
         assert!(p[0].contains("did you mean `max_running`?"), "{p:?}");
     }
 

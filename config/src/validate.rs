@@ -101,7 +101,13 @@ impl Checker {
         }
     }
 
-    pub(crate) fn unique<'a>(&mut self, seen: &mut HashSet<&'a str>, path: String, kind: &str, name: &'a str) {
+    pub(crate) fn unique<'a>(
+        &mut self,
+        seen: &mut HashSet<&'a str>,
+        path: String,
+        kind: &str,
+        name: &'a str,
+    ) {
         if name.is_empty() {
             self.fail(path, format!("{kind} name must not be empty"));
         } else if !seen.insert(name) {

@@ -40,7 +40,9 @@ impl Embedder {
         let model = BertModel::load(vb, &config)?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
-        tokenizer.with_truncation(None).map_err(anyhow::Error::msg)?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(anyhow::Error::msg)?;
         tokenizer.with_padding(Some(PaddingParams::default()));
         Ok(Embedder {
             model,

@@ -287,7 +287,9 @@ impl Scheduler {
                 return false;
             }
             if job.deadline.is_some_and(|d| d <= now) {
-                let _ = job.events.send(Event::DeadlineExceeded { completion_tokens: 0 });
+                let _ = job.events.send(Event::DeadlineExceeded {
+                    completion_tokens: 0,
+                });
                 return false;
             }
             true
@@ -314,9 +316,15 @@ impl Scheduler {
     }
 
     fn admit(&mut self) {
-        let mut reserved: u64 = self.running.iter().map(|s| self.reserved_bytes(&s.job)).sum();
+        let mut reserved: u64 = self
+            .running
+            .iter()
+            .map(|s| self.reserved_bytes(&s.job))
+            .sum();
         while self.running.len() < self.limits.max_running {
-            let Some(job) = self.waiting.front() else { break };
+            let Some(job) = self.waiting.front() else {
+                break;
+            };
             let need = self.reserved_bytes(job);
             if let Some(budget) = self.limits.kv_cache_budget_bytes {
                 if !self.running.is_empty() && reserved + need > budget {
@@ -362,7 +370,8 @@ impl Scheduler {
         feeds.sort_unstable_by_key(|f| f.0);
         let logits = {
             let mut batch: Vec<(&[u32], &mut SeqCache)> = Vec::with_capacity(feeds.len());
-            let mut by_index: Vec<Option<&mut Running>> = self.running.iter_mut().map(Some).collect();
+            let mut by_index: Vec<Option<&mut Running>> =
+                self.running.iter_mut().map(Some).collect();
             for &(i, start, n) in &feeds {
                 let seq = by_index[i].take().expect("each sequence fed once");
                 batch.push((&seq.tokens[start..start + n], &mut seq.cache));
@@ -377,10 +386,9 @@ impl Scheduler {
             }
         }
         // Rows whose sequence has now seen its whole prompt produce a token.
-        let greedy = if feeds
-            .iter()
-            .any(|&(i, _, _)| self.running[i].unfed == 0 && self.running[i].job.sampler.is_plain_greedy())
-        {
+        let greedy = if feeds.iter().any(|&(i, _, _)| {
+            self.running[i].unfed == 0 && self.running[i].job.sampler.is_plain_greedy()
+        }) {
             Some(argmax_rows(&logits)?)
         } else {
             None
@@ -395,7 +403,12 @@ impl Scheduler {
             }
             let token = match &greedy {
                 Some(g) if seq.job.sampler.is_plain_greedy() => g[row],
-                _ => sample(&mut seq.processor, &seq.job.sampler, &logits.get(row)?, &seq.tokens)?,
+                _ => sample(
+                    &mut seq.processor,
+                    &seq.job.sampler,
+                    &logits.get(row)?,
+                    &seq.tokens,
+                )?,
             };
             produced += 1;
             seq.first_token.get_or_insert(now);
@@ -405,7 +418,9 @@ impl Scheduler {
                 finished.push((i, Finish::Eos));
                 continue;
             }
-            let step = seq.stream.push(&self.tokenizer, token, &seq.job.sampler.stop);
+            let step = seq
+                .stream
+                .push(&self.tokenizer, token, &seq.job.sampler.stop);
             if !step.text.is_empty() || !step.ids.is_empty() {
                 let _ = seq.job.events.send(Event::Delta {
                     text: step.text,

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod llama;
 pub mod sequence;
 pub mod server;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use server::Backend;

@@ -226,7 +226,8 @@ impl Llama {
             Quantization::Bf16 => DType::BF16,
             _ => DType::F32,
         };
-        let mut raw = |name: &str| -> candle_core::Result<QTensor> { ct.tensor(file, name, device) };
+        let mut raw =
+            |name: &str| -> candle_core::Result<QTensor> { ct.tensor(file, name, device) };
         // Weights used as matmuls: converted to the configured format, optionally
         // concatenated along the output dimension first.
         let convert = |parts: Vec<QTensor>| -> candle_core::Result<QMatMul> {
@@ -235,7 +236,10 @@ impl Llama {
                 Quantization::Q4_0 => Some(GgmlDType::Q4_0),
                 Quantization::Keep | Quantization::Bf16 => None,
             };
-            if parts.len() == 1 && target.is_none_or(|t| t == parts[0].dtype()) && dtype == DType::F32 {
+            if parts.len() == 1
+                && target.is_none_or(|t| t == parts[0].dtype())
+                && dtype == DType::F32
+            {
                 return QMatMul::from_qtensor(parts.into_iter().next().expect("one part"));
             }
             let source_dtype = parts[0].dtype();
@@ -250,7 +254,8 @@ impl Llama {
                 (_, None) => QMatMul::from_qtensor(QTensor::quantize(&dense, source_dtype)?),
             }
         };
-        let vector = |t: QTensor| -> candle_core::Result<Tensor> { t.dequantize(device)?.to_dtype(dtype) };
+        let vector =
+            |t: QTensor| -> candle_core::Result<Tensor> { t.dequantize(device)?.to_dtype(dtype) };
 
         let embed_q = raw("token_embd.weight")?;
         shape.vocab = embed_q.shape().dims2()?.0;
@@ -315,7 +320,10 @@ impl Llama {
 
     /// Bytes of KV cache one token takes.
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.shape.n_layer * self.shape.n_kv_head * self.shape.head_dim * self.dtype.size_in_bytes()
+        2 * self.shape.n_layer
+            * self.shape.n_kv_head
+            * self.shape.head_dim
+            * self.dtype.size_in_bytes()
     }
 
     fn reserve(&self, cache: &mut SeqCache, needed: usize) -> candle_core::Result<()> {
@@ -326,8 +334,16 @@ impl Llama {
         let s = &self.shape;
         let mut layers = Vec::with_capacity(s.n_layer);
         for l in 0..s.n_layer {
-            let k = Tensor::zeros((s.n_kv_head, capacity, s.head_dim), self.dtype, &self.device)?;
-            let v = Tensor::zeros((s.n_kv_head, capacity, s.head_dim), self.dtype, &self.device)?;
+            let k = Tensor::zeros(
+                (s.n_kv_head, capacity, s.head_dim),
+                self.dtype,
+                &self.device,
+            )?;
+            let v = Tensor::zeros(
+                (s.n_kv_head, capacity, s.head_dim),
+                self.dtype,
+                &self.device,
+            )?;
             if cache.len > 0 {
                 let (ok, ov) = &cache.layers[l];
                 k.slice_set(&ok.narrow(1, 0, cache.len)?.contiguous()?, 1, 0)?;
@@ -354,7 +370,10 @@ impl Llama {
         let mut last_rows = Vec::with_capacity(batch.len());
         for (tokens, cache) in batch.iter_mut() {
             if cache.len + tokens.len() > s.context_length {
-                candle_core::bail!("sequence longer than the model's context ({})", s.context_length);
+                candle_core::bail!(
+                    "sequence longer than the model's context ({})",
+                    s.context_length
+                );
             }
             self.reserve(cache, cache.len + tokens.len())?;
             ids.extend_from_slice(tokens);
@@ -382,8 +401,9 @@ impl Llama {
             };
             let q = candle_nn::rotary_emb::rope_i(&heads(0, q_width, s.n_head)?, &cos, &sin)?
                 .squeeze(0)?;
-            let k = candle_nn::rotary_emb::rope_i(&heads(q_width, kv_width, s.n_kv_head)?, &cos, &sin)?
-                .squeeze(0)?;
+            let k =
+                candle_nn::rotary_emb::rope_i(&heads(q_width, kv_width, s.n_kv_head)?, &cos, &sin)?
+                    .squeeze(0)?;
             let v = heads(q_width + kv_width, kv_width, s.n_kv_head)?.squeeze(0)?;
             let mut outputs = Vec::with_capacity(batch.len());
             let mut row = 0;
@@ -398,13 +418,20 @@ impl Llama {
                 let values = vc.narrow(1, 0, len)?;
                 let group = s.n_head / s.n_kv_head;
                 // Query heads that share a KV head are stacked as extra rows.
-                let q_seq = q
-                    .narrow(1, row, n)?
-                    .contiguous()?
-                    .reshape((s.n_kv_head, group * n, s.head_dim))?;
+                let q_seq = q.narrow(1, row, n)?.contiguous()?.reshape((
+                    s.n_kv_head,
+                    group * n,
+                    s.head_dim,
+                ))?;
                 let mut att = (q_seq.matmul(&keys.t()?)? * scale)?;
                 if n > 1 {
-                    att = att.broadcast_add(&causal_mask(n, group, start, &self.device, self.dtype)?)?;
+                    att = att.broadcast_add(&causal_mask(
+                        n,
+                        group,
+                        start,
+                        &self.device,
+                        self.dtype,
+                    )?)?;
                 }
                 let att = candle_nn::ops::softmax_last_dim(&att)?;
                 let out = att
@@ -440,7 +467,13 @@ impl Llama {
 
 /// Additive causal mask for `n` new tokens after `past` cached ones, with rows
 /// laid out as `group` stacked copies of the `n` query positions.
-fn causal_mask(n: usize, group: usize, past: usize, device: &Device, dtype: DType) -> candle_core::Result<Tensor> {
+fn causal_mask(
+    n: usize,
+    group: usize,
+    past: usize,
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<Tensor> {
     let len = past + n;
     let mut mask = Vec::with_capacity(group * n * len);
     for _ in 0..group {
@@ -451,7 +484,11 @@ fn causal_mask(n: usize, group: usize, past: usize, device: &Device, dtype: DTyp
     Tensor::from_vec(mask, (group * n, len), device)?.to_dtype(dtype)
 }
 
-fn rope_tables(shape: &LlamaShape, device: &Device, dtype: DType) -> candle_core::Result<(Tensor, Tensor)> {
+fn rope_tables(
+    shape: &LlamaShape,
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let half = shape.head_dim / 2;
     let inv: Vec<f32> = (0..half)
         .map(|i| 1.0 / shape.rope_base.powf(2.0 * i as f32 / shape.head_dim as f32))
@@ -461,7 +498,10 @@ fn rope_tables(shape: &LlamaShape, device: &Device, dtype: DType) -> candle_core
         .to_dtype(DType::F32)?
         .reshape((shape.context_length, 1))?;
     let angles = positions.matmul(&inv)?;
-    Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
+    Ok((
+        angles.cos()?.to_dtype(dtype)?,
+        angles.sin()?.to_dtype(dtype)?,
+    ))
 }
 
 /// Greedy next tokens for each row of `logits` (`[rows, vocab]`).

@@ -43,7 +43,7 @@ enum Served {
     Generate {
         engine: GenerateEngine,
         tokenizer: Arc<tokenizers::Tokenizer>,
-        chat: Option<ChatTemplate>,
+        chat: Option<Box<ChatTemplate>>,
         vocab: usize,
     },
     Embed {
@@ -103,9 +103,10 @@ fn queue_full(model: &str, max_queued: usize) -> Status {
     let mut status = Status::resource_exhausted(format!(
         "model `{model}` has {max_queued} requests waiting (max_queued); retry after {RETRY_AFTER_SECONDS}s"
     ));
-    status
-        .metadata_mut()
-        .insert("retry-after", RETRY_AFTER_SECONDS.to_string().parse().expect("ascii"));
+    status.metadata_mut().insert(
+        "retry-after",
+        RETRY_AFTER_SECONDS.to_string().parse().expect("ascii"),
+    );
     status
 }
 
@@ -221,7 +222,12 @@ impl Service {
                 if t.ids.is_empty() {
                     return Err(invalid("token_ids.ids must not be empty".to_string()));
                 }
-                if let Some((i, id)) = t.ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+                if let Some((i, id)) = t
+                    .ids
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &id)| id as usize >= vocab)
+                {
                     return Err(invalid(format!(
                         "token_ids.ids[{i}] = {id} is not below the vocabulary size {vocab} of model {name}"
                     )));
@@ -247,7 +253,9 @@ impl Service {
                     }
                 }
                 let template = chat.ok_or_else(|| {
-                    invalid(format!("model {name} has no chat template; send a prompt instead"))
+                    invalid(format!(
+                        "model {name} has no chat template; send a prompt instead"
+                    ))
                 })?;
                 let messages: Vec<Message> = c
                     .messages
@@ -323,7 +331,9 @@ impl Inference for Service {
         let deadline = deadline_of(&request);
         let req = request.into_inner();
         if self.state.draining.load(Ordering::Acquire) {
-            return Err(Status::unavailable("backend is draining; send to another backend"));
+            return Err(Status::unavailable(
+                "backend is draining; send to another backend",
+            ));
         }
         let model = self.state.model(&req.model)?;
         let name = &model.config.name;
@@ -344,7 +354,7 @@ impl Inference for Service {
                 req.request_id.len()
             )));
         }
-        let prompt = self.prompt_ids(name, tokenizer, chat.as_ref(), *vocab, req.input)?;
+        let prompt = self.prompt_ids(name, tokenizer, chat.as_deref(), *vocab, req.input)?;
         if prompt.len() >= model.limits.max_context {
             return Err(invalid(format!(
                 "prompt is {} tokens; at most {} for model {name} (max_context {})",
@@ -384,7 +394,9 @@ impl Inference for Service {
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let req = request.into_inner();
         if self.state.draining.load(Ordering::Acquire) {
-            return Err(Status::unavailable("backend is draining; send to another backend"));
+            return Err(Status::unavailable(
+                "backend is draining; send to another backend",
+            ));
         }
         let model = self.state.model(&req.model)?;
         let name = model.config.name.clone();
@@ -412,7 +424,11 @@ impl Inference for Service {
             let counts = embedder
                 .token_counts(&req.inputs)
                 .map_err(|e| Status::internal(e.to_string()))?;
-            if let Some((i, n)) = counts.iter().enumerate().find(|(_, &n)| n > limits.max_context) {
+            if let Some((i, n)) = counts
+                .iter()
+                .enumerate()
+                .find(|(_, &n)| n > limits.max_context)
+            {
                 return Err(invalid(format!(
                     "inputs[{i}] is {n} tokens; at most {} for model {name}",
                     limits.max_context
@@ -498,7 +514,9 @@ impl Inference for Service {
 }
 
 /// Resolves when any watched model's load changes.
-async fn futures_any_changed(watched: &mut [(String, ModelLimits, tokio::sync::watch::Receiver<Load>)]) {
+async fn futures_any_changed(
+    watched: &mut [(String, ModelLimits, tokio::sync::watch::Receiver<Load>)],
+) {
     if watched.is_empty() {
         return std::future::pending().await;
     }
@@ -585,7 +603,10 @@ fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
             // Warm-up: one real forward, so the first request does not pay for
             // lazy initialisation (thread pools, kernel compilation on CUDA).
             let mut cache = loaded.model.new_cache();
-            let warm = loaded.tokenizer.encode("Hello", false).map_err(anyhow::Error::msg)?;
+            let warm = loaded
+                .tokenizer
+                .encode("Hello", false)
+                .map_err(anyhow::Error::msg)?;
             loaded.model.forward(&mut [(warm.get_ids(), &mut cache)])?;
             let tokenizer = Arc::new(loaded.tokenizer);
             Served::Generate {
@@ -597,7 +618,7 @@ fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
                     limits,
                 ),
                 tokenizer,
-                chat: loaded.chat_template,
+                chat: loaded.chat_template.map(Box::new),
                 vocab,
             }
         }
@@ -687,7 +708,9 @@ impl Backend {
                     .map(|m| {
                         load_model(m)
                             .map(|model| (m.name.clone(), model))
-                            .map_err(|e| anyhow::anyhow!("model {} ({}): {e:#}", m.name, m.path.display()))
+                            .map_err(|e| {
+                                anyhow::anyhow!("model {} ({}): {e:#}", m.name, m.path.display())
+                            })
                     })
                     .collect::<anyhow::Result<BTreeMap<_, _>>>()
             })

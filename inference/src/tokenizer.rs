@@ -117,3 +117,12 @@ pub fn from_gguf(ct: &Content) -> Result<Tokenizer, TokenizerError> {
         .map_err(|e| TokenizerError(e.to_string()))?;
     Ok(tokenizer)
 }
+
+/// Build the tokenizer of a GGUF file, reading only its metadata.
+pub fn from_gguf_file(path: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| TokenizerError(format!("{}: {e}", path.display())))?;
+    let ct =
+        Content::read(&mut file).map_err(|e| TokenizerError(format!("{}: {e}", path.display())))?;
+    from_gguf(&ct)
+}

@@ -1,0 +1,143 @@
+//! The batched llama forward: real-model answers, and batching that changes
+//! nothing about what each sequence computes.
+
+use crate::common::*;
+use gantry_inference::llama::argmax_rows;
+
+fn encode(text: &str) -> Vec<u32> {
+    model()
+        .tokenizer
+        .encode(text, false)
+        .unwrap()
+        .get_ids()
+        .to_vec()
+}
+
+/// Greedy decoding of each prompt in one batch: prefill together, then one
+/// batched decode step per token.
+fn greedy_batch(prompts: &[Vec<u32>], steps: usize) -> Vec<Vec<u32>> {
+    let m = &model().model;
+    let mut caches: Vec<_> = prompts.iter().map(|_| m.new_cache()).collect();
+    let mut out: Vec<Vec<u32>> = prompts.iter().map(|_| Vec::new()).collect();
+    let mut batch: Vec<(&[u32], _)> = prompts
+        .iter()
+        .map(|p| p.as_slice())
+        .zip(caches.iter_mut())
+        .collect();
+    let mut next = argmax_rows(&m.forward(&mut batch).unwrap()).unwrap();
+    for _ in 1..steps {
+        for (o, t) in out.iter_mut().zip(&next) {
+            o.push(*t);
+        }
+        let feeds: Vec<[u32; 1]> = next.iter().map(|t| [*t]).collect();
+        let mut batch: Vec<(&[u32], _)> = feeds
+            .iter()
+            .map(|f| f.as_slice())
+            .zip(caches.iter_mut())
+            .collect();
+        next = argmax_rows(&m.forward(&mut batch).unwrap()).unwrap();
+    }
+    for (o, t) in out.iter_mut().zip(&next) {
+        o.push(*t);
+    }
+    out
+}
+
+#[test]
+fn the_capital_of_france_is_paris() {
+    if !real_model() {
+        return;
+    }
+    let out = greedy_batch(&[encode("The capital of France is")], 4);
+    let text = model().tokenizer.decode(&out[0], false).unwrap();
+    assert!(
+        text.starts_with(" Paris"),
+        "greedy continuation was {text:?}"
+    );
+}
+
+#[test]
+fn greedy_tokens_are_the_same_alone_and_in_a_batch_of_eight() {
+    let prompts: Vec<Vec<u32>> = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Once upon a time, in a land far away,",
+        "The three primary colours are",
+        "1, 2, 3, 4,",
+        "Water boils at",
+        "The quick brown fox",
+        "In machine learning, a transformer is",
+    ]
+    .iter()
+    .map(|p| encode(p))
+    .collect();
+    let steps = 12;
+    let together = greedy_batch(&prompts, steps);
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = greedy_batch(std::slice::from_ref(p), steps);
+        assert_eq!(alone[0], together[i], "prompt {i} alone vs in the batch");
+    }
+}
+
+#[test]
+fn kv_cache_memory_is_accounted_and_grows_in_steps() {
+    let m = &model().model;
+    let mut cache = m.new_cache();
+    assert_eq!(cache.bytes(), 0);
+    let prompt = encode("Hello there");
+    m.forward(&mut [(prompt.as_slice(), &mut cache)]).unwrap();
+    assert_eq!(cache.len(), prompt.len());
+    let per_token = m.kv_bytes_per_token();
+    assert!(cache.bytes() >= per_token * prompt.len());
+    assert_eq!(cache.bytes() % per_token, 0);
+}
+
+#[test]
+fn device_logits_match_the_cpu_on_the_same_weights() {
+    if device_spec() == gantry_config::backend::DeviceSpec::Cpu {
+        return; // the CPU is the reference
+    }
+    use gantry_config::backend::Quantization;
+    let cpu = gantry_inference::llama::Llama::load(
+        &model_path(),
+        &candle_core::Device::Cpu,
+        Quantization::Q8_0,
+    )
+    .unwrap();
+    let prompt = encode("The capital of France is");
+    let reference = cpu
+        .model
+        .forward(&mut [(prompt.as_slice(), &mut cpu.model.new_cache())])
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+        .remove(0);
+    let m = &model().model;
+    let got = m
+        .forward(&mut [(prompt.as_slice(), &mut m.new_cache())])
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+        .remove(0);
+    let dot: f64 = reference
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (*a as f64) * (*b as f64))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let cosine = dot / (norm(&reference) * norm(&got));
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0
+    };
+    println!(
+        "device vs cpu logits: cosine {cosine:.5}, top-1 {} vs {}",
+        argmax(&got),
+        argmax(&reference)
+    );
+    assert!(cosine > 0.99, "cosine {cosine}");
+    assert_eq!(argmax(&got), argmax(&reference));
+}
