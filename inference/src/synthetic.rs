@@ -111,7 +111,7 @@ pub fn write_llama_gguf(path: &Path, shape: SyntheticShape, seed: u64) -> anyhow
         // choices are well separated.
         (
             "token_embd.weight".into(),
-            normal(shape.vocab, shape.hidden, 0.5)?,
+            normal(shape.vocab, shape.hidden, 0.25)?,
         ),
         ("output_norm.weight".into(), ones(shape.hidden)?),
     ];

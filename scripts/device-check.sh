@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# GPU check of the inference backend, run ON the GPU machine from the repo root:
+#   bash scripts/device-check.sh OUTDIR
+# Expects target/device/inference-tests.xz (made here by scripts/device-prepare.sh):
+# the backend's integration tests built with the `cuda` feature. Runs the model
+# and scheduler tests on cuda:0 over a same-shape synthetic SmolLM2 (the real file
+# cannot be carried there), once with bf16 weights and once with q8_0, and writes
+# everything it prints into OUTDIR.
+set -uo pipefail
+OUT=${1:?usage: scripts/device-check.sh OUTDIR}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/device-check.log") 2>&1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+PY=/opt/torch/.venv/bin/python3
+[ -x "$PY" ] || PY=python3
+CU_LIB=$($PY -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))' 2>/dev/null || true)
+export LD_LIBRARY_PATH="${CU_LIB}:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
+export CUDA_CACHE_PATH="${TMPDIR:-/tmp}/gantry-cuda-cache"
+BIN="${TMPDIR:-/tmp}/gantry-inference-tests"
+$PY -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' target/device/inference-tests.xz "$BIN"
+chmod +x "$BIN"
+status=0
+for quant in bf16 q8_0; do
+  echo "== cuda:0, synthetic SmolLM2-135M shapes, $quant weights =="
+  GANTRY_TEST_DEVICE=cuda:0 GANTRY_TEST_MODEL=synthetic GANTRY_TEST_QUANT=$quant \
+    timeout 240 "$BIN" --test-threads 1 --nocapture model:: scheduler:: || status=1
+done
+exit $status
