@@ -107,10 +107,15 @@ pub fn write_llama_gguf(path: &Path, shape: SyntheticShape, seed: u64) -> anyhow
         )
     };
     let mut tensors: Vec<(String, QTensor)> = vec![
-        // Large embeddings make the (tied) LM head's logits peaky, so greedy
-        // choices are well separated.
         (
             "token_embd.weight".into(),
+            normal(shape.vocab, shape.hidden, 0.25)?,
+        ),
+        // An untied LM head (a tied one would mostly predict the input token
+        // again); its scale makes logits peaky enough that greedy choices are
+        // well separated, yet sampling still varies.
+        (
+            "output.weight".into(),
             normal(shape.vocab, shape.hidden, 0.25)?,
         ),
         ("output_norm.weight".into(), ones(shape.hidden)?),
