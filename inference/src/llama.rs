@@ -74,6 +74,41 @@ pub struct Llama {
     lm_head: QMatMul,
     cos: Tensor,
     sin: Tensor,
+    /// Zero columns appended to the hidden state (see [`tiled_padding`]).
+    pad: usize,
+    /// RMS norm epsilon, adjusted for the padding.
+    norm_eps: f32,
+}
+
+/// candle's tiled int8 matmul kernels on x86 (AVX-512 VNNI / AVX-VNNI) need the
+/// inner dimension to be a multiple of this; without them its Q8_0 matmul is a
+/// per-row dot-product loop that batching cannot speed up.
+const TILED_K: usize = 256;
+
+/// Zero columns to append to a `hidden`-wide state so every matmul's inner
+/// dimension is a multiple of [`TILED_K`], or 0 where the tiled kernels do not
+/// apply (not CPU, not q8_0, no VNNI). Measured here for SmolLM2 (576 → 768):
+/// 4.8× faster at one row and 7.6× per row at eight rows, despite a third more
+/// arithmetic. The padding is exact: padded weights and state columns are zero,
+/// and the RMS norms are rescaled so they still average over `hidden` columns.
+fn tiled_padding(hidden: usize, device: &Device, quantization: Quantization) -> usize {
+    if !device.is_cpu() || quantization != Quantization::Q8_0 || !has_vnni() {
+        return 0;
+    }
+    hidden.next_multiple_of(TILED_K) - hidden
+}
+
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::env::var("GANTRY_NO_TILED").is_err()
+            && ((is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+                || is_x86_feature_detected!("avxvnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 impl std::fmt::Debug for Llama {
@@ -228,61 +263,113 @@ impl Llama {
         };
         let mut raw =
             |name: &str| -> candle_core::Result<QTensor> { ct.tensor(file, name, device) };
-        // Weights used as matmuls: converted to the configured format, optionally
-        // concatenated along the output dimension first.
-        let convert = |parts: Vec<QTensor>| -> candle_core::Result<QMatMul> {
-            let target = match quantization {
-                Quantization::Q8_0 => Some(GgmlDType::Q8_0),
-                Quantization::Q4_0 => Some(GgmlDType::Q4_0),
-                Quantization::Keep | Quantization::Bf16 => None,
+        let pad = tiled_padding(shape.hidden, device, quantization);
+        anyhow::ensure!(
+            shape.n_head * shape.head_dim == shape.hidden,
+            "attention width {} differs from the hidden size {}",
+            shape.n_head * shape.head_dim,
+            shape.hidden
+        );
+        // Weights used as matmuls: concatenated along the output dimension,
+        // zero-padded (`pad_n` output rows, `pad_k` input columns) and converted
+        // to the configured format.
+        let convert =
+            |parts: Vec<QTensor>, pad_n: usize, pad_k: usize| -> candle_core::Result<QMatMul> {
+                let target = match quantization {
+                    Quantization::Q8_0 => Some(GgmlDType::Q8_0),
+                    Quantization::Q4_0 => Some(GgmlDType::Q4_0),
+                    Quantization::Keep | Quantization::Bf16 => None,
+                };
+                if parts.len() == 1
+                    && pad_n == 0
+                    && pad_k == 0
+                    && target.is_none_or(|t| t == parts[0].dtype())
+                    && dtype == DType::F32
+                {
+                    return QMatMul::from_qtensor(parts.into_iter().next().expect("one part"));
+                }
+                let source_dtype = parts[0].dtype();
+                let dense = parts
+                    .iter()
+                    .map(|p| p.dequantize(device))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let dense = Tensor::cat(&dense, 0)?
+                    .pad_with_zeros(0, 0, pad_n)?
+                    .pad_with_zeros(1, 0, pad_k)?;
+                match (quantization, target) {
+                    (Quantization::Bf16, _) => Ok(QMatMul::Tensor(dense.to_dtype(DType::BF16)?)),
+                    (_, Some(t)) => QMatMul::from_qtensor(QTensor::quantize(&dense, t)?),
+                    (_, None) => QMatMul::from_qtensor(QTensor::quantize(&dense, source_dtype)?),
+                }
             };
-            if parts.len() == 1
-                && target.is_none_or(|t| t == parts[0].dtype())
-                && dtype == DType::F32
-            {
-                return QMatMul::from_qtensor(parts.into_iter().next().expect("one part"));
-            }
-            let source_dtype = parts[0].dtype();
-            let dense = parts
-                .iter()
-                .map(|p| p.dequantize(device))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let dense = Tensor::cat(&dense, 0)?;
-            match (quantization, target) {
-                (Quantization::Bf16, _) => Ok(QMatMul::Tensor(dense.to_dtype(DType::BF16)?)),
-                (_, Some(t)) => QMatMul::from_qtensor(QTensor::quantize(&dense, t)?),
-                (_, None) => QMatMul::from_qtensor(QTensor::quantize(&dense, source_dtype)?),
-            }
+        // RMS norm weights, padded with zeros and rescaled so the mean square over
+        // `hidden + pad` columns stands for the mean over `hidden` (with the
+        // epsilon scaled to match, see `norm_eps`).
+        let rescale = (shape.hidden as f64 / (shape.hidden + pad) as f64).sqrt();
+        let vector = |t: QTensor| -> candle_core::Result<Tensor> {
+            let v = t.dequantize(device)?;
+            let v = if pad > 0 {
+                (v * rescale)?.pad_with_zeros(0, 0, pad)?
+            } else {
+                v
+            };
+            v.to_dtype(dtype)
         };
-        let vector =
-            |t: QTensor| -> candle_core::Result<Tensor> { t.dequantize(device)?.to_dtype(dtype) };
 
         let embed_q = raw("token_embd.weight")?;
         shape.vocab = embed_q.shape().dims2()?.0;
-        let lm_head = match raw("output.weight") {
-            Ok(t) => convert(vec![t])?,
-            // Tied embeddings: the LM head is the embedding matrix.
-            Err(_) => convert(vec![raw("token_embd.weight")?])?,
+        // The embedding table, padded like the hidden state; shared with a tied
+        // LM head.
+        let embed_q = if pad > 0 {
+            let dense = embed_q.dequantize(device)?.pad_with_zeros(1, 0, pad)?;
+            QTensor::quantize(&dense, GgmlDType::Q8_0)?
+        } else {
+            embed_q
         };
-        let embed = QMatMul::from_qtensor(embed_q)?;
+        let embed_q = std::sync::Arc::new(embed_q);
+        let wanted = match quantization {
+            Quantization::Q8_0 => Some(GgmlDType::Q8_0),
+            Quantization::Q4_0 => Some(GgmlDType::Q4_0),
+            Quantization::Keep => Some(embed_q.dtype()),
+            Quantization::Bf16 => None,
+        };
+        let lm_head = match raw("output.weight") {
+            Ok(t) => convert(vec![t], 0, pad)?,
+            // Tied embeddings: the LM head is the embedding matrix itself when it
+            // already has the wanted format, else a converted copy.
+            Err(_) if wanted == Some(embed_q.dtype()) => QMatMul::from_arc(embed_q.clone())?,
+            Err(_) if quantization == Quantization::Bf16 => {
+                QMatMul::Tensor(embed_q.dequantize(device)?.to_dtype(DType::BF16)?)
+            }
+            Err(_) => convert(vec![raw("token_embd.weight")?], 0, pad)?,
+        };
+        let embed = QMatMul::from_arc(embed_q)?;
         let norm = vector(raw("output_norm.weight")?)?;
         let mut blocks = Vec::with_capacity(shape.n_layer);
         for i in 0..shape.n_layer {
             let p = format!("blk.{i}");
             blocks.push(Block {
                 attn_norm: vector(raw(&format!("{p}.attn_norm.weight"))?)?,
-                qkv: convert(vec![
-                    raw(&format!("{p}.attn_q.weight"))?,
-                    raw(&format!("{p}.attn_k.weight"))?,
-                    raw(&format!("{p}.attn_v.weight"))?,
-                ])?,
-                wo: convert(vec![raw(&format!("{p}.attn_output.weight"))?])?,
+                qkv: convert(
+                    vec![
+                        raw(&format!("{p}.attn_q.weight"))?,
+                        raw(&format!("{p}.attn_k.weight"))?,
+                        raw(&format!("{p}.attn_v.weight"))?,
+                    ],
+                    0,
+                    pad,
+                )?,
+                wo: convert(vec![raw(&format!("{p}.attn_output.weight"))?], pad, pad)?,
                 ffn_norm: vector(raw(&format!("{p}.ffn_norm.weight"))?)?,
-                gate_up: convert(vec![
-                    raw(&format!("{p}.ffn_gate.weight"))?,
-                    raw(&format!("{p}.ffn_up.weight"))?,
-                ])?,
-                down: convert(vec![raw(&format!("{p}.ffn_down.weight"))?])?,
+                gate_up: convert(
+                    vec![
+                        raw(&format!("{p}.ffn_gate.weight"))?,
+                        raw(&format!("{p}.ffn_up.weight"))?,
+                    ],
+                    0,
+                    pad,
+                )?,
+                down: convert(vec![raw(&format!("{p}.ffn_down.weight"))?], pad, 0)?,
             });
         }
         let (cos, sin) = rope_tables(&shape, device, dtype)?;
@@ -296,6 +383,8 @@ impl Llama {
             lm_head,
             cos,
             sin,
+            pad,
+            norm_eps: (shape.rms_eps * shape.hidden as f64 / (shape.hidden + pad) as f64) as f32,
         })
     }
 
@@ -389,7 +478,7 @@ impl Llama {
         let kv_width = s.n_kv_head * s.head_dim;
         let scale = 1.0 / (s.head_dim as f64).sqrt();
         for (l, block) in self.blocks.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, s.rms_eps as f32)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, self.norm_eps)?;
             let qkv = block.qkv.forward(&h)?;
             // [tokens, heads, dim] → [1, heads, tokens, dim] for the rotary kernel.
             let heads = |start: usize, width: usize, n: usize| -> candle_core::Result<Tensor> {
@@ -447,8 +536,13 @@ impl Llama {
             } else {
                 Tensor::cat(&outputs, 0)?
             };
+            let attn = if self.pad > 0 {
+                attn.pad_with_zeros(1, 0, self.pad)?
+            } else {
+                attn
+            };
             x = (x + block.wo.forward(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, s.rms_eps as f32)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, self.norm_eps)?;
             let gate_up = block.gate_up.forward(&h)?;
             let gate = gate_up.narrow(1, 0, s.ffn)?;
             let up = gate_up.narrow(1, s.ffn, s.ffn)?;
@@ -460,7 +554,7 @@ impl Llama {
         }
         let last_rows = Tensor::new(last_rows.as_slice(), &self.device)?;
         let x = x.index_select(&last_rows, 0)?;
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, s.rms_eps as f32)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.norm_eps)?;
         self.lm_head.forward(&x)?.to_dtype(DType::F32)
     }
 }
