@@ -18,6 +18,7 @@
 //! scalar CPU kernel in candle; Q8_0 and Q4_0 have SIMD ones).
 
 use crate::chat::ChatTemplate;
+use crate::host_attention::{self, HostLayer, SeqRows};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use gantry_config::backend::Quantization;
@@ -78,6 +79,9 @@ pub struct Llama {
     pad: usize,
     /// RMS norm epsilon, adjusted for the padding.
     norm_eps: f32,
+    /// Rotary tables `[context, head_dim/2]` in host memory, when attention runs
+    /// on the host (CPU, f32).
+    host_rope: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// candle's tiled int8 matmul kernels on x86 (AVX-512 VNNI / AVX-VNNI) need the
@@ -123,7 +127,10 @@ impl std::fmt::Debug for Llama {
 /// The KV cache of one sequence: per layer, keys and values `[kv_heads, capacity,
 /// head_dim]`, of which the first `len` positions are filled.
 pub struct SeqCache {
+    /// Device caches (tensor attention).
     layers: Vec<(Tensor, Tensor)>,
+    /// Host caches (CPU attention, see [`crate::host_attention`]).
+    host: Vec<HostLayer>,
     len: usize,
     capacity: usize,
 }
@@ -141,10 +148,12 @@ impl SeqCache {
 
     /// Bytes allocated for this cache.
     pub fn bytes(&self) -> usize {
-        self.layers
+        let device: usize = self
+            .layers
             .iter()
             .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum()
+            .sum();
+        device + self.host.iter().map(HostLayer::bytes).sum::<usize>()
     }
 }
 
@@ -373,7 +382,16 @@ impl Llama {
             });
         }
         let (cos, sin) = rope_tables(&shape, device, dtype)?;
+        let host_rope = if device.is_cpu() && dtype == DType::F32 {
+            Some((
+                cos.flatten_all()?.to_vec1::<f32>()?,
+                sin.flatten_all()?.to_vec1::<f32>()?,
+            ))
+        } else {
+            None
+        };
         Ok(Llama {
+            host_rope,
             shape,
             device: device.clone(),
             dtype,
@@ -402,6 +420,7 @@ impl Llama {
     pub fn new_cache(&self) -> SeqCache {
         SeqCache {
             layers: Vec::new(),
+            host: Vec::new(),
             len: 0,
             capacity: 0,
         }
@@ -464,15 +483,38 @@ impl Llama {
                     s.context_length
                 );
             }
-            self.reserve(cache, cache.len + tokens.len())?;
+            if self.host_rope.is_some() {
+                if cache.host.is_empty() {
+                    cache.host = (0..s.n_layer).map(|_| HostLayer::default()).collect();
+                }
+            } else {
+                self.reserve(cache, cache.len + tokens.len())?;
+            }
             ids.extend_from_slice(tokens);
             positions.extend((cache.len..cache.len + tokens.len()).map(|p| p as u32));
             last_rows.push((ids.len() - 1) as u32);
         }
+        let half = s.head_dim / 2;
+        let host_tables = self.host_rope.as_ref().map(|(cos, sin)| {
+            let gather = |table: &[f32]| -> Vec<f32> {
+                positions
+                    .iter()
+                    .flat_map(|&p| &table[p as usize * half..(p as usize + 1) * half])
+                    .copied()
+                    .collect()
+            };
+            (gather(cos), gather(sin))
+        });
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let positions = Tensor::new(positions.as_slice(), &self.device)?;
-        let cos = self.cos.index_select(&positions, 0)?;
-        let sin = self.sin.index_select(&positions, 0)?;
+        let (cos, sin) = if host_tables.is_some() {
+            (self.cos.clone(), self.sin.clone())
+        } else {
+            (
+                self.cos.index_select(&positions, 0)?,
+                self.sin.index_select(&positions, 0)?,
+            )
+        };
         let mut x = self.embed.embedding(&ids)?.to_dtype(self.dtype)?;
         let q_width = s.n_head * s.head_dim;
         let kv_width = s.n_kv_head * s.head_dim;
@@ -480,6 +522,31 @@ impl Llama {
         for (l, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, self.norm_eps)?;
             let qkv = block.qkv.forward(&h)?;
+            if let Some((cos, sin)) = &host_tables {
+                let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
+                let mut seqs = Vec::with_capacity(batch.len());
+                let mut first_row = 0;
+                for (tokens, cache) in batch.iter_mut() {
+                    let past = cache.len;
+                    seqs.push(SeqRows {
+                        layer: &mut cache.host[l],
+                        past,
+                        first_row,
+                        rows: tokens.len(),
+                    });
+                    first_row += tokens.len();
+                }
+                let dims = host_attention::Dims {
+                    n_head: s.n_head,
+                    n_kv_head: s.n_kv_head,
+                    head_dim: s.head_dim,
+                    out_width: q_width + self.pad,
+                };
+                let out = host_attention::attention(dims, &qkv, cos, sin, &mut seqs);
+                let attn = Tensor::from_vec(out, (total, q_width + self.pad), &self.device)?;
+                x = self.feed_forward(block, (x + block.wo.forward(&attn)?)?)?;
+                continue;
+            }
             // [tokens, heads, dim] → [1, heads, tokens, dim] for the rotary kernel.
             let heads = |start: usize, width: usize, n: usize| -> candle_core::Result<Tensor> {
                 qkv.narrow(1, start, width)?
@@ -541,13 +608,7 @@ impl Llama {
             } else {
                 attn
             };
-            x = (x + block.wo.forward(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, self.norm_eps)?;
-            let gate_up = block.gate_up.forward(&h)?;
-            let gate = gate_up.narrow(1, 0, s.ffn)?;
-            let up = gate_up.narrow(1, s.ffn, s.ffn)?;
-            let mlp = (candle_nn::ops::silu(&gate)? * up)?;
-            x = (x + block.down.forward(&mlp)?)?;
+            x = self.feed_forward(block, (x + block.wo.forward(&attn)?)?)?;
         }
         for (tokens, cache) in batch.iter_mut() {
             cache.len += tokens.len();
@@ -556,6 +617,19 @@ impl Llama {
         let x = x.index_select(&last_rows, 0)?;
         let x = candle_nn::ops::rms_norm(&x, &self.norm, self.norm_eps)?;
         self.lm_head.forward(&x)?.to_dtype(DType::F32)
+    }
+}
+
+impl Llama {
+    /// The feed-forward half of a block, residual included.
+    fn feed_forward(&self, block: &Block, x: Tensor) -> candle_core::Result<Tensor> {
+        let ffn = self.shape.ffn;
+        let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, self.norm_eps)?;
+        let gate_up = block.gate_up.forward(&h)?;
+        let gate = gate_up.narrow(1, 0, ffn)?;
+        let up = gate_up.narrow(1, ffn, ffn)?;
+        let mlp = (candle_nn::ops::silu(&gate)? * up)?;
+        x + block.down.forward(&mlp)?
     }
 }
 

@@ -141,3 +141,74 @@ fn device_logits_match_the_cpu_on_the_same_weights() {
     assert!(cosine > 0.99, "cosine {cosine}");
     assert_eq!(argmax(&got), argmax(&reference));
 }
+
+#[test]
+fn device_logits_match_the_cpu_for_every_batch_shape() {
+    if device_spec() == gantry_config::backend::DeviceSpec::Cpu {
+        return; // the CPU is the reference
+    }
+    use gantry_config::backend::Quantization;
+    let cpu = gantry_inference::llama::Llama::load(
+        &model_path(),
+        &candle_core::Device::Cpu,
+        Quantization::Q8_0,
+    )
+    .unwrap();
+    let m = &model().model;
+    let prompt: Vec<u32> = (0..24).map(|i| 300 + 37 * i).collect();
+    let last_logits = |model: &gantry_inference::llama::Llama, feeds: &[&[u32]]| -> Vec<Vec<f32>> {
+        let mut caches: Vec<_> = feeds.iter().map(|_| model.new_cache()).collect();
+        let mut batch: Vec<(&[u32], _)> = feeds.iter().copied().zip(caches.iter_mut()).collect();
+        model.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap()
+    };
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (*x as f64) * (*y as f64))
+            .sum();
+        let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (n(a) * n(b))
+    };
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0
+    };
+    let mut worst = 1.0f64;
+    let mut report = Vec::new();
+    // One sequence prefilling n rows, and mixed batches of several sequences.
+    let mut shapes: Vec<Vec<&[u32]>> = (1..=17).map(|n| vec![&prompt[..n]]).collect();
+    shapes.push(vec![
+        &prompt[..1],
+        &prompt[1..2],
+        &prompt[2..3],
+        &prompt[3..9],
+    ]);
+    shapes.push(vec![&prompt[..6]; 3]);
+    for feeds in &shapes {
+        let want = last_logits(&cpu.model, feeds);
+        let got = last_logits(m, feeds);
+        for (w, g) in want.iter().zip(&got) {
+            let c = cosine(w, g);
+            worst = worst.min(c);
+            let rows: usize = feeds.iter().map(|f| f.len()).sum();
+            report.push(format!(
+                "{rows}r/{}s:{c:.4}{}",
+                feeds.len(),
+                if argmax(w) == argmax(g) { "" } else { "!" }
+            ));
+        }
+    }
+    println!(
+        "device vs cpu by batch shape (rows/seqs:cosine, ! = top-1 differs): {}",
+        report.join(" ")
+    );
+    assert!(worst > 0.99, "worst cosine {worst}");
+    assert!(
+        !report.iter().any(|r| r.ends_with('!')),
+        "top-1 differs somewhere"
+    );
+}

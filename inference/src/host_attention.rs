@@ -1,0 +1,229 @@
+//! Attention for CPU models, in plain Rust over host memory.
+//!
+//! On the CPU the matmuls are fast (candle's tiled int8 kernels) and what is left
+//! of a decode step is the *number* of small tensor ops: per layer and sequence,
+//! the tensor formulation of attention needs ~15 of them (slices, copies, cache
+//! writes, two matmuls, scale, mask, softmax, reshapes), each with its own
+//! allocation and thread-pool dispatch. Here one call per layer rotates the new
+//! queries and keys, appends keys and values to each sequence's cache (a growable
+//! `Vec<f32>` per layer, `[position][kv_head][head_dim]`), and computes causal
+//! attention for every new row, rows spread over rayon's threads.
+
+use rayon::prelude::*;
+
+/// Rows of this many or more are spread over threads.
+const PARALLEL_MIN_ROWS: usize = 2;
+
+/// Keys and values of one layer of one sequence.
+#[derive(Debug, Default)]
+pub struct HostLayer {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl HostLayer {
+    /// Bytes allocated.
+    pub fn bytes(&self) -> usize {
+        (self.k.capacity() + self.v.capacity()) * std::mem::size_of::<f32>()
+    }
+}
+
+/// Shapes the kernel needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads.
+    pub n_kv_head: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+    /// Width of an output row (attention width plus zero padding).
+    pub out_width: usize,
+}
+
+/// Rotate pairs `(x[2i], x[2i+1])` of every head in `x` by the position's angles
+/// (llama's interleaved rotary embedding, as GGUF stores q/k weights).
+fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for (pair, (&c, &s)) in head.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * c - b * s;
+            pair[1] = a * s + b * c;
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent sums so the compiler can vectorise without reassociating.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// One sequence's share of a step: its cache and where its rows are.
+pub struct SeqRows<'a> {
+    /// The sequence's cache of this layer.
+    pub layer: &'a mut HostLayer,
+    /// Positions already cached before this step.
+    pub past: usize,
+    /// First row of this sequence in the step's `qkv`.
+    pub first_row: usize,
+    /// Rows (new tokens) of this sequence.
+    pub rows: usize,
+}
+
+/// Attention of one layer for a whole step.
+///
+/// `qkv` is `[rows, (n_head + 2·n_kv_head)·head_dim]` (queries, keys, values of
+/// every new token, unrotated); `cos`/`sin` are `[rows, head_dim/2]` for each
+/// row's position. Returns `[rows, out_width]`, zero beyond the attention width.
+pub fn attention(
+    d: Dims,
+    qkv: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    seqs: &mut [SeqRows<'_>],
+) -> Vec<f32> {
+    let q_width = d.n_head * d.head_dim;
+    let kv_width = d.n_kv_head * d.head_dim;
+    let row_width = q_width + 2 * kv_width;
+    let half = d.head_dim / 2;
+    let total_rows = qkv.len() / row_width;
+    // Rotated queries of every row.
+    let mut q = vec![0f32; total_rows * q_width];
+    for (r, (dst, src)) in q
+        .chunks_exact_mut(q_width)
+        .zip(qkv.chunks_exact(row_width))
+        .enumerate()
+    {
+        dst.copy_from_slice(&src[..q_width]);
+        rope(
+            dst,
+            d.head_dim,
+            &cos[r * half..(r + 1) * half],
+            &sin[r * half..(r + 1) * half],
+        );
+    }
+    // Append rotated keys and values to each sequence's cache.
+    for s in seqs.iter_mut() {
+        for r in s.first_row..s.first_row + s.rows {
+            let src = &qkv[r * row_width..(r + 1) * row_width];
+            let start = s.layer.k.len();
+            s.layer
+                .k
+                .extend_from_slice(&src[q_width..q_width + kv_width]);
+            rope(
+                &mut s.layer.k[start..],
+                d.head_dim,
+                &cos[r * half..(r + 1) * half],
+                &sin[r * half..(r + 1) * half],
+            );
+            s.layer.v.extend_from_slice(&src[q_width + kv_width..]);
+        }
+    }
+    // Which sequence (and position) each row belongs to.
+    let mut owner = Vec::with_capacity(total_rows);
+    for (i, s) in seqs.iter().enumerate() {
+        for j in 0..s.rows {
+            owner.push((i, s.past + j));
+        }
+    }
+    let caches: Vec<(&[f32], &[f32])> = seqs
+        .iter()
+        .map(|s| (s.layer.k.as_slice(), s.layer.v.as_slice()))
+        .collect();
+    let mut out = vec![0f32; total_rows * d.out_width];
+    let group = d.n_head / d.n_kv_head;
+    let scale = 1.0 / (d.head_dim as f32).sqrt();
+    let row = |(r, dst): (usize, &mut [f32])| {
+        let (seq, pos) = owner[r];
+        let (keys, values) = caches[seq];
+        let visible = pos + 1; // causal: positions 0..=pos
+        let mut scores = vec![0f32; visible];
+        for h in 0..d.n_head {
+            let g = h / group;
+            let qh = &q[r * q_width + h * d.head_dim..r * q_width + (h + 1) * d.head_dim];
+            let mut max = f32::NEG_INFINITY;
+            for (t, score) in scores.iter_mut().enumerate() {
+                let k = &keys[t * kv_width + g * d.head_dim..t * kv_width + (g + 1) * d.head_dim];
+                *score = dot(qh, k) * scale;
+                max = max.max(*score);
+            }
+            let mut sum = 0f32;
+            for score in scores.iter_mut() {
+                *score = (*score - max).exp();
+                sum += *score;
+            }
+            let o = &mut dst[h * d.head_dim..(h + 1) * d.head_dim];
+            for (t, &p) in scores.iter().enumerate() {
+                let v = &values[t * kv_width + g * d.head_dim..t * kv_width + (g + 1) * d.head_dim];
+                let w = p / sum;
+                for (o, v) in o.iter_mut().zip(v) {
+                    *o += w * v;
+                }
+            }
+        }
+    };
+    if total_rows >= PARALLEL_MIN_ROWS {
+        out.par_chunks_mut(d.out_width).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(d.out_width).enumerate().for_each(row);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_position_attends_to_itself() {
+        let d = Dims {
+            n_head: 2,
+            n_kv_head: 1,
+            head_dim: 2,
+            out_width: 6,
+        };
+        // q (2 heads), k, v for one token at position 0 (no rotation).
+        let qkv = [1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 3.0, 4.0];
+        let mut layer = HostLayer::default();
+        let mut seqs = [SeqRows {
+            layer: &mut layer,
+            past: 0,
+            first_row: 0,
+            rows: 1,
+        }];
+        let out = attention(d, &qkv, &[1.0], &[0.0], &mut seqs);
+        // One visible position: both heads copy its value; padding stays zero.
+        assert_eq!(out, vec![3.0, 4.0, 3.0, 4.0, 0.0, 0.0]);
+        assert_eq!(layer.k, vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn later_rows_see_earlier_ones_and_not_the_reverse() {
+        let d = Dims {
+            n_head: 1,
+            n_kv_head: 1,
+            head_dim: 2,
+            out_width: 2,
+        };
+        // Two tokens with equal keys: row 0 sees only value 0, row 1 averages both.
+        let qkv = [0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 1.0, 0.0, 4.0, 2.0];
+        let mut layer = HostLayer::default();
+        let mut seqs = [SeqRows {
+            layer: &mut layer,
+            past: 0,
+            first_row: 0,
+            rows: 2,
+        }];
+        let out = attention(d, &qkv, &[1.0, 1.0], &[0.0, 0.0], &mut seqs);
+        assert_eq!(out, vec![2.0, 0.0, 3.0, 1.0]);
+    }
+}
