@@ -48,7 +48,9 @@ async fn one(
         .generate(pb::GenerateRequest {
             model,
             request_id: String::new(),
-            input: Some(pb::generate_request::Input::TokenIds(pb::TokenIdsInput { ids })),
+            input: Some(pb::generate_request::Input::TokenIds(pb::TokenIdsInput {
+                ids,
+            })),
             sampling: Some(pb::SamplingParams {
                 max_tokens,
                 ..Default::default()
@@ -65,7 +67,10 @@ async fn one(
                 tokens += d.token_ids.len();
             }
             Some(pb::generate_response::Event::Finished(f)) => {
-                tokens = f.usage.map(|u| u.completion_tokens as usize).unwrap_or(tokens);
+                tokens = f
+                    .usage
+                    .map(|u| u.completion_tokens as usize)
+                    .unwrap_or(tokens);
             }
             None => {}
         }
@@ -85,7 +90,8 @@ async fn main() -> anyhow::Result<()> {
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()?;
-    let client = pb::inference_client::InferenceClient::connect(format!("http://{}", args.addr)).await?;
+    let client =
+        pb::inference_client::InferenceClient::connect(format!("http://{}", args.addr)).await?;
     // Warm-up.
     one(client.clone(), args.model.clone(), ids.clone(), 8).await?;
     for &n in &args.concurrency {
@@ -93,7 +99,14 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..args.repeat {
             let started = Instant::now();
             let handles: Vec<_> = (0..n)
-                .map(|_| tokio::spawn(one(client.clone(), args.model.clone(), ids.clone(), args.max_tokens)))
+                .map(|_| {
+                    tokio::spawn(one(
+                        client.clone(),
+                        args.model.clone(),
+                        ids.clone(),
+                        args.max_tokens,
+                    ))
+                })
                 .collect();
             let mut streams = Vec::new();
             for h in handles {
@@ -103,7 +116,8 @@ async fn main() -> anyhow::Result<()> {
             let tokens: usize = streams.iter().map(|s| s.tokens).sum();
             let mean = |f: &dyn Fn(&Stream) -> f64| streams.iter().map(f).sum::<f64>() / n as f64;
             let ttft_ms = mean(&|s| s.ttft.as_secs_f64() * 1e3);
-            let decode = mean(&|s| (s.tokens.saturating_sub(1)) as f64 / (s.total - s.ttft).as_secs_f64());
+            let decode =
+                mean(&|s| (s.tokens.saturating_sub(1)) as f64 / (s.total - s.ttft).as_secs_f64());
             let row = serde_json::json!({
                 "concurrency": n,
                 "prompt_tokens": ids.len(),
