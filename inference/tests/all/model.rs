@@ -177,6 +177,16 @@ fn device_logits_match_the_cpu_for_every_batch_shape() {
             .unwrap()
             .0
     };
+    // The reference's lead of its top-1 over its top-2, in standard deviations of
+    // its logits: below NEAR_TIE, rounding differences may pick either.
+    const NEAR_TIE: f32 = 0.02;
+    let lead = |v: &[f32]| {
+        let mut sorted = v.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt();
+        (sorted[0] - sorted[1]) / std
+    };
     let mut worst = 1.0f64;
     let mut report = Vec::new();
     // One sequence prefilling n rows, and mixed batches of several sequences.
@@ -195,20 +205,21 @@ fn device_logits_match_the_cpu_for_every_batch_shape() {
             let c = cosine(w, g);
             worst = worst.min(c);
             let rows: usize = feeds.iter().map(|f| f.len()).sum();
-            report.push(format!(
-                "{rows}r/{}s:{c:.4}{}",
-                feeds.len(),
-                if argmax(w) == argmax(g) { "" } else { "!" }
-            ));
+            let mark = match (argmax(w) == argmax(g), lead(w) < NEAR_TIE) {
+                (true, _) => String::new(),
+                (false, true) => format!("~(near tie, lead {:.3} sd)", lead(w)),
+                (false, false) => format!("!(lead {:.3} sd)", lead(w)),
+            };
+            report.push(format!("{rows}r/{}s:{c:.4}{mark}", feeds.len()));
         }
     }
     println!(
-        "device vs cpu by batch shape (rows/seqs:cosine, ! = top-1 differs): {}",
+        "device vs cpu by batch shape (rows/seqs:cosine; ! = top-1 differs, ~ = differs at a near tie): {}",
         report.join(" ")
     );
-    assert!(worst > 0.99, "worst cosine {worst}");
+    assert!(worst > 0.999, "worst cosine {worst}");
     assert!(
-        !report.iter().any(|r| r.ends_with('!')),
-        "top-1 differs somewhere"
+        !report.iter().any(|r| r.contains('!')),
+        "top-1 differs beyond a near tie"
     );
 }
