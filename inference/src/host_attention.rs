@@ -13,6 +13,9 @@ use rayon::prelude::*;
 
 /// Rows of this many or more are spread over threads.
 const PARALLEL_MIN_ROWS: usize = 2;
+/// Caches grow by this many positions at a time (exactly, not by doubling, so a
+/// sequence never holds more than this much unused cache).
+const GROWTH_POSITIONS: usize = 64;
 
 /// Keys and values of one layer of one sequence.
 #[derive(Debug, Default)]
@@ -113,6 +116,12 @@ pub fn attention(
     }
     // Append rotated keys and values to each sequence's cache.
     for s in seqs.iter_mut() {
+        let needed = (s.past + s.rows) * kv_width;
+        if s.layer.k.capacity() < needed {
+            let target = (s.past + s.rows).next_multiple_of(GROWTH_POSITIONS) * kv_width;
+            s.layer.k.reserve_exact(target - s.layer.k.len());
+            s.layer.v.reserve_exact(target - s.layer.v.len());
+        }
         for r in s.first_row..s.first_row + s.rows {
             let src = &qkv[r * row_width..(r + 1) * row_width];
             let start = s.layer.k.len();
