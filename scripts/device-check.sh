@@ -22,7 +22,15 @@ chmod +x "$BIN"
 status=0
 for quant in bf16 q8_0; do
   echo "== cuda:0, synthetic SmolLM2-135M shapes, $quant weights =="
+  skip=()
+  if [ "$quant" = q8_0 ]; then
+    # Known, documented in docs/INFERENCE.md: candle's ≤8-row and >8-row CUDA Q8_0
+    # kernels round activations differently, so greedy tokens may depend on what
+    # a sequence is batched with. bf16 (the CUDA default) is batch-invariant.
+    echo "(q8_0 on CUDA is not batch-invariant; skipping the continuous-batching equality test)"
+    skip=(--skip scheduler::requests_joining_a_running_batch_get_their_solo_tokens_in_shared_steps)
+  fi
   GANTRY_TEST_DEVICE=cuda:0 GANTRY_TEST_MODEL=synthetic GANTRY_TEST_QUANT=$quant \
-    timeout 240 "$BIN" --test-threads 1 --nocapture model:: scheduler:: || status=1
+    timeout 240 "$BIN" --test-threads 1 --nocapture model:: scheduler:: "${skip[@]}" || status=1
 done
 exit $status

@@ -178,8 +178,11 @@ fn device_logits_match_the_cpu_for_every_batch_shape() {
             .0
     };
     // The reference's lead of its top-1 over its top-2, in standard deviations of
-    // its logits: below NEAR_TIE, rounding differences may pick either.
-    const NEAR_TIE: f32 = 0.02;
+    // its logits: below NEAR_TIE, rounding differences may pick either. Cosines
+    // of 0.9995 mean a relative logit noise of about sqrt(2·(1−0.9995)) ≈ 0.03 sd
+    // (the CPU quantises activations to 8 bits per 256-value block, the GPU per 32
+    // or not at all); a near tie is a lead within ~3× that noise.
+    const NEAR_TIE: f32 = 0.1;
     let lead = |v: &[f32]| {
         let mut sorted = v.to_vec();
         sorted.sort_by(|a, b| b.total_cmp(a));
