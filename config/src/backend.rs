@@ -30,8 +30,9 @@ pub const DEFAULT_MAX_RUNNING: u32 = 16;
 pub const DEFAULT_MAX_QUEUED: u32 = 64;
 /// Longest prompt plus output, in tokens (generation); longest input (embeddings).
 pub const DEFAULT_MAX_CONTEXT: u32 = 2048;
-/// Largest `max_tokens` a generation request may ask for.
-pub const DEFAULT_MAX_TOKENS: u32 = 2048;
+/// Largest `max_tokens` a generation request may ask for (capped below
+/// `max_context`, which must leave room for the prompt).
+pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 /// Prompt tokens prefilled in one batched step; longer prompts are prefilled in
 /// chunks so running streams keep decoding.
 pub const DEFAULT_MAX_BATCH_TOKENS: u32 = 512;
@@ -295,7 +296,16 @@ fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>>
             max_queued: c.at_least_one(at("max_queued"), m.max_queued, DEFAULT_MAX_QUEUED) as usize,
             max_context: c.at_least_one(at("max_context"), m.max_context, DEFAULT_MAX_CONTEXT)
                 as usize,
-            max_tokens: c.at_least_one(at("max_tokens"), m.max_tokens, DEFAULT_MAX_TOKENS) as usize,
+            max_tokens: c.at_least_one(
+                at("max_tokens"),
+                m.max_tokens,
+                DEFAULT_MAX_TOKENS.min(
+                    m.max_context
+                        .unwrap_or(DEFAULT_MAX_CONTEXT)
+                        .saturating_sub(1)
+                        .max(1),
+                ),
+            ) as usize,
             max_batch_tokens: c.at_least_one(
                 at("max_batch_tokens"),
                 m.max_batch_tokens,
@@ -304,7 +314,10 @@ fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>>
             max_batch: c.at_least_one(at("max_batch"), m.max_batch, DEFAULT_MAX_BATCH) as usize,
             kv_cache_budget_bytes: m.kv_cache_budget_bytes,
         };
-        if m.kind == ModelKind::Generate && limits.max_tokens >= limits.max_context {
+        if m.kind == ModelKind::Generate
+            && m.max_tokens.is_some()
+            && limits.max_tokens >= limits.max_context
+        {
             c.fail(
                 at("max_tokens"),
                 format!(
@@ -384,6 +397,19 @@ max_context = 1024
     }
 
     #[test]
+    fn the_default_max_tokens_leaves_room_for_a_prompt_in_a_small_context() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.gguf"), b"x").unwrap();
+        let cfg = parse_backend(
+            "[[models]]\nname = \"m\"\nkind = \"generate\"\npath = \"m.gguf\"\nmax_context = 512\n",
+            "t",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(cfg.models[0].limits.max_tokens, 511);
+    }
+
+    #[test]
     fn unknown_fields_get_the_nearest_name() {
         let p =
             problems("[[models]]\nname = \"m\"\nkind = \"embed\"\npath = \".\"\nmax_runing = 3\n");
@@ -402,6 +428,7 @@ max_context = 1024
         .unwrap();
         assert_eq!(cfg.models[0].device, DeviceSpec::Cuda(1));
         assert_eq!(cfg.models[0].quantization, Quantization::Bf16);
+        assert_eq!(cfg.models[0].limits.max_tokens, DEFAULT_MAX_TOKENS as usize);
         assert_eq!(cfg.listen.to_string(), DEFAULT_BACKEND_LISTEN);
     }
 }

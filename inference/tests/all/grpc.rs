@@ -408,7 +408,7 @@ async fn health_is_not_serving_while_loading_then_serving_then_not_serving_while
 
     // Drain while a stream runs: it finishes; new requests are refused.
     let mut running = c
-        .generate(prompt(GEN, "Count to a thousand:", 40))
+        .generate(prompt(GEN, "Count to a thousand:", 250))
         .await
         .unwrap()
         .into_inner();
@@ -431,7 +431,7 @@ async fn health_is_not_serving_while_loading_then_serving_then_not_serving_while
         pb::FinishReason::Length,
         "the running stream finished normally"
     );
-    assert_eq!(first + ids.len(), 40);
+    assert_eq!(first + ids.len(), 250);
     draining.await.unwrap().unwrap();
 }
 
