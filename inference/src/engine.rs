@@ -118,6 +118,9 @@ pub enum SubmitError {
 pub struct GenerateEngine {
     jobs: mpsc::Sender<Msg>,
     queued: Arc<AtomicUsize>,
+    /// Requests accepted and not yet finished (queued or running): the drain
+    /// condition, exact at any instant, unlike the published [`Load`].
+    active: Arc<AtomicUsize>,
     abort: Arc<AtomicBool>,
     limits: ModelLimits,
     load: watch::Receiver<Load>,
@@ -134,6 +137,7 @@ impl GenerateEngine {
     ) -> GenerateEngine {
         let (jobs, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let active = Arc::new(AtomicUsize::new(0));
         let abort = Arc::new(AtomicBool::new(false));
         let (load_tx, load) = watch::channel(Load::default());
         let scheduler = Scheduler {
@@ -143,6 +147,7 @@ impl GenerateEngine {
             limits,
             jobs: rx,
             queued: queued.clone(),
+            active: active.clone(),
             abort: abort.clone(),
             load: load_tx,
             waiting: VecDeque::new(),
@@ -157,6 +162,7 @@ impl GenerateEngine {
         GenerateEngine {
             jobs,
             queued,
+            active,
             abort,
             limits,
             load,
@@ -175,10 +181,17 @@ impl GenerateEngine {
         {
             return Err(SubmitError::QueueFull { max_queued });
         }
+        self.active.fetch_add(1, Ordering::AcqRel);
         self.jobs.send(Msg::Job(job)).map_err(|_| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.active.fetch_sub(1, Ordering::AcqRel);
             SubmitError::Stopped
         })
+    }
+
+    /// True when no accepted request is waiting or running.
+    pub fn is_idle(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0
     }
 
     /// Follow the load.
@@ -227,6 +240,7 @@ struct Scheduler {
     limits: ModelLimits,
     jobs: mpsc::Receiver<Msg>,
     queued: Arc<AtomicUsize>,
+    active: Arc<AtomicUsize>,
     abort: Arc<AtomicBool>,
     load: watch::Sender<Load>,
     waiting: VecDeque<Job>,
@@ -265,12 +279,19 @@ impl Scheduler {
             }
             if let Err(err) = self.step() {
                 tracing::error!(target: "gantry::backend", error = %err, "forward step failed; failing the batch");
+                let failed = self.running.len();
                 for seq in self.running.drain(..) {
                     drop(seq.job.events);
                 }
+                self.done(failed);
             }
             self.publish();
         }
+    }
+
+    /// `n` requests left for good (finished, cancelled, dropped).
+    fn done(&self, n: usize) {
+        self.active.fetch_sub(n, Ordering::AcqRel);
     }
 
     fn leave_queue(&self, n: usize) {
@@ -295,6 +316,8 @@ impl Scheduler {
             true
         });
         self.leave_queue(before - self.waiting.len());
+        self.done(before - self.waiting.len());
+        let before = self.running.len();
         self.running.retain(|seq| {
             if seq.job.events.is_closed() {
                 tracing::debug!(target: "gantry::backend", request_id = %seq.job.request_id, "client gone; sequence leaves the batch");
@@ -308,6 +331,7 @@ impl Scheduler {
             }
             true
         });
+        self.done(before - self.running.len());
     }
 
     /// Bytes a sequence may come to hold: its prompt plus everything it may generate.
@@ -448,6 +472,7 @@ impl Scheduler {
         for (i, reason) in finished {
             let seq = self.running.swap_remove(i);
             finish(seq, reason);
+            self.done(1);
         }
         Ok(())
     }
@@ -464,7 +489,10 @@ impl Scheduler {
             });
         }
         self.leave_queue(n);
-        for seq in std::mem::take(&mut self.running) {
+        self.done(n);
+        let running = std::mem::take(&mut self.running);
+        self.done(running.len());
+        for seq in running {
             finish(seq, Finish::Cancelled);
         }
         self.publish();

@@ -776,10 +776,7 @@ impl Backend {
                     Served::Embed { .. } => None,
                 })
                 .collect();
-            let idle = |e: &&GenerateEngine| {
-                let l = e.load().borrow().clone();
-                l.running == 0 && l.queued == 0
-            };
+            let idle = |e: &&GenerateEngine| e.is_idle();
             while Instant::now() < deadline && !engines.iter().all(idle) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
