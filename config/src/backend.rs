@@ -22,6 +22,8 @@ pub const EMBEDDED_BACKEND_BASE: &str = "config/examples";
 
 /// Address the gRPC server listens on.
 pub const DEFAULT_BACKEND_LISTEN: &str = "127.0.0.1:50051";
+/// Address of the backend's Prometheus `/metrics` listener.
+pub const DEFAULT_BACKEND_METRICS_LISTEN: &str = "127.0.0.1:9091";
 /// How long running generations get to finish after SIGTERM, in milliseconds.
 pub const DEFAULT_BACKEND_GRACE_PERIOD_MS: u64 = 30_000;
 /// Sequences decoded together in one batch (generation models).
@@ -60,6 +62,9 @@ pub struct ServerFile {
     /// Milliseconds running generations get after SIGTERM. Default
     /// [`DEFAULT_BACKEND_GRACE_PERIOD_MS`].
     pub shutdown_grace_period_ms: Option<u64>,
+    /// `ip:port` of the Prometheus `/metrics` listener, or `"off"`. Default
+    /// [`DEFAULT_BACKEND_METRICS_LISTEN`].
+    pub metrics_listen: Option<String>,
 }
 
 /// What a model does.
@@ -127,6 +132,8 @@ pub struct ModelFile {
 pub struct BackendConfig {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address, if any.
+    pub metrics_listen: Option<SocketAddr>,
     /// Time running generations get after SIGTERM.
     pub grace_period: Duration,
     /// Models, in file order.
@@ -233,6 +240,15 @@ fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>>
         .as_deref()
         .unwrap_or(DEFAULT_BACKEND_LISTEN);
     let listen = c.socket_addr("backend.listen".into(), listen_text);
+    let metrics_listen = match raw
+        .backend
+        .metrics_listen
+        .as_deref()
+        .unwrap_or(DEFAULT_BACKEND_METRICS_LISTEN)
+    {
+        "off" => None,
+        text => c.socket_addr("backend.metrics_listen".into(), text),
+    };
     let grace_period = c.millis(
         "backend.shutdown_grace_period_ms".into(),
         raw.backend.shutdown_grace_period_ms,
@@ -338,6 +354,7 @@ fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>>
     if c.problems.is_empty() {
         Ok(BackendConfig {
             listen: listen.expect("checked"),
+            metrics_listen,
             grace_period,
             models,
         })

@@ -13,6 +13,7 @@ pub mod embed;
 pub mod engine;
 pub mod host_attention;
 pub mod llama;
+pub mod metrics;
 pub mod sequence;
 pub mod server;
 pub mod synthetic;

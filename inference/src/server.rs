@@ -9,6 +9,7 @@ use crate::chat::{ChatTemplate, Message};
 use crate::embed::Embedder;
 use crate::engine::{Event, Finish, GenerateEngine, Job, Load, SubmitError};
 use crate::llama::Llama;
+use crate::metrics::Metrics;
 use crate::sequence::Sampler;
 use candle_core::Device;
 use gantry_config::backend::{BackendConfig, DeviceSpec, ModelConfig, ModelKind, ModelLimits};
@@ -91,6 +92,7 @@ impl State {
 #[derive(Clone)]
 pub struct Service {
     state: Arc<State>,
+    metrics: Metrics,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -319,15 +321,11 @@ fn to_response(request_id: &str, event: Event) -> Result<pb::GenerateResponse, S
     })
 }
 
-#[tonic::async_trait]
-impl Inference for Service {
-    type GenerateStream = BoxStream<pb::GenerateResponse>;
-    type WatchLoadStream = BoxStream<pb::LoadReport>;
-
-    async fn generate(
+impl Service {
+    async fn start_generate(
         &self,
         request: Request<pb::GenerateRequest>,
-    ) -> Result<Response<Self::GenerateStream>, Status> {
+    ) -> Result<Response<BoxStream<pb::GenerateResponse>>, Status> {
         let deadline = deadline_of(&request);
         let req = request.into_inner();
         if self.state.draining.load(Ordering::Acquire) {
@@ -380,15 +378,38 @@ impl Inference for Service {
                 events,
             })
             .map_err(|e| match e {
-                SubmitError::QueueFull { max_queued } => queue_full(name, max_queued),
+                SubmitError::QueueFull { max_queued } => {
+                    self.metrics.queue_rejection(name);
+                    queue_full(name, max_queued)
+                }
                 SubmitError::Stopped => Status::unavailable(e.to_string()),
             })?;
+        self.metrics.request(name, "Generate", tonic::Code::Ok);
         self.state.load_changed.notify_waiters();
-        let stream = UnboundedReceiverStream::new(rx).map(move |e| to_response(&request_id, e));
+        let (metrics, model_name) = (self.metrics.clone(), name.clone());
+        let stream = UnboundedReceiverStream::new(rx).map(move |e| {
+            match &e {
+                Event::Finished {
+                    completion_tokens,
+                    time_to_first_token,
+                    ..
+                } => metrics.generated(
+                    &model_name,
+                    *completion_tokens,
+                    (*completion_tokens > 0).then_some(*time_to_first_token),
+                ),
+                Event::DeadlineExceeded { completion_tokens } => {
+                    metrics.generated(&model_name, *completion_tokens, None);
+                    metrics.request(&model_name, "Generate", tonic::Code::DeadlineExceeded);
+                }
+                Event::Delta { .. } => {}
+            }
+            to_response(&request_id, e)
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn embed(
+    async fn run_embed(
         &self,
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
@@ -413,10 +434,10 @@ impl Inference for Service {
                 req.inputs.len()
             )));
         }
-        let permit = slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| queue_full(&name, limits.max_queued))?;
+        let permit = slots.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.queue_rejection(&name);
+            queue_full(&name, limits.max_queued)
+        })?;
         let embedder = embedder.clone();
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -449,7 +470,37 @@ impl Inference for Service {
         .map_err(|e| Status::internal(format!("embedding task failed: {e}")))??;
         Ok(Response::new(result))
     }
+}
 
+#[tonic::async_trait]
+impl Inference for Service {
+    type GenerateStream = BoxStream<pb::GenerateResponse>;
+    type WatchLoadStream = BoxStream<pb::LoadReport>;
+
+    async fn generate(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        let model = request.get_ref().model.clone();
+        let result = self.start_generate(request).await;
+        if let Err(status) = &result {
+            self.metrics.request(&model, "Generate", status.code());
+        }
+        result
+    }
+
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let model = request.get_ref().model.clone();
+        let result = self.run_embed(request).await;
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.metrics.request(&model, "Embed", code);
+        result
+    }
     async fn list_models(
         &self,
         _request: Request<pb::ListModelsRequest>,
@@ -650,6 +701,8 @@ fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
 pub struct Backend {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
+    /// The bound `/metrics` address, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
     state: Arc<State>,
     shutdown: Arc<Notify>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -684,8 +737,19 @@ impl Backend {
             .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing)
             .await;
         let shutdown = Arc::new(Notify::new());
+        let metrics = Metrics::new();
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => {
+                let listener = crate::metrics::bind(addr).await?;
+                let bound = listener.local_addr()?;
+                tokio::spawn(metrics.clone().serve(listener));
+                Some(bound)
+            }
+            None => None,
+        };
         let service = Service {
             state: state.clone(),
+            metrics: metrics.clone(),
         };
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
@@ -715,6 +779,11 @@ impl Backend {
                     .collect::<anyhow::Result<BTreeMap<_, _>>>()
             })
             .await??;
+            for (name, model) in &built {
+                if let Served::Generate { engine, .. } = &model.served {
+                    metrics.watch(name, engine.load());
+                }
+            }
             let _ = loading.models.set(built);
             if !loading.draining.load(Ordering::Acquire) {
                 health
@@ -741,6 +810,7 @@ impl Backend {
         });
         Ok(Backend {
             addr,
+            metrics_addr,
             state,
             shutdown,
             server,

@@ -114,6 +114,7 @@ pub fn embed_model() -> ModelConfig {
 pub fn backend_config(models: Vec<ModelConfig>) -> BackendConfig {
     BackendConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         grace_period: Duration::from_secs(10),
         models,
     }
@@ -158,4 +159,21 @@ pub async fn collect(
         }
     }
     panic!("stream ended without a finished message");
+}
+
+/// GET `/metrics` from a backend; the value of the sample whose line starts with
+/// `name` and contains every `label`, if any.
+pub async fn metric(addr: std::net::SocketAddr, name: &str, labels: &[&str]) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }

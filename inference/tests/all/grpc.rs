@@ -236,6 +236,33 @@ async fn a_full_queue_is_resource_exhausted_with_a_retry_hint() {
         status.message()
     );
     assert_eq!(status.metadata().get("retry-after").unwrap(), "1");
+    // Counted: once as a queue-limit refusal, once by its code.
+    let m = backend.metrics_addr.unwrap();
+    let model = r#"model="smollm2-135m""#;
+    assert_eq!(
+        metric(m, "gantry_backend_queue_rejections_total", &[model]).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            m,
+            "gantry_backend_requests_total",
+            &[model, r#"code="ResourceExhausted""#]
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(m, "gantry_backend_requests_total", &[model, r#"code="Ok""#]).await,
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(m, "gantry_backend_running", &[model]).await,
+        Some(1.0)
+    );
+    // (`gantry_backend_queued` is not pinned: the first request may already have
+    // ended on an end-of-sequence token, letting the queued one in.)
+    assert!(metric(m, "gantry_backend_queued", &[model]).await.is_some());
     drop(long);
     backend.shutdown().await.unwrap();
 }
