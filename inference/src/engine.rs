@@ -189,6 +189,12 @@ impl GenerateEngine {
         })
     }
 
+    /// Requests waiting for a batch slot, now (the published [`Load`] is as of
+    /// the last step).
+    pub fn queued_now(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// True when no accepted request is waiting or running.
     pub fn is_idle(&self) -> bool {
         self.active.load(Ordering::Acquire) == 0
@@ -271,7 +277,10 @@ impl Scheduler {
                 continue;
             }
             self.drop_gone();
-            self.admit();
+            if self.admit() {
+                // Newcomers show as running before their first token goes out.
+                self.publish();
+            }
             if self.running.is_empty() {
                 // Everything waiting was dropped, or the KV budget is exhausted
                 // by nothing (a single oversized request is admitted alone).
@@ -339,7 +348,9 @@ impl Scheduler {
         ((job.prompt.len() + job.sampler.max_tokens) * self.model.kv_bytes_per_token()) as u64
     }
 
-    fn admit(&mut self) {
+    /// Move waiting requests into the batch; true if any moved.
+    fn admit(&mut self) -> bool {
+        let before = self.running.len();
         let mut reserved: u64 = self
             .running
             .iter()
@@ -371,6 +382,7 @@ impl Scheduler {
                 job,
             });
         }
+        self.running.len() > before
     }
 
     fn step(&mut self) -> candle_core::Result<()> {

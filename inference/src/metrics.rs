@@ -5,7 +5,7 @@
 //! (`gantry_backend_queue_rejections_total`). Queue depth, running sequences and KV
 //! cache bytes are read from the schedulers at scrape time.
 
-use crate::engine::Load;
+use crate::engine::GenerateEngine;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus::{
@@ -14,10 +14,9 @@ use prometheus::{
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::watch;
 
-/// Each generation model's published load, for the gauges.
-type Loads = Arc<std::sync::Mutex<Vec<(String, watch::Receiver<Load>)>>>;
+/// Each generation model's scheduler, for the gauges.
+type Loads = Arc<std::sync::Mutex<Vec<(String, GenerateEngine)>>>;
 
 /// The backend's metrics.
 #[derive(Clone)]
@@ -104,11 +103,11 @@ impl Metrics {
     }
 
     /// Follow a model's scheduler for the gauges.
-    pub fn watch(&self, model: &str, load: watch::Receiver<Load>) {
+    pub fn watch(&self, model: &str, engine: GenerateEngine) {
         self.loads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((model.to_string(), load));
+            .push((model.to_string(), engine));
     }
 
     /// Count one call's outcome.
@@ -137,9 +136,11 @@ impl Metrics {
 
     /// The text exposition, gauges refreshed.
     pub fn render(&self) -> Vec<u8> {
-        for (model, rx) in self.loads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let l = rx.borrow().clone();
-            self.queued.with_label_values(&[model]).set(l.queued as i64);
+        for (model, engine) in self.loads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let l = engine.load().borrow().clone();
+            self.queued
+                .with_label_values(&[model])
+                .set(engine.queued_now() as i64);
             self.running
                 .with_label_values(&[model])
                 .set(l.running as i64);

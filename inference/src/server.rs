@@ -781,7 +781,7 @@ impl Backend {
             .await??;
             for (name, model) in &built {
                 if let Served::Generate { engine, .. } = &model.served {
-                    metrics.watch(name, engine.load());
+                    metrics.watch(name, engine.clone());
                 }
             }
             let _ = loading.models.set(built);

@@ -256,15 +256,16 @@ async fn a_full_queue_is_resource_exhausted_with_a_retry_hint() {
         metric(m, "gantry_backend_requests_total", &[model, r#"code="Ok""#]).await,
         Some(2.0)
     );
-    // The gauges are there; their values are not pinned: both requests may have
-    // ended (on an end-of-sequence token) by now. WatchLoad's test pins the load.
-    for gauge in [
-        "gantry_backend_running",
-        "gantry_backend_queued",
-        "gantry_backend_kv_cache_bytes",
-    ] {
-        assert!(metric(m, gauge, &[model]).await.is_some(), "{gauge}");
-    }
+    // The first request runs (200 tokens, seconds), the second waits.
+    assert_eq!(
+        metric(m, "gantry_backend_running", &[model]).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(m, "gantry_backend_queued", &[model]).await,
+        Some(1.0)
+    );
+    assert!(metric(m, "gantry_backend_kv_cache_bytes", &[model]).await > Some(0.0));
     drop(long);
     backend.shutdown().await.unwrap();
 }
