@@ -265,7 +265,10 @@ async fn a_full_queue_is_resource_exhausted_with_a_retry_hint() {
         metric(m, "gantry_backend_queued", &[model]).await,
         Some(1.0)
     );
-    assert!(metric(m, "gantry_backend_kv_cache_bytes", &[model]).await > Some(0.0));
+    // KV bytes are as of the last finished step (possibly before the first one).
+    assert!(metric(m, "gantry_backend_kv_cache_bytes", &[model])
+        .await
+        .is_some());
     drop(long);
     backend.shutdown().await.unwrap();
 }
