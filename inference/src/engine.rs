@@ -210,11 +210,6 @@ impl GenerateEngine {
         self.abort.store(true, Ordering::Release);
         let _ = self.jobs.send(Msg::Wake);
     }
-
-    /// The limits it enforces.
-    pub fn limits(&self) -> &ModelLimits {
-        &self.limits
-    }
 }
 
 /// What the scheduler's queue carries.

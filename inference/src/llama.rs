@@ -495,118 +495,37 @@ impl Llama {
             last_rows.push((ids.len() - 1) as u32);
         }
         let half = s.head_dim / 2;
-        let host_tables = self.host_rope.as_ref().map(|(cos, sin)| {
-            let gather = |table: &[f32]| -> Vec<f32> {
-                positions
-                    .iter()
-                    .flat_map(|&p| &table[p as usize * half..(p as usize + 1) * half])
-                    .copied()
-                    .collect()
-            };
-            (gather(cos), gather(sin))
-        });
-        let ids = Tensor::new(ids.as_slice(), &self.device)?;
-        let positions = Tensor::new(positions.as_slice(), &self.device)?;
-        let (cos, sin) = if host_tables.is_some() {
-            (self.cos.clone(), self.sin.clone())
-        } else {
-            (
-                self.cos.index_select(&positions, 0)?,
-                self.sin.index_select(&positions, 0)?,
-            )
+        // Rotary angles of every row's position, where the attention runs.
+        let rope = match &self.host_rope {
+            Some((cos, sin)) => {
+                let gather = |table: &[f32]| -> Vec<f32> {
+                    positions
+                        .iter()
+                        .flat_map(|&p| &table[p as usize * half..(p as usize + 1) * half])
+                        .copied()
+                        .collect()
+                };
+                StepRope::Host {
+                    cos: gather(cos),
+                    sin: gather(sin),
+                }
+            }
+            None => {
+                let positions = Tensor::new(positions.as_slice(), &self.device)?;
+                StepRope::Device {
+                    cos: self.cos.index_select(&positions, 0)?,
+                    sin: self.sin.index_select(&positions, 0)?,
+                }
+            }
         };
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let mut x = self.embed.embedding(&ids)?.to_dtype(self.dtype)?;
-        let q_width = s.n_head * s.head_dim;
-        let kv_width = s.n_kv_head * s.head_dim;
-        let scale = 1.0 / (s.head_dim as f64).sqrt();
         for (l, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, self.norm_eps)?;
             let qkv = block.qkv.forward(&h)?;
-            if let Some((cos, sin)) = &host_tables {
-                let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
-                let mut seqs = Vec::with_capacity(batch.len());
-                let mut first_row = 0;
-                for (tokens, cache) in batch.iter_mut() {
-                    let past = cache.len;
-                    seqs.push(SeqRows {
-                        layer: &mut cache.host[l],
-                        past,
-                        first_row,
-                        rows: tokens.len(),
-                    });
-                    first_row += tokens.len();
-                }
-                let dims = host_attention::Dims {
-                    n_head: s.n_head,
-                    n_kv_head: s.n_kv_head,
-                    head_dim: s.head_dim,
-                    out_width: q_width + self.pad,
-                };
-                let out = host_attention::attention(dims, &qkv, cos, sin, &mut seqs);
-                let attn = Tensor::from_vec(out, (total, q_width + self.pad), &self.device)?;
-                x = self.feed_forward(block, (x + block.wo.forward(&attn)?)?)?;
-                continue;
-            }
-            // [tokens, heads, dim] → [1, heads, tokens, dim] for the rotary kernel.
-            let heads = |start: usize, width: usize, n: usize| -> candle_core::Result<Tensor> {
-                qkv.narrow(1, start, width)?
-                    .reshape((total, n, s.head_dim))?
-                    .transpose(0, 1)?
-                    .contiguous()?
-                    .unsqueeze(0)
-            };
-            let q = candle_nn::rotary_emb::rope_i(&heads(0, q_width, s.n_head)?, &cos, &sin)?
-                .squeeze(0)?;
-            let k =
-                candle_nn::rotary_emb::rope_i(&heads(q_width, kv_width, s.n_kv_head)?, &cos, &sin)?
-                    .squeeze(0)?;
-            let v = heads(q_width + kv_width, kv_width, s.n_kv_head)?.squeeze(0)?;
-            let mut outputs = Vec::with_capacity(batch.len());
-            let mut row = 0;
-            for (tokens, cache) in batch.iter_mut() {
-                let n = tokens.len();
-                let start = cache.len;
-                let (kc, vc) = &cache.layers[l];
-                kc.slice_set(&k.narrow(1, row, n)?.contiguous()?, 1, start)?;
-                vc.slice_set(&v.narrow(1, row, n)?.contiguous()?, 1, start)?;
-                let len = start + n;
-                let keys = kc.narrow(1, 0, len)?;
-                let values = vc.narrow(1, 0, len)?;
-                let group = s.n_head / s.n_kv_head;
-                // Query heads that share a KV head are stacked as extra rows.
-                let q_seq = q.narrow(1, row, n)?.contiguous()?.reshape((
-                    s.n_kv_head,
-                    group * n,
-                    s.head_dim,
-                ))?;
-                let mut att = (q_seq.matmul(&keys.t()?)? * scale)?;
-                if n > 1 {
-                    att = att.broadcast_add(&causal_mask(
-                        n,
-                        group,
-                        start,
-                        &self.device,
-                        self.dtype,
-                    )?)?;
-                }
-                let att = candle_nn::ops::softmax_last_dim(&att)?;
-                let out = att
-                    .matmul(&values)?
-                    .reshape((s.n_head, n, s.head_dim))?
-                    .transpose(0, 1)?
-                    .reshape((n, q_width))?;
-                outputs.push(out);
-                row += n;
-            }
-            let attn = if outputs.len() == 1 {
-                outputs.pop().expect("one output")
-            } else {
-                Tensor::cat(&outputs, 0)?
-            };
-            let attn = if self.pad > 0 {
-                attn.pad_with_zeros(1, 0, self.pad)?
-            } else {
-                attn
+            let attn = match &rope {
+                StepRope::Host { cos, sin } => self.host_attention(l, &qkv, cos, sin, batch)?,
+                StepRope::Device { cos, sin } => self.device_attention(l, &qkv, cos, sin, batch)?,
             };
             x = self.feed_forward(block, (x + block.wo.forward(&attn)?)?)?;
         }
@@ -620,7 +539,119 @@ impl Llama {
     }
 }
 
+/// Rotary angles for one step's rows.
+enum StepRope {
+    /// `[rows, head_dim/2]` in host memory, for [`host_attention`].
+    Host { cos: Vec<f32>, sin: Vec<f32> },
+    /// `[rows, head_dim/2]` tensors, for the rotary kernel.
+    Device { cos: Tensor, sin: Tensor },
+}
+
 impl Llama {
+    /// Attention of layer `l` over host caches (CPU, f32): `[rows, hidden + pad]`.
+    fn host_attention(
+        &self,
+        l: usize,
+        qkv: &Tensor,
+        cos: &[f32],
+        sin: &[f32],
+        batch: &mut [(&[u32], &mut SeqCache)],
+    ) -> candle_core::Result<Tensor> {
+        let s = &self.shape;
+        let width = s.n_head * s.head_dim + self.pad;
+        let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        let mut first_row = 0;
+        for (tokens, cache) in batch.iter_mut() {
+            let past = cache.len;
+            seqs.push(SeqRows {
+                layer: &mut cache.host[l],
+                past,
+                first_row,
+                rows: tokens.len(),
+            });
+            first_row += tokens.len();
+        }
+        let dims = host_attention::Dims {
+            n_head: s.n_head,
+            n_kv_head: s.n_kv_head,
+            head_dim: s.head_dim,
+            out_width: width,
+        };
+        let out = host_attention::attention(dims, &qkv, cos, sin, &mut seqs);
+        Tensor::from_vec(out, (first_row, width), &self.device)
+    }
+
+    /// Attention of layer `l` with tensor ops over device caches: `[rows, hidden + pad]`.
+    fn device_attention(
+        &self,
+        l: usize,
+        qkv: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        batch: &mut [(&[u32], &mut SeqCache)],
+    ) -> candle_core::Result<Tensor> {
+        let s = &self.shape;
+        let total = qkv.dim(0)?;
+        let q_width = s.n_head * s.head_dim;
+        let kv_width = s.n_kv_head * s.head_dim;
+        let scale = 1.0 / (s.head_dim as f64).sqrt();
+        // [tokens, heads, dim] → [1, heads, tokens, dim] for the rotary kernel.
+        let heads = |start: usize, width: usize, n: usize| -> candle_core::Result<Tensor> {
+            qkv.narrow(1, start, width)?
+                .reshape((total, n, s.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)
+        };
+        let q =
+            candle_nn::rotary_emb::rope_i(&heads(0, q_width, s.n_head)?, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope_i(&heads(q_width, kv_width, s.n_kv_head)?, cos, sin)?
+            .squeeze(0)?;
+        let v = heads(q_width + kv_width, kv_width, s.n_kv_head)?.squeeze(0)?;
+        let mut outputs = Vec::with_capacity(batch.len());
+        let mut row = 0;
+        for (tokens, cache) in batch.iter_mut() {
+            let n = tokens.len();
+            let start = cache.len;
+            let (kc, vc) = &cache.layers[l];
+            kc.slice_set(&k.narrow(1, row, n)?.contiguous()?, 1, start)?;
+            vc.slice_set(&v.narrow(1, row, n)?.contiguous()?, 1, start)?;
+            let len = start + n;
+            let keys = kc.narrow(1, 0, len)?;
+            let values = vc.narrow(1, 0, len)?;
+            let group = s.n_head / s.n_kv_head;
+            // Query heads that share a KV head are stacked as extra rows.
+            let q_seq =
+                q.narrow(1, row, n)?
+                    .contiguous()?
+                    .reshape((s.n_kv_head, group * n, s.head_dim))?;
+            let mut att = (q_seq.matmul(&keys.t()?)? * scale)?;
+            if n > 1 {
+                att =
+                    att.broadcast_add(&causal_mask(n, group, start, &self.device, self.dtype)?)?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let out = att
+                .matmul(&values)?
+                .reshape((s.n_head, n, s.head_dim))?
+                .transpose(0, 1)?
+                .reshape((n, q_width))?;
+            outputs.push(out);
+            row += n;
+        }
+        let attn = if outputs.len() == 1 {
+            outputs.pop().expect("one output")
+        } else {
+            Tensor::cat(&outputs, 0)?
+        };
+        if self.pad > 0 {
+            attn.pad_with_zeros(1, 0, self.pad)
+        } else {
+            Ok(attn)
+        }
+    }
+
     /// The feed-forward half of a block, residual included.
     fn feed_forward(&self, block: &Block, x: Tensor) -> candle_core::Result<Tensor> {
         let ffn = self.shape.ffn;

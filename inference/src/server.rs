@@ -21,9 +21,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, Notify, Semaphore};
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
-use tokio_stream::{Stream, StreamExt};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream, WatchStream};
+use tokio_stream::{Stream, StreamExt, StreamMap};
 use tonic::{Request, Response, Status};
 
 /// Longest accepted `request_id`, in bytes.
@@ -73,7 +73,13 @@ impl State {
             .ok_or_else(|| Status::unavailable("models are still loading; retry shortly"))
     }
 
+    /// The model a new request names, unless the backend is draining.
     fn model(&self, name: &str) -> Result<&Model, Status> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(Status::unavailable(
+                "backend is draining; send to another backend",
+            ));
+        }
         let models = self.models()?;
         if name.is_empty() {
             return Err(Status::invalid_argument("model must be set"));
@@ -328,11 +334,6 @@ impl Service {
     ) -> Result<Response<BoxStream<pb::GenerateResponse>>, Status> {
         let deadline = deadline_of(&request);
         let req = request.into_inner();
-        if self.state.draining.load(Ordering::Acquire) {
-            return Err(Status::unavailable(
-                "backend is draining; send to another backend",
-            ));
-        }
         let model = self.state.model(&req.model)?;
         let name = &model.config.name;
         let Served::Generate {
@@ -414,11 +415,6 @@ impl Service {
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let req = request.into_inner();
-        if self.state.draining.load(Ordering::Acquire) {
-            return Err(Status::unavailable(
-                "backend is draining; send to another backend",
-            ));
-        }
         let model = self.state.model(&req.model)?;
         let name = model.config.name.clone();
         let Served::Embed { embedder, slots } = &model.served else {
@@ -534,7 +530,7 @@ impl Inference for Service {
     ) -> Result<Response<Self::WatchLoadStream>, Status> {
         let state = self.state.clone();
         let models = state.models()?;
-        let mut watched: Vec<(String, ModelLimits, tokio::sync::watch::Receiver<Load>)> = models
+        let watched: Vec<(String, ModelLimits, watch::Receiver<Load>)> = models
             .values()
             .filter_map(|m| match &m.served {
                 Served::Generate { engine, .. } => {
@@ -543,17 +539,22 @@ impl Inference for Service {
                 Served::Embed { .. } => None,
             })
             .collect();
+        // Every model's load changes as one stream.
+        let mut changes: StreamMap<usize, WatchStream<Load>> = watched
+            .iter()
+            .enumerate()
+            .map(|(i, (_, _, rx))| (i, WatchStream::from_changes(rx.clone())))
+            .collect();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             loop {
-                let report = load_report(&state, &mut watched);
+                let report = load_report(&state, &watched);
                 let busy = report.models.iter().any(|m| m.running > 0 || m.queued > 0);
                 if tx.send(Ok(report)).await.is_err() {
                     return;
                 }
-                let changes = futures_any_changed(&mut watched);
                 tokio::select! {
-                    _ = changes => {}
+                    Some(_) = changes.next() => {}
                     _ = state.load_changed.notified() => {}
                     _ = tokio::time::sleep(LOAD_REPORT_INTERVAL), if busy => {}
                     _ = tx.closed() => return,
@@ -564,38 +565,15 @@ impl Inference for Service {
     }
 }
 
-/// Resolves when any watched model's load changes.
-async fn futures_any_changed(
-    watched: &mut [(String, ModelLimits, tokio::sync::watch::Receiver<Load>)],
-) {
-    if watched.is_empty() {
-        return std::future::pending().await;
-    }
-    let futures = watched.iter_mut().map(|(_, _, rx)| Box::pin(rx.changed()));
-    let _ = futures_select_all(futures.collect()).await;
-}
-
-async fn futures_select_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> F::Output {
-    std::future::poll_fn(move |cx| {
-        for f in futures.iter_mut() {
-            if let std::task::Poll::Ready(v) = Pin::new(f).poll(cx) {
-                return std::task::Poll::Ready(v);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
-}
-
 fn load_report(
     state: &State,
-    watched: &mut [(String, ModelLimits, tokio::sync::watch::Receiver<Load>)],
+    watched: &[(String, ModelLimits, watch::Receiver<Load>)],
 ) -> pb::LoadReport {
     pb::LoadReport {
         models: watched
-            .iter_mut()
+            .iter()
             .map(|(name, limits, rx)| {
-                let l = rx.borrow_and_update().clone();
+                let l = rx.borrow().clone();
                 pb::ModelLoad {
                     model: name.clone(),
                     queued: l.queued as u32,
@@ -697,6 +675,15 @@ fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
     })
 }
 
+/// Set the health of the whole server (`""`) and of the Inference service.
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
 /// A running backend.
 pub struct Backend {
     /// The bound address (useful with port 0).
@@ -730,12 +717,7 @@ impl Backend {
             load_changed: Notify::new(),
         });
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing)
-            .await;
+        set_health(&health, tonic_health::ServingStatus::NotServing).await;
         let shutdown = Arc::new(Notify::new());
         let metrics = Metrics::new();
         let metrics_addr = match config.metrics_listen {
@@ -786,23 +768,13 @@ impl Backend {
             }
             let _ = loading.models.set(built);
             if !loading.draining.load(Ordering::Acquire) {
-                health
-                    .set_service_status("", tonic_health::ServingStatus::Serving)
-                    .await;
-                health
-                    .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::Serving)
-                    .await;
+                set_health(&health, tonic_health::ServingStatus::Serving).await;
             }
             // Hold the reporter to flip to NOT_SERVING on drain.
             loading.load_changed.notified().await;
             loop {
                 if loading.draining.load(Ordering::Acquire) {
-                    health
-                        .set_service_status("", tonic_health::ServingStatus::NotServing)
-                        .await;
-                    health
-                        .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing)
-                        .await;
+                    set_health(&health, tonic_health::ServingStatus::NotServing).await;
                     return Ok(());
                 }
                 loading.load_changed.notified().await;
@@ -866,10 +838,5 @@ impl Backend {
         }
         self.loaded.abort();
         Ok(())
-    }
-
-    /// Whether it is draining.
-    pub fn is_draining(&self) -> bool {
-        self.state.draining.load(Ordering::Acquire)
     }
 }

@@ -92,47 +92,51 @@ fn kv_cache_memory_is_accounted_and_grows_in_steps() {
     assert_eq!(cache.bytes() % per_token, 0);
 }
 
+/// The same weights on the CPU, the reference for device tests.
+fn cpu_reference() -> gantry_inference::llama::LoadedGguf {
+    gantry_inference::llama::Llama::load(
+        &model_path(),
+        &candle_core::Device::Cpu,
+        gantry_config::backend::Quantization::Q8_0,
+    )
+    .unwrap()
+}
+
+/// Last-row logits of each entry of one batched forward on fresh caches.
+fn last_logits(model: &gantry_inference::llama::Llama, feeds: &[&[u32]]) -> Vec<Vec<f32>> {
+    let mut caches: Vec<_> = feeds.iter().map(|_| model.new_cache()).collect();
+    let mut batch: Vec<(&[u32], _)> = feeds.iter().copied().zip(caches.iter_mut()).collect();
+    model.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64) * (*y as f64))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0
+}
+
 #[test]
 fn device_logits_match_the_cpu_on_the_same_weights() {
     if device_spec() == gantry_config::backend::DeviceSpec::Cpu {
         return; // the CPU is the reference
     }
-    use gantry_config::backend::Quantization;
-    let cpu = gantry_inference::llama::Llama::load(
-        &model_path(),
-        &candle_core::Device::Cpu,
-        Quantization::Q8_0,
-    )
-    .unwrap();
+    let cpu = cpu_reference();
     let prompt = encode("The capital of France is");
-    let reference = cpu
-        .model
-        .forward(&mut [(prompt.as_slice(), &mut cpu.model.new_cache())])
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap()
-        .remove(0);
-    let m = &model().model;
-    let got = m
-        .forward(&mut [(prompt.as_slice(), &mut m.new_cache())])
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap()
-        .remove(0);
-    let dot: f64 = reference
-        .iter()
-        .zip(&got)
-        .map(|(a, b)| (*a as f64) * (*b as f64))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let cosine = dot / (norm(&reference) * norm(&got));
-    let argmax = |v: &[f32]| {
-        v.iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0
-    };
+    let reference = last_logits(&cpu.model, &[&prompt]).remove(0);
+    let got = last_logits(&model().model, &[&prompt]).remove(0);
+    let cosine = cosine(&reference, &got);
     println!(
         "device vs cpu logits: cosine {cosine:.5}, top-1 {} vs {}",
         argmax(&got),
@@ -147,36 +151,9 @@ fn device_logits_match_the_cpu_for_every_batch_shape() {
     if device_spec() == gantry_config::backend::DeviceSpec::Cpu {
         return; // the CPU is the reference
     }
-    use gantry_config::backend::Quantization;
-    let cpu = gantry_inference::llama::Llama::load(
-        &model_path(),
-        &candle_core::Device::Cpu,
-        Quantization::Q8_0,
-    )
-    .unwrap();
+    let cpu = cpu_reference();
     let m = &model().model;
     let prompt: Vec<u32> = (0..24).map(|i| 300 + 37 * i).collect();
-    let last_logits = |model: &gantry_inference::llama::Llama, feeds: &[&[u32]]| -> Vec<Vec<f32>> {
-        let mut caches: Vec<_> = feeds.iter().map(|_| model.new_cache()).collect();
-        let mut batch: Vec<(&[u32], _)> = feeds.iter().copied().zip(caches.iter_mut()).collect();
-        model.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap()
-    };
-    let cosine = |a: &[f32], b: &[f32]| {
-        let dot: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (*x as f64) * (*y as f64))
-            .sum();
-        let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        dot / (n(a) * n(b))
-    };
-    let argmax = |v: &[f32]| {
-        v.iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0
-    };
     // The reference's lead of its top-1 over its top-2, in standard deviations of
     // its logits: below NEAR_TIE, rounding differences may pick either. Cosines
     // of 0.9995 mean a relative logit noise of about sqrt(2·(1−0.9995)) ≈ 0.03 sd

@@ -236,3 +236,35 @@ async fn a_passed_deadline_ends_the_stream_with_deadline_exceeded() {
     }
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn the_kv_budget_holds_requests_back_until_memory_frees() {
+    let per_token = model().model.kv_bytes_per_token() as u64;
+    let (a, rx_a) = job("Count to a thousand:", greedy(40));
+    let (b, rx_b) = job("Count to a thousand:", greedy(40));
+    // Room for one sequence's prompt and output, not for two.
+    let one = (a.prompt.len() + 40) as u64 * per_token;
+    let e = engine(ModelLimits {
+        kv_cache_budget_bytes: Some(one + one / 2),
+        ..limits(4, 4)
+    });
+    e.submit(a).unwrap();
+    e.submit(b).unwrap();
+    let mut load = e.load();
+    while load.borrow_and_update().running == 0 {
+        load.changed().await.unwrap();
+    }
+    assert_eq!(
+        load.borrow().running,
+        1,
+        "the second does not fit beside the first"
+    );
+    assert_eq!(e.queued_now(), 1);
+    let first = run(rx_a).await;
+    let second = run(rx_b).await;
+    assert_eq!((first.2, first.3), (Finish::Length, 40));
+    assert_eq!(
+        second.1, first.1,
+        "the held-back request runs once memory frees"
+    );
+}
