@@ -42,6 +42,18 @@ pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 /// Path requested by `kind = "http"` health checks.
 pub const DEFAULT_HEALTH_PATH: &str = "/";
+/// Time to open the gRPC (HTTP/2) connection to an inference backend, in milliseconds.
+pub const DEFAULT_INFERENCE_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Longest an inference request may take from arrival to its last token, in
+/// milliseconds (5 minutes). Over: 504 (or an error event once streaming).
+pub const DEFAULT_INFERENCE_REQUEST_TIMEOUT_MS: u64 = 300_000;
+/// Extra attempts, on another backend, for an inference request that failed before
+/// its first token (connection refused, backend draining or saturated).
+pub const DEFAULT_INFERENCE_RETRIES: u32 = 1;
+/// How often endpoint host names are resolved again, in milliseconds: a name that
+/// resolves to several addresses (a Kubernetes headless Service) gives one backend
+/// per address, and backends come and go with the answer.
+pub const DEFAULT_RESOLVE_INTERVAL_MS: u64 = 5_000;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +73,10 @@ pub struct FileConfig {
     /// Groups of upstream endpoints that routes send traffic to.
     #[serde(default)]
     pub pools: Vec<PoolSection>,
+    /// Groups of inference backends (`gantry backend`, gRPC `gantry.inference.v1`)
+    /// that routes with `inference_pools` send OpenAI-style traffic to.
+    #[serde(default)]
+    pub inference_pools: Vec<InferencePoolSection>,
     /// Which requests go to which pool, tried host first, then longest path prefix.
     #[serde(default)]
     pub routes: Vec<RouteSection>,
@@ -239,14 +255,53 @@ pub enum HealthCheckKind {
     Http,
 }
 
+/// `[[inference_pools]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferencePoolSection {
+    /// Unique name that routes refer to.
+    pub name: String,
+    /// `host:port` of each backend's gRPC listener. A host name that resolves to
+    /// several addresses gives one backend per address (re-resolved every
+    /// `resolve_interval_ms`).
+    pub endpoints: Vec<String>,
+    /// Model names this pool serves; a request's `model` picks the pool.
+    pub models: Vec<String>,
+    /// Milliseconds. Default [`DEFAULT_INFERENCE_CONNECT_TIMEOUT_MS`].
+    pub connect_timeout_ms: Option<u64>,
+    /// Milliseconds. Default [`DEFAULT_INFERENCE_REQUEST_TIMEOUT_MS`].
+    pub request_timeout_ms: Option<u64>,
+    /// Default [`DEFAULT_INFERENCE_RETRIES`].
+    pub retries: Option<u32>,
+    /// Milliseconds. Default [`DEFAULT_RESOLVE_INTERVAL_MS`].
+    pub resolve_interval_ms: Option<u64>,
+}
+
+/// What a route serves besides proxying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Builtin {
+    /// The OpenAPI 3.1 document of the OpenAI-compatible API, as JSON.
+    Openapi,
+    /// An HTML page rendering that document (it loads `/openapi.json`).
+    Docs,
+}
+
 /// `[[routes]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     /// Unique name, used in logs and metrics.
     pub name: String,
-    /// The pool requests are sent to.
-    pub pool: String,
+    /// The HTTP pool requests are proxied to. Exactly one of `pool`,
+    /// `inference_pools` and `serve` is set.
+    pub pool: Option<String>,
+    /// Serve the OpenAI-compatible API under `path_prefix` (e.g. `/v1`), sending
+    /// each request to the listed inference pool that serves its `model`.
+    #[serde(default)]
+    pub inference_pools: Vec<String>,
+    /// Answer from the gateway itself: `openapi` or `docs`.
+    pub serve: Option<Builtin>,
     /// Host names matched (exact or `*.example.com`, port ignored). Empty: any host.
     #[serde(default)]
     pub hosts: Vec<String>,

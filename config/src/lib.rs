@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{HashOn, HealthCheckKind, LoadBalancing};
+pub use file::{Builtin, HashOn, HealthCheckKind, LoadBalancing};
 
 /// The default configuration compiled into the binary, used by `gantry serve` without
 /// `--config`. Kept as `config/examples/default.toml`.
@@ -112,6 +112,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Upstream pools, referenced by index from routes.
     pub pools: Vec<Pool>,
+    /// Inference pools, referenced by index from routes.
+    pub inference_pools: Vec<InferencePool>,
     /// Routes, in file order.
     pub routes: Vec<Route>,
 }
@@ -225,13 +227,44 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
 }
 
+/// A pool of inference backends.
+#[derive(Debug, Clone)]
+pub struct InferencePool {
+    /// Unique name.
+    pub name: String,
+    /// `host:port` strings, syntax checked.
+    pub endpoints: Vec<String>,
+    /// Models served.
+    pub models: Vec<String>,
+    /// gRPC connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request deadline.
+    pub request_timeout: Duration,
+    /// Retries before the first token.
+    pub retries: u32,
+    /// Re-resolution period of endpoint host names.
+    pub resolve_interval: Duration,
+}
+
+/// Where a route's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Proxied to an HTTP pool (index into [`Config::pools`]).
+    Pool(usize),
+    /// The OpenAI-compatible API over these inference pools (indexes into
+    /// [`Config::inference_pools`]); no model is served by two of them.
+    Inference(Vec<usize>),
+    /// Answered by the gateway.
+    Builtin(Builtin),
+}
+
 /// A route.
 #[derive(Debug, Clone)]
 pub struct Route {
     /// Unique name.
     pub name: String,
-    /// Index into [`Config::pools`].
-    pub pool: usize,
+    /// Where requests go.
+    pub target: Target,
     /// Lower-cased host patterns; empty matches any host.
     pub hosts: Vec<String>,
     /// Path prefix, starting with `/`, without trailing `/` unless it is `/`.

@@ -2,8 +2,8 @@
 
 use crate::file::*;
 use crate::{
-    Certificate, Config, HashKey, HeaderRewrite, HealthCheck, Limits, Listener, Pool, Problem,
-    Route, Tls,
+    Certificate, Config, HashKey, HeaderRewrite, HealthCheck, InferencePool, Limits, Listener,
+    Pool, Problem, Route, Target, Tls,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -222,12 +222,20 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
     }
 
     let mut names = HashSet::new();
+    let mut inference_pools = Vec::new();
+    for (i, p) in raw.inference_pools.iter().enumerate() {
+        let at = format!("inference_pools[{i}]");
+        c.unique(&mut names, format!("{at}.name"), "inference pool", &p.name);
+        inference_pools.push(convert_inference_pool(&mut c, &at, p));
+    }
+
+    let mut names = HashSet::new();
     let mut matchers = HashMap::new();
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
         let at = format!("routes[{i}]");
         c.unique(&mut names, format!("{at}.name"), "route", &r.name);
-        let Some(route) = convert_route(&mut c, &at, r, &raw.pools, limits.max_body_bytes) else {
+        let Some(route) = convert_route(&mut c, &at, r, &raw, limits.max_body_bytes) else {
             continue;
         };
         let key = (
@@ -251,6 +259,7 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
             admin,
             listeners,
             pools,
+            inference_pools,
             routes,
         })
     } else {
@@ -500,26 +509,121 @@ fn convert_rewrite(c: &mut Checker, at: &str, h: &HeaderRewriteSection) -> Heade
     }
 }
 
+fn convert_inference_pool(c: &mut Checker, at: &str, p: &InferencePoolSection) -> InferencePool {
+    if p.endpoints.is_empty() {
+        c.fail(
+            format!("{at}.endpoints"),
+            "at least one endpoint is required",
+        );
+    }
+    for (k, e) in p.endpoints.iter().enumerate() {
+        if !valid_endpoint(e) {
+            c.fail(
+                format!("{at}.endpoints[{k}]"),
+                format!("`{e}` is not `host:port` (e.g. `127.0.0.1:50051`, `backend.svc:50051`)"),
+            );
+        }
+    }
+    if p.models.is_empty() {
+        c.fail(
+            format!("{at}.models"),
+            "at least one model name is required",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (k, m) in p.models.iter().enumerate() {
+        c.unique(&mut seen, format!("{at}.models[{k}]"), "model", m);
+    }
+    InferencePool {
+        name: p.name.clone(),
+        endpoints: p.endpoints.clone(),
+        models: p.models.clone(),
+        connect_timeout: c.millis(
+            format!("{at}.connect_timeout_ms"),
+            p.connect_timeout_ms,
+            DEFAULT_INFERENCE_CONNECT_TIMEOUT_MS,
+        ),
+        request_timeout: c.millis(
+            format!("{at}.request_timeout_ms"),
+            p.request_timeout_ms,
+            DEFAULT_INFERENCE_REQUEST_TIMEOUT_MS,
+        ),
+        retries: p.retries.unwrap_or(DEFAULT_INFERENCE_RETRIES),
+        resolve_interval: c.millis(
+            format!("{at}.resolve_interval_ms"),
+            p.resolve_interval_ms,
+            DEFAULT_RESOLVE_INTERVAL_MS,
+        ),
+    }
+}
+
+/// `no pool named `x` (defined pools: `a`, `b`)`
+fn unknown_name(kind: &str, name: &str, known: impl Iterator<Item = String>) -> String {
+    let known: Vec<_> = known.map(|n| format!("`{n}`")).collect();
+    let known = if known.is_empty() {
+        format!("no {kind}s are defined")
+    } else {
+        format!("defined {kind}s: {}", known.join(", "))
+    };
+    format!("no {kind} named `{name}` ({known})")
+}
+
+fn convert_target(c: &mut Checker, at: &str, r: &RouteSection, raw: &FileConfig) -> Option<Target> {
+    let set = [
+        r.pool.is_some(),
+        !r.inference_pools.is_empty(),
+        r.serve.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() != 1 {
+        c.fail(
+            at,
+            "set exactly one of `pool` (proxy to an HTTP pool), `inference_pools` (the OpenAI-compatible API) and `serve` (`openapi` or `docs`)",
+        );
+        return None;
+    }
+    if let Some(name) = &r.pool {
+        let pool = raw.pools.iter().position(|p| &p.name == name);
+        if pool.is_none() {
+            let known = raw.pools.iter().map(|p| p.name.clone());
+            c.fail(format!("{at}.pool"), unknown_name("pool", name, known));
+        }
+        return pool.map(Target::Pool);
+    }
+    if let Some(b) = r.serve {
+        return Some(Target::Builtin(b));
+    }
+    let mut pools = Vec::new();
+    let mut served: HashMap<&str, &str> = HashMap::new();
+    for (k, name) in r.inference_pools.iter().enumerate() {
+        let path = format!("{at}.inference_pools[{k}]");
+        let Some(i) = raw.inference_pools.iter().position(|p| &p.name == name) else {
+            let known = raw.inference_pools.iter().map(|p| p.name.clone());
+            c.fail(path, unknown_name("inference pool", name, known));
+            continue;
+        };
+        for m in &raw.inference_pools[i].models {
+            if let Some(other) = served.insert(m, name) {
+                if other != name {
+                    c.fail(
+                        path.clone(),
+                        format!("model `{m}` is served by both `{other}` and `{name}`; a request's model must pick one pool"),
+                    );
+                }
+            }
+        }
+        pools.push(i);
+    }
+    (pools.len() == r.inference_pools.len()).then_some(Target::Inference(pools))
+}
+
 fn convert_route(
     c: &mut Checker,
     at: &str,
     r: &RouteSection,
-    pools: &[PoolSection],
+    raw: &FileConfig,
     default_body: u64,
 ) -> Option<Route> {
-    let pool = pools.iter().position(|p| p.name == r.pool);
-    if pool.is_none() {
-        let known: Vec<_> = pools.iter().map(|p| format!("`{}`", p.name)).collect();
-        let known = if known.is_empty() {
-            "no pools are defined".to_string()
-        } else {
-            format!("defined pools: {}", known.join(", "))
-        };
-        c.fail(
-            format!("{at}.pool"),
-            format!("no pool named `{}` ({known})", r.pool),
-        );
-    }
+    let target = convert_target(c, at, r, raw);
     let mut hosts = Vec::new();
     for (k, h) in r.hosts.iter().enumerate() {
         let h = h.to_ascii_lowercase();
@@ -560,7 +664,7 @@ fn convert_route(
         convert_rewrite(c, &format!("{at}.response_headers"), &r.response_headers);
     Some(Route {
         name: r.name.clone(),
-        pool: pool?,
+        target: target?,
         hosts,
         path_prefix: prefix,
         methods,

@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (the process is up) and
-//! `/readyz` (it takes traffic: not draining, and every pool has a healthy endpoint).
+//! `/readyz` (it takes traffic: not draining, and every pool, HTTP or inference, has a
+//! healthy endpoint).
 
 use crate::gateway::Lifecycle;
 use crate::metrics::Metrics;
@@ -16,6 +17,8 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     /// Pools, for endpoint health.
     pub pools: Vec<Arc<Pool>>,
+    /// Inference pools, for backend health and load.
+    pub inference: Arc<crate::inference::Inference>,
     /// Draining state.
     pub lifecycle: Arc<Lifecycle>,
 }
@@ -36,6 +39,12 @@ impl AdminApp {
                     .set(i64::from(healthy));
             }
             if !any {
+                unavailable.push(pool.config.name.clone());
+            }
+        }
+        for pool in self.inference.pools() {
+            pool.refresh_metrics();
+            if !pool.any_healthy() {
                 unavailable.push(pool.config.name.clone());
             }
         }

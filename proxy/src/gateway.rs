@@ -13,6 +13,7 @@
 //! | `logging`                | access log and metrics                                  |
 
 use crate::error::GatewayError;
+use crate::inference::Inference;
 use crate::metrics::Metrics;
 use crate::rewrite::Rewrite;
 use crate::router::{self, Match, Router};
@@ -112,6 +113,7 @@ pub struct Gateway {
     limits: Limits,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
+    inference: Arc<Inference>,
 }
 
 /// Per-request state carried through the phases.
@@ -124,6 +126,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// The whole body was read (and counted) in `request_filter`.
     body_preread: bool,
+    /// The inference backend that answered (OpenAI-compatible API routes).
+    inference: Option<crate::inference::Outcome>,
     _inflight: InflightGuard,
 }
 
@@ -144,6 +148,7 @@ impl Gateway {
         limits: Limits,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
+        inference: Arc<Inference>,
     ) -> Self {
         let rewrites = (0..router.len())
             .map(|i| {
@@ -161,6 +166,14 @@ impl Gateway {
             limits,
             metrics,
             lifecycle,
+            inference,
+        }
+    }
+
+    fn pool_of(&self, route: usize) -> &Arc<Pool> {
+        match self.router.route(route).target {
+            gantry_config::Target::Pool(i) => &self.pools[i],
+            _ => unreachable!("only HTTP-pool routes reach the upstream phases"),
         }
     }
 
@@ -242,6 +255,7 @@ impl ProxyHttp for Gateway {
             error: None,
             body_bytes: 0,
             body_preread: false,
+            inference: None,
             _inflight: InflightGuard::new(&self.lifecycle),
         }
     }
@@ -293,7 +307,33 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(route);
 
-        let limit = self.router.route(route).max_body_bytes;
+        let r = self.router.route(route);
+        match &r.target {
+            gantry_config::Target::Pool(_) => {}
+            gantry_config::Target::Builtin(which) => {
+                self.inference
+                    .serve_builtin(session, *which, &ctx.request_id)
+                    .await?;
+                return Ok(true);
+            }
+            gantry_config::Target::Inference(pools) => {
+                let outcome = self
+                    .inference
+                    .handle(
+                        session,
+                        &r.path_prefix,
+                        pools,
+                        r.max_body_bytes,
+                        &ctx.request_id,
+                        ctx.started,
+                    )
+                    .await?;
+                ctx.inference = Some(outcome);
+                return Ok(true);
+            }
+        }
+
+        let limit = r.max_body_bytes;
         let declared = req
             .headers
             .get(CONTENT_LENGTH)
@@ -325,10 +365,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let route = self
-            .router
-            .route(ctx.route.expect("request_filter sets the route"));
-        let pool = &self.pools[route.pool];
+        let pool = self.pool_of(ctx.route.expect("request_filter sets the route"));
         let backend = if pool.hashes() {
             let header = pool
                 .hash_header()
@@ -425,8 +462,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let route = self.router.route(ctx.route.expect("route chosen"));
-        let pool = &self.pools[route.pool];
+        let pool = self.pool_of(ctx.route.expect("route chosen"));
         let retries_used = ctx.tried.len() as u32 - 1;
         let idempotent = session.req_header().method.is_idempotent();
         if idempotent && retries_used < pool.config.retries {
@@ -530,8 +566,11 @@ impl ProxyHttp for Gateway {
             path = %req.uri.path(),
             route,
             status,
-            upstream = %ctx.tried.last().map(|b| b.addr.to_string()).unwrap_or_default(),
-            attempts = ctx.tried.len(),
+            upstream = %match &ctx.inference {
+                Some(o) => o.backend.clone().unwrap_or_default(),
+                None => ctx.tried.last().map(|b| b.addr.to_string()).unwrap_or_default(),
+            },
+            attempts = ctx.inference.as_ref().map_or(ctx.tried.len(), |o| o.attempts),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
         );

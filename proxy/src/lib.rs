@@ -1,10 +1,11 @@
 //! Gantry's gateway: a Pingora reverse proxy expressed as phases (see [`gateway`]),
-//! with routes, upstream pools, health checks, TLS, limits, metrics and graceful
+//! with routes, upstream pools, the OpenAI-compatible API over inference pools ([`inference`]), health checks, TLS, limits, metrics and graceful
 //! shutdown. The `gantry` binary (`src/main.rs`) is a thin CLI over [`server::Gantry`].
 
 pub mod admin;
 pub mod error;
 pub mod gateway;
+pub mod inference;
 pub mod metrics;
 pub mod rewrite;
 pub mod router;

@@ -28,6 +28,52 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     /// `gantry_upstream_endpoint_healthy{pool,endpoint}`: 1 healthy, 0 ejected.
     pub endpoint_healthy: IntGaugeVec,
+    /// `gantry_inference_requests_total{model,backend,status}`; `backend` is `none`
+    /// when the request was answered before one was picked.
+    pub inference_requests: IntCounterVec,
+    /// `gantry_inference_time_to_first_token_seconds{model,backend}`, from request
+    /// arrival at the gateway.
+    pub inference_ttft: HistogramVec,
+    /// `gantry_inference_inter_token_seconds{model,backend}`: between two streamed deltas.
+    pub inference_inter_token: HistogramVec,
+    /// `gantry_inference_queue_seconds{model,backend}`: time queued at the backend.
+    pub inference_queue: HistogramVec,
+    /// `gantry_inference_tokens_total{model,backend,direction}`: `in` (prompt), `out`.
+    pub inference_tokens: IntCounterVec,
+    /// `gantry_inference_retries_total{pool}`: requests sent to a second backend
+    /// after the first failed before its first token.
+    pub inference_retries: IntCounterVec,
+    /// `gantry_inference_backend_healthy{pool,backend}`: 1 takes traffic, 0 out.
+    pub inference_backend_healthy: IntGaugeVec,
+    /// `gantry_inference_backend_inflight{pool,backend}`: this gateway's requests there.
+    pub inference_backend_inflight: IntGaugeVec,
+    /// `gantry_inference_backend_load{pool,backend,model,measure}`: the backend's own
+    /// last report (`queued`, `running`, `tokens_in_flight`).
+    pub inference_backend_load: IntGaugeVec,
+    /// `gantry_inference_backend_lost_total{pool,backend}`: watch streams broke.
+    pub inference_backend_lost: IntCounterVec,
+}
+
+/// Time-to-first-token and per-token buckets in seconds: 0.1 ms to 30 s.
+const TOKEN_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(TOKEN_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric")
 }
 
 impl Metrics {
@@ -81,8 +127,70 @@ impl Metrics {
             &["pool", "endpoint"],
         )
         .expect("valid metric");
+        let mb = ["model", "backend"];
+        let pb = ["pool", "backend"];
+        let inference_requests = counter(
+            "gantry_inference_requests_total",
+            "OpenAI-compatible API requests answered, by model, backend and HTTP status",
+            &["model", "backend", "status"],
+        );
+        let inference_ttft = histogram(
+            "gantry_inference_time_to_first_token_seconds",
+            "Time from request arrival to the first generated token",
+            &mb,
+        );
+        let inference_inter_token = histogram(
+            "gantry_inference_inter_token_seconds",
+            "Time between two streamed token deltas",
+            &mb,
+        );
+        let inference_queue = histogram(
+            "gantry_inference_queue_seconds",
+            "Time a request waited in the backend's queue, as the backend reports it",
+            &mb,
+        );
+        let inference_tokens = counter(
+            "gantry_inference_tokens_total",
+            "Tokens in (prompt) and out (generated), by model and backend",
+            &["model", "backend", "direction"],
+        );
+        let inference_retries = counter(
+            "gantry_inference_retries_total",
+            "Inference requests sent to another backend after failing before the first token",
+            &["pool"],
+        );
+        let inference_backend_healthy = gauge(
+            "gantry_inference_backend_healthy",
+            "Whether an inference backend takes traffic (1) or not (0)",
+            &pb,
+        );
+        let inference_backend_inflight = gauge(
+            "gantry_inference_backend_inflight",
+            "Requests this gateway has in flight at an inference backend",
+            &pb,
+        );
+        let inference_backend_load = gauge(
+            "gantry_inference_backend_load",
+            "An inference backend's last load report: queued, running, tokens_in_flight",
+            &["pool", "backend", "model", "measure"],
+        );
+        let inference_backend_lost = counter(
+            "gantry_inference_backend_lost_total",
+            "Times an inference backend's health and load streams broke",
+            &pb,
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(inference_requests.clone()),
+            Box::new(inference_ttft.clone()),
+            Box::new(inference_inter_token.clone()),
+            Box::new(inference_queue.clone()),
+            Box::new(inference_tokens.clone()),
+            Box::new(inference_retries.clone()),
+            Box::new(inference_backend_healthy.clone()),
+            Box::new(inference_backend_inflight.clone()),
+            Box::new(inference_backend_load.clone()),
+            Box::new(inference_backend_lost.clone()),
             Box::new(latency.clone()),
             Box::new(open_connections.clone()),
             Box::new(inflight_requests.clone()),
@@ -101,6 +209,16 @@ impl Metrics {
             limit_rejections,
             upstream_retries,
             endpoint_healthy,
+            inference_requests,
+            inference_ttft,
+            inference_inter_token,
+            inference_queue,
+            inference_tokens,
+            inference_retries,
+            inference_backend_healthy,
+            inference_backend_inflight,
+            inference_backend_load,
+            inference_backend_lost,
         }
     }
 

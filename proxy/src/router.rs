@@ -156,7 +156,7 @@ mod tests {
     fn route(name: &str, hosts: &[&str], prefix: &str, methods: &[&str]) -> Route {
         Route {
             name: name.into(),
-            pool: 0,
+            target: gantry_config::Target::Pool(0),
             hosts: hosts.iter().map(|s| s.to_string()).collect(),
             path_prefix: prefix.into(),
             methods: methods.iter().map(|s| s.to_string()).collect(),

@@ -3,6 +3,7 @@
 
 use crate::admin::AdminApp;
 use crate::gateway::{Gateway, Lifecycle};
+use crate::inference::Inference;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::tls::SniResolver;
@@ -20,6 +21,8 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+/// Most threads for the runtime that carries gRPC traffic to inference backends.
+const GRPC_THREADS_MAX: usize = 4;
 /// Seconds Pingora waits for runtimes to stop after our own drain has finished.
 const RUNTIME_SHUTDOWN_TIMEOUT_SECS: u64 = 1;
 
@@ -31,6 +34,10 @@ pub struct Gantry {
     pub lifecycle: Arc<Lifecycle>,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Inference pools and the OpenAI-compatible API.
+    pub inference: Arc<Inference>,
+    /// Runs the gRPC connections and watch streams of the inference pools.
+    grpc_runtime: tokio::runtime::Runtime,
 }
 
 /// Triggers shutdown from inside the process (tests, embedding).
@@ -79,12 +86,24 @@ impl Gantry {
             }
         }
 
+        let grpc_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads.clamp(1, GRPC_THREADS_MAX))
+            .thread_name("gantry-grpc")
+            .enable_all()
+            .build()
+            .context("starting the gRPC runtime")?;
+        let inference = Arc::new(Inference::start(
+            &config,
+            metrics.clone(),
+            grpc_runtime.handle().clone(),
+        ));
         let gateway = Gateway::new(
             Router::new(&config.routes),
             pools.clone(),
             config.limits.clone(),
             metrics.clone(),
             lifecycle.clone(),
+            inference.clone(),
         );
         let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
         if config.listeners.iter().any(|l| l.h2c) {
@@ -131,6 +150,7 @@ impl Gantry {
                 AdminApp {
                     metrics: metrics.clone(),
                     pools,
+                    inference: inference.clone(),
                     lifecycle: lifecycle.clone(),
                 },
             );
@@ -143,6 +163,8 @@ impl Gantry {
             config,
             lifecycle,
             metrics,
+            inference,
+            grpc_runtime,
         })
     }
 
@@ -162,6 +184,7 @@ impl Gantry {
         self.server.run(RunArgs {
             shutdown_signal: Box::new(drain),
         });
+        self.grpc_runtime.shutdown_background();
         tracing::info!("gantry gateway stopped");
     }
 }

@@ -1,0 +1,648 @@
+//! The OpenAI-compatible API's request and response types.
+//!
+//! These types are the single source of three things: what a request may contain
+//! (serde: unknown fields are ignored the way OpenAI does, wrong types are errors),
+//! the ranges the gateway enforces ([`validate`](ChatCompletionRequest::validate),
+//! using the `*_MIN`/`*_MAX` constants below), and the OpenAPI 3.1 document served
+//! at `/openapi.json` (utoipa derives it from the same types; a unit test pins the
+//! schema's limits to the constants, an end-to-end test sends each limit's edge).
+
+use super::error::ApiError;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `temperature`: 0 (greedy) to 2. Default [`DEFAULT_TEMPERATURE`].
+pub const TEMPERATURE_MAX: f32 = 2.0;
+/// `temperature` when the request leaves it out (OpenAI's default).
+pub const DEFAULT_TEMPERATURE: f32 = 1.0;
+/// `top_p`: greater than 0, at most 1.
+pub const TOP_P_MAX: f32 = 1.0;
+/// `repetition_penalty` (vLLM-style extension): greater than 0, at most 2.
+pub const REPETITION_PENALTY_MAX: f32 = 2.0;
+/// `stop`: at most this many sequences.
+pub const MAX_STOP: usize = 4;
+/// `n`: only one choice per request is generated.
+pub const N_MAX: u32 = 1;
+/// `input` of `/embeddings`: at most this many texts (OpenAI's limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// Why a parameter is out of range, as a 400 naming it.
+fn out_of_range(param: &str, message: String) -> ApiError {
+    ApiError::invalid_param(param, message)
+}
+
+/// One message of a chat.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ChatMessage {
+    /// `system`, `developer` (treated as `system`), `user` or `assistant`.
+    pub role: Role,
+    /// The text: a string, or an array of `{"type": "text", "text": ...}` parts.
+    pub content: Option<Content>,
+}
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// Instructions (OpenAI's newer name for `system`).
+    Developer,
+    /// The person.
+    User,
+    /// The model.
+    Assistant,
+}
+
+impl Role {
+    /// The role name the chat template knows.
+    pub fn template_name(self) -> &'static str {
+        match self {
+            Role::System | Role::Developer => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// Message content.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Content parts; only `text` parts are supported.
+    Parts(Vec<ContentPart>),
+}
+
+/// One part of a message's content.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ContentPart {
+    /// Must be `text`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a `text` part.
+    pub text: Option<String>,
+}
+
+/// Where generation stops early.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One stop sequence.
+    One(String),
+    /// Up to [`MAX_STOP`] stop sequences.
+    #[schema(value_type = Vec<String>)]
+    Many(Vec<String>),
+}
+
+/// `stream_options`
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` (and no choices) before `data: [DONE]`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Sampling parameters shared by `/chat/completions` and `/completions`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct Sampling {
+    /// Most tokens to generate. Default: as many as the model's `max_tokens` and
+    /// context allow. The model's own limit is reported in the 400 when exceeded.
+    #[schema(minimum = 1)]
+    pub max_tokens: Option<u32>,
+    /// 0 is greedy; higher is more random. Default 1.
+    #[schema(minimum = 0.0, maximum = 2.0)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability adds up
+    /// to `top_p`. Default 1.
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+    pub top_p: Option<f32>,
+    /// Choices to generate; only 1 is supported.
+    #[schema(minimum = 1, maximum = 1)]
+    pub n: Option<u32>,
+    /// Answer as server-sent events, one per token batch, ending `data: [DONE]`.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+    /// Up to 4 sequences where generation stops; the sequence is not returned.
+    pub stop: Option<Stop>,
+    /// Seed for reproducible sampling.
+    pub seed: Option<i64>,
+    /// Accepted for compatibility; only 0 is supported (use `repetition_penalty`).
+    #[schema(minimum = 0.0, maximum = 0.0)]
+    pub presence_penalty: Option<f32>,
+    /// Accepted for compatibility; only 0 is supported (use `repetition_penalty`).
+    #[schema(minimum = 0.0, maximum = 0.0)]
+    pub frequency_penalty: Option<f32>,
+    /// Extension: sample among the `top_k` most likely tokens (0: off).
+    pub top_k: Option<u32>,
+    /// Extension: divide the logits of tokens already seen (1: off).
+    #[schema(exclusive_minimum = 0.0, maximum = 2.0)]
+    pub repetition_penalty: Option<f32>,
+    /// Must be false or absent: log probabilities are not returned.
+    pub logprobs: Option<bool>,
+    /// An end-user id, for the caller's own tracking; not used.
+    pub user: Option<String>,
+}
+
+impl Sampling {
+    /// Check every range; the first problem becomes a 400 naming its parameter.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.max_tokens == Some(0) {
+            return Err(out_of_range(
+                "max_tokens",
+                "max_tokens must be at least 1 (got 0)".into(),
+            ));
+        }
+        if let Some(t) = self.temperature {
+            if !(0.0..=TEMPERATURE_MAX).contains(&t) {
+                return Err(out_of_range(
+                    "temperature",
+                    format!("temperature must be between 0 and {TEMPERATURE_MAX} (got {t})"),
+                ));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= TOP_P_MAX) {
+                return Err(out_of_range(
+                    "top_p",
+                    format!("top_p must be greater than 0 and at most {TOP_P_MAX} (got {p})"),
+                ));
+            }
+        }
+        if let Some(n) = self.n {
+            if !(1..=N_MAX).contains(&n) {
+                return Err(out_of_range(
+                    "n",
+                    format!("n must be {N_MAX}: one choice per request is generated (got {n})"),
+                ));
+            }
+        }
+        if let Some(Stop::Many(list)) = &self.stop {
+            if list.len() > MAX_STOP {
+                return Err(out_of_range(
+                    "stop",
+                    format!(
+                        "stop has {} sequences; at most {MAX_STOP} are allowed",
+                        list.len()
+                    ),
+                ));
+            }
+        }
+        for (param, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(out_of_range(
+                    param,
+                    format!("{param} is not supported (only 0); use repetition_penalty, greater than 0 and at most {REPETITION_PENALTY_MAX}"),
+                ));
+            }
+        }
+        if let Some(r) = self.repetition_penalty {
+            if !(r > 0.0 && r <= REPETITION_PENALTY_MAX) {
+                return Err(out_of_range(
+                    "repetition_penalty",
+                    format!("repetition_penalty must be greater than 0 and at most {REPETITION_PENALTY_MAX} (got {r})"),
+                ));
+            }
+        }
+        if self.logprobs == Some(true) {
+            return Err(out_of_range(
+                "logprobs",
+                "logprobs are not supported; leave logprobs out or false".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The stop sequences as a list.
+    pub fn stop_list(&self) -> Vec<String> {
+        match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        }
+    }
+
+    /// Whether a streamed answer ends with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+/// `POST /v1/chat/completions`
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ChatCompletionRequest {
+    /// A model listed by `GET /v1/models`.
+    pub model: String,
+    /// The conversation so far.
+    #[schema(min_items = 1)]
+    pub messages: Vec<ChatMessage>,
+    /// Newer name for `max_tokens`; wins when both are set.
+    #[schema(minimum = 1)]
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling parameters.
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+impl ChatCompletionRequest {
+    /// Check every parameter's range.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if self.messages.is_empty() {
+            return Err(out_of_range(
+                "messages",
+                "messages must hold at least 1 message".into(),
+            ));
+        }
+        for (i, m) in self.messages.iter().enumerate() {
+            if let Some(Content::Parts(parts)) = &m.content {
+                for (k, p) in parts.iter().enumerate() {
+                    if p.kind != "text" || p.text.is_none() {
+                        return Err(out_of_range(
+                            &format!("messages[{i}].content[{k}]"),
+                            format!("messages[{i}].content[{k}] is a `{}` part; only `text` parts with a `text` field are supported", p.kind),
+                        ));
+                    }
+                }
+            }
+        }
+        if self.max_completion_tokens == Some(0) {
+            return Err(out_of_range(
+                "max_completion_tokens",
+                "max_completion_tokens must be at least 1 (got 0)".into(),
+            ));
+        }
+        self.sampling.validate()
+    }
+
+    /// The token limit asked for, if any.
+    pub fn max_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.sampling.max_tokens)
+    }
+}
+
+impl ChatMessage {
+    /// The message's text (parts joined).
+    pub fn text(&self) -> String {
+        match &self.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t.clone(),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .filter_map(|p| p.text.as_deref())
+                .collect::<Vec<_>>()
+                .join(""),
+        }
+    }
+}
+
+/// The prompt of a `/completions` request.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Prompt {
+    /// Text.
+    Text(String),
+    /// One text in an array (one prompt per request is supported).
+    #[schema(value_type = Vec<String>)]
+    Texts(Vec<String>),
+    /// Token ids.
+    #[schema(value_type = Vec<u32>)]
+    Tokens(Vec<u32>),
+    /// Token ids in an array (one prompt per request is supported).
+    #[schema(value_type = Vec<Vec<u32>>)]
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/completions`
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CompletionRequest {
+    /// A model listed by `GET /v1/models`.
+    pub model: String,
+    /// The text (or token ids) to continue; one prompt per request.
+    pub prompt: Prompt,
+    /// Must be false or absent: the prompt is not echoed.
+    pub echo: Option<bool>,
+    /// Sampling parameters.
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+impl CompletionRequest {
+    /// Check every parameter's range.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let count = match &self.prompt {
+            Prompt::Texts(v) => v.len(),
+            Prompt::TokenLists(v) => v.len(),
+            Prompt::Text(_) => 1,
+            Prompt::Tokens(v) => usize::from(!v.is_empty()),
+        };
+        if count != 1 {
+            return Err(out_of_range(
+                "prompt",
+                format!(
+                    "prompt must hold exactly 1 prompt (got {count}); send one request per prompt"
+                ),
+            ));
+        }
+        if self.echo == Some(true) {
+            return Err(out_of_range(
+                "echo",
+                "echo is not supported; leave echo out or false".into(),
+            ));
+        }
+        self.sampling.validate()
+    }
+}
+
+/// The texts to embed.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingInput {
+    /// One text.
+    One(String),
+    /// Up to 2048 texts.
+    #[schema(value_type = Vec<String>)]
+    Many(Vec<String>),
+}
+
+/// How embeddings are encoded in the answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    /// JSON numbers.
+    #[default]
+    Float,
+    /// Base64 of little-endian 32-bit floats (what the `openai` clients ask for).
+    Base64,
+}
+
+/// `POST /v1/embeddings`
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct EmbeddingRequest {
+    /// An embedding model listed by `GET /v1/models`.
+    pub model: String,
+    /// A text or up to 2048 texts.
+    pub input: EmbeddingInput,
+    /// `float` (default) or `base64`.
+    #[serde(default)]
+    pub encoding_format: EncodingFormat,
+    /// Must be absent: embeddings have the model's own size.
+    pub dimensions: Option<u32>,
+    /// An end-user id, for the caller's own tracking; not used.
+    pub user: Option<String>,
+}
+
+impl EmbeddingRequest {
+    /// Check the input count.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if let EmbeddingInput::Many(v) = &self.input {
+            if v.is_empty() || v.len() > MAX_EMBEDDING_INPUTS {
+                return Err(out_of_range(
+                    "input",
+                    format!(
+                        "input must hold 1 to {MAX_EMBEDDING_INPUTS} texts (got {})",
+                        v.len()
+                    ),
+                ));
+            }
+        }
+        if self.dimensions.is_some() {
+            return Err(out_of_range(
+                "dimensions",
+                "dimensions is not supported: embeddings have the model's own size".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The inputs as a list.
+    pub fn inputs(&self) -> Vec<String> {
+        match &self.input {
+            EmbeddingInput::One(s) => vec![s.clone()],
+            EmbeddingInput::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// The sum.
+    pub total_tokens: u32,
+}
+
+impl Usage {
+    /// From the backend's counts.
+    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// An assistant message in an answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AssistantMessage {
+    /// Always `assistant`.
+    pub role: &'static str,
+    /// The generated text.
+    pub content: String,
+}
+
+/// One choice of a chat completion.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatChoice {
+    /// Always 0.
+    pub index: u32,
+    /// The answer.
+    pub message: AssistantMessage,
+    /// `stop` (a stop sequence or the end of the answer) or `length` (`max_tokens`).
+    pub finish_reason: &'static str,
+}
+
+/// The answer of `POST /v1/chat/completions` without `stream`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    /// `chatcmpl-` and the request id.
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model.
+    pub model: String,
+    /// One choice.
+    pub choices: Vec<ChatChoice>,
+    /// Token counts.
+    pub usage: Usage,
+}
+
+/// The change a chunk carries.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Delta {
+    /// `assistant` in the first chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// New text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// One choice of a chat chunk.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChunkChoice {
+    /// Always 0.
+    pub index: u32,
+    /// New text.
+    pub delta: Delta,
+    /// Set in the last chunk with choices.
+    pub finish_reason: Option<&'static str>,
+}
+
+/// One server-sent event of a streamed chat completion.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    /// Same in every chunk of one answer.
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model.
+    pub model: String,
+    /// One choice, or none in the usage chunk.
+    pub choices: Vec<ChunkChoice>,
+    /// Only in the usage chunk (`stream_options.include_usage`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// One choice of a text completion.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CompletionChoice {
+    /// Always 0.
+    pub index: u32,
+    /// The generated text (or the new text, when streaming).
+    pub text: String,
+    /// Always null.
+    pub logprobs: Option<()>,
+    /// `stop` or `length`; null in streamed chunks before the last.
+    pub finish_reason: Option<&'static str>,
+}
+
+/// The answer of `POST /v1/completions`, or one streamed chunk of it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Completion {
+    /// `cmpl-` and the request id.
+    pub id: String,
+    /// Always `text_completion`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model.
+    pub model: String,
+    /// One choice, or none in the usage chunk.
+    pub choices: Vec<CompletionChoice>,
+    /// Token counts (streaming: only in the usage chunk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// One embedding, as numbers or base64.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    /// `encoding_format = "float"`.
+    Float(Vec<f32>),
+    /// `encoding_format = "base64"`: little-endian f32 bytes.
+    Base64(String),
+}
+
+/// One embedding of the answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Embedding {
+    /// Always `embedding`.
+    pub object: &'static str,
+    /// Position of the input.
+    pub index: u32,
+    /// The L2-normalised vector.
+    pub embedding: EmbeddingVector,
+}
+
+/// Token counts of an embedding request.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct EmbeddingUsage {
+    /// Tokens in the inputs.
+    pub prompt_tokens: u32,
+    /// The same.
+    pub total_tokens: u32,
+}
+
+/// The answer of `POST /v1/embeddings`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EmbeddingList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// One embedding per input, in order.
+    pub data: Vec<Embedding>,
+    /// The model.
+    pub model: String,
+    /// Token counts.
+    pub usage: EmbeddingUsage,
+}
+
+/// A model the gateway routes.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Model {
+    /// The name to put in requests.
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// Always 0.
+    pub created: u64,
+    /// The inference pool that serves it.
+    pub owned_by: String,
+}
+
+/// The answer of `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Every model.
+    pub data: Vec<Model>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+/// An error, as OpenAI's API shapes it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong and, for a bad value, the allowed range.
+    pub message: String,
+    /// `invalid_request_error`, `rate_limit_error`, `server_error`, ...
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The request parameter at fault, if one is.
+    pub param: Option<String>,
+    /// A machine-readable code, e.g. `model_not_found`.
+    pub code: Option<&'static str>,
+}

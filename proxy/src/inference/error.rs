@@ -1,0 +1,284 @@
+//! Errors of the OpenAI-compatible API, shaped as OpenAI shapes them:
+//! `{"error": {"message", "type", "param", "code"}}`. One table maps every failure,
+//! including each gRPC status a backend can answer, to an HTTP status.
+
+use super::api::{ErrorBody, ErrorResponse};
+use tonic::Code;
+
+/// Seconds clients are told to wait when every backend is saturated, unless the
+/// backend said otherwise.
+pub const DEFAULT_RETRY_AFTER_SECONDS: u32 = 1;
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Human-readable, naming the parameter and the allowed range where one applies.
+    pub message: String,
+    /// OpenAI's error type.
+    pub kind: &'static str,
+    /// The parameter at fault.
+    pub param: Option<String>,
+    /// Machine-readable code.
+    pub code: Option<&'static str>,
+    /// `Retry-After` seconds (429 only).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    fn new(status: u16, kind: &'static str, code: Option<&'static str>, message: String) -> Self {
+        ApiError {
+            status,
+            message,
+            kind,
+            param: None,
+            code,
+            retry_after: None,
+        }
+    }
+
+    /// 400: a parameter's value is not allowed.
+    pub fn invalid_param(param: &str, message: String) -> Self {
+        let mut e = Self::new(400, "invalid_request_error", Some("invalid_value"), message);
+        e.param = Some(param.to_string());
+        e
+    }
+
+    /// 400: the body is not JSON, or a field has the wrong type.
+    pub fn invalid_body(param: Option<String>, message: String) -> Self {
+        let mut e = Self::new(400, "invalid_request_error", None, message);
+        e.param = param;
+        e
+    }
+
+    /// 404: no pool on this route serves the model.
+    pub fn model_not_found(model: &str, available: &[String]) -> Self {
+        let mut e = Self::new(
+            404,
+            "invalid_request_error",
+            Some("model_not_found"),
+            format!(
+                "The model `{model}` does not exist here; available models: {}",
+                available.join(", ")
+            ),
+        );
+        e.param = Some("model".into());
+        e
+    }
+
+    /// 404: no such endpoint of the API.
+    pub fn unknown_url(method: &str, path: &str) -> Self {
+        Self::new(
+            404,
+            "invalid_request_error",
+            Some("unknown_url"),
+            format!("Unknown request URL: {method} {path}"),
+        )
+    }
+
+    /// 405: the endpoint exists with another method.
+    pub fn method_not_allowed(method: &str, path: &str, allowed: &str) -> Self {
+        Self::new(
+            405,
+            "invalid_request_error",
+            Some("method_not_allowed"),
+            format!("{method} is not allowed on {path}; use {allowed}"),
+        )
+    }
+
+    /// 413: the body is over the route's limit.
+    pub fn body_too_large(limit: u64) -> Self {
+        Self::new(
+            413,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!("The request body is larger than this route's limit of {limit} bytes"),
+        )
+    }
+
+    /// 429: every backend of the pool is saturated.
+    pub fn saturated(pool: &str, detail: &str, retry_after: u32) -> Self {
+        let mut e = Self::new(
+            429,
+            "rate_limit_error",
+            Some("rate_limit_exceeded"),
+            format!("Every backend of pool `{pool}` is at capacity ({detail}); retry after {retry_after}s"),
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    /// 503: no backend of the pool is healthy.
+    pub fn no_backend(pool: &str) -> Self {
+        Self::new(
+            503,
+            "server_error",
+            Some("service_unavailable"),
+            format!("No healthy backend in inference pool `{pool}`"),
+        )
+    }
+
+    /// 504: the pool's request timeout passed.
+    pub fn timeout(pool: &str, timeout: std::time::Duration) -> Self {
+        Self::new(
+            504,
+            "server_error",
+            Some("timeout"),
+            format!(
+                "The request took longer than inference pool `{pool}`'s request_timeout_ms ({} ms)",
+                timeout.as_millis()
+            ),
+        )
+    }
+
+    /// 502: the backend broke the protocol or failed in a way no other status covers.
+    pub fn upstream(message: String) -> Self {
+        Self::new(502, "server_error", Some("upstream_error"), message)
+    }
+
+    /// Map a backend's gRPC status. `prompt_param` names the request's input
+    /// parameter (`messages` or `prompt`) for errors about the prompt.
+    pub fn from_status(status: &tonic::Status, prompt_param: &str, pool: &str) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+                let param = backend_param(&message, prompt_param);
+                let mut e = Self::new(400, "invalid_request_error", Some("invalid_value"), message);
+                e.param = param;
+                e
+            }
+            Code::NotFound => {
+                let mut e = Self::new(
+                    404,
+                    "invalid_request_error",
+                    Some("model_not_found"),
+                    message,
+                );
+                e.param = Some("model".into());
+                e
+            }
+            Code::ResourceExhausted => {
+                let retry_after = status
+                    .metadata()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(DEFAULT_RETRY_AFTER_SECONDS);
+                Self::saturated(pool, &message, retry_after)
+            }
+            Code::DeadlineExceeded => Self::new(504, "server_error", Some("timeout"), message),
+            Code::Unavailable => Self::new(
+                503,
+                "server_error",
+                Some("service_unavailable"),
+                format!("backend unavailable: {message}"),
+            ),
+            _ => Self::upstream(format!("backend failed: {:?}: {message}", status.code())),
+        }
+    }
+
+    /// Whether a status received before the first token is worth another backend:
+    /// the backend (not the request) is the problem.
+    pub fn retryable(code: Code) -> bool {
+        matches!(
+            code,
+            Code::Unavailable
+                | Code::ResourceExhausted
+                | Code::Unknown
+                | Code::Internal
+                | Code::Cancelled
+                | Code::Aborted
+        )
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&ErrorResponse {
+            error: ErrorBody {
+                message: self.message.clone(),
+                kind: self.kind,
+                param: self.param.clone(),
+                code: self.code,
+            },
+        })
+        .expect("error bodies serialize")
+    }
+
+    /// The metric label for this outcome.
+    pub fn label(&self) -> &'static str {
+        self.code.unwrap_or(self.kind)
+    }
+}
+
+/// The backend names protobuf fields in its messages (`sampling.max_tokens must
+/// ...`, `chat.messages[1].role ...`, `prompt is 600 tokens ...`); name the
+/// OpenAI parameter instead.
+fn backend_param(message: &str, prompt_param: &str) -> Option<String> {
+    let first = message.split([' ', '(']).next().unwrap_or("");
+    if let Some(field) = first.strip_prefix("sampling.") {
+        let field = field.split('[').next().unwrap_or(field);
+        return Some(field.to_string());
+    }
+    if let Some(rest) = first.strip_prefix("chat.") {
+        return Some(rest.to_string());
+    }
+    if first == "prompt" || first.starts_with("token_ids") || first == "chat" {
+        return Some(prompt_param.to_string());
+    }
+    if first.starts_with("inputs") {
+        return Some(first.replacen("inputs", "input", 1));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_messages_name_the_openai_parameter() {
+        let cases = [
+            (
+                "sampling.max_tokens must be between 1 and 256 for model m",
+                "messages",
+                Some("max_tokens"),
+            ),
+            (
+                "sampling.stop[2] must be 1 to 64 bytes (got 70)",
+                "messages",
+                Some("stop"),
+            ),
+            (
+                "prompt is 600 tokens; at most 511",
+                "prompt",
+                Some("prompt"),
+            ),
+            (
+                "chat.messages[1].role must be one of system, user, assistant",
+                "messages",
+                Some("messages[1].role"),
+            ),
+            (
+                "inputs[3] is 600 tokens; at most 512",
+                "input",
+                Some("input[3]"),
+            ),
+            ("something else", "messages", None),
+        ];
+        for (message, prompt, want) in cases {
+            let e = ApiError::from_status(&tonic::Status::invalid_argument(message), prompt, "p");
+            assert_eq!(e.status, 400, "{message}");
+            assert_eq!(e.param.as_deref(), want, "{message}");
+            assert_eq!(e.message, message);
+        }
+    }
+
+    #[test]
+    fn saturation_keeps_the_backends_retry_after() {
+        let mut s = tonic::Status::resource_exhausted("queue full");
+        s.metadata_mut().insert("retry-after", "7".parse().unwrap());
+        let e = ApiError::from_status(&s, "messages", "gpu");
+        assert_eq!((e.status, e.retry_after), (429, Some(7)));
+        assert!(e.message.contains("`gpu`"), "{}", e.message);
+    }
+}

@@ -1,0 +1,1037 @@
+//! The OpenAI-compatible API at the edge, translated to `gantry.inference.v1` gRPC
+//! and sent to load-aware inference pools. See `docs/INFERENCE-GATEWAY.md`.
+//!
+//! A route with `inference_pools` is served here, inside `request_filter`: the
+//! handler reads and validates the body, picks a backend ([`pool`]), opens the
+//! gRPC stream and writes the answer itself, so every token is written and flushed
+//! as it arrives (no response body filters in between). Until the first token
+//! nothing has been sent to the client, so a failing backend is retried on
+//! another; after it, a failure becomes a well-formed error event. A client that
+//! goes away drops the gRPC stream, which cancels generation on the backend.
+
+pub mod api;
+pub mod error;
+pub mod openapi;
+pub mod pool;
+
+use crate::metrics::Metrics;
+use api::*;
+use bytes::{Bytes, BytesMut};
+use error::{ApiError, DEFAULT_RETRY_AFTER_SECONDS};
+use gantry_config::Config;
+use gantry_proto::{self as pb, generate_response::Event};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pool::{InflightGuard, NoPick, Pool};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tonic::Streaming;
+
+/// Tokens assumed for a request without `max_tokens`, for the load estimate only.
+const ASSUMED_MAX_TOKENS: u64 = 256;
+
+/// Every inference pool and the documents built from the API types.
+pub struct Inference {
+    pools: Vec<Arc<Pool>>,
+    metrics: Arc<Metrics>,
+    openapi_json: Bytes,
+    docs_html: Bytes,
+}
+
+/// What the access log should know about an inference request.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The backend that answered, if one was reached.
+    pub backend: Option<String>,
+    /// Backends tried.
+    pub attempts: usize,
+    /// The request's model, once parsed.
+    model: String,
+    /// Whether `gantry_inference_requests_total` has counted it.
+    counted: bool,
+}
+
+/// What kind of generation answer to write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Chat,
+    Completion,
+}
+
+/// The answer being written: ids and options shared by all its chunks.
+struct Answer {
+    shape: Shape,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+}
+
+impl Answer {
+    fn sse(value: &impl serde::Serialize) -> Bytes {
+        let mut out = b"data: ".to_vec();
+        serde_json::to_writer(&mut out, value).expect("chunks serialize");
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
+    /// One streamed event with new text and/or the finish reason.
+    fn chunk(&self, text: Option<String>, first: bool, finish: Option<&'static str>) -> Bytes {
+        match self.shape {
+            Shape::Chat => Self::sse(&ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![ChunkChoice {
+                    index: 0,
+                    delta: Delta {
+                        role: first.then_some("assistant"),
+                        content: text,
+                    },
+                    finish_reason: finish,
+                }],
+                usage: None,
+            }),
+            Shape::Completion => Self::sse(&Completion {
+                id: self.id.clone(),
+                object: "text_completion",
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![CompletionChoice {
+                    index: 0,
+                    text: text.unwrap_or_default(),
+                    logprobs: None,
+                    finish_reason: finish,
+                }],
+                usage: None,
+            }),
+        }
+    }
+
+    /// The usage event (`stream_options.include_usage`): no choices.
+    fn usage_chunk(&self, usage: Usage) -> Bytes {
+        match self.shape {
+            Shape::Chat => Self::sse(&ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: self.model.clone(),
+                choices: Vec::new(),
+                usage: Some(usage),
+            }),
+            Shape::Completion => Self::sse(&Completion {
+                id: self.id.clone(),
+                object: "text_completion",
+                created: self.created,
+                model: self.model.clone(),
+                choices: Vec::new(),
+                usage: Some(usage),
+            }),
+        }
+    }
+
+    /// The whole answer (no `stream`).
+    fn full(&self, text: String, finish: &'static str, usage: Usage) -> Vec<u8> {
+        match self.shape {
+            Shape::Chat => serde_json::to_vec(&ChatCompletion {
+                id: self.id.clone(),
+                object: "chat.completion",
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![ChatChoice {
+                    index: 0,
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content: text,
+                    },
+                    finish_reason: finish,
+                }],
+                usage,
+            }),
+            Shape::Completion => serde_json::to_vec(&Completion {
+                id: self.id.clone(),
+                object: "text_completion",
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![CompletionChoice {
+                    index: 0,
+                    text,
+                    logprobs: None,
+                    finish_reason: Some(finish),
+                }],
+                usage: Some(usage),
+            }),
+        }
+        .expect("answers serialize")
+    }
+}
+
+/// A generation stream whose first event has arrived.
+struct Opened {
+    backend: Arc<pool::Backend>,
+    guard: InflightGuard,
+    stream: Streaming<pb::GenerateResponse>,
+    first: pb::GenerateResponse,
+}
+
+/// What happened while waiting for the next event.
+enum Next {
+    Event(Result<Option<pb::GenerateResponse>, tonic::Status>),
+    ClientGone,
+    Deadline,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn finish_reason(reason: i32) -> Result<&'static str, ApiError> {
+    match pb::FinishReason::try_from(reason) {
+        Ok(pb::FinishReason::Length) => Ok("length"),
+        Ok(pb::FinishReason::Stop | pb::FinishReason::Eos) => Ok("stop"),
+        Ok(pb::FinishReason::Cancelled) => Err(ApiError::upstream(
+            "the backend stopped generating (it is shutting down); retry the request".into(),
+        )),
+        _ => Err(ApiError::upstream(format!(
+            "the backend sent an unknown finish reason {reason}"
+        ))),
+    }
+}
+
+/// Turn a JSON decoding error into a 400 naming the parameter.
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if !inner.is_data() {
+        return ApiError::invalid_body(
+            None,
+            format!("We could not parse the JSON body of your request: {inner}"),
+        );
+    }
+    let text = inner.to_string();
+    let message = text.split(" at line ").next().unwrap_or(&text).to_string();
+    let param = if path == "." || path == "?" {
+        message
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string)
+    } else {
+        Some(path.clone())
+    };
+    let message = match &param {
+        Some(p) if !message.starts_with("missing field") => format!("{p}: {message}"),
+        _ => message,
+    };
+    ApiError::invalid_body(param, message)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(de).map_err(json_error)?;
+    Ok(value)
+}
+
+impl Inference {
+    /// Start every inference pool's watchers on `runtime` and build the OpenAPI
+    /// document for the routes that serve the API.
+    pub fn start(config: &Config, metrics: Arc<Metrics>, runtime: tokio::runtime::Handle) -> Self {
+        let pools = config
+            .inference_pools
+            .iter()
+            .map(|p| Pool::start(p.clone(), metrics.clone(), runtime.clone()))
+            .collect();
+        let prefixes: Vec<String> = config
+            .routes
+            .iter()
+            .filter(|r| matches!(r.target, gantry_config::Target::Inference(_)))
+            .map(|r| r.path_prefix.clone())
+            .collect();
+        let doc = openapi::document(&prefixes);
+        let openapi_json =
+            Bytes::from(serde_json::to_vec_pretty(&doc).expect("document serializes"));
+        let docs_html = Bytes::from(openapi::docs_html(&doc));
+        Inference {
+            pools,
+            metrics,
+            openapi_json,
+            docs_html,
+        }
+    }
+
+    /// The pools, by config index.
+    pub fn pools(&self) -> &[Arc<Pool>] {
+        &self.pools
+    }
+
+    /// Serve `/openapi.json` or `/docs`.
+    pub async fn serve_builtin(
+        &self,
+        session: &mut Session,
+        which: gantry_config::Builtin,
+        request_id: &str,
+    ) -> pingora::Result<()> {
+        let (body, kind) = match which {
+            gantry_config::Builtin::Openapi => (self.openapi_json.clone(), "application/json"),
+            gantry_config::Builtin::Docs => (self.docs_html.clone(), "text/html; charset=utf-8"),
+        };
+        write_whole(session, 200, kind, body, request_id, None).await
+    }
+
+    /// Serve one request of the OpenAI-compatible API on a route whose prefix is
+    /// `prefix` and whose pools are `pools` (indexes).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn handle(
+        &self,
+        session: &mut Session,
+        prefix: &str,
+        pools: &[usize],
+        max_body: u64,
+        request_id: &str,
+        started: Instant,
+    ) -> pingora::Result<Outcome> {
+        let mut outcome = Outcome::default();
+        let result = self
+            .dispatch(
+                session,
+                prefix,
+                pools,
+                max_body,
+                request_id,
+                started,
+                &mut outcome,
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(outcome),
+            Err(err) => {
+                if err.status == 413 {
+                    self.metrics
+                        .limit_rejections
+                        .with_label_values(&["body_bytes"])
+                        .inc();
+                    session.set_keepalive(None);
+                }
+                if !outcome.counted {
+                    let model = outcome.model.clone();
+                    self.count(&model, &mut outcome, &err.status.to_string());
+                }
+                write_error(session, &err, request_id).await?;
+                Ok(outcome)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch(
+        &self,
+        session: &mut Session,
+        prefix: &str,
+        route_pools: &[usize],
+        max_body: u64,
+        request_id: &str,
+        started: Instant,
+        outcome: &mut Outcome,
+    ) -> Result<(), ApiError> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let full = req.uri.path().to_string();
+        let rest = if prefix == "/" {
+            full.as_str()
+        } else {
+            full.strip_prefix(prefix).unwrap_or("")
+        };
+        let rest = rest.trim_end_matches('/');
+        let post = |allowed: &str| {
+            if method == http::Method::POST {
+                Ok(())
+            } else {
+                Err(ApiError::method_not_allowed(
+                    method.as_str(),
+                    &full,
+                    allowed,
+                ))
+            }
+        };
+        let pools: Vec<&Arc<Pool>> = route_pools.iter().map(|&i| &self.pools[i]).collect();
+        match rest {
+            "/models" => {
+                if method != http::Method::GET {
+                    return Err(ApiError::method_not_allowed(method.as_str(), &full, "GET"));
+                }
+                let list = ModelList {
+                    object: "list",
+                    data: models(&pools),
+                };
+                let body = serde_json::to_vec(&list).expect("model list serializes");
+                write_json(session, body, request_id).await
+            }
+            m if m.starts_with("/models/") => {
+                let id = &m["/models/".len()..];
+                match models(&pools).into_iter().find(|x| x.id == id) {
+                    Some(model) => {
+                        let body = serde_json::to_vec(&model).expect("model serializes");
+                        write_json(session, body, request_id).await
+                    }
+                    None => Err(ApiError::model_not_found(id, &model_names(&pools))),
+                }
+            }
+            "/chat/completions" => {
+                post("POST")?;
+                let body = read_body(session, max_body).await?;
+                let req: ChatCompletionRequest = parse(&body)?;
+                outcome.model = req.model.clone();
+                req.validate()?;
+                let pool = find_pool(&pools, &req.model)?;
+                let messages = req
+                    .messages
+                    .iter()
+                    .map(|m| pb::ChatMessage {
+                        role: m.template_role().to_string(),
+                        content: m.text(),
+                    })
+                    .collect();
+                let bytes = body.len() as u64;
+                let input = pb::generate_request::Input::Chat(pb::ChatInput { messages });
+                let generate = generate_request(
+                    &req.model,
+                    request_id,
+                    input,
+                    &req.sampling,
+                    req.max_tokens(),
+                );
+                self.generate(
+                    session,
+                    pool,
+                    generate,
+                    &req.sampling,
+                    Shape::Chat,
+                    request_id,
+                    started,
+                    bytes,
+                    outcome,
+                )
+                .await
+            }
+            "/completions" => {
+                post("POST")?;
+                let body = read_body(session, max_body).await?;
+                let req: CompletionRequest = parse(&body)?;
+                outcome.model = req.model.clone();
+                req.validate()?;
+                let pool = find_pool(&pools, &req.model)?;
+                let input = match req.prompt.clone() {
+                    Prompt::Text(t) => pb::generate_request::Input::Prompt(t),
+                    Prompt::Texts(mut v) => pb::generate_request::Input::Prompt(v.remove(0)),
+                    Prompt::Tokens(ids) => {
+                        pb::generate_request::Input::TokenIds(pb::TokenIdsInput { ids })
+                    }
+                    Prompt::TokenLists(mut v) => {
+                        pb::generate_request::Input::TokenIds(pb::TokenIdsInput {
+                            ids: v.remove(0),
+                        })
+                    }
+                };
+                let bytes = body.len() as u64;
+                let generate = generate_request(
+                    &req.model,
+                    request_id,
+                    input,
+                    &req.sampling,
+                    req.sampling.max_tokens,
+                );
+                self.generate(
+                    session,
+                    pool,
+                    generate,
+                    &req.sampling,
+                    Shape::Completion,
+                    request_id,
+                    started,
+                    bytes,
+                    outcome,
+                )
+                .await
+            }
+            "/embeddings" => {
+                post("POST")?;
+                let body = read_body(session, max_body).await?;
+                let req: EmbeddingRequest = parse(&body)?;
+                outcome.model = req.model.clone();
+                req.validate()?;
+                let pool = find_pool(&pools, &req.model)?;
+                self.embed(session, pool, req, request_id, outcome).await
+            }
+            _ => Err(ApiError::unknown_url(method.as_str(), &full)),
+        }
+    }
+
+    /// Pick a backend and open the stream, retrying on another backend when one
+    /// fails before its first event.
+    async fn open(
+        &self,
+        pool: &Pool,
+        req: &pb::GenerateRequest,
+        deadline: Instant,
+        prompt_param: &str,
+        estimate: u64,
+        outcome: &mut Outcome,
+    ) -> Result<Opened, ApiError> {
+        let name = &pool.config.name;
+        let mut tried = Vec::new();
+        let mut last: Option<ApiError> = None;
+        for attempt in 0..=pool.config.retries {
+            let backend = match pool.pick(&req.model, &tried) {
+                Ok(b) => b,
+                Err(NoPick::Saturated) => {
+                    return Err(last.unwrap_or_else(|| {
+                        ApiError::saturated(
+                            name,
+                            "every queue is full",
+                            DEFAULT_RETRY_AFTER_SECONDS,
+                        )
+                    }))
+                }
+                Err(NoPick::NoneHealthy) => {
+                    return Err(last.unwrap_or_else(|| ApiError::no_backend(name)))
+                }
+            };
+            if attempt > 0 {
+                self.metrics
+                    .inference_retries
+                    .with_label_values(&[name])
+                    .inc();
+            }
+            tried.push(backend.addr);
+            outcome.attempts = tried.len();
+            outcome.backend = Some(backend.label.clone());
+            let guard = backend.begin(estimate);
+            let mut request = tonic::Request::new(req.clone());
+            request.set_timeout(pool::remaining(deadline));
+            let mut client = backend.client();
+            let call = async move {
+                let mut stream = client.generate(request).await?.into_inner();
+                let first = stream.message().await?;
+                Ok::<_, tonic::Status>((stream, first))
+            };
+            match tokio::time::timeout_at(deadline.into(), call).await {
+                Err(_) => return Err(ApiError::timeout(name, pool.config.request_timeout)),
+                Ok(Ok((stream, Some(first)))) => {
+                    return Ok(Opened {
+                        backend,
+                        guard,
+                        stream,
+                        first,
+                    })
+                }
+                Ok(Ok((_, None))) => {
+                    backend.eject("stream ended before any event");
+                    last = Some(ApiError::upstream(format!(
+                        "backend {} ended the stream without an answer",
+                        backend.label
+                    )));
+                }
+                Ok(Err(status)) => {
+                    let err = ApiError::from_status(&status, prompt_param, name);
+                    if !ApiError::retryable(status.code()) {
+                        return Err(err);
+                    }
+                    if status.code() == tonic::Code::ResourceExhausted {
+                        backend.mark_saturated(&req.model);
+                    } else {
+                        backend.eject(status.message());
+                    }
+                    tracing::warn!(pool = %name, backend = %backend.label, code = ?status.code(), error = %status.message(), "inference call failed before the first token");
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn generate(
+        &self,
+        session: &mut Session,
+        pool: &Pool,
+        req: pb::GenerateRequest,
+        sampling: &Sampling,
+        shape: Shape,
+        request_id: &str,
+        started: Instant,
+        body_bytes: u64,
+        outcome: &mut Outcome,
+    ) -> Result<(), ApiError> {
+        let deadline = started + pool.config.request_timeout;
+        let prompt_param = if shape == Shape::Chat {
+            "messages"
+        } else {
+            "prompt"
+        };
+        let estimate = body_bytes / 4
+            + u64::from(req.sampling.as_ref().map_or(0, |s| s.max_tokens))
+                .max(1)
+                .min(ASSUMED_MAX_TOKENS.max(u64::from(sampling.max_tokens.unwrap_or(0))));
+        let opened = {
+            let open = self.open(pool, &req, deadline, prompt_param, estimate, outcome);
+            let idle = session.as_mut().read_body_or_idle(true);
+            tokio::select! {
+                r = open => Some(r),
+                _ = idle => None,
+            }
+        };
+        let model = req.model.clone();
+        let Some(opened) = opened else {
+            // The client left while we waited for the first token: dropping the
+            // stream cancels it on the backend.
+            self.count(&model, outcome, "499");
+            return Ok(());
+        };
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                self.count(&model, outcome, &e.status.to_string());
+                return Err(e);
+            }
+        };
+        let Opened {
+            backend,
+            mut guard,
+            mut stream,
+            first,
+        } = opened;
+        let labels = [model.as_str(), backend.label.as_str()];
+        let ttft = self.metrics.inference_ttft.with_label_values(&labels);
+        let itl = self
+            .metrics
+            .inference_inter_token
+            .with_label_values(&labels);
+        let answer = Answer {
+            shape,
+            id: format!(
+                "{}-{request_id}",
+                if shape == Shape::Chat {
+                    "chatcmpl"
+                } else {
+                    "cmpl"
+                }
+            ),
+            created: unix_now(),
+            model: model.clone(),
+            include_usage: sampling.include_usage(),
+        };
+        let streaming = sampling.stream;
+        if streaming {
+            let mut resp = ResponseHeader::build(200, Some(5)).expect("valid status");
+            let headers = [
+                ("content-type", "text/event-stream"),
+                ("cache-control", "no-cache"),
+                ("x-request-id", request_id),
+                ("x-gantry-backend", backend.label.as_str()),
+            ];
+            for (k, v) in headers {
+                resp.insert_header(k, v).expect("valid header");
+            }
+            if session
+                .write_response_header(Box::new(resp), false)
+                .await
+                .is_err()
+            {
+                self.count(&model, outcome, "499");
+                return Ok(());
+            }
+        }
+        let mut text = String::new();
+        let mut first_delta = true;
+        let mut last_token = Instant::now();
+        let mut pending = Some(first);
+        let result: Result<(&'static str, Usage), ApiError> = loop {
+            let next = match pending.take() {
+                Some(ev) => Next::Event(Ok(Some(ev))),
+                None => {
+                    let idle = session.as_mut().read_body_or_idle(true);
+                    tokio::select! {
+                        ev = stream.message() => Next::Event(ev),
+                        _ = idle => Next::ClientGone,
+                        _ = tokio::time::sleep_until(deadline.into()) => Next::Deadline,
+                    }
+                }
+            };
+            match next {
+                Next::ClientGone => {
+                    drop(stream);
+                    self.count(&model, outcome, "499");
+                    return Ok(());
+                }
+                Next::Deadline => {
+                    break Err(ApiError::timeout(
+                        &pool.config.name,
+                        pool.config.request_timeout,
+                    ))
+                }
+                Next::Event(Err(status)) => {
+                    break Err(ApiError::from_status(
+                        &status,
+                        prompt_param,
+                        &pool.config.name,
+                    ))
+                }
+                Next::Event(Ok(None)) => {
+                    break Err(ApiError::upstream(format!(
+                        "backend {} ended the stream before finishing",
+                        backend.label
+                    )))
+                }
+                Next::Event(Ok(Some(pb::GenerateResponse { event: None }))) => continue,
+                Next::Event(Ok(Some(pb::GenerateResponse {
+                    event: Some(Event::Delta(delta)),
+                }))) => {
+                    let now = Instant::now();
+                    if first_delta {
+                        ttft.observe(now.duration_since(started).as_secs_f64());
+                    } else {
+                        itl.observe(now.duration_since(last_token).as_secs_f64());
+                    }
+                    last_token = now;
+                    guard.token_done(delta.token_ids.len() as u64);
+                    if streaming {
+                        let chunk = answer.chunk(Some(delta.text), first_delta, None);
+                        if session
+                            .write_response_body(Some(chunk), false)
+                            .await
+                            .is_err()
+                        {
+                            drop(stream);
+                            self.count(&model, outcome, "499");
+                            return Ok(());
+                        }
+                    } else {
+                        text.push_str(&delta.text);
+                    }
+                    first_delta = false;
+                }
+                Next::Event(Ok(Some(pb::GenerateResponse {
+                    event: Some(Event::Finished(f)),
+                }))) => {
+                    let usage = f.usage.unwrap_or_default();
+                    let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
+                    self.metrics
+                        .inference_queue
+                        .with_label_values(&labels)
+                        .observe(f.queue_time_us as f64 / 1e6);
+                    let tokens = &self.metrics.inference_tokens;
+                    tokens
+                        .with_label_values(&[labels[0], labels[1], "in"])
+                        .inc_by(u64::from(usage.prompt_tokens));
+                    tokens
+                        .with_label_values(&[labels[0], labels[1], "out"])
+                        .inc_by(u64::from(usage.completion_tokens));
+                    break finish_reason(f.reason).map(|r| (r, usage));
+                }
+            }
+        };
+        drop(guard);
+        match (streaming, result) {
+            (false, Ok((finish, usage))) => {
+                self.count(&model, outcome, "200");
+                let body = answer.full(text, finish, usage);
+                write_json(session, body, request_id).await
+            }
+            (false, Err(e)) => {
+                self.count(&model, outcome, &e.status.to_string());
+                Err(e)
+            }
+            (true, result) => {
+                let mut tail = BytesMut::new();
+                match result {
+                    Ok((finish, usage)) => {
+                        self.count(&model, outcome, "200");
+                        tail.extend_from_slice(&answer.chunk(None, first_delta, Some(finish)));
+                        if answer.include_usage {
+                            tail.extend_from_slice(&answer.usage_chunk(usage));
+                        }
+                        tail.extend_from_slice(b"data: [DONE]\n\n");
+                    }
+                    Err(e) => {
+                        // Headers are out: the error travels as an event, which the
+                        // openai clients raise as an APIError.
+                        tracing::warn!(request_id, backend = %backend.label, error = %e.message, "inference stream failed after the first token");
+                        self.count(&model, outcome, &e.status.to_string());
+                        tail.extend_from_slice(b"data: ");
+                        tail.extend_from_slice(&e.body());
+                        tail.extend_from_slice(b"\n\n");
+                    }
+                }
+                let _ = session.write_response_body(Some(tail.freeze()), true).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn embed(
+        &self,
+        session: &mut Session,
+        pool: &Pool,
+        req: EmbeddingRequest,
+        request_id: &str,
+        outcome: &mut Outcome,
+    ) -> Result<(), ApiError> {
+        let name = &pool.config.name;
+        let deadline = Instant::now() + pool.config.request_timeout;
+        let inputs = req.inputs();
+        let mut tried = Vec::new();
+        let mut last = None;
+        let mut answer = None;
+        for attempt in 0..=pool.config.retries {
+            let backend = match pool.pick(&req.model, &tried) {
+                Ok(b) => b,
+                Err(NoPick::Saturated) => {
+                    last = last.or_else(|| {
+                        Some(ApiError::saturated(
+                            name,
+                            "every queue is full",
+                            DEFAULT_RETRY_AFTER_SECONDS,
+                        ))
+                    });
+                    break;
+                }
+                Err(NoPick::NoneHealthy) => {
+                    last = last.or_else(|| Some(ApiError::no_backend(name)));
+                    break;
+                }
+            };
+            if attempt > 0 {
+                self.metrics
+                    .inference_retries
+                    .with_label_values(&[name])
+                    .inc();
+            }
+            tried.push(backend.addr);
+            outcome.attempts = tried.len();
+            outcome.backend = Some(backend.label.clone());
+            let _guard = backend.begin(inputs.iter().map(|s| s.len() as u64 / 4).sum());
+            let mut request = tonic::Request::new(pb::EmbedRequest {
+                model: req.model.clone(),
+                inputs: inputs.clone(),
+            });
+            request.set_timeout(pool::remaining(deadline));
+            match tokio::time::timeout_at(deadline.into(), backend.client().embed(request)).await {
+                Err(_) => {
+                    last = Some(ApiError::timeout(name, pool.config.request_timeout));
+                    break;
+                }
+                Ok(Ok(r)) => {
+                    answer = Some(r.into_inner());
+                    break;
+                }
+                Ok(Err(status)) => {
+                    let err = ApiError::from_status(&status, "input", name);
+                    if !ApiError::retryable(status.code()) {
+                        last = Some(err);
+                        break;
+                    }
+                    backend.eject(status.message());
+                    last = Some(err);
+                }
+            }
+        }
+        let backend = outcome.backend.clone().unwrap_or_else(|| "none".into());
+        let Some(r) = answer else {
+            let err = last.expect("an attempt or a reason");
+            self.count(&req.model, outcome, &err.status.to_string());
+            return Err(err);
+        };
+        self.metrics
+            .inference_tokens
+            .with_label_values(&[&req.model, &backend, "in"])
+            .inc_by(u64::from(r.prompt_tokens));
+        self.count(&req.model, outcome, "200");
+        let data = r
+            .embeddings
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| Embedding {
+                object: "embedding",
+                index: i as u32,
+                embedding: match req.encoding_format {
+                    EncodingFormat::Float => EmbeddingVector::Float(e.values),
+                    EncodingFormat::Base64 => {
+                        use base64::Engine;
+                        let bytes: Vec<u8> =
+                            e.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                        EmbeddingVector::Base64(
+                            base64::engine::general_purpose::STANDARD.encode(bytes),
+                        )
+                    }
+                },
+            })
+            .collect();
+        let list = EmbeddingList {
+            object: "list",
+            data,
+            model: req.model.clone(),
+            usage: EmbeddingUsage {
+                prompt_tokens: r.prompt_tokens,
+                total_tokens: r.prompt_tokens,
+            },
+        };
+        write_json(
+            session,
+            serde_json::to_vec(&list).expect("serializes"),
+            request_id,
+        )
+        .await
+    }
+
+    fn count(&self, model: &str, outcome: &mut Outcome, status: &str) {
+        outcome.counted = true;
+        let backend = outcome.backend.as_deref().unwrap_or("none");
+        self.metrics
+            .inference_requests
+            .with_label_values(&[model, backend, status])
+            .inc();
+    }
+}
+
+impl ChatMessage {
+    fn template_role(&self) -> &'static str {
+        self.role.template_name()
+    }
+}
+
+fn generate_request(
+    model: &str,
+    request_id: &str,
+    input: pb::generate_request::Input,
+    s: &Sampling,
+    max_tokens: Option<u32>,
+) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        model: model.to_string(),
+        request_id: request_id.to_string(),
+        input: Some(input),
+        sampling: Some(pb::SamplingParams {
+            max_tokens: max_tokens.unwrap_or(0),
+            temperature: Some(s.temperature.unwrap_or(DEFAULT_TEMPERATURE)),
+            top_p: s.top_p,
+            top_k: s.top_k.unwrap_or(0),
+            seed: s.seed.map(|v| v as u64),
+            stop: s.stop_list(),
+            repetition_penalty: s.repetition_penalty,
+        }),
+    }
+}
+
+fn models(pools: &[&Arc<Pool>]) -> Vec<Model> {
+    pools
+        .iter()
+        .flat_map(|p| {
+            p.config.models.iter().map(|m| Model {
+                id: m.clone(),
+                object: "model",
+                created: 0,
+                owned_by: p.config.name.clone(),
+            })
+        })
+        .collect()
+}
+
+fn model_names(pools: &[&Arc<Pool>]) -> Vec<String> {
+    pools
+        .iter()
+        .flat_map(|p| p.config.models.iter().cloned())
+        .collect()
+}
+
+fn find_pool<'a>(pools: &[&'a Arc<Pool>], model: &str) -> Result<&'a Arc<Pool>, ApiError> {
+    pools
+        .iter()
+        .find(|p| p.config.models.iter().any(|m| m == model))
+        .copied()
+        .ok_or_else(|| ApiError::model_not_found(model, &model_names(pools)))
+}
+
+/// Read the whole body, refusing it past `limit` bytes (declared or counted).
+async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let mut body = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(ApiError::body_too_large(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) => {
+                return Err(ApiError::invalid_body(
+                    None,
+                    format!("could not read the request body: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+async fn write_whole(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    request_id: &str,
+    retry_after: Option<u32>,
+) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header("x-request-id", request_id)?;
+    if let Some(s) = retry_after {
+        resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+async fn write_json(
+    session: &mut Session,
+    body: Vec<u8>,
+    request_id: &str,
+) -> Result<(), ApiError> {
+    // A client gone before its answer is written has nobody to tell.
+    let _ = write_whole(
+        session,
+        200,
+        "application/json",
+        Bytes::from(body),
+        request_id,
+        None,
+    )
+    .await;
+    Ok(())
+}
+
+async fn write_error(
+    session: &mut Session,
+    err: &ApiError,
+    request_id: &str,
+) -> pingora::Result<()> {
+    write_whole(
+        session,
+        err.status,
+        "application/json",
+        Bytes::from(err.body()),
+        request_id,
+        err.retry_after,
+    )
+    .await
+}

@@ -1,0 +1,487 @@
+//! Inference pools: backends found by resolving each endpoint (one backend per
+//! address), watched over two server-streaming calls each, and picked by load.
+//!
+//! Per backend, one task holds `grpc.health.v1.Health/Watch` (SERVING or not) and
+//! `gantry.inference.v1.Inference/WatchLoad` (queued, running, tokens in flight per
+//! model, pushed on change) open. A backend takes traffic while both streams are up,
+//! health says SERVING and the load report does not say draining. When the process
+//! dies or the connection breaks, both streams end at once: the backend is out
+//! immediately, not after a polling interval. A failed call ejects it for
+//! [`EJECT_AFTER_FAILURE`]; it is back once that passes and its watch says healthy.
+//!
+//! The picker is power of two choices: two random eligible backends, the less
+//! loaded wins. Load is the larger of what the backend reported and what this
+//! gateway itself has in flight there (the report is up to one push old; our own
+//! count is exact for our traffic), divided by the backend's `max_running`, so a
+//! bigger GPU takes proportionally more.
+
+use crate::metrics::Metrics;
+use gantry_config::InferencePool;
+use gantry_proto::inference_client::InferenceClient;
+use gantry_proto::{LoadReport, WatchLoadRequest};
+use rand::Rng;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// How long a backend whose call failed (connection refused or reset, not a
+/// request error) is left out before its watch may bring it back.
+pub const EJECT_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// First wait before re-opening a backend's watch streams; doubles up to
+/// [`WATCH_BACKOFF_MAX`].
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest wait between attempts to re-open a backend's watch streams.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// HTTP/2 keep-alive pings on backend connections, so a vanished peer (no FIN)
+/// is noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What one backend last reported for one model.
+#[derive(Debug, Clone, Copy, Default)]
+struct ModelLoad {
+    queued: u32,
+    running: u32,
+    tokens_in_flight: u64,
+    max_running: u32,
+    max_queued: u32,
+}
+
+/// One backend: an address with its own connection and watch task.
+pub struct Backend {
+    /// The resolved address.
+    pub addr: SocketAddr,
+    /// `ip:port`, for logs and metric labels.
+    pub label: String,
+    /// The pool it belongs to.
+    pub pool: String,
+    client: InferenceClient<Channel>,
+    /// Both watch streams are open and health says SERVING.
+    serving: AtomicBool,
+    /// The last load report said draining.
+    draining: AtomicBool,
+    /// Unix-epoch milliseconds until which a failed call keeps it out.
+    ejected_until_ms: AtomicU64,
+    load: RwLock<HashMap<String, ModelLoad>>,
+    /// Requests this gateway has in flight here.
+    own_requests: AtomicU32,
+    /// Tokens this gateway expects to still flow here (prompt estimate plus the
+    /// tokens not yet generated, summed over requests).
+    own_tokens: AtomicU64,
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Backend {
+    /// A client for one call.
+    pub fn client(&self) -> InferenceClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Whether the picker may choose it now.
+    pub fn eligible(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// Leave it out for [`EJECT_AFTER_FAILURE`] after a failed call.
+    pub fn eject(&self, why: &str) {
+        let until = now_ms() + EJECT_AFTER_FAILURE.as_millis() as u64;
+        if self.ejected_until_ms.swap(until, Ordering::Relaxed) <= now_ms() {
+            tracing::warn!(pool = %self.pool, backend = %self.label, reason = why, "inference backend ejected");
+        }
+    }
+
+    fn model_load(&self, model: &str) -> ModelLoad {
+        self.load
+            .read()
+            .expect("load lock")
+            .get(model)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Load relative to capacity, for the picker.
+    fn score(&self, model: &str) -> (f64, u64) {
+        let l = self.model_load(model);
+        let own = self.own_requests.load(Ordering::Relaxed);
+        let busy = own.max(l.running + l.queued) as f64;
+        let tokens = self
+            .own_tokens
+            .load(Ordering::Relaxed)
+            .max(l.tokens_in_flight);
+        (busy / f64::from(l.max_running.max(1)), tokens)
+    }
+
+    /// Whether its queue for `model` is full, as last reported (or as our own
+    /// count shows, when that is higher).
+    fn saturated(&self, model: &str) -> bool {
+        let l = self.model_load(model);
+        if l.max_running == 0 && l.max_queued == 0 {
+            return false;
+        }
+        let own = self.own_requests.load(Ordering::Relaxed);
+        l.queued >= l.max_queued || own >= l.max_running + l.max_queued
+    }
+
+    /// Mark it saturated for `model` until its next report (it just refused a
+    /// request with RESOURCE_EXHAUSTED).
+    pub fn mark_saturated(&self, model: &str) {
+        if let Some(l) = self.load.write().expect("load lock").get_mut(model) {
+            l.queued = l.queued.max(l.max_queued);
+        }
+    }
+
+    /// Count a request as in flight here until the guard drops.
+    pub fn begin(self: &Arc<Self>, tokens: u64) -> InflightGuard {
+        self.own_requests.fetch_add(1, Ordering::Relaxed);
+        self.own_tokens.fetch_add(tokens, Ordering::Relaxed);
+        InflightGuard {
+            backend: self.clone(),
+            tokens,
+        }
+    }
+
+    /// Requests this gateway has in flight here.
+    pub fn own_requests(&self) -> u32 {
+        self.own_requests.load(Ordering::Relaxed)
+    }
+
+    /// Whether the backend takes traffic: serving, not draining, not ejected.
+    pub fn is_healthy(&self) -> bool {
+        self.eligible()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(w) = self.watcher.lock().expect("watcher lock").take() {
+            w.abort();
+        }
+    }
+}
+
+/// A request in flight at a backend.
+pub struct InflightGuard {
+    backend: Arc<Backend>,
+    tokens: u64,
+}
+
+impl InflightGuard {
+    /// One more token arrived: one fewer expected.
+    pub fn token_done(&mut self, n: u64) {
+        let n = n.min(self.tokens);
+        self.tokens -= n;
+        self.backend.own_tokens.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.backend.own_requests.fetch_sub(1, Ordering::Relaxed);
+        self.backend
+            .own_tokens
+            .fetch_sub(self.tokens, Ordering::Relaxed);
+    }
+}
+
+/// Why no backend was picked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoPick {
+    /// None is healthy (or all healthy ones were tried).
+    NoneHealthy,
+    /// Every healthy one is saturated for the model.
+    Saturated,
+}
+
+/// One inference pool.
+pub struct Pool {
+    /// Its configuration.
+    pub config: InferencePool,
+    backends: RwLock<Arc<Vec<Arc<Backend>>>>,
+    metrics: Arc<Metrics>,
+    runtime: Handle,
+}
+
+impl Pool {
+    /// Resolve the endpoints, start watching every backend, and keep resolving
+    /// every `resolve_interval`. Runs its tasks on `runtime`.
+    pub fn start(config: InferencePool, metrics: Arc<Metrics>, runtime: Handle) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            config,
+            backends: RwLock::new(Arc::new(Vec::new())),
+            metrics,
+            runtime: runtime.clone(),
+        });
+        let addrs = resolve_now(&pool.config.endpoints);
+        pool.update(addrs);
+        let weak = Arc::downgrade(&pool);
+        let interval = pool.config.resolve_interval;
+        let endpoints = pool.config.endpoints.clone();
+        if endpoints.iter().any(|e| e.parse::<SocketAddr>().is_err()) {
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(interval).await;
+                    let addrs = resolve(&endpoints).await;
+                    match weak.upgrade() {
+                        Some(pool) => pool.update(addrs),
+                        None => return,
+                    }
+                }
+            });
+        }
+        pool
+    }
+
+    /// The current backends.
+    pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.backends.read().expect("backends lock").clone()
+    }
+
+    /// Replace the backend set by `addrs`, keeping the ones still there.
+    fn update(&self, addrs: Vec<SocketAddr>) {
+        if addrs.is_empty() {
+            // A failed lookup keeps what we have rather than emptying the pool.
+            tracing::warn!(pool = %self.config.name, "no endpoint address resolved; keeping the current backends");
+            return;
+        }
+        let current = self.backends();
+        if current.len() == addrs.len() && current.iter().all(|b| addrs.contains(&b.addr)) {
+            return;
+        }
+        let mut next = Vec::new();
+        for addr in addrs {
+            match current.iter().find(|b| b.addr == addr) {
+                Some(b) => next.push(b.clone()),
+                None => {
+                    tracing::info!(pool = %self.config.name, backend = %addr, "inference backend added");
+                    next.push(self.spawn_backend(addr));
+                }
+            }
+        }
+        for gone in current
+            .iter()
+            .filter(|b| !next.iter().any(|n| n.addr == b.addr))
+        {
+            tracing::info!(pool = %self.config.name, backend = %gone.label, "inference backend removed (no longer resolved)");
+        }
+        *self.backends.write().expect("backends lock") = Arc::new(next);
+    }
+
+    fn spawn_backend(&self, addr: SocketAddr) -> Arc<Backend> {
+        let _enter = self.runtime.enter();
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("an ip:port is a valid URI")
+            .connect_timeout(self.config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let backend = Arc::new(Backend {
+            addr,
+            label: addr.to_string(),
+            pool: self.config.name.clone(),
+            client: InferenceClient::new(channel.clone())
+                .max_decoding_message_size(64 * 1024 * 1024),
+            serving: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            ejected_until_ms: AtomicU64::new(0),
+            load: RwLock::new(HashMap::new()),
+            own_requests: AtomicU32::new(0),
+            own_tokens: AtomicU64::new(0),
+            watcher: Mutex::new(None),
+        });
+        let task = self.runtime.spawn(watch(
+            Arc::downgrade(&backend),
+            channel,
+            self.metrics.clone(),
+        ));
+        *backend.watcher.lock().expect("watcher lock") = Some(task);
+        backend
+    }
+
+    /// Pick a backend for `model`, leaving out `tried` (addresses already tried).
+    pub fn pick(&self, model: &str, tried: &[SocketAddr]) -> Result<Arc<Backend>, NoPick> {
+        let all = self.backends();
+        let healthy: Vec<&Arc<Backend>> = all
+            .iter()
+            .filter(|b| b.eligible() && !tried.contains(&b.addr))
+            .collect();
+        if healthy.is_empty() {
+            return Err(NoPick::NoneHealthy);
+        }
+        let open: Vec<&Arc<Backend>> = healthy
+            .into_iter()
+            .filter(|b| !b.saturated(model))
+            .collect();
+        let (a, b) = match open.len() {
+            0 => return Err(NoPick::Saturated),
+            1 => return Ok(open[0].clone()),
+            n => {
+                let mut rng = rand::rng();
+                let i = rng.random_range(0..n);
+                let j = (i + rng.random_range(1..n)) % n;
+                (open[i], open[j])
+            }
+        };
+        let (sa, sb) = (a.score(model), b.score(model));
+        let first = sa.0 < sb.0 || (sa.0 == sb.0 && sa.1 <= sb.1);
+        Ok(if first { a.clone() } else { b.clone() })
+    }
+
+    /// Whether any backend takes traffic.
+    pub fn any_healthy(&self) -> bool {
+        self.backends().iter().any(|b| b.eligible())
+    }
+
+    /// Refresh the per-backend gauges (at scrape time).
+    pub fn refresh_metrics(&self) {
+        for b in self.backends().iter() {
+            let labels = [self.config.name.as_str(), b.label.as_str()];
+            self.metrics
+                .inference_backend_healthy
+                .with_label_values(&labels)
+                .set(i64::from(b.eligible()));
+            self.metrics
+                .inference_backend_inflight
+                .with_label_values(&labels)
+                .set(i64::from(b.own_requests()));
+            for (model, l) in b.load.read().expect("load lock").iter() {
+                let l3 = [self.config.name.as_str(), b.label.as_str(), model.as_str()];
+                let g = &self.metrics.inference_backend_load;
+                g.with_label_values(&[l3[0], l3[1], l3[2], "queued"])
+                    .set(i64::from(l.queued));
+                g.with_label_values(&[l3[0], l3[1], l3[2], "running"])
+                    .set(i64::from(l.running));
+                g.with_label_values(&[l3[0], l3[1], l3[2], "tokens_in_flight"])
+                    .set(l.tokens_in_flight as i64);
+            }
+        }
+    }
+}
+
+/// Resolve at start-up, blocking: IP endpoints as they are, names by lookup.
+fn resolve_now(endpoints: &[String]) -> Vec<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for e in endpoints {
+        match e.to_socket_addrs() {
+            Ok(addrs) => out.extend(addrs),
+            Err(err) => {
+                tracing::warn!(endpoint = %e, error = %err, "cannot resolve inference endpoint")
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+async fn resolve(endpoints: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for e in endpoints {
+        match tokio::net::lookup_host(e.as_str()).await {
+            Ok(addrs) => out.extend(addrs),
+            Err(err) => {
+                tracing::warn!(endpoint = %e, error = %err, "cannot resolve inference endpoint")
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Keep a backend's health and load streams open for as long as it exists.
+async fn watch(backend: std::sync::Weak<Backend>, channel: Channel, metrics: Arc<Metrics>) {
+    let mut backoff = WATCH_BACKOFF_MIN;
+    loop {
+        let Some(b) = backend.upgrade() else { return };
+        let (pool, label) = (b.pool.clone(), b.label.clone());
+        drop(b);
+        let mut health_client = HealthClient::new(channel.clone());
+        let mut load_client = InferenceClient::new(channel.clone());
+        let opened = tokio::try_join!(
+            health_client.watch(HealthCheckRequest {
+                service: String::new()
+            }),
+            load_client.watch_load(WatchLoadRequest {}),
+        );
+        if let Ok((health, load)) = opened {
+            backoff = WATCH_BACKOFF_MIN;
+            let (mut health, mut load) = (health.into_inner(), load.into_inner());
+            let mut healthy = false;
+            let mut loaded = false;
+            loop {
+                tokio::select! {
+                    msg = health.message() => match msg {
+                        Ok(Some(h)) => healthy = h.status == ServingStatus::Serving as i32,
+                        _ => break,
+                    },
+                    msg = load.message() => match msg {
+                        Ok(Some(report)) => {
+                            loaded = true;
+                            let Some(b) = backend.upgrade() else { return };
+                            apply_report(&b, report);
+                        }
+                        _ => break,
+                    },
+                }
+                let Some(b) = backend.upgrade() else { return };
+                let now = healthy && loaded;
+                if b.serving.swap(now, Ordering::AcqRel) != now {
+                    if now {
+                        tracing::info!(pool = %pool, backend = %label, "inference backend serving");
+                    } else {
+                        tracing::warn!(pool = %pool, backend = %label, "inference backend not serving");
+                    }
+                }
+            }
+        }
+        let Some(b) = backend.upgrade() else { return };
+        if b.serving.swap(false, Ordering::AcqRel) {
+            tracing::warn!(pool = %pool, backend = %label, "inference backend lost (watch streams ended)");
+            metrics
+                .inference_backend_lost
+                .with_label_values(&[&pool, &label])
+                .inc();
+        }
+        drop(b);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+    }
+}
+
+fn apply_report(b: &Backend, report: LoadReport) {
+    b.draining.store(report.draining, Ordering::Release);
+    let mut map = b.load.write().expect("load lock");
+    for m in report.models {
+        map.insert(
+            m.model,
+            ModelLoad {
+                queued: m.queued,
+                running: m.running,
+                tokens_in_flight: m.tokens_in_flight,
+                max_running: m.max_running,
+                max_queued: m.max_queued,
+            },
+        );
+    }
+}
+
+/// How long until `deadline`, for a gRPC timeout.
+pub fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
