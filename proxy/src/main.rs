@@ -40,13 +40,23 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run everything on the embedded default configuration (gateway on
-    /// 127.0.0.1:8080, admin on 127.0.0.1:9090), or on --config if given.
-    #[command(after_help = "Example:\n  gantry serve\n  curl -i http://127.0.0.1:8080/")]
+    /// Run the gateway and an inference backend in one process: on the embedded
+    /// defaults, the gateway on 127.0.0.1:8080 (OpenAI-compatible API on /v1,
+    /// OpenAPI document on /openapi.json, docs on /docs), admin on 127.0.0.1:9090,
+    /// and SmolLM2-135M + all-MiniLM-L6-v2 on the CPU over gRPC on 127.0.0.1:50051.
+    #[command(
+        after_help = "Example:\n  gantry serve\n  curl http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{\"model\": \"smollm2-135m\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'\n  gantry serve --config gateway.toml --backend-config backend.toml"
+    )]
     Serve {
-        /// Use this file instead of the embedded default (config/examples/default.toml).
+        /// Gateway configuration instead of the embedded default (config/examples/default.toml).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Backend configuration instead of the embedded default (config/examples/backend.toml).
+        #[arg(long)]
+        backend_config: Option<PathBuf>,
+        /// Run the gateway only (as `gantry gateway`).
+        #[arg(long, conflicts_with = "backend_config")]
+        no_backend: bool,
     },
     /// Run the inference backend: models behind a continuous-batching scheduler,
     /// served over gRPC (gantry.inference.v1). Without --config, the embedded
@@ -103,16 +113,19 @@ fn load(path: &Path) -> anyhow::Result<gantry_config::Config> {
     Ok(gantry_config::load(path)?)
 }
 
-fn run_backend(path: Option<PathBuf>) -> anyhow::Result<()> {
+fn backend_config(path: Option<PathBuf>) -> anyhow::Result<gantry_config::backend::BackendConfig> {
     use gantry_config::backend;
-    let config = match path {
+    Ok(match path {
         Some(p) => backend::load_backend(&p)?,
         None => backend::parse_backend(
             backend::EMBEDDED_BACKEND_DEFAULT,
             "<embedded backend default>",
             Path::new(backend::EMBEDDED_BACKEND_BASE),
         )?,
-    };
+    })
+}
+
+fn run_backend(config: gantry_config::backend::BackendConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("gantry-grpc")
@@ -143,7 +156,7 @@ fn main() -> ExitCode {
     let config = match cli.command {
         Command::Backend { config } => {
             init_logging(cli.log_format);
-            return match run_backend(config) {
+            return match backend_config(config).and_then(run_backend) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -156,16 +169,21 @@ fn main() -> ExitCode {
             print!("{}", gantry_config::EMBEDDED_DEFAULT);
             return ExitCode::SUCCESS;
         }
-        Command::Gateway { config }
-        | Command::Serve {
-            config: Some(config),
-        } => load(&config),
-        Command::Serve { config: None } => gantry_config::parse(
-            gantry_config::EMBEDDED_DEFAULT,
-            "<embedded default>",
-            Path::new("."),
-        )
-        .map_err(Into::into),
+        Command::Gateway { config } => load(&config),
+        Command::Serve {
+            config,
+            backend_config: backend_path,
+            no_backend,
+        } => {
+            init_logging(cli.log_format);
+            return match serve(config, backend_path, no_backend) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     init_logging(cli.log_format);
     match config.and_then(run_gateway) {
@@ -175,6 +193,44 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `gantry serve`: the backend on a thread of its own (it drains on SIGTERM as
+/// `gantry backend` does), the gateway on this one; exits when both have stopped.
+fn serve(
+    config: Option<PathBuf>,
+    backend_path: Option<PathBuf>,
+    no_backend: bool,
+) -> anyhow::Result<()> {
+    let gateway = match config {
+        Some(path) => load(&path)?,
+        None => gantry_config::parse(
+            gantry_config::EMBEDDED_DEFAULT,
+            "<embedded default>",
+            Path::new("."),
+        )?,
+    };
+    let backend = if no_backend {
+        None
+    } else {
+        let config = backend_config(backend_path)?;
+        Some(
+            std::thread::Builder::new()
+                .name("gantry-backend".into())
+                .spawn(move || run_backend(config))?,
+        )
+    };
+    let result = run_gateway(gateway);
+    if let Some(thread) = backend {
+        if result.is_err() {
+            // The gateway could not start: nothing will stop the backend otherwise.
+            return result;
+        }
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the backend thread panicked"))??;
+    }
+    result
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {

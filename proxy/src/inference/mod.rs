@@ -61,6 +61,7 @@ enum Shape {
 /// The answer being written: ids and options shared by all its chunks.
 struct Answer {
     shape: Shape,
+    request_id: String,
     id: String,
     created: u64,
     model: String,
@@ -175,6 +176,16 @@ struct Opened {
     first: pb::GenerateResponse,
 }
 
+/// How relaying one stream ended.
+enum Consumed {
+    /// The whole answer was written.
+    Done,
+    /// The client went away (the stream was dropped, cancelling it).
+    ClientGone,
+    /// The backend failed; `retryable` when another backend could answer.
+    Failed { error: ApiError, retryable: bool },
+}
+
 /// What happened while waiting for the next event.
 enum Next {
     Event(Result<Option<pb::GenerateResponse>, tonic::Status>),
@@ -228,10 +239,22 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     ApiError::invalid_body(param, message)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse_exact<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(de).map_err(json_error)?;
-    Ok(value)
+    serde_path_to_error::deserialize(de).map_err(json_error)
+}
+
+/// Parse a request. Its sampling fields are `#[serde(flatten)]`ed, which hides the
+/// path of a wrong-typed one; parsing the same body as [`Sampling`] alone (unknown
+/// fields are ignored) names it.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    parse_exact(body).map_err(|e| match e.param {
+        Some(_) => e,
+        None => match parse_exact::<Sampling>(body) {
+            Err(precise) if precise.param.is_some() => precise,
+            _ => e,
+        },
+    })
 }
 
 impl Inference {
@@ -468,8 +491,9 @@ impl Inference {
         }
     }
 
-    /// Pick a backend and open the stream, retrying on another backend when one
-    /// fails before its first event.
+    /// Pick a backend not in `tried` and open the stream, moving on to another
+    /// backend when one fails before its first event, while `retries` allow.
+    #[allow(clippy::too_many_arguments)]
     async fn open(
         &self,
         pool: &Pool,
@@ -477,32 +501,25 @@ impl Inference {
         deadline: Instant,
         prompt_param: &str,
         estimate: u64,
+        tried: &mut Vec<std::net::SocketAddr>,
+        mut last: Option<ApiError>,
         outcome: &mut Outcome,
     ) -> Result<Opened, ApiError> {
         let name = &pool.config.name;
-        let mut tried = Vec::new();
-        let mut last: Option<ApiError> = None;
-        for attempt in 0..=pool.config.retries {
-            let backend = match pool.pick(&req.model, &tried) {
+        while tried.len() <= pool.config.retries as usize {
+            let backend = match pool.pick(&req.model, tried) {
                 Ok(b) => b,
                 Err(NoPick::Saturated) => {
                     return Err(last.unwrap_or_else(|| {
-                        ApiError::saturated(
-                            name,
-                            "every queue is full",
-                            DEFAULT_RETRY_AFTER_SECONDS,
-                        )
+                        ApiError::saturated(name, "every queue is full", DEFAULT_RETRY_AFTER_SECONDS)
                     }))
                 }
                 Err(NoPick::NoneHealthy) => {
                     return Err(last.unwrap_or_else(|| ApiError::no_backend(name)))
                 }
             };
-            if attempt > 0 {
-                self.metrics
-                    .inference_retries
-                    .with_label_values(&[name])
-                    .inc();
+            if !tried.is_empty() {
+                self.metrics.inference_retries.with_label_values(&[name]).inc();
             }
             tried.push(backend.addr);
             outcome.attempts = tried.len();
@@ -565,89 +582,133 @@ impl Inference {
         outcome: &mut Outcome,
     ) -> Result<(), ApiError> {
         let deadline = started + pool.config.request_timeout;
-        let prompt_param = if shape == Shape::Chat {
-            "messages"
-        } else {
-            "prompt"
-        };
+        let prompt_param = if shape == Shape::Chat { "messages" } else { "prompt" };
+        let max_tokens = req.sampling.as_ref().map_or(0, |s| s.max_tokens);
         let estimate = body_bytes / 4
-            + u64::from(req.sampling.as_ref().map_or(0, |s| s.max_tokens))
-                .max(1)
-                .min(ASSUMED_MAX_TOKENS.max(u64::from(sampling.max_tokens.unwrap_or(0))));
-        let opened = {
-            let open = self.open(pool, &req, deadline, prompt_param, estimate, outcome);
-            let idle = session.as_mut().read_body_or_idle(true);
-            tokio::select! {
-                r = open => Some(r),
-                _ = idle => None,
-            }
-        };
+            + if max_tokens == 0 {
+                ASSUMED_MAX_TOKENS
+            } else {
+                u64::from(max_tokens)
+            };
         let model = req.model.clone();
-        let Some(opened) = opened else {
-            // The client left while we waited for the first token: dropping the
-            // stream cancels it on the backend.
-            self.count(&model, outcome, "499");
-            return Ok(());
+        let answer = Answer {
+            shape,
+            request_id: request_id.to_string(),
+            id: format!(
+                "{}-{request_id}",
+                if shape == Shape::Chat { "chatcmpl" } else { "cmpl" }
+            ),
+            created: unix_now(),
+            model: model.clone(),
+            include_usage: sampling.include_usage(),
         };
-        let opened = match opened {
-            Ok(o) => o,
-            Err(e) => {
-                self.count(&model, outcome, &e.status.to_string());
-                return Err(e);
+        let mut tried = Vec::new();
+        let mut last = None;
+        loop {
+            let opened = {
+                let open = self.open(pool, &req, deadline, prompt_param, estimate, &mut tried, last.take(), outcome);
+                let idle = session.as_mut().read_body_or_idle(true);
+                tokio::select! {
+                    r = open => Some(r),
+                    _ = idle => None,
+                }
+            };
+            let Some(opened) = opened else {
+                // The client left while we waited for the first token: dropping the
+                // stream cancels it on the backend.
+                self.count(&model, outcome, "499");
+                return Ok(());
+            };
+            let opened = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    self.count(&model, outcome, &e.status.to_string());
+                    return Err(e);
+                }
+            };
+            let backend = opened.backend.clone();
+            match self
+                .consume(session, opened, &answer, sampling.stream, started, deadline, pool, prompt_param)
+                .await
+            {
+                Consumed::ClientGone => {
+                    self.count(&model, outcome, "499");
+                    return Ok(());
+                }
+                Consumed::Done => {
+                    self.count(&model, outcome, "200");
+                    return Ok(());
+                }
+                Consumed::Failed { error, retryable } => {
+                    // Nothing has reached a non-streaming client yet: another
+                    // backend may still answer it in full.
+                    if retryable && !sampling.stream && tried.len() <= pool.config.retries as usize {
+                        backend.eject(&error.message);
+                        tracing::warn!(request_id, backend = %backend.label, error = %error.message, "inference stream broke before the answer was sent; retrying on another backend");
+                        last = Some(error);
+                        continue;
+                    }
+                    self.count(&model, outcome, &error.status.to_string());
+                    if !sampling.stream {
+                        return Err(error);
+                    }
+                    // Headers are out: the error travels as an event, which the
+                    // openai clients raise as an APIError.
+                    tracing::warn!(request_id, backend = %backend.label, error = %error.message, "inference stream failed after the first token");
+                    let mut tail = b"data: ".to_vec();
+                    tail.extend_from_slice(&error.body());
+                    tail.extend_from_slice(b"\n\n");
+                    let _ = session.write_response_body(Some(Bytes::from(tail)), true).await;
+                    return Ok(());
+                }
             }
-        };
+        }
+    }
+
+    /// Relay one opened stream to the client (as events, or gathered into one
+    /// answer), until it finishes, fails, or the client leaves.
+    #[allow(clippy::too_many_arguments)]
+    async fn consume(
+        &self,
+        session: &mut Session,
+        opened: Opened,
+        answer: &Answer,
+        streaming: bool,
+        started: Instant,
+        deadline: Instant,
+        pool: &Pool,
+        prompt_param: &str,
+    ) -> Consumed {
         let Opened {
             backend,
             mut guard,
             mut stream,
             first,
         } = opened;
-        let labels = [model.as_str(), backend.label.as_str()];
+        let labels = [answer.model.as_str(), backend.label.as_str()];
         let ttft = self.metrics.inference_ttft.with_label_values(&labels);
-        let itl = self
-            .metrics
-            .inference_inter_token
-            .with_label_values(&labels);
-        let answer = Answer {
-            shape,
-            id: format!(
-                "{}-{request_id}",
-                if shape == Shape::Chat {
-                    "chatcmpl"
-                } else {
-                    "cmpl"
-                }
-            ),
-            created: unix_now(),
-            model: model.clone(),
-            include_usage: sampling.include_usage(),
-        };
-        let streaming = sampling.stream;
-        if streaming {
+        let itl = self.metrics.inference_inter_token.with_label_values(&labels);
+        let fail = |error: ApiError, retryable: bool| Consumed::Failed { error, retryable };
+        if streaming && session.response_written().is_none() {
             let mut resp = ResponseHeader::build(200, Some(5)).expect("valid status");
             let headers = [
                 ("content-type", "text/event-stream"),
                 ("cache-control", "no-cache"),
-                ("x-request-id", request_id),
+                ("x-request-id", answer.request_id.as_str()),
                 ("x-gantry-backend", backend.label.as_str()),
             ];
             for (k, v) in headers {
                 resp.insert_header(k, v).expect("valid header");
             }
-            if session
-                .write_response_header(Box::new(resp), false)
-                .await
-                .is_err()
-            {
-                self.count(&model, outcome, "499");
-                return Ok(());
+            if session.write_response_header(Box::new(resp), false).await.is_err() {
+                return Consumed::ClientGone;
             }
         }
         let mut text = String::new();
         let mut first_delta = true;
         let mut last_token = Instant::now();
         let mut pending = Some(first);
-        let result: Result<(&'static str, Usage), ApiError> = loop {
+        let (finish, usage) = loop {
             let next = match pending.take() {
                 Some(ev) => Next::Event(Ok(Some(ev))),
                 None => {
@@ -659,35 +720,27 @@ impl Inference {
                     }
                 }
             };
-            match next {
-                Next::ClientGone => {
-                    drop(stream);
-                    self.count(&model, outcome, "499");
-                    return Ok(());
-                }
+            let event = match next {
+                Next::ClientGone => return Consumed::ClientGone,
                 Next::Deadline => {
-                    break Err(ApiError::timeout(
-                        &pool.config.name,
-                        pool.config.request_timeout,
-                    ))
+                    return fail(ApiError::timeout(&pool.config.name, pool.config.request_timeout), false)
                 }
                 Next::Event(Err(status)) => {
-                    break Err(ApiError::from_status(
-                        &status,
-                        prompt_param,
-                        &pool.config.name,
-                    ))
+                    let retryable = ApiError::retryable(status.code());
+                    return fail(ApiError::from_status(&status, prompt_param, &pool.config.name), retryable);
                 }
                 Next::Event(Ok(None)) => {
-                    break Err(ApiError::upstream(format!(
+                    let e = ApiError::upstream(format!(
                         "backend {} ended the stream before finishing",
                         backend.label
-                    )))
+                    ));
+                    return fail(e, true);
                 }
-                Next::Event(Ok(Some(pb::GenerateResponse { event: None }))) => continue,
-                Next::Event(Ok(Some(pb::GenerateResponse {
-                    event: Some(Event::Delta(delta)),
-                }))) => {
+                Next::Event(Ok(Some(pb::GenerateResponse { event }))) => event,
+            };
+            match event {
+                None => continue,
+                Some(Event::Delta(delta)) => {
                     let now = Instant::now();
                     if first_delta {
                         ttft.observe(now.duration_since(started).as_secs_f64());
@@ -698,23 +751,15 @@ impl Inference {
                     guard.token_done(delta.token_ids.len() as u64);
                     if streaming {
                         let chunk = answer.chunk(Some(delta.text), first_delta, None);
-                        if session
-                            .write_response_body(Some(chunk), false)
-                            .await
-                            .is_err()
-                        {
-                            drop(stream);
-                            self.count(&model, outcome, "499");
-                            return Ok(());
+                        if session.write_response_body(Some(chunk), false).await.is_err() {
+                            return Consumed::ClientGone;
                         }
                     } else {
                         text.push_str(&delta.text);
                     }
                     first_delta = false;
                 }
-                Next::Event(Ok(Some(pb::GenerateResponse {
-                    event: Some(Event::Finished(f)),
-                }))) => {
+                Some(Event::Finished(f)) => {
                     let usage = f.usage.unwrap_or_default();
                     let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
                     self.metrics
@@ -728,46 +773,28 @@ impl Inference {
                     tokens
                         .with_label_values(&[labels[0], labels[1], "out"])
                         .inc_by(u64::from(usage.completion_tokens));
-                    break finish_reason(f.reason).map(|r| (r, usage));
+                    match finish_reason(f.reason) {
+                        Ok(r) => break (r, usage),
+                        Err(e) => return fail(e, true),
+                    }
                 }
             }
         };
         drop(guard);
-        match (streaming, result) {
-            (false, Ok((finish, usage))) => {
-                self.count(&model, outcome, "200");
-                let body = answer.full(text, finish, usage);
-                write_json(session, body, request_id).await
+        drop(stream);
+        if streaming {
+            let mut tail = BytesMut::new();
+            tail.extend_from_slice(&answer.chunk(None, first_delta, Some(finish)));
+            if answer.include_usage {
+                tail.extend_from_slice(&answer.usage_chunk(usage));
             }
-            (false, Err(e)) => {
-                self.count(&model, outcome, &e.status.to_string());
-                Err(e)
-            }
-            (true, result) => {
-                let mut tail = BytesMut::new();
-                match result {
-                    Ok((finish, usage)) => {
-                        self.count(&model, outcome, "200");
-                        tail.extend_from_slice(&answer.chunk(None, first_delta, Some(finish)));
-                        if answer.include_usage {
-                            tail.extend_from_slice(&answer.usage_chunk(usage));
-                        }
-                        tail.extend_from_slice(b"data: [DONE]\n\n");
-                    }
-                    Err(e) => {
-                        // Headers are out: the error travels as an event, which the
-                        // openai clients raise as an APIError.
-                        tracing::warn!(request_id, backend = %backend.label, error = %e.message, "inference stream failed after the first token");
-                        self.count(&model, outcome, &e.status.to_string());
-                        tail.extend_from_slice(b"data: ");
-                        tail.extend_from_slice(&e.body());
-                        tail.extend_from_slice(b"\n\n");
-                    }
-                }
-                let _ = session.write_response_body(Some(tail.freeze()), true).await;
-                Ok(())
-            }
+            tail.extend_from_slice(b"data: [DONE]\n\n");
+            let _ = session.write_response_body(Some(tail.freeze()), true).await;
+        } else {
+            let body = answer.full(text, finish, usage);
+            let _ = write_json(session, body, &answer.request_id).await;
         }
+        Consumed::Done
     }
 
     async fn embed(

@@ -125,21 +125,24 @@ impl Backend {
         (busy / f64::from(l.max_running.max(1)), tokens)
     }
 
-    /// Whether its queue for `model` is full, as last reported (or as our own
-    /// count shows, when that is higher).
+    /// Whether it is running and queueing all it can for `model`, as last
+    /// reported (or as our own count shows, when that is higher).
     fn saturated(&self, model: &str) -> bool {
         let l = self.model_load(model);
-        if l.max_running == 0 && l.max_queued == 0 {
+        let capacity = l.max_running + l.max_queued;
+        if capacity == 0 {
+            // No report yet: let the backend decide.
             return false;
         }
         let own = self.own_requests.load(Ordering::Relaxed);
-        l.queued >= l.max_queued || own >= l.max_running + l.max_queued
+        own.max(l.running + l.queued) >= capacity
     }
 
     /// Mark it saturated for `model` until its next report (it just refused a
     /// request with RESOURCE_EXHAUSTED).
     pub fn mark_saturated(&self, model: &str) {
         if let Some(l) = self.load.write().expect("load lock").get_mut(model) {
+            l.running = l.running.max(l.max_running);
             l.queued = l.queued.max(l.max_queued);
         }
     }
