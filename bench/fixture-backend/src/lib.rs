@@ -140,12 +140,27 @@ impl Inference for Service {
             stats.queued.fetch_sub(1, Ordering::SeqCst);
             stats.running.fetch_add(1, Ordering::SeqCst);
             let _running = Decrement(&stats.running);
-            if !first.is_zero() {
-                tokio::time::sleep(first).await;
+            // A real backend notices a dropped stream between steps; so does this.
+            let wait = |d: Duration| {
+                let tx = tx.clone();
+                async move {
+                    if d.is_zero() {
+                        return true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => true,
+                        _ = tx.closed() => false,
+                    }
+                }
+            };
+            if !wait(first).await {
+                stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                return;
             }
             for i in 0..n {
-                if i > 0 && !gap.is_zero() {
-                    tokio::time::sleep(gap).await;
+                if i > 0 && !wait(gap).await {
+                    stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                    return;
                 }
                 let delta = Event::Delta(pb::TextDelta {
                     text: format!("tok{i} "),
@@ -324,10 +339,16 @@ impl Fixture {
             .thread_name("fixture-backend")
             .build()
             .expect("fixture runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .expect("fixture binds");
-        let addr = listener.local_addr().unwrap();
+        // Bound without `block_on`, so tests may start fixtures from async code.
+        let std_listener = std::net::TcpListener::bind(addr).expect("fixture binds");
+        std_listener
+            .set_nonblocking(true)
+            .expect("non-blocking socket");
+        let addr = std_listener.local_addr().unwrap();
+        let listener = {
+            let _enter = runtime.enter();
+            tokio::net::TcpListener::from_std(std_listener).expect("fixture listener")
+        };
         let stats = Arc::new(Stats::default());
         let service = Service {
             slots: Arc::new(Semaphore::new(behaviour.max_running as usize)),

@@ -511,7 +511,11 @@ impl Inference {
                 Ok(b) => b,
                 Err(NoPick::Saturated) => {
                     return Err(last.unwrap_or_else(|| {
-                        ApiError::saturated(name, "every queue is full", DEFAULT_RETRY_AFTER_SECONDS)
+                        ApiError::saturated(
+                            name,
+                            "every queue is full",
+                            DEFAULT_RETRY_AFTER_SECONDS,
+                        )
                     }))
                 }
                 Err(NoPick::NoneHealthy) => {
@@ -519,7 +523,10 @@ impl Inference {
                 }
             };
             if !tried.is_empty() {
-                self.metrics.inference_retries.with_label_values(&[name]).inc();
+                self.metrics
+                    .inference_retries
+                    .with_label_values(&[name])
+                    .inc();
             }
             tried.push(backend.addr);
             outcome.attempts = tried.len();
@@ -582,7 +589,11 @@ impl Inference {
         outcome: &mut Outcome,
     ) -> Result<(), ApiError> {
         let deadline = started + pool.config.request_timeout;
-        let prompt_param = if shape == Shape::Chat { "messages" } else { "prompt" };
+        let prompt_param = if shape == Shape::Chat {
+            "messages"
+        } else {
+            "prompt"
+        };
         let max_tokens = req.sampling.as_ref().map_or(0, |s| s.max_tokens);
         let estimate = body_bytes / 4
             + if max_tokens == 0 {
@@ -596,7 +607,11 @@ impl Inference {
             request_id: request_id.to_string(),
             id: format!(
                 "{}-{request_id}",
-                if shape == Shape::Chat { "chatcmpl" } else { "cmpl" }
+                if shape == Shape::Chat {
+                    "chatcmpl"
+                } else {
+                    "cmpl"
+                }
             ),
             created: unix_now(),
             model: model.clone(),
@@ -606,7 +621,16 @@ impl Inference {
         let mut last = None;
         loop {
             let opened = {
-                let open = self.open(pool, &req, deadline, prompt_param, estimate, &mut tried, last.take(), outcome);
+                let open = self.open(
+                    pool,
+                    &req,
+                    deadline,
+                    prompt_param,
+                    estimate,
+                    &mut tried,
+                    last.take(),
+                    outcome,
+                );
                 let idle = session.as_mut().read_body_or_idle(true);
                 tokio::select! {
                     r = open => Some(r),
@@ -628,7 +652,16 @@ impl Inference {
             };
             let backend = opened.backend.clone();
             match self
-                .consume(session, opened, &answer, sampling.stream, started, deadline, pool, prompt_param)
+                .consume(
+                    session,
+                    opened,
+                    &answer,
+                    sampling.stream,
+                    started,
+                    deadline,
+                    pool,
+                    prompt_param,
+                )
                 .await
             {
                 Consumed::ClientGone => {
@@ -642,7 +675,8 @@ impl Inference {
                 Consumed::Failed { error, retryable } => {
                     // Nothing has reached a non-streaming client yet: another
                     // backend may still answer it in full.
-                    if retryable && !sampling.stream && tried.len() <= pool.config.retries as usize {
+                    if retryable && !sampling.stream && tried.len() <= pool.config.retries as usize
+                    {
                         backend.eject(&error.message);
                         tracing::warn!(request_id, backend = %backend.label, error = %error.message, "inference stream broke before the answer was sent; retrying on another backend");
                         last = Some(error);
@@ -658,7 +692,9 @@ impl Inference {
                     let mut tail = b"data: ".to_vec();
                     tail.extend_from_slice(&error.body());
                     tail.extend_from_slice(b"\n\n");
-                    let _ = session.write_response_body(Some(Bytes::from(tail)), true).await;
+                    let _ = session
+                        .write_response_body(Some(Bytes::from(tail)), true)
+                        .await;
                     return Ok(());
                 }
             }
@@ -687,7 +723,10 @@ impl Inference {
         } = opened;
         let labels = [answer.model.as_str(), backend.label.as_str()];
         let ttft = self.metrics.inference_ttft.with_label_values(&labels);
-        let itl = self.metrics.inference_inter_token.with_label_values(&labels);
+        let itl = self
+            .metrics
+            .inference_inter_token
+            .with_label_values(&labels);
         let fail = |error: ApiError, retryable: bool| Consumed::Failed { error, retryable };
         if streaming && session.response_written().is_none() {
             let mut resp = ResponseHeader::build(200, Some(5)).expect("valid status");
@@ -700,7 +739,11 @@ impl Inference {
             for (k, v) in headers {
                 resp.insert_header(k, v).expect("valid header");
             }
-            if session.write_response_header(Box::new(resp), false).await.is_err() {
+            if session
+                .write_response_header(Box::new(resp), false)
+                .await
+                .is_err()
+            {
                 return Consumed::ClientGone;
             }
         }
@@ -723,11 +766,17 @@ impl Inference {
             let event = match next {
                 Next::ClientGone => return Consumed::ClientGone,
                 Next::Deadline => {
-                    return fail(ApiError::timeout(&pool.config.name, pool.config.request_timeout), false)
+                    return fail(
+                        ApiError::timeout(&pool.config.name, pool.config.request_timeout),
+                        false,
+                    )
                 }
                 Next::Event(Err(status)) => {
                     let retryable = ApiError::retryable(status.code());
-                    return fail(ApiError::from_status(&status, prompt_param, &pool.config.name), retryable);
+                    return fail(
+                        ApiError::from_status(&status, prompt_param, &pool.config.name),
+                        retryable,
+                    );
                 }
                 Next::Event(Ok(None)) => {
                     let e = ApiError::upstream(format!(
@@ -751,7 +800,11 @@ impl Inference {
                     guard.token_done(delta.token_ids.len() as u64);
                     if streaming {
                         let chunk = answer.chunk(Some(delta.text), first_delta, None);
-                        if session.write_response_body(Some(chunk), false).await.is_err() {
+                        if session
+                            .write_response_body(Some(chunk), false)
+                            .await
+                            .is_err()
+                        {
                             return Consumed::ClientGone;
                         }
                     } else {

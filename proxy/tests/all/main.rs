@@ -8,6 +8,7 @@ mod bad_input;
 mod balancing;
 mod cli;
 mod health;
+mod openai;
 mod retry;
 mod routing;
 mod shutdown;

@@ -1,0 +1,588 @@
+//! The OpenAI-compatible API at the edge, against fixture backends (fake
+//! `gantry.inference.v1` servers that stream `tok0 tok1 ...` on a timer, so a test
+//! can make one slow, full or dead on purpose).
+
+use crate::harness::*;
+use futures_util::StreamExt;
+use gantry_fixture_backend::{Behaviour, Fixture};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A gateway with one inference pool `ai` over `backends` (serving `fixture` and
+/// `fixture-embed`), the API on `/v1`, and `pool_extra` lines in the pool.
+fn ai_config(backends: &[SocketAddr], pool_extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\n\
+         [[inference_pools]]\nname = \"ai\"\nendpoints = [{}]\nmodels = [\"fixture\", \"fixture-embed\"]\n{pool_extra}\n\
+         [[routes]]\nname = \"openai\"\npath_prefix = \"/v1\"\ninference_pools = [\"ai\"]\nmax_body_bytes = 4096\n\
+         [[routes]]\nname = \"openapi\"\npath_prefix = \"/openapi.json\"\nserve = \"openapi\"\n\
+         [[routes]]\nname = \"docs\"\npath_prefix = \"/docs\"\nserve = \"docs\"\n",
+        list.join(", ")
+    )
+}
+
+/// Start a gateway over `backends` and wait until each of them takes traffic.
+async fn ai_gateway(backends: &[SocketAddr], pool_extra: &str) -> Gateway {
+    let gw = Gateway::start(&ai_config(backends, pool_extra)).await;
+    for b in backends {
+        let sample = format!("gantry_inference_backend_healthy{{backend=\"{b}\",pool=\"ai\"}}");
+        eventually("backend healthy", || {
+            let (gw, sample) = (&gw, sample.clone());
+            async move { gw.metric(&sample).await == Some(1.0) }
+        })
+        .await;
+    }
+    gw
+}
+
+fn chat(stream: bool) -> Value {
+    json!({"model": "fixture", "messages": [{"role": "user", "content": "hello there"}], "stream": stream})
+}
+
+async fn post(gw: &Gateway, path: &str, body: &Value) -> reqwest::Response {
+    gw.client
+        .post(gw.url(path))
+        .json(body)
+        .send()
+        .await
+        .expect("gateway answers")
+}
+
+/// The `data:` payloads of a server-sent event stream.
+fn events(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+async fn error_of(res: reqwest::Response, status: u16) -> Value {
+    assert_eq!(res.status().as_u16(), status);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let body = json(res).await;
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+    body["error"].clone()
+}
+
+#[tokio::test]
+async fn chat_completion_answers_with_the_generated_text_and_usage() {
+    let backend = Fixture::start(Behaviour::default());
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let res = post(&gw, "/v1/chat/completions", &chat(false)).await;
+    assert_eq!(res.status(), 200);
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = json(res).await;
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["id"], format!("chatcmpl-{id}"));
+    assert_eq!(body["model"], "fixture");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "tok0 tok1 tok2 tok3 tok4 tok5 tok6 tok7 "
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["completion_tokens"], 8);
+    assert_eq!(body["usage"]["prompt_tokens"], 5);
+    assert_eq!(body["usage"]["total_tokens"], 13);
+    let sample = format!(
+        "gantry_inference_requests_total{{backend=\"{}\",model=\"fixture\",status=\"200\"}}",
+        backend.addr
+    );
+    assert_eq!(gw.metric(&sample).await, Some(1.0));
+    let out = format!(
+        "gantry_inference_tokens_total{{backend=\"{}\",direction=\"out\",model=\"fixture\"}}",
+        backend.addr
+    );
+    assert_eq!(gw.metric(&out).await, Some(8.0));
+    let ttft = format!(
+        "gantry_inference_time_to_first_token_seconds_count{{backend=\"{}\",model=\"fixture\"}}",
+        backend.addr
+    );
+    assert_eq!(gw.metric(&ttft).await, Some(1.0));
+}
+
+#[tokio::test]
+async fn streamed_chat_sends_each_token_as_it_arrives_then_usage_then_done() {
+    let backend = Fixture::start(Behaviour {
+        tokens: 4,
+        inter_token_delay: Duration::from_millis(300),
+        ..Behaviour::default()
+    });
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let mut body = chat(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let res = post(&gw, "/v1/chat/completions", &body).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut stream = res.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    // The first token is here while the backend is still generating the rest.
+    assert_eq!(backend.stats.running.load(Ordering::SeqCst), 1);
+    let mut text = String::from_utf8(first.to_vec()).unwrap();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let events = events(&text);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "tok0 tok1 tok2 tok3 ");
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 4);
+}
+
+#[tokio::test]
+async fn completions_embeddings_and_models() {
+    let backend = Fixture::start(Behaviour::default());
+    let gw = ai_gateway(&[backend.addr], "").await;
+
+    let res = post(
+        &gw,
+        "/v1/completions",
+        &json!({"model": "fixture", "prompt": "once upon", "max_tokens": 3}),
+    )
+    .await;
+    let body = json(res).await;
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["choices"][0]["text"], "tok0 tok1 tok2 ");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+
+    let res = post(
+        &gw,
+        "/v1/embeddings",
+        &json!({"model": "fixture-embed", "input": ["a b", "c"]}),
+    )
+    .await;
+    let body = json(res).await;
+    let want = gantry_fixture_backend::fake_embedding("a b");
+    let got: Vec<f32> = serde_json::from_value(body["data"][0]["embedding"].clone()).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(body["data"][1]["index"], 1);
+    assert_eq!(body["usage"]["prompt_tokens"], 3);
+
+    // base64 is what the openai clients ask for: little-endian f32 bytes.
+    let res = post(
+        &gw,
+        "/v1/embeddings",
+        &json!({"model": "fixture-embed", "input": "a b", "encoding_format": "base64"}),
+    )
+    .await;
+    let body = json(res).await;
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(floats, want);
+
+    let body = json(gw.get("/v1/models").await).await;
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["fixture", "fixture-embed"]);
+    assert_eq!(
+        json(gw.get("/v1/models/fixture").await).await["owned_by"],
+        "ai"
+    );
+}
+
+#[tokio::test]
+async fn bad_json_is_a_400_without_a_param() {
+    let backend = Fixture::start(Behaviour::default());
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let res = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .body("{\"model\": ")
+        .send()
+        .await
+        .unwrap();
+    let e = error_of(res, 400).await;
+    assert_eq!(e["type"], "invalid_request_error");
+    assert_eq!(e["param"], Value::Null);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not parse the JSON"),
+        "{e}"
+    );
+    assert_eq!(backend.stats.accepted.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_wrong_type_is_a_400_naming_the_parameter() {
+    let backend = Fixture::start(Behaviour::default());
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let mut body = chat(false);
+    body["temperature"] = json!("hot");
+    let e = error_of(post(&gw, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["param"], "temperature");
+    assert!(
+        e["message"].as_str().unwrap().contains("invalid type"),
+        "{e}"
+    );
+    let body = json!({"model": "fixture", "messages": [{"role": "robot", "content": "x"}]});
+    let e = error_of(post(&gw, "/v1/chat/completions", &body).await, 400).await;
+    assert_eq!(e["param"], "messages[0].role");
+    let e = error_of(
+        post(&gw, "/v1/chat/completions", &json!({"messages": []})).await,
+        400,
+    )
+    .await;
+    assert_eq!(e["param"], "model");
+}
+
+#[tokio::test]
+async fn out_of_range_values_are_400s_naming_the_parameter_and_the_range() {
+    let backend = Fixture::start(Behaviour::default());
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let cases = [
+        ("temperature", json!(2.5), "between 0 and 2"),
+        ("top_p", json!(0), "greater than 0 and at most 1"),
+        ("n", json!(3), "n must be 1"),
+        ("max_tokens", json!(0), "at least 1"),
+        ("stop", json!(["a", "b", "c", "d", "e"]), "at most 4"),
+        ("presence_penalty", json!(0.5), "not supported"),
+        ("repetition_penalty", json!(3), "at most 2"),
+    ];
+    for (param, value, says) in cases {
+        let mut body = chat(false);
+        body[param] = value;
+        let e = error_of(post(&gw, "/v1/chat/completions", &body).await, 400).await;
+        assert_eq!(e["param"], param, "{e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(says),
+            "{param}: {e}"
+        );
+    }
+    // Unknown fields are ignored, as OpenAI does.
+    let mut body = chat(false);
+    body["some_future_field"] = json!({"x": 1});
+    assert_eq!(post(&gw, "/v1/chat/completions", &body).await.status(), 200);
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_a_404_listing_the_available_ones() {
+    let backend = Fixture::start(Behaviour::default());
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let mut body = chat(false);
+    body["model"] = json!("gpt-9");
+    let e = error_of(post(&gw, "/v1/chat/completions", &body).await, 404).await;
+    assert_eq!(e["code"], "model_not_found");
+    assert_eq!(e["param"], "model");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("gpt-9") && message.contains("fixture, fixture-embed"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413_before_any_backend_sees_it() {
+    let backend = Fixture::start(Behaviour::default());
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let mut body = chat(false);
+    body["messages"][0]["content"] = json!("x".repeat(5000));
+    let e = error_of(post(&gw, "/v1/chat/completions", &body).await, 413).await;
+    assert!(e["message"].as_str().unwrap().contains("4096 bytes"), "{e}");
+    assert_eq!(backend.stats.accepted.load(Ordering::SeqCst), 0);
+    let sample = "gantry_limit_rejections_total{limit=\"body_bytes\"}";
+    assert_eq!(gw.metric(sample).await, Some(1.0));
+}
+
+#[tokio::test]
+async fn every_backend_saturated_is_a_429_with_retry_after() {
+    let backend = Fixture::start(Behaviour {
+        max_running: 1,
+        max_queued: 0,
+        tokens: 2,
+        first_token_delay: Duration::from_secs(3),
+        ..Behaviour::default()
+    });
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let busy = {
+        let (client, url) = (gw.client.clone(), gw.url("/v1/chat/completions"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&chat(false))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    eventually("the only slot is taken", || async {
+        backend.stats.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let res = post(&gw, "/v1/chat/completions", &chat(false)).await;
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let e = error_of(res, 429).await;
+    assert_eq!(e["type"], "rate_limit_error");
+    assert!(retry_after.is_some_and(|s| s.parse::<u32>().unwrap() >= 1));
+    assert_eq!(busy.await.unwrap(), 200, "the accepted request is not lost");
+}
+
+#[tokio::test]
+async fn no_healthy_backend_is_a_503() {
+    let closed = free_addr();
+    let gw = Gateway::start(&ai_config(&[closed], "")).await;
+    let e = error_of(post(&gw, "/v1/chat/completions", &chat(false)).await, 503).await;
+    assert_eq!(e["code"], "service_unavailable");
+    assert!(e["message"].as_str().unwrap().contains("`ai`"), "{e}");
+    assert_eq!(gw.admin_get("/readyz").await.status(), 503);
+}
+
+#[tokio::test]
+async fn the_request_timeout_is_a_504_and_cancels_the_backend_stream() {
+    let backend = Fixture::start(Behaviour {
+        first_token_delay: Duration::from_secs(5),
+        ..Behaviour::default()
+    });
+    let gw = ai_gateway(&[backend.addr], "request_timeout_ms = 300").await;
+    let started = Instant::now();
+    let e = error_of(post(&gw, "/v1/chat/completions", &chat(false)).await, 504).await;
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(e["message"].as_str().unwrap().contains("300 ms"), "{e}");
+    eventually("backend stops generating", || async {
+        backend.stats.running.load(Ordering::SeqCst) == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn load_spreads_by_load_not_by_turn() {
+    let fast = Behaviour {
+        tokens: 4,
+        inter_token_delay: Duration::from_millis(2),
+        ..Behaviour::default()
+    };
+    let slow = Behaviour {
+        inter_token_delay: Duration::from_millis(60),
+        ..fast.clone()
+    };
+    let backends = [
+        Fixture::start(slow),
+        Fixture::start(fast.clone()),
+        Fixture::start(fast),
+    ];
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let gw = ai_gateway(&addrs, "").await;
+    let total = 90;
+    let mut tasks = Vec::new();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(9));
+    for _ in 0..total {
+        let (client, url, gate) = (
+            gw.client.clone(),
+            gw.url("/v1/chat/completions"),
+            gate.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _slot = gate.acquire_owned().await.unwrap();
+            client
+                .post(url)
+                .json(&chat(false))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let served: Vec<u64> = backends
+        .iter()
+        .map(|b| b.stats.accepted.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(served.iter().sum::<u64>(), total);
+    // Round robin would give each 30; the slow one (~50x slower per token) gets
+    // far fewer than either fast one.
+    assert!(
+        served[0] * 2 < served[1].min(served[2]),
+        "served {served:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_backend_loses_no_unanswered_request_and_is_ejected_within_a_second() {
+    let behaviour = Behaviour {
+        tokens: 10,
+        inter_token_delay: Duration::from_millis(20),
+        ..Behaviour::default()
+    };
+    let mut backends = vec![
+        Fixture::start(behaviour.clone()),
+        Fixture::start(behaviour.clone()),
+        Fixture::start(behaviour),
+    ];
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let gw = ai_gateway(&addrs, "").await;
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let (client, url) = (gw.client.clone(), gw.url("/v1/chat/completions"));
+        tasks.push(tokio::spawn(async move {
+            let res = client.post(url).json(&chat(false)).send().await.unwrap();
+            (res.status(), res.text().await.unwrap())
+        }));
+    }
+    eventually("the victim is generating", || async {
+        backends[0].stats.running.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    backends[0].kill();
+    let killed = Instant::now();
+    let sample = format!(
+        "gantry_inference_backend_healthy{{backend=\"{}\",pool=\"ai\"}}",
+        addrs[0]
+    );
+    eventually("killed backend ejected", || {
+        let (gw, sample) = (&gw, sample.clone());
+        async move { gw.metric(&sample).await == Some(0.0) }
+    })
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(1),
+        "ejected after {:?}",
+        killed.elapsed()
+    );
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let retried = gw
+        .metric("gantry_inference_retries_total{pool=\"ai\"}")
+        .await;
+    assert!(
+        retried.unwrap_or(0.0) >= 1.0,
+        "requests at the killed backend were retried"
+    );
+}
+
+#[tokio::test]
+async fn a_streaming_client_that_disconnects_frees_the_backend_slot() {
+    let backend = Fixture::start(Behaviour {
+        tokens: 100,
+        inter_token_delay: Duration::from_millis(50),
+        ..Behaviour::default()
+    });
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let res = post(&gw, "/v1/chat/completions", &chat(true)).await;
+    let mut stream = res.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    assert_eq!(backend.stats.running.load(Ordering::SeqCst), 1);
+    drop(stream);
+    eventually("backend slot freed", || async {
+        backend.stats.running.load(Ordering::SeqCst) == 0
+            && backend.stats.cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_waiting_client_that_disconnects_cancels_before_any_token() {
+    let backend = Fixture::start(Behaviour {
+        first_token_delay: Duration::from_secs(30),
+        ..Behaviour::default()
+    });
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let body = chat(false).to_string();
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    eventually("request reaches the backend", || async {
+        backend.stats.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(conn);
+    eventually("backend slot freed", || async {
+        backend.stats.running.load(Ordering::SeqCst) == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_broken_after_the_first_token_ends_with_an_error_event() {
+    let mut backend = Fixture::start(Behaviour {
+        tokens: 100,
+        inter_token_delay: Duration::from_millis(50),
+        ..Behaviour::default()
+    });
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let res = post(&gw, "/v1/chat/completions", &chat(true)).await;
+    let mut stream = res.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    backend.kill();
+    let mut rest = String::new();
+    while let Some(chunk) = stream.next().await {
+        rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let last: Value = serde_json::from_str(events(&rest).last().expect("an event")).unwrap();
+    assert!(last["error"]["message"].is_string(), "{rest}");
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_get_openai_style_errors() {
+    let backend = Fixture::start(Behaviour::default());
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let e = error_of(gw.get("/v1/chat/completions").await, 405).await;
+    assert!(e["message"].as_str().unwrap().contains("use POST"), "{e}");
+    let e = error_of(gw.get("/v1/nothing").await, 404).await;
+    assert_eq!(e["code"], "unknown_url");
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_docs_page_are_served() {
+    let backend = Fixture::start(Behaviour::default());
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let doc = json(gw.get("/openapi.json").await).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/chat/completions"]["post"].is_object());
+    let res = gw.get("/docs").await;
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = res.text().await.unwrap();
+    assert!(page.contains("Gantry OpenAI-compatible API"));
+    // Raw HTTP/1.1 keeps working after streamed answers on the same connection.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        conn.write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+}
