@@ -54,3 +54,9 @@ if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
   echo "setup: installing grpcio and grpcio-tools"
   pip_install grpcio==1.76.0 grpcio-tools==1.76.0
 fi
+# The OpenAI-compatible API is tested with the official `openai` client, and its
+# OpenAPI document with openapi-spec-validator.
+if ! python3 -c 'import openai, openapi_spec_validator' 2>/dev/null; then
+  echo "setup: installing openai and openapi-spec-validator"
+  pip_install openai==3.57.0 openapi-spec-validator==0.9.0
+fi

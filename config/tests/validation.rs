@@ -1,6 +1,6 @@
 //! Each validation rule, as the operator sees it: field path plus what is wrong.
 
-use gantry_config::{parse, ConfigError, HashKey, EMBEDDED_DEFAULT};
+use gantry_config::{parse, Builtin, ConfigError, HashKey, Target, EMBEDDED_DEFAULT};
 use std::path::Path;
 
 const BASE: &str = r#"
@@ -51,7 +51,7 @@ fn defaults_fill_in_and_names_resolve() {
     let (pool, route) = (&c.pools[0], &c.routes[0]);
     assert_eq!(pool.retries, gantry_config::file::DEFAULT_RETRIES);
     assert_eq!(pool.hash_on, HashKey::ClientAddress);
-    assert_eq!(route.pool, 0);
+    assert_eq!(route.target, Target::Pool(0));
     assert_eq!(route.path_prefix, "/");
     assert_eq!(
         route.max_body_bytes,
@@ -201,5 +201,82 @@ fn tls_files_are_named_when_missing_or_empty() {
                 && p.contains("missing.key")
         ),
         "{found:#?}"
+    );
+}
+
+const AI_POOLS: &str = r#"
+[[inference_pools]]
+name = "gpu"
+endpoints = ["127.0.0.1:50051", "backends.example.svc:50051"]
+models = ["llama", "embed"]
+[[inference_pools]]
+name = "cpu"
+endpoints = ["127.0.0.1:50052"]
+models = ["small"]
+"#;
+
+#[test]
+fn inference_routes_resolve_their_pools_with_documented_defaults() {
+    let text = format!("{BASE}{AI_POOLS}[[routes]]\nname = \"ai\"\npath_prefix = \"/v1\"\ninference_pools = [\"gpu\", \"cpu\"]\n[[routes]]\nname = \"doc\"\npath_prefix = \"/openapi.json\"\nserve = \"openapi\"\n");
+    let c = parse(&text, "t", Path::new(".")).unwrap();
+    assert_eq!(c.routes[1].target, Target::Inference(vec![0, 1]));
+    assert_eq!(c.routes[2].target, Target::Builtin(Builtin::Openapi));
+    let gpu = &c.inference_pools[0];
+    use gantry_config::file::*;
+    assert_eq!(gpu.retries, DEFAULT_INFERENCE_RETRIES);
+    assert_eq!(
+        gpu.request_timeout.as_millis() as u64,
+        DEFAULT_INFERENCE_REQUEST_TIMEOUT_MS
+    );
+    assert_eq!(
+        gpu.connect_timeout.as_millis() as u64,
+        DEFAULT_INFERENCE_CONNECT_TIMEOUT_MS
+    );
+    assert_eq!(
+        gpu.resolve_interval.as_millis() as u64,
+        DEFAULT_RESOLVE_INTERVAL_MS
+    );
+    let default = parse(EMBEDDED_DEFAULT, "default", Path::new(".")).unwrap();
+    assert!(default
+        .routes
+        .iter()
+        .any(|r| r.path_prefix == "/v1" && matches!(r.target, Target::Inference(_))));
+}
+
+#[test]
+fn inference_pool_and_route_problems() {
+    let route = |fields: &str| {
+        format!("{AI_POOLS}[[routes]]\nname = \"ai\"\npath_prefix = \"/v1\"\n{fields}\n")
+    };
+    assert_problem(
+        &route("pool = \"p\"\ninference_pools = [\"gpu\"]"),
+        "routes[1]: set exactly one of `pool`",
+    );
+    assert_problem(&route(""), "routes[1]: set exactly one of `pool`");
+    assert_problem(
+        &route("inference_pools = [\"tpu\"]"),
+        "routes[1].inference_pools[0]: no inference pool named `tpu` (defined inference pools: `gpu`, `cpu`)",
+    );
+    let twice = "[[inference_pools]]\nname = \"gpu2\"\nendpoints = [\"127.0.0.1:1\"]\nmodels = [\"llama\"]\n";
+    assert_problem(
+        &format!("{twice}{}", route("inference_pools = [\"gpu\", \"gpu2\"]")),
+        "model `llama` is served by both `gpu` and `gpu2`",
+    );
+    let bad_pool = "[[inference_pools]]\nname = \"x\"\nendpoints = [\"nope\"]\nmodels = []\nrequest_timeout_ms = 0\n";
+    assert_problem(
+        bad_pool,
+        "inference_pools[0].endpoints[0]: `nope` is not `host:port`",
+    );
+    assert_problem(
+        bad_pool,
+        "inference_pools[0].models: at least one model name is required",
+    );
+    assert_problem(
+        bad_pool,
+        "inference_pools[0].request_timeout_ms: must be at least 1 millisecond",
+    );
+    assert_problem(
+        "[[inference_pools]]\nname = \"x\"\nendpoints = [\"127.0.0.1:1\"]\nmodels = [\"a\"]\nmodel = \"a\"\n",
+        "did you mean `models`?",
     );
 }
