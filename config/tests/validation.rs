@@ -1,6 +1,6 @@
 //! Each validation rule, as the operator sees it: field path plus what is wrong.
 
-use gantry_config::{parse, Builtin, ConfigError, HashKey, Target, EMBEDDED_DEFAULT};
+use gantry_config::{parse, ConfigError, HashKey, Target, EMBEDDED_DEFAULT};
 use std::path::Path;
 
 const BASE: &str = r#"

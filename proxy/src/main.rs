@@ -220,17 +220,16 @@ fn serve(
                 .spawn(move || run_backend(config))?,
         )
     };
-    let result = run_gateway(gateway);
+    // A gateway that could not start returns at once; exiting the process then
+    // stops the backend too. Otherwise both got the shutdown signal: wait for the
+    // backend's drain.
+    run_gateway(gateway)?;
     if let Some(thread) = backend {
-        if result.is_err() {
-            // The gateway could not start: nothing will stop the backend otherwise.
-            return result;
-        }
         thread
             .join()
             .map_err(|_| anyhow::anyhow!("the backend thread panicked"))??;
     }
-    result
+    Ok(())
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {

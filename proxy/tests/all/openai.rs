@@ -438,7 +438,7 @@ async fn a_killed_backend_loses_no_unanswered_request_and_is_ejected_within_a_se
         inter_token_delay: Duration::from_millis(20),
         ..Behaviour::default()
     };
-    let mut backends = vec![
+    let mut backends = [
         Fixture::start(behaviour.clone()),
         Fixture::start(behaviour.clone()),
         Fixture::start(behaviour),
