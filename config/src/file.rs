@@ -50,6 +50,9 @@ pub const DEFAULT_INFERENCE_REQUEST_TIMEOUT_MS: u64 = 300_000;
 /// Extra attempts, on another backend, for an inference request that failed before
 /// its first token (connection refused, backend draining or saturated).
 pub const DEFAULT_INFERENCE_RETRIES: u32 = 1;
+/// Requests one gateway process may have in flight to one inference pool; more
+/// get 429 at once (bounds the gateway's memory and the backends' queues).
+pub const DEFAULT_INFERENCE_MAX_INFLIGHT: usize = 4096;
 /// How often endpoint host names are resolved again, in milliseconds: a name that
 /// resolves to several addresses (a Kubernetes headless Service) gives one backend
 /// per address, and backends come and go with the answer.
@@ -273,6 +276,8 @@ pub struct InferencePoolSection {
     pub request_timeout_ms: Option<u64>,
     /// Default [`DEFAULT_INFERENCE_RETRIES`].
     pub retries: Option<u32>,
+    /// Requests in flight to this pool at once. Default [`DEFAULT_INFERENCE_MAX_INFLIGHT`].
+    pub max_inflight: Option<usize>,
     /// Milliseconds. Default [`DEFAULT_RESOLVE_INTERVAL_MS`].
     pub resolve_interval_ms: Option<u64>,
 }

@@ -242,6 +242,8 @@ pub struct InferencePool {
     pub request_timeout: Duration,
     /// Retries before the first token.
     pub retries: u32,
+    /// Requests in flight at once; more get 429.
+    pub max_inflight: usize,
     /// Re-resolution period of endpoint host names.
     pub resolve_interval: Duration,
 }

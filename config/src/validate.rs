@@ -549,6 +549,11 @@ fn convert_inference_pool(c: &mut Checker, at: &str, p: &InferencePoolSection) -
             DEFAULT_INFERENCE_REQUEST_TIMEOUT_MS,
         ),
         retries: p.retries.unwrap_or(DEFAULT_INFERENCE_RETRIES),
+        max_inflight: c.at_least_one(
+            format!("{at}.max_inflight"),
+            p.max_inflight,
+            DEFAULT_INFERENCE_MAX_INFLIGHT,
+        ),
         resolve_interval: c.millis(
             format!("{at}.resolve_interval_ms"),
             p.resolve_interval_ms,

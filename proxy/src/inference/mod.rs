@@ -407,7 +407,7 @@ impl Inference {
                 let req: ChatCompletionRequest = parse(&body)?;
                 outcome.model = req.model.clone();
                 req.validate()?;
-                let pool = find_pool(&pools, &req.model)?;
+                let (pool, _slot) = find_pool(&pools, &req.model, &self.metrics)?;
                 let messages = req
                     .messages
                     .iter()
@@ -444,7 +444,7 @@ impl Inference {
                 let req: CompletionRequest = parse(&body)?;
                 outcome.model = req.model.clone();
                 req.validate()?;
-                let pool = find_pool(&pools, &req.model)?;
+                let (pool, _slot) = find_pool(&pools, &req.model, &self.metrics)?;
                 let input = match req.prompt.clone() {
                     Prompt::Text(t) => pb::generate_request::Input::Prompt(t),
                     Prompt::Texts(mut v) => pb::generate_request::Input::Prompt(v.remove(0)),
@@ -484,7 +484,7 @@ impl Inference {
                 let req: EmbeddingRequest = parse(&body)?;
                 outcome.model = req.model.clone();
                 req.validate()?;
-                let pool = find_pool(&pools, &req.model)?;
+                let (pool, _slot) = find_pool(&pools, &req.model, &self.metrics)?;
                 self.embed(session, pool, req, request_id, outcome).await
             }
             _ => Err(ApiError::unknown_url(method.as_str(), &full)),
@@ -1025,12 +1025,34 @@ fn model_names(pools: &[&Arc<Pool>]) -> Vec<String> {
         .collect()
 }
 
-fn find_pool<'a>(pools: &[&'a Arc<Pool>], model: &str) -> Result<&'a Arc<Pool>, ApiError> {
-    pools
+/// The pool serving `model`, with a slot counted against its `max_inflight`.
+fn find_pool<'a>(
+    pools: &[&'a Arc<Pool>],
+    model: &str,
+    metrics: &Metrics,
+) -> Result<(&'a Arc<Pool>, pool::PoolSlot), ApiError> {
+    let pool = pools
         .iter()
         .find(|p| p.config.models.iter().any(|m| m == model))
         .copied()
-        .ok_or_else(|| ApiError::model_not_found(model, &model_names(pools)))
+        .ok_or_else(|| ApiError::model_not_found(model, &model_names(pools)))?;
+    match pool.admit() {
+        Some(slot) => Ok((pool, slot)),
+        None => {
+            metrics
+                .limit_rejections
+                .with_label_values(&["inference_inflight"])
+                .inc();
+            Err(ApiError::saturated(
+                &pool.config.name,
+                &format!(
+                    "max_inflight = {} requests in flight from this gateway",
+                    pool.config.max_inflight
+                ),
+                DEFAULT_RETRY_AFTER_SECONDS,
+            ))
+        }
+    }
 }
 
 /// Read the whole body, refusing it past `limit` bytes (declared or counted).

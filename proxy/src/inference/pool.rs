@@ -161,11 +161,6 @@ impl Backend {
     pub fn own_requests(&self) -> u32 {
         self.own_requests.load(Ordering::Relaxed)
     }
-
-    /// Whether the backend takes traffic: serving, not draining, not ejected.
-    pub fn is_healthy(&self) -> bool {
-        self.eligible()
-    }
 }
 
 impl Drop for Backend {
@@ -200,6 +195,15 @@ impl Drop for InflightGuard {
     }
 }
 
+/// A request counted against its pool's `max_inflight`.
+pub struct PoolSlot(Arc<Pool>);
+
+impl Drop for PoolSlot {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Why no backend was picked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoPick {
@@ -213,6 +217,8 @@ pub enum NoPick {
 pub struct Pool {
     /// Its configuration.
     pub config: InferencePool,
+    /// Requests in flight to it from this gateway.
+    inflight: std::sync::atomic::AtomicUsize,
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     metrics: Arc<Metrics>,
     runtime: Handle,
@@ -224,6 +230,7 @@ impl Pool {
     pub fn start(config: InferencePool, metrics: Arc<Metrics>, runtime: Handle) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             config,
+            inflight: std::sync::atomic::AtomicUsize::new(0),
             backends: RwLock::new(Arc::new(Vec::new())),
             metrics,
             runtime: runtime.clone(),
@@ -246,6 +253,13 @@ impl Pool {
             });
         }
         pool
+    }
+
+    /// Count a request against `max_inflight`; `None` when the pool is full.
+    pub fn admit(self: &Arc<Self>) -> Option<PoolSlot> {
+        let before = self.inflight.fetch_add(1, Ordering::AcqRel);
+        let slot = PoolSlot(self.clone());
+        (before < self.config.max_inflight).then_some(slot)
     }
 
     /// The current backends.

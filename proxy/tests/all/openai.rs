@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn ai_config(backends: &[SocketAddr], pool_extra: &str) -> String {
     let list: Vec<String> = backends.iter().map(|e| format!("\"{e}\"")).collect();
     format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\n\
+        "[[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\nh2c = true\n\
          [[inference_pools]]\nname = \"ai\"\nendpoints = [{}]\nmodels = [\"fixture\", \"fixture-embed\"]\n{pool_extra}\n\
          [[routes]]\nname = \"openai\"\npath_prefix = \"/v1\"\ninference_pools = [\"ai\"]\nmax_body_bytes = 4096\n\
          [[routes]]\nname = \"openapi\"\npath_prefix = \"/openapi.json\"\nserve = \"openapi\"\n\
@@ -585,4 +585,73 @@ async fn the_openapi_document_and_docs_page_are_served() {
         let n = conn.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     }
+}
+
+#[tokio::test]
+async fn http2_clients_stream_and_their_stream_resets_cancel_generation() {
+    let backend = Fixture::start(Behaviour {
+        tokens: 100,
+        inter_token_delay: Duration::from_millis(50),
+        ..Behaviour::default()
+    });
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let res = h2
+        .post(gw.url("/v1/completions"))
+        .json(&json!({"model": "fixture", "prompt": "hi", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut stream = res.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    let event: Value =
+        serde_json::from_str(&events(std::str::from_utf8(&first).unwrap())[0]).unwrap();
+    assert_eq!(event["object"], "text_completion");
+    assert_eq!(event["choices"][0]["text"], "tok0 ");
+    drop(stream);
+    eventually("backend slot freed after RST_STREAM", || async {
+        backend.stats.running.load(Ordering::SeqCst) == 0
+            && backend.stats.cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_pools_max_inflight_is_a_429_counted_as_a_limit() {
+    let backend = Fixture::start(Behaviour {
+        first_token_delay: Duration::from_millis(1500),
+        ..Behaviour::default()
+    });
+    let gw = ai_gateway(&[backend.addr], "max_inflight = 1").await;
+    let busy = {
+        let (client, url) = (gw.client.clone(), gw.url("/v1/chat/completions"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&chat(false))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    eventually("the one slot is taken", || async {
+        backend.stats.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let e = error_of(post(&gw, "/v1/chat/completions", &chat(false)).await, 429).await;
+    assert!(
+        e["message"].as_str().unwrap().contains("max_inflight = 1"),
+        "{e}"
+    );
+    let sample = "gantry_limit_rejections_total{limit=\"inference_inflight\"}";
+    assert_eq!(gw.metric(sample).await, Some(1.0));
+    assert_eq!(busy.await.unwrap(), 200);
+    assert_eq!(backend.stats.accepted.load(Ordering::SeqCst), 1);
 }
