@@ -360,9 +360,10 @@ impl Fixture {
             health
                 .set_service_status("", tonic_health::ServingStatus::Serving)
                 .await;
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // As the real backend: no Nagle delay on small token writes.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let _ = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(health_service)
                 .add_service(InferenceServer::new(service))
                 .serve_with_incoming(incoming)
