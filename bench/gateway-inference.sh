@@ -11,7 +11,7 @@
 # a timer without a model, so the gateway is what is measured.
 # Writes the table to docs/BENCHMARKS.md (between the gateway-inference markers).
 #
-#   bench/gateway-inference.sh     # CONC=500 REQUESTS=5000 ROUNDS=3 TOKENS=16 GAP_US=20000
+#   bench/gateway-inference.sh     # CONC=500 REQUESTS=5000 ROUNDS=3 TOKENS=16 GAPS_US="20000 100000"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -21,7 +21,7 @@ REQUESTS=${REQUESTS:-5000}
 ROUNDS=${ROUNDS:-3}
 TOKENS=${TOKENS:-16}
 FIRST_US=${FIRST_US:-5000}
-GAP_US=${GAP_US:-20000}
+GAPS_US=${GAPS_US:-20000 100000}
 THROUGHPUT_CONC=${THROUGHPUT_CONC:-64}
 THROUGHPUT_SECONDS=${THROUGHPUT_SECONDS:-10}
 cargo build --release --locked -p gantry -p gantry-fixture-backend -p openai-load
@@ -54,26 +54,31 @@ TOML
 }
 
 LOAD=target/release/openai-load
-# 1. streams: fixture with a first-token delay and a gap between tokens.
-target/release/fixture-backend --listen 127.0.0.1:50161 --tokens "$TOKENS" \
-  --first-token-us "$FIRST_US" --inter-token-us "$GAP_US" 2>/dev/null & pids+=($!)
-gateway_config 18181 50161 '"fixture"' > "$work/stream.toml"
-RUST_LOG=warn target/release/gantry gateway --config "$work/stream.toml" & pids+=($!)
-wait_port 50161; wait_port 18181; sleep 1
+# 1. streams: fixture with a first-token delay and a gap between tokens, one
+#    fixture + gateway pair per gap.
 : > "$work/results.jsonl"
-for round in $(seq 1 "$ROUNDS"); do
-  $LOAD --grpc 127.0.0.1:50161 --concurrency "$CONC" --requests "$REQUESTS" --label "streams r$round" >> "$work/results.jsonl"
-  $LOAD --http http://127.0.0.1:18181 --stream --concurrency "$CONC" --requests "$REQUESTS" --label "streams r$round" >> "$work/results.jsonl"
+port=0
+for gap in $GAPS_US; do
+  port=$((port + 1))
+  target/release/fixture-backend --listen 127.0.0.1:5016$port --tokens "$TOKENS" \
+    --first-token-us "$FIRST_US" --inter-token-us "$gap" 2>/dev/null & pids+=($!)
+  gateway_config 1817$port 5016$port '"fixture"' > "$work/stream$port.toml"
+  RUST_LOG=warn target/release/gantry gateway --config "$work/stream$port.toml" & pids+=($!)
+  wait_port 5016$port; wait_port 1817$port; sleep 1
+  for round in $(seq 1 "$ROUNDS"); do
+    $LOAD --grpc 127.0.0.1:5016$port --concurrency "$CONC" --requests "$REQUESTS" --label "streams gap $gap r$round" >> "$work/results.jsonl"
+    $LOAD --http http://127.0.0.1:1817$port --stream --concurrency "$CONC" --requests "$REQUESTS" --label "streams gap $gap r$round" >> "$work/results.jsonl"
+  done
 done
 
 # 2. throughput: fixture answers at once (16 tokens, no delays).
-target/release/fixture-backend --listen 127.0.0.1:50162 --tokens "$TOKENS" 2>/dev/null & pids+=($!)
-gateway_config 18182 50162 '"fixture"' > "$work/rps.toml"
+target/release/fixture-backend --listen 127.0.0.1:50169 --tokens "$TOKENS" 2>/dev/null & pids+=($!)
+gateway_config 18189 50169 '"fixture"' > "$work/rps.toml"
 RUST_LOG=warn target/release/gantry gateway --config "$work/rps.toml" & gw=$!; pids+=($gw)
-wait_port 50162; wait_port 18182; sleep 1
-$LOAD --http http://127.0.0.1:18182 --concurrency "$THROUGHPUT_CONC" --seconds 2 --label warm > /dev/null
+wait_port 50169; wait_port 18189; sleep 1
+$LOAD --http http://127.0.0.1:18189 --concurrency "$THROUGHPUT_CONC" --seconds 2 --label warm > /dev/null
 before=$(cpu_ticks $gw)
-$LOAD --http http://127.0.0.1:18182 --concurrency "$THROUGHPUT_CONC" --seconds "$THROUGHPUT_SECONDS" --label throughput > "$work/rps.json"
+$LOAD --http http://127.0.0.1:18189 --concurrency "$THROUGHPUT_CONC" --seconds "$THROUGHPUT_SECONDS" --label throughput > "$work/rps.json"
 after=$(cpu_ticks $gw)
 echo "{\"gateway_cpu_seconds\": $(( after - before )) }" | python3 -c "import json,sys; d=json.load(sys.stdin); d['gateway_cpu_seconds']/= $(getconf CLK_TCK); print(json.dumps(d))" > "$work/cpu.json"
 cat "$work/rps.json" >> "$work/results.jsonl"
@@ -91,11 +96,11 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 cat "$work/results.jsonl"
 
-python3 - "$work/results.jsonl" "$work/cpu.json" "$CONC" "$TOKENS" "$FIRST_US" "$GAP_US" "$THROUGHPUT_CONC" <<'PY'
+python3 - "$work/results.jsonl" "$work/cpu.json" "$CONC" "$TOKENS" "$FIRST_US" "$GAPS_US" "$THROUGHPUT_CONC" <<'PY'
 import json, re, statistics, sys, platform
 rows = [json.loads(l) for l in open(sys.argv[1])]
 cpu = json.load(open(sys.argv[2]))["gateway_cpu_seconds"]
-conc, tokens, first_us, gap_us, tconc = sys.argv[3:8]
+conc, tokens, first_us, gaps_us, tconc = sys.argv[3:8]
 def mean(label_prefix, mode, key, p):
     vals = [r[key][p] for r in rows if r["label"].startswith(label_prefix) and r["mode"] == mode]
     return statistics.mean(vals) if vals else float("nan")
@@ -110,9 +115,12 @@ def block(prefix, title, direct_mode, gw_mode):
     errs = sum(r["errors"] for r in rows if r["label"].startswith(prefix))
     lines.append(f"| errors | | | {errs} |")
     lines.append("")
-lines.append(f"Streams: {conc} concurrent, {tokens} tokens each, first token after {int(first_us)/1000:g} ms, then one every {int(gap_us)/1000:g} ms (fixture backend); means of the rounds.")
-lines.append("")
-block("streams", f"{conc} streams", "grpc-direct", "http-gateway-stream")
+for gap in gaps_us.split():
+    rate = int(conc) * 1e6 / int(gap)
+    lines.append(f"{conc} concurrent streams, {tokens} tokens each, first token after {int(first_us)/1000:g} ms, then one every {int(gap)/1000:g} ms "
+                 f"(fixture backend; about {rate:,.0f} tokens/s in all); means of the rounds.")
+    lines.append("")
+    block(f"streams gap {gap} ", f"{conc} streams, {int(gap)/1000:g} ms/token", "grpc-direct", "http-gateway-stream")
 t = [r for r in rows if r["label"] == "throughput"][0]
 lines.append(f"Non-streaming through the gateway ({tconc} connections, {tokens} tokens per answer, fixture backend): "
              f"**{t['rps']:.0f} requests/s** using {cpu:.1f} CPU-seconds in {t['seconds']:.1f} s "

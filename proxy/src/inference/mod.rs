@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use api::*;
 use bytes::{Bytes, BytesMut};
 use error::{ApiError, DEFAULT_RETRY_AFTER_SECONDS};
+use futures_util::FutureExt;
 use gantry_config::Config;
 use gantry_proto::{self as pb, generate_response::Event};
 use pingora::http::ResponseHeader;
@@ -66,9 +67,55 @@ struct Answer {
     created: u64,
     model: String,
     include_usage: bool,
+    /// `data: {...` up to the new text of a plain delta chunk; built once per
+    /// answer so each token only costs escaping its text.
+    delta_prefix: Vec<u8>,
 }
 
 impl Answer {
+    fn new(shape: Shape, request_id: &str, model: &str, include_usage: bool) -> Self {
+        let kind = if shape == Shape::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        };
+        let mut answer = Answer {
+            shape,
+            request_id: request_id.to_string(),
+            id: format!("{kind}-{request_id}"),
+            created: unix_now(),
+            model: model.to_string(),
+            include_usage,
+            delta_prefix: Vec::new(),
+        };
+        let json = |s: &str| serde_json::to_string(s).expect("strings serialize");
+        let (object, field) = match shape {
+            Shape::Chat => ("chat.completion.chunk", r#""delta":{"content":"#),
+            Shape::Completion => ("text_completion", r#""text":"#),
+        };
+        answer.delta_prefix = format!(
+            r#"data: {{"id":{},"object":"{object}","created":{},"model":{},"choices":[{{"index":0,{field}"#,
+            json(&answer.id),
+            answer.created,
+            json(&answer.model),
+        )
+        .into_bytes();
+        answer
+    }
+
+    /// Append the event for new text (not the first: that one carries the role).
+    fn push_delta(&self, out: &mut BytesMut, text: &str) {
+        out.extend_from_slice(&self.delta_prefix);
+        let mut escaped = Vec::with_capacity(text.len() + 2);
+        serde_json::to_writer(&mut escaped, text).expect("strings serialize");
+        out.extend_from_slice(&escaped);
+        out.extend_from_slice(match self.shape {
+            Shape::Chat => br#"},"finish_reason":null}]}"#,
+            Shape::Completion => br#","logprobs":null,"finish_reason":null}]}"#,
+        });
+        out.extend_from_slice(b"\n\n");
+    }
+
     fn sse(value: &impl serde::Serialize) -> Bytes {
         let mut out = b"data: ".to_vec();
         serde_json::to_writer(&mut out, value).expect("chunks serialize");
@@ -602,21 +649,7 @@ impl Inference {
                 u64::from(max_tokens)
             };
         let model = req.model.clone();
-        let answer = Answer {
-            shape,
-            request_id: request_id.to_string(),
-            id: format!(
-                "{}-{request_id}",
-                if shape == Shape::Chat {
-                    "chatcmpl"
-                } else {
-                    "cmpl"
-                }
-            ),
-            created: unix_now(),
-            model: model.clone(),
-            include_usage: sampling.include_usage(),
-        };
+        let answer = Answer::new(shape, request_id, &model, sampling.include_usage());
         let mut tried = Vec::new();
         let mut last = None;
         loop {
@@ -751,9 +784,40 @@ impl Inference {
         let mut first_delta = true;
         let mut last_token = Instant::now();
         let mut pending = Some(first);
+        // Events already waiting are gathered into one write; the buffer goes out
+        // as soon as the next event is not ready yet.
+        let mut out = BytesMut::new();
+        // A failure: what was gathered goes out first, then the caller reports it.
+        macro_rules! bail {
+            ($error:expr, $retryable:expr $(,)?) => {{
+                if !out.is_empty() {
+                    let _ = session
+                        .write_response_body(Some(out.split().freeze()), false)
+                        .await;
+                }
+                return fail($error, $retryable);
+            }};
+        }
         let (finish, usage) = loop {
-            let next = match pending.take() {
-                Some(ev) => Next::Event(Ok(Some(ev))),
+            let ready = match pending.take() {
+                Some(ev) => Some(Next::Event(Ok(Some(ev)))),
+                None if !out.is_empty() => match stream.message().now_or_never() {
+                    Some(ev) => Some(Next::Event(ev)),
+                    None => {
+                        if session
+                            .write_response_body(Some(out.split().freeze()), false)
+                            .await
+                            .is_err()
+                        {
+                            return Consumed::ClientGone;
+                        }
+                        None
+                    }
+                },
+                None => None,
+            };
+            let next = match ready {
+                Some(next) => next,
                 None => {
                     let idle = session.as_mut().read_body_or_idle(true);
                     tokio::select! {
@@ -766,14 +830,14 @@ impl Inference {
             let event = match next {
                 Next::ClientGone => return Consumed::ClientGone,
                 Next::Deadline => {
-                    return fail(
+                    bail!(
                         ApiError::timeout(&pool.config.name, pool.config.request_timeout),
                         false,
                     )
                 }
                 Next::Event(Err(status)) => {
                     let retryable = ApiError::retryable(status.code());
-                    return fail(
+                    bail!(
                         ApiError::from_status(&status, prompt_param, &pool.config.name),
                         retryable,
                     );
@@ -783,7 +847,7 @@ impl Inference {
                         "backend {} ended the stream before finishing",
                         backend.label
                     ));
-                    return fail(e, true);
+                    bail!(e, true);
                 }
                 Next::Event(Ok(Some(pb::GenerateResponse { event }))) => event,
             };
@@ -798,15 +862,10 @@ impl Inference {
                     }
                     last_token = now;
                     guard.token_done(delta.token_ids.len() as u64);
-                    if streaming {
-                        let chunk = answer.chunk(Some(delta.text), first_delta, None);
-                        if session
-                            .write_response_body(Some(chunk), false)
-                            .await
-                            .is_err()
-                        {
-                            return Consumed::ClientGone;
-                        }
+                    if streaming && first_delta {
+                        out.extend_from_slice(&answer.chunk(Some(delta.text), true, None));
+                    } else if streaming {
+                        answer.push_delta(&mut out, &delta.text);
                     } else {
                         text.push_str(&delta.text);
                     }
@@ -828,7 +887,7 @@ impl Inference {
                         .inc_by(u64::from(usage.completion_tokens));
                     match finish_reason(f.reason) {
                         Ok(r) => break (r, usage),
-                        Err(e) => return fail(e, true),
+                        Err(e) => bail!(e, true),
                     }
                 }
             }
@@ -836,7 +895,7 @@ impl Inference {
         drop(guard);
         drop(stream);
         if streaming {
-            let mut tail = BytesMut::new();
+            let mut tail = out;
             tail.extend_from_slice(&answer.chunk(None, first_delta, Some(finish)));
             if answer.include_usage {
                 tail.extend_from_slice(&answer.usage_chunk(usage));
