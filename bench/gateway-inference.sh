@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 CONC=${CONC:-500}
-REQUESTS=${REQUESTS:-5000}
+REQUESTS=${REQUESTS:-6000}
 ROUNDS=${ROUNDS:-3}
 TOKENS=${TOKENS:-16}
 FIRST_US=${FIRST_US:-5000}
@@ -65,9 +65,12 @@ for gap in $GAPS_US; do
   gateway_config 1817$port 5016$port '"fixture"' > "$work/stream$port.toml"
   RUST_LOG=warn target/release/gantry gateway --config "$work/stream$port.toml" & pids+=($!)
   wait_port 5016$port; wait_port 1817$port; sleep 1
+  # Poisson arrivals at the rate that keeps CONC streams in flight on average
+  # (closed-loop workers would send synchronized waves of CONC requests at once).
+  rate=$(python3 -c "print($CONC / (($FIRST_US + ($TOKENS - 1) * $gap) / 1e6))")
   for round in $(seq 1 "$ROUNDS"); do
-    $LOAD --grpc 127.0.0.1:5016$port --concurrency "$CONC" --requests "$REQUESTS" --label "streams gap $gap r$round" >> "$work/results.jsonl"
-    $LOAD --http http://127.0.0.1:1817$port --stream --concurrency "$CONC" --requests "$REQUESTS" --label "streams gap $gap r$round" >> "$work/results.jsonl"
+    $LOAD --grpc 127.0.0.1:5016$port --rate "$rate" --concurrency "$CONC" --requests "$REQUESTS" --label "streams gap $gap r$round" >> "$work/results.jsonl"
+    $LOAD --http http://127.0.0.1:1817$port --stream --rate "$rate" --concurrency "$CONC" --requests "$REQUESTS" --label "streams gap $gap r$round" >> "$work/results.jsonl"
   done
 done
 
@@ -91,8 +94,8 @@ gateway_config 18183 50163 '"smollm2-135m"' > "$work/real.toml"
 RUST_LOG=warn target/release/gantry gateway --config "$work/real.toml" & pids+=($!)
 wait_port 50163; wait_port 18183; sleep 15
 for round in $(seq 1 "$ROUNDS"); do
-  $LOAD --grpc 127.0.0.1:50163 --model smollm2-135m --max-tokens 32 --concurrency 1 --requests 10 --warmup 2 --label "real r$round" >> "$work/results.jsonl"
-  $LOAD --http http://127.0.0.1:18183 --stream --model smollm2-135m --max-tokens 32 --concurrency 1 --requests 10 --warmup 2 --label "real r$round" >> "$work/results.jsonl"
+  $LOAD --grpc 127.0.0.1:50163 --model smollm2-135m --max-tokens 32 --concurrency 1 --requests 10 --label "real r$round" >> "$work/results.jsonl"
+  $LOAD --http http://127.0.0.1:18183 --stream --model smollm2-135m --max-tokens 32 --concurrency 1 --requests 10 --label "real r$round" >> "$work/results.jsonl"
 done
 cat "$work/results.jsonl"
 
@@ -117,7 +120,8 @@ def block(prefix, title, direct_mode, gw_mode):
     lines.append("")
 for gap in gaps_us.split():
     rate = int(conc) * 1e6 / int(gap)
-    lines.append(f"{conc} concurrent streams, {tokens} tokens each, first token after {int(first_us)/1000:g} ms, then one every {int(gap)/1000:g} ms "
+    inflight = statistics.mean(r["concurrency"] for r in rows if r["label"].startswith(f"streams gap {gap} "))
+    lines.append(f"About {inflight:.0f} streams in flight (Poisson arrivals), {tokens} tokens each, first token after {int(first_us)/1000:g} ms, then one every {int(gap)/1000:g} ms "
                  f"(fixture backend; about {rate:,.0f} tokens/s in all); means of the rounds.")
     lines.append("")
     block(f"streams gap {gap} ", f"{conc} streams, {int(gap)/1000:g} ms/token", "grpc-direct", "http-gateway-stream")

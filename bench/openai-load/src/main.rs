@@ -37,12 +37,19 @@ struct Args {
     /// Run for this long instead of a request count.
     #[arg(long)]
     seconds: Option<f64>,
+    /// Open loop: start `--requests` requests at this mean rate per second, with
+    /// exponential gaps (Poisson arrivals), however many are in flight. Without it,
+    /// `--concurrency` workers loop, which sends synchronized waves when every
+    /// answer takes the same time.
+    #[arg(long)]
+    rate: Option<f64>,
     /// HTTP: ask for server-sent events (gRPC always streams).
     #[arg(long)]
     stream: bool,
-    /// Requests sent (and discarded) before measuring.
-    #[arg(long, default_value_t = 200)]
-    warmup: usize,
+    /// Rounds of `concurrency` requests sent (and discarded) before measuring, so
+    /// every connection of the client's pool is open when measuring starts.
+    #[arg(long, default_value_t = 1)]
+    warmup_rounds: usize,
     /// Label copied into the output line.
     #[arg(long, default_value = "")]
     label: String,
@@ -145,8 +152,8 @@ async fn main() -> anyhow::Result<()> {
         ),
         _ => anyhow::bail!("give exactly one of --grpc and --http"),
     };
-    for _ in 0..args.warmup.div_ceil(args.concurrency.max(1)) {
-        let tasks: Vec<_> = (0..args.concurrency.min(args.warmup))
+    for _ in 0..args.warmup_rounds {
+        let tasks: Vec<_> = (0..args.concurrency)
             .map(|_| {
                 let (t, a) = (target.clone(), args.clone());
                 tokio::spawn(async move { one(&t, &a).await })
@@ -155,6 +162,9 @@ async fn main() -> anyhow::Result<()> {
         for t in tasks {
             t.await??;
         }
+    }
+    if let Some(rate) = args.rate {
+        return open_loop(target, args.clone(), rate).await;
     }
     let issued = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
@@ -189,7 +199,48 @@ async fn main() -> anyhow::Result<()> {
     for w in workers {
         samples.extend(w.await?);
     }
+    report(&args, samples, errors.load(Ordering::Relaxed), started.elapsed().as_secs_f64(), None);
+    Ok(())
+}
+
+/// Poisson arrivals at `rate`; reports the mean number in flight as well.
+async fn open_loop(target: Target, args: Arc<Args>, rate: f64) -> anyhow::Result<()> {
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut uniform = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let started = Instant::now();
+    let mut next = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(args.requests);
+    for _ in 0..args.requests {
+        next += Duration::from_secs_f64(-(1.0 - uniform()).ln() / rate);
+        tokio::time::sleep_until(next).await;
+        let (t, a) = (target.clone(), args.clone());
+        tasks.push(tokio::spawn(async move { one(&t, &a).await }));
+    }
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(s) => samples.push(s),
+            Err(e) => {
+                if errors == 0 {
+                    eprintln!("first error: {e:#}");
+                }
+                errors += 1;
+            }
+        }
+    }
     let wall = started.elapsed().as_secs_f64();
+    let busy: f64 = samples.iter().map(|s| s.total.as_secs_f64()).sum();
+    report(&args, samples, errors, wall, Some(busy / wall));
+    Ok(())
+}
+
+fn report(args: &Args, samples: Vec<Sample>, errors: usize, wall: f64, mean_inflight: Option<f64>) {
     let mut ttft: Vec<Duration> = samples.iter().map(|s| s.ttft).collect();
     let mut total: Vec<Duration> = samples.iter().map(|s| s.total).collect();
     ttft.sort();
@@ -197,14 +248,13 @@ async fn main() -> anyhow::Result<()> {
     let out = serde_json::json!({
         "label": args.label,
         "mode": if args.grpc.is_some() { "grpc-direct" } else if args.stream { "http-gateway-stream" } else { "http-gateway" },
-        "concurrency": args.concurrency,
+        "concurrency": mean_inflight.map_or(args.concurrency as f64, |m| m.round()),
         "requests": samples.len(),
-        "errors": errors.load(Ordering::Relaxed),
+        "errors": errors,
         "seconds": wall,
         "rps": samples.len() as f64 / wall,
         "ttft_ms": {"p50": pct(&ttft, 0.5), "p90": pct(&ttft, 0.9), "p99": pct(&ttft, 0.99)},
         "total_ms": {"p50": pct(&total, 0.5), "p90": pct(&total, 0.9), "p99": pct(&total, 0.99)},
     });
     println!("{out}");
-    Ok(())
 }
