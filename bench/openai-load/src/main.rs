@@ -199,7 +199,13 @@ async fn main() -> anyhow::Result<()> {
     for w in workers {
         samples.extend(w.await?);
     }
-    report(&args, samples, errors.load(Ordering::Relaxed), started.elapsed().as_secs_f64(), None);
+    report(
+        &args,
+        samples,
+        errors.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        None,
+    );
     Ok(())
 }
 
