@@ -1,0 +1,624 @@
+//! The host side of the ABI: what a plugin may call (`env.proxy_*`), each one
+//! checking every guest pointer and length and counting the bytes it copies.
+
+use crate::abi::{self, BufferType, MapType, Status};
+use crate::{LocalResponse, PluginLimits, Shared};
+use std::sync::Arc;
+use wasmtime::{Caller, Extern, Linker, Memory, StoreLimits};
+
+/// A trap raised by the host when a plugin breaks a limit.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LimitTrap(pub String);
+
+/// Everything one VM's store holds for the host functions.
+pub struct HostState {
+    pub(crate) plugin: Arc<str>,
+    pub(crate) limits: PluginLimits,
+    pub(crate) store_limits: StoreLimits,
+    pub(crate) configuration: Arc<[u8]>,
+    pub(crate) shared: Arc<Shared>,
+    /// Per request: maps, bodies, properties, the local response.
+    pub(crate) http: HttpState,
+}
+
+/// The request being filtered.
+#[derive(Debug, Default)]
+pub struct HttpState {
+    pub(crate) request_headers: Vec<(String, String)>,
+    pub(crate) response_headers: Vec<(String, String)>,
+    pub(crate) request_body: Vec<u8>,
+    pub(crate) response_body: Vec<u8>,
+    pub(crate) properties: Vec<(String, Vec<u8>)>,
+    pub(crate) local_response: Option<LocalResponse>,
+    pub(crate) headers_added: usize,
+}
+
+type Ctx<'a> = Caller<'a, HostState>;
+
+fn memory(caller: &mut Ctx<'_>) -> Option<Memory> {
+    match caller.get_export("memory") {
+        Some(Extern::Memory(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// Copy `len` bytes at `ptr` out of the guest, or `Err(status)`.
+fn read(
+    caller: &mut Ctx<'_>,
+    ptr: i32,
+    len: i32,
+) -> Result<Result<Vec<u8>, Status>, wasmtime::Error> {
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    check_bytes(caller, len)?;
+    let Some(mem) = memory(caller) else {
+        return Ok(Err(Status::InvalidMemoryAccess));
+    };
+    let data = mem.data(&caller);
+    Ok(
+        match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
+            Some(bytes) => Ok(bytes.to_vec()),
+            None => Err(Status::InvalidMemoryAccess),
+        },
+    )
+}
+
+fn read_str(
+    caller: &mut Ctx<'_>,
+    ptr: i32,
+    len: i32,
+) -> Result<Result<String, Status>, wasmtime::Error> {
+    Ok(read(caller, ptr, len)?.and_then(|b| String::from_utf8(b).map_err(|_| Status::BadArgument)))
+}
+
+/// Trap when one host call would copy more than `bytes_per_host_call`.
+fn check_bytes(caller: &Ctx<'_>, len: usize) -> Result<(), wasmtime::Error> {
+    let limit = caller.data().limits.bytes_per_host_call;
+    if len > limit {
+        return Err(wasmtime::Error::new(LimitTrap(format!(
+            "plugin `{}` copied {len} bytes in one host call; the limit (bytes_per_host_call) is {limit}",
+            caller.data().plugin
+        ))));
+    }
+    Ok(())
+}
+
+fn write_u32(caller: &mut Ctx<'_>, ptr: i32, value: u32) -> Result<(), Status> {
+    let mem = memory(caller).ok_or(Status::InvalidMemoryAccess)?;
+    let at = ptr as u32 as usize;
+    let slot = mem
+        .data_mut(caller)
+        .get_mut(at..at + 4)
+        .ok_or(Status::InvalidMemoryAccess)?;
+    slot.copy_from_slice(&value.to_le_bytes());
+    Ok(())
+}
+
+/// Hand `bytes` to the guest: allocate with its `proxy_on_memory_allocate`, copy,
+/// and store the pointer and size at `ptr_out` / `size_out`.
+fn give(
+    caller: &mut Ctx<'_>,
+    bytes: &[u8],
+    ptr_out: i32,
+    size_out: i32,
+) -> Result<Status, wasmtime::Error> {
+    check_bytes(caller, bytes.len())?;
+    let alloc = match caller.get_export("proxy_on_memory_allocate") {
+        Some(Extern::Func(f)) => f.typed::<i32, i32>(&caller)?,
+        _ => return Ok(Status::InternalFailure),
+    };
+    let ptr = if bytes.is_empty() {
+        0
+    } else {
+        alloc.call(&mut *caller, bytes.len() as i32)?
+    };
+    if !bytes.is_empty() {
+        let Some(mem) = memory(caller) else {
+            return Ok(Status::InvalidMemoryAccess);
+        };
+        let at = ptr as u32 as usize;
+        match mem.data_mut(&mut *caller).get_mut(at..at + bytes.len()) {
+            Some(dst) => dst.copy_from_slice(bytes),
+            None => return Ok(Status::InvalidMemoryAccess),
+        }
+    }
+    if let Err(s) = write_u32(caller, ptr_out, ptr as u32)
+        .and_then(|()| write_u32(caller, size_out, bytes.len() as u32))
+    {
+        return Ok(s);
+    }
+    Ok(Status::Ok)
+}
+
+fn map(http: &mut HttpState, t: MapType) -> Option<&mut Vec<(String, String)>> {
+    match t {
+        MapType::RequestHeaders => Some(&mut http.request_headers),
+        MapType::ResponseHeaders => Some(&mut http.response_headers),
+        _ => None,
+    }
+}
+
+/// Count a header a plugin adds; trap past `max_headers_added`.
+fn count_added(caller: &mut Ctx<'_>) -> Result<(), wasmtime::Error> {
+    let state = caller.data_mut();
+    state.http.headers_added += 1;
+    if state.http.headers_added > state.limits.max_headers_added {
+        return Err(wasmtime::Error::new(LimitTrap(format!(
+            "plugin `{}` added more than {} headers to one request (max_headers_added)",
+            state.plugin, state.limits.max_headers_added
+        ))));
+    }
+    Ok(())
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e? {
+            Ok(v) => v,
+            Err(status) => return Ok(status as i32),
+        }
+    };
+}
+
+/// Functions the ABI defines that this host does not implement: they return
+/// `Unimplemented` (12), never succeed silently. Listed in docs/PLUGINS.md.
+const UNIMPLEMENTED: &[(&str, usize)] = &[
+    ("proxy_set_tick_period_milliseconds", 1),
+    ("proxy_set_property", 4),
+    ("proxy_register_shared_queue", 3),
+    ("proxy_resolve_shared_queue", 5),
+    ("proxy_dequeue_shared_queue", 3),
+    ("proxy_enqueue_shared_queue", 3),
+    ("proxy_http_call", 10),
+    ("proxy_grpc_call", 12),
+    ("proxy_grpc_stream", 9),
+    ("proxy_grpc_send", 4),
+    ("proxy_grpc_cancel", 1),
+    ("proxy_grpc_close", 1),
+    ("proxy_get_status", 3),
+    ("proxy_set_effective_context", 1),
+    ("proxy_call_foreign_function", 6),
+    ("proxy_continue_stream", 1),
+    ("proxy_close_stream", 1),
+    ("proxy_continue_request", 0),
+    ("proxy_continue_response", 0),
+    ("proxy_clear_route_cache", 0),
+    ("proxy_get_header_map_size", 2),
+];
+
+/// Every host function, on `linker`.
+pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    for &(name, arity) in UNIMPLEMENTED {
+        let ty = wasmtime::FuncType::new(
+            linker.engine(),
+            std::iter::repeat_n(wasmtime::ValType::I32, arity),
+            [wasmtime::ValType::I32],
+        );
+        linker.func_new("env", name, ty, |_caller, _args, results| {
+            results[0] = wasmtime::Val::I32(Status::Unimplemented as i32);
+            Ok(())
+        })?;
+    }
+
+    linker.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let message = tri!(read(&mut c, ptr, len));
+            let message = String::from_utf8_lossy(&message);
+            let plugin = c.data().plugin.clone();
+            match level {
+                0 => tracing::trace!(target: "gantry::plugin", plugin = %plugin, "{message}"),
+                1 => tracing::debug!(target: "gantry::plugin", plugin = %plugin, "{message}"),
+                2 => tracing::info!(target: "gantry::plugin", plugin = %plugin, "{message}"),
+                3 => tracing::warn!(target: "gantry::plugin", plugin = %plugin, "{message}"),
+                _ => tracing::error!(target: "gantry::plugin", plugin = %plugin, "{message}"),
+            }
+            Ok(Status::Ok as i32)
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_get_log_level",
+        |mut c: Ctx<'_>, out: i32| -> i32 {
+            // Info: plugins skip formatting debug lines nobody reads.
+            match write_u32(&mut c, out, 2) {
+                Ok(()) => Status::Ok as i32,
+                Err(s) => s as i32,
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Ctx<'_>, out: i32| -> i32 {
+            // Wall-clock time is part of the ABI; nothing finer than milliseconds is
+            // given, so it cannot serve as a timer for side channels.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64 * 1_000_000);
+            let Some(mem) = memory(&mut c) else {
+                return Status::InvalidMemoryAccess as i32;
+            };
+            let at = out as u32 as usize;
+            match mem.data_mut(&mut c).get_mut(at..at + 8) {
+                Some(slot) => {
+                    slot.copy_from_slice(&now.to_le_bytes());
+                    Status::Ok as i32
+                }
+                None => Status::InvalidMemoryAccess as i32,
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_get_buffer_bytes",
+        |mut c: Ctx<'_>,
+         kind: i32,
+         start: i32,
+         max: i32,
+         ptr_out: i32,
+         size_out: i32|
+         -> wasmtime::Result<i32> {
+            let Some(kind) = BufferType::from_abi(kind) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            let state = c.data();
+            let whole: &[u8] = match kind {
+                BufferType::RequestBody => &state.http.request_body,
+                BufferType::ResponseBody => &state.http.response_body,
+                BufferType::PluginConfiguration => &state.configuration,
+                BufferType::VmConfiguration => &[],
+                BufferType::HttpCallResponseBody => return Ok(Status::NotFound as i32),
+            };
+            let start = (start as u32 as usize).min(whole.len());
+            let end = start.saturating_add(max as u32 as usize).min(whole.len());
+            let bytes = whole[start..end].to_vec();
+            if bytes.is_empty() {
+                return Ok(Status::NotFound as i32);
+            }
+            Ok(give(&mut c, &bytes, ptr_out, size_out)? as i32)
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_set_buffer_bytes",
+        |mut c: Ctx<'_>,
+         kind: i32,
+         start: i32,
+         size: i32,
+         ptr: i32,
+         len: i32|
+         -> wasmtime::Result<i32> {
+            let data = tri!(read(&mut c, ptr, len));
+            let http = &mut c.data_mut().http;
+            let body = match BufferType::from_abi(kind) {
+                Some(BufferType::RequestBody) => &mut http.request_body,
+                Some(BufferType::ResponseBody) => &mut http.response_body,
+                _ => return Ok(Status::BadArgument as i32),
+            };
+            // Replace `size` bytes at `start` (the SDK's set_*_body(start, size, data)).
+            let start = (start as u32 as usize).min(body.len());
+            let end = start.saturating_add(size as u32 as usize).min(body.len());
+            body.splice(start..end, data);
+            Ok(Status::Ok as i32)
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut c: Ctx<'_>, kind: i32, ptr_out: i32, size_out: i32| -> wasmtime::Result<i32> {
+            let Some(t) = MapType::from_abi(kind) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            let encoded = match map(&mut c.data_mut().http, t) {
+                Some(m) => abi::encode_map(m),
+                None => abi::encode_map(&[]),
+            };
+            Ok(give(&mut c, &encoded, ptr_out, size_out)? as i32)
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut c: Ctx<'_>, kind: i32, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let bytes = tri!(read(&mut c, ptr, len));
+            let Ok(pairs) = abi::decode_map(&bytes) else {
+                return Ok(Status::SerializationFailure as i32);
+            };
+            let Some(t) = MapType::from_abi(kind) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            let before = map(&mut c.data_mut().http, t).map_or(0, |m| m.len());
+            for _ in before..pairs.len() {
+                count_added(&mut c)?;
+            }
+            match map(&mut c.data_mut().http, t) {
+                Some(m) => {
+                    *m = pairs
+                        .into_iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                        .collect();
+                    Ok(Status::Ok as i32)
+                }
+                None => Ok(Status::BadArgument as i32),
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_value",
+        |mut c: Ctx<'_>,
+         kind: i32,
+         kptr: i32,
+         klen: i32,
+         ptr_out: i32,
+         size_out: i32|
+         -> wasmtime::Result<i32> {
+            let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
+            let Some(t) = MapType::from_abi(kind) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            let value = map(&mut c.data_mut().http, t)
+                .and_then(|m| m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()));
+            match value {
+                Some(v) => Ok(give(&mut c, v.as_bytes(), ptr_out, size_out)? as i32),
+                None => Ok(Status::NotFound as i32),
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_replace_header_map_value",
+        |mut c: Ctx<'_>,
+         kind: i32,
+         kptr: i32,
+         klen: i32,
+         vptr: i32,
+         vlen: i32|
+         -> wasmtime::Result<i32> {
+            let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
+            let value = tri!(read_str(&mut c, vptr, vlen));
+            let Some(t) = MapType::from_abi(kind) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            let exists =
+                map(&mut c.data_mut().http, t).is_some_and(|m| m.iter().any(|(k, _)| *k == key));
+            if !exists {
+                count_added(&mut c)?;
+            }
+            let Some(m) = map(&mut c.data_mut().http, t) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            m.retain(|(k, _)| *k != key);
+            m.push((key, value));
+            Ok(Status::Ok as i32)
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_add_header_map_value",
+        |mut c: Ctx<'_>,
+         kind: i32,
+         kptr: i32,
+         klen: i32,
+         vptr: i32,
+         vlen: i32|
+         -> wasmtime::Result<i32> {
+            let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
+            let value = tri!(read_str(&mut c, vptr, vlen));
+            count_added(&mut c)?;
+            let Some(t) = MapType::from_abi(kind) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            match map(&mut c.data_mut().http, t) {
+                Some(m) => {
+                    m.push((key, value));
+                    Ok(Status::Ok as i32)
+                }
+                None => Ok(Status::BadArgument as i32),
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut c: Ctx<'_>, kind: i32, kptr: i32, klen: i32| -> wasmtime::Result<i32> {
+            let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
+            let Some(t) = MapType::from_abi(kind) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            if let Some(m) = map(&mut c.data_mut().http, t) {
+                m.retain(|(k, _)| *k != key);
+            }
+            Ok(Status::Ok as i32)
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_get_property",
+        |mut c: Ctx<'_>,
+         pptr: i32,
+         plen: i32,
+         ptr_out: i32,
+         size_out: i32|
+         -> wasmtime::Result<i32> {
+            // The SDK joins path segments with NUL: ["request", "path"] → "request\0path".
+            let path = tri!(read(&mut c, pptr, plen));
+            let path: Vec<&[u8]> = path.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
+            let key = path
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+                .join(".");
+            let value = c
+                .data()
+                .http
+                .properties
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+                .or_else(|| {
+                    let name = key.strip_prefix("request.headers.")?;
+                    c.data()
+                        .http
+                        .request_headers
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone().into_bytes())
+                });
+            match value {
+                Some(v) => Ok(give(&mut c, &v, ptr_out, size_out)? as i32),
+                None => Ok(Status::NotFound as i32),
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        |mut c: Ctx<'_>,
+         status: i32,
+         _dptr: i32,
+         _dlen: i32,
+         bptr: i32,
+         blen: i32,
+         hptr: i32,
+         hlen: i32,
+         _grpc: i32|
+         -> wasmtime::Result<i32> {
+            let body = tri!(read(&mut c, bptr, blen));
+            let encoded = tri!(read(&mut c, hptr, hlen));
+            let Ok(headers) = abi::decode_map(&encoded) else {
+                return Ok(Status::SerializationFailure as i32);
+            };
+            if !(200..=599).contains(&status) {
+                return Ok(Status::BadArgument as i32);
+            }
+            c.data_mut().http.local_response = Some(LocalResponse {
+                status: status as u16,
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect(),
+                body,
+            });
+            Ok(Status::Ok as i32)
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut c: Ctx<'_>,
+         kptr: i32,
+         klen: i32,
+         ptr_out: i32,
+         size_out: i32,
+         cas_out: i32|
+         -> wasmtime::Result<i32> {
+            let key = tri!(read_str(&mut c, kptr, klen));
+            let found = c.data().shared.get(&key);
+            let Some((value, cas)) = found else {
+                return Ok(Status::NotFound as i32);
+            };
+            if let Err(s) = write_u32(&mut c, cas_out, cas) {
+                return Ok(s as i32);
+            }
+            Ok(give(&mut c, &value, ptr_out, size_out)? as i32)
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut c: Ctx<'_>,
+         kptr: i32,
+         klen: i32,
+         vptr: i32,
+         vlen: i32,
+         cas: i32|
+         -> wasmtime::Result<i32> {
+            let key = tri!(read_str(&mut c, kptr, klen));
+            let value = tri!(read(&mut c, vptr, vlen));
+            Ok(match c.data().shared.set(key, value, cas as u32) {
+                true => Status::Ok,
+                false => Status::CasMismatch,
+            } as i32)
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut c: Ctx<'_>, kind: i32, nptr: i32, nlen: i32, id_out: i32| -> wasmtime::Result<i32> {
+            let name = tri!(read_str(&mut c, nptr, nlen));
+            let Some(id) = c.data().shared.define_metric(kind, &name) else {
+                return Ok(Status::BadArgument as i32);
+            };
+            Ok(match write_u32(&mut c, id_out, id) {
+                Ok(()) => Status::Ok,
+                Err(s) => s,
+            } as i32)
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: Ctx<'_>, id: i32, offset: i64| -> i32 {
+            match c.data().shared.increment_metric(id as u32, offset) {
+                true => Status::Ok as i32,
+                false => Status::NotFound as i32,
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: Ctx<'_>, id: i32, value: i64| -> i32 {
+            match c.data().shared.record_metric(id as u32, value as u64) {
+                true => Status::Ok as i32,
+                false => Status::NotFound as i32,
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: Ctx<'_>, id: i32, out: i32| -> i32 {
+            let Some(value) = c.data().shared.metric_value(id as u32) else {
+                return Status::NotFound as i32;
+            };
+            let Some(mem) = memory(&mut c) else {
+                return Status::InvalidMemoryAccess as i32;
+            };
+            let at = out as u32 as usize;
+            match mem.data_mut(&mut c).get_mut(at..at + 8) {
+                Some(slot) => {
+                    slot.copy_from_slice(&value.to_le_bytes());
+                    Status::Ok as i32
+                }
+                None => Status::InvalidMemoryAccess as i32,
+            }
+        },
+    )?;
+
+    linker.func_wrap("env", "proxy_done", |_c: Ctx<'_>| -> i32 {
+        Status::Ok as i32
+    })?;
+    Ok(())
+}

@@ -1,0 +1,783 @@
+//! Gantry's Wasm plugin host: unmodified proxy-wasm plugins (ABI 0.2.1, and 0.2.0
+//! modules) on wasmtime, treated as untrusted code.
+//!
+//! The gateway drives plugins through a small per-phase contract that knows
+//! nothing of Pingora: [`Plugin::start_request`] gives an [`HttpContext`], whose
+//! `on_request_headers`, `on_request_body`, `on_response_headers` and
+//! `on_response_body` take the request's parts, let the plugin read and change
+//! them, and return a [`Decision`]: continue, or answer locally.
+//!
+//! Limits ([`PluginLimits`], every one with a default): CPU per hook call (epoch
+//! interruption, a ticker thread advances the epoch every millisecond), memory per
+//! instance (`memory.grow` past it fails), bytes copied across the boundary per
+//! host call, headers added per request, module size. Breaking one traps; a trap
+//! discards the instance, and the caller applies the plugin's failure policy.
+//!
+//! Instances are compiled once ([`wasmtime::InstancePre`]), allocated from the
+//! pooling allocator, and reused across requests: a request checks one out for its
+//! lifetime (root context configured once per instance, one HTTP context per
+//! request), so a healthy plugin costs no compilation or instantiation per request.
+
+pub mod abi;
+mod host;
+
+use host::{HostState, HttpState, LimitTrap};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, Store, StoreLimitsBuilder, TypedFunc,
+};
+
+/// CPU one hook call may use before it is interrupted (5 ms).
+pub const DEFAULT_CPU_PER_CALL: Duration = Duration::from_millis(5);
+/// Linear memory one instance may grow to (32 MiB).
+pub const DEFAULT_MEMORY_BYTES: usize = 32 << 20;
+/// Bytes one host call may copy into or out of the guest (1 MiB).
+pub const DEFAULT_BYTES_PER_HOST_CALL: usize = 1 << 20;
+/// Headers one plugin may add to one request or response.
+pub const DEFAULT_MAX_HEADERS_ADDED: usize = 64;
+/// Largest module file accepted (16 MiB).
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 16 << 20;
+/// How often the epoch advances: the granularity of the CPU limit.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Instances the pooling allocator keeps per engine.
+const POOL_INSTANCES: u32 = 1000;
+
+/// A plugin's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// CPU per hook call.
+    pub cpu_per_call: Duration,
+    /// Linear memory per instance, bytes.
+    pub memory_bytes: usize,
+    /// Bytes copied per host call.
+    pub bytes_per_host_call: usize,
+    /// Headers added per request (and per response).
+    pub max_headers_added: usize,
+    /// Module size, bytes.
+    pub max_module_bytes: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            cpu_per_call: DEFAULT_CPU_PER_CALL,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            bytes_per_host_call: DEFAULT_BYTES_PER_HOST_CALL,
+            max_headers_added: DEFAULT_MAX_HEADERS_ADDED,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
+        }
+    }
+}
+
+/// What happens to a request when its plugin traps or runs out of time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Answer 500 with a JSON error naming the plugin (the default).
+    #[default]
+    Closed,
+    /// Skip the plugin and go on.
+    Open,
+}
+
+/// An answer a plugin gave instead of letting the request through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// A hook's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Go on to the next plugin and phase.
+    Continue,
+    /// Answer with this and stop the chain.
+    Respond(LocalResponse),
+}
+
+/// Why a plugin could not be loaded or a hook failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The module is over `max_module_bytes`.
+    #[error("plugin `{plugin}`: module is {size} bytes; the limit (max_module_bytes) is {limit}")]
+    TooLarge {
+        /// Plugin name.
+        plugin: String,
+        /// Module size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not a valid module, or not a proxy-wasm one.
+    #[error("plugin `{plugin}`: {reason}")]
+    Invalid {
+        /// Plugin name.
+        plugin: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A hook trapped, ran out of CPU time, or broke a limit.
+    #[error("plugin `{plugin}` failed in {hook}: {reason}")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// The hook being run.
+        hook: &'static str,
+        /// The trap or limit, in words.
+        reason: String,
+        /// Which limit, when one was reached: `cpu`, `memory`, `bytes_per_host_call`,
+        /// `headers_added`.
+        limit: Option<&'static str>,
+    },
+}
+
+/// The wasmtime engine all plugins share, with its epoch ticker.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginEngine")
+    }
+}
+
+impl Drop for PluginEngine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginEngine {
+    /// An engine with epoch interruption and the pooling allocator; starts the
+    /// ticker thread.
+    pub fn new() -> anyhow::Result<PluginEngine> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(POOL_INSTANCES);
+        pool.total_memories(POOL_INSTANCES);
+        pool.total_tables(POOL_INSTANCES);
+        pool.max_memory_size(DEFAULT_MEMORY_BYTES.max(64 << 20));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // Reserve less virtual memory per slot than wasmtime's 4 GiB default, so a
+        // thousand instances fit in small containers' address-space limits.
+        config.memory_reservation(128 << 20);
+        config.memory_guard_size(32 << 20);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        host::link(&mut linker)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ticker, flag) = (engine.weak(), stop.clone());
+        std::thread::Builder::new()
+            .name("gantry-plugin-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })?;
+        Ok(PluginEngine {
+            engine,
+            linker: Arc::new(linker),
+            stop,
+        })
+    }
+
+    /// Compile and check a plugin (off the request path), and run its VM start and
+    /// configuration on a first instance, so a plugin that rejects its
+    /// configuration is rejected here.
+    pub fn load(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        configuration: Vec<u8>,
+        limits: PluginLimits,
+        failure: FailurePolicy,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let invalid = |reason: String| PluginError::Invalid {
+            plugin: name.to_string(),
+            reason,
+        };
+        if wasm.len() > limits.max_module_bytes {
+            return Err(PluginError::TooLarge {
+                plugin: name.into(),
+                size: wasm.len(),
+                limit: limits.max_module_bytes,
+            });
+        }
+        let module = Module::new(&self.engine, wasm)
+            .map_err(|e| invalid(format!("not a valid module: {e:#}")))?;
+        let abi = module
+            .exports()
+            .find_map(|e| match e.name() {
+                "proxy_abi_version_0_2_1" => Some("0.2.1"),
+                "proxy_abi_version_0_2_0" => Some("0.2.0"),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                invalid(
+                    "exports no proxy_abi_version_0_2_1 or _0_2_0: not a proxy-wasm module".into(),
+                )
+            })?;
+        if let Some(import) = module.imports().find(|i| i.module() != "env") {
+            return Err(invalid(format!(
+                "imports `{}.{}`; only the proxy-wasm ABI (`env`) is offered (no WASI, no network, no files)",
+                import.module(),
+                import.name()
+            )));
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let plugin = Arc::new(Plugin {
+            name: name.into(),
+            abi,
+            engine: self.engine.clone(),
+            pre,
+            configuration: configuration.into(),
+            limits,
+            failure,
+            shared: Arc::new(Shared::default()),
+            idle: Mutex::new(Vec::new()),
+            next_context: AtomicU32::new(2),
+        });
+        let vm = plugin.new_vm().map_err(|e| match e {
+            PluginError::Trap { reason, hook, .. } => invalid(format!("{hook}: {reason}")),
+            other => other,
+        })?;
+        plugin.idle.lock().expect("idle lock").push(vm);
+        Ok(plugin)
+    }
+}
+
+/// Metrics and shared data of one plugin, visible to all its instances and to no
+/// other plugin.
+#[derive(Debug, Default)]
+pub struct Shared {
+    data: Mutex<HashMap<String, (Vec<u8>, u32)>>,
+    metrics: Mutex<Vec<Metric>>,
+}
+
+/// A metric a plugin defined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// Its name, as the plugin gave it.
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: MetricKind,
+    /// Counter or gauge value; for a histogram, the last recorded value.
+    pub value: u64,
+    /// Histogram samples recorded.
+    pub samples: Vec<u64>,
+}
+
+/// Metric types of the ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// Set or moved.
+    Gauge,
+    /// Recorded values.
+    Histogram,
+}
+
+/// Histogram samples kept per metric (the newest win).
+const MAX_HISTOGRAM_SAMPLES: usize = 1024;
+
+impl Shared {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.data.lock().expect("shared lock").get(key).cloned()
+    }
+
+    /// Set `key` if `cas` is 0 or equals its current version.
+    fn set(&self, key: String, value: Vec<u8>, cas: u32) -> bool {
+        let mut data = self.data.lock().expect("shared lock");
+        let entry = data.entry(key).or_insert((Vec::new(), 0));
+        if cas != 0 && cas != entry.1 {
+            return false;
+        }
+        *entry = (value, entry.1.wrapping_add(1).max(1));
+        true
+    }
+
+    fn define_metric(&self, kind: i32, name: &str) -> Option<u32> {
+        let kind = match kind {
+            0 => MetricKind::Counter,
+            1 => MetricKind::Gauge,
+            2 => MetricKind::Histogram,
+            _ => return None,
+        };
+        let mut metrics = self.metrics.lock().expect("metrics lock");
+        if let Some(i) = metrics.iter().position(|m| m.name == name) {
+            return Some(i as u32);
+        }
+        metrics.push(Metric {
+            name: name.into(),
+            kind,
+            value: 0,
+            samples: Vec::new(),
+        });
+        Some(metrics.len() as u32 - 1)
+    }
+
+    fn increment_metric(&self, id: u32, offset: i64) -> bool {
+        let mut metrics = self.metrics.lock().expect("metrics lock");
+        let Some(m) = metrics.get_mut(id as usize) else {
+            return false;
+        };
+        if m.kind == MetricKind::Counter && offset < 0 {
+            return false;
+        }
+        m.value = m.value.saturating_add_signed(offset);
+        true
+    }
+
+    fn record_metric(&self, id: u32, value: u64) -> bool {
+        let mut metrics = self.metrics.lock().expect("metrics lock");
+        let Some(m) = metrics.get_mut(id as usize) else {
+            return false;
+        };
+        m.value = value;
+        if m.kind == MetricKind::Histogram {
+            if m.samples.len() == MAX_HISTOGRAM_SAMPLES {
+                m.samples.remove(0);
+            }
+            m.samples.push(value);
+        }
+        true
+    }
+
+    fn metric_value(&self, id: u32) -> Option<u64> {
+        self.metrics
+            .lock()
+            .expect("metrics lock")
+            .get(id as usize)
+            .map(|m| m.value)
+    }
+
+    /// Every metric the plugin defined, for export.
+    pub fn metrics(&self) -> Vec<Metric> {
+        self.metrics.lock().expect("metrics lock").clone()
+    }
+}
+
+/// A hook taking (context id, count or size, end of stream) and returning an action.
+type Hook = TypedFunc<(i32, i32, i32), i32>;
+
+/// The guest functions the host calls.
+struct Exports {
+    context_create: TypedFunc<(i32, i32), ()>,
+    on_request_headers: Option<Hook>,
+    on_request_body: Option<Hook>,
+    on_response_headers: Option<Hook>,
+    on_response_body: Option<Hook>,
+    on_done: Option<TypedFunc<i32, i32>>,
+    on_delete: Option<TypedFunc<i32, ()>>,
+}
+
+/// One instance with its configured root context.
+struct Vm {
+    store: Store<HostState>,
+    exports: Exports,
+}
+
+/// A loaded plugin: compiled once, instantiated per concurrent request, reused.
+pub struct Plugin {
+    /// Its name (from the route's configuration).
+    pub name: String,
+    /// The ABI version the module declared.
+    pub abi: &'static str,
+    engine: Engine,
+    pre: InstancePre<HostState>,
+    configuration: Arc<[u8]>,
+    /// Its limits.
+    pub limits: PluginLimits,
+    /// Its failure policy.
+    pub failure: FailurePolicy,
+    shared: Arc<Shared>,
+    idle: Mutex<Vec<Vm>>,
+    next_context: AtomicU32,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).finish()
+    }
+}
+
+/// The root context id of every instance.
+const ROOT_CONTEXT: i32 = 1;
+
+fn classify(plugin: &str, hook: &'static str, err: wasmtime::Error) -> PluginError {
+    let limit = if err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+        Some("cpu")
+    } else if let Some(t) = err.downcast_ref::<LimitTrap>() {
+        if t.0.contains("bytes_per_host_call") {
+            Some("bytes_per_host_call")
+        } else {
+            Some("headers_added")
+        }
+    } else {
+        None
+    };
+    let reason = match limit {
+        Some("cpu") => {
+            "ran past its CPU limit per call (cpu_per_call) and was interrupted".to_string()
+        }
+        _ => format!("{err:#}"),
+    };
+    PluginError::Trap {
+        plugin: plugin.to_string(),
+        hook,
+        reason,
+        limit,
+    }
+}
+
+impl Plugin {
+    /// Metrics and shared data of this plugin.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.cpu_per_call.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1)
+    }
+
+    /// Instantiate and configure a fresh instance.
+    fn new_vm(&self) -> Result<Vm, PluginError> {
+        let state = HostState {
+            plugin: self.name.as_str().into(),
+            limits: self.limits,
+            store_limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .instances(1)
+                .build(),
+            configuration: self.configuration.clone(),
+            shared: self.shared.clone(),
+            http: HttpState::default(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.store_limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&self.name, "instantiate", e))?;
+        for start in ["_initialize", "_start"] {
+            if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, start) {
+                store.set_epoch_deadline(self.deadline_ticks());
+                f.call(&mut store, ())
+                    .map_err(|e| classify(&self.name, start, e))?;
+                break;
+            }
+        }
+        let func2 = |store: &mut Store<HostState>, name: &str| {
+            instance
+                .get_typed_func::<(i32, i32, i32), i32>(store, name)
+                .ok()
+        };
+        let context_create = instance
+            .get_typed_func::<(i32, i32), ()>(&mut store, "proxy_on_context_create")
+            .map_err(|e| PluginError::Invalid {
+                plugin: self.name.clone(),
+                reason: format!("no proxy_on_context_create export: {e}"),
+            })?;
+        let exports = Exports {
+            context_create,
+            on_request_headers: func2(&mut store, "proxy_on_request_headers"),
+            on_request_body: func2(&mut store, "proxy_on_request_body"),
+            on_response_headers: func2(&mut store, "proxy_on_response_headers"),
+            on_response_body: func2(&mut store, "proxy_on_response_body"),
+            on_done: instance
+                .get_typed_func::<i32, i32>(&mut store, "proxy_on_done")
+                .ok(),
+            on_delete: instance
+                .get_typed_func::<i32, ()>(&mut store, "proxy_on_delete")
+                .ok(),
+        };
+        store.set_epoch_deadline(self.deadline_ticks());
+        exports
+            .context_create
+            .call(&mut store, (ROOT_CONTEXT, 0))
+            .map_err(|e| classify(&self.name, "proxy_on_context_create", e))?;
+        let config_len = self.configuration.len() as i32;
+        for (name, arg) in [("proxy_on_vm_start", 0), ("proxy_on_configure", config_len)] {
+            if let Ok(f) = instance.get_typed_func::<(i32, i32), i32>(&mut store, name) {
+                store.set_epoch_deadline(self.deadline_ticks());
+                let ok = f
+                    .call(&mut store, (ROOT_CONTEXT, arg))
+                    .map_err(|e| classify(&self.name, "configure", e))?;
+                if ok == 0 {
+                    return Err(PluginError::Invalid {
+                        plugin: self.name.clone(),
+                        reason: format!(
+                            "{name} returned false (the plugin rejected its configuration)"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Vm { store, exports })
+    }
+
+    /// Start filtering one request: check out an idle instance (or make one) and
+    /// create its HTTP context. `properties` are what `proxy_get_property` answers
+    /// (`request.path`, `source.address`, `plugin_name`, ...).
+    pub fn start_request(
+        self: &Arc<Self>,
+        properties: Vec<(String, Vec<u8>)>,
+    ) -> Result<HttpContext, PluginError> {
+        let vm = self.idle.lock().expect("idle lock").pop();
+        let mut vm = match vm {
+            Some(vm) => vm,
+            None => self.new_vm()?,
+        };
+        let id = self.next_context.fetch_add(1, Ordering::Relaxed) as i32;
+        vm.store.data_mut().http = HttpState {
+            properties,
+            ..HttpState::default()
+        };
+        vm.store.set_epoch_deadline(self.deadline_ticks());
+        vm.exports
+            .context_create
+            .call(&mut vm.store, (id, ROOT_CONTEXT))
+            .map_err(|e| classify(&self.name, "proxy_on_context_create", e))?;
+        Ok(HttpContext {
+            plugin: self.clone(),
+            vm: Some(vm),
+            id,
+        })
+    }
+
+    /// Instances waiting for a request.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().expect("idle lock").len()
+    }
+}
+
+/// One request's HTTP context in one plugin instance. Dropping it ends the
+/// context (`proxy_on_done`, `proxy_on_delete`) and returns the instance for
+/// reuse, unless a hook failed: a broken instance is discarded.
+pub struct HttpContext {
+    plugin: Arc<Plugin>,
+    vm: Option<Vm>,
+    id: i32,
+}
+
+impl std::fmt::Debug for HttpContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpContext")
+            .field("plugin", &self.plugin.name)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// Which body hook to run.
+#[derive(Clone, Copy)]
+enum Side {
+    Request,
+    Response,
+}
+
+impl HttpContext {
+    /// The plugin.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    fn call(
+        &mut self,
+        hook: &'static str,
+        pick: fn(&Exports) -> Option<Hook>,
+        arg: i32,
+        end_of_stream: bool,
+    ) -> Result<Decision, PluginError> {
+        let deadline = self.plugin.deadline_ticks();
+        let Some(vm) = self.vm.as_mut() else {
+            return Err(PluginError::Trap {
+                plugin: self.plugin.name.clone(),
+                hook,
+                reason: "the instance failed earlier in this request".into(),
+                limit: None,
+            });
+        };
+        let Some(f) = pick(&vm.exports) else {
+            return Ok(Decision::Continue);
+        };
+        vm.store.set_epoch_deadline(deadline);
+        let result = f.call(&mut vm.store, (self.id, arg, i32::from(end_of_stream)));
+        match result {
+            Ok(action) => {
+                if let Some(local) = vm.store.data_mut().http.local_response.take() {
+                    return Ok(Decision::Respond(local));
+                }
+                // Pause without a local response: this host has no way to resume a
+                // request later (that needs proxy_http_call), so it continues.
+                let _ = abi::Action::from_abi(action);
+                Ok(Decision::Continue)
+            }
+            Err(e) => {
+                // A trapped instance may hold any state: never reuse it.
+                self.vm = None;
+                Err(classify(&self.plugin.name, hook, e))
+            }
+        }
+    }
+
+    /// Request headers (pseudo-headers `:method`, `:path`, `:authority`,
+    /// `:scheme` included); the plugin may change them in place.
+    pub fn on_request_headers(
+        &mut self,
+        headers: &mut Vec<(String, String)>,
+        end_of_stream: bool,
+    ) -> Result<Decision, PluginError> {
+        self.with_map(Side::Request, headers, |ctx, n| {
+            ctx.call(
+                "proxy_on_request_headers",
+                |e| e.on_request_headers.clone(),
+                n,
+                end_of_stream,
+            )
+        })
+    }
+
+    /// Response headers (`:status` included).
+    pub fn on_response_headers(
+        &mut self,
+        headers: &mut Vec<(String, String)>,
+        end_of_stream: bool,
+    ) -> Result<Decision, PluginError> {
+        self.with_map(Side::Response, headers, |ctx, n| {
+            ctx.call(
+                "proxy_on_response_headers",
+                |e| e.on_response_headers.clone(),
+                n,
+                end_of_stream,
+            )
+        })
+    }
+
+    /// Request body (what has arrived so far); the plugin may replace it.
+    pub fn on_request_body(
+        &mut self,
+        body: &mut Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<Decision, PluginError> {
+        self.with_body(Side::Request, body, |ctx, n| {
+            ctx.call(
+                "proxy_on_request_body",
+                |e| e.on_request_body.clone(),
+                n,
+                end_of_stream,
+            )
+        })
+    }
+
+    /// Response body (what has arrived so far); the plugin may replace it.
+    pub fn on_response_body(
+        &mut self,
+        body: &mut Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<Decision, PluginError> {
+        self.with_body(Side::Response, body, |ctx, n| {
+            ctx.call(
+                "proxy_on_response_body",
+                |e| e.on_response_body.clone(),
+                n,
+                end_of_stream,
+            )
+        })
+    }
+
+    fn with_map(
+        &mut self,
+        side: Side,
+        headers: &mut Vec<(String, String)>,
+        run: impl FnOnce(&mut Self, i32) -> Result<Decision, PluginError>,
+    ) -> Result<Decision, PluginError> {
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            let slot = match side {
+                Side::Request => &mut http.request_headers,
+                Side::Response => &mut http.response_headers,
+            };
+            *slot = std::mem::take(headers);
+            http.headers_added = 0;
+        }
+        let n = headers.len() as i32;
+        let result = run(self, n);
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            *headers = std::mem::take(match side {
+                Side::Request => &mut http.request_headers,
+                Side::Response => &mut http.response_headers,
+            });
+        }
+        result
+    }
+
+    fn with_body(
+        &mut self,
+        side: Side,
+        body: &mut Vec<u8>,
+        run: impl FnOnce(&mut Self, i32) -> Result<Decision, PluginError>,
+    ) -> Result<Decision, PluginError> {
+        let n = body.len() as i32;
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            *match side {
+                Side::Request => &mut http.request_body,
+                Side::Response => &mut http.response_body,
+            } = std::mem::take(body);
+        }
+        let result = run(self, n);
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            *body = std::mem::take(match side {
+                Side::Request => &mut http.request_body,
+                Side::Response => &mut http.response_body,
+            });
+        }
+        result
+    }
+}
+
+impl Drop for HttpContext {
+    fn drop(&mut self) {
+        let Some(mut vm) = self.vm.take() else {
+            return;
+        };
+        let deadline = self.plugin.deadline_ticks();
+        let mut ok = true;
+        if let Some(done) = vm.exports.on_done.clone() {
+            vm.store.set_epoch_deadline(deadline);
+            ok &= done.call(&mut vm.store, self.id).is_ok();
+        }
+        if let Some(delete) = vm.exports.on_delete.clone() {
+            vm.store.set_epoch_deadline(deadline);
+            ok &= delete.call(&mut vm.store, self.id).is_ok();
+        }
+        if ok {
+            vm.store.data_mut().http = HttpState::default();
+            self.plugin.idle.lock().expect("idle lock").push(vm);
+        }
+    }
+}

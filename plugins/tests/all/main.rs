@@ -1,0 +1,4 @@
+//! The plugin host's sandbox, with tiny inline WAT modules: every limit reached,
+//! every trap contained, every bad pointer refused.
+
+mod sandbox;

@@ -1,0 +1,337 @@
+use gantry_plugins::{Decision, FailurePolicy, PluginEngine, PluginError, PluginLimits};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn engine() -> &'static PluginEngine {
+    static ENGINE: OnceLock<PluginEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| PluginEngine::new().expect("engine"))
+}
+
+/// A proxy-wasm module whose request-headers hook runs `body` (WAT instructions
+/// leaving an i32 action). Strings: "x-a" at 16, "1" at 32, "hello" at 48.
+fn module(body: &str) -> Vec<u8> {
+    module_with(body, "(i32.const 0)", "")
+}
+
+fn module_with(request_headers: &str, response_headers: &str, extra: &str) -> Vec<u8> {
+    let wat = format!(
+        r#"(module
+          (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+          (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_get_buffer_bytes" (func $buffer (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (global $heap (mut i32) (i32.const 1024))
+          (data (i32.const 16) "x-a")
+          (data (i32.const 32) "1")
+          (data (i32.const 48) "hello")
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+            (local $p i32)
+            (local.set $p (global.get $heap))
+            (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+            (local.get $p))
+          (func (export "proxy_on_context_create") (param i32 i32))
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {request_headers})
+          (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) {response_headers})
+          {extra}
+        )"#
+    );
+    wat::parse_str(&wat).unwrap_or_else(|e| panic!("{e}\n{wat}"))
+}
+
+fn load(wasm: &[u8], limits: PluginLimits) -> std::sync::Arc<gantry_plugins::Plugin> {
+    engine()
+        .load("t", wasm, b"cfg".to_vec(), limits, FailurePolicy::Closed)
+        .expect("plugin loads")
+}
+
+fn request_headers() -> Vec<(String, String)> {
+    vec![(":path".into(), "/".into()), ("host".into(), "x".into())]
+}
+
+fn run(
+    wasm: &[u8],
+    limits: PluginLimits,
+) -> Result<(Decision, Vec<(String, String)>), PluginError> {
+    let plugin = load(wasm, limits);
+    let mut ctx = plugin.start_request(vec![])?;
+    let mut headers = request_headers();
+    let d = ctx.on_request_headers(&mut headers, true)?;
+    Ok((d, headers))
+}
+
+#[test]
+fn a_plugin_adds_a_header_and_its_instance_is_reused() {
+    let wasm = module("(drop (call $add (i32.const 0) (i32.const 16) (i32.const 3) (i32.const 32) (i32.const 1))) (i32.const 0)");
+    let plugin = load(&wasm, PluginLimits::default());
+    for _ in 0..3 {
+        let mut ctx = plugin.start_request(vec![]).unwrap();
+        let mut headers = request_headers();
+        assert_eq!(
+            ctx.on_request_headers(&mut headers, true).unwrap(),
+            Decision::Continue
+        );
+        assert!(headers.contains(&("x-a".into(), "1".into())), "{headers:?}");
+        drop(ctx);
+    }
+    assert_eq!(
+        plugin.idle_instances(),
+        1,
+        "one instance served every request"
+    );
+}
+
+#[test]
+fn an_infinite_loop_is_interrupted_at_the_cpu_limit() {
+    let wasm = module("(loop $l (br $l)) (i32.const 0)");
+    let limits = PluginLimits {
+        cpu_per_call: Duration::from_millis(5),
+        ..PluginLimits::default()
+    };
+    let started = Instant::now();
+    let err = run(&wasm, limits).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    match err {
+        PluginError::Trap { limit, hook, .. } => {
+            assert_eq!(limit, Some("cpu"));
+            assert_eq!(hook, "proxy_on_request_headers");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn memory_cannot_grow_past_the_limit() {
+    // Ask for 64 MiB more; with a 2 MiB limit memory.grow answers -1, which this
+    // plugin reports as a 507 local response.
+    let wasm = module(
+        "(if (i32.eq (memory.grow (i32.const 1024)) (i32.const -1))
+           (then (drop (call $respond (i32.const 507) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))))
+         (i32.const 0)",
+    );
+    let limits = PluginLimits {
+        memory_bytes: 2 << 20,
+        ..PluginLimits::default()
+    };
+    let (d, _) = run(&wasm, limits).unwrap();
+    match d {
+        Decision::Respond(r) => assert_eq!(r.status, 507),
+        other => panic!("memory grew past its limit: {other:?}"),
+    }
+}
+
+#[test]
+fn a_trap_in_any_hook_is_contained_and_the_instance_discarded() {
+    let trap = "(unreachable)";
+    for (req, resp, hook) in [
+        (trap, "(i32.const 0)", "proxy_on_request_headers"),
+        ("(i32.const 0)", trap, "proxy_on_response_headers"),
+    ] {
+        let plugin = load(&module_with(req, resp, ""), PluginLimits::default());
+        let mut ctx = plugin.start_request(vec![]).unwrap();
+        let mut headers = request_headers();
+        let result = ctx.on_request_headers(&mut headers, true).and_then(|_| {
+            ctx.on_response_headers(&mut vec![(":status".into(), "200".into())], true)
+        });
+        match result {
+            Err(PluginError::Trap {
+                hook: h, reason, ..
+            }) => {
+                assert_eq!(h, hook);
+                assert!(reason.contains("unreachable"), "{reason}");
+            }
+            other => panic!("{hook}: {other:?}"),
+        }
+        drop(ctx);
+        assert_eq!(
+            plugin.idle_instances(),
+            0,
+            "a trapped instance is not reused"
+        );
+        // The next request gets a fresh instance and works up to the same trap.
+        assert!(plugin.start_request(vec![]).is_ok());
+    }
+}
+
+#[test]
+fn body_hooks_trap_contained_too() {
+    let extra = "(func (export \"proxy_on_request_body\") (param i32 i32 i32) (result i32) (unreachable))
+                 (func (export \"proxy_on_response_body\") (param i32 i32 i32) (result i32) (unreachable))";
+    let plugin = load(
+        &module_with("(i32.const 0)", "(i32.const 0)", extra),
+        PluginLimits::default(),
+    );
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let err = ctx.on_request_body(&mut b"abc".to_vec(), true).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PluginError::Trap {
+                hook: "proxy_on_request_body",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let err = ctx
+        .on_response_body(&mut b"abc".to_vec(), true)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PluginError::Trap {
+                hook: "proxy_on_response_body",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn adding_too_many_headers_traps_at_the_limit() {
+    let wasm = module(
+        "(local $i i32)
+         (loop $l
+           (drop (call $add (i32.const 0) (i32.const 16) (i32.const 3) (i32.const 32) (i32.const 1)))
+           (local.set $i (i32.add (local.get $i) (i32.const 1)))
+           (br_if $l (i32.lt_u (local.get $i) (i32.const 100))))
+         (i32.const 0)",
+    );
+    let limits = PluginLimits {
+        max_headers_added: 10,
+        ..PluginLimits::default()
+    };
+    match run(&wasm, limits).unwrap_err() {
+        PluginError::Trap { limit, reason, .. } => {
+            assert_eq!(limit, Some("headers_added"));
+            assert!(reason.contains("more than 10 headers"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn out_of_bounds_pointers_get_invalid_memory_access() {
+    // proxy_log with a pointer past the end of memory: status 6, reported here as
+    // a local response with status 500 + 6.
+    let wasm = module(
+        "(drop (call $respond
+            (i32.add (i32.const 500) (call $log (i32.const 2) (i32.const 65530) (i32.const 100)))
+            (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
+         (i32.const 0)",
+    );
+    let (d, _) = run(&wasm, PluginLimits::default()).unwrap();
+    assert_eq!(
+        d,
+        Decision::Respond(gantry_plugins::LocalResponse {
+            status: 506,
+            headers: vec![],
+            body: vec![]
+        })
+    );
+    // A return pointer out of bounds: the configuration cannot be delivered there.
+    let wasm = module(
+        "(drop (call $respond
+            (i32.add (i32.const 500) (call $buffer (i32.const 7) (i32.const 0) (i32.const 100) (i32.const 70000) (i32.const 70004)))
+            (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
+         (i32.const 0)",
+    );
+    let (d, _) = run(&wasm, PluginLimits::default()).unwrap();
+    assert!(matches!(d, Decision::Respond(r) if r.status == 506));
+}
+
+#[test]
+fn copying_too_much_in_one_host_call_traps() {
+    let wasm =
+        module("(drop (call $log (i32.const 2) (i32.const 0) (i32.const 4096))) (i32.const 0)");
+    let limits = PluginLimits {
+        bytes_per_host_call: 1024,
+        ..PluginLimits::default()
+    };
+    match run(&wasm, limits).unwrap_err() {
+        PluginError::Trap { limit, reason, .. } => {
+            assert_eq!(limit, Some("bytes_per_host_call"));
+            assert!(
+                reason.contains("4096 bytes") && reason.contains("1024"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn unimplemented_abi_calls_say_so() {
+    let wasm = module(
+        "(drop (call $respond
+            (i32.add (i32.const 500) (call $http_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 0)))
+            (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
+         (i32.const 0)",
+    );
+    let (d, _) = run(&wasm, PluginLimits::default()).unwrap();
+    assert!(
+        matches!(d, Decision::Respond(r) if r.status == 512),
+        "Unimplemented is 12"
+    );
+}
+
+#[test]
+fn modules_that_are_not_proxy_wasm_plugins_are_rejected_with_a_reason() {
+    let limits = PluginLimits::default();
+    let e = engine()
+        .load("p", b"not wasm", vec![], limits, FailurePolicy::Closed)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("plugin `p`: not a valid module"),
+        "{e}"
+    );
+    let plain = wat::parse_str("(module (memory (export \"memory\") 1))").unwrap();
+    let e = engine()
+        .load("p", &plain, vec![], limits, FailurePolicy::Closed)
+        .unwrap_err();
+    assert!(e.to_string().contains("not a proxy-wasm module"), "{e}");
+    let wasi = wat::parse_str(
+        "(module (import \"wasi_snapshot_preview1\" \"fd_write\" (func (param i32 i32 i32 i32) (result i32)))
+                 (func (export \"proxy_abi_version_0_2_1\")))",
+    )
+    .unwrap();
+    let e = engine()
+        .load("p", &wasi, vec![], limits, FailurePolicy::Closed)
+        .unwrap_err();
+    assert!(e.to_string().contains("only the proxy-wasm ABI"), "{e}");
+    let small = PluginLimits {
+        max_module_bytes: 10,
+        ..limits
+    };
+    let e = engine()
+        .load("p", &plain, vec![], small, FailurePolicy::Closed)
+        .unwrap_err();
+    assert!(e.to_string().contains("max_module_bytes"), "{e}");
+}
+
+#[test]
+fn a_plugin_that_rejects_its_configuration_is_not_loaded() {
+    let wasm = module_with(
+        "(i32.const 0)",
+        "(i32.const 0)",
+        "(func (export \"proxy_on_configure\") (param i32 i32) (result i32) (i32.const 0))",
+    );
+    let e = engine()
+        .load(
+            "picky",
+            &wasm,
+            b"bad".to_vec(),
+            PluginLimits::default(),
+            FailurePolicy::Closed,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("rejected its configuration"), "{e}");
+}
