@@ -53,6 +53,16 @@ pub const DEFAULT_INFERENCE_RETRIES: u32 = 1;
 /// Requests one gateway process may have in flight to one inference pool; more
 /// get 429 at once (bounds the gateway's memory and the backends' queues).
 pub const DEFAULT_INFERENCE_MAX_INFLIGHT: usize = 4096;
+/// CPU one plugin hook call may use before it is interrupted, in milliseconds.
+pub const DEFAULT_PLUGIN_CPU_PER_CALL_MS: u64 = 5;
+/// Linear memory one plugin instance may grow to, in bytes (32 MiB).
+pub const DEFAULT_PLUGIN_MEMORY_BYTES: usize = 32 << 20;
+/// Bytes one plugin host call may copy into or out of the guest (1 MiB).
+pub const DEFAULT_PLUGIN_BYTES_PER_HOST_CALL: usize = 1 << 20;
+/// Headers one plugin may add to one request (and to one response).
+pub const DEFAULT_PLUGIN_MAX_HEADERS_ADDED: usize = 64;
+/// Largest plugin module accepted, in bytes (16 MiB).
+pub const DEFAULT_PLUGIN_MAX_MODULE_BYTES: usize = 16 << 20;
 /// How often endpoint host names are resolved again, in milliseconds: a name that
 /// resolves to several addresses (a Kubernetes headless Service) gives one backend
 /// per address, and backends come and go with the answer.
@@ -321,12 +331,53 @@ pub struct RouteSection {
     pub strip_prefix: bool,
     /// Body limit for this route in bytes. Default: `limits.max_body_bytes`.
     pub max_body_bytes: Option<u64>,
+    /// Wasm plugins (proxy-wasm ABI), run in order on this route's requests and
+    /// responses. A local response from one stops the chain.
+    #[serde(default)]
+    pub plugins: Vec<PluginSection>,
     /// Changes to the request before it goes upstream.
     #[serde(default)]
     pub request_headers: HeaderRewriteSection,
     /// Changes to the response before it goes to the client.
     #[serde(default)]
     pub response_headers: HeaderRewriteSection,
+}
+
+/// `[[routes.plugins]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSection {
+    /// Name in logs, metrics and error messages; unique on the route.
+    pub name: String,
+    /// The `.wasm` file (relative to the configuration file's directory).
+    pub file: String,
+    /// Handed to the plugin's `proxy_on_configure`: a string as its raw bytes, a
+    /// table as JSON. Absent: empty.
+    pub configuration: Option<toml::Value>,
+    /// What a trap or a reached limit does. Default: `closed`.
+    #[serde(default)]
+    pub failure: FailureMode,
+    /// Milliseconds. Default [`DEFAULT_PLUGIN_CPU_PER_CALL_MS`].
+    pub cpu_per_call_ms: Option<u64>,
+    /// Bytes. Default [`DEFAULT_PLUGIN_MEMORY_BYTES`].
+    pub memory_bytes: Option<usize>,
+    /// Bytes. Default [`DEFAULT_PLUGIN_BYTES_PER_HOST_CALL`].
+    pub bytes_per_host_call: Option<usize>,
+    /// Default [`DEFAULT_PLUGIN_MAX_HEADERS_ADDED`].
+    pub max_headers_added: Option<usize>,
+    /// Bytes. Default [`DEFAULT_PLUGIN_MAX_MODULE_BYTES`].
+    pub max_module_bytes: Option<usize>,
+}
+
+/// A plugin's failure policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Answer 500 with a JSON error naming the plugin.
+    #[default]
+    Closed,
+    /// Skip the plugin and go on.
+    Open,
 }
 
 /// `[routes.request_headers]` / `[routes.response_headers]`: applied remove, then set, then add.

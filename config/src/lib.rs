@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{Builtin, HashOn, HealthCheckKind, LoadBalancing};
+pub use file::{Builtin, FailureMode, HashOn, HealthCheckKind, LoadBalancing};
 
 /// The default configuration compiled into the binary, used by `gantry serve` without
 /// `--config`. Kept as `config/examples/default.toml`.
@@ -277,10 +277,35 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Body limit in bytes.
     pub max_body_bytes: u64,
+    /// Wasm plugins, in order.
+    pub plugins: Vec<PluginRef>,
     /// Request header rewrite.
     pub request_headers: HeaderRewrite,
     /// Response header rewrite.
     pub response_headers: HeaderRewrite,
+}
+
+/// A plugin on a route, validated (the file exists and is not empty).
+#[derive(Debug, Clone)]
+pub struct PluginRef {
+    /// Name, unique on the route.
+    pub name: String,
+    /// The `.wasm` file.
+    pub file: PathBuf,
+    /// Bytes for `proxy_on_configure`.
+    pub configuration: Vec<u8>,
+    /// Failure policy.
+    pub failure: FailureMode,
+    /// CPU per hook call.
+    pub cpu_per_call: Duration,
+    /// Linear memory per instance, bytes.
+    pub memory_bytes: usize,
+    /// Bytes copied per host call.
+    pub bytes_per_host_call: usize,
+    /// Headers added per request or response.
+    pub max_headers_added: usize,
+    /// Module size limit, bytes.
+    pub max_module_bytes: usize,
 }
 
 /// A validated header rewrite: names lower-cased, values checked.

@@ -3,7 +3,7 @@
 use crate::file::*;
 use crate::{
     Certificate, Config, HashKey, HeaderRewrite, HealthCheck, InferencePool, Limits, Listener,
-    Pool, Problem, Route, Target, Tls,
+    PluginRef, Pool, Problem, Route, Target, Tls,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -235,7 +235,7 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
     for (i, r) in raw.routes.iter().enumerate() {
         let at = format!("routes[{i}]");
         c.unique(&mut names, format!("{at}.name"), "route", &r.name);
-        let Some(route) = convert_route(&mut c, &at, r, &raw, limits.max_body_bytes) else {
+        let Some(route) = convert_route(&mut c, &at, r, &raw, limits.max_body_bytes, base) else {
             continue;
         };
         let key = (
@@ -621,14 +621,92 @@ fn convert_target(c: &mut Checker, at: &str, r: &RouteSection, raw: &FileConfig)
     (pools.len() == r.inference_pools.len()).then_some(Target::Inference(pools))
 }
 
+fn convert_plugin(c: &mut Checker, at: &str, p: &PluginSection, base: &Path) -> PluginRef {
+    let file = base.join(&p.file);
+    match std::fs::metadata(&file) {
+        Ok(m) if m.len() == 0 => {
+            c.fail(format!("{at}.file"), format!("{} is empty", file.display()))
+        }
+        Ok(_) => {}
+        Err(e) => c.fail(
+            format!("{at}.file"),
+            format!("cannot read {}: {e}", file.display()),
+        ),
+    }
+    let configuration = match &p.configuration {
+        None => Vec::new(),
+        Some(toml::Value::String(s)) => s.clone().into_bytes(),
+        Some(toml::Value::Table(t)) => {
+            serde_json::to_vec(t).expect("TOML tables serialize as JSON")
+        }
+        Some(other) => {
+            c.fail(
+                format!("{at}.configuration"),
+                format!(
+                    "must be a string (passed as raw bytes) or a table (passed as JSON), not a {}",
+                    other.type_str()
+                ),
+            );
+            Vec::new()
+        }
+    };
+    let cpu_per_call = c.millis(
+        format!("{at}.cpu_per_call_ms"),
+        p.cpu_per_call_ms,
+        DEFAULT_PLUGIN_CPU_PER_CALL_MS,
+    );
+    let memory_bytes = p.memory_bytes.unwrap_or(DEFAULT_PLUGIN_MEMORY_BYTES);
+    if memory_bytes < 65536 {
+        c.fail(
+            format!("{at}.memory_bytes"),
+            format!("{memory_bytes} is below one Wasm page (65536 bytes)"),
+        );
+    }
+    PluginRef {
+        name: p.name.clone(),
+        file,
+        configuration,
+        failure: p.failure,
+        cpu_per_call,
+        memory_bytes,
+        bytes_per_host_call: c.at_least_one(
+            format!("{at}.bytes_per_host_call"),
+            p.bytes_per_host_call,
+            DEFAULT_PLUGIN_BYTES_PER_HOST_CALL,
+        ),
+        max_headers_added: p
+            .max_headers_added
+            .unwrap_or(DEFAULT_PLUGIN_MAX_HEADERS_ADDED),
+        max_module_bytes: c.at_least_one(
+            format!("{at}.max_module_bytes"),
+            p.max_module_bytes,
+            DEFAULT_PLUGIN_MAX_MODULE_BYTES,
+        ),
+    }
+}
+
 fn convert_route(
     c: &mut Checker,
     at: &str,
     r: &RouteSection,
     raw: &FileConfig,
     default_body: u64,
+    base: &Path,
 ) -> Option<Route> {
     let target = convert_target(c, at, r, raw);
+    let mut plugin_names = HashSet::new();
+    let mut plugins = Vec::new();
+    for (k, p) in r.plugins.iter().enumerate() {
+        let pat = format!("{at}.plugins[{k}]");
+        c.unique(&mut plugin_names, format!("{pat}.name"), "plugin", &p.name);
+        plugins.push(convert_plugin(c, &pat, p, base));
+    }
+    if !plugins.is_empty() && !matches!(target, Some(Target::Pool(_)) | None) {
+        c.fail(
+            format!("{at}.plugins"),
+            "plugins run on routes with a `pool` (proxied HTTP) for now; not on `inference_pools` or `serve` routes",
+        );
+    }
     let mut hosts = Vec::new();
     for (k, h) in r.hosts.iter().enumerate() {
         let h = h.to_ascii_lowercase();
@@ -675,6 +753,7 @@ fn convert_route(
         methods,
         strip_prefix: r.strip_prefix,
         max_body_bytes: r.max_body_bytes.unwrap_or(default_body),
+        plugins,
         request_headers,
         response_headers,
     })

@@ -31,16 +31,15 @@ use wasmtime::{
     PoolingAllocationConfig, Store, StoreLimitsBuilder, TypedFunc,
 };
 
-/// CPU one hook call may use before it is interrupted (5 ms).
-pub const DEFAULT_CPU_PER_CALL: Duration = Duration::from_millis(5);
-/// Linear memory one instance may grow to (32 MiB).
-pub const DEFAULT_MEMORY_BYTES: usize = 32 << 20;
-/// Bytes one host call may copy into or out of the guest (1 MiB).
-pub const DEFAULT_BYTES_PER_HOST_CALL: usize = 1 << 20;
-/// Headers one plugin may add to one request or response.
-pub const DEFAULT_MAX_HEADERS_ADDED: usize = 64;
-/// Largest module file accepted (16 MiB).
-pub const DEFAULT_MAX_MODULE_BYTES: usize = 16 << 20;
+use gantry_config::file::{
+    DEFAULT_PLUGIN_BYTES_PER_HOST_CALL as DEFAULT_BYTES_PER_HOST_CALL,
+    DEFAULT_PLUGIN_CPU_PER_CALL_MS, DEFAULT_PLUGIN_MAX_HEADERS_ADDED as DEFAULT_MAX_HEADERS_ADDED,
+    DEFAULT_PLUGIN_MAX_MODULE_BYTES as DEFAULT_MAX_MODULE_BYTES,
+    DEFAULT_PLUGIN_MEMORY_BYTES as DEFAULT_MEMORY_BYTES,
+};
+
+/// CPU one hook call may use before it is interrupted.
+pub const DEFAULT_CPU_PER_CALL: Duration = Duration::from_millis(DEFAULT_PLUGIN_CPU_PER_CALL_MS);
 /// How often the epoch advances: the granularity of the CPU limit.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Instances the pooling allocator keeps per engine.
@@ -61,6 +60,19 @@ pub struct PluginLimits {
     pub max_module_bytes: usize,
 }
 
+impl PluginLimits {
+    /// The limits a route's plugin entry sets.
+    pub fn from_config(p: &gantry_config::PluginRef) -> Self {
+        PluginLimits {
+            cpu_per_call: p.cpu_per_call,
+            memory_bytes: p.memory_bytes,
+            bytes_per_host_call: p.bytes_per_host_call,
+            max_headers_added: p.max_headers_added,
+            max_module_bytes: p.max_module_bytes,
+        }
+    }
+}
+
 impl Default for PluginLimits {
     fn default() -> Self {
         PluginLimits {
@@ -73,15 +85,9 @@ impl Default for PluginLimits {
     }
 }
 
-/// What happens to a request when its plugin traps or runs out of time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum FailurePolicy {
-    /// Answer 500 with a JSON error naming the plugin (the default).
-    #[default]
-    Closed,
-    /// Skip the plugin and go on.
-    Open,
-}
+/// What happens to a request when its plugin traps or runs out of time:
+/// `Closed` (the default) answers 500 naming the plugin, `Open` skips it.
+pub use gantry_config::FailureMode as FailurePolicy;
 
 /// An answer a plugin gave instead of letting the request through.
 #[derive(Debug, Clone, PartialEq, Eq)]

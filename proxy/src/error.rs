@@ -47,6 +47,12 @@ pub enum GatewayError {
     /// The client sent something that is not valid HTTP.
     #[error("the request is malformed")]
     BadRequest,
+    /// A route's Wasm plugin trapped or reached a limit, and fails closed.
+    #[error("plugin `{plugin}` failed")]
+    PluginFailed {
+        /// The plugin's name on the route.
+        plugin: String,
+    },
     /// A bug or resource failure inside the gateway.
     #[error("internal gateway error")]
     Internal,
@@ -61,7 +67,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::HeadersTooLarge { .. } => 431,
-            GatewayError::Internal => 500,
+            GatewayError::Internal | GatewayError::PluginFailed { .. } => 500,
             GatewayError::UpstreamUnreachable | GatewayError::BadGateway => 502,
             GatewayError::NoHealthyEndpoint => 503,
             GatewayError::UpstreamTimeout => 504,
@@ -81,6 +87,7 @@ impl GatewayError {
             GatewayError::BadGateway => "bad_gateway",
             GatewayError::BadRequest => "bad_request",
             GatewayError::Internal => "internal_error",
+            GatewayError::PluginFailed { .. } => "plugin_failed",
         }
     }
 

@@ -114,6 +114,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
     inference: Arc<Inference>,
+    /// Per route: its Wasm plugins, in order.
+    plugins: Vec<Vec<Arc<gantry_plugins::Plugin>>>,
 }
 
 /// Per-request state carried through the phases.
@@ -128,6 +130,11 @@ pub struct RequestCtx {
     body_preread: bool,
     /// The inference backend that answered (OpenAI-compatible API routes).
     inference: Option<crate::inference::Outcome>,
+    /// HTTP contexts of the route's plugins that let the request through, for the
+    /// response phase.
+    plugin_contexts: Vec<gantry_plugins::HttpContext>,
+    /// A body that replaces the upstream's (a plugin answered in the response phase).
+    replace_body: Option<Bytes>,
     _inflight: InflightGuard,
 }
 
@@ -149,6 +156,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
         inference: Arc<Inference>,
+        plugins: Vec<Vec<Arc<gantry_plugins::Plugin>>>,
     ) -> Self {
         let rewrites = (0..router.len())
             .map(|i| {
@@ -167,7 +175,168 @@ impl Gateway {
             metrics,
             lifecycle,
             inference,
+            plugins,
         }
+    }
+
+    /// Count a plugin call and, on failure, log it and count the limit reached.
+    fn plugin_outcome(&self, route: usize, plugin: &str, hook: &str, outcome: &str) {
+        let route = self.router.route(route).name.as_str();
+        self.metrics
+            .plugin_calls
+            .with_label_values(&[route, plugin, hook, outcome])
+            .inc();
+    }
+
+    fn plugin_failed(
+        &self,
+        route: usize,
+        ctx: &RequestCtx,
+        hook: &str,
+        err: &gantry_plugins::PluginError,
+    ) -> String {
+        let (name, limit) = match err {
+            gantry_plugins::PluginError::Trap { plugin, limit, .. } => (plugin.clone(), *limit),
+            gantry_plugins::PluginError::TooLarge { plugin, .. }
+            | gantry_plugins::PluginError::Invalid { plugin, .. } => (plugin.clone(), None),
+        };
+        if let Some(limit) = limit {
+            self.metrics
+                .plugin_limit_hits
+                .with_label_values(&[&name, limit])
+                .inc();
+        }
+        self.plugin_outcome(route, &name, hook, "error");
+        tracing::warn!(request_id = %ctx.request_id, route = %self.router.route(route).name, plugin = %name, error = %err, "plugin failed");
+        name
+    }
+
+    /// Run the route's plugins on the request headers. `Ok(true)`: answered.
+    async fn request_plugins(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: usize,
+    ) -> Result<bool> {
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let scheme = if tls { "https" } else { "http" };
+        let req = session.req_header();
+        let mut props = vec![
+            (
+                "request.path".to_string(),
+                req.uri.path().as_bytes().to_vec(),
+            ),
+            (
+                "request.method".to_string(),
+                req.method.as_str().as_bytes().to_vec(),
+            ),
+            ("request.scheme".to_string(), scheme.as_bytes().to_vec()),
+            ("request.id".to_string(), ctx.request_id.as_bytes().to_vec()),
+            (
+                "route_name".to_string(),
+                self.router.route(route).name.as_bytes().to_vec(),
+            ),
+        ];
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            props.push(("source.address".to_string(), addr.to_string().into_bytes()));
+        }
+        let end_of_stream = session.as_mut().is_body_empty();
+        for plugin in &self.plugins[route] {
+            let mut props = props.clone();
+            props.push(("plugin_name".to_string(), plugin.name.as_bytes().to_vec()));
+            let mut pairs = crate::plugins::request_pairs(session.req_header(), scheme);
+            let result = plugin.start_request(props).and_then(|mut hc| {
+                let decision = hc.on_request_headers(&mut pairs, end_of_stream)?;
+                Ok((hc, decision))
+            });
+            match result {
+                Ok((hc, gantry_plugins::Decision::Continue)) => {
+                    self.plugin_outcome(route, &plugin.name, "request_headers", "continue");
+                    crate::plugins::apply_request(session.req_header_mut(), pairs)?;
+                    ctx.plugin_contexts.push(hc);
+                }
+                Ok((_, gantry_plugins::Decision::Respond(local))) => {
+                    self.plugin_outcome(route, &plugin.name, "request_headers", "respond");
+                    let mut resp =
+                        ResponseHeader::build(local.status, Some(local.headers.len() + 2))?;
+                    for (k, v) in local.headers {
+                        resp.append_header(k, v)?;
+                    }
+                    resp.insert_header(CONTENT_LENGTH, local.body.len())?;
+                    resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+                    session.write_response_header(Box::new(resp), false).await?;
+                    session
+                        .write_response_body(Some(Bytes::from(local.body)), true)
+                        .await?;
+                    return Ok(true);
+                }
+                Err(e) => {
+                    let name = self.plugin_failed(route, ctx, "request_headers", &e);
+                    if crate::plugins::fails_closed(plugin) {
+                        self.respond(session, ctx, GatewayError::PluginFailed { plugin: name })
+                            .await?;
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Run the plugins that saw the request on the response headers, last first.
+    fn response_plugins(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        route: usize,
+    ) -> Result<()> {
+        let mut contexts = std::mem::take(&mut ctx.plugin_contexts);
+        for hc in contexts.iter_mut().rev() {
+            let plugin = hc.plugin().clone();
+            let mut pairs = crate::plugins::response_pairs(resp);
+            match hc.on_response_headers(&mut pairs, false) {
+                Ok(gantry_plugins::Decision::Continue) => {
+                    self.plugin_outcome(route, &plugin.name, "response_headers", "continue");
+                    crate::plugins::apply_response(resp, pairs)?;
+                }
+                Ok(gantry_plugins::Decision::Respond(local)) => {
+                    self.plugin_outcome(route, &plugin.name, "response_headers", "respond");
+                    let mut headers = local.headers;
+                    headers.insert(0, (":status".into(), local.status.to_string()));
+                    crate::plugins::apply_response(resp, headers)?;
+                    self.replace_response_body(resp, ctx, Bytes::from(local.body))?;
+                    break;
+                }
+                Err(e) => {
+                    let name = self.plugin_failed(route, ctx, "response_headers", &e);
+                    if crate::plugins::fails_closed(&plugin) {
+                        let err = GatewayError::PluginFailed { plugin: name };
+                        let pairs = vec![
+                            (":status".to_string(), err.status().to_string()),
+                            ("content-type".to_string(), "application/json".to_string()),
+                        ];
+                        crate::plugins::apply_response(resp, pairs)?;
+                        self.replace_response_body(resp, ctx, Bytes::from(err.body()))?;
+                        ctx.error = Some(err);
+                        break;
+                    }
+                }
+            }
+        }
+        ctx.plugin_contexts = contexts;
+        Ok(())
+    }
+
+    fn replace_response_body(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        body: Bytes,
+    ) -> Result<()> {
+        resp.remove_header(&http::header::TRANSFER_ENCODING);
+        resp.insert_header(CONTENT_LENGTH, body.len())?;
+        ctx.replace_body = Some(body);
+        Ok(())
     }
 
     fn pool_of(&self, route: usize) -> &Arc<Pool> {
@@ -256,6 +425,8 @@ impl ProxyHttp for Gateway {
             body_bytes: 0,
             body_preread: false,
             inference: None,
+            plugin_contexts: Vec::new(),
+            replace_body: None,
             _inflight: InflightGuard::new(&self.lifecycle),
         }
     }
@@ -356,6 +527,9 @@ impl ProxyHttp for Gateway {
                 }
             }
             ctx.body_preread = true;
+        }
+        if !self.plugins[route].is_empty() && self.request_plugins(session, ctx, route).await? {
+            return Ok(true);
         }
         Ok(false)
     }
@@ -485,6 +659,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(i) = ctx.route {
+            if !ctx.plugin_contexts.is_empty() {
+                self.response_plugins(resp, ctx, i)?;
+            }
             self.rewrites[i].1.apply(resp)?;
         }
         resp.insert_header(REQUEST_ID, &ctx.request_id)?;
@@ -493,6 +670,23 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.replace_body.is_some() {
+            *body = if end_of_stream {
+                ctx.replace_body.take()
+            } else {
+                None
+            };
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(

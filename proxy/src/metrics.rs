@@ -52,6 +52,12 @@ pub struct Metrics {
     pub inference_backend_load: IntGaugeVec,
     /// `gantry_inference_backend_lost_total{pool,backend}`: watch streams broke.
     pub inference_backend_lost: IntCounterVec,
+    /// `gantry_plugin_calls_total{route,plugin,hook,outcome}`: `continue`,
+    /// `respond` (local response) or `error` (trap or limit).
+    pub plugin_calls: IntCounterVec,
+    /// `gantry_plugin_limit_hits_total{plugin,limit}`: `cpu`,
+    /// `bytes_per_host_call`, `headers_added`.
+    pub plugin_limit_hits: IntCounterVec,
 }
 
 /// Time-to-first-token and per-token buckets in seconds: 0.1 ms to 30 s.
@@ -179,8 +185,20 @@ impl Metrics {
             "Times an inference backend's health and load streams broke",
             &pb,
         );
+        let plugin_calls = counter(
+            "gantry_plugin_calls_total",
+            "Wasm plugin hook calls, by route, plugin, hook and outcome",
+            &["route", "plugin", "hook", "outcome"],
+        );
+        let plugin_limit_hits = counter(
+            "gantry_plugin_limit_hits_total",
+            "Wasm plugin hook calls stopped by a limit",
+            &["plugin", "limit"],
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(plugin_calls.clone()),
+            Box::new(plugin_limit_hits.clone()),
             Box::new(inference_requests.clone()),
             Box::new(inference_ttft.clone()),
             Box::new(inference_inter_token.clone()),
@@ -219,6 +237,8 @@ impl Metrics {
             inference_backend_inflight,
             inference_backend_load,
             inference_backend_lost,
+            plugin_calls,
+            plugin_limit_hits,
         }
     }
 

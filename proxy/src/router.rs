@@ -162,6 +162,7 @@ mod tests {
             methods: methods.iter().map(|s| s.to_string()).collect(),
             strip_prefix: false,
             max_body_bytes: 0,
+            plugins: Vec::new(),
             request_headers: Default::default(),
             response_headers: Default::default(),
         }

@@ -38,6 +38,8 @@ pub struct Gantry {
     pub inference: Arc<Inference>,
     /// Runs the gRPC connections and watch streams of the inference pools.
     grpc_runtime: tokio::runtime::Runtime,
+    /// The Wasm plugin engine (its epoch ticker runs while this lives).
+    _plugins: crate::plugins::Plugins,
 }
 
 /// Triggers shutdown from inside the process (tests, embedding).
@@ -97,6 +99,7 @@ impl Gantry {
             metrics.clone(),
             grpc_runtime.handle().clone(),
         ));
+        let plugins = crate::plugins::Plugins::load(&config)?;
         let gateway = Gateway::new(
             Router::new(&config.routes),
             pools.clone(),
@@ -104,6 +107,7 @@ impl Gantry {
             metrics.clone(),
             lifecycle.clone(),
             inference.clone(),
+            plugins.by_route.clone(),
         );
         let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
         if config.listeners.iter().any(|l| l.h2c) {
@@ -165,6 +169,7 @@ impl Gantry {
             metrics,
             inference,
             grpc_runtime,
+            _plugins: plugins,
         })
     }
 

@@ -9,6 +9,7 @@ mod balancing;
 mod cli;
 mod health;
 mod openai;
+mod plugins;
 mod python_openai;
 mod retry;
 mod routing;

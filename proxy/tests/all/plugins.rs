@@ -1,0 +1,238 @@
+//! Wasm plugins on routes, end to end through the gateway, with tiny WAT modules:
+//! header changes seen by the upstream and the client, local responses, failure
+//! policies, limits, and isolation between routes.
+
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+
+/// A proxy-wasm module: `request` and `response` are the bodies of the header
+/// hooks (leaving an i32 action). Strings: "x-plugin" at 16, "x-seen" at 32,
+/// "yes" at 48, "denied" at 64.
+fn plugin(dir: &Path, name: &str, request: &str, response: &str) -> PathBuf {
+    let wat = format!(
+        r#"(module
+          (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_get_buffer_bytes" (func $buffer (param i32 i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (global $heap (mut i32) (i32.const 4096))
+          (data (i32.const 16) "x-plugin")
+          (data (i32.const 32) "x-seen")
+          (data (i32.const 48) "yes")
+          (data (i32.const 64) "denied")
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+            (local $p i32)
+            (local.set $p (global.get $heap))
+            (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+            (local.get $p))
+          (func (export "proxy_on_context_create") (param i32 i32))
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {request})
+          (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) {response})
+        )"#
+    );
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, wat::parse_str(&wat).unwrap()).unwrap();
+    path
+}
+
+/// Adds `x-plugin: <its configuration>` to the request, `x-seen: yes` to the response.
+const ADD_HEADERS: (&str, &str) = (
+    "(if (i32.eqz (call $buffer (i32.const 7) (i32.const 0) (i32.const 1000) (i32.const 900) (i32.const 904)))
+       (then (drop (call $add (i32.const 0) (i32.const 16) (i32.const 8) (i32.load (i32.const 900)) (i32.load (i32.const 904))))))
+     (i32.const 0)",
+    "(drop (call $add (i32.const 2) (i32.const 32) (i32.const 6) (i32.const 48) (i32.const 3))) (i32.const 0)",
+);
+const DENY: &str = "(drop (call $respond (i32.const 401) (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 6) (i32.const 0) (i32.const 0) (i32.const -1))) (i32.const 1)";
+const TRAP: &str = "(unreachable)";
+const LOOP: &str = "(loop $l (br $l)) (i32.const 0)";
+const CONTINUE: &str = "(i32.const 0)";
+
+fn route(name: &str, prefix: &str, plugins: &[(&str, &Path, &str)]) -> String {
+    let mut out =
+        format!("[[routes]]\nname = \"{name}\"\npool = \"p\"\npath_prefix = \"{prefix}\"\n");
+    for (pname, file, extra) in plugins {
+        out.push_str(&format!(
+            "[[routes.plugins]]\nname = \"{pname}\"\nfile = \"{}\"\n{extra}\n",
+            file.display()
+        ));
+    }
+    out
+}
+
+fn config(origin: std::net::SocketAddr, routes: &[String]) -> String {
+    format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\n[[pools]]\nname = \"p\"\nendpoints = [\"{origin}\"]\n{}",
+        routes.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn a_plugin_changes_headers_seen_by_the_upstream_and_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
+    let add = plugin(dir.path(), "add", ADD_HEADERS.0, ADD_HEADERS.1);
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[
+            route("raw", "/raw", &[("add", &add, "configuration = \"hello\"")]),
+            route(
+                "table",
+                "/table",
+                &[("add", &add, "configuration = { k = \"v\" }")],
+            ),
+            route("plain", "/", &[]),
+        ],
+    ))
+    .await;
+    let res = gw.get("/raw").await;
+    assert_eq!(res.headers()["x-seen"], "yes");
+    let body = json(res).await;
+    assert_eq!(
+        body["headers"]["x-plugin"], "hello",
+        "a string configuration arrives as raw bytes"
+    );
+    let body = json(gw.get("/table").await).await;
+    assert_eq!(
+        body["headers"]["x-plugin"], r#"{"k":"v"}"#,
+        "a table arrives as JSON"
+    );
+    let res = gw.get("/other").await;
+    assert!(
+        res.headers().get("x-seen").is_none(),
+        "plugins are per route"
+    );
+    assert!(json(res).await["headers"].get("x-plugin").is_none());
+    let sample = "gantry_plugin_calls_total{hook=\"request_headers\",outcome=\"continue\",plugin=\"add\",route=\"raw\"}";
+    assert_eq!(gw.metric(sample).await, Some(1.0));
+}
+
+#[tokio::test]
+async fn a_local_response_stops_the_chain_before_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
+    let deny = plugin(dir.path(), "deny", DENY, CONTINUE);
+    let add = plugin(dir.path(), "add", ADD_HEADERS.0, ADD_HEADERS.1);
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[route("r", "/", &[("deny", &deny, ""), ("add", &add, "")])],
+    ))
+    .await;
+    let res = gw.get("/secret").await;
+    assert_eq!(res.status(), 401);
+    assert!(
+        res.headers().get("x-seen").is_none(),
+        "the chain stopped at the first plugin"
+    );
+    assert_eq!(res.text().await.unwrap(), "denied");
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_trapping_plugin_fails_closed_with_500_or_open_by_skipping() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
+    let trap = plugin(dir.path(), "trap", TRAP, CONTINUE);
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[
+            route("closed", "/closed", &[("broken", &trap, "")]),
+            route("open", "/open", &[("broken", &trap, "failure = \"open\"")]),
+        ],
+    ))
+    .await;
+    for _ in 0..3 {
+        let res = gw.get("/closed").await;
+        assert_eq!(res.status(), 500);
+        let body = json(res).await;
+        assert_eq!(body["error"]["code"], "plugin_failed");
+        assert_eq!(body["error"]["message"], "plugin `broken` failed");
+        assert_eq!(gw.get("/open").await.status(), 200);
+    }
+    assert_eq!(
+        origin.hits(),
+        3,
+        "only the fail-open route reached the upstream"
+    );
+    let sample = "gantry_plugin_calls_total{hook=\"request_headers\",outcome=\"error\",plugin=\"broken\",route=\"closed\"}";
+    assert_eq!(gw.metric(sample).await, Some(3.0));
+}
+
+#[tokio::test]
+async fn a_looping_plugin_is_cut_off_and_other_routes_keep_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
+    let spin = plugin(dir.path(), "spin", LOOP, CONTINUE);
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[
+            route("slow", "/slow", &[("spin", &spin, "cpu_per_call_ms = 5")]),
+            route("fast", "/", &[]),
+        ],
+    ))
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (client, url) = (
+            gw.client.clone(),
+            gw.url(if i % 2 == 0 { "/slow" } else { "/fast" }),
+        );
+        tasks.push(tokio::spawn(async move {
+            (
+                url.ends_with("/slow"),
+                client.get(url).send().await.unwrap().status().as_u16(),
+            )
+        }));
+    }
+    for t in tasks {
+        let (slow, status) = t.await.unwrap();
+        assert_eq!(status, if slow { 500 } else { 200 });
+    }
+    let hits = gw
+        .metric("gantry_plugin_limit_hits_total{limit=\"cpu\",plugin=\"spin\"}")
+        .await;
+    assert_eq!(hits, Some(10.0));
+}
+
+#[tokio::test]
+async fn the_response_phase_can_replace_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
+    let deny_late = plugin(dir.path(), "late", CONTINUE, DENY);
+    let trap_late = plugin(dir.path(), "late-trap", CONTINUE, TRAP);
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[
+            route("late", "/late", &[("late", &deny_late, "")]),
+            route("trap", "/", &[("late-trap", &trap_late, "")]),
+        ],
+    ))
+    .await;
+    let res = gw.get("/late").await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.text().await.unwrap(), "denied");
+    let res = gw.get("/x").await;
+    assert_eq!(res.status(), 500);
+    assert_eq!(json(res).await["error"]["code"], "plugin_failed");
+}
+
+#[test]
+fn plugin_configuration_problems_name_the_field() {
+    let text = "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:1\"\n[[pools]]\nname = \"p\"\nendpoints = [\"127.0.0.1:2\"]\n\
+                [[routes]]\nname = \"r\"\npool = \"p\"\n[[routes.plugins]]\nname = \"a\"\nfile = \"/nonexistent.wasm\"\nconfiguration = 5\nmemory_bytes = 10\n";
+    let err = gantry_config::parse(text, "t.toml", Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("t.toml: routes[0].plugins[0].file: cannot read /nonexistent.wasm"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[0].plugins[0].configuration: must be a string"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[0].plugins[0].memory_bytes: 10 is below one Wasm page"),
+        "{err}"
+    );
+}
