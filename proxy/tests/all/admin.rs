@@ -23,6 +23,17 @@ path_prefix = \"/api\"";
         .await
         .unwrap();
     gw.get("/nope").await;
+    // Metrics are recorded in the logging phase, after the response went out.
+    eventually("every request logged", || async {
+        gw.metric("gantry_request_duration_seconds_count{route=\"api\"}")
+            .await
+            == Some(4.0)
+            && gw
+                .metric("gantry_requests_total{route=\"none\",status=\"404\"}")
+                .await
+                == Some(1.0)
+    })
+    .await;
     assert_eq!(
         gw.metric("gantry_requests_total{route=\"api\",status=\"200\"}")
             .await,

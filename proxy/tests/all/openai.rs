@@ -93,7 +93,12 @@ async fn chat_completion_answers_with_the_generated_text_and_usage() {
         "gantry_inference_requests_total{{backend=\"{}\",model=\"fixture\",status=\"200\"}}",
         backend.addr
     );
-    assert_eq!(gw.metric(&sample).await, Some(1.0));
+    // Counted once the answer is written: the client may ask first.
+    eventually("request counted", || {
+        let (gw, sample) = (&gw, sample.clone());
+        async move { gw.metric(&sample).await == Some(1.0) }
+    })
+    .await;
     let out = format!(
         "gantry_inference_tokens_total{{backend=\"{}\",direction=\"out\",model=\"fixture\"}}",
         backend.addr
