@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install what is missing and run Gantry's whole test suite: format check, clippy
-# with warnings as errors, every test, and `gantry config check` over the examples.
+# Install what is missing and run Gantry's whole test suite: format check, the
+# example Wasm plugins, clippy with warnings as errors, every test, and `gantry config check` over the examples.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -9,6 +9,9 @@ export CARGO_TERM_COLOR=never RUST_BACKTRACE=0
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --all --manifest-path plugins/examples/Cargo.toml -- --check
+echo "== example plugins (wasm32, proxy-wasm SDK)"
+scripts/build-plugins.sh
 echo "== cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"

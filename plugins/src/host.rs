@@ -103,7 +103,12 @@ fn give(
     size_out: i32,
 ) -> Result<Status, wasmtime::Error> {
     check_bytes(caller, bytes.len())?;
-    let alloc = match caller.get_export("proxy_on_memory_allocate") {
+    // The SDK exports its allocator as `malloc` on wasm32-unknown-unknown and as
+    // `proxy_on_memory_allocate` elsewhere; both are accepted, as Envoy does.
+    let alloc = match caller
+        .get_export("proxy_on_memory_allocate")
+        .or_else(|| caller.get_export("malloc"))
+    {
         Some(Extern::Func(f)) => f.typed::<i32, i32>(&caller)?,
         _ => return Ok(Status::InternalFailure),
     };

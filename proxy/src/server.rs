@@ -88,6 +88,9 @@ impl Gantry {
             }
         }
 
+        // Plugins first: a plugin that fails to load stops start-up before any
+        // runtime exists (dropping one inside async code would panic).
+        let plugins = crate::plugins::Plugins::load(&config)?;
         let grpc_runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.threads.clamp(1, GRPC_THREADS_MAX))
             .thread_name("gantry-grpc")
@@ -99,7 +102,6 @@ impl Gantry {
             metrics.clone(),
             grpc_runtime.handle().clone(),
         ));
-        let plugins = crate::plugins::Plugins::load(&config)?;
         let gateway = Gateway::new(
             Router::new(&config.routes),
             pools.clone(),

@@ -236,3 +236,58 @@ fn plugin_configuration_problems_name_the_field() {
         "{err}"
     );
 }
+
+/// An example plugin built from source with the public `proxy-wasm` SDK by
+/// scripts/build-plugins.sh (which scripts/test.sh runs first).
+fn example(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/examples/target/wasm32-unknown-unknown/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins.sh",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test]
+async fn the_add_header_example_built_with_the_proxy_wasm_sdk_runs_unmodified() {
+    let origin = Origin::start("o").await;
+    let file = example("add_header");
+    let configuration = "configuration = { request = { \"x-team\" = \"edge\" }, response = { \"x-served-by\" = \"gantry\" } }";
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[route("r", "/", &[("add-header", &file, configuration)])],
+    ))
+    .await;
+    for _ in 0..3 {
+        let res = gw.get("/hello").await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["x-served-by"], "gantry");
+        let body = json(res).await;
+        assert_eq!(body["headers"]["x-team"], "edge");
+        assert_eq!(body["path"], "/hello");
+    }
+}
+
+#[test]
+fn a_plugin_that_rejects_its_configuration_stops_start_up_naming_it() {
+    let file = example("add_header");
+    let text = format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[[pools]]\nname = \"p\"\nendpoints = [\"127.0.0.1:2\"]\n\
+         [[routes]]\nname = \"r\"\npool = \"p\"\n[[routes.plugins]]\nname = \"add-header\"\nfile = \"{}\"\nconfiguration = {{ request = 5 }}\n",
+        file.display()
+    );
+    let config = gantry_config::parse(&text, "t.toml", Path::new(".")).unwrap();
+    let err = match gantry::Gantry::build(config) {
+        Ok(_) => panic!("a plugin with a bad configuration was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("route `r`")
+            && err.contains("plugin `add-header`")
+            && err.contains("rejected its configuration"),
+        "{err}"
+    );
+}

@@ -47,14 +47,20 @@ impl RootContext for Root {
                 true
             }
             Err(e) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, &format!("add-header: bad configuration: {e}")).ok();
+                proxy_wasm::hostcalls::log(
+                    LogLevel::Error,
+                    &format!("add-header: bad configuration: {e}"),
+                )
+                .ok();
                 false
             }
         }
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AddHeader { config: self.config.clone() }))
+        Some(Box::new(AddHeader {
+            config: self.config.clone(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
