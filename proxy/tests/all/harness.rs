@@ -37,9 +37,19 @@ pub fn init_logging() {
 }
 
 /// A free port on loopback. The OS picks it; we release it for the gateway to bind.
+/// The OS may hand the same port out again once released, so ports already given
+/// to a test in this process are never returned twice.
 pub fn free_addr() -> SocketAddr {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind ephemeral port");
-    l.local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = StdListener::bind("127.0.0.1:0").expect("bind ephemeral port");
+        let addr = l.local_addr().unwrap();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Shared state of an origin, visible to tests.

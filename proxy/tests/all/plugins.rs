@@ -291,3 +291,56 @@ fn a_plugin_that_rejects_its_configuration_stops_start_up_naming_it() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_api_key_auth_example_denies_without_a_configured_key() {
+    let origin = Origin::start("o").await;
+    let file = example("api_key_auth");
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[
+            route(
+                "private",
+                "/private",
+                &[(
+                    "auth",
+                    &file,
+                    "configuration = { keys = [\"k-1\", \"k-2\"] }",
+                )],
+            ),
+            route("public", "/", &[]),
+        ],
+    ))
+    .await;
+    let res = gw.get("/private/x").await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    assert_eq!(json(res).await["error"]["code"], "invalid_api_key");
+    let res = gw
+        .client
+        .get(gw.url("/private/x"))
+        .header("x-api-key", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(origin.hits(), 0, "denied requests never reach the upstream");
+    let res = gw
+        .client
+        .get(gw.url("/private/x"))
+        .header("x-api-key", "k-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = json(res).await;
+    assert!(
+        body["headers"].get("x-api-key").is_none(),
+        "the key is not forwarded"
+    );
+    assert_eq!(
+        gw.get("/public").await.status(),
+        200,
+        "other routes are not guarded"
+    );
+}
