@@ -196,6 +196,15 @@ pub fn decode_map(bytes: &[u8]) -> Result<Vec<(String, String)>, MapError> {
     Ok(pairs)
 }
 
+/// The fuzz property: decoding arbitrary bytes never panics, and a decoded map
+/// encodes and decodes back to itself. Panics when the property fails.
+pub fn check_map_round_trip(data: &[u8]) {
+    if let Ok(pairs) = decode_map(data) {
+        let again = decode_map(&encode_map(&pairs)).expect("an encoded map decodes");
+        assert_eq!(again, pairs, "round trip changed the map");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
 //! The plugin host's sandbox, with tiny inline WAT modules: every limit reached,
 //! every trap contained, every bad pointer refused.
 
+mod fuzz_corpus;
 mod sandbox;
