@@ -42,6 +42,13 @@ use gantry_config::file::{
 pub const DEFAULT_CPU_PER_CALL: Duration = Duration::from_millis(DEFAULT_PLUGIN_CPU_PER_CALL_MS);
 /// How often the epoch advances: the granularity of the CPU limit.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Consecutive failed hook calls after which a plugin is marked unhealthy.
+pub const UNHEALTHY_AFTER_FAILURES: u32 = 5;
+/// First time an unhealthy plugin is left out; doubles on each relapse up to
+/// [`UNHEALTHY_BACKOFF_MAX`].
+pub const UNHEALTHY_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest time an unhealthy plugin is left out.
+pub const UNHEALTHY_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Instances the pooling allocator keeps per engine.
 const POOL_INSTANCES: u32 = 1000;
 
@@ -129,6 +136,15 @@ pub enum PluginError {
         plugin: String,
         /// What is wrong.
         reason: String,
+    },
+    /// The plugin failed repeatedly and is left out until `retry_in` passes; its
+    /// failure policy applies without running it.
+    #[error("plugin `{plugin}` is unhealthy after repeated failures; next try in {retry_in:?}")]
+    Unhealthy {
+        /// Plugin name.
+        plugin: String,
+        /// Time left before it runs again.
+        retry_in: Duration,
     },
     /// A hook trapped, ran out of CPU time, or broke a limit.
     #[error("plugin `{plugin}` failed in {hook}: {reason}")]
@@ -261,6 +277,7 @@ impl PluginEngine {
             shared: Arc::new(Shared::default()),
             idle: Mutex::new(Vec::new()),
             next_context: AtomicU32::new(2),
+            health: Mutex::new(Health::default()),
         });
         let vm = plugin.new_vm().map_err(|e| match e {
             PluginError::Trap { reason, hook, .. } => invalid(format!("{hook}: {reason}")),
@@ -419,6 +436,25 @@ pub struct Plugin {
     shared: Arc<Shared>,
     idle: Mutex<Vec<Vm>>,
     next_context: AtomicU32,
+    health: Mutex<Health>,
+}
+
+/// Consecutive failures and the backoff they earned.
+#[derive(Debug)]
+struct Health {
+    failures: u32,
+    backoff: Duration,
+    until: Option<std::time::Instant>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            failures: 0,
+            backoff: UNHEALTHY_BACKOFF_MIN,
+            until: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -543,10 +579,62 @@ impl Plugin {
         Ok(Vm { store, exports })
     }
 
+    /// A hook call failed: after [`UNHEALTHY_AFTER_FAILURES`] in a row the plugin
+    /// is left out for a backoff that doubles on each relapse.
+    fn record_failure(&self) {
+        let mut h = self.health.lock().expect("health lock");
+        h.failures += 1;
+        if h.failures >= UNHEALTHY_AFTER_FAILURES {
+            let backoff = h.backoff;
+            h.until = Some(std::time::Instant::now() + backoff);
+            h.backoff = (backoff * 2).min(UNHEALTHY_BACKOFF_MAX);
+            h.failures = 0;
+            tracing::warn!(target: "gantry::plugin", plugin = %self.name, backoff_ms = backoff.as_millis() as u64, "plugin marked unhealthy after repeated failures");
+        }
+    }
+
+    /// A hook call succeeded: the failure count and backoff start over.
+    fn record_success(&self) {
+        let mut h = self.health.lock().expect("health lock");
+        if h.failures != 0 || h.backoff != UNHEALTHY_BACKOFF_MIN {
+            *h = Health::default();
+        }
+    }
+
+    /// Whether the plugin is in its unhealthy backoff now.
+    pub fn is_unhealthy(&self) -> bool {
+        self.health
+            .lock()
+            .expect("health lock")
+            .until
+            .is_some_and(|u| std::time::Instant::now() < u)
+    }
+
     /// Start filtering one request: check out an idle instance (or make one) and
     /// create its HTTP context. `properties` are what `proxy_get_property` answers
-    /// (`request.path`, `source.address`, `plugin_name`, ...).
+    /// (`request.path`, `source.address`, `plugin_name`, ...). An unhealthy plugin
+    /// is not run: [`PluginError::Unhealthy`].
     pub fn start_request(
+        self: &Arc<Self>,
+        properties: Vec<(String, Vec<u8>)>,
+    ) -> Result<HttpContext, PluginError> {
+        if let Some(until) = self.health.lock().expect("health lock").until {
+            let now = std::time::Instant::now();
+            if now < until {
+                return Err(PluginError::Unhealthy {
+                    plugin: self.name.clone(),
+                    retry_in: until - now,
+                });
+            }
+        }
+        let started = self.start_request_inner(properties);
+        if started.is_err() {
+            self.record_failure();
+        }
+        started
+    }
+
+    fn start_request_inner(
         self: &Arc<Self>,
         properties: Vec<(String, Vec<u8>)>,
     ) -> Result<HttpContext, PluginError> {
@@ -632,6 +720,7 @@ impl HttpContext {
         let result = f.call(&mut vm.store, (self.id, arg, i32::from(end_of_stream)));
         match result {
             Ok(action) => {
+                self.plugin.record_success();
                 if let Some(local) = vm.store.data_mut().http.local_response.take() {
                     return Ok(Decision::Respond(local));
                 }
@@ -643,6 +732,7 @@ impl HttpContext {
             Err(e) => {
                 // A trapped instance may hold any state: never reuse it.
                 self.vm = None;
+                self.plugin.record_failure();
                 Err(classify(&self.plugin.name, hook, e))
             }
         }

@@ -198,7 +198,13 @@ impl Gateway {
         let (name, limit) = match err {
             gantry_plugins::PluginError::Trap { plugin, limit, .. } => (plugin.clone(), *limit),
             gantry_plugins::PluginError::TooLarge { plugin, .. }
-            | gantry_plugins::PluginError::Invalid { plugin, .. } => (plugin.clone(), None),
+            | gantry_plugins::PluginError::Invalid { plugin, .. }
+            | gantry_plugins::PluginError::Unhealthy { plugin, .. } => (plugin.clone(), None),
+        };
+        let outcome = if matches!(err, gantry_plugins::PluginError::Unhealthy { .. }) {
+            "unhealthy"
+        } else {
+            "error"
         };
         if let Some(limit) = limit {
             self.metrics
@@ -206,7 +212,7 @@ impl Gateway {
                 .with_label_values(&[&name, limit])
                 .inc();
         }
-        self.plugin_outcome(route, &name, hook, "error");
+        self.plugin_outcome(route, &name, hook, outcome);
         tracing::warn!(request_id = %ctx.request_id, route = %self.router.route(route).name, plugin = %name, error = %err, "plugin failed");
         name
     }

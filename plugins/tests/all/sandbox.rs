@@ -335,3 +335,22 @@ fn a_plugin_that_rejects_its_configuration_is_not_loaded() {
         .unwrap_err();
     assert!(e.to_string().contains("rejected its configuration"), "{e}");
 }
+
+#[test]
+fn repeated_traps_mark_the_plugin_unhealthy_with_backoff() {
+    let plugin = load(&module("(unreachable)"), PluginLimits::default());
+    for _ in 0..gantry_plugins::UNHEALTHY_AFTER_FAILURES {
+        let mut ctx = plugin.start_request(vec![]).unwrap();
+        assert!(matches!(
+            ctx.on_request_headers(&mut request_headers(), true),
+            Err(PluginError::Trap { .. })
+        ));
+    }
+    assert!(plugin.is_unhealthy());
+    match plugin.start_request(vec![]) {
+        Err(PluginError::Unhealthy { retry_in, .. }) => {
+            assert!(retry_in <= gantry_plugins::UNHEALTHY_BACKOFF_MIN)
+        }
+        other => panic!("an unhealthy plugin ran: {other:?}"),
+    }
+}
