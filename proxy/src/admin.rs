@@ -21,9 +21,31 @@ pub struct AdminApp {
     pub inference: Arc<crate::inference::Inference>,
     /// Draining state.
     pub lifecycle: Arc<Lifecycle>,
+    /// Each route's name and Wasm plugins, for the metrics plugins define.
+    pub plugins: Vec<(String, Vec<Arc<gantry_plugins::Plugin>>)>,
 }
 
 impl AdminApp {
+    /// Copy the metrics plugins defined (proxy_define_metric) into
+    /// `gantry_plugin_metric{route,plugin,name,kind}`.
+    fn refresh_plugin_metrics(&self) {
+        for (route, plugins) in &self.plugins {
+            for p in plugins {
+                for m in p.shared().metrics() {
+                    let kind = match m.kind {
+                        gantry_plugins::MetricKind::Counter => "counter",
+                        gantry_plugins::MetricKind::Gauge => "gauge",
+                        gantry_plugins::MetricKind::Histogram => "histogram_last",
+                    };
+                    self.metrics
+                        .plugin_defined
+                        .with_label_values(&[route, &p.name, &m.name, kind])
+                        .set(m.value as i64);
+                }
+            }
+        }
+    }
+
     /// Refresh endpoint-health gauges from the health checker's current view.
     fn refresh_health(&self) -> Vec<String> {
         let mut unavailable = Vec::new();
@@ -68,6 +90,7 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/metrics" => {
                 self.refresh_health();
+                self.refresh_plugin_metrics();
                 let inflight = self.lifecycle.inflight() as i64;
                 self.metrics.inflight_requests.set(inflight);
                 text(

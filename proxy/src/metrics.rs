@@ -58,6 +58,9 @@ pub struct Metrics {
     /// `gantry_plugin_limit_hits_total{plugin,limit}`: `cpu`,
     /// `bytes_per_host_call`, `headers_added`.
     pub plugin_limit_hits: IntCounterVec,
+    /// `gantry_plugin_metric{route,plugin,name,kind}`: the metrics plugins define
+    /// (counters, gauges; for histograms the last recorded value), set at scrape.
+    pub plugin_defined: IntGaugeVec,
 }
 
 /// Time-to-first-token and per-token buckets in seconds: 0.1 ms to 30 s.
@@ -195,8 +198,14 @@ impl Metrics {
             "Wasm plugin hook calls stopped by a limit",
             &["plugin", "limit"],
         );
+        let plugin_defined = gauge(
+            "gantry_plugin_metric",
+            "Metrics defined by Wasm plugins (proxy_define_metric), by route, plugin, name and kind",
+            &["route", "plugin", "name", "kind"],
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(plugin_defined.clone()),
             Box::new(plugin_calls.clone()),
             Box::new(plugin_limit_hits.clone()),
             Box::new(inference_requests.clone()),
@@ -239,6 +248,7 @@ impl Metrics {
             inference_backend_lost,
             plugin_calls,
             plugin_limit_hits,
+            plugin_defined,
         }
     }
 

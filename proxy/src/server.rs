@@ -158,6 +158,12 @@ impl Gantry {
                     pools,
                     inference: inference.clone(),
                     lifecycle: lifecycle.clone(),
+                    plugins: config
+                        .routes
+                        .iter()
+                        .map(|r| r.name.clone())
+                        .zip(plugins.by_route.iter().cloned())
+                        .collect(),
                 },
             );
             admin_service.add_tcp(&admin.to_string());
