@@ -21,15 +21,15 @@ pub struct AdminApp {
     pub inference: Arc<crate::inference::Inference>,
     /// Draining state.
     pub lifecycle: Arc<Lifecycle>,
-    /// Each route's name and Wasm plugins, for the metrics plugins define.
-    pub plugins: Vec<(String, Vec<Arc<gantry_plugins::Plugin>>)>,
+    /// The Wasm plugins: their metrics, and `POST /admin/reload`.
+    pub plugins: Arc<crate::plugins::Plugins>,
 }
 
 impl AdminApp {
     /// Copy the metrics plugins defined (proxy_define_metric) into
     /// `gantry_plugin_metric{route,plugin,name,kind}`.
     fn refresh_plugin_metrics(&self) {
-        for (route, plugins) in &self.plugins {
+        for (route, plugins) in &self.plugins.by_route_name() {
             for p in plugins {
                 for m in p.shared().metrics() {
                     let kind = match m.kind {
@@ -100,6 +100,16 @@ impl ServeHttp for AdminApp {
                 )
             }
             "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/admin/reload" if session.req_header().method == http::Method::POST => {
+                let report = self.plugins.reload(true);
+                let status = if report.failed.is_empty() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                let body = serde_json::to_vec(&report).expect("reports serialize");
+                text(status, "application/json", body)
+            }
             "/readyz" => {
                 let unavailable = self.refresh_health();
                 if self.lifecycle.is_draining() {

@@ -114,8 +114,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
     inference: Arc<Inference>,
-    /// Per route: its Wasm plugins, in order.
-    plugins: Vec<Vec<Arc<gantry_plugins::Plugin>>>,
+    /// Per route: its Wasm plugins, in order (swapped on hot reload).
+    plugins: Arc<crate::plugins::Plugins>,
 }
 
 /// Per-request state carried through the phases.
@@ -156,7 +156,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
         inference: Arc<Inference>,
-        plugins: Vec<Vec<Arc<gantry_plugins::Plugin>>>,
+        plugins: Arc<crate::plugins::Plugins>,
     ) -> Self {
         let rewrites = (0..router.len())
             .map(|i| {
@@ -223,6 +223,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         route: usize,
+        plugins: &[Arc<gantry_plugins::Plugin>],
     ) -> Result<bool> {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let scheme = if tls { "https" } else { "http" };
@@ -247,7 +248,7 @@ impl Gateway {
             props.push(("source.address".to_string(), addr.to_string().into_bytes()));
         }
         let end_of_stream = session.as_mut().is_body_empty();
-        for plugin in &self.plugins[route] {
+        for plugin in plugins {
             let mut props = props.clone();
             props.push(("plugin_name".to_string(), plugin.name.as_bytes().to_vec()));
             let mut pairs = crate::plugins::request_pairs(session.req_header(), scheme);
@@ -534,7 +535,12 @@ impl ProxyHttp for Gateway {
             }
             ctx.body_preread = true;
         }
-        if !self.plugins[route].is_empty() && self.request_plugins(session, ctx, route).await? {
+        let plugins = self.plugins.snapshot();
+        if !plugins[route].is_empty()
+            && self
+                .request_plugins(session, ctx, route, &plugins[route])
+                .await?
+        {
             return Ok(true);
         }
         Ok(false)

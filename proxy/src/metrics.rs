@@ -61,6 +61,9 @@ pub struct Metrics {
     /// `gantry_plugin_metric{route,plugin,name,kind}`: the metrics plugins define
     /// (counters, gauges; for histograms the last recorded value), set at scrape.
     pub plugin_defined: IntGaugeVec,
+    /// `gantry_plugin_reloads_total{plugin,result}`: `ok` or `error` (the old
+    /// version kept serving).
+    pub plugin_reloads: IntCounterVec,
 }
 
 /// Time-to-first-token and per-token buckets in seconds: 0.1 ms to 30 s.
@@ -203,8 +206,14 @@ impl Metrics {
             "Metrics defined by Wasm plugins (proxy_define_metric), by route, plugin, name and kind",
             &["route", "plugin", "name", "kind"],
         );
+        let plugin_reloads = counter(
+            "gantry_plugin_reloads_total",
+            "Wasm plugin hot reloads, by plugin and result (ok, error)",
+            &["plugin", "result"],
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(plugin_reloads.clone()),
             Box::new(plugin_defined.clone()),
             Box::new(plugin_calls.clone()),
             Box::new(plugin_limit_hits.clone()),
@@ -249,6 +258,7 @@ impl Metrics {
             plugin_calls,
             plugin_limit_hits,
             plugin_defined,
+            plugin_reloads,
         }
     }
 

@@ -8,58 +8,185 @@ use anyhow::Context;
 use gantry_config::Config;
 use gantry_plugins::{FailurePolicy, Plugin, PluginEngine, PluginLimits};
 use pingora::http::{RequestHeader, ResponseHeader};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
-/// Every route's plugins, by route index, and the engine they run on.
+/// How often plugin files are checked for changes (hot reload).
+pub const PLUGIN_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every route's plugins (by route index), the engine they run on, and what is
+/// needed to load them again.
+///
+/// Hot reload: a changed file (checked every [`PLUGIN_WATCH_INTERVAL`]),
+/// `POST /admin/reload` or SIGHUP loads the new version off the request path and
+/// swaps it in; requests already running keep the version they started with (their
+/// contexts hold it), new ones get the new one. A module that fails to load is
+/// logged and counted, and the old version keeps serving.
 pub struct Plugins {
-    /// Kept alive for its epoch ticker.
-    _engine: Option<PluginEngine>,
-    /// Per route, in order.
-    pub by_route: Vec<Vec<Arc<Plugin>>>,
+    engine: Option<PluginEngine>,
+    /// Per route: its name and plugin entries.
+    routes: Vec<(String, Vec<gantry_config::PluginRef>)>,
+    current: RwLock<Arc<Vec<Vec<Arc<Plugin>>>>>,
+    /// Per route and plugin: the (length, modified time) last loaded.
+    stamps: Mutex<Vec<Vec<Option<(u64, std::time::SystemTime)>>>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// What a reload did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// `route/plugin` names swapped to a new version.
+    pub reloaded: Vec<String>,
+    /// `route/plugin: error` for files that changed but did not load.
+    pub failed: Vec<String>,
+    /// Plugins whose files had not changed.
+    pub unchanged: usize,
+}
+
+fn stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
 }
 
 impl Plugins {
     /// Load (compile, check, configure) every route's plugins; the first that
     /// fails stops start-up with its route and name.
-    pub fn load(config: &Config) -> anyhow::Result<Plugins> {
-        if config.routes.iter().all(|r| r.plugins.is_empty()) {
-            return Ok(Plugins {
-                _engine: None,
-                by_route: vec![Vec::new(); config.routes.len()],
-            });
-        }
-        let engine = PluginEngine::new().context("starting the plugin engine")?;
+    pub fn load(
+        config: &Config,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Arc<Plugins>> {
+        let routes: Vec<(String, Vec<gantry_config::PluginRef>)> = config
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), r.plugins.clone()))
+            .collect();
+        let engine = if routes.iter().any(|(_, p)| !p.is_empty()) {
+            Some(PluginEngine::new().context("starting the plugin engine")?)
+        } else {
+            None
+        };
         let mut by_route = Vec::new();
-        for route in &config.routes {
+        let mut stamps = Vec::new();
+        for (route, refs) in &routes {
             let mut plugins = Vec::new();
-            for p in &route.plugins {
-                let wasm = std::fs::read(&p.file).with_context(|| {
-                    format!(
-                        "route `{}`: plugin `{}`: reading {}",
-                        route.name,
-                        p.name,
-                        p.file.display()
-                    )
-                })?;
-                let plugin = engine
-                    .load(
-                        &p.name,
-                        &wasm,
-                        p.configuration.clone(),
-                        PluginLimits::from_config(p),
-                        p.failure,
-                    )
-                    .with_context(|| format!("route `{}`", route.name))?;
-                tracing::info!(route = %route.name, plugin = %p.name, abi = plugin.abi, file = %p.file.display(), "plugin loaded");
+            let mut route_stamps = Vec::new();
+            for p in refs {
+                let engine = engine.as_ref().expect("an engine when plugins exist");
+                route_stamps.push(stamp(&p.file));
+                let plugin = load_one(engine, p).with_context(|| format!("route `{route}`"))?;
+                tracing::info!(route = %route, plugin = %p.name, abi = plugin.abi, file = %p.file.display(), "plugin loaded");
                 plugins.push(plugin);
             }
             by_route.push(plugins);
+            stamps.push(route_stamps);
         }
-        Ok(Plugins {
-            _engine: Some(engine),
-            by_route,
-        })
+        Ok(Arc::new(Plugins {
+            engine,
+            routes,
+            current: RwLock::new(Arc::new(by_route)),
+            stamps: Mutex::new(stamps),
+            metrics,
+        }))
     }
+
+    /// The plugins now in force, for one request.
+    pub fn snapshot(&self) -> Arc<Vec<Vec<Arc<Plugin>>>> {
+        self.current.read().expect("plugins lock").clone()
+    }
+
+    /// Each route's name and current plugins (for the admin listener).
+    pub fn by_route_name(&self) -> Vec<(String, Vec<Arc<Plugin>>)> {
+        let current = self.snapshot();
+        self.routes
+            .iter()
+            .map(|(name, _)| name.clone())
+            .zip(current.iter().cloned())
+            .collect()
+    }
+
+    /// Load again every plugin whose file changed (`force`: every plugin).
+    pub fn reload(&self, force: bool) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let Some(engine) = &self.engine else {
+            return report;
+        };
+        let mut stamps = self.stamps.lock().expect("stamps lock");
+        let mut next = (*self.snapshot()).clone();
+        for (r, (route, refs)) in self.routes.iter().enumerate() {
+            for (k, p) in refs.iter().enumerate() {
+                let now = stamp(&p.file);
+                if !force && now == stamps[r][k] {
+                    report.unchanged += 1;
+                    continue;
+                }
+                stamps[r][k] = now;
+                let label = format!("{route}/{}", p.name);
+                match load_one(engine, p) {
+                    Ok(plugin) => {
+                        tracing::info!(route = %route, plugin = %p.name, file = %p.file.display(), "plugin reloaded");
+                        self.metrics
+                            .plugin_reloads
+                            .with_label_values(&[&p.name, "ok"])
+                            .inc();
+                        next[r][k] = plugin;
+                        report.reloaded.push(label);
+                    }
+                    Err(e) => {
+                        tracing::error!(route = %route, plugin = %p.name, file = %p.file.display(), error = %format!("{e:#}"), "plugin reload failed; the previous version keeps serving");
+                        self.metrics
+                            .plugin_reloads
+                            .with_label_values(&[&p.name, "error"])
+                            .inc();
+                        report.failed.push(format!("{label}: {e:#}"));
+                    }
+                }
+            }
+        }
+        *self.current.write().expect("plugins lock") = Arc::new(next);
+        report
+    }
+
+    /// Reload on file changes (polled) and on SIGHUP, on `runtime`.
+    pub fn watch(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        if self.engine.is_none() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                let signalled = match hup.as_mut() {
+                    Some(h) => tokio::select! {
+                        _ = h.recv() => true,
+                        _ = tokio::time::sleep(PLUGIN_WATCH_INTERVAL) => false,
+                    },
+                    None => {
+                        tokio::time::sleep(PLUGIN_WATCH_INTERVAL).await;
+                        false
+                    }
+                };
+                let Some(plugins) = weak.upgrade() else {
+                    return;
+                };
+                if signalled {
+                    tracing::info!("SIGHUP: reloading every plugin");
+                }
+                plugins.reload(signalled);
+            }
+        });
+    }
+}
+
+fn load_one(engine: &PluginEngine, p: &gantry_config::PluginRef) -> anyhow::Result<Arc<Plugin>> {
+    let wasm = std::fs::read(&p.file)
+        .with_context(|| format!("plugin `{}`: reading {}", p.name, p.file.display()))?;
+    Ok(engine.load(
+        &p.name,
+        &wasm,
+        p.configuration.clone(),
+        PluginLimits::from_config(p),
+        p.failure,
+    )?)
 }
 
 /// The request's headers as the ABI sees them.

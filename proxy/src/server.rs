@@ -38,8 +38,8 @@ pub struct Gantry {
     pub inference: Arc<Inference>,
     /// Runs the gRPC connections and watch streams of the inference pools.
     grpc_runtime: tokio::runtime::Runtime,
-    /// The Wasm plugin engine (its epoch ticker runs while this lives).
-    _plugins: crate::plugins::Plugins,
+    /// The Wasm plugins (the engine's epoch ticker runs while this lives).
+    pub plugins: Arc<crate::plugins::Plugins>,
 }
 
 /// Triggers shutdown from inside the process (tests, embedding).
@@ -90,13 +90,14 @@ impl Gantry {
 
         // Plugins first: a plugin that fails to load stops start-up before any
         // runtime exists (dropping one inside async code would panic).
-        let plugins = crate::plugins::Plugins::load(&config)?;
+        let plugins = crate::plugins::Plugins::load(&config, metrics.clone())?;
         let grpc_runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.threads.clamp(1, GRPC_THREADS_MAX))
             .thread_name("gantry-grpc")
             .enable_all()
             .build()
             .context("starting the gRPC runtime")?;
+        plugins.watch(grpc_runtime.handle());
         let inference = Arc::new(Inference::start(
             &config,
             metrics.clone(),
@@ -109,7 +110,7 @@ impl Gantry {
             metrics.clone(),
             lifecycle.clone(),
             inference.clone(),
-            plugins.by_route.clone(),
+            plugins.clone(),
         );
         let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
         if config.listeners.iter().any(|l| l.h2c) {
@@ -158,12 +159,7 @@ impl Gantry {
                     pools,
                     inference: inference.clone(),
                     lifecycle: lifecycle.clone(),
-                    plugins: config
-                        .routes
-                        .iter()
-                        .map(|r| r.name.clone())
-                        .zip(plugins.by_route.iter().cloned())
-                        .collect(),
+                    plugins: plugins.clone(),
                 },
             );
             admin_service.add_tcp(&admin.to_string());
@@ -177,7 +173,7 @@ impl Gantry {
             metrics,
             inference,
             grpc_runtime,
-            _plugins: plugins,
+            plugins,
         })
     }
 

@@ -382,3 +382,128 @@ async fn metrics_a_plugin_defines_are_exported() {
     let sample = "gantry_plugin_metric{kind=\"counter\",name=\"requests_seen\",plugin=\"count\",route=\"r\"}";
     assert_eq!(gw.metric(sample).await, Some(3.0));
 }
+
+/// A plugin that adds `x-version: <version>` to responses.
+fn versioned(version: u8) -> Vec<u8> {
+    let wat = format!(
+        r#"(module
+          (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 16) "x-version")
+          (data (i32.const 32) "{version}")
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+          (func (export "proxy_on_context_create") (param i32 i32))
+          (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+            (drop (call $add (i32.const 2) (i32.const 16) (i32.const 9) (i32.const 32) (i32.const 1)))
+            (i32.const 0)))"#
+    );
+    wat::parse_str(wat).unwrap()
+}
+
+/// Replace a file the way deploy tools do: write aside, then rename over it.
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn hot_reload_swaps_a_plugin_under_load_without_failing_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
+    let file = dir.path().join("v.wasm");
+    std::fs::write(&file, versioned(1)).unwrap();
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[route("r", "/", &[("v", &file, "")])],
+    ))
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (client, url, stop) = (gw.client.clone(), gw.url("/"), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let res = client.get(&url).send().await.unwrap();
+                let version = res
+                    .headers()
+                    .get("x-version")
+                    .map(|v| v.to_str().unwrap().to_string());
+                seen.push((res.status().as_u16(), version));
+            }
+            seen
+        }));
+    }
+    eventually("traffic flowing", || async { origin.hits() > 20 }).await;
+
+    replace(&file, &versioned(2));
+    let res = gw
+        .client
+        .post(format!("http://{}/admin/reload", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(json(res).await["reloaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r == "r/v"));
+    eventually("new version serving", || async {
+        gw.get("/")
+            .await
+            .headers()
+            .get("x-version")
+            .is_some_and(|v| v == "2")
+    })
+    .await;
+
+    // A broken module is refused; the running version keeps serving.
+    replace(&file, b"not wasm at all");
+    let res = gw
+        .client
+        .post(format!("http://{}/admin/reload", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 500);
+    let report = json(res).await;
+    assert!(
+        report["failed"][0]
+            .as_str()
+            .unwrap()
+            .contains("not a valid module"),
+        "{report}"
+    );
+    let hits = origin.hits();
+    eventually("more traffic after the failed reload", || async {
+        origin.hits() > hits + 20
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut seen = Vec::new();
+    for t in load {
+        seen.extend(t.await.unwrap());
+    }
+    assert!(
+        seen.iter().all(|(status, _)| *status == 200),
+        "every request succeeded"
+    );
+    assert!(
+        seen.iter().all(|(_, v)| v.is_some()),
+        "every response went through a plugin version"
+    );
+    assert_eq!(
+        seen.last().unwrap().1.as_deref(),
+        Some("2"),
+        "the broken module never replaced v2"
+    );
+    assert!(seen.iter().any(|(_, v)| v.as_deref() == Some("1")));
+    let reloads = gw
+        .metric("gantry_plugin_reloads_total{plugin=\"v\",result=\"error\"}")
+        .await;
+    assert!(reloads.unwrap_or(0.0) >= 1.0);
+}
