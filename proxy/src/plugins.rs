@@ -26,8 +26,8 @@ pub struct Plugins {
     /// Per route: its name and plugin entries.
     routes: Vec<(String, Vec<gantry_config::PluginRef>)>,
     current: RwLock<Arc<Vec<Vec<Arc<Plugin>>>>>,
-    /// Per route and plugin: the (length, modified time) last loaded.
-    stamps: Mutex<Vec<Vec<Option<(u64, std::time::SystemTime)>>>>,
+    /// Per route and plugin: the file's stamp when last loaded.
+    stamps: Mutex<Vec<Vec<Option<Stamp>>>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -42,7 +42,10 @@ pub struct ReloadReport {
     pub unchanged: usize,
 }
 
-fn stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
+/// A file's length and modification time: what the watcher compares.
+type Stamp = (u64, std::time::SystemTime);
+
+fn stamp(path: &std::path::Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.len(), m.modified().ok()?))
 }
