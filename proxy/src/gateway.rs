@@ -251,7 +251,8 @@ impl Gateway {
         for plugin in plugins {
             let mut props = props.clone();
             props.push(("plugin_name".to_string(), plugin.name.as_bytes().to_vec()));
-            let mut pairs = crate::plugins::request_pairs(session.req_header(), scheme);
+            let before = crate::plugins::request_pairs(session.req_header(), scheme);
+            let mut pairs = before.clone();
             let result = plugin.start_request(props).and_then(|mut hc| {
                 let decision = hc.on_request_headers(&mut pairs, end_of_stream)?;
                 Ok((hc, decision))
@@ -259,7 +260,11 @@ impl Gateway {
             match result {
                 Ok((hc, gantry_plugins::Decision::Continue)) => {
                     self.plugin_outcome(route, &plugin.name, "request_headers", "continue");
-                    crate::plugins::apply_request(session.req_header_mut(), pairs)?;
+                    crate::plugins::apply_request_changes(
+                        session.req_header_mut(),
+                        &before,
+                        pairs,
+                    )?;
                     ctx.plugin_contexts.push(hc);
                 }
                 Ok((_, gantry_plugins::Decision::Respond(local))) => {
@@ -300,11 +305,12 @@ impl Gateway {
         let mut contexts = std::mem::take(&mut ctx.plugin_contexts);
         for hc in contexts.iter_mut().rev() {
             let plugin = hc.plugin().clone();
-            let mut pairs = crate::plugins::response_pairs(resp);
+            let before = crate::plugins::response_pairs(resp);
+            let mut pairs = before.clone();
             match hc.on_response_headers(&mut pairs, false) {
                 Ok(gantry_plugins::Decision::Continue) => {
                     self.plugin_outcome(route, &plugin.name, "response_headers", "continue");
-                    crate::plugins::apply_response(resp, pairs)?;
+                    crate::plugins::apply_response_changes(resp, &before, pairs)?;
                 }
                 Ok(gantry_plugins::Decision::Respond(local)) => {
                     self.plugin_outcome(route, &plugin.name, "response_headers", "respond");

@@ -222,6 +222,68 @@ pub fn request_pairs(req: &RequestHeader, scheme: &str) -> Vec<(String, String)>
     pairs
 }
 
+/// The names whose values differ between two header lists (pseudo-headers
+/// included), so only those are rewritten.
+fn changed_names(before: &[(String, String)], after: &[(String, String)]) -> Vec<String> {
+    let values = |list: &[(String, String)], name: &str| -> Vec<String> {
+        list.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let mut names: Vec<String> = Vec::new();
+    for (n, _) in before.iter().chain(after.iter()) {
+        if !names.contains(n) && values(before, n) != values(after, n) {
+            names.push(n.clone());
+        }
+    }
+    names
+}
+
+/// Write only what a plugin changed back into the request.
+pub fn apply_request_changes(
+    req: &mut RequestHeader,
+    before: &[(String, String)],
+    after: Vec<(String, String)>,
+) -> pingora::Result<()> {
+    if before == after.as_slice() {
+        return Ok(());
+    }
+    let changed = changed_names(before, &after);
+    if changed.iter().any(|n| n.starts_with(':') || n == "host") {
+        return apply_request(req, after);
+    }
+    for name in &changed {
+        req.remove_header(name.as_str());
+    }
+    for (name, value) in after.into_iter().filter(|(n, _)| changed.contains(n)) {
+        req.append_header(name, value)?;
+    }
+    Ok(())
+}
+
+/// Write only what a plugin changed back into the response.
+pub fn apply_response_changes(
+    resp: &mut ResponseHeader,
+    before: &[(String, String)],
+    after: Vec<(String, String)>,
+) -> pingora::Result<()> {
+    if before == after.as_slice() {
+        return Ok(());
+    }
+    let changed = changed_names(before, &after);
+    if changed.iter().any(|n| n.starts_with(':')) {
+        return apply_response(resp, after);
+    }
+    for name in &changed {
+        resp.remove_header(name.as_str());
+    }
+    for (name, value) in after.into_iter().filter(|(n, _)| changed.contains(n)) {
+        resp.append_header(name, value)?;
+    }
+    Ok(())
+}
+
 /// Write a plugin's header list back into the request.
 pub fn apply_request(req: &mut RequestHeader, pairs: Vec<(String, String)>) -> pingora::Result<()> {
     let invalid = |what: String| pingora::Error::explain(pingora::ErrorType::InternalError, what);
