@@ -29,7 +29,8 @@ pub struct HttpState {
     pub(crate) response_headers: Vec<(String, String)>,
     pub(crate) request_body: Vec<u8>,
     pub(crate) response_body: Vec<u8>,
-    pub(crate) properties: Vec<(String, Vec<u8>)>,
+    /// What `proxy_get_property` answers; shared by every plugin on the route.
+    pub(crate) properties: Arc<[(String, Vec<u8>)]>,
     pub(crate) local_response: Option<LocalResponse>,
     pub(crate) headers_added: usize,
 }
@@ -92,6 +93,20 @@ fn write_u32(caller: &mut Ctx<'_>, ptr: i32, value: u32) -> Result<(), Status> {
         .ok_or(Status::InvalidMemoryAccess)?;
     slot.copy_from_slice(&value.to_le_bytes());
     Ok(())
+}
+
+fn write_u64(caller: &mut Ctx<'_>, ptr: i32, value: u64) -> Status {
+    let Some(mem) = memory(caller) else {
+        return Status::InvalidMemoryAccess;
+    };
+    let at = ptr as u32 as usize;
+    match mem.data_mut(caller).get_mut(at..at + 8) {
+        Some(slot) => {
+            slot.copy_from_slice(&value.to_le_bytes());
+            Status::Ok
+        }
+        None => Status::InvalidMemoryAccess,
+    }
 }
 
 /// Hand `bytes` to the guest: allocate with its `proxy_on_memory_allocate`, copy,
@@ -244,17 +259,7 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64 * 1_000_000);
-            let Some(mem) = memory(&mut c) else {
-                return Status::InvalidMemoryAccess as i32;
-            };
-            let at = out as u32 as usize;
-            match mem.data_mut(&mut c).get_mut(at..at + 8) {
-                Some(slot) => {
-                    slot.copy_from_slice(&now.to_le_bytes());
-                    Status::Ok as i32
-                }
-                None => Status::InvalidMemoryAccess as i32,
-            }
+            write_u64(&mut c, out, now) as i32
         },
     )?;
 
@@ -474,6 +479,7 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 .iter()
                 .find(|(k, _)| *k == key)
                 .map(|(_, v)| v.clone())
+                .or_else(|| (key == "plugin_name").then(|| c.data().plugin.as_bytes().to_vec()))
                 .or_else(|| {
                     let name = key.strip_prefix("request.headers.")?;
                     c.data()
@@ -608,17 +614,7 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(value) = c.data().shared.metric_value(id as u32) else {
                 return Status::NotFound as i32;
             };
-            let Some(mem) = memory(&mut c) else {
-                return Status::InvalidMemoryAccess as i32;
-            };
-            let at = out as u32 as usize;
-            match mem.data_mut(&mut c).get_mut(at..at + 8) {
-                Some(slot) => {
-                    slot.copy_from_slice(&value.to_le_bytes());
-                    Status::Ok as i32
-                }
-                None => Status::InvalidMemoryAccess as i32,
-            }
+            write_u64(&mut c, out, value) as i32
         },
     )?;
 

@@ -305,8 +305,6 @@ pub struct Metric {
     pub kind: MetricKind,
     /// Counter or gauge value; for a histogram, the last recorded value.
     pub value: u64,
-    /// Histogram samples recorded.
-    pub samples: Vec<u64>,
 }
 
 /// Metric types of the ABI.
@@ -319,9 +317,6 @@ pub enum MetricKind {
     /// Recorded values.
     Histogram,
 }
-
-/// Histogram samples kept per metric (the newest win).
-const MAX_HISTOGRAM_SAMPLES: usize = 1024;
 
 impl Shared {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
@@ -354,7 +349,6 @@ impl Shared {
             name: name.into(),
             kind,
             value: 0,
-            samples: Vec::new(),
         });
         Some(metrics.len() as u32 - 1)
     }
@@ -377,12 +371,6 @@ impl Shared {
             return false;
         };
         m.value = value;
-        if m.kind == MetricKind::Histogram {
-            if m.samples.len() == MAX_HISTOGRAM_SAMPLES {
-                m.samples.remove(0);
-            }
-            m.samples.push(value);
-        }
         true
     }
 
@@ -612,12 +600,14 @@ impl Plugin {
 
     /// Start filtering one request: check out an idle instance (or make one) and
     /// create its HTTP context. `properties` are what `proxy_get_property` answers
-    /// (`request.path`, `source.address`, `plugin_name`, ...). An unhealthy plugin
+    /// (`request.path`, `source.address`, ...; the host answers `plugin_name`),
+    /// one list shared by every plugin of the route. An unhealthy plugin
     /// is not run: [`PluginError::Unhealthy`].
     pub fn start_request(
         self: &Arc<Self>,
-        properties: Vec<(String, Vec<u8>)>,
+        properties: impl Into<Arc<[(String, Vec<u8>)]>>,
     ) -> Result<HttpContext, PluginError> {
+        let properties = properties.into();
         if let Some(until) = self.health.lock().expect("health lock").until {
             let now = std::time::Instant::now();
             if now < until {
@@ -636,7 +626,7 @@ impl Plugin {
 
     fn start_request_inner(
         self: &Arc<Self>,
-        properties: Vec<(String, Vec<u8>)>,
+        properties: Arc<[(String, Vec<u8>)]>,
     ) -> Result<HttpContext, PluginError> {
         let vm = self.idle.lock().expect("idle lock").pop();
         let mut vm = match vm {

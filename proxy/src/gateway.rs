@@ -247,13 +247,12 @@ impl Gateway {
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             props.push(("source.address".to_string(), addr.to_string().into_bytes()));
         }
+        let props: Arc<[(String, Vec<u8>)]> = props.into();
         let end_of_stream = session.as_mut().is_body_empty();
         for plugin in plugins {
-            let mut props = props.clone();
-            props.push(("plugin_name".to_string(), plugin.name.as_bytes().to_vec()));
             let before = crate::plugins::request_pairs(session.req_header(), scheme);
             let mut pairs = before.clone();
-            let result = plugin.start_request(props).and_then(|mut hc| {
+            let result = plugin.start_request(props.clone()).and_then(|mut hc| {
                 let decision = hc.on_request_headers(&mut pairs, end_of_stream)?;
                 Ok((hc, decision))
             });

@@ -538,6 +538,38 @@ impl Inference {
         }
     }
 
+    /// The next backend to try for `model` (not one in `tried`), counted as a
+    /// retry when it is not the first; or the answer when none is left: the last
+    /// failure if there was one, else 429 (all saturated) or 503 (none healthy).
+    fn next_backend(
+        &self,
+        pool: &Pool,
+        model: &str,
+        tried: &mut Vec<std::net::SocketAddr>,
+        last: &mut Option<ApiError>,
+        outcome: &mut Outcome,
+    ) -> Result<Arc<pool::Backend>, ApiError> {
+        let name = &pool.config.name;
+        let backend = pool.pick(model, tried).map_err(|why| {
+            last.take().unwrap_or_else(|| match why {
+                NoPick::Saturated => {
+                    ApiError::saturated(name, "every queue is full", DEFAULT_RETRY_AFTER_SECONDS)
+                }
+                NoPick::NoneHealthy => ApiError::no_backend(name),
+            })
+        })?;
+        if !tried.is_empty() {
+            self.metrics
+                .inference_retries
+                .with_label_values(&[name])
+                .inc();
+        }
+        tried.push(backend.addr);
+        outcome.attempts = tried.len();
+        outcome.backend = Some(backend.label.clone());
+        Ok(backend)
+    }
+
     /// Pick a backend not in `tried` and open the stream, moving on to another
     /// backend when one fails before its first event, while `retries` allow.
     #[allow(clippy::too_many_arguments)]
@@ -554,30 +586,7 @@ impl Inference {
     ) -> Result<Opened, ApiError> {
         let name = &pool.config.name;
         while tried.len() <= pool.config.retries as usize {
-            let backend = match pool.pick(&req.model, tried) {
-                Ok(b) => b,
-                Err(NoPick::Saturated) => {
-                    return Err(last.unwrap_or_else(|| {
-                        ApiError::saturated(
-                            name,
-                            "every queue is full",
-                            DEFAULT_RETRY_AFTER_SECONDS,
-                        )
-                    }))
-                }
-                Err(NoPick::NoneHealthy) => {
-                    return Err(last.unwrap_or_else(|| ApiError::no_backend(name)))
-                }
-            };
-            if !tried.is_empty() {
-                self.metrics
-                    .inference_retries
-                    .with_label_values(&[name])
-                    .inc();
-            }
-            tried.push(backend.addr);
-            outcome.attempts = tried.len();
-            outcome.backend = Some(backend.label.clone());
+            let backend = self.next_backend(pool, &req.model, tried, &mut last, outcome)?;
             let guard = backend.begin(estimate);
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(pool::remaining(deadline));
@@ -923,33 +932,15 @@ impl Inference {
         let mut tried = Vec::new();
         let mut last = None;
         let mut answer = None;
-        for attempt in 0..=pool.config.retries {
-            let backend = match pool.pick(&req.model, &tried) {
+        while tried.len() <= pool.config.retries as usize {
+            let backend = match self.next_backend(pool, &req.model, &mut tried, &mut last, outcome)
+            {
                 Ok(b) => b,
-                Err(NoPick::Saturated) => {
-                    last = last.or_else(|| {
-                        Some(ApiError::saturated(
-                            name,
-                            "every queue is full",
-                            DEFAULT_RETRY_AFTER_SECONDS,
-                        ))
-                    });
-                    break;
-                }
-                Err(NoPick::NoneHealthy) => {
-                    last = last.or_else(|| Some(ApiError::no_backend(name)));
+                Err(e) => {
+                    last = Some(e);
                     break;
                 }
             };
-            if attempt > 0 {
-                self.metrics
-                    .inference_retries
-                    .with_label_values(&[name])
-                    .inc();
-            }
-            tried.push(backend.addr);
-            outcome.attempts = tried.len();
-            outcome.backend = Some(backend.label.clone());
             let _guard = backend.begin(inputs.iter().map(|s| s.len() as u64 / 4).sum());
             let mut request = tonic::Request::new(pb::EmbedRequest {
                 model: req.model.clone(),

@@ -332,17 +332,17 @@ impl Pool {
     /// Pick a backend for `model`, leaving out `tried` (addresses already tried).
     pub fn pick(&self, model: &str, tried: &[SocketAddr]) -> Result<Arc<Backend>, NoPick> {
         let all = self.backends();
-        let healthy: Vec<&Arc<Backend>> = all
+        // One pass, one allocation: the healthy, unsaturated candidates.
+        let mut any_healthy = false;
+        let open: Vec<&Arc<Backend>> = all
             .iter()
             .filter(|b| b.eligible() && !tried.contains(&b.addr))
-            .collect();
-        if healthy.is_empty() {
-            return Err(NoPick::NoneHealthy);
-        }
-        let open: Vec<&Arc<Backend>> = healthy
-            .into_iter()
+            .inspect(|_| any_healthy = true)
             .filter(|b| !b.saturated(model))
             .collect();
+        if !any_healthy {
+            return Err(NoPick::NoneHealthy);
+        }
         let (a, b) = match open.len() {
             0 => return Err(NoPick::Saturated),
             1 => return Ok(open[0].clone()),
