@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+scripts/build-plugins.sh
 cargo build --release --locked -p gantry
 exec target/release/gantry serve "$@"

@@ -17,6 +17,8 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 log=$(mktemp)
 cargo test --locked --workspace 2>&1 | tee "$log"
+echo "== example plugins' own tests (host target)"
+cargo test --locked --manifest-path plugins/examples/Cargo.toml 2>&1 | tee -a "$log"
 echo "== gantry config check config/examples/*.toml"
 cargo run --locked -q -p gantry -- config check config/examples/*.toml
 

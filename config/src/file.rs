@@ -61,6 +61,12 @@ pub const DEFAULT_PLUGIN_MEMORY_BYTES: usize = 32 << 20;
 pub const DEFAULT_PLUGIN_BYTES_PER_HOST_CALL: usize = 1 << 20;
 /// Headers one plugin may add to one request (and to one response).
 pub const DEFAULT_PLUGIN_MAX_HEADERS_ADDED: usize = 64;
+/// `proxy_http_call`s one plugin may make for one request.
+pub const DEFAULT_PLUGIN_MAX_HTTP_CALLS: usize = 8;
+/// Most request body bytes a route with plugins reads for their body hooks (and
+/// its `max_body_bytes` when the route sets none): the body is read whole before
+/// the upstream is contacted, and replayed from a buffer of this size (64 KiB).
+pub const MAX_PLUGIN_ROUTE_BODY_BYTES: u64 = 64 * 1024;
 /// Largest plugin module accepted, in bytes (16 MiB).
 pub const DEFAULT_PLUGIN_MAX_MODULE_BYTES: usize = 16 << 20;
 /// How often endpoint host names are resolved again, in milliseconds: a name that
@@ -367,6 +373,12 @@ pub struct PluginSection {
     pub max_headers_added: Option<usize>,
     /// Bytes. Default [`DEFAULT_PLUGIN_MAX_MODULE_BYTES`].
     pub max_module_bytes: Option<usize>,
+    /// Pools (`[[pools]]` or `[[inference_pools]]`, by name) the plugin may
+    /// `proxy_http_call`. Default: none.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// Default [`DEFAULT_PLUGIN_MAX_HTTP_CALLS`].
+    pub max_http_calls: Option<usize>,
 }
 
 /// A plugin's failure policy.

@@ -18,6 +18,10 @@ pub use file::{Builtin, FailureMode, HashOn, HealthCheckKind, LoadBalancing};
 /// The default configuration compiled into the binary, used by `gantry serve` without
 /// `--config`. Kept as `config/examples/default.toml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../examples/default.toml");
+/// Where the embedded default's relative file names (its plugins) resolve from:
+/// the directory it comes from, relative to the repository root where
+/// `scripts/run.sh` runs.
+pub const EMBEDDED_DEFAULT_DIR: &str = "config/examples";
 
 /// One thing wrong with a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +310,10 @@ pub struct PluginRef {
     pub max_headers_added: usize,
     /// Module size limit, bytes.
     pub max_module_bytes: usize,
+    /// Pools the plugin may call with `proxy_http_call`, by name.
+    pub upstreams: Vec<String>,
+    /// `proxy_http_call`s per request.
+    pub max_http_calls: usize,
 }
 
 /// A validated header rewrite: names lower-cased, values checked.

@@ -621,7 +621,26 @@ fn convert_target(c: &mut Checker, at: &str, r: &RouteSection, raw: &FileConfig)
     (pools.len() == r.inference_pools.len()).then_some(Target::Inference(pools))
 }
 
-fn convert_plugin(c: &mut Checker, at: &str, p: &PluginSection, base: &Path) -> PluginRef {
+fn convert_plugin(
+    c: &mut Checker,
+    at: &str,
+    p: &PluginSection,
+    raw: &FileConfig,
+    base: &Path,
+) -> PluginRef {
+    for (k, name) in p.upstreams.iter().enumerate() {
+        let known = raw
+            .pools
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(raw.inference_pools.iter().map(|p| p.name.clone()));
+        if !known.clone().any(|n| &n == name) {
+            c.fail(
+                format!("{at}.upstreams[{k}]"),
+                unknown_name("pool", name, known),
+            );
+        }
+    }
     let file = base.join(&p.file);
     match std::fs::metadata(&file) {
         Ok(m) if m.len() == 0 => {
@@ -682,6 +701,8 @@ fn convert_plugin(c: &mut Checker, at: &str, p: &PluginSection, base: &Path) -> 
             p.max_module_bytes,
             DEFAULT_PLUGIN_MAX_MODULE_BYTES,
         ),
+        upstreams: p.upstreams.clone(),
+        max_http_calls: p.max_http_calls.unwrap_or(DEFAULT_PLUGIN_MAX_HTTP_CALLS),
     }
 }
 
@@ -699,13 +720,26 @@ fn convert_route(
     for (k, p) in r.plugins.iter().enumerate() {
         let pat = format!("{at}.plugins[{k}]");
         c.unique(&mut plugin_names, format!("{pat}.name"), "plugin", &p.name);
-        plugins.push(convert_plugin(c, &pat, p, base));
+        plugins.push(convert_plugin(c, &pat, p, raw, base));
     }
-    if !plugins.is_empty() && !matches!(target, Some(Target::Pool(_)) | None) {
+    if !plugins.is_empty() && matches!(target, Some(Target::Builtin(_))) {
         c.fail(
             format!("{at}.plugins"),
-            "plugins run on routes with a `pool` (proxied HTTP) for now; not on `inference_pools` or `serve` routes",
+            "plugins run on routes with a `pool` or `inference_pools`, not on `serve` routes",
         );
+    }
+    // A proxied route with plugins reads the body whole for their body hooks and
+    // replays it to the upstream from a buffer of bounded size.
+    let mut max_body_bytes = r.max_body_bytes.unwrap_or(default_body);
+    if !plugins.is_empty() && matches!(target, Some(Target::Pool(_))) {
+        match r.max_body_bytes {
+            Some(n) if n > MAX_PLUGIN_ROUTE_BODY_BYTES => c.fail(
+                format!("{at}.max_body_bytes"),
+                format!("{n} is over {MAX_PLUGIN_ROUTE_BODY_BYTES}, the most a proxied route with plugins buffers for their body hooks"),
+            ),
+            Some(_) => {}
+            None => max_body_bytes = max_body_bytes.min(MAX_PLUGIN_ROUTE_BODY_BYTES),
+        }
     }
     let mut hosts = Vec::new();
     for (k, h) in r.hosts.iter().enumerate() {
@@ -752,7 +786,7 @@ fn convert_route(
         path_prefix: prefix,
         methods,
         strip_prefix: r.strip_prefix,
-        max_body_bytes: r.max_body_bytes.unwrap_or(default_body),
+        max_body_bytes,
         plugins,
         request_headers,
         response_headers,

@@ -32,7 +32,7 @@ fn assert_problem(extra: &str, expected: &str) {
 
 #[test]
 fn embedded_default_is_valid_with_documented_defaults() {
-    let c = parse(EMBEDDED_DEFAULT, "default", Path::new(".")).unwrap();
+    let c = parse(EMBEDDED_DEFAULT, "default", Path::new("examples")).unwrap();
     assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8080");
     assert_eq!(c.admin.unwrap().to_string(), "127.0.0.1:9090");
     assert_eq!(
@@ -236,7 +236,7 @@ fn inference_routes_resolve_their_pools_with_documented_defaults() {
         gpu.resolve_interval.as_millis() as u64,
         DEFAULT_RESOLVE_INTERVAL_MS
     );
-    let default = parse(EMBEDDED_DEFAULT, "default", Path::new(".")).unwrap();
+    let default = parse(EMBEDDED_DEFAULT, "default", Path::new("examples")).unwrap();
     assert!(default
         .routes
         .iter()

@@ -2,7 +2,7 @@
 //! checking every guest pointer and length and counting the bytes it copies.
 
 use crate::abi::{self, BufferType, MapType, Status};
-use crate::{LocalResponse, PluginLimits, Shared};
+use crate::{HttpCall, HttpCallResponse, LocalResponse, PluginLimits, Shared};
 use std::sync::Arc;
 use wasmtime::{Caller, Extern, Linker, Memory, StoreLimits};
 
@@ -18,6 +18,11 @@ pub struct HostState {
     pub(crate) store_limits: StoreLimits,
     pub(crate) configuration: Arc<[u8]>,
     pub(crate) shared: Arc<Shared>,
+    /// Pools the plugin may `proxy_http_call`.
+    pub(crate) upstreams: Arc<[String]>,
+    /// The next `proxy_http_call` token: never reused by this instance, as the
+    /// SDK keeps unanswered tokens for its lifetime.
+    pub(crate) next_token: u32,
     /// Per request: maps, bodies, properties, the local response.
     pub(crate) http: HttpState,
 }
@@ -33,6 +38,16 @@ pub struct HttpState {
     pub(crate) properties: Arc<[(String, Vec<u8>)]>,
     pub(crate) local_response: Option<LocalResponse>,
     pub(crate) headers_added: usize,
+    /// Whether `proxy_http_call` may be used now (the request phase).
+    pub(crate) calls_allowed: bool,
+    /// Calls made in this request (against `max_http_calls`).
+    pub(crate) calls_made: usize,
+    /// Calls made by the hook now running, for the gateway to perform.
+    pub(crate) calls: Vec<HttpCall>,
+    /// The answer being delivered to `proxy_on_http_call_response`.
+    pub(crate) call_response: Option<HttpCallResponse>,
+    /// The plugin asked to resume the paused request.
+    pub(crate) resumed: bool,
 }
 
 type Ctx<'a> = Caller<'a, HostState>;
@@ -154,6 +169,7 @@ fn map(http: &mut HttpState, t: MapType) -> Option<&mut Vec<(String, String)>> {
     match t {
         MapType::RequestHeaders => Some(&mut http.request_headers),
         MapType::ResponseHeaders => Some(&mut http.response_headers),
+        MapType::HttpCallResponseHeaders => http.call_response.as_mut().map(|r| &mut r.headers),
         _ => None,
     }
 }
@@ -189,19 +205,14 @@ const UNIMPLEMENTED: &[(&str, usize)] = &[
     ("proxy_resolve_shared_queue", 5),
     ("proxy_dequeue_shared_queue", 3),
     ("proxy_enqueue_shared_queue", 3),
-    ("proxy_http_call", 10),
     ("proxy_grpc_call", 12),
     ("proxy_grpc_stream", 9),
     ("proxy_grpc_send", 4),
     ("proxy_grpc_cancel", 1),
     ("proxy_grpc_close", 1),
     ("proxy_get_status", 3),
-    ("proxy_set_effective_context", 1),
     ("proxy_call_foreign_function", 6),
-    ("proxy_continue_stream", 1),
     ("proxy_close_stream", 1),
-    ("proxy_continue_request", 0),
-    ("proxy_continue_response", 0),
     ("proxy_clear_route_cache", 0),
     ("proxy_get_header_map_size", 2),
 ];
@@ -282,7 +293,10 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 BufferType::ResponseBody => &state.http.response_body,
                 BufferType::PluginConfiguration => &state.configuration,
                 BufferType::VmConfiguration => &[],
-                BufferType::HttpCallResponseBody => return Ok(Status::NotFound as i32),
+                BufferType::HttpCallResponseBody => match &state.http.call_response {
+                    Some(r) => &r.body,
+                    None => return Ok(Status::NotFound as i32),
+                },
             };
             let start = (start as u32 as usize).min(whole.len());
             let end = start.saturating_add(max as u32 as usize).min(whole.len());
@@ -617,6 +631,86 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             write_u64(&mut c, out, value) as i32
         },
     )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_http_call",
+        |mut c: Ctx<'_>,
+         uptr: i32,
+         ulen: i32,
+         hptr: i32,
+         hlen: i32,
+         bptr: i32,
+         blen: i32,
+         _tptr: i32,
+         _tlen: i32,
+         timeout_ms: i32,
+         token_out: i32|
+         -> wasmtime::Result<i32> {
+            let upstream = tri!(read_str(&mut c, uptr, ulen));
+            let encoded = tri!(read(&mut c, hptr, hlen));
+            let body = tri!(read(&mut c, bptr, blen));
+            let Ok(headers) = abi::decode_map(&encoded) else {
+                return Ok(Status::SerializationFailure as i32);
+            };
+            let state = c.data_mut();
+            if !state.http.calls_allowed {
+                // Only the request phase can wait for an answer.
+                return Ok(Status::InternalFailure as i32);
+            }
+            if !state.upstreams.iter().any(|u| *u == upstream) {
+                tracing::warn!(target: "gantry::plugin", plugin = %state.plugin, upstream, "proxy_http_call to a pool not in the plugin's `upstreams`");
+                return Ok(Status::BadArgument as i32);
+            }
+            state.http.calls_made += 1;
+            if state.http.calls_made > state.limits.max_http_calls {
+                return Err(wasmtime::Error::new(LimitTrap(format!(
+                    "plugin `{}` made more than {} proxy_http_calls for one request (max_http_calls)",
+                    state.plugin, state.limits.max_http_calls
+                ))));
+            }
+            let token = state.next_token;
+            state.next_token = state.next_token.wrapping_add(1).max(1);
+            state.http.calls.push(HttpCall {
+                token,
+                upstream,
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect(),
+                body,
+                timeout: std::time::Duration::from_millis(u64::from(timeout_ms as u32)),
+                max_response_bytes: state.limits.bytes_per_host_call,
+            });
+            Ok(match write_u32(&mut c, token_out, token) {
+                Ok(()) => Status::Ok,
+                Err(s) => s,
+            } as i32)
+        },
+    )?;
+
+    // One HTTP context per instance at a time: the effective context is always
+    // the current one (the SDK sets it before each callback).
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |_c: Ctx<'_>, _id: i32| -> i32 { Status::Ok as i32 },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut c: Ctx<'_>, _stream: i32| -> i32 {
+            c.data_mut().http.resumed = true;
+            Status::Ok as i32
+        },
+    )?;
+    for name in ["proxy_continue_request", "proxy_continue_response"] {
+        linker.func_wrap("env", name, |mut c: Ctx<'_>| -> i32 {
+            c.data_mut().http.resumed = true;
+            Status::Ok as i32
+        })?;
+    }
 
     linker.func_wrap("env", "proxy_done", |_c: Ctx<'_>| -> i32 {
         Status::Ok as i32

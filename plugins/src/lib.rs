@@ -34,6 +34,7 @@ use wasmtime::{
 use gantry_config::file::{
     DEFAULT_PLUGIN_BYTES_PER_HOST_CALL as DEFAULT_BYTES_PER_HOST_CALL,
     DEFAULT_PLUGIN_CPU_PER_CALL_MS, DEFAULT_PLUGIN_MAX_HEADERS_ADDED as DEFAULT_MAX_HEADERS_ADDED,
+    DEFAULT_PLUGIN_MAX_HTTP_CALLS as DEFAULT_MAX_HTTP_CALLS,
     DEFAULT_PLUGIN_MAX_MODULE_BYTES as DEFAULT_MAX_MODULE_BYTES,
     DEFAULT_PLUGIN_MEMORY_BYTES as DEFAULT_MEMORY_BYTES,
 };
@@ -65,6 +66,8 @@ pub struct PluginLimits {
     pub max_headers_added: usize,
     /// Module size, bytes.
     pub max_module_bytes: usize,
+    /// `proxy_http_call`s per request.
+    pub max_http_calls: usize,
 }
 
 impl PluginLimits {
@@ -76,6 +79,7 @@ impl PluginLimits {
             bytes_per_host_call: p.bytes_per_host_call,
             max_headers_added: p.max_headers_added,
             max_module_bytes: p.max_module_bytes,
+            max_http_calls: p.max_http_calls,
         }
     }
 }
@@ -88,6 +92,7 @@ impl Default for PluginLimits {
             bytes_per_host_call: DEFAULT_BYTES_PER_HOST_CALL,
             max_headers_added: DEFAULT_MAX_HEADERS_ADDED,
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
+            max_http_calls: DEFAULT_MAX_HTTP_CALLS,
         }
     }
 }
@@ -114,6 +119,37 @@ pub enum Decision {
     Continue,
     /// Answer with this and stop the chain.
     Respond(LocalResponse),
+    /// The plugin stopped iteration: in a body hook before the end of the body,
+    /// buffer and call again with more; elsewhere, wait for its calls.
+    Pause,
+}
+
+/// A `proxy_http_call` a plugin made. The gateway performs it and hands the
+/// answer to [`HttpContext::on_request`]'s caller-supplied function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    /// The token the plugin got back.
+    pub token: u32,
+    /// The pool, by name (one of the plugin's `upstreams`).
+    pub upstream: String,
+    /// Headers, pseudo-headers (`:method`, `:path`, `:authority`) included.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// How long the plugin will wait.
+    pub timeout: Duration,
+    /// The most answer bytes to keep (the plugin's `bytes_per_host_call`); a
+    /// longer answer fails the call.
+    pub max_response_bytes: usize,
+}
+
+/// The answer to an [`HttpCall`]; `:status` is among the headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpCallResponse {
+    /// Headers, `:status` first.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
 }
 
 /// Why a plugin could not be loaded or a hook failed.
@@ -156,7 +192,7 @@ pub enum PluginError {
         /// The trap or limit, in words.
         reason: String,
         /// Which limit, when one was reached: `cpu`, `memory`, `bytes_per_host_call`,
-        /// `headers_added`.
+        /// `headers_added`, `http_calls`.
         limit: Option<&'static str>,
     },
 }
@@ -221,7 +257,8 @@ impl PluginEngine {
 
     /// Compile and check a plugin (off the request path), and run its VM start and
     /// configuration on a first instance, so a plugin that rejects its
-    /// configuration is rejected here.
+    /// configuration is rejected here. `upstreams`: the pools it may call.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         &self,
         name: &str,
@@ -229,6 +266,7 @@ impl PluginEngine {
         configuration: Vec<u8>,
         limits: PluginLimits,
         failure: FailurePolicy,
+        upstreams: Vec<String>,
     ) -> Result<Arc<Plugin>, PluginError> {
         let invalid = |reason: String| PluginError::Invalid {
             plugin: name.to_string(),
@@ -275,6 +313,7 @@ impl PluginEngine {
             limits,
             failure,
             shared: Arc::new(Shared::default()),
+            upstreams: upstreams.into(),
             idle: Mutex::new(Vec::new()),
             next_context: AtomicU32::new(2),
             health: Mutex::new(Health::default()),
@@ -398,6 +437,7 @@ struct Exports {
     on_request_body: Option<Hook>,
     on_response_headers: Option<Hook>,
     on_response_body: Option<Hook>,
+    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_delete: Option<TypedFunc<i32, ()>>,
 }
@@ -422,6 +462,7 @@ pub struct Plugin {
     /// Its failure policy.
     pub failure: FailurePolicy,
     shared: Arc<Shared>,
+    upstreams: Arc<[String]>,
     idle: Mutex<Vec<Vm>>,
     next_context: AtomicU32,
     health: Mutex<Health>,
@@ -460,6 +501,8 @@ fn classify(plugin: &str, hook: &'static str, err: wasmtime::Error) -> PluginErr
     } else if let Some(t) = err.downcast_ref::<LimitTrap>() {
         if t.0.contains("bytes_per_host_call") {
             Some("bytes_per_host_call")
+        } else if t.0.contains("max_http_calls") {
+            Some("http_calls")
         } else {
             Some("headers_added")
         }
@@ -501,6 +544,8 @@ impl Plugin {
                 .build(),
             configuration: self.configuration.clone(),
             shared: self.shared.clone(),
+            upstreams: self.upstreams.clone(),
+            next_token: 1,
             http: HttpState::default(),
         };
         let mut store = Store::new(&self.engine, state);
@@ -535,6 +580,12 @@ impl Plugin {
             on_request_body: func2(&mut store, "proxy_on_request_body"),
             on_response_headers: func2(&mut store, "proxy_on_response_headers"),
             on_response_body: func2(&mut store, "proxy_on_response_body"),
+            on_http_call_response: instance
+                .get_typed_func::<(i32, i32, i32, i32, i32), ()>(
+                    &mut store,
+                    "proxy_on_http_call_response",
+                )
+                .ok(),
             on_done: instance
                 .get_typed_func::<i32, i32>(&mut store, "proxy_on_done")
                 .ok(),
@@ -714,17 +765,176 @@ impl HttpContext {
                 if let Some(local) = vm.store.data_mut().http.local_response.take() {
                     return Ok(Decision::Respond(local));
                 }
-                // Pause without a local response: this host has no way to resume a
-                // request later (that needs proxy_http_call), so it continues.
-                let _ = abi::Action::from_abi(action);
-                Ok(Decision::Continue)
+                Ok(match abi::Action::from_abi(action) {
+                    abi::Action::Pause => Decision::Pause,
+                    abi::Action::Continue => Decision::Continue,
+                })
             }
-            Err(e) => {
-                // A trapped instance may hold any state: never reuse it.
-                self.vm = None;
-                self.plugin.record_failure();
-                Err(classify(&self.plugin.name, hook, e))
+            Err(e) => Err(self.failed(hook, e)),
+        }
+    }
+
+    /// A hook trapped: a trapped instance may hold any state, so it is never
+    /// reused; the failure counts towards the plugin's health.
+    fn failed(&mut self, hook: &'static str, e: wasmtime::Error) -> PluginError {
+        self.vm = None;
+        self.plugin.record_failure();
+        classify(&self.plugin.name, hook, e)
+    }
+
+    /// The request phase of this plugin: its request-headers hook, then, when
+    /// the request has a body, its request-body hook with the whole body
+    /// (`end_of_stream` set). Calls the plugin makes with `proxy_http_call` are
+    /// performed by `perform` (`None`: the call failed or timed out) and the
+    /// answers handed to `proxy_on_http_call_response`, until the plugin
+    /// continues, resumes or answers. Pausing with nothing left to wait for (no
+    /// body to come, no call pending) continues.
+    pub async fn on_request<F, Fut>(
+        &mut self,
+        headers: &mut Vec<(String, String)>,
+        body: Option<&mut Vec<u8>>,
+        mut perform: F,
+    ) -> Result<Decision, PluginError>
+    where
+        F: FnMut(HttpCall) -> Fut + Send,
+        Fut: std::future::Future<Output = Option<HttpCallResponse>> + Send,
+    {
+        let n = headers.len() as i32;
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            http.request_headers = std::mem::take(headers);
+            http.headers_added = 0;
+            http.calls_allowed = true;
+        }
+        let result = self.request_phase(n, body, &mut perform).await;
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            *headers = std::mem::take(&mut http.request_headers);
+            http.calls_allowed = false;
+            http.calls.clear();
+        }
+        match result? {
+            Decision::Pause => Ok(Decision::Continue),
+            other => Ok(other),
+        }
+    }
+
+    async fn request_phase<F, Fut>(
+        &mut self,
+        n: i32,
+        body: Option<&mut Vec<u8>>,
+        perform: &mut F,
+    ) -> Result<Decision, PluginError>
+    where
+        F: FnMut(HttpCall) -> Fut + Send,
+        Fut: std::future::Future<Output = Option<HttpCallResponse>> + Send,
+    {
+        let headers = self.call(
+            "proxy_on_request_headers",
+            |e| e.on_request_headers.clone(),
+            n,
+            body.is_none(),
+        )?;
+        let headers = self.settle(headers, perform).await?;
+        let Some(body) = body else {
+            return Ok(headers);
+        };
+        if let Decision::Respond(_) = headers {
+            return Ok(headers);
+        }
+        let n = body.len() as i32;
+        if let Some(vm) = self.vm.as_mut() {
+            vm.store.data_mut().http.request_body = std::mem::take(body);
+        }
+        let decision = match self.call(
+            "proxy_on_request_body",
+            |e| e.on_request_body.clone(),
+            n,
+            true,
+        ) {
+            Ok(d) => self.settle(d, perform).await,
+            Err(e) => Err(e),
+        };
+        if let Some(vm) = self.vm.as_mut() {
+            *body = std::mem::take(&mut vm.store.data_mut().http.request_body);
+        }
+        decision
+    }
+
+    /// Perform the calls the last hook made, and any its callbacks make, handing
+    /// each answer back; a local response or a resume from a callback decides.
+    async fn settle<F, Fut>(
+        &mut self,
+        mut decision: Decision,
+        perform: &mut F,
+    ) -> Result<Decision, PluginError>
+    where
+        F: FnMut(HttpCall) -> Fut + Send,
+        Fut: std::future::Future<Output = Option<HttpCallResponse>> + Send,
+    {
+        loop {
+            let calls = match self.vm.as_mut() {
+                Some(vm) => std::mem::take(&mut vm.store.data_mut().http.calls),
+                None => Vec::new(),
+            };
+            if calls.is_empty() {
+                return Ok(decision);
             }
+            for call in calls {
+                let token = call.token;
+                let answer = perform(call).await;
+                match self.deliver(token, answer)? {
+                    Decision::Respond(local) => return Ok(Decision::Respond(local)),
+                    Decision::Continue => decision = Decision::Continue,
+                    Decision::Pause => {}
+                }
+            }
+        }
+    }
+
+    /// Hand one call's answer to `proxy_on_http_call_response` (no headers and
+    /// no body when the call failed, as Envoy does).
+    fn deliver(
+        &mut self,
+        token: u32,
+        answer: Option<HttpCallResponse>,
+    ) -> Result<Decision, PluginError> {
+        const HOOK: &str = "proxy_on_http_call_response";
+        let deadline = self.plugin.deadline_ticks();
+        let Some(vm) = self.vm.as_mut() else {
+            return Err(PluginError::Trap {
+                plugin: self.plugin.name.clone(),
+                hook: HOOK,
+                reason: "the instance failed earlier in this request".into(),
+                limit: None,
+            });
+        };
+        let Some(f) = vm.exports.on_http_call_response.clone() else {
+            return Ok(Decision::Pause);
+        };
+        let answer = answer.unwrap_or_default();
+        let (headers, body) = (answer.headers.len() as i32, answer.body.len() as i32);
+        let http = &mut vm.store.data_mut().http;
+        http.call_response = Some(answer);
+        http.resumed = false;
+        vm.store.set_epoch_deadline(deadline);
+        match f.call(
+            &mut vm.store,
+            (ROOT_CONTEXT, token as i32, headers, body, 0),
+        ) {
+            Ok(()) => {
+                self.plugin.record_success();
+                let http = &mut vm.store.data_mut().http;
+                http.call_response = None;
+                if let Some(local) = http.local_response.take() {
+                    Ok(Decision::Respond(local))
+                } else if http.resumed {
+                    Ok(Decision::Continue)
+                } else {
+                    Ok(Decision::Pause)
+                }
+            }
+            Err(e) => Err(self.failed(HOOK, e)),
         }
     }
 

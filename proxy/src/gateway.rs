@@ -116,6 +116,8 @@ pub struct Gateway {
     inference: Arc<Inference>,
     /// Per route: its Wasm plugins, in order (swapped on hot reload).
     plugins: Arc<crate::plugins::Plugins>,
+    /// Connections for plugins' `proxy_http_call`s to HTTP pools.
+    connector: pingora::connectors::http::Connector,
 }
 
 /// Per-request state carried through the phases.
@@ -135,6 +137,11 @@ pub struct RequestCtx {
     plugin_contexts: Vec<gantry_plugins::HttpContext>,
     /// A body that replaces the upstream's (a plugin answered in the response phase).
     replace_body: Option<Bytes>,
+    /// The request body as the route's plugins left it, sent upstream instead of
+    /// the client's (which was read whole for them).
+    request_body: Option<Bytes>,
+    /// Per plugin context: response body it paused on (held until it continues).
+    response_held: Vec<Vec<u8>>,
     _inflight: InflightGuard,
 }
 
@@ -176,6 +183,7 @@ impl Gateway {
             lifecycle,
             inference,
             plugins,
+            connector: pingora::connectors::http::Connector::new(None),
         }
     }
 
@@ -217,13 +225,16 @@ impl Gateway {
         name
     }
 
-    /// Run the route's plugins on the request headers. `Ok(true)`: answered.
+    /// Run the route's plugins on the request: each one's headers hook, then its
+    /// body hook with the whole body (when there is one), with the HTTP calls it
+    /// makes performed in between. `Ok(true)`: answered.
     async fn request_plugins(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         route: usize,
         plugins: &[Arc<gantry_plugins::Plugin>],
+        body: &mut Option<Vec<u8>>,
     ) -> Result<bool> {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let scheme = if tls { "https" } else { "http" };
@@ -248,26 +259,23 @@ impl Gateway {
             props.push(("source.address".to_string(), addr.to_string().into_bytes()));
         }
         let props: Arc<[(String, Vec<u8>)]> = props.into();
-        let end_of_stream = session.as_mut().is_body_empty();
         for plugin in plugins {
             let before = crate::plugins::request_pairs(session.req_header(), scheme);
             let mut pairs = before.clone();
-            let result = plugin.start_request(props.clone()).and_then(|mut hc| {
-                let decision = hc.on_request_headers(&mut pairs, end_of_stream)?;
-                Ok((hc, decision))
-            });
-            match result {
-                Ok((hc, gantry_plugins::Decision::Continue)) => {
-                    self.plugin_outcome(route, &plugin.name, "request_headers", "continue");
-                    crate::plugins::apply_request_changes(
-                        session.req_header_mut(),
-                        &before,
-                        pairs,
-                    )?;
-                    ctx.plugin_contexts.push(hc);
+            let result = match plugin.start_request(props.clone()) {
+                Ok(mut hc) => {
+                    let request_id = ctx.request_id.as_str();
+                    let perform = |call| self.http_call(call, plugin, request_id);
+                    hc.on_request(&mut pairs, body.as_mut(), perform)
+                        .await
+                        .map(|d| (hc, d))
                 }
-                Ok((_, gantry_plugins::Decision::Respond(local))) => {
-                    self.plugin_outcome(route, &plugin.name, "request_headers", "respond");
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok((hc, gantry_plugins::Decision::Respond(local))) => {
+                    self.plugin_outcome(route, &plugin.name, "request", "respond");
+                    drop(hc);
                     let mut resp =
                         ResponseHeader::build(local.status, Some(local.headers.len() + 2))?;
                     for (k, v) in local.headers {
@@ -281,8 +289,17 @@ impl Gateway {
                         .await?;
                     return Ok(true);
                 }
+                Ok((hc, _)) => {
+                    self.plugin_outcome(route, &plugin.name, "request", "continue");
+                    crate::plugins::apply_request_changes(
+                        session.req_header_mut(),
+                        &before,
+                        pairs,
+                    )?;
+                    ctx.plugin_contexts.push(hc);
+                }
                 Err(e) => {
-                    let name = self.plugin_failed(route, ctx, "request_headers", &e);
+                    let name = self.plugin_failed(route, ctx, "request", &e);
                     if crate::plugins::fails_closed(plugin) {
                         self.respond(session, ctx, GatewayError::PluginFailed { plugin: name })
                             .await?;
@@ -292,6 +309,127 @@ impl Gateway {
             }
         }
         Ok(false)
+    }
+
+    /// Perform a plugin's `proxy_http_call`: to an inference pool in process (the
+    /// OpenAI-compatible API, paths under `/v1`), to an HTTP pool over the
+    /// network. `None` when it fails or outlasts its timeout.
+    async fn http_call(
+        &self,
+        call: gantry_plugins::HttpCall,
+        plugin: &gantry_plugins::Plugin,
+        request_id: &str,
+    ) -> Option<gantry_plugins::HttpCallResponse> {
+        let header = |name: &str| {
+            call.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let method = header(":method").unwrap_or_else(|| "GET".into());
+        let path = header(":path").unwrap_or_else(|| "/".into());
+        let method = http::Method::from_bytes(method.as_bytes()).ok()?;
+        let limit = call.max_response_bytes;
+        let work = async {
+            if let Some(pool) = self.inference.pool_index(&call.upstream) {
+                let (status, headers, body) = self
+                    .inference
+                    .call(pool, method, &path, Bytes::from(call.body.clone()), request_id)
+                    .await;
+                let mut pairs = vec![(":status".to_string(), status.to_string())];
+                pairs.extend(headers);
+                return Ok((pairs, body.to_vec()));
+            }
+            match self.pools.iter().find(|p| p.config.name == call.upstream) {
+                Some(pool) => self.pool_call(pool, &call, method, &path, limit).await,
+                None => Err(format!("no pool named `{}`", call.upstream)),
+            }
+        };
+        let outcome = match tokio::time::timeout(call.timeout, work).await {
+            Err(_) => Err(format!("no answer within {:?}", call.timeout)),
+            Ok(Ok((_, body))) if body.len() > limit => {
+                self.metrics
+                    .plugin_limit_hits
+                    .with_label_values(&[&plugin.name, "bytes_per_host_call"])
+                    .inc();
+                Err(format!(
+                    "the answer is over {limit} bytes (bytes_per_host_call)"
+                ))
+            }
+            Ok(r) => r,
+        };
+        let result = if outcome.is_ok() { "ok" } else { "failed" };
+        self.metrics
+            .plugin_http_calls
+            .with_label_values(&[&plugin.name, &call.upstream, result])
+            .inc();
+        match outcome {
+            Ok((headers, body)) => Some(gantry_plugins::HttpCallResponse { headers, body }),
+            Err(why) => {
+                tracing::warn!(request_id, plugin = %plugin.name, upstream = %call.upstream, path, error = %why, "plugin http call failed");
+                None
+            }
+        }
+    }
+
+    /// One HTTP request to an endpoint of an HTTP pool, for a plugin.
+    async fn pool_call(
+        &self,
+        pool: &Pool,
+        call: &gantry_plugins::HttpCall,
+        method: http::Method,
+        path: &str,
+        limit: usize,
+    ) -> std::result::Result<(Vec<(String, String)>, Vec<u8>), String> {
+        let backend = pool
+            .pick(b"", &[])
+            .ok_or_else(|| "no healthy endpoint".to_string())?;
+        let peer = pool.peer(&backend);
+        let (mut http, _reused) = self
+            .connector
+            .get_http_session(&*peer)
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", backend.addr))?;
+        let mut req = RequestHeader::build(method, path.as_bytes(), Some(call.headers.len()))
+            .map_err(|e| e.to_string())?;
+        for (k, v) in &call.headers {
+            match k.as_str() {
+                ":authority" => req.insert_header(HOST, v.as_str()),
+                n if n.starts_with(':') => Ok(()),
+                _ => req.append_header(k.clone(), v.as_str()).map(|_| ()),
+            }
+            .map_err(|e| e.to_string())?;
+        }
+        req.insert_header(CONTENT_LENGTH, call.body.len())
+            .map_err(|e| e.to_string())?;
+        let io = async {
+            http.write_request_header(Box::new(req)).await?;
+            if !call.body.is_empty() {
+                http.write_request_body(Bytes::from(call.body.clone()), true)
+                    .await?;
+            }
+            http.finish_request_body().await?;
+            http.read_response_header().await?;
+            let mut body = Vec::new();
+            while let Some(chunk) = http.read_response_body().await? {
+                body.extend_from_slice(&chunk);
+                if body.len() > limit {
+                    break;
+                }
+            }
+            Ok::<_, Box<Error>>(body)
+        };
+        let body = io.await.map_err(|e| format!("{}: {e}", backend.addr))?;
+        let resp = http
+            .response_header()
+            .ok_or_else(|| "no response header".to_string())?;
+        let headers = crate::plugins::response_pairs(resp);
+        if body.len() <= limit {
+            self.connector
+                .release_http_session(http, &*peer, None)
+                .await;
+        }
+        Ok((headers, body))
     }
 
     /// Run the plugins that saw the request on the response headers, last first.
@@ -307,7 +445,8 @@ impl Gateway {
             let before = crate::plugins::response_pairs(resp);
             let mut pairs = before.clone();
             match hc.on_response_headers(&mut pairs, false) {
-                Ok(gantry_plugins::Decision::Continue) => {
+                // A response cannot wait for a plugin: pausing here continues.
+                Ok(gantry_plugins::Decision::Continue | gantry_plugins::Decision::Pause) => {
                     self.plugin_outcome(route, &plugin.name, "response_headers", "continue");
                     crate::plugins::apply_response_changes(resp, &before, pairs)?;
                 }
@@ -339,6 +478,81 @@ impl Gateway {
         Ok(())
     }
 
+    /// Run the response body through the plugins that saw the request, last
+    /// first, chunk by chunk. A plugin that pauses before the end holds what it
+    /// has (up to its `bytes_per_host_call`) and gets it again with the next
+    /// chunk; what it lets through goes on to the next plugin. The response's
+    /// headers are out: a failing plugin that fails closed ends the response
+    /// (the connection is closed), one that fails open is skipped.
+    fn response_body_plugins(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let route = ctx.route.expect("route chosen");
+        let n = ctx.plugin_contexts.len();
+        if body.as_ref().is_none_or(|b| b.is_empty()) && !end_of_stream {
+            return Ok(());
+        }
+        ctx.response_held.resize(n, Vec::new());
+        let mut data = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        for i in (0..n).rev() {
+            let mut chunk = std::mem::take(&mut ctx.response_held[i]);
+            chunk.append(&mut data);
+            let hc = &mut ctx.plugin_contexts[i];
+            let plugin = hc.plugin().clone();
+            let keep = (plugin.failure == gantry_plugins::FailurePolicy::Open).then(|| chunk.clone());
+            let result = hc.on_response_body(&mut chunk, end_of_stream);
+            let failure = match result {
+                Ok(gantry_plugins::Decision::Pause)
+                    if !end_of_stream && chunk.len() > plugin.limits.bytes_per_host_call =>
+                {
+                    self.metrics
+                        .plugin_limit_hits
+                        .with_label_values(&[&plugin.name, "bytes_per_host_call"])
+                        .inc();
+                    self.plugin_outcome(route, &plugin.name, "response_body", "error");
+                    Some(format!(
+                        "held more than {} bytes of response body (bytes_per_host_call)",
+                        plugin.limits.bytes_per_host_call
+                    ))
+                }
+                Ok(gantry_plugins::Decision::Pause) if !end_of_stream => {
+                    self.plugin_outcome(route, &plugin.name, "response_body", "pause");
+                    ctx.response_held[i] = chunk;
+                    continue;
+                }
+                Ok(gantry_plugins::Decision::Respond(_)) => {
+                    self.plugin_outcome(route, &plugin.name, "response_body", "error");
+                    Some("sent a local response after the response headers went out".into())
+                }
+                Ok(_) => {
+                    self.plugin_outcome(route, &plugin.name, "response_body", "continue");
+                    data = chunk;
+                    continue;
+                }
+                Err(e) => {
+                    self.plugin_failed(route, ctx, "response_body", &e);
+                    Some(e.to_string())
+                }
+            };
+            let why = failure.expect("every other arm continues");
+            tracing::warn!(request_id = %ctx.request_id, plugin = %plugin.name, error = %why, "plugin failed on the response body");
+            match keep {
+                Some(original) => data = original,
+                None => {
+                    let err = GatewayError::PluginFailed {
+                        plugin: plugin.name.clone(),
+                    };
+                    return Err(ctx.fail(err));
+                }
+            }
+        }
+        *body = (!data.is_empty()).then(|| Bytes::from(data));
+        Ok(())
+    }
+
     fn replace_response_body(
         &self,
         resp: &mut ResponseHeader,
@@ -349,6 +563,43 @@ impl Gateway {
         resp.insert_header(CONTENT_LENGTH, body.len())?;
         ctx.replace_body = Some(body);
         Ok(())
+    }
+
+    /// Read the request body whole (kept for a replay to the upstream), refusing
+    /// it past `limit`: `Ok(None)` when answered with 413, `Some(None)` when the
+    /// request has no body.
+    async fn read_whole_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        limit: u64,
+    ) -> Result<Option<Option<Vec<u8>>>> {
+        if session.as_mut().is_body_empty() {
+            return Ok(Some(None));
+        }
+        let declared = session
+            .req_header()
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            self.respond(session, ctx, GatewayError::BodyTooLarge { limit })
+                .await?;
+            return Ok(None);
+        }
+        session.as_mut().enable_retry_buffering();
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > limit {
+                self.respond(session, ctx, GatewayError::BodyTooLarge { limit })
+                    .await?;
+                return Ok(None);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        ctx.body_preread = true;
+        Ok(Some(Some(body)))
     }
 
     fn pool_of(&self, route: usize) -> &Arc<Pool> {
@@ -439,6 +690,8 @@ impl ProxyHttp for Gateway {
             inference: None,
             plugin_contexts: Vec::new(),
             replace_body: None,
+            request_body: None,
+            response_held: Vec::new(),
             _inflight: InflightGuard::new(&self.lifecycle),
         }
     }
@@ -491,6 +744,8 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(route);
 
         let r = self.router.route(route);
+        let plugins = self.plugins.snapshot();
+        let plugins = &plugins[route];
         match &r.target {
             gantry_config::Target::Pool(_) => {}
             gantry_config::Target::Builtin(which) => {
@@ -499,7 +754,7 @@ impl ProxyHttp for Gateway {
                     .await?;
                 return Ok(true);
             }
-            gantry_config::Target::Inference(pools) => {
+            gantry_config::Target::Inference(pools) if plugins.is_empty() => {
                 let outcome = self
                     .inference
                     .handle(
@@ -514,6 +769,59 @@ impl ProxyHttp for Gateway {
                 ctx.inference = Some(outcome);
                 return Ok(true);
             }
+            gantry_config::Target::Inference(pools) => {
+                // The plugins see the whole body first; the API gets it as they
+                // left it, at the path they left.
+                let Some(mut body) = self.read_whole_body(session, ctx, r.max_body_bytes).await?
+                else {
+                    return Ok(true);
+                };
+                if self
+                    .request_plugins(session, ctx, route, plugins, &mut body)
+                    .await?
+                {
+                    return Ok(true);
+                }
+                let body = body.map(Bytes::from).unwrap_or_default();
+                let mut prepared = crate::inference::downstream::Prepared {
+                    len: body.len() as u64,
+                    body: Some(body),
+                    session,
+                };
+                let outcome = self
+                    .inference
+                    .handle(
+                        &mut prepared,
+                        &r.path_prefix,
+                        pools,
+                        r.max_body_bytes,
+                        &ctx.request_id,
+                        ctx.started,
+                    )
+                    .await?;
+                ctx.inference = Some(outcome);
+                return Ok(true);
+            }
+        }
+
+        if !plugins.is_empty() {
+            // Body hooks see the whole body before the upstream is contacted; it is
+            // replayed to the upstream from Pingora's retry buffer (the route's
+            // max_body_bytes is at most its size, see MAX_PLUGIN_ROUTE_BODY_BYTES).
+            let Some(mut body) = self.read_whole_body(session, ctx, r.max_body_bytes).await?
+            else {
+                return Ok(true);
+            };
+            if self
+                .request_plugins(session, ctx, route, plugins, &mut body)
+                .await?
+            {
+                return Ok(true);
+            }
+            if let Some(body) = body {
+                ctx.request_body = Some(Bytes::from(body));
+            }
+            return Ok(false);
         }
 
         let limit = r.max_body_bytes;
@@ -539,14 +847,6 @@ impl ProxyHttp for Gateway {
                 }
             }
             ctx.body_preread = true;
-        }
-        let plugins = self.plugins.snapshot();
-        if !plugins[route].is_empty()
-            && self
-                .request_plugins(session, ctx, route, &plugins[route])
-                .await?
-        {
-            return Ok(true);
         }
         Ok(false)
     }
@@ -623,6 +923,11 @@ impl ProxyHttp for Gateway {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         upstream.insert_header(REQUEST_ID, &ctx.request_id)?;
+        if let Some(body) = &ctx.request_body {
+            // The plugins may have changed the body's length.
+            upstream.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream.insert_header(CONTENT_LENGTH, body.len())?;
+        }
         Ok(())
     }
 
@@ -633,6 +938,12 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(replaced) = &ctx.request_body {
+            // The whole body was read for the plugins: this is its replay (on each
+            // attempt), sent as they left it.
+            *body = (!replaced.is_empty()).then(|| replaced.clone());
+            return Ok(());
+        }
         if let Some(chunk) = body.as_ref().filter(|_| !ctx.body_preread) {
             ctx.body_bytes += chunk.len() as u64;
             let limit = self
@@ -702,6 +1013,8 @@ impl ProxyHttp for Gateway {
             } else {
                 None
             };
+        } else if !ctx.plugin_contexts.is_empty() {
+            self.response_body_plugins(body, end_of_stream, ctx)?;
         }
         Ok(None)
     }

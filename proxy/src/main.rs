@@ -207,7 +207,7 @@ fn serve(
         None => gantry_config::parse(
             gantry_config::EMBEDDED_DEFAULT,
             "<embedded default>",
-            Path::new("."),
+            Path::new(gantry_config::EMBEDDED_DEFAULT_DIR),
         )?,
     };
     let backend = if no_backend {

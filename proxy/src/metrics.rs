@@ -52,11 +52,15 @@ pub struct Metrics {
     pub inference_backend_load: IntGaugeVec,
     /// `gantry_inference_backend_lost_total{pool,backend}`: watch streams broke.
     pub inference_backend_lost: IntCounterVec,
-    /// `gantry_plugin_calls_total{route,plugin,hook,outcome}`: `continue`,
+    /// `gantry_plugin_http_calls_total{plugin,upstream,result}`: plugins'
+    /// `proxy_http_call`s, `ok` or `failed` (no pool, unreachable, timeout, too big).
+    pub plugin_http_calls: IntCounterVec,
+    /// `gantry_plugin_calls_total{route,plugin,hook,outcome}` (hooks: `request`
+    /// (headers and body), `response_headers`, `response_body`): `continue`,
     /// `respond` (local response) or `error` (trap or limit).
     pub plugin_calls: IntCounterVec,
     /// `gantry_plugin_limit_hits_total{plugin,limit}`: `cpu`,
-    /// `bytes_per_host_call`, `headers_added`.
+    /// `bytes_per_host_call`, `headers_added`, `http_calls`.
     pub plugin_limit_hits: IntCounterVec,
     /// `gantry_plugin_metric{route,plugin,name,kind}`: the metrics plugins define
     /// (counters, gauges; for histograms the last recorded value), set at scrape.
@@ -196,6 +200,11 @@ impl Metrics {
             "Wasm plugin hook calls, by route, plugin, hook and outcome",
             &["route", "plugin", "hook", "outcome"],
         );
+        let plugin_http_calls = counter(
+            "gantry_plugin_http_calls_total",
+            "HTTP calls made by Wasm plugins (proxy_http_call), by plugin, pool and result",
+            &["plugin", "upstream", "result"],
+        );
         let plugin_limit_hits = counter(
             "gantry_plugin_limit_hits_total",
             "Wasm plugin hook calls stopped by a limit",
@@ -216,6 +225,7 @@ impl Metrics {
             Box::new(plugin_reloads.clone()),
             Box::new(plugin_defined.clone()),
             Box::new(plugin_calls.clone()),
+            Box::new(plugin_http_calls.clone()),
             Box::new(plugin_limit_hits.clone()),
             Box::new(inference_requests.clone()),
             Box::new(inference_ttft.clone()),
@@ -256,6 +266,7 @@ impl Metrics {
             inference_backend_load,
             inference_backend_lost,
             plugin_calls,
+            plugin_http_calls,
             plugin_limit_hits,
             plugin_defined,
             plugin_reloads,

@@ -189,6 +189,7 @@ fn load_one(engine: &PluginEngine, p: &gantry_config::PluginRef) -> anyhow::Resu
         p.configuration.clone(),
         PluginLimits::from_config(p),
         p.failure,
+        p.upstreams.clone(),
     )?)
 }
 

@@ -21,6 +21,8 @@ fn module_with(request_headers: &str, response_headers: &str, extra: &str) -> Ve
           (import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_get_buffer_bytes" (func $buffer (param i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+          (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
           (memory (export "memory") 1)
           (global $heap (mut i32) (i32.const 1024))
           (data (i32.const 16) "x-a")
@@ -41,9 +43,27 @@ fn module_with(request_headers: &str, response_headers: &str, extra: &str) -> Ve
     wat::parse_str(&wat).unwrap_or_else(|e| panic!("{e}\n{wat}"))
 }
 
+/// Drive a future whose every await is ready at once (the test's calls answer
+/// immediately).
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// `proxy_http_call` to the pool named at `name` (`len` bytes), no headers (an
+/// empty map: four zero bytes at 200), token written at 300.
+fn http_call(name: u32, len: u32) -> String {
+    format!("(call $http_call (i32.const {name}) (i32.const {len}) (i32.const 200) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 300))")
+}
+
 fn load(wasm: &[u8], limits: PluginLimits) -> std::sync::Arc<gantry_plugins::Plugin> {
     engine()
-        .load("t", wasm, b"cfg".to_vec(), limits, FailurePolicy::Closed)
+        .load("t", wasm, b"cfg".to_vec(), limits, FailurePolicy::Closed, Vec::new())
         .expect("plugin loads")
 }
 
@@ -272,7 +292,7 @@ fn copying_too_much_in_one_host_call_traps() {
 fn unimplemented_abi_calls_say_so() {
     let wasm = module(
         "(drop (call $respond
-            (i32.add (i32.const 500) (call $http_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 0)))
+            (i32.add (i32.const 500) (call $tick (i32.const 100)))
             (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
          (i32.const 0)",
     );
@@ -287,7 +307,7 @@ fn unimplemented_abi_calls_say_so() {
 fn modules_that_are_not_proxy_wasm_plugins_are_rejected_with_a_reason() {
     let limits = PluginLimits::default();
     let e = engine()
-        .load("p", b"not wasm", vec![], limits, FailurePolicy::Closed)
+        .load("p", b"not wasm", vec![], limits, FailurePolicy::Closed, Vec::new())
         .unwrap_err();
     assert!(
         e.to_string().contains("plugin `p`: not a valid module"),
@@ -295,7 +315,7 @@ fn modules_that_are_not_proxy_wasm_plugins_are_rejected_with_a_reason() {
     );
     let plain = wat::parse_str("(module (memory (export \"memory\") 1))").unwrap();
     let e = engine()
-        .load("p", &plain, vec![], limits, FailurePolicy::Closed)
+        .load("p", &plain, vec![], limits, FailurePolicy::Closed, Vec::new())
         .unwrap_err();
     assert!(e.to_string().contains("not a proxy-wasm module"), "{e}");
     let wasi = wat::parse_str(
@@ -304,7 +324,7 @@ fn modules_that_are_not_proxy_wasm_plugins_are_rejected_with_a_reason() {
     )
     .unwrap();
     let e = engine()
-        .load("p", &wasi, vec![], limits, FailurePolicy::Closed)
+        .load("p", &wasi, vec![], limits, FailurePolicy::Closed, Vec::new())
         .unwrap_err();
     assert!(e.to_string().contains("only the proxy-wasm ABI"), "{e}");
     let small = PluginLimits {
@@ -312,7 +332,7 @@ fn modules_that_are_not_proxy_wasm_plugins_are_rejected_with_a_reason() {
         ..limits
     };
     let e = engine()
-        .load("p", &plain, vec![], small, FailurePolicy::Closed)
+        .load("p", &plain, vec![], small, FailurePolicy::Closed, Vec::new())
         .unwrap_err();
     assert!(e.to_string().contains("max_module_bytes"), "{e}");
 }
@@ -331,6 +351,7 @@ fn a_plugin_that_rejects_its_configuration_is_not_loaded() {
             b"bad".to_vec(),
             PluginLimits::default(),
             FailurePolicy::Closed,
+            Vec::new(),
         )
         .unwrap_err();
     assert!(e.to_string().contains("rejected its configuration"), "{e}");
@@ -353,4 +374,103 @@ fn repeated_traps_mark_the_plugin_unhealthy_with_backoff() {
         }
         other => panic!("an unhealthy plugin ran: {other:?}"),
     }
+}
+
+#[test]
+fn http_calls_reach_allowed_pools_only_and_the_answer_comes_back_to_the_plugin() {
+    // A call to `nope` (not in upstreams) must say BadArgument (2); the call to
+    // `side` pauses the request until its answer, which the callback sends back
+    // as the local response's body.
+    let request = format!(
+        "(if (i32.ne {} (i32.const 2)) (then unreachable))
+         (if (i32.ne {} (i32.const 0)) (then unreachable))
+         (i32.const 1)",
+        http_call(80, 4),
+        http_call(64, 4)
+    );
+    let callback = r#"
+      (data (i32.const 64) "side")
+      (data (i32.const 80) "nope")
+      (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+        (if (i32.ne (call $buffer (i32.const 4) (i32.const 0) (local.get 3) (i32.const 400) (i32.const 404)) (i32.const 0))
+          (then unreachable))
+        (drop (call $respond (i32.const 203) (i32.const 0) (i32.const 0)
+          (i32.load (i32.const 400)) (i32.load (i32.const 404)) (i32.const 0) (i32.const 0) (i32.const -1))))"#;
+    let wasm = module_with(&request, "(i32.const 0)", callback);
+    let plugin = engine()
+        .load(
+            "caller",
+            &wasm,
+            vec![],
+            PluginLimits::default(),
+            FailurePolicy::Closed,
+            vec!["side".into()],
+        )
+        .unwrap();
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let mut headers = request_headers();
+    let mut seen = Vec::new();
+    let decision = ready(ctx.on_request(&mut headers, None, |call| {
+        seen.push(call.upstream.clone());
+        async move {
+            Some(gantry_plugins::HttpCallResponse {
+                headers: vec![(":status".into(), "200".into())],
+                body: format!("answer to {}", call.token).into_bytes(),
+            })
+        }
+    }))
+    .unwrap();
+    assert_eq!(seen, ["side"], "only the allowed call is made");
+    match decision {
+        Decision::Respond(r) => {
+            assert_eq!(r.status, 203);
+            assert!(String::from_utf8(r.body).unwrap().starts_with("answer to "));
+        }
+        other => panic!("expected the callback's local response, got {other:?}"),
+    }
+}
+
+#[test]
+fn too_many_http_calls_trap_at_the_limit() {
+    let request = format!(
+        "(drop {c}) (drop {c}) (drop {c}) (i32.const 1)",
+        c = http_call(64, 4)
+    );
+    let wasm = module_with(&request, "(i32.const 0)", r#"(data (i32.const 64) "side")"#);
+    let limits = PluginLimits {
+        max_http_calls: 2,
+        ..PluginLimits::default()
+    };
+    let plugin = engine()
+        .load("many", &wasm, vec![], limits, FailurePolicy::Closed, vec!["side".into()])
+        .unwrap();
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let mut headers = request_headers();
+    let err = ready(ctx.on_request(&mut headers, None, |_| async { None })).unwrap_err();
+    match err {
+        PluginError::Trap { limit, reason, .. } => {
+            assert_eq!(limit, Some("http_calls"));
+            assert!(reason.contains("max_http_calls"), "{reason}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_request_body_hook_sees_the_whole_body_and_may_replace_it() {
+    // Headers pause (waiting for the body); the body hook replaces the body with
+    // "hello" once it has all of it.
+    let body_hook = r#"
+      (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+        (if (i32.eqz (local.get 2)) (then unreachable))
+        (drop (call $set (i32.const 0) (i32.const 0) (local.get 1) (i32.const 48) (i32.const 5)))
+        (i32.const 0))"#;
+    let wasm = module_with("(i32.const 1)", "(i32.const 0)", body_hook);
+    let plugin = load(&wasm, PluginLimits::default());
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let mut headers = request_headers();
+    let mut body = b"the original body".to_vec();
+    let decision = ready(ctx.on_request(&mut headers, Some(&mut body), |_| async { None })).unwrap();
+    assert_eq!(decision, Decision::Continue);
+    assert_eq!(body, b"hello");
 }

@@ -10,6 +10,7 @@
 //! goes away drops the gRPC stream, which cancels generation on the backend.
 
 pub mod api;
+pub mod downstream;
 pub mod error;
 pub mod openapi;
 pub mod pool;
@@ -22,7 +23,7 @@ use futures_util::FutureExt;
 use gantry_config::Config;
 use gantry_proto::{self as pb, generate_response::Event};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use downstream::{Captured, Downstream};
 use pool::{InflightGuard, NoPick, Pool};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -339,7 +340,7 @@ impl Inference {
     /// Serve `/openapi.json` or `/docs`.
     pub async fn serve_builtin(
         &self,
-        session: &mut Session,
+        session: &mut dyn Downstream,
         which: gantry_config::Builtin,
         request_id: &str,
     ) -> pingora::Result<()> {
@@ -355,7 +356,7 @@ impl Inference {
     #[allow(clippy::too_many_arguments)]
     pub async fn handle(
         &self,
-        session: &mut Session,
+        session: &mut dyn Downstream,
         prefix: &str,
         pools: &[usize],
         max_body: u64,
@@ -382,7 +383,7 @@ impl Inference {
                         .limit_rejections
                         .with_label_values(&["body_bytes"])
                         .inc();
-                    session.set_keepalive(None);
+                    session.close_after();
                 }
                 if !outcome.counted {
                     let model = outcome.model.clone();
@@ -394,10 +395,53 @@ impl Inference {
         }
     }
 
+    /// The index of the inference pool called `name`.
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.config.name == name)
+    }
+
+    /// Serve one request of the API in process, for a plugin's
+    /// `proxy_http_call` to inference pool `pool`: the same paths as on a route
+    /// with prefix `/v1` (or none), the same validation and errors, the whole
+    /// answer returned as (status, headers, body).
+    pub async fn call(
+        &self,
+        pool: usize,
+        method: http::Method,
+        path: &str,
+        body: Bytes,
+        request_id: &str,
+    ) -> (u16, Vec<(String, String)>, Bytes) {
+        let prefix = if path.starts_with("/v1/") { "/v1" } else { "/" };
+        let max_body = body.len() as u64;
+        let mut exchange = Captured::new(method, path.to_string(), body);
+        let handled = self
+            .handle(
+                &mut exchange,
+                prefix,
+                &[pool],
+                max_body,
+                request_id,
+                Instant::now(),
+            )
+            .await;
+        match (handled, exchange.header) {
+            (Ok(_), Some(header)) => {
+                let headers = header
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                    .collect();
+                (header.status.as_u16(), headers, exchange.response.freeze())
+            }
+            _ => (500, Vec::new(), Bytes::new()),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
-        session: &mut Session,
+        session: &mut dyn Downstream,
         prefix: &str,
         route_pools: &[usize],
         max_body: u64,
@@ -405,9 +449,8 @@ impl Inference {
         started: Instant,
         outcome: &mut Outcome,
     ) -> Result<(), ApiError> {
-        let req = session.req_header();
-        let method = req.method.clone();
-        let full = req.uri.path().to_string();
+        let method = session.method();
+        let full = session.path();
         let rest = if prefix == "/" {
             full.as_str()
         } else {
@@ -634,7 +677,7 @@ impl Inference {
     #[allow(clippy::too_many_arguments)]
     async fn generate(
         &self,
-        session: &mut Session,
+        session: &mut dyn Downstream,
         pool: &Pool,
         req: pb::GenerateRequest,
         sampling: &Sampling,
@@ -673,7 +716,7 @@ impl Inference {
                     last.take(),
                     outcome,
                 );
-                let idle = session.as_mut().read_body_or_idle(true);
+                let idle = session.gone();
                 tokio::select! {
                     r = open => Some(r),
                     _ = idle => None,
@@ -735,7 +778,7 @@ impl Inference {
                     tail.extend_from_slice(&error.body());
                     tail.extend_from_slice(b"\n\n");
                     let _ = session
-                        .write_response_body(Some(Bytes::from(tail)), true)
+                        .write_body(Some(Bytes::from(tail)), true)
                         .await;
                     return Ok(());
                 }
@@ -748,7 +791,7 @@ impl Inference {
     #[allow(clippy::too_many_arguments)]
     async fn consume(
         &self,
-        session: &mut Session,
+        session: &mut dyn Downstream,
         opened: Opened,
         answer: &Answer,
         streaming: bool,
@@ -770,7 +813,7 @@ impl Inference {
             .inference_inter_token
             .with_label_values(&labels);
         let fail = |error: ApiError, retryable: bool| Consumed::Failed { error, retryable };
-        if streaming && session.response_written().is_none() {
+        if streaming && !session.header_written() {
             let mut resp = ResponseHeader::build(200, Some(5)).expect("valid status");
             let headers = [
                 ("content-type", "text/event-stream"),
@@ -782,7 +825,7 @@ impl Inference {
                 resp.insert_header(k, v).expect("valid header");
             }
             if session
-                .write_response_header(Box::new(resp), false)
+                .write_header(Box::new(resp))
                 .await
                 .is_err()
             {
@@ -801,7 +844,7 @@ impl Inference {
             ($error:expr, $retryable:expr $(,)?) => {{
                 if !out.is_empty() {
                     let _ = session
-                        .write_response_body(Some(out.split().freeze()), false)
+                        .write_body(Some(out.split().freeze()), false)
                         .await;
                 }
                 return fail($error, $retryable);
@@ -814,7 +857,7 @@ impl Inference {
                     Some(ev) => Some(Next::Event(ev)),
                     None => {
                         if session
-                            .write_response_body(Some(out.split().freeze()), false)
+                            .write_body(Some(out.split().freeze()), false)
                             .await
                             .is_err()
                         {
@@ -828,7 +871,7 @@ impl Inference {
             let next = match ready {
                 Some(next) => next,
                 None => {
-                    let idle = session.as_mut().read_body_or_idle(true);
+                    let idle = session.gone();
                     tokio::select! {
                         ev = stream.message() => Next::Event(ev),
                         _ = idle => Next::ClientGone,
@@ -910,7 +953,7 @@ impl Inference {
                 tail.extend_from_slice(&answer.usage_chunk(usage));
             }
             tail.extend_from_slice(b"data: [DONE]\n\n");
-            let _ = session.write_response_body(Some(tail.freeze()), true).await;
+            let _ = session.write_body(Some(tail.freeze()), true).await;
         } else {
             let body = answer.full(text, finish, usage);
             let _ = write_json(session, body, &answer.request_id).await;
@@ -920,7 +963,7 @@ impl Inference {
 
     async fn embed(
         &self,
-        session: &mut Session,
+        session: &mut dyn Downstream,
         pool: &Pool,
         req: EmbeddingRequest,
         request_id: &str,
@@ -1106,18 +1149,14 @@ fn find_pool<'a>(
 }
 
 /// Read the whole body, refusing it past `limit` bytes (declared or counted).
-async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiError> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+async fn read_body(session: &mut dyn Downstream, limit: u64) -> Result<Bytes, ApiError> {
+    let declared = session.content_length();
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::body_too_large(limit));
     }
     let mut body = BytesMut::new();
     loop {
-        match session.read_request_body().await {
+        match session.read_body().await {
             Ok(Some(chunk)) => {
                 if body.len() as u64 + chunk.len() as u64 > limit {
                     return Err(ApiError::body_too_large(limit));
@@ -1136,7 +1175,7 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, ApiError>
 }
 
 async fn write_whole(
-    session: &mut Session,
+    session: &mut dyn Downstream,
     status: u16,
     content_type: &str,
     body: Bytes,
@@ -1150,12 +1189,12 @@ async fn write_whole(
     if let Some(s) = retry_after {
         resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    session.write_header(Box::new(resp)).await?;
+    session.write_body(Some(body), true).await
 }
 
 async fn write_json(
-    session: &mut Session,
+    session: &mut dyn Downstream,
     body: Vec<u8>,
     request_id: &str,
 ) -> Result<(), ApiError> {
@@ -1173,7 +1212,7 @@ async fn write_json(
 }
 
 async fn write_error(
-    session: &mut Session,
+    session: &mut dyn Downstream,
     err: &ApiError,
     request_id: &str,
 ) -> pingora::Result<()> {

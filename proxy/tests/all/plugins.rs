@@ -103,7 +103,7 @@ async fn a_plugin_changes_headers_seen_by_the_upstream_and_the_client() {
         "plugins are per route"
     );
     assert!(json(res).await["headers"].get("x-plugin").is_none());
-    let sample = "gantry_plugin_calls_total{hook=\"request_headers\",outcome=\"continue\",plugin=\"add\",route=\"raw\"}";
+    let sample = "gantry_plugin_calls_total{hook=\"request\",outcome=\"continue\",plugin=\"add\",route=\"raw\"}";
     assert_eq!(gw.metric(sample).await, Some(1.0));
 }
 
@@ -154,7 +154,7 @@ async fn a_trapping_plugin_fails_closed_with_500_or_open_by_skipping() {
         3,
         "only the fail-open route reached the upstream"
     );
-    let sample = "gantry_plugin_calls_total{hook=\"request_headers\",outcome=\"error\",plugin=\"broken\",route=\"closed\"}";
+    let sample = "gantry_plugin_calls_total{hook=\"request\",outcome=\"error\",plugin=\"broken\",route=\"closed\"}";
     assert_eq!(gw.metric(sample).await, Some(3.0));
 }
 
@@ -195,7 +195,7 @@ async fn a_looping_plugin_is_cut_off_and_other_routes_keep_serving() {
         .await
         .unwrap();
     let skipped = gw
-        .metric("gantry_plugin_calls_total{hook=\"request_headers\",outcome=\"unhealthy\",plugin=\"spin\",route=\"slow\"}")
+        .metric("gantry_plugin_calls_total{hook=\"request\",outcome=\"unhealthy\",plugin=\"spin\",route=\"slow\"}")
         .await
         .unwrap_or(0.0);
     assert!(hits >= 5.0, "{hits}");

@@ -34,7 +34,8 @@ fn configs(dir: &Path) -> (PathBuf, PathBuf, std::net::SocketAddr, std::net::Soc
     let gw = gantry_config::EMBEDDED_DEFAULT
         .replace("127.0.0.1:8080", &gateway.to_string())
         .replace("127.0.0.1:9090", &admin.to_string())
-        .replace("127.0.0.1:50051", &grpc.to_string());
+        .replace("127.0.0.1:50051", &grpc.to_string())
+        .replace("../../plugins", repo().join("plugins").to_str().unwrap());
     let (g, b) = (dir.join("gateway.toml"), dir.join("backend.toml"));
     std::fs::write(&g, gw).unwrap();
     std::fs::write(&b, backend).unwrap();
