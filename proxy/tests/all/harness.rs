@@ -59,6 +59,8 @@ pub struct OriginState {
     pub hits: AtomicUsize,
     /// `/healthz` answer: 200 when true, 503 when false.
     pub healthy: AtomicBool,
+    /// The last request's body and its `content-length` header.
+    pub last_body: std::sync::Mutex<Option<(String, Option<String>)>>,
 }
 
 /// A tiny HTTP/1.1 + HTTP/2 origin that echoes the request as JSON:
@@ -102,6 +104,11 @@ impl Origin {
 
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// The last request's body and its `content-length` header.
+    pub fn last_body(&self) -> Option<(String, Option<String>)> {
+        self.state.last_body.lock().unwrap().clone()
     }
 
     pub fn set_healthy(&self, healthy: bool) {
@@ -157,6 +164,13 @@ async fn answer(
         }
     }
     let body = req.into_body().collect().await?.to_bytes();
+    *state.last_body.lock().unwrap() = Some((
+        String::from_utf8_lossy(&body).into_owned(),
+        headers
+            .get("content-length")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+    ));
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
