@@ -334,7 +334,13 @@ impl Gateway {
             if let Some(pool) = self.inference.pool_index(&call.upstream) {
                 let (status, headers, body) = self
                     .inference
-                    .call(pool, method, &path, Bytes::from(call.body.clone()), request_id)
+                    .call(
+                        pool,
+                        method,
+                        &path,
+                        Bytes::from(call.body.clone()),
+                        request_id,
+                    )
                     .await;
                 let mut pairs = vec![(":status".to_string(), status.to_string())];
                 pairs.extend(headers);
@@ -502,7 +508,8 @@ impl Gateway {
             chunk.append(&mut data);
             let hc = &mut ctx.plugin_contexts[i];
             let plugin = hc.plugin().clone();
-            let keep = (plugin.failure == gantry_plugins::FailurePolicy::Open).then(|| chunk.clone());
+            let keep =
+                (plugin.failure == gantry_plugins::FailurePolicy::Open).then(|| chunk.clone());
             let result = hc.on_response_body(&mut chunk, end_of_stream);
             let failure = match result {
                 Ok(gantry_plugins::Decision::Pause)
@@ -808,8 +815,7 @@ impl ProxyHttp for Gateway {
             // Body hooks see the whole body before the upstream is contacted; it is
             // replayed to the upstream from Pingora's retry buffer (the route's
             // max_body_bytes is at most its size, see MAX_PLUGIN_ROUTE_BODY_BYTES).
-            let Some(mut body) = self.read_whole_body(session, ctx, r.max_body_bytes).await?
-            else {
+            let Some(mut body) = self.read_whole_body(session, ctx, r.max_body_bytes).await? else {
                 return Ok(true);
             };
             if self

@@ -63,7 +63,14 @@ fn http_call(name: u32, len: u32) -> String {
 
 fn load(wasm: &[u8], limits: PluginLimits) -> std::sync::Arc<gantry_plugins::Plugin> {
     engine()
-        .load("t", wasm, b"cfg".to_vec(), limits, FailurePolicy::Closed, Vec::new())
+        .load(
+            "t",
+            wasm,
+            b"cfg".to_vec(),
+            limits,
+            FailurePolicy::Closed,
+            Vec::new(),
+        )
         .expect("plugin loads")
 }
 
@@ -307,7 +314,14 @@ fn unimplemented_abi_calls_say_so() {
 fn modules_that_are_not_proxy_wasm_plugins_are_rejected_with_a_reason() {
     let limits = PluginLimits::default();
     let e = engine()
-        .load("p", b"not wasm", vec![], limits, FailurePolicy::Closed, Vec::new())
+        .load(
+            "p",
+            b"not wasm",
+            vec![],
+            limits,
+            FailurePolicy::Closed,
+            Vec::new(),
+        )
         .unwrap_err();
     assert!(
         e.to_string().contains("plugin `p`: not a valid module"),
@@ -315,7 +329,14 @@ fn modules_that_are_not_proxy_wasm_plugins_are_rejected_with_a_reason() {
     );
     let plain = wat::parse_str("(module (memory (export \"memory\") 1))").unwrap();
     let e = engine()
-        .load("p", &plain, vec![], limits, FailurePolicy::Closed, Vec::new())
+        .load(
+            "p",
+            &plain,
+            vec![],
+            limits,
+            FailurePolicy::Closed,
+            Vec::new(),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("not a proxy-wasm module"), "{e}");
     let wasi = wat::parse_str(
@@ -324,7 +345,14 @@ fn modules_that_are_not_proxy_wasm_plugins_are_rejected_with_a_reason() {
     )
     .unwrap();
     let e = engine()
-        .load("p", &wasi, vec![], limits, FailurePolicy::Closed, Vec::new())
+        .load(
+            "p",
+            &wasi,
+            vec![],
+            limits,
+            FailurePolicy::Closed,
+            Vec::new(),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("only the proxy-wasm ABI"), "{e}");
     let small = PluginLimits {
@@ -332,7 +360,14 @@ fn modules_that_are_not_proxy_wasm_plugins_are_rejected_with_a_reason() {
         ..limits
     };
     let e = engine()
-        .load("p", &plain, vec![], small, FailurePolicy::Closed, Vec::new())
+        .load(
+            "p",
+            &plain,
+            vec![],
+            small,
+            FailurePolicy::Closed,
+            Vec::new(),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("max_module_bytes"), "{e}");
 }
@@ -442,7 +477,14 @@ fn too_many_http_calls_trap_at_the_limit() {
         ..PluginLimits::default()
     };
     let plugin = engine()
-        .load("many", &wasm, vec![], limits, FailurePolicy::Closed, vec!["side".into()])
+        .load(
+            "many",
+            &wasm,
+            vec![],
+            limits,
+            FailurePolicy::Closed,
+            vec!["side".into()],
+        )
         .unwrap();
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut headers = request_headers();
@@ -470,7 +512,8 @@ fn a_request_body_hook_sees_the_whole_body_and_may_replace_it() {
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut headers = request_headers();
     let mut body = b"the original body".to_vec();
-    let decision = ready(ctx.on_request(&mut headers, Some(&mut body), |_| async { None })).unwrap();
+    let decision =
+        ready(ctx.on_request(&mut headers, Some(&mut body), |_| async { None })).unwrap();
     assert_eq!(decision, Decision::Continue);
     assert_eq!(body, b"hello");
 }

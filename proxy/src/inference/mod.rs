@@ -18,12 +18,12 @@ pub mod pool;
 use crate::metrics::Metrics;
 use api::*;
 use bytes::{Bytes, BytesMut};
+use downstream::{Captured, Downstream};
 use error::{ApiError, DEFAULT_RETRY_AFTER_SECONDS};
 use futures_util::FutureExt;
 use gantry_config::Config;
 use gantry_proto::{self as pb, generate_response::Event};
 use pingora::http::ResponseHeader;
-use downstream::{Captured, Downstream};
 use pool::{InflightGuard, NoPick, Pool};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -430,7 +430,9 @@ impl Inference {
                 let headers = header
                     .headers
                     .iter()
-                    .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                    .filter_map(|(k, v)| {
+                        Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+                    })
                     .collect();
                 (header.status.as_u16(), headers, exchange.response.freeze())
             }
@@ -777,9 +779,7 @@ impl Inference {
                     let mut tail = b"data: ".to_vec();
                     tail.extend_from_slice(&error.body());
                     tail.extend_from_slice(b"\n\n");
-                    let _ = session
-                        .write_body(Some(Bytes::from(tail)), true)
-                        .await;
+                    let _ = session.write_body(Some(Bytes::from(tail)), true).await;
                     return Ok(());
                 }
             }
@@ -824,11 +824,7 @@ impl Inference {
             for (k, v) in headers {
                 resp.insert_header(k, v).expect("valid header");
             }
-            if session
-                .write_header(Box::new(resp))
-                .await
-                .is_err()
-            {
+            if session.write_header(Box::new(resp)).await.is_err() {
                 return Consumed::ClientGone;
             }
         }
@@ -843,9 +839,7 @@ impl Inference {
         macro_rules! bail {
             ($error:expr, $retryable:expr $(,)?) => {{
                 if !out.is_empty() {
-                    let _ = session
-                        .write_body(Some(out.split().freeze()), false)
-                        .await;
+                    let _ = session.write_body(Some(out.split().freeze()), false).await;
                 }
                 return fail($error, $retryable);
             }};

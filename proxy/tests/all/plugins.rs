@@ -247,10 +247,7 @@ fn plugin_configuration_problems_name_the_field() {
         err.contains("routes[0].plugins[0].upstreams[1]: no pool named `nope`"),
         "{err}"
     );
-    assert!(
-        !err.contains("upstreams[0]"),
-        "`p` is a pool: {err}"
-    );
+    assert!(!err.contains("upstreams[0]"), "`p` is a pool: {err}");
     assert!(
         err.contains("routes[0].max_body_bytes: 1000000 is over 65536"),
         "{err}"
@@ -673,11 +670,19 @@ async fn a_plugin_calls_another_pool_and_answers_with_what_it_got() {
         assert_eq!(body["path"], "/side");
         assert_eq!(body["headers"]["host"], "side");
     }
-    assert_eq!(origin.hits(), 0, "the plugin answered; the route's pool was not asked");
+    assert_eq!(
+        origin.hits(),
+        0,
+        "the plugin answered; the route's pool was not asked"
+    );
     assert_eq!(side.hits(), 3);
-    let sample = "gantry_plugin_http_calls_total{plugin=\"caller\",result=\"ok\",upstream=\"side\"}";
+    let sample =
+        "gantry_plugin_http_calls_total{plugin=\"caller\",result=\"ok\",upstream=\"side\"}";
     let gw = &gw;
-    eventually("calls counted", || async move { gw.metric(sample).await == Some(3.0) }).await;
+    eventually("calls counted", || async move {
+        gw.metric(sample).await == Some(3.0)
+    })
+    .await;
 }
 
 /// The gateway with one inference pool `ai` over `backend`, the API on `/v1` and
@@ -738,12 +743,31 @@ async fn the_predict_compat_example_serves_the_seed_api_through_the_completions_
     );
 
     // Clear 400s naming the field and the range; nothing reaches the backend.
-    let before = backend.stats.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let before = backend
+        .stats
+        .accepted
+        .load(std::sync::atomic::Ordering::SeqCst);
     for (bad, param, says) in [
-        (r#"{"prompt": "x", "max_length": 9}"#, "max_length", "between 10 and 100 (got 9)"),
-        (r#"{"prompt": "x", "max_length": 101}"#, "max_length", "between 10 and 100 (got 101)"),
-        (r#"{"prompt": "x", "max_length": 20.5}"#, "max_length", "must be an integer"),
-        (r#"{"prompt": "x", "max_length": "20"}"#, "max_length", "must be an integer"),
+        (
+            r#"{"prompt": "x", "max_length": 9}"#,
+            "max_length",
+            "between 10 and 100 (got 9)",
+        ),
+        (
+            r#"{"prompt": "x", "max_length": 101}"#,
+            "max_length",
+            "between 10 and 100 (got 101)",
+        ),
+        (
+            r#"{"prompt": "x", "max_length": 20.5}"#,
+            "max_length",
+            "must be an integer",
+        ),
+        (
+            r#"{"prompt": "x", "max_length": "20"}"#,
+            "max_length",
+            "must be an integer",
+        ),
         (r#"{"max_length": 20}"#, "prompt", "prompt is required"),
         (r#"{"prompt": 7}"#, "prompt", "must be a string"),
     ] {
@@ -755,18 +779,27 @@ async fn the_predict_compat_example_serves_the_seed_api_through_the_completions_
     }
     let (status, body) = predict(&gw, "{not json").await;
     assert_eq!(status, 400);
-    assert!(body["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
     let res = gw.get("/predict").await;
     assert_eq!(res.status(), 405);
     assert_eq!(res.headers()["allow"], "POST");
     assert_eq!(
-        backend.stats.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        backend
+            .stats
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
         before,
         "refused requests never reach the backend"
     );
     let sample =
         "gantry_plugin_http_calls_total{plugin=\"predict-compat\",result=\"ok\",upstream=\"ai\"}";
-    eventually("calls counted", || async { gw.metric(sample).await == Some(2.0) }).await;
+    eventually("calls counted", || async {
+        gw.metric(sample).await == Some(2.0)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -792,7 +825,13 @@ async fn api_key_auth_guards_the_openai_api() {
     );
     let gw = predict_gateway(backend.addr, &auth).await;
     let body = serde_json::json!({"model": "fixture", "prompt": "hi", "max_tokens": 2});
-    let res = gw.client.post(gw.url("/v1/completions")).json(&body).send().await.unwrap();
+    let res = gw
+        .client
+        .post(gw.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 401);
     let res = gw
         .client

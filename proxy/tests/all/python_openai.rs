@@ -162,4 +162,27 @@ async fn the_official_openai_client_works_against_gantry_serve() {
             assert_eq!(&case[5], param, "{case}");
         }
     }
+
+    // The seed's API works out of the box: POST /predict through predict-compat.
+    let predict = |body: &'static str| {
+        let client = client.clone();
+        async move {
+            let res = client
+                .post(format!("http://{gateway}/predict"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) =
+        predict(r#"{"prompt": "The capital of France is", "max_length": 10}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body["output"].as_str().unwrap().is_empty(), "{body}");
+    let (status, body) = predict(r#"{"prompt": "x", "max_length": 5}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "max_length");
 }

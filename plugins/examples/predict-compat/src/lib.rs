@@ -161,13 +161,18 @@ fn validate(body: &[u8]) -> Result<PredictRequest, Invalid> {
 }
 
 fn error_body(kind: &str, param: Option<&str>, message: &str) -> Vec<u8> {
-    let error = json!({"error": {"message": message, "type": kind, "param": param, "code": Value::Null}});
+    let error =
+        json!({"error": {"message": message, "type": kind, "param": param, "code": Value::Null}});
     serde_json::to_vec(&error).expect("JSON")
 }
 
 impl Predict {
     fn answer(&self, status: u32, body: &[u8]) {
-        self.send_http_response(status, vec![("content-type", "application/json")], Some(body));
+        self.send_http_response(
+            status,
+            vec![("content-type", "application/json")],
+            Some(body),
+        );
     }
 }
 
@@ -202,7 +207,10 @@ impl Context for Predict {
                 &error_body(
                     "upstream_error",
                     None,
-                    &format!("the inference pool `{}` did not answer", self.config.upstream),
+                    &format!(
+                        "the inference pool `{}` did not answer",
+                        self.config.upstream
+                    ),
                 ),
             ),
         }
@@ -223,7 +231,11 @@ impl HttpContext for Predict {
         if end_of_stream {
             self.answer(
                 400,
-                &error_body("invalid_request_error", None, "the body must be a JSON object with `prompt`"),
+                &error_body(
+                    "invalid_request_error",
+                    None,
+                    "the body must be a JSON object with `prompt`",
+                ),
             );
         }
         // Wait for the body.
@@ -277,10 +289,23 @@ mod tests {
     fn max_length_defaults_to_50_and_is_bounded() {
         assert_eq!(
             validate(br#"{"prompt": "hi"}"#).unwrap(),
-            PredictRequest { prompt: "hi".into(), max_length: 50 }
+            PredictRequest {
+                prompt: "hi".into(),
+                max_length: 50
+            }
         );
-        assert_eq!(validate(br#"{"prompt": "hi", "max_length": 10}"#).unwrap().max_length, 10);
-        assert_eq!(validate(br#"{"prompt": "hi", "max_length": 100}"#).unwrap().max_length, 100);
+        assert_eq!(
+            validate(br#"{"prompt": "hi", "max_length": 10}"#)
+                .unwrap()
+                .max_length,
+            10
+        );
+        assert_eq!(
+            validate(br#"{"prompt": "hi", "max_length": 100}"#)
+                .unwrap()
+                .max_length,
+            100
+        );
         for bad in ["9", "101", "-1"] {
             let e = validate(format!(r#"{{"prompt": "hi", "max_length": {bad}}}"#).as_bytes())
                 .unwrap_err();
@@ -293,8 +318,14 @@ mod tests {
 
     #[test]
     fn prompt_is_a_required_string() {
-        assert_eq!(validate(br#"{"max_length": 20}"#).unwrap_err().param, Some("prompt"));
-        assert_eq!(validate(br#"{"prompt": 3}"#).unwrap_err().param, Some("prompt"));
+        assert_eq!(
+            validate(br#"{"max_length": 20}"#).unwrap_err().param,
+            Some("prompt")
+        );
+        assert_eq!(
+            validate(br#"{"prompt": 3}"#).unwrap_err().param,
+            Some("prompt")
+        );
         assert_eq!(validate(b"[1]").unwrap_err().param, None);
         assert_eq!(validate(b"{").unwrap_err().param, None);
     }
