@@ -658,7 +658,7 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 // Only the request phase can wait for an answer.
                 return Ok(Status::InternalFailure as i32);
             }
-            if !state.upstreams.iter().any(|u| *u == upstream) {
+            if !state.upstreams.contains(&upstream) {
                 tracing::warn!(target: "gantry::plugin", plugin = %state.plugin, upstream, "proxy_http_call to a pool not in the plugin's `upstreams`");
                 return Ok(Status::BadArgument as i32);
             }

@@ -437,10 +437,13 @@ struct Exports {
     on_request_body: Option<Hook>,
     on_response_headers: Option<Hook>,
     on_response_body: Option<Hook>,
-    on_http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    on_http_call_response: Option<CallbackHook>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_delete: Option<TypedFunc<i32, ()>>,
 }
+
+/// `proxy_on_http_call_response(root, token, headers, body size, trailers)`.
+type CallbackHook = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// One instance with its configured root context.
 struct Vm {
