@@ -2,7 +2,10 @@
 # Wasm plugin overhead, in one run with wrk on loopback: the same gateway process
 # and origin, one route without plugins and one with the `add-header` example
 # (proxy-wasm SDK, request and response header hooks). Routes are measured in
-# alternating order. Writes the table to docs/BENCHMARKS.md (plugins markers).
+# alternating order. Then the healthy plugin route's p99 with and without a
+# looping plugin on another route taking 1 % of the traffic, and the criterion
+# microbenchmarks (plugins/benches/hooks.rs). Writes the tables to
+# docs/BENCHMARKS.md (plugins markers).
 #
 #   bench/plugins.sh      # ROUNDS=3 DURATION=10 CONNS=50 WORKERS=1
 set -euo pipefail
@@ -18,6 +21,17 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 head -c 1024 /dev/zero | tr '\0' 'x' > "$work/1k.txt"
+# A plugin that spins forever in its request hook: cut off at its CPU limit (500),
+# then left out while unhealthy.
+cat > "$work/loop.wat" <<'WAT'
+(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (loop $l (br $l)) (i32.const 0)))
+WAT
+wat2wasm "$work/loop.wat" -o "$work/loop.wasm"
 cat > "$work/origin.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -49,6 +63,13 @@ path_prefix = "/plugin"
 name = "add-header"
 file = "$PWD/plugins/examples/target/wasm32-unknown-unknown/release/add_header.wasm"
 configuration = { request = { "x-team" = "edge" }, response = { "x-served-by" = "gantry" } }
+[[routes]]
+name = "loop"
+pool = "origin"
+path_prefix = "/loop"
+[[routes.plugins]]
+name = "loop"
+file = "$work/loop.wasm"
 CONF
 nginx -c "$work/origin.conf" & pids+=($!)
 RUST_LOG=warn target/release/gantry gateway --config "$work/gantry.toml" & pids+=($!)
@@ -69,11 +90,27 @@ for round in $(seq "$ROUNDS"); do
     rps[$i]="${rps[$i]:+${rps[$i]} }$r"; p50[$i]="${p50[$i]:+${p50[$i]} / }$a"; p99[$i]="${p99[$i]:+${p99[$i]} / }$b"
   done
 done
-python3 - "${rps[0]}" "${rps[1]}" "${p50[0]}" "${p50[1]}" "${p99[0]}" "${p99[1]}" "$ROUNDS" "$DURATION" "$CONNS" "$WORKERS" <<'PY'
+# The plugin route's p99 alone, then with a looping plugin on /loop at 1 % of its
+# request rate (one connection, paced by a wrk script).
+mean_rps=$(echo "${rps[1]}" | tr ' ' '\n' | awk '{s+=$1} END {print s/NR}')
+pace_ms=$(awk -v r="$mean_rps" 'BEGIN {printf "%d", 1000 / (0.01 * r)}')
+printf 'function delay() return %s end\n' "$pace_ms" > "$work/pace.lua"
+alone=""; looped=""; loops=""
+for round in $(seq "$ROUNDS"); do
+  read -r _ _ b < <(measure /plugin); alone="${alone:+$alone / }$b"
+  wrk -t1 -c1 -d"${DURATION}s" -s "$work/pace.lua" "http://$GANTRY/loop" > "$work/loop.out" &
+  read -r _ _ b < <(measure /plugin); looped="${looped:+$looped / }$b"
+  wait
+  loops="${loops:+$loops / }$(awk '/requests in/ {print $1}' "$work/loop.out")"
+done
+codes=$(curl -s -o /dev/null -w '%{http_code}' "http://$GANTRY/loop")
+bench_out=$(cargo bench --locked -q -p gantry-plugins --bench hooks 2>/dev/null | awk '/^[a-z].*:/ {name=$0} /time:/ {sub(/^ +/, ""); print name " | " $0}' | sed -E 's/ +time: +/ /')
+python3 - "${rps[0]}" "${rps[1]}" "${p50[0]}" "${p50[1]}" "${p99[0]}" "${p99[1]}" "$ROUNDS" "$DURATION" "$CONNS" "$WORKERS" "$alone" "$looped" "$loops" "$pace_ms" "$codes" "$bench_out" <<'PY'
 import re, statistics, sys
 r0, r1 = ([float(x) for x in a.split()] for a in sys.argv[1:3])
 p50_0, p50_1, p99_0, p99_1 = sys.argv[3:7]
 rounds, duration, conns, workers = sys.argv[7:11]
+alone, looped, loops, pace, code, micro = sys.argv[11:17]
 def ms(v):
     v = v.strip()
     for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
@@ -92,7 +129,21 @@ table = "\n".join([
     f"| `add-header` (proxy-wasm SDK, request + response hooks) | {m1:,.0f} | {mean_ms(p50_1):.3f} | {p99_1} |",
     "",
     f"Throughput change with the plugin: **{(m1 / m0 - 1) * 100:+.1f} %** (target ≥ −10 %); added p50: **{(mean_ms(p50_1) - mean_ms(p50_0)) * 1000:+.0f} µs** (target ≤ 20 µs).",
-])
+    "",
+    f"A looping plugin on another route at 1 % of the traffic (one connection, a request every {pace} ms; requests sent per round: {loops}; it answers {code} once cut off):",
+    "",
+    "| `add-header` route | p99 per round | p99 (mean) |",
+    "|---|---|---|",
+    f"| alone | {alone} | {mean_ms(alone):.2f} ms |",
+    f"| with the looping route busy | {looped} | {mean_ms(looped):.2f} ms |",
+    "",
+    f"p99 rise: **{mean_ms(looped) - mean_ms(alone):+.2f} ms** (target ≤ 2 ms).",
+    "",
+    "Criterion (`cargo bench -p gantry-plugins --bench hooks`; target ≤ 1 µs per hook round trip):",
+    "",
+    "| benchmark | time [low estimate high] |",
+    "|---|---|",
+] + [f"| {line.split(' | ')[0]} | {line.split(' | ')[1]} |" for line in micro.splitlines() if " | " in line])
 doc = "docs/BENCHMARKS.md"
 text = open(doc).read()
 block = "<!-- plugins:start -->\n" + table + "\n<!-- plugins:end -->"

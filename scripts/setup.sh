@@ -16,7 +16,7 @@ python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 for tool in "$@"; do
   case "$tool" in
     bench-inference) command -v node >/dev/null || need_apt+=(nodejs npm) ;;
-    bench) command -v wrk >/dev/null || need_apt+=(wrk); command -v nginx >/dev/null || need_apt+=(nginx-light) ;;
+    bench) command -v wrk >/dev/null || need_apt+=(wrk); command -v nginx >/dev/null || need_apt+=(nginx-light); command -v wat2wasm >/dev/null || need_apt+=(wabt) ;;
   esac
 done
 

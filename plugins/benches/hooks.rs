@@ -1,0 +1,100 @@
+//! Microbenchmarks of the plugin host (criterion): one hook call round trip on a
+//! context already open, and one request through a plugin (instance checkout,
+//! request and response header hooks, context done and the instance returned), for
+//! a no-op WAT module and, when built (scripts/build-plugins.sh), the `add-header`
+//! example written with the proxy-wasm SDK. `bench/plugins.sh` runs it and writes
+//! the numbers to docs/BENCHMARKS.md.
+//!
+//!   cargo bench -p gantry-plugins --bench hooks
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use gantry_plugins::{FailurePolicy, Plugin, PluginEngine, PluginLimits};
+use std::hint::black_box;
+use std::sync::Arc;
+
+const NOOP: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 0)))"#;
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn bench_plugin(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>) {
+    let request = pairs(&[
+        (":method", "GET"),
+        (":path", "/plugin"),
+        (":authority", "127.0.0.1:18392"),
+        (":scheme", "http"),
+        ("user-agent", "wrk"),
+        ("accept", "*/*"),
+    ]);
+    let response = pairs(&[
+        (":status", "200"),
+        ("content-type", "text/plain"),
+        ("content-length", "1024"),
+    ]);
+    let props: Arc<[(String, Vec<u8>)]> = vec![
+        ("request.path".to_string(), b"/plugin".to_vec()),
+        ("route_name".to_string(), b"plugin".to_vec()),
+    ]
+    .into();
+    c.bench_function(&format!("{label}: hook round trip (request headers)"), |b| {
+        let mut ctx = plugin.start_request(props.clone()).unwrap();
+        b.iter(|| {
+            let mut headers = request.clone();
+            black_box(ctx.on_request_headers(&mut headers, true).unwrap());
+            headers
+        });
+    });
+    c.bench_function(&format!("{label}: one request (checkout, both header hooks, done)"), |b| {
+        b.iter(|| {
+            let mut ctx = plugin.start_request(props.clone()).unwrap();
+            let mut headers = request.clone();
+            black_box(ctx.on_request_headers(&mut headers, true).unwrap());
+            let mut resp = response.clone();
+            black_box(ctx.on_response_headers(&mut resp, false).unwrap());
+            drop(ctx);
+            (headers, resp)
+        });
+    });
+}
+
+fn hooks(c: &mut Criterion) {
+    let engine = PluginEngine::new().expect("engine");
+    let load = |name: &str, wasm: &[u8], configuration: &[u8]| {
+        engine
+            .load(
+                name,
+                wasm,
+                configuration.to_vec(),
+                PluginLimits::default(),
+                FailurePolicy::Closed,
+                Vec::new(),
+            )
+            .expect("loads")
+    };
+    let noop = load("noop", &wat::parse_str(NOOP).unwrap(), b"");
+    bench_plugin(c, "no-op (WAT)", &noop);
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/target/wasm32-unknown-unknown/release/add_header.wasm"
+    );
+    match std::fs::read(example) {
+        Ok(wasm) => {
+            let config = br#"{"request": {"x-team": "edge"}, "response": {"x-served-by": "gantry"}}"#;
+            let add = load("add-header", &wasm, config);
+            bench_plugin(c, "add-header (proxy-wasm SDK)", &add);
+        }
+        Err(_) => eprintln!("{example} not built (scripts/build-plugins.sh): skipped"),
+    }
+}
+
+criterion_group!(benches, hooks);
+criterion_main!(benches);
