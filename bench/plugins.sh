@@ -99,8 +99,9 @@ alone=""; looped=""; loops=""
 for round in $(seq "$ROUNDS"); do
   read -r _ _ b < <(measure /plugin); alone="${alone:+$alone / }$b"
   wrk -t1 -c1 -d"${DURATION}s" -s "$work/pace.lua" "http://$GANTRY/loop" > "$work/loop.out" &
+  pacer=$!
   read -r _ _ b < <(measure /plugin); looped="${looped:+$looped / }$b"
-  wait
+  wait "$pacer"
   loops="${loops:+$loops / }$(awk '/requests in/ {print $1}' "$work/loop.out")"
 done
 codes=$(curl -s -o /dev/null -w '%{http_code}' "http://$GANTRY/loop")

@@ -221,7 +221,12 @@ impl Gateway {
                 .inc();
         }
         self.plugin_outcome(route, &name, hook, outcome);
-        tracing::warn!(request_id = %ctx.request_id, route = %self.router.route(route).name, plugin = %name, error = %err, "plugin failed");
+        if outcome == "unhealthy" {
+            // Said once when it was marked unhealthy; counted per request.
+            tracing::debug!(request_id = %ctx.request_id, route = %self.router.route(route).name, plugin = %name, error = %err, "plugin skipped while unhealthy");
+        } else {
+            tracing::warn!(request_id = %ctx.request_id, route = %self.router.route(route).name, plugin = %name, error = %err, "plugin failed");
+        }
         name
     }
 
@@ -535,7 +540,10 @@ impl Gateway {
                     Some("sent a local response after the response headers went out".into())
                 }
                 Ok(_) => {
-                    self.plugin_outcome(route, &plugin.name, "response_body", "continue");
+                    // Counted once per response, not per chunk.
+                    if end_of_stream {
+                        self.plugin_outcome(route, &plugin.name, "response_body", "continue");
+                    }
                     data = chunk;
                     continue;
                 }

@@ -226,15 +226,16 @@ pub fn request_pairs(req: &RequestHeader, scheme: &str) -> Vec<(String, String)>
 /// The names whose values differ between two header lists (pseudo-headers
 /// included), so only those are rewritten.
 fn changed_names(before: &[(String, String)], after: &[(String, String)]) -> Vec<String> {
-    let values = |list: &[(String, String)], name: &str| -> Vec<String> {
-        list.iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .collect()
-    };
+    // No allocation per name: the two lists' values for a name are compared in place.
+    fn values<'a>(
+        list: &'a [(String, String)],
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a String> + 'a {
+        list.iter().filter(move |(n, _)| n == name).map(|(_, v)| v)
+    }
     let mut names: Vec<String> = Vec::new();
     for (n, _) in before.iter().chain(after.iter()) {
-        if !names.contains(n) && values(before, n) != values(after, n) {
+        if !names.contains(n) && !values(before, n).eq(values(after, n)) {
             names.push(n.clone());
         }
     }
