@@ -67,6 +67,9 @@ pub const DEFAULT_PLUGIN_MAX_HTTP_CALLS: usize = 8;
 /// its `max_body_bytes` when the route sets none): the body is read whole before
 /// the upstream is contacted, and replayed from a buffer of this size (64 KiB).
 pub const MAX_PLUGIN_ROUTE_BODY_BYTES: u64 = 64 * 1024;
+/// Longest a plugin module may take to compile, in milliseconds; a slower one is
+/// refused (compilation runs at load and reload, never on the request path).
+pub const DEFAULT_PLUGIN_MAX_COMPILE_MS: u64 = 10_000;
 /// Largest plugin module accepted, in bytes (16 MiB).
 pub const DEFAULT_PLUGIN_MAX_MODULE_BYTES: usize = 16 << 20;
 /// How often endpoint host names are resolved again, in milliseconds: a name that
@@ -379,6 +382,8 @@ pub struct PluginSection {
     pub upstreams: Vec<String>,
     /// Default [`DEFAULT_PLUGIN_MAX_HTTP_CALLS`].
     pub max_http_calls: Option<usize>,
+    /// Milliseconds. Default [`DEFAULT_PLUGIN_MAX_COMPILE_MS`].
+    pub max_compile_ms: Option<u64>,
 }
 
 /// A plugin's failure policy.

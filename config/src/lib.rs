@@ -314,6 +314,8 @@ pub struct PluginRef {
     pub upstreams: Vec<String>,
     /// `proxy_http_call`s per request.
     pub max_http_calls: usize,
+    /// Longest compilation accepted.
+    pub max_compile: Duration,
 }
 
 /// A validated header rewrite: names lower-cased, values checked.

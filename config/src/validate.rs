@@ -703,6 +703,11 @@ fn convert_plugin(
         ),
         upstreams: p.upstreams.clone(),
         max_http_calls: p.max_http_calls.unwrap_or(DEFAULT_PLUGIN_MAX_HTTP_CALLS),
+        max_compile: c.millis(
+            format!("{at}.max_compile_ms"),
+            p.max_compile_ms,
+            DEFAULT_PLUGIN_MAX_COMPILE_MS,
+        ),
     }
 }
 

@@ -45,25 +45,31 @@ fn bench_plugin(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>) {
         ("route_name".to_string(), b"plugin".to_vec()),
     ]
     .into();
-    c.bench_function(&format!("{label}: hook round trip (request headers)"), |b| {
-        let mut ctx = plugin.start_request(props.clone()).unwrap();
-        b.iter(|| {
-            let mut headers = request.clone();
-            black_box(ctx.on_request_headers(&mut headers, true).unwrap());
-            headers
-        });
-    });
-    c.bench_function(&format!("{label}: one request (checkout, both header hooks, done)"), |b| {
-        b.iter(|| {
+    c.bench_function(
+        &format!("{label}: hook round trip (request headers)"),
+        |b| {
             let mut ctx = plugin.start_request(props.clone()).unwrap();
-            let mut headers = request.clone();
-            black_box(ctx.on_request_headers(&mut headers, true).unwrap());
-            let mut resp = response.clone();
-            black_box(ctx.on_response_headers(&mut resp, false).unwrap());
-            drop(ctx);
-            (headers, resp)
-        });
-    });
+            b.iter(|| {
+                let mut headers = request.clone();
+                black_box(ctx.on_request_headers(&mut headers, true).unwrap());
+                headers
+            });
+        },
+    );
+    c.bench_function(
+        &format!("{label}: one request (checkout, both header hooks, done)"),
+        |b| {
+            b.iter(|| {
+                let mut ctx = plugin.start_request(props.clone()).unwrap();
+                let mut headers = request.clone();
+                black_box(ctx.on_request_headers(&mut headers, true).unwrap());
+                let mut resp = response.clone();
+                black_box(ctx.on_response_headers(&mut resp, false).unwrap());
+                drop(ctx);
+                (headers, resp)
+            });
+        },
+    );
 }
 
 fn hooks(c: &mut Criterion) {
@@ -88,7 +94,8 @@ fn hooks(c: &mut Criterion) {
     );
     match std::fs::read(example) {
         Ok(wasm) => {
-            let config = br#"{"request": {"x-team": "edge"}, "response": {"x-served-by": "gantry"}}"#;
+            let config =
+                br#"{"request": {"x-team": "edge"}, "response": {"x-served-by": "gantry"}}"#;
             let add = load("add-header", &wasm, config);
             bench_plugin(c, "add-header (proxy-wasm SDK)", &add);
         }

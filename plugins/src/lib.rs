@@ -33,7 +33,8 @@ use wasmtime::{
 
 use gantry_config::file::{
     DEFAULT_PLUGIN_BYTES_PER_HOST_CALL as DEFAULT_BYTES_PER_HOST_CALL,
-    DEFAULT_PLUGIN_CPU_PER_CALL_MS, DEFAULT_PLUGIN_MAX_HEADERS_ADDED as DEFAULT_MAX_HEADERS_ADDED,
+    DEFAULT_PLUGIN_CPU_PER_CALL_MS, DEFAULT_PLUGIN_MAX_COMPILE_MS,
+    DEFAULT_PLUGIN_MAX_HEADERS_ADDED as DEFAULT_MAX_HEADERS_ADDED,
     DEFAULT_PLUGIN_MAX_HTTP_CALLS as DEFAULT_MAX_HTTP_CALLS,
     DEFAULT_PLUGIN_MAX_MODULE_BYTES as DEFAULT_MAX_MODULE_BYTES,
     DEFAULT_PLUGIN_MEMORY_BYTES as DEFAULT_MEMORY_BYTES,
@@ -68,6 +69,8 @@ pub struct PluginLimits {
     pub max_module_bytes: usize,
     /// `proxy_http_call`s per request.
     pub max_http_calls: usize,
+    /// Longest compilation accepted.
+    pub max_compile: Duration,
 }
 
 impl PluginLimits {
@@ -80,6 +83,7 @@ impl PluginLimits {
             max_headers_added: p.max_headers_added,
             max_module_bytes: p.max_module_bytes,
             max_http_calls: p.max_http_calls,
+            max_compile: p.max_compile,
         }
     }
 }
@@ -93,6 +97,7 @@ impl Default for PluginLimits {
             max_headers_added: DEFAULT_MAX_HEADERS_ADDED,
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             max_http_calls: DEFAULT_MAX_HTTP_CALLS,
+            max_compile: Duration::from_millis(DEFAULT_PLUGIN_MAX_COMPILE_MS),
         }
     }
 }
@@ -164,6 +169,14 @@ pub enum PluginError {
         size: usize,
         /// The limit.
         limit: usize,
+    },
+    /// Compiling the module took longer than `max_compile_ms`.
+    #[error("plugin `{plugin}`: compiling took longer than {limit:?}, the limit (max_compile_ms)")]
+    CompileTimeout {
+        /// Plugin name.
+        plugin: String,
+        /// The limit.
+        limit: Duration,
     },
     /// Not a valid module, or not a proxy-wasm one.
     #[error("plugin `{plugin}`: {reason}")]
@@ -279,8 +292,26 @@ impl PluginEngine {
                 limit: limits.max_module_bytes,
             });
         }
-        let module = Module::new(&self.engine, wasm)
-            .map_err(|e| invalid(format!("not a valid module: {e:#}")))?;
+        // Compiled on a thread of its own, waited for at most `max_compile`: a
+        // module built to compile slowly is refused (the thread finishes in the
+        // background; compilation cannot be interrupted).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (engine, bytes) = (self.engine.clone(), wasm.to_vec());
+        std::thread::Builder::new()
+            .name("gantry-plugin-compile".into())
+            .spawn(move || {
+                let _ = tx.send(Module::new(&engine, bytes));
+            })
+            .map_err(|e| invalid(format!("cannot start compiling: {e}")))?;
+        let module = match rx.recv_timeout(limits.max_compile) {
+            Ok(compiled) => compiled.map_err(|e| invalid(format!("not a valid module: {e:#}")))?,
+            Err(_) => {
+                return Err(PluginError::CompileTimeout {
+                    plugin: name.into(),
+                    limit: limits.max_compile,
+                })
+            }
+        };
         let abi = module
             .exports()
             .find_map(|e| match e.name() {

@@ -206,6 +206,7 @@ impl Gateway {
         let (name, limit) = match err {
             gantry_plugins::PluginError::Trap { plugin, limit, .. } => (plugin.clone(), *limit),
             gantry_plugins::PluginError::TooLarge { plugin, .. }
+            | gantry_plugins::PluginError::CompileTimeout { plugin, .. }
             | gantry_plugins::PluginError::Invalid { plugin, .. }
             | gantry_plugins::PluginError::Unhealthy { plugin, .. } => (plugin.clone(), None),
         };

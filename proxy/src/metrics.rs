@@ -60,7 +60,8 @@ pub struct Metrics {
     /// `respond` (local response) or `error` (trap or limit).
     pub plugin_calls: IntCounterVec,
     /// `gantry_plugin_limit_hits_total{plugin,limit}`: `cpu`,
-    /// `bytes_per_host_call`, `headers_added`, `http_calls`.
+    /// `bytes_per_host_call`, `headers_added`, `http_calls`; on (re)load
+    /// `module_bytes`, `compile_time`.
     pub plugin_limit_hits: IntCounterVec,
     /// `gantry_plugin_metric{route,plugin,name,kind}`: the metrics plugins define
     /// (counters, gauges; for histograms the last recorded value), set at scrape.

@@ -134,6 +134,7 @@ impl Plugins {
                         report.reloaded.push(label);
                     }
                     Err(e) => {
+                        count_load_limit(&self.metrics, &p.name, &e);
                         tracing::error!(route = %route, plugin = %p.name, file = %p.file.display(), error = %format!("{e:#}"), "plugin reload failed; the previous version keeps serving");
                         self.metrics
                             .plugin_reloads
@@ -178,6 +179,19 @@ impl Plugins {
             }
         });
     }
+}
+
+/// A load refused by a limit (module size, compile time) counts as that limit's hit.
+fn count_load_limit(metrics: &crate::metrics::Metrics, plugin: &str, err: &anyhow::Error) {
+    let limit = match err.downcast_ref::<gantry_plugins::PluginError>() {
+        Some(gantry_plugins::PluginError::CompileTimeout { .. }) => "compile_time",
+        Some(gantry_plugins::PluginError::TooLarge { .. }) => "module_bytes",
+        _ => return,
+    };
+    metrics
+        .plugin_limit_hits
+        .with_label_values(&[plugin, limit])
+        .inc();
 }
 
 fn load_one(engine: &PluginEngine, p: &gantry_config::PluginRef) -> anyhow::Result<Arc<Plugin>> {

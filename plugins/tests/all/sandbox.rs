@@ -517,3 +517,39 @@ fn a_request_body_hook_sees_the_whole_body_and_may_replace_it() {
     assert_eq!(decision, Decision::Continue);
     assert_eq!(body, b"hello");
 }
+
+#[test]
+fn a_module_that_compiles_too_slowly_is_refused() {
+    // Thousands of functions: far more than a millisecond of compilation.
+    let body: String = (0..4000)
+        .map(|i| format!("(func (export \"f{i}\") (param i32) (result i32) (i32.mul (i32.add (local.get 0) (i32.const {i})) (i32.const 7)))"))
+        .collect();
+    let wasm = module_with("(i32.const 0)", "(i32.const 0)", &body);
+    let limits = PluginLimits {
+        max_compile: Duration::from_millis(1),
+        ..PluginLimits::default()
+    };
+    let err = engine()
+        .load(
+            "slow",
+            &wasm,
+            vec![],
+            limits,
+            FailurePolicy::Closed,
+            Vec::new(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, PluginError::CompileTimeout { .. }), "{err}");
+    assert!(err.to_string().contains("max_compile_ms"), "{err}");
+    // The same module with the default limit loads.
+    engine()
+        .load(
+            "slow",
+            &wasm,
+            vec![],
+            PluginLimits::default(),
+            FailurePolicy::Closed,
+            Vec::new(),
+        )
+        .expect("compiles within the default limit");
+}

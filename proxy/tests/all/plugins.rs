@@ -499,7 +499,8 @@ async fn hot_reload_swaps_a_plugin_under_load_without_failing_a_request() {
     }
     assert!(
         seen.iter().all(|(status, _)| *status == 200),
-        "every request succeeded"
+        "every request succeeded: {:?}",
+        seen.iter().filter(|(s, _)| *s != 200).collect::<Vec<_>>()
     );
     assert!(
         seen.iter().all(|(_, v)| v.is_some()),
