@@ -11,6 +11,7 @@
 pub mod chat;
 pub mod embed;
 pub mod engine;
+pub mod hf;
 pub mod host_attention;
 pub mod llama;
 pub mod metrics;

@@ -80,6 +80,17 @@ fn byte_symbols() -> Vec<char> {
 /// Write a synthetic llama GGUF to `path`: weights are Gaussian with a fixed
 /// `seed` (Q8_0 matrices, f32 norms), so every machine writes the same file.
 pub fn write_llama_gguf(path: &Path, shape: SyntheticShape, seed: u64) -> anyhow::Result<()> {
+    write_llama_gguf_with(path, shape, seed, 0.02)
+}
+
+/// [`write_llama_gguf`] with the standard deviation of the block weights given:
+/// larger values make attention sharper (tests of the attention path need that).
+pub fn write_llama_gguf_with(
+    path: &Path,
+    shape: SyntheticShape,
+    seed: u64,
+    block_std: f64,
+) -> anyhow::Result<()> {
     anyhow::ensure!(shape.vocab >= 300, "vocab must be at least 300");
     let device = Device::Cpu;
     let head_dim = shape.hidden / shape.n_head;
@@ -120,7 +131,7 @@ pub fn write_llama_gguf(path: &Path, shape: SyntheticShape, seed: u64) -> anyhow
         ),
         ("output_norm.weight".into(), ones(shape.hidden)?),
     ];
-    let w = 0.02;
+    let w = block_std;
     for i in 0..shape.n_layer {
         let p = format!("blk.{i}");
         tensors.push((format!("{p}.attn_norm.weight"), ones(shape.hidden)?));

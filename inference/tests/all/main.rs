@@ -11,6 +11,7 @@ mod chat;
 mod common;
 mod embed;
 mod grpc;
+mod hf;
 mod model;
 mod python_client;
 mod scheduler;
