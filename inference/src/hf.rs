@@ -35,6 +35,16 @@ fn unpermute(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
         .reshape((rows, cols))
 }
 
+/// The weight type called `name`: `f32`, `bf16` or `f16`.
+pub fn dtype_named(name: &str) -> anyhow::Result<DType> {
+    Ok(match name {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => anyhow::bail!("weight type `{other}`: use f32, bf16 or f16"),
+    })
+}
+
 /// Write `dir/config.json` and `dir/model.safetensors` for the llama GGUF at
 /// `gguf`, with weights in `dtype` (`F32`, `BF16` or `F16`).
 pub fn export_llama(gguf: &Path, dir: &Path, dtype: DType) -> anyhow::Result<()> {

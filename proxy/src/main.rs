@@ -73,6 +73,57 @@ enum Command {
     /// Work with configuration files.
     #[command(subcommand, after_help = "Example:\n  gantry config check gantry.toml")]
     Config(ConfigCommand),
+    /// Model files for device checks and baselines.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Write a llama GGUF with SmolLM2-135M's exact shapes (or tiny ones) and
+    /// deterministic random weights: the same file on every machine.
+    #[command(after_help = "Example:\n  gantry model synthetic /tmp/smollm2-shapes.gguf")]
+    Synthetic {
+        /// Output file.
+        out: PathBuf,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Tiny shapes (2 layers, hidden 64) instead of SmolLM2-135M's.
+        #[arg(long)]
+        tiny: bool,
+    },
+    /// Export a llama GGUF to the Hugging Face layout (config.json +
+    /// model.safetensors) for PyTorch transformers and stock candle: same weights,
+    /// Q/K rows in the order their rotary embedding expects.
+    #[command(after_help = "Example:\n  gantry model export-hf /tmp/smollm2-shapes.gguf /tmp/smollm2-hf --dtype bf16")]
+    ExportHf {
+        /// The GGUF file.
+        gguf: PathBuf,
+        /// Output directory.
+        dir: PathBuf,
+        /// Weight type: f32, bf16 or f16.
+        #[arg(long, default_value = "bf16", value_parser = ["f32", "bf16", "f16"])]
+        dtype: String,
+    },
+}
+
+fn model_command(command: ModelCommand) -> anyhow::Result<()> {
+    use gantry_inference::synthetic::SyntheticShape;
+    match command {
+        ModelCommand::Synthetic { out, seed, tiny } => {
+            let shape = if tiny {
+                SyntheticShape::TINY
+            } else {
+                SyntheticShape::SMOLLM2_135M
+            };
+            gantry_inference::synthetic::write_llama_gguf(&out, shape, seed)
+        }
+        ModelCommand::ExportHf { gguf, dir, dtype } => {
+            let dtype = gantry_inference::hf::dtype_named(&dtype)?;
+            gantry_inference::hf::export_llama(&gguf, &dir, dtype)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -165,6 +216,15 @@ fn main() -> ExitCode {
             };
         }
         Command::Config(ConfigCommand::Check { files }) => return check(&files),
+        Command::Model(command) => {
+            return match model_command(command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", gantry_config::EMBEDDED_DEFAULT);
             return ExitCode::SUCCESS;
