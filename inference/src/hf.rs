@@ -69,9 +69,7 @@ pub fn export_llama(gguf: &Path, dir: &Path, dtype: DType) -> anyhow::Result<()>
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
     for name in names {
-        let t = ct
-            .tensor(&mut file, &name, &device)?
-            .dequantize(&device)?;
+        let t = ct.tensor(&mut file, &name, &device)?.dequantize(&device)?;
         let hf = match name.as_str() {
             "token_embd.weight" => "model.embed_tokens.weight".to_string(),
             "output.weight" => "lm_head.weight".to_string(),
@@ -141,10 +139,7 @@ pub fn export_llama(gguf: &Path, dir: &Path, dtype: DType) -> anyhow::Result<()>
         "torch_dtype": torch_dtype,
     });
     std::fs::create_dir_all(dir)?;
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_vec_pretty(&config)?,
-    )?;
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
     Ok(())
 }

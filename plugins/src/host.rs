@@ -4,7 +4,7 @@
 use crate::abi::{self, BufferType, MapType, Status};
 use crate::{HttpCall, HttpCallResponse, LocalResponse, PluginLimits, Shared};
 use std::sync::Arc;
-use wasmtime::{Caller, Extern, Linker, Memory, StoreLimits};
+use wasmtime::{Caller, Linker, Memory, StoreLimits};
 
 /// A trap raised by the host when a plugin breaks a limit.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +18,8 @@ pub struct HostState {
     pub(crate) store_limits: StoreLimits,
     pub(crate) configuration: Arc<[u8]>,
     pub(crate) shared: Arc<Shared>,
+    /// The instance's memory and allocator, looked up once.
+    pub(crate) exports: GuestExports,
     /// Pools the plugin may `proxy_http_call`.
     pub(crate) upstreams: Arc<[String]>,
     /// The next `proxy_http_call` token: never reused by this instance, as the
@@ -25,6 +27,31 @@ pub struct HostState {
     pub(crate) next_token: u32,
     /// Per request: maps, bodies, properties, the local response.
     pub(crate) http: HttpState,
+}
+
+/// What host calls need from the instance itself.
+#[derive(Default)]
+pub struct GuestExports {
+    /// Its linear memory (`memory`).
+    pub(crate) memory: Option<Memory>,
+    /// Its allocator: the SDK exports it as `malloc` on wasm32-unknown-unknown and
+    /// as `proxy_on_memory_allocate` elsewhere; both are accepted, as Envoy does.
+    pub(crate) alloc: Option<wasmtime::TypedFunc<i32, i32>>,
+}
+
+impl GuestExports {
+    /// Look them up in a new instance.
+    pub(crate) fn of(
+        instance: &wasmtime::Instance,
+        store: &mut wasmtime::Store<HostState>,
+    ) -> GuestExports {
+        let memory = instance.get_memory(&mut *store, "memory");
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut *store, "proxy_on_memory_allocate")
+            .or_else(|_| instance.get_typed_func::<i32, i32>(&mut *store, "malloc"))
+            .ok();
+        GuestExports { memory, alloc }
+    }
 }
 
 /// The request being filtered.
@@ -53,10 +80,7 @@ pub struct HttpState {
 type Ctx<'a> = Caller<'a, HostState>;
 
 fn memory(caller: &mut Ctx<'_>) -> Option<Memory> {
-    match caller.get_export("memory") {
-        Some(Extern::Memory(m)) => Some(m),
-        _ => None,
-    }
+    caller.data().exports.memory
 }
 
 /// Copy `len` bytes at `ptr` out of the guest, or `Err(status)`.
@@ -133,14 +157,8 @@ fn give(
     size_out: i32,
 ) -> Result<Status, wasmtime::Error> {
     check_bytes(caller, bytes.len())?;
-    // The SDK exports its allocator as `malloc` on wasm32-unknown-unknown and as
-    // `proxy_on_memory_allocate` elsewhere; both are accepted, as Envoy does.
-    let alloc = match caller
-        .get_export("proxy_on_memory_allocate")
-        .or_else(|| caller.get_export("malloc"))
-    {
-        Some(Extern::Func(f)) => f.typed::<i32, i32>(&caller)?,
-        _ => return Ok(Status::InternalFailure),
+    let Some(alloc) = caller.data().exports.alloc.clone() else {
+        return Ok(Status::InternalFailure);
     };
     let ptr = if bytes.is_empty() {
         0

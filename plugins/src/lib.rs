@@ -578,6 +578,7 @@ impl Plugin {
                 .build(),
             configuration: self.configuration.clone(),
             shared: self.shared.clone(),
+            exports: host::GuestExports::default(),
             upstreams: self.upstreams.clone(),
             next_token: 1,
             http: HttpState::default(),
@@ -589,6 +590,7 @@ impl Plugin {
             .pre
             .instantiate(&mut store)
             .map_err(|e| classify(&self.name, "instantiate", e))?;
+        store.data_mut().exports = host::GuestExports::of(&instance, &mut store);
         for start in ["_initialize", "_start"] {
             if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, start) {
                 store.set_epoch_deadline(self.deadline_ticks());

@@ -118,6 +118,16 @@ pub struct Gateway {
     plugins: Arc<crate::plugins::Plugins>,
     /// Connections for plugins' `proxy_http_call`s to HTTP pools.
     connector: pingora::connectors::http::Connector,
+    /// Per route and plugin position: the call counters every request moves,
+    /// resolved once (plugin names survive hot reloads).
+    hot: Vec<Vec<HotCounters>>,
+}
+
+/// A plugin's `continue` counters for each hook.
+struct HotCounters {
+    request: prometheus::IntCounter,
+    response_headers: prometheus::IntCounter,
+    response_body: prometheus::IntCounter,
 }
 
 /// Per-request state carried through the phases.
@@ -134,7 +144,7 @@ pub struct RequestCtx {
     inference: Option<crate::inference::Outcome>,
     /// HTTP contexts of the route's plugins that let the request through, for the
     /// response phase.
-    plugin_contexts: Vec<gantry_plugins::HttpContext>,
+    plugin_contexts: Vec<(usize, gantry_plugins::HttpContext)>,
     /// A body that replaces the upstream's (a plugin answered in the response phase).
     replace_body: Option<Bytes>,
     /// The request body as the route's plugins left it, sent upstream instead of
@@ -174,6 +184,26 @@ impl Gateway {
                 )
             })
             .collect();
+        let hot = (0..router.len())
+            .map(|i| {
+                let r = router.route(i);
+                r.plugins
+                    .iter()
+                    .map(|p| {
+                        let counter = |hook: &str| {
+                            metrics
+                                .plugin_calls
+                                .with_label_values(&[&r.name, &p.name, hook, "continue"])
+                        };
+                        HotCounters {
+                            request: counter("request"),
+                            response_headers: counter("response_headers"),
+                            response_body: counter("response_body"),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
         Gateway {
             router,
             rewrites,
@@ -184,6 +214,7 @@ impl Gateway {
             inference,
             plugins,
             connector: pingora::connectors::http::Connector::new(None),
+            hot,
         }
     }
 
@@ -265,7 +296,7 @@ impl Gateway {
             props.push(("source.address".to_string(), addr.to_string().into_bytes()));
         }
         let props: Arc<[(String, Vec<u8>)]> = props.into();
-        for plugin in plugins {
+        for (k, plugin) in plugins.iter().enumerate() {
             let before = crate::plugins::request_pairs(session.req_header(), scheme);
             let mut pairs = before.clone();
             let result = match plugin.start_request(props.clone()) {
@@ -296,13 +327,13 @@ impl Gateway {
                     return Ok(true);
                 }
                 Ok((hc, _)) => {
-                    self.plugin_outcome(route, &plugin.name, "request", "continue");
+                    self.hot[route][k].request.inc();
                     crate::plugins::apply_request_changes(
                         session.req_header_mut(),
                         &before,
                         pairs,
                     )?;
-                    ctx.plugin_contexts.push(hc);
+                    ctx.plugin_contexts.push((k, hc));
                 }
                 Err(e) => {
                     let name = self.plugin_failed(route, ctx, "request", &e);
@@ -452,14 +483,14 @@ impl Gateway {
         route: usize,
     ) -> Result<()> {
         let mut contexts = std::mem::take(&mut ctx.plugin_contexts);
-        for hc in contexts.iter_mut().rev() {
+        for (k, hc) in contexts.iter_mut().rev() {
             let plugin = hc.plugin().clone();
             let before = crate::plugins::response_pairs(resp);
             let mut pairs = before.clone();
             match hc.on_response_headers(&mut pairs, false) {
                 // A response cannot wait for a plugin: pausing here continues.
                 Ok(gantry_plugins::Decision::Continue | gantry_plugins::Decision::Pause) => {
-                    self.plugin_outcome(route, &plugin.name, "response_headers", "continue");
+                    self.hot[route][*k].response_headers.inc();
                     crate::plugins::apply_response_changes(resp, &before, pairs)?;
                 }
                 Ok(gantry_plugins::Decision::Respond(local)) => {
@@ -512,7 +543,8 @@ impl Gateway {
         for i in (0..n).rev() {
             let mut chunk = std::mem::take(&mut ctx.response_held[i]);
             chunk.append(&mut data);
-            let hc = &mut ctx.plugin_contexts[i];
+            let (k, hc) = &mut ctx.plugin_contexts[i];
+            let k = *k;
             let plugin = hc.plugin().clone();
             let keep =
                 (plugin.failure == gantry_plugins::FailurePolicy::Open).then(|| chunk.clone());
@@ -543,7 +575,7 @@ impl Gateway {
                 Ok(_) => {
                     // Counted once per response, not per chunk.
                     if end_of_stream {
-                        self.plugin_outcome(route, &plugin.name, "response_body", "continue");
+                        self.hot[route][k].response_body.inc();
                     }
                     data = chunk;
                     continue;

@@ -96,7 +96,9 @@ enum ModelCommand {
     /// Export a llama GGUF to the Hugging Face layout (config.json +
     /// model.safetensors) for PyTorch transformers and stock candle: same weights,
     /// Q/K rows in the order their rotary embedding expects.
-    #[command(after_help = "Example:\n  gantry model export-hf /tmp/smollm2-shapes.gguf /tmp/smollm2-hf --dtype bf16")]
+    #[command(
+        after_help = "Example:\n  gantry model export-hf /tmp/smollm2-shapes.gguf /tmp/smollm2-hf --dtype bf16"
+    )]
     ExportHf {
         /// The GGUF file.
         gguf: PathBuf,

@@ -248,6 +248,15 @@ fn changed_names(before: &[(String, String)], after: &[(String, String)]) -> Vec
         list.iter().filter(move |(n, _)| n == name).map(|(_, v)| v)
     }
     let mut names: Vec<String> = Vec::new();
+    // The usual change: headers appended, nothing else touched.
+    if after.len() > before.len() && after[..before.len()] == *before {
+        for (n, _) in &after[before.len()..] {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        return names;
+    }
     for (n, _) in before.iter().chain(after.iter()) {
         if !names.contains(n) && !values(before, n).eq(values(after, n)) {
             names.push(n.clone());

@@ -9,7 +9,11 @@ use gantry_inference::llama::{argmax_rows, Llama};
 use gantry_inference::synthetic::{write_llama_gguf_with, SyntheticShape};
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (norm(a) * norm(b))
 }
@@ -28,15 +32,23 @@ fn the_hf_export_gives_stock_candle_the_same_logits_as_gantry() {
     let config = config.into_config(false);
     assert_eq!(config.num_hidden_layers, SyntheticShape::TINY.n_layer);
     assert!(!config.tie_word_embeddings);
-    let weights = candle_core::safetensors::load(hf.join("model.safetensors"), &Device::Cpu).unwrap();
+    let weights =
+        candle_core::safetensors::load(hf.join("model.safetensors"), &Device::Cpu).unwrap();
     let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
     let reference = stock::Llama::load(vb, &config).unwrap();
     let ours = Llama::load(&gguf, &Device::Cpu, Quantization::Bf16).unwrap();
 
-    let prompts: [&[u32]; 3] = [&[5, 70, 71, 72, 300], &[9], &[3, 4, 5, 6, 7, 8, 9, 10, 11, 12]];
+    let prompts: [&[u32]; 3] = [
+        &[5, 70, 71, 72, 300],
+        &[9],
+        &[3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+    ];
     for prompt in prompts {
         let mut cache = stock::Cache::new(false, DType::F32, &config, &Device::Cpu).unwrap();
-        let input = Tensor::new(prompt, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let input = Tensor::new(prompt, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let want = reference.forward(&input, 0, &mut cache).unwrap();
         let mut seq = ours.model.new_cache();
         let got = ours.model.forward(&mut [(prompt, &mut seq)]).unwrap();
