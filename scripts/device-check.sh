@@ -33,4 +33,8 @@ for quant in bf16 q8_0; do
   GANTRY_TEST_DEVICE=cuda:0 GANTRY_TEST_MODEL=synthetic GANTRY_TEST_QUANT=$quant \
     timeout 240 "$BIN" --test-threads 1 --nocapture model:: scheduler:: "${skip[@]}" || status=1
 done
+# Then the benchmark against stock candle and PyTorch, when its binaries came along.
+if [ -f target/device/gantry.xz ]; then
+  bash scripts/device-bench.sh "$OUT" || status=1
+fi
 exit $status

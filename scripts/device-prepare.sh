@@ -8,3 +8,12 @@ bin=$(ls -t target/cuda/release/deps/all-* | grep -v '\.d$' | head -1)
 mkdir -p target/device
 xz -T2 -9 -c "$bin" > target/device/inference-tests.xz
 ls -la target/device/inference-tests.xz
+
+# The benchmark's binaries (scripts/device-bench.sh): the gateway/backend with
+# CUDA, the stock-candle baseline with CUDA, and the load generator.
+scripts/build-cuda.sh build --release --locked -p gantry -p inference-client -p stock-candle \
+  --features stock-candle/cuda
+for b in gantry inference-client stock-candle; do
+  xz -T2 -9 -c "target/cuda/release/$b" > "target/device/$b.xz"
+done
+ls -la target/device/
