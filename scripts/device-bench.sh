@@ -69,8 +69,8 @@ max_batch_tokens = $((PROMPT * 8))
 TOML
 "$GANTRY" backend --config "$WORK/backend.toml" 2> "$WORK/backend.log" &
 pid=$!
-for _ in $(seq 300); do grep -q 'SERVING' "$WORK/backend.log" && break; sleep 0.2; done
-grep -q 'SERVING' "$WORK/backend.log" || { cat "$WORK/backend.log"; exit 1; }
+for _ in $(seq 300); do grep -qE '(^|[^_])SERVING' "$WORK/backend.log" && break; sleep 0.2; done
+grep -qE '(^|[^_])SERVING' "$WORK/backend.log" || { cat "$WORK/backend.log"; exit 1; }
 ids=$("$PY" -c 'import random, sys; r = random.Random(0); print(",".join(str(r.randrange(3, int(sys.argv[2]))) for _ in range(int(sys.argv[1]))))' \
   "$PROMPT" "$(grep -o '"vocab_size": *[0-9]*' "$WORK/hf/config.json" | grep -o '[0-9]*$')")
 "$CLIENT" --addr "127.0.0.1:$PORT" --model synthetic --prompt-ids "$ids" --max-tokens "$GEN" \
@@ -82,6 +82,7 @@ echo "== stock candle models::llama on $DEVICE, $DTYPE"
   --generate "$GEN" | tee "$OUT/stock-candle.jsonl"
 
 echo "== PyTorch transformers generate on $TORCH_DEVICE, $TORCH_DTYPE"
+rm -f "$OUT/pytorch.jsonl"
 "$PY" bench/torch_baseline.py "$WORK/hf" --device "$TORCH_DEVICE" --dtype "$TORCH_DTYPE" \
   --batches "$BATCHES" --prompt "$PROMPT" --generate "$GEN" --out "$OUT/pytorch.jsonl" 2>/dev/null
 cat "$OUT/pytorch.jsonl"
@@ -93,11 +94,12 @@ rows = lambda f: [json.loads(l) for l in open(os.path.join(out, f)) if l.strip()
 g = {r["concurrency"]: r for r in rows("gantry.jsonl")}
 s = {r["batch"]: r for r in rows("stock-candle.jsonl")}
 t = {r["batch"]: r for r in rows("pytorch.jsonl")}
-# Decode rates exclude the first token everywhere (Gantry: per-stream decode rate
-# times streams; its wall-clock aggregate, prefill included, is in gantry.jsonl).
+# Decode rates exclude the first token everywhere (Gantry: the tokens after each
+# stream's first over the level's wall time after the mean first-token time; its
+# per-stream rates and wall-clock aggregate are in gantry.jsonl).
 print("| batch | Gantry decode tok/s | Gantry TTFT ms | stock candle tok/s | stock TTFT ms | PyTorch tok/s | PyTorch TTFT ms |")
 print("|---|---|---|---|---|---|---|")
 for b in sorted(g):
     gr, sr, tr = g[b], s.get(b, {}), t.get(b, {})
-    print(f"| {b} | {gr['per_stream_decode_tokens_per_s'] * b:.0f} | {gr['mean_ttft_ms']:.1f} | {sr.get('decode_tokens_per_s', 0):.0f} | {sr.get('ttft_ms', 0):.1f} | {tr.get('decode_tokens_per_s') or 0:.0f} | {tr.get('ttft_ms', 0):.1f} |")
+    print(f"| {b} | {(gr['generated_tokens'] - b) / max(gr['wall_s'] - gr['mean_ttft_ms'] / 1000, 1e-9):.0f} | {gr['mean_ttft_ms']:.1f} | {sr.get('decode_tokens_per_s', 0):.0f} | {sr.get('ttft_ms', 0):.1f} | {tr.get('decode_tokens_per_s') or 0:.0f} | {tr.get('ttft_ms', 0):.1f} |")
 PY
