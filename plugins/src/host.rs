@@ -4,7 +4,7 @@
 use crate::abi::{self, BufferType, MapType, Status};
 use crate::{HttpCall, HttpCallResponse, LocalResponse, PluginLimits, Shared};
 use std::sync::Arc;
-use wasmtime::{Caller, Linker, Memory, StoreLimits};
+use wasmtime::{Caller, Linker, Memory, ResourceLimiter, StoreLimits};
 
 /// A trap raised by the host when a plugin breaks a limit.
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +15,7 @@ pub struct LimitTrap(pub String);
 pub struct HostState {
     pub(crate) plugin: Arc<str>,
     pub(crate) limits: PluginLimits,
-    pub(crate) store_limits: StoreLimits,
+    pub(crate) store_limits: Limiter,
     pub(crate) configuration: Arc<[u8]>,
     pub(crate) shared: Arc<Shared>,
     /// The instance's memory and allocator, looked up once.
@@ -27,6 +27,47 @@ pub struct HostState {
     pub(crate) next_token: u32,
     /// Per request: maps, bodies, properties, the local response.
     pub(crate) http: HttpState,
+}
+
+/// The store's limits, remembering whether a `memory.grow` was refused (a trap
+/// that follows is counted as the memory limit).
+pub struct Limiter {
+    pub(crate) inner: StoreLimits,
+    pub(crate) memory_refused: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        self.memory_refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
 }
 
 /// What host calls need from the instance itself.

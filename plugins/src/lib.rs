@@ -572,10 +572,13 @@ impl Plugin {
         let state = HostState {
             plugin: self.name.as_str().into(),
             limits: self.limits,
-            store_limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .instances(1)
-                .build(),
+            store_limits: host::Limiter {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .instances(1)
+                    .build(),
+                memory_refused: false,
+            },
             configuration: self.configuration.clone(),
             shared: self.shared.clone(),
             exports: host::GuestExports::default(),
@@ -725,6 +728,7 @@ impl Plugin {
             properties,
             ..HttpState::default()
         };
+        vm.store.data_mut().store_limits.memory_refused = false;
         vm.store.set_epoch_deadline(self.deadline_ticks());
         vm.exports
             .context_create
@@ -813,9 +817,26 @@ impl HttpContext {
     /// A hook trapped: a trapped instance may hold any state, so it is never
     /// reused; the failure counts towards the plugin's health.
     fn failed(&mut self, hook: &'static str, e: wasmtime::Error) -> PluginError {
-        self.vm = None;
+        let memory_refused = self
+            .vm
+            .take()
+            .is_some_and(|vm| vm.store.data().store_limits.memory_refused);
         self.plugin.record_failure();
-        classify(&self.plugin.name, hook, e)
+        match classify(&self.plugin.name, hook, e) {
+            // A trap after a refused memory.grow: the guest ran out of memory.
+            PluginError::Trap {
+                plugin,
+                hook,
+                reason,
+                limit: None,
+            } if memory_refused => PluginError::Trap {
+                plugin,
+                hook,
+                reason: format!("{reason} (after memory.grow was refused at memory_bytes)"),
+                limit: Some("memory"),
+            },
+            other => other,
+        }
     }
 
     /// The request phase of this plugin: its request-headers hook, then, when

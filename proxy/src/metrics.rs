@@ -59,7 +59,8 @@ pub struct Metrics {
     /// (headers and body), `response_headers`, `response_body`): `continue`,
     /// `respond` (local response) or `error` (trap or limit).
     pub plugin_calls: IntCounterVec,
-    /// `gantry_plugin_limit_hits_total{plugin,limit}`: `cpu`,
+    /// `gantry_plugin_limit_hits_total{plugin,limit}`: `cpu`, `memory` (a trap
+    /// after a refused `memory.grow`),
     /// `bytes_per_host_call`, `headers_added`, `http_calls`; on (re)load
     /// `module_bytes`, `compile_time`.
     pub plugin_limit_hits: IntCounterVec,

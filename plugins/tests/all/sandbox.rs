@@ -553,3 +553,23 @@ fn a_module_that_compiles_too_slowly_is_refused() {
         )
         .expect("compiles within the default limit");
 }
+
+#[test]
+fn a_trap_after_a_refused_memory_grow_counts_as_the_memory_limit() {
+    // What a Rust guest does when its allocator cannot grow: abort (a trap).
+    let wasm = module(
+        "(if (i32.eq (memory.grow (i32.const 1024)) (i32.const -1)) (then unreachable))
+         (i32.const 0)",
+    );
+    let limits = PluginLimits {
+        memory_bytes: 2 << 20,
+        ..PluginLimits::default()
+    };
+    match run(&wasm, limits) {
+        Err(PluginError::Trap { limit, reason, .. }) => {
+            assert_eq!(limit, Some("memory"));
+            assert!(reason.contains("memory_bytes"), "{reason}");
+        }
+        other => panic!("expected a memory trap, got {other:?}"),
+    }
+}
