@@ -41,6 +41,10 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// Equal to Pingora's retry buffer, which replays the read body to the upstream.
 const PREREAD_MAX_BYTES: u64 = 64 * 1024;
 
+/// How long a plugin's `proxy_http_call` may take when the plugin gives no
+/// timeout (0).
+const HTTP_CALL_DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Process-wide state the phases and the shutdown logic share.
 #[derive(Default)]
 pub struct Lifecycle {
@@ -388,8 +392,13 @@ impl Gateway {
                 None => Err(format!("no pool named `{}`", call.upstream)),
             }
         };
-        let outcome = match tokio::time::timeout(call.timeout, work).await {
-            Err(_) => Err(format!("no answer within {:?}", call.timeout)),
+        let timeout = if call.timeout.is_zero() {
+            HTTP_CALL_DEFAULT_TIMEOUT
+        } else {
+            call.timeout
+        };
+        let outcome = match tokio::time::timeout(timeout, work).await {
+            Err(_) => Err(format!("no answer within {timeout:?}")),
             Ok(Ok((_, body))) if body.len() > limit => {
                 self.metrics
                     .plugin_limit_hits
