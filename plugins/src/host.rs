@@ -116,6 +116,8 @@ pub struct HttpState {
     pub(crate) call_response: Option<HttpCallResponse>,
     /// The plugin asked to resume the paused request.
     pub(crate) resumed: bool,
+    /// The request headers went upstream: readable, no longer writable.
+    pub(crate) request_headers_sent: bool,
 }
 
 type Ctx<'a> = Caller<'a, HostState>;
@@ -222,6 +224,16 @@ fn give(
         return Ok(s);
     }
     Ok(Status::Ok)
+}
+
+/// Whether a plugin may change map `t` now (request headers only until they are
+/// sent; an HTTP call's answer never).
+fn writable(http: &HttpState, t: MapType) -> bool {
+    match t {
+        MapType::RequestHeaders => !http.request_headers_sent,
+        MapType::HttpCallResponseHeaders => false,
+        _ => true,
+    }
 }
 
 fn map(http: &mut HttpState, t: MapType) -> Option<&mut Vec<(String, String)>> {
@@ -418,6 +430,9 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(t) = MapType::from_abi(kind) else {
                 return Ok(Status::BadArgument as i32);
             };
+            if !writable(&c.data().http, t) {
+                return Ok(Status::InternalFailure as i32);
+            }
             let before = map(&mut c.data_mut().http, t).map_or(0, |m| m.len());
             for _ in before..pairs.len() {
                 count_added(&mut c)?;
@@ -473,6 +488,9 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(t) = MapType::from_abi(kind) else {
                 return Ok(Status::BadArgument as i32);
             };
+            if !writable(&c.data().http, t) {
+                return Ok(Status::InternalFailure as i32);
+            }
             let exists =
                 map(&mut c.data_mut().http, t).is_some_and(|m| m.iter().any(|(k, _)| *k == key));
             if !exists {
@@ -503,6 +521,9 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(t) = MapType::from_abi(kind) else {
                 return Ok(Status::BadArgument as i32);
             };
+            if !writable(&c.data().http, t) {
+                return Ok(Status::InternalFailure as i32);
+            }
             match map(&mut c.data_mut().http, t) {
                 Some(m) => {
                     m.push((key, value));
@@ -521,6 +542,9 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(t) = MapType::from_abi(kind) else {
                 return Ok(Status::BadArgument as i32);
             };
+            if !writable(&c.data().http, t) {
+                return Ok(Status::InternalFailure as i32);
+            }
             if let Some(m) = map(&mut c.data_mut().http, t) {
                 m.retain(|(k, _)| *k != key);
             }

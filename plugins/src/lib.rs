@@ -995,6 +995,17 @@ impl HttpContext {
         }
     }
 
+    /// The request headers as they went upstream, for the response phase to read
+    /// (`proxy_get_header_map_*` on request headers, `request.headers.*`
+    /// properties); changing them from now on gets `InternalFailure`.
+    pub fn keep_request_headers(&mut self, headers: Vec<(String, String)>) {
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            http.request_headers = headers;
+            http.request_headers_sent = true;
+        }
+    }
+
     /// Request headers (pseudo-headers `:method`, `:path`, `:authority`,
     /// `:scheme` included); the plugin may change them in place.
     pub fn on_request_headers(

@@ -330,13 +330,14 @@ impl Gateway {
                         .await?;
                     return Ok(true);
                 }
-                Ok((hc, _)) => {
+                Ok((mut hc, _)) => {
                     self.hot[route][k].request.inc();
                     crate::plugins::apply_request_changes(
                         session.req_header_mut(),
                         &before,
-                        pairs,
+                        &pairs,
                     )?;
+                    hc.keep_request_headers(pairs);
                     ctx.plugin_contexts.push((k, hc));
                 }
                 Err(e) => {

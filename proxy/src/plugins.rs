@@ -269,20 +269,20 @@ fn changed_names(before: &[(String, String)], after: &[(String, String)]) -> Vec
 pub fn apply_request_changes(
     req: &mut RequestHeader,
     before: &[(String, String)],
-    after: Vec<(String, String)>,
+    after: &[(String, String)],
 ) -> pingora::Result<()> {
-    if before == after.as_slice() {
+    if before == after {
         return Ok(());
     }
-    let changed = changed_names(before, &after);
+    let changed = changed_names(before, after);
     if changed.iter().any(|n| n.starts_with(':') || n == "host") {
-        return apply_request(req, after);
+        return apply_request(req, after.to_vec());
     }
     for name in &changed {
         req.remove_header(name.as_str());
     }
-    for (name, value) in after.into_iter().filter(|(n, _)| changed.contains(n)) {
-        req.append_header(name, value)?;
+    for (name, value) in after.iter().filter(|(n, _)| changed.contains(n)) {
+        req.append_header(name.clone(), value.as_str())?;
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ fn module_with(request_headers: &str, response_headers: &str, extra: &str) -> Ve
           (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
           (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
           (memory (export "memory") 1)
           (global $heap (mut i32) (i32.const 1024))
           (data (i32.const 16) "x-a")
@@ -572,4 +574,33 @@ fn a_trap_after_a_refused_memory_grow_counts_as_the_memory_limit() {
         }
         other => panic!("expected a memory trap, got {other:?}"),
     }
+}
+
+#[test]
+fn the_response_phase_reads_the_request_headers_as_sent_but_cannot_change_them() {
+    let request = "(drop (call $add (i32.const 0) (i32.const 16) (i32.const 3) (i32.const 32) (i32.const 1))) (i32.const 0)";
+    // Copy the request's x-a into the response; removing it from the request
+    // now must be refused (InternalFailure, 10).
+    let response = "(if (i32.ne (call $get (i32.const 0) (i32.const 16) (i32.const 3) (i32.const 500) (i32.const 504)) (i32.const 0))
+           (then unreachable))
+         (drop (call $add (i32.const 2) (i32.const 16) (i32.const 3) (i32.load (i32.const 500)) (i32.load (i32.const 504))))
+         (if (i32.ne (call $remove (i32.const 0) (i32.const 16) (i32.const 3)) (i32.const 10))
+           (then unreachable))
+         (i32.const 0)";
+    let plugin = load(&module_with(request, response, ""), PluginLimits::default());
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let mut headers = request_headers();
+    let d = ready(ctx.on_request(&mut headers, None, |_| async { None })).unwrap();
+    assert_eq!(d, Decision::Continue);
+    assert!(headers.contains(&("x-a".into(), "1".into())));
+    ctx.keep_request_headers(headers);
+    let mut response_headers = vec![(":status".to_string(), "200".to_string())];
+    let d = ctx
+        .on_response_headers(&mut response_headers, false)
+        .unwrap();
+    assert_eq!(d, Decision::Continue);
+    assert!(
+        response_headers.contains(&("x-a".into(), "1".into())),
+        "{response_headers:?}"
+    );
 }
