@@ -226,13 +226,20 @@ fn give(
     Ok(Status::Ok)
 }
 
-/// Whether a plugin may change map `t` now (request headers only until they are
-/// sent; an HTTP call's answer never).
-fn writable(http: &HttpState, t: MapType) -> bool {
-    match t {
+/// The map a plugin asks to change, if it exists (`BadArgument`) and may be
+/// changed now (`InternalFailure`): request headers only until they are sent, an
+/// HTTP call's answer never.
+fn writable_map(http: &HttpState, kind: i32) -> Result<MapType, Status> {
+    let t = MapType::from_abi(kind).ok_or(Status::BadArgument)?;
+    let writable = match t {
         MapType::RequestHeaders => !http.request_headers_sent,
         MapType::HttpCallResponseHeaders => false,
         _ => true,
+    };
+    if writable {
+        Ok(t)
+    } else {
+        Err(Status::InternalFailure)
     }
 }
 
@@ -427,12 +434,10 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Ok(pairs) = abi::decode_map(&bytes) else {
                 return Ok(Status::SerializationFailure as i32);
             };
-            let Some(t) = MapType::from_abi(kind) else {
-                return Ok(Status::BadArgument as i32);
+            let t = match writable_map(&c.data().http, kind) {
+                Ok(t) => t,
+                Err(status) => return Ok(status as i32),
             };
-            if !writable(&c.data().http, t) {
-                return Ok(Status::InternalFailure as i32);
-            }
             let before = map(&mut c.data_mut().http, t).map_or(0, |m| m.len());
             for _ in before..pairs.len() {
                 count_added(&mut c)?;
@@ -485,12 +490,10 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          -> wasmtime::Result<i32> {
             let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
             let value = tri!(read_str(&mut c, vptr, vlen));
-            let Some(t) = MapType::from_abi(kind) else {
-                return Ok(Status::BadArgument as i32);
+            let t = match writable_map(&c.data().http, kind) {
+                Ok(t) => t,
+                Err(status) => return Ok(status as i32),
             };
-            if !writable(&c.data().http, t) {
-                return Ok(Status::InternalFailure as i32);
-            }
             let exists =
                 map(&mut c.data_mut().http, t).is_some_and(|m| m.iter().any(|(k, _)| *k == key));
             if !exists {
@@ -518,12 +521,10 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
             let value = tri!(read_str(&mut c, vptr, vlen));
             count_added(&mut c)?;
-            let Some(t) = MapType::from_abi(kind) else {
-                return Ok(Status::BadArgument as i32);
+            let t = match writable_map(&c.data().http, kind) {
+                Ok(t) => t,
+                Err(status) => return Ok(status as i32),
             };
-            if !writable(&c.data().http, t) {
-                return Ok(Status::InternalFailure as i32);
-            }
             match map(&mut c.data_mut().http, t) {
                 Some(m) => {
                     m.push((key, value));
@@ -539,12 +540,10 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_remove_header_map_value",
         |mut c: Ctx<'_>, kind: i32, kptr: i32, klen: i32| -> wasmtime::Result<i32> {
             let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
-            let Some(t) = MapType::from_abi(kind) else {
-                return Ok(Status::BadArgument as i32);
+            let t = match writable_map(&c.data().http, kind) {
+                Ok(t) => t,
+                Err(status) => return Ok(status as i32),
             };
-            if !writable(&c.data().http, t) {
-                return Ok(Status::InternalFailure as i32);
-            }
             if let Some(m) = map(&mut c.data_mut().http, t) {
                 m.retain(|(k, _)| *k != key);
             }

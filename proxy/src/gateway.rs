@@ -266,17 +266,22 @@ impl Gateway {
         name
     }
 
-    /// Run the route's plugins on the request: each one's headers hook, then its
-    /// body hook with the whole body (when there is one), with the HTTP calls it
-    /// makes performed in between. `Ok(true)`: answered.
+    /// Run the route's plugins on the request: read the body whole (up to the
+    /// route's max_body_bytes), then each plugin's headers hook and its body hook
+    /// with the whole body (when there is one), with the HTTP calls it makes
+    /// performed in between. `Ok(None)`: answered (by a plugin, a failure or
+    /// 413); `Ok(Some(body))`: go on with the body as the plugins left it.
     async fn request_plugins(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         route: usize,
         plugins: &[Arc<gantry_plugins::Plugin>],
-        body: &mut Option<Vec<u8>>,
-    ) -> Result<bool> {
+    ) -> Result<Option<Option<Bytes>>> {
+        let limit = self.router.route(route).max_body_bytes;
+        let Some(mut body) = self.read_whole_body(session, ctx, limit).await? else {
+            return Ok(None);
+        };
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let scheme = if tls { "https" } else { "http" };
         let req = session.req_header();
@@ -328,7 +333,7 @@ impl Gateway {
                     session
                         .write_response_body(Some(Bytes::from(local.body)), true)
                         .await?;
-                    return Ok(true);
+                    return Ok(None);
                 }
                 Ok((mut hc, _)) => {
                     self.hot[route][k].request.inc();
@@ -345,12 +350,12 @@ impl Gateway {
                     if crate::plugins::fails_closed(plugin) {
                         self.respond(session, ctx, GatewayError::PluginFailed { plugin: name })
                             .await?;
-                        return Ok(true);
+                        return Ok(None);
                     }
                 }
             }
         }
-        Ok(false)
+        Ok(Some(body.map(Bytes::from)))
     }
 
     /// Perform a plugin's `proxy_http_call`: to an inference pool in process (the
@@ -358,10 +363,11 @@ impl Gateway {
     /// network. `None` when it fails or outlasts its timeout.
     async fn http_call(
         &self,
-        call: gantry_plugins::HttpCall,
+        mut call: gantry_plugins::HttpCall,
         plugin: &gantry_plugins::Plugin,
         request_id: &str,
     ) -> Option<gantry_plugins::HttpCallResponse> {
+        let body = Bytes::from(std::mem::take(&mut call.body));
         let header = |name: &str| {
             call.headers
                 .iter()
@@ -376,20 +382,17 @@ impl Gateway {
             if let Some(pool) = self.inference.pool_index(&call.upstream) {
                 let (status, headers, body) = self
                     .inference
-                    .call(
-                        pool,
-                        method,
-                        &path,
-                        Bytes::from(call.body.clone()),
-                        request_id,
-                    )
+                    .call(pool, method, &path, body, request_id)
                     .await;
                 let mut pairs = vec![(":status".to_string(), status.to_string())];
                 pairs.extend(headers);
-                return Ok((pairs, body.to_vec()));
+                return Ok((pairs, body));
             }
             match self.pools.iter().find(|p| p.config.name == call.upstream) {
-                Some(pool) => self.pool_call(pool, &call, method, &path, limit).await,
+                Some(pool) => {
+                    self.pool_call(pool, &call.headers, body, method, &path, limit)
+                        .await
+                }
                 None => Err(format!("no pool named `{}`", call.upstream)),
             }
         };
@@ -429,7 +432,8 @@ impl Gateway {
     async fn pool_call(
         &self,
         pool: &Pool,
-        call: &gantry_plugins::HttpCall,
+        headers: &[(String, String)],
+        body: Bytes,
         method: http::Method,
         path: &str,
         limit: usize,
@@ -443,9 +447,9 @@ impl Gateway {
             .get_http_session(&*peer)
             .await
             .map_err(|e| format!("connecting to {}: {e}", backend.addr))?;
-        let mut req = RequestHeader::build(method, path.as_bytes(), Some(call.headers.len()))
+        let mut req = RequestHeader::build(method, path.as_bytes(), Some(headers.len()))
             .map_err(|e| e.to_string())?;
-        for (k, v) in &call.headers {
+        for (k, v) in headers {
             match k.as_str() {
                 ":authority" => req.insert_header(HOST, v.as_str()),
                 n if n.starts_with(':') => Ok(()),
@@ -453,13 +457,12 @@ impl Gateway {
             }
             .map_err(|e| e.to_string())?;
         }
-        req.insert_header(CONTENT_LENGTH, call.body.len())
+        req.insert_header(CONTENT_LENGTH, body.len())
             .map_err(|e| e.to_string())?;
         let io = async {
             http.write_request_header(Box::new(req)).await?;
-            if !call.body.is_empty() {
-                http.write_request_body(Bytes::from(call.body.clone()), true)
-                    .await?;
+            if !body.is_empty() {
+                http.write_request_body(body, true).await?;
             }
             http.finish_request_body().await?;
             http.read_response_header().await?;
@@ -812,44 +815,29 @@ impl ProxyHttp for Gateway {
                     .await?;
                 return Ok(true);
             }
-            gantry_config::Target::Inference(pools) if plugins.is_empty() => {
-                let outcome = self
-                    .inference
-                    .handle(
-                        session,
-                        &r.path_prefix,
-                        pools,
-                        r.max_body_bytes,
-                        &ctx.request_id,
-                        ctx.started,
-                    )
-                    .await?;
-                ctx.inference = Some(outcome);
-                return Ok(true);
-            }
             gantry_config::Target::Inference(pools) => {
-                // The plugins see the whole body first; the API gets it as they
-                // left it, at the path they left.
-                let Some(mut body) = self.read_whole_body(session, ctx, r.max_body_bytes).await?
-                else {
-                    return Ok(true);
-                };
-                if self
-                    .request_plugins(session, ctx, route, plugins, &mut body)
-                    .await?
-                {
-                    return Ok(true);
-                }
-                let body = body.map(Bytes::from).unwrap_or_default();
-                let mut prepared = crate::inference::downstream::Prepared {
-                    len: body.len() as u64,
-                    body: Some(body),
-                    session,
+                // With plugins, they see the whole body first; the API gets it as
+                // they left it, at the path they left.
+                let mut prepared;
+                let io: &mut dyn crate::inference::downstream::Downstream = if plugins.is_empty() {
+                    session
+                } else {
+                    let Some(body) = self.request_plugins(session, ctx, route, plugins).await?
+                    else {
+                        return Ok(true);
+                    };
+                    let body = body.unwrap_or_default();
+                    prepared = crate::inference::downstream::Prepared {
+                        len: body.len() as u64,
+                        body: Some(body),
+                        session,
+                    };
+                    &mut prepared
                 };
                 let outcome = self
                     .inference
                     .handle(
-                        &mut prepared,
+                        io,
                         &r.path_prefix,
                         pools,
                         r.max_body_bytes,
@@ -863,21 +851,13 @@ impl ProxyHttp for Gateway {
         }
 
         if !plugins.is_empty() {
-            // Body hooks see the whole body before the upstream is contacted; it is
-            // replayed to the upstream from Pingora's retry buffer (the route's
-            // max_body_bytes is at most its size, see MAX_PLUGIN_ROUTE_BODY_BYTES).
-            let Some(mut body) = self.read_whole_body(session, ctx, r.max_body_bytes).await? else {
+            // The body is replayed to the upstream, as the plugins left it, from
+            // Pingora's retry buffer (the route's max_body_bytes is at most its
+            // size, see MAX_PLUGIN_ROUTE_BODY_BYTES).
+            let Some(body) = self.request_plugins(session, ctx, route, plugins).await? else {
                 return Ok(true);
             };
-            if self
-                .request_plugins(session, ctx, route, plugins, &mut body)
-                .await?
-            {
-                return Ok(true);
-            }
-            if let Some(body) = body {
-                ctx.request_body = Some(Bytes::from(body));
-            }
+            ctx.request_body = body;
             return Ok(false);
         }
 

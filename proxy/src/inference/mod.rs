@@ -411,7 +411,7 @@ impl Inference {
         path: &str,
         body: Bytes,
         request_id: &str,
-    ) -> (u16, Vec<(String, String)>, Bytes) {
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
         let prefix = if path.starts_with("/v1/") { "/v1" } else { "/" };
         let max_body = body.len() as u64;
         let mut exchange = Captured::new(method, path.to_string(), body);
@@ -434,9 +434,13 @@ impl Inference {
                         Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
                     })
                     .collect();
-                (header.status.as_u16(), headers, exchange.response.freeze())
+                (
+                    header.status.as_u16(),
+                    headers,
+                    Vec::from(exchange.response),
+                )
             }
-            _ => (500, Vec::new(), Bytes::new()),
+            _ => (500, Vec::new(), Vec::new()),
         }
     }
 

@@ -9,17 +9,32 @@ use std::path::{Path, PathBuf};
 /// hooks (leaving an i32 action). Strings: "x-plugin" at 16, "x-seen" at 32,
 /// "yes" at 48, "denied" at 64.
 fn plugin(dir: &Path, name: &str, request: &str, response: &str) -> PathBuf {
-    let wat = format!(
-        r#"(module
-          (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+    let wasm = wat_module(
+        r#"(import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-          (import "env" "proxy_get_buffer_bytes" (func $buffer (param i32 i32 i32 i32 i32) (result i32)))
-          (memory (export "memory") 1)
-          (global $heap (mut i32) (i32.const 4096))
-          (data (i32.const 16) "x-plugin")
+          (import "env" "proxy_get_buffer_bytes" (func $buffer (param i32 i32 i32 i32 i32) (result i32)))"#,
+        &format!(
+            r#"(data (i32.const 16) "x-plugin")
           (data (i32.const 32) "x-seen")
           (data (i32.const 48) "yes")
           (data (i32.const 64) "denied")
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {request})
+          (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) {response})"#
+        ),
+    );
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, wasm).unwrap();
+    path
+}
+
+/// A proxy-wasm module: `imports`, then linear memory, a bump allocator at 4096,
+/// the ABI version export and context creation, then `rest` (data and hooks).
+fn wat_module(imports: &str, rest: &str) -> Vec<u8> {
+    let wat = format!(
+        r#"(module
+          {imports}
+          (memory (export "memory") 1)
+          (global $heap (mut i32) (i32.const 4096))
           (func (export "proxy_abi_version_0_2_1"))
           (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
             (local $p i32)
@@ -27,13 +42,10 @@ fn plugin(dir: &Path, name: &str, request: &str, response: &str) -> PathBuf {
             (global.set $heap (i32.add (global.get $heap) (local.get $n)))
             (local.get $p))
           (func (export "proxy_on_context_create") (param i32 i32))
-          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {request})
-          (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) {response})
+          {rest}
         )"#
     );
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::write(&path, wat::parse_str(&wat).unwrap()).unwrap();
-    path
+    wat::parse_str(&wat).unwrap_or_else(|e| panic!("{e}\n{wat}"))
 }
 
 /// Adds `x-plugin: <its configuration>` to the request, `x-seen: yes` to the response.
@@ -523,21 +535,12 @@ async fn hot_reload_swaps_a_plugin_under_load_without_failing_a_request() {
 /// that rewrites bodies must) and the response body hook pauses until the end,
 /// then replaces the whole answer.
 fn body_rewriter(dir: &Path) -> PathBuf {
-    let wat = r#"(module
-      (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
-      (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
-      (memory (export "memory") 1)
-      (global $heap (mut i32) (i32.const 4096))
-      (data (i32.const 16) "REWRITTEN")
+    let wasm = wat_module(
+        r#"(import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+      (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 16) "REWRITTEN")
       (data (i32.const 32) "content-length")
       (data (i32.const 64) "{\"replaced\":true}")
-      (func (export "proxy_abi_version_0_2_1"))
-      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-        (local $p i32)
-        (local.set $p (global.get $heap))
-        (global.set $heap (i32.add (global.get $heap) (local.get $n)))
-        (local.get $p))
-      (func (export "proxy_on_context_create") (param i32 i32))
       (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 1))
       (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
         (drop (call $set (i32.const 0) (i32.const 0) (local.get 1) (i32.const 16) (i32.const 9)))
@@ -548,10 +551,10 @@ fn body_rewriter(dir: &Path) -> PathBuf {
       (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32)
         (if (i32.eqz (local.get 2)) (then (return (i32.const 1))))
         (drop (call $set (i32.const 1) (i32.const 0) (local.get 1) (i32.const 64) (i32.const 17)))
-        (i32.const 0))
-    )"#;
+        (i32.const 0))"#,
+    );
     let path = dir.join("bodies.wasm");
-    std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
+    std::fs::write(&path, wasm).unwrap();
     path
 }
 
@@ -620,22 +623,13 @@ async fn a_plugin_calls_another_pool_and_answers_with_what_it_got() {
     // proxy_http_call("side", {:method GET, :path /side, :authority side}) and
     // pause; the callback answers with the call's body.
     let map = r"\03\00\00\00\07\00\00\00\03\00\00\00\05\00\00\00\05\00\00\00\0a\00\00\00\04\00\00\00:method\00GET\00:path\00/side\00:authority\00side\00";
-    let wat = format!(
-        r#"(module
-      (import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+    let wasm = wat_module(
+        r#"(import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
       (import "env" "proxy_get_buffer_bytes" (func $buffer (param i32 i32 i32 i32 i32) (result i32)))
-      (import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-      (memory (export "memory") 1)
-      (global $heap (mut i32) (i32.const 4096))
-      (data (i32.const 16) "side")
+      (import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
+        &format!(
+            r#"(data (i32.const 16) "side")
       (data (i32.const 100) "{map}")
-      (func (export "proxy_abi_version_0_2_1"))
-      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-        (local $p i32)
-        (local.set $p (global.get $heap))
-        (global.set $heap (i32.add (global.get $heap) (local.get $n)))
-        (local.get $p))
-      (func (export "proxy_on_context_create") (param i32 i32))
       (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
         (if (i32.ne (call $call (i32.const 16) (i32.const 4) (i32.const 100) (i32.const 68)
                 (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 2000) (i32.const 300))
@@ -645,11 +639,11 @@ async fn a_plugin_calls_another_pool_and_answers_with_what_it_got() {
       (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
         (drop (call $buffer (i32.const 4) (i32.const 0) (local.get 3) (i32.const 400) (i32.const 404)))
         (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
-          (i32.load (i32.const 400)) (i32.load (i32.const 404)) (i32.const 0) (i32.const 0) (i32.const -1))))
-    )"#
+          (i32.load (i32.const 400)) (i32.load (i32.const 404)) (i32.const 0) (i32.const 0) (i32.const -1))))"#
+        ),
     );
     let file = dir.path().join("caller.wasm");
-    std::fs::write(&file, wat::parse_str(&wat).unwrap()).unwrap();
+    std::fs::write(&file, wasm).unwrap();
     let text = format!(
         "{}\n[[pools]]\nname = \"side\"\nendpoints = [\"{}\"]\n",
         config(
