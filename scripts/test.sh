@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what is missing and run Gantry's whole test suite: format check, the
-# example Wasm plugins, clippy with warnings as errors, every test, and `gantry config check` over the examples.
+# example Wasm plugins, cargo-deny, clippy with warnings as errors, every test, and `gantry config check` over the examples.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -12,6 +12,8 @@ cargo fmt --all -- --check
 cargo fmt --all --manifest-path plugins/examples/Cargo.toml -- --check
 echo "== example plugins (wasm32, proxy-wasm SDK)"
 scripts/build-plugins.sh
+echo "== cargo deny: licenses, bans, sources (advisories by hand, see deny.toml)"
+cargo deny check licenses bans sources
 echo "== cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"

@@ -53,6 +53,16 @@ pub const DEFAULT_INFERENCE_RETRIES: u32 = 1;
 /// Requests one gateway process may have in flight to one inference pool; more
 /// get 429 at once (bounds the gateway's memory and the backends' queues).
 pub const DEFAULT_INFERENCE_MAX_INFLIGHT: usize = 4096;
+/// Messages one chat request to an inference pool may hold; more get a 400
+/// naming `messages`.
+pub const DEFAULT_INFERENCE_MAX_MESSAGES: usize = 1024;
+/// Text bytes one inference request may carry in its messages, prompt or
+/// embedding inputs, summed (a token id counts 4 bytes); more get a 400 naming
+/// the parameter (1 MiB).
+pub const DEFAULT_INFERENCE_MAX_INPUT_BYTES: usize = 1 << 20;
+/// Texts one embeddings request may hold (OpenAI's limit); more get a 400
+/// naming `input`.
+pub const DEFAULT_INFERENCE_MAX_EMBEDDING_INPUTS: usize = 2048;
 /// CPU one plugin hook call may use before it is interrupted, in milliseconds.
 pub const DEFAULT_PLUGIN_CPU_PER_CALL_MS: u64 = 5;
 /// Linear memory one plugin instance may grow to, in bytes (32 MiB).
@@ -70,6 +80,26 @@ pub const MAX_PLUGIN_ROUTE_BODY_BYTES: u64 = 64 * 1024;
 /// Longest a plugin module may take to compile, in milliseconds; a slower one is
 /// refused (compilation runs at load and reload, never on the request path).
 pub const DEFAULT_PLUGIN_MAX_COMPILE_MS: u64 = 10_000;
+/// Instances of one plugin (on one route) in use at once: one per request in
+/// its plugin phase. A request finding all busy gets 503 `plugin_busy` (never a
+/// plugin failure, never skipped by `failure = "open"`).
+pub const DEFAULT_PLUGIN_MAX_INSTANCES: usize = 64;
+/// Idle instances of one plugin kept for reuse; more are dropped when their
+/// request ends, returning their memory.
+pub const DEFAULT_PLUGIN_MAX_IDLE_INSTANCES: usize = 8;
+/// Most instances the plugin engine holds at once, across every plugin (the
+/// pooling allocator's slots); the sum of `max_instances` must fit.
+pub const MAX_PLUGIN_ENGINE_INSTANCES: usize = 1000;
+/// Bytes of shared data one plugin may hold (keys and values, plus 64 bytes of
+/// bookkeeping per key; 1 MiB). A write past it is refused (`BadArgument`).
+pub const DEFAULT_PLUGIN_SHARED_DATA_BYTES: usize = 1 << 20;
+/// Metrics one plugin may define; more are refused (`BadArgument`).
+pub const DEFAULT_PLUGIN_MAX_METRICS: usize = 64;
+/// Log lines one plugin may write per second; more are dropped and counted.
+pub const DEFAULT_PLUGIN_LOG_LINES_PER_SECOND: u32 = 100;
+/// Longest wait a plugin's `proxy_http_call` may ask for, in milliseconds; a
+/// longer one (or 0) gets this.
+pub const DEFAULT_PLUGIN_MAX_HTTP_CALL_TIMEOUT_MS: u64 = 30_000;
 /// Largest plugin module accepted, in bytes (16 MiB).
 pub const DEFAULT_PLUGIN_MAX_MODULE_BYTES: usize = 16 << 20;
 /// How often endpoint host names are resolved again, in milliseconds: a name that
@@ -299,6 +329,13 @@ pub struct InferencePoolSection {
     pub max_inflight: Option<usize>,
     /// Milliseconds. Default [`DEFAULT_RESOLVE_INTERVAL_MS`].
     pub resolve_interval_ms: Option<u64>,
+    /// Messages per chat request. Default [`DEFAULT_INFERENCE_MAX_MESSAGES`].
+    pub max_messages: Option<usize>,
+    /// Text bytes per request (messages, prompt or embedding inputs, summed).
+    /// Default [`DEFAULT_INFERENCE_MAX_INPUT_BYTES`].
+    pub max_input_bytes: Option<usize>,
+    /// Texts per embeddings request. Default [`DEFAULT_INFERENCE_MAX_EMBEDDING_INPUTS`].
+    pub max_embedding_inputs: Option<usize>,
 }
 
 /// What a route serves besides proxying.
@@ -384,6 +421,19 @@ pub struct PluginSection {
     pub max_http_calls: Option<usize>,
     /// Milliseconds. Default [`DEFAULT_PLUGIN_MAX_COMPILE_MS`].
     pub max_compile_ms: Option<u64>,
+    /// Instances in use at once. Default [`DEFAULT_PLUGIN_MAX_INSTANCES`].
+    pub max_instances: Option<usize>,
+    /// Idle instances kept. Default [`DEFAULT_PLUGIN_MAX_IDLE_INSTANCES`]
+    /// (at most `max_instances`).
+    pub max_idle_instances: Option<usize>,
+    /// Bytes. Default [`DEFAULT_PLUGIN_SHARED_DATA_BYTES`].
+    pub shared_data_bytes: Option<usize>,
+    /// Default [`DEFAULT_PLUGIN_MAX_METRICS`].
+    pub max_metrics: Option<usize>,
+    /// Default [`DEFAULT_PLUGIN_LOG_LINES_PER_SECOND`].
+    pub log_lines_per_second: Option<u32>,
+    /// Milliseconds. Default [`DEFAULT_PLUGIN_MAX_HTTP_CALL_TIMEOUT_MS`].
+    pub max_http_call_timeout_ms: Option<u64>,
 }
 
 /// A plugin's failure policy.

@@ -92,6 +92,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, &path.display().to_string(), base)
 }
 
+/// The property the `config_parse` fuzz target checks on any text: [`parse`]
+/// (and [`backend::parse_backend`]) never panic, and a refusal names at least
+/// one problem, each with a field path and a message. Panics when it fails.
+pub fn check_parse_property(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    // Relative files resolve under a directory that holds none.
+    let base = Path::new("/nonexistent-gantry-fuzz");
+    if let Err(ConfigError::Invalid { problems, .. }) = parse(&text, "fuzz", base) {
+        assert!(!problems.is_empty());
+        for p in &problems {
+            assert!(!p.message.is_empty(), "{p:?}");
+        }
+    }
+    let _ = backend::parse_backend(&text, "fuzz", base);
+}
+
 /// Parse and validate configuration text. `name` labels errors; relative paths in
 /// the text are resolved against `base`.
 pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError> {
@@ -250,6 +266,20 @@ pub struct InferencePool {
     pub max_inflight: usize,
     /// Re-resolution period of endpoint host names.
     pub resolve_interval: Duration,
+    /// What one request may ask the gateway to hold.
+    pub input: InputLimits,
+}
+
+/// What one inference request may carry, checked by the gateway before any
+/// backend is contacted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Messages per chat request.
+    pub max_messages: usize,
+    /// Text bytes of messages, prompt or embedding inputs, summed (4 per token id).
+    pub max_input_bytes: usize,
+    /// Texts per embeddings request.
+    pub max_embedding_inputs: usize,
 }
 
 /// Where a route's requests go.
@@ -316,6 +346,21 @@ pub struct PluginRef {
     pub max_http_calls: usize,
     /// Longest compilation accepted.
     pub max_compile: Duration,
+    /// Instances in use at once.
+    pub max_instances: usize,
+    /// Idle instances kept for reuse.
+    pub max_idle_instances: usize,
+    /// Shared data bytes (keys, values, 64 per key).
+    pub shared_data_bytes: usize,
+    /// Metrics the plugin may define.
+    pub max_metrics: usize,
+    /// Log lines per second.
+    pub log_lines_per_second: u32,
+    /// Longest `proxy_http_call` timeout.
+    pub max_http_call_timeout: Duration,
+    /// The route's `max_body_bytes`: the largest request body the plugin may
+    /// make with `proxy_set_buffer_bytes`.
+    pub max_request_body_bytes: u64,
 }
 
 /// A validated header rewrite: names lower-cased, values checked.

@@ -2,8 +2,8 @@
 
 use crate::file::*;
 use crate::{
-    Certificate, Config, HashKey, HeaderRewrite, HealthCheck, InferencePool, Limits, Listener,
-    PluginRef, Pool, Problem, Route, Target, Tls,
+    Certificate, Config, HashKey, HeaderRewrite, HealthCheck, InferencePool, InputLimits, Limits,
+    Listener, PluginRef, Pool, Problem, Route, Target, Tls,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -313,15 +313,29 @@ enum PemKind {
     PrivateKey,
 }
 
+/// Largest certificate or key file read, in bytes (a chain is a few KiB).
+pub const MAX_PEM_FILE_BYTES: u64 = 1 << 20;
+
 /// A TLS file must exist, be readable, and hold what it should; name the file if not.
 fn check_pem(c: &mut Checker, path: String, file: &Path, kind: PemKind) {
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
-        Err(e) => {
-            c.fail(path, format!("cannot read `{}`: {e}", file.display()));
-            return;
-        }
-    };
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_PEM_FILE_BYTES + 1).read_to_end(&mut bytes));
+    if let Err(e) = read {
+        c.fail(path, format!("cannot read `{}`: {e}", file.display()));
+        return;
+    }
+    if bytes.len() as u64 > MAX_PEM_FILE_BYTES {
+        c.fail(
+            path,
+            format!(
+                "`{}` is larger than {MAX_PEM_FILE_BYTES} bytes",
+                file.display()
+            ),
+        );
+        return;
+    }
     let mut reader = bytes.as_slice();
     let ok = match kind {
         PemKind::Certificate => rustls_pemfile::certs(&mut reader).any(|r| r.is_ok()),
@@ -559,6 +573,23 @@ fn convert_inference_pool(c: &mut Checker, at: &str, p: &InferencePoolSection) -
             p.resolve_interval_ms,
             DEFAULT_RESOLVE_INTERVAL_MS,
         ),
+        input: InputLimits {
+            max_messages: c.at_least_one(
+                format!("{at}.max_messages"),
+                p.max_messages,
+                DEFAULT_INFERENCE_MAX_MESSAGES,
+            ),
+            max_input_bytes: c.at_least_one(
+                format!("{at}.max_input_bytes"),
+                p.max_input_bytes,
+                DEFAULT_INFERENCE_MAX_INPUT_BYTES,
+            ),
+            max_embedding_inputs: c.at_least_one(
+                format!("{at}.max_embedding_inputs"),
+                p.max_embedding_inputs,
+                DEFAULT_INFERENCE_MAX_EMBEDDING_INPUTS,
+            ),
+        },
     }
 }
 
@@ -681,6 +712,21 @@ fn convert_plugin(
             format!("{memory_bytes} is below one Wasm page (65536 bytes)"),
         );
     }
+    let max_instances = c.at_least_one(
+        format!("{at}.max_instances"),
+        p.max_instances,
+        DEFAULT_PLUGIN_MAX_INSTANCES,
+    );
+    if max_instances > MAX_PLUGIN_ENGINE_INSTANCES {
+        c.fail(
+            format!("{at}.max_instances"),
+            format!("must be at most {MAX_PLUGIN_ENGINE_INSTANCES} (the plugin engine's instance slots)"),
+        );
+    }
+    let max_idle_instances = p
+        .max_idle_instances
+        .unwrap_or(DEFAULT_PLUGIN_MAX_IDLE_INSTANCES)
+        .min(max_instances);
     PluginRef {
         name: p.name.clone(),
         file,
@@ -707,6 +753,22 @@ fn convert_plugin(
             format!("{at}.max_compile_ms"),
             p.max_compile_ms,
             DEFAULT_PLUGIN_MAX_COMPILE_MS,
+        ),
+        max_instances,
+        max_idle_instances,
+        // The route's max_body_bytes, set once the route's is known.
+        max_request_body_bytes: u64::MAX,
+        shared_data_bytes: p
+            .shared_data_bytes
+            .unwrap_or(DEFAULT_PLUGIN_SHARED_DATA_BYTES),
+        max_metrics: p.max_metrics.unwrap_or(DEFAULT_PLUGIN_MAX_METRICS),
+        log_lines_per_second: p
+            .log_lines_per_second
+            .unwrap_or(DEFAULT_PLUGIN_LOG_LINES_PER_SECOND),
+        max_http_call_timeout: c.millis(
+            format!("{at}.max_http_call_timeout_ms"),
+            p.max_http_call_timeout_ms,
+            DEFAULT_PLUGIN_MAX_HTTP_CALL_TIMEOUT_MS,
         ),
     }
 }
@@ -784,6 +846,9 @@ fn convert_route(
     let request_headers = convert_rewrite(c, &format!("{at}.request_headers"), &r.request_headers);
     let response_headers =
         convert_rewrite(c, &format!("{at}.response_headers"), &r.response_headers);
+    for p in &mut plugins {
+        p.max_request_body_bytes = max_body_bytes;
+    }
     Some(Route {
         name: r.name.clone(),
         target: target?,

@@ -13,7 +13,7 @@ pub struct Message {
 }
 
 /// A compiled chat template.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,

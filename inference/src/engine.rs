@@ -15,6 +15,7 @@ use crate::sequence::{sample, Sampler, TextStream};
 use candle_transformers::generation::LogitsProcessor;
 use gantry_config::backend::ModelLimits;
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub enum Finish {
     Eos,
     /// The backend stopped it (drain past the grace period).
     Cancelled,
+    /// This sequence failed on its own (its sampling or detokenizing): it alone
+    /// leaves the batch; the others go on.
+    Failed,
 }
 
 /// What a request's stream receives.
@@ -234,6 +238,45 @@ struct Running {
     first_token: Option<Instant>,
 }
 
+impl Running {
+    /// Pick this sequence's next token from its row of `logits` (or take the
+    /// batch's greedy pick) and send the text it completes; `Some` when the
+    /// sequence ends here (end of sequence, stop string).
+    fn advance(
+        &mut self,
+        greedy: Option<u32>,
+        logits: &candle_core::Tensor,
+        row: usize,
+        tokenizer: &Tokenizer,
+        eos: &[u32],
+        now: Instant,
+    ) -> candle_core::Result<Option<Finish>> {
+        let token = match greedy {
+            Some(token) => token,
+            None => sample(
+                &mut self.processor,
+                &self.job.sampler,
+                &logits.get(row)?,
+                &self.tokens,
+            )?,
+        };
+        self.first_token.get_or_insert(now);
+        self.generated += 1;
+        self.tokens.push(token);
+        if eos.contains(&token) {
+            return Ok(Some(Finish::Eos));
+        }
+        let step = self.stream.push(tokenizer, token, &self.job.sampler.stop);
+        if !step.text.is_empty() || !step.ids.is_empty() {
+            let _ = self.job.events.send(Event::Delta {
+                text: step.text,
+                ids: step.ids,
+            });
+        }
+        Ok(step.stopped.then_some(Finish::Stop))
+    }
+}
+
 struct Scheduler {
     model: Llama,
     tokenizer: Arc<Tokenizer>,
@@ -432,38 +475,36 @@ impl Scheduler {
             if seq.unfed > 0 {
                 continue;
             }
-            let token = match &greedy {
-                Some(g) if seq.job.sampler.is_plain_greedy() => g[row],
-                _ => sample(
-                    &mut seq.processor,
-                    &seq.job.sampler,
-                    &logits.get(row)?,
-                    &seq.tokens,
-                )?,
+            let greedy = match &greedy {
+                Some(g) if seq.job.sampler.is_plain_greedy() => Some(g[row]),
+                _ => None,
             };
-            produced += 1;
-            seq.first_token.get_or_insert(now);
-            seq.generated += 1;
-            seq.tokens.push(token);
-            if self.eos.contains(&token) {
-                finished.push((i, Finish::Eos));
-                continue;
-            }
-            let step = seq
-                .stream
-                .push(&self.tokenizer, token, &seq.job.sampler.stop);
-            if !step.text.is_empty() || !step.ids.is_empty() {
-                let _ = seq.job.events.send(Event::Delta {
-                    text: step.text,
-                    ids: step.ids,
-                });
-            }
-            if step.stopped {
-                finished.push((i, Finish::Stop));
-            } else if seq.generated >= seq.job.sampler.max_tokens
-                || seq.tokens.len() >= self.limits.max_context
-            {
-                finished.push((i, Finish::Length));
+            // One sequence's failure (an error, or a panic in sampling or the
+            // tokenizer) ends that sequence only.
+            let next = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                seq.advance(greedy, &logits, row, &self.tokenizer, &self.eos, now)
+            }));
+            let end = match next {
+                Ok(Ok(end)) => {
+                    produced += 1;
+                    end
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(target: "gantry::backend", request_id = %seq.job.request_id, error = %err, "sequence failed; it alone leaves the batch");
+                    Some(Finish::Failed)
+                }
+                Err(_) => {
+                    tracing::error!(target: "gantry::backend", request_id = %seq.job.request_id, "sequence panicked; it alone leaves the batch");
+                    Some(Finish::Failed)
+                }
+            };
+            let end = end.or_else(|| {
+                (seq.generated >= seq.job.sampler.max_tokens
+                    || seq.tokens.len() >= self.limits.max_context)
+                    .then_some(Finish::Length)
+            });
+            if let Some(reason) = end {
+                finished.push((i, reason));
             }
         }
         self.recent.push_back((now, produced));

@@ -15,6 +15,7 @@ pub mod hf;
 pub mod host_attention;
 pub mod llama;
 pub mod metrics;
+pub mod prompt;
 pub mod sequence;
 pub mod server;
 pub mod synthetic;

@@ -5,14 +5,16 @@
 //! [`ShutdownHandle::drain`]): NOT_SERVING, new requests get UNAVAILABLE,
 //! running streams finish within the grace period, the rest end `cancelled`.
 
-use crate::chat::{ChatTemplate, Message};
+use crate::chat::Message;
 use crate::embed::Embedder;
 use crate::engine::{Event, Finish, GenerateEngine, Job, Load, SubmitError};
 use crate::llama::Llama;
 use crate::metrics::Metrics;
+use crate::prompt::{PromptEncoder, PromptError, PromptText};
 use crate::sequence::Sampler;
 use candle_core::Device;
 use gantry_config::backend::{BackendConfig, DeviceSpec, ModelConfig, ModelKind, ModelLimits};
+use gantry_proto::limits;
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::inference_server::{Inference, InferenceServer};
 use std::collections::BTreeMap;
@@ -26,12 +28,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream, WatchStrea
 use tokio_stream::{Stream, StreamExt, StreamMap};
 use tonic::{Request, Response, Status};
 
-/// Longest accepted `request_id`, in bytes.
-pub const MAX_REQUEST_ID_BYTES: usize = 128;
-/// Most stop strings per request.
-pub const MAX_STOP_SEQUENCES: usize = 4;
-/// Longest stop string, in bytes.
-pub const MAX_STOP_BYTES: usize = 64;
+pub use gantry_proto::limits::{MAX_REQUEST_ID_BYTES, MAX_STOP_BYTES, MAX_STOP_SEQUENCES};
 /// Retry hint, in seconds, sent with RESOURCE_EXHAUSTED.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 /// Load reports go out at least this often while a model is busy.
@@ -43,8 +40,7 @@ pub const SERVICE_NAME: &str = "gantry.inference.v1.Inference";
 enum Served {
     Generate {
         engine: GenerateEngine,
-        tokenizer: Arc<tokenizers::Tokenizer>,
-        chat: Option<Box<ChatTemplate>>,
+        prompts: Arc<PromptEncoder>,
         vocab: usize,
     },
     Embed {
@@ -168,24 +164,15 @@ impl Service {
                 limits.max_context
             )));
         }
-        let temperature = s.temperature.unwrap_or(0.0);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(invalid(format!(
-                "sampling.temperature must be between 0 and 2 (got {temperature})"
-            )));
+        if let Err((field, message)) =
+            limits::check_sampling(s.temperature, s.top_p, s.repetition_penalty)
+        {
+            debug_assert!(message.starts_with(field));
+            return Err(invalid(format!("sampling.{message}")));
         }
+        let temperature = limits::effective_temperature(s.temperature.unwrap_or(0.0));
         let top_p = s.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(invalid(format!(
-                "sampling.top_p must be greater than 0 and at most 1 (got {top_p})"
-            )));
-        }
         let repetition_penalty = s.repetition_penalty.unwrap_or(1.0);
-        if !(repetition_penalty > 0.0 && repetition_penalty <= 2.0) {
-            return Err(invalid(format!(
-                "sampling.repetition_penalty must be greater than 0 and at most 2 (got {repetition_penalty})"
-            )));
-        }
         if s.stop.len() > MAX_STOP_SEQUENCES {
             return Err(invalid(format!(
                 "sampling.stop has {} entries; at most {MAX_STOP_SEQUENCES}",
@@ -211,16 +198,16 @@ impl Service {
         })
     }
 
-    fn prompt_ids(
+    async fn prompt_ids(
         &self,
         name: &str,
-        tokenizer: &tokenizers::Tokenizer,
-        chat: Option<&ChatTemplate>,
+        prompts: &Arc<PromptEncoder>,
         vocab: usize,
+        max_context: usize,
         input: Option<pb::generate_request::Input>,
     ) -> Result<Vec<u32>, Status> {
         use pb::generate_request::Input;
-        let text = match input {
+        let (text, field) = match input {
             None => {
                 return Err(invalid(
                     "one of prompt, chat or token_ids must be set".to_string(),
@@ -246,7 +233,7 @@ impl Service {
                 if p.is_empty() {
                     return Err(invalid("prompt must not be empty".to_string()));
                 }
-                p
+                (PromptText::Text(p), "prompt")
             }
             Some(Input::Chat(c)) => {
                 if c.messages.is_empty() {
@@ -256,16 +243,16 @@ impl Service {
                     if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
                         return Err(invalid(format!(
                             "chat.messages[{i}].role must be one of system, user, assistant (got `{}`)",
-                            m.role
+                            m.role.chars().take(32).collect::<String>()
                         )));
                     }
                 }
-                let template = chat.ok_or_else(|| {
-                    invalid(format!(
+                if !prompts.has_chat_template() {
+                    return Err(invalid(format!(
                         "model {name} has no chat template; send a prompt instead"
-                    ))
-                })?;
-                let messages: Vec<Message> = c
+                    )));
+                }
+                let messages = c
                     .messages
                     .into_iter()
                     .map(|m| Message {
@@ -273,15 +260,19 @@ impl Service {
                         content: m.content,
                     })
                     .collect();
-                template
-                    .render(&messages)
-                    .map_err(|e| invalid(format!("chat.messages: the chat template failed: {e}")))?
+                (PromptText::Chat(messages), "chat.messages")
             }
         };
-        let encoding = tokenizer
-            .encode(text.as_str(), false)
-            .map_err(|e| Status::internal(format!("tokenizer: {e}")))?;
-        Ok(encoding.get_ids().to_vec())
+        prompts
+            .encode(text, field, max_context)
+            .await
+            .map_err(|e| match e {
+                PromptError::Invalid(message) => invalid(message),
+                PromptError::Internal(detail) => {
+                    tracing::error!(target: "gantry::backend", model = %name, error = %detail, "tokenizing a prompt failed");
+                    Status::internal("tokenizing the prompt failed")
+                }
+            })
     }
 }
 
@@ -291,6 +282,7 @@ fn finish_reason(f: Finish) -> pb::FinishReason {
         Finish::Stop => pb::FinishReason::Stop,
         Finish::Eos => pb::FinishReason::Eos,
         Finish::Cancelled => pb::FinishReason::Cancelled,
+        Finish::Failed => pb::FinishReason::Error,
     }
 }
 
@@ -338,8 +330,7 @@ impl Service {
         let name = &model.config.name;
         let Served::Generate {
             engine,
-            tokenizer,
-            chat,
+            prompts,
             vocab,
         } = &model.served
         else {
@@ -353,7 +344,9 @@ impl Service {
                 req.request_id.len()
             )));
         }
-        let prompt = self.prompt_ids(name, tokenizer, chat.as_deref(), *vocab, req.input)?;
+        let prompt = self
+            .prompt_ids(name, prompts, *vocab, model.limits.max_context, req.input)
+            .await?;
         if prompt.len() >= model.limits.max_context {
             return Err(invalid(format!(
                 "prompt is {} tokens; at most {} for model {name} (max_context {})",
@@ -604,6 +597,12 @@ pub fn resident_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Prompts one model tokenizes at once (on blocking threads): the machine's
+/// cores, so tokenizing never takes more than the CPUs it could use anyway.
+fn tokenizer_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
 /// The candle device for a configured one.
 pub fn device(spec: DeviceSpec) -> anyhow::Result<Device> {
     match spec {
@@ -646,8 +645,11 @@ fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
                     loaded.eos,
                     limits,
                 ),
-                tokenizer,
-                chat: loaded.chat_template.map(Box::new),
+                prompts: Arc::new(PromptEncoder::new(
+                    tokenizer,
+                    loaded.chat_template,
+                    tokenizer_parallelism(),
+                )),
                 vocab,
             }
         }
@@ -736,6 +738,9 @@ impl Backend {
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
             tonic::transport::Server::builder()
+                // Adaptive HTTP/2 flow control: a large prompt arrives at link
+                // speed instead of one 64 KiB window per round trip.
+                .http2_adaptive_window(Some(true))
                 .add_service(health_service)
                 .add_service(InferenceServer::new(service))
                 .serve_with_incoming_shutdown(

@@ -252,6 +252,19 @@ fn map(http: &mut HttpState, t: MapType) -> Option<&mut Vec<(String, String)>> {
     }
 }
 
+/// Headers a plugin's local response may not set: the gateway frames the
+/// response itself, and hop-by-hop headers are the connection's.
+const LOCAL_RESPONSE_DROPPED: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
 /// Count a header a plugin adds; trap past `max_headers_added`.
 fn count_added(caller: &mut Ctx<'_>) -> Result<(), wasmtime::Error> {
     let state = caller.data_mut();
@@ -314,7 +327,10 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_log",
         |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| -> wasmtime::Result<i32> {
             let message = tri!(read(&mut c, ptr, len));
-            let message = String::from_utf8_lossy(&message);
+            if !c.data().shared.log_allowed() {
+                return Ok(Status::Ok as i32);
+            }
+            let message = crate::shared::log_line(&message);
             let plugin = c.data().plugin.clone();
             match level {
                 0 => tracing::trace!(target: "gantry::plugin", plugin = %plugin, "{message}"),
@@ -397,15 +413,26 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          len: i32|
          -> wasmtime::Result<i32> {
             let data = tri!(read(&mut c, ptr, len));
-            let http = &mut c.data_mut().http;
-            let body = match BufferType::from_abi(kind) {
-                Some(BufferType::RequestBody) => &mut http.request_body,
-                Some(BufferType::ResponseBody) => &mut http.response_body,
+            let state = c.data_mut();
+            let (body, max) = match BufferType::from_abi(kind) {
+                Some(BufferType::RequestBody) => (
+                    &mut state.http.request_body,
+                    state.limits.max_request_body_bytes,
+                ),
+                // One response chunk (or the held ones) at a time.
+                Some(BufferType::ResponseBody) => (
+                    &mut state.http.response_body,
+                    state.limits.bytes_per_host_call,
+                ),
                 _ => return Ok(Status::BadArgument as i32),
             };
             // Replace `size` bytes at `start` (the SDK's set_*_body(start, size, data)).
             let start = (start as u32 as usize).min(body.len());
             let end = start.saturating_add(size as u32 as usize).min(body.len());
+            if body.len() - (end - start) + data.len() > max {
+                state.shared.hit(crate::shared::HostLimit::BodyBytes);
+                return Ok(Status::BadArgument as i32);
+            }
             body.splice(start..end, data);
             Ok(Status::Ok as i32)
         },
@@ -613,12 +640,21 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             if !(200..=599).contains(&status) {
                 return Ok(Status::BadArgument as i32);
             }
+            // Framing is the gateway's: the plugin's framing and hop-by-hop
+            // headers are dropped; every other header counts as one added.
+            let headers: Vec<(String, String)> = headers
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .filter(|(k, _)| {
+                    !LOCAL_RESPONSE_DROPPED.contains(&k.as_str()) && !k.starts_with(':')
+                })
+                .collect();
+            for _ in &headers {
+                count_added(&mut c)?;
+            }
             c.data_mut().http.local_response = Some(LocalResponse {
                 status: status as u16,
-                headers: headers
-                    .into_iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                    .collect(),
+                headers,
                 body,
             });
             Ok(Status::Ok as i32)
@@ -660,8 +696,9 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let key = tri!(read_str(&mut c, kptr, klen));
             let value = tri!(read(&mut c, vptr, vlen));
             Ok(match c.data().shared.set(key, value, cas as u32) {
-                true => Status::Ok,
-                false => Status::CasMismatch,
+                Ok(()) => Status::Ok,
+                Err(crate::shared::SetRefused::CasMismatch) => Status::CasMismatch,
+                Err(crate::shared::SetRefused::Full) => Status::BadArgument,
             } as i32)
         },
     )?;
@@ -761,7 +798,13 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     .map(|(k, v)| (k.to_ascii_lowercase(), v))
                     .collect(),
                 body,
-                timeout: std::time::Duration::from_millis(u64::from(timeout_ms as u32)),
+                // 0 (no timeout) and anything longer get the plugin's maximum.
+                timeout: match std::time::Duration::from_millis(u64::from(timeout_ms as u32)) {
+                    t if t.is_zero() || t > state.limits.max_http_call_timeout => {
+                        state.limits.max_http_call_timeout
+                    }
+                    t => t,
+                },
                 max_response_bytes: state.limits.bytes_per_host_call,
             });
             Ok(match write_u32(&mut c, token_out, token) {

@@ -20,10 +20,14 @@
 
 pub mod abi;
 mod host;
+mod shared;
+
+pub use shared::{
+    Metric, MetricKind, Shared, MAX_LOG_LINE_BYTES, MAX_METRIC_NAME_BYTES, SHARED_DATA_ENTRY_BYTES,
+};
 
 use host::{HostState, HttpState, LimitTrap};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::{
@@ -33,11 +37,14 @@ use wasmtime::{
 
 use gantry_config::file::{
     DEFAULT_PLUGIN_BYTES_PER_HOST_CALL as DEFAULT_BYTES_PER_HOST_CALL,
-    DEFAULT_PLUGIN_CPU_PER_CALL_MS, DEFAULT_PLUGIN_MAX_COMPILE_MS,
-    DEFAULT_PLUGIN_MAX_HEADERS_ADDED as DEFAULT_MAX_HEADERS_ADDED,
+    DEFAULT_PLUGIN_CPU_PER_CALL_MS, DEFAULT_PLUGIN_LOG_LINES_PER_SECOND,
+    DEFAULT_PLUGIN_MAX_COMPILE_MS, DEFAULT_PLUGIN_MAX_HEADERS_ADDED as DEFAULT_MAX_HEADERS_ADDED,
     DEFAULT_PLUGIN_MAX_HTTP_CALLS as DEFAULT_MAX_HTTP_CALLS,
+    DEFAULT_PLUGIN_MAX_HTTP_CALL_TIMEOUT_MS,
+    DEFAULT_PLUGIN_MAX_IDLE_INSTANCES as DEFAULT_MAX_IDLE_INSTANCES,
+    DEFAULT_PLUGIN_MAX_INSTANCES as DEFAULT_MAX_INSTANCES, DEFAULT_PLUGIN_MAX_METRICS,
     DEFAULT_PLUGIN_MAX_MODULE_BYTES as DEFAULT_MAX_MODULE_BYTES,
-    DEFAULT_PLUGIN_MEMORY_BYTES as DEFAULT_MEMORY_BYTES,
+    DEFAULT_PLUGIN_MEMORY_BYTES as DEFAULT_MEMORY_BYTES, DEFAULT_PLUGIN_SHARED_DATA_BYTES,
 };
 
 /// CPU one hook call may use before it is interrupted.
@@ -52,7 +59,7 @@ pub const UNHEALTHY_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest time an unhealthy plugin is left out.
 pub const UNHEALTHY_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Instances the pooling allocator keeps per engine.
-const POOL_INSTANCES: u32 = 1000;
+const POOL_INSTANCES: u32 = gantry_config::file::MAX_PLUGIN_ENGINE_INSTANCES as u32;
 
 /// A plugin's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +78,22 @@ pub struct PluginLimits {
     pub max_http_calls: usize,
     /// Longest compilation accepted.
     pub max_compile: Duration,
+    /// Instances in use at once (one per request in its plugin phase); more
+    /// requests get [`PluginError::Busy`].
+    pub max_instances: usize,
+    /// Idle instances kept for reuse; more are dropped.
+    pub max_idle_instances: usize,
+    /// Shared data bytes: keys, values and [`SHARED_DATA_ENTRY_BYTES`] per key.
+    pub shared_data_bytes: usize,
+    /// Metrics the plugin may define.
+    pub max_metrics: usize,
+    /// Log lines per second; more are dropped.
+    pub log_lines_per_second: u32,
+    /// Longest `proxy_http_call` timeout; longer ones (and 0) get this.
+    pub max_http_call_timeout: Duration,
+    /// Largest request body a plugin may make with `proxy_set_buffer_bytes`
+    /// (the route's `max_body_bytes`).
+    pub max_request_body_bytes: usize,
 }
 
 impl PluginLimits {
@@ -84,6 +107,13 @@ impl PluginLimits {
             max_module_bytes: p.max_module_bytes,
             max_http_calls: p.max_http_calls,
             max_compile: p.max_compile,
+            max_instances: p.max_instances,
+            max_idle_instances: p.max_idle_instances,
+            shared_data_bytes: p.shared_data_bytes,
+            max_metrics: p.max_metrics,
+            log_lines_per_second: p.log_lines_per_second,
+            max_http_call_timeout: p.max_http_call_timeout,
+            max_request_body_bytes: usize::try_from(p.max_request_body_bytes).unwrap_or(usize::MAX),
         }
     }
 }
@@ -98,6 +128,13 @@ impl Default for PluginLimits {
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             max_http_calls: DEFAULT_MAX_HTTP_CALLS,
             max_compile: Duration::from_millis(DEFAULT_PLUGIN_MAX_COMPILE_MS),
+            max_instances: DEFAULT_MAX_INSTANCES,
+            max_idle_instances: DEFAULT_MAX_IDLE_INSTANCES,
+            shared_data_bytes: DEFAULT_PLUGIN_SHARED_DATA_BYTES,
+            max_metrics: DEFAULT_PLUGIN_MAX_METRICS,
+            log_lines_per_second: DEFAULT_PLUGIN_LOG_LINES_PER_SECOND,
+            max_http_call_timeout: Duration::from_millis(DEFAULT_PLUGIN_MAX_HTTP_CALL_TIMEOUT_MS),
+            max_request_body_bytes: usize::MAX,
         }
     }
 }
@@ -194,6 +231,17 @@ pub enum PluginError {
         plugin: String,
         /// Time left before it runs again.
         retry_in: Duration,
+    },
+    /// Every instance the plugin may have (`max_instances`) is serving another
+    /// request. Not a failure of the plugin: it never counts towards the
+    /// unhealthy backoff, and the request is refused (503) whatever the failure
+    /// policy, so a busy auth plugin is never skipped.
+    #[error("plugin `{plugin}` is busy: all {max_instances} instances (max_instances) are in use")]
+    Busy {
+        /// Plugin name.
+        plugin: String,
+        /// The limit.
+        max_instances: usize,
     },
     /// A hook trapped, ran out of CPU time, or broke a limit.
     #[error("plugin `{plugin}` failed in {hook}: {reason}")]
@@ -343,9 +391,10 @@ impl PluginEngine {
             configuration: configuration.into(),
             limits,
             failure,
-            shared: Arc::new(Shared::default()),
+            shared: Arc::new(Shared::new(&limits)),
             upstreams: upstreams.into(),
             idle: Mutex::new(Vec::new()),
+            in_use: AtomicUsize::new(0),
             next_context: AtomicU32::new(2),
             health: Mutex::new(Health::default()),
         });
@@ -355,106 +404,6 @@ impl PluginEngine {
         })?;
         plugin.idle.lock().expect("idle lock").push(vm);
         Ok(plugin)
-    }
-}
-
-/// Metrics and shared data of one plugin, visible to all its instances and to no
-/// other plugin.
-#[derive(Debug, Default)]
-pub struct Shared {
-    data: Mutex<HashMap<String, (Vec<u8>, u32)>>,
-    metrics: Mutex<Vec<Metric>>,
-}
-
-/// A metric a plugin defined.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Metric {
-    /// Its name, as the plugin gave it.
-    pub name: String,
-    /// `counter`, `gauge` or `histogram`.
-    pub kind: MetricKind,
-    /// Counter or gauge value; for a histogram, the last recorded value.
-    pub value: u64,
-}
-
-/// Metric types of the ABI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricKind {
-    /// Only goes up.
-    Counter,
-    /// Set or moved.
-    Gauge,
-    /// Recorded values.
-    Histogram,
-}
-
-impl Shared {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.data.lock().expect("shared lock").get(key).cloned()
-    }
-
-    /// Set `key` if `cas` is 0 or equals its current version.
-    fn set(&self, key: String, value: Vec<u8>, cas: u32) -> bool {
-        let mut data = self.data.lock().expect("shared lock");
-        let entry = data.entry(key).or_insert((Vec::new(), 0));
-        if cas != 0 && cas != entry.1 {
-            return false;
-        }
-        *entry = (value, entry.1.wrapping_add(1).max(1));
-        true
-    }
-
-    fn define_metric(&self, kind: i32, name: &str) -> Option<u32> {
-        let kind = match kind {
-            0 => MetricKind::Counter,
-            1 => MetricKind::Gauge,
-            2 => MetricKind::Histogram,
-            _ => return None,
-        };
-        let mut metrics = self.metrics.lock().expect("metrics lock");
-        if let Some(i) = metrics.iter().position(|m| m.name == name) {
-            return Some(i as u32);
-        }
-        metrics.push(Metric {
-            name: name.into(),
-            kind,
-            value: 0,
-        });
-        Some(metrics.len() as u32 - 1)
-    }
-
-    fn increment_metric(&self, id: u32, offset: i64) -> bool {
-        let mut metrics = self.metrics.lock().expect("metrics lock");
-        let Some(m) = metrics.get_mut(id as usize) else {
-            return false;
-        };
-        if m.kind == MetricKind::Counter && offset < 0 {
-            return false;
-        }
-        m.value = m.value.saturating_add_signed(offset);
-        true
-    }
-
-    fn record_metric(&self, id: u32, value: u64) -> bool {
-        let mut metrics = self.metrics.lock().expect("metrics lock");
-        let Some(m) = metrics.get_mut(id as usize) else {
-            return false;
-        };
-        m.value = value;
-        true
-    }
-
-    fn metric_value(&self, id: u32) -> Option<u64> {
-        self.metrics
-            .lock()
-            .expect("metrics lock")
-            .get(id as usize)
-            .map(|m| m.value)
-    }
-
-    /// Every metric the plugin defined, for export.
-    pub fn metrics(&self) -> Vec<Metric> {
-        self.metrics.lock().expect("metrics lock").clone()
     }
 }
 
@@ -498,6 +447,8 @@ pub struct Plugin {
     shared: Arc<Shared>,
     upstreams: Arc<[String]>,
     idle: Mutex<Vec<Vm>>,
+    /// Instances checked out by requests now.
+    in_use: AtomicUsize,
     next_context: AtomicU32,
     health: Mutex<Health>,
 }
@@ -707,11 +658,42 @@ impl Plugin {
                 });
             }
         }
+        let max = self.limits.max_instances;
+        if self
+            .in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(PluginError::Busy {
+                plugin: self.name.clone(),
+                max_instances: max,
+            });
+        }
         let started = self.start_request_inner(properties);
         if started.is_err() {
+            self.in_use.fetch_sub(1, Ordering::AcqRel);
             self.record_failure();
         }
         started
+    }
+
+    /// Instances checked out by requests now.
+    pub fn instances_in_use(&self) -> usize {
+        self.in_use.load(Ordering::Acquire)
+    }
+
+    /// Give back an instance whose request ended: kept for reuse while the idle
+    /// list is under `max_idle_instances`, else dropped.
+    fn check_in(&self, vm: Option<Vm>) {
+        self.in_use.fetch_sub(1, Ordering::AcqRel);
+        if let Some(vm) = vm {
+            let mut idle = self.idle.lock().expect("idle lock");
+            if idle.len() < self.limits.max_idle_instances {
+                idle.push(vm);
+            }
+        }
     }
 
     fn start_request_inner(
@@ -1127,6 +1109,7 @@ impl HttpContext {
 impl Drop for HttpContext {
     fn drop(&mut self) {
         let Some(mut vm) = self.vm.take() else {
+            self.plugin.check_in(None);
             return;
         };
         let deadline = self.plugin.deadline_ticks();
@@ -1141,7 +1124,9 @@ impl Drop for HttpContext {
         }
         if ok {
             vm.store.data_mut().http = HttpState::default();
-            self.plugin.idle.lock().expect("idle lock").push(vm);
+            self.plugin.check_in(Some(vm));
+        } else {
+            self.plugin.check_in(None);
         }
     }
 }

@@ -29,8 +29,16 @@ impl AdminApp {
     /// Copy the metrics plugins defined (proxy_define_metric) into
     /// `gantry_plugin_metric{route,plugin,name,kind}`.
     fn refresh_plugin_metrics(&self) {
+        // Only the plugins loaded now: a reloaded plugin's old series leave.
+        self.metrics.plugin_defined.reset();
         for (route, plugins) in &self.plugins.by_route_name() {
             for p in plugins {
+                for (limit, n) in p.shared().take_limit_hits() {
+                    self.metrics
+                        .plugin_limit_hits
+                        .with_label_values(&[&p.name, limit])
+                        .inc_by(n);
+                }
                 for m in p.shared().metrics() {
                     let kind = match m.kind {
                         gantry_plugins::MetricKind::Counter => "counter",

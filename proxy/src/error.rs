@@ -1,6 +1,7 @@
 //! The one table from gateway errors to client responses.
 //!
-//! Clients get a small, stable JSON body `{"error": {"message", "type", "code"}}`; the
+//! Clients get a small, stable JSON body `{"error": {"message", "type", "param",
+//! "code"}}`, the same vocabulary as the OpenAI-compatible API's errors; the
 //! `code` never changes meaning, the message says what limit or rule applied, and no
 //! internal detail (addresses, error chains) leaks. Logs get the full story.
 
@@ -53,6 +54,12 @@ pub enum GatewayError {
         /// The plugin's name on the route.
         plugin: String,
     },
+    /// Every instance of a route's plugin is serving another request.
+    #[error("plugin `{plugin}` is busy; retry shortly")]
+    PluginBusy {
+        /// The plugin's name on the route.
+        plugin: String,
+    },
     /// A bug or resource failure inside the gateway.
     #[error("internal gateway error")]
     Internal,
@@ -69,7 +76,7 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { .. } => 431,
             GatewayError::Internal | GatewayError::PluginFailed { .. } => 500,
             GatewayError::UpstreamUnreachable | GatewayError::BadGateway => 502,
-            GatewayError::NoHealthyEndpoint => 503,
+            GatewayError::NoHealthyEndpoint | GatewayError::PluginBusy { .. } => 503,
             GatewayError::UpstreamTimeout => 504,
         }
     }
@@ -88,15 +95,17 @@ impl GatewayError {
             GatewayError::BadRequest => "bad_request",
             GatewayError::Internal => "internal_error",
             GatewayError::PluginFailed { .. } => "plugin_failed",
+            GatewayError::PluginBusy { .. } => "plugin_busy",
         }
     }
 
-    /// Error family, as in OpenAI-style error bodies.
+    /// Error family, as in OpenAI error bodies: `invalid_request_error` (the
+    /// client's fault) or `server_error`.
     pub fn kind(&self) -> &'static str {
         if self.status() < 500 {
             "invalid_request_error"
         } else {
-            "upstream_error"
+            "server_error"
         }
     }
 
@@ -118,7 +127,7 @@ impl GatewayError {
     /// The JSON body sent to the client.
     pub fn body(&self) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
-            "error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}
+            "error": {"message": self.to_string(), "type": self.kind(), "param": null, "code": self.code()}
         }))
         .expect("serializing a JSON value cannot fail")
     }

@@ -41,10 +41,6 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// Equal to Pingora's retry buffer, which replays the read body to the upstream.
 const PREREAD_MAX_BYTES: u64 = 64 * 1024;
 
-/// How long a plugin's `proxy_http_call` may take when the plugin gives no
-/// timeout (0).
-const HTTP_CALL_DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Process-wide state the phases and the shutdown logic share.
 #[derive(Default)]
 pub struct Lifecycle {
@@ -240,15 +236,16 @@ impl Gateway {
     ) -> String {
         let (name, limit) = match err {
             gantry_plugins::PluginError::Trap { plugin, limit, .. } => (plugin.clone(), *limit),
+            gantry_plugins::PluginError::Busy { plugin, .. } => (plugin.clone(), Some("instances")),
             gantry_plugins::PluginError::TooLarge { plugin, .. }
             | gantry_plugins::PluginError::CompileTimeout { plugin, .. }
             | gantry_plugins::PluginError::Invalid { plugin, .. }
             | gantry_plugins::PluginError::Unhealthy { plugin, .. } => (plugin.clone(), None),
         };
-        let outcome = if matches!(err, gantry_plugins::PluginError::Unhealthy { .. }) {
-            "unhealthy"
-        } else {
-            "error"
+        let outcome = match err {
+            gantry_plugins::PluginError::Unhealthy { .. } => "unhealthy",
+            gantry_plugins::PluginError::Busy { .. } => "busy",
+            _ => "error",
         };
         if let Some(limit) = limit {
             self.metrics
@@ -257,7 +254,7 @@ impl Gateway {
                 .inc();
         }
         self.plugin_outcome(route, &name, hook, outcome);
-        if outcome == "unhealthy" {
+        if outcome == "unhealthy" || outcome == "busy" {
             // Said once when it was marked unhealthy; counted per request.
             tracing::debug!(request_id = %ctx.request_id, route = %self.router.route(route).name, plugin = %name, error = %err, "plugin skipped while unhealthy");
         } else {
@@ -278,7 +275,12 @@ impl Gateway {
         route: usize,
         plugins: &[Arc<gantry_plugins::Plugin>],
     ) -> Result<Option<Option<Bytes>>> {
-        let limit = self.router.route(route).max_body_bytes;
+        // A body no plugin could be handed in one host call is a 413, never a
+        // plugin trap a client could repeat to make the plugin unhealthy.
+        let limit = plugins
+            .iter()
+            .map(|p| p.limits.bytes_per_host_call as u64)
+            .fold(self.router.route(route).max_body_bytes, u64::min);
         let Some(mut body) = self.read_whole_body(session, ctx, limit).await? else {
             return Ok(None);
         };
@@ -347,6 +349,13 @@ impl Gateway {
                 }
                 Err(e) => {
                     let name = self.plugin_failed(route, ctx, "request", &e);
+                    if matches!(e, gantry_plugins::PluginError::Busy { .. }) {
+                        // Not the plugin's failure: never skipped, whatever its
+                        // failure policy (an auth plugin must not be bypassed).
+                        self.respond(session, ctx, GatewayError::PluginBusy { plugin: name })
+                            .await?;
+                        return Ok(None);
+                    }
                     if crate::plugins::fails_closed(plugin) {
                         self.respond(session, ctx, GatewayError::PluginFailed { plugin: name })
                             .await?;
@@ -382,7 +391,14 @@ impl Gateway {
             if let Some(pool) = self.inference.pool_index(&call.upstream) {
                 let (status, headers, body) = self
                     .inference
-                    .call(pool, method, &path, body, request_id)
+                    .call(
+                        pool,
+                        method,
+                        &path,
+                        header("content-type"),
+                        body,
+                        request_id,
+                    )
                     .await;
                 let mut pairs = vec![(":status".to_string(), status.to_string())];
                 pairs.extend(headers);
@@ -396,11 +412,9 @@ impl Gateway {
                 None => Err(format!("no pool named `{}`", call.upstream)),
             }
         };
-        let timeout = if call.timeout.is_zero() {
-            HTTP_CALL_DEFAULT_TIMEOUT
-        } else {
-            call.timeout
-        };
+        // The host gave it the plugin's max_http_call_timeout_ms when it asked
+        // for none or for more.
+        let timeout = call.timeout;
         let outcome = match tokio::time::timeout(timeout, work).await {
             Err(_) => Err(format!("no answer within {timeout:?}")),
             Ok(Ok((_, body))) if body.len() > limit => {
@@ -826,6 +840,9 @@ impl ProxyHttp for Gateway {
                     else {
                         return Ok(true);
                     };
+                    // The request phase is over: a long stream must not hold
+                    // the plugins' instances.
+                    ctx.plugin_contexts.clear();
                     let body = body.unwrap_or_default();
                     prepared = crate::inference::downstream::Prepared {
                         len: body.len() as u64,

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub inference_backend_load: IntGaugeVec,
     /// `gantry_inference_backend_lost_total{pool,backend}`: watch streams broke.
     pub inference_backend_lost: IntCounterVec,
+    /// `gantry_inference_backend_ejections_total{pool,backend}`: a failed call
+    /// took the backend out of rotation (a request's own fault never does).
+    pub inference_backend_ejections: IntCounterVec,
     /// `gantry_plugin_http_calls_total{plugin,upstream,result}`: plugins'
     /// `proxy_http_call`s, `ok` or `failed` (no pool, unreachable, timeout, too big).
     pub plugin_http_calls: IntCounterVec,
@@ -197,6 +200,11 @@ impl Metrics {
             "Times an inference backend's health and load streams broke",
             &pb,
         );
+        let inference_backend_ejections = counter(
+            "gantry_inference_backend_ejections_total",
+            "Times a failed call took an inference backend out of rotation",
+            &pb,
+        );
         let plugin_calls = counter(
             "gantry_plugin_calls_total",
             "Wasm plugin hook calls, by route, plugin, hook and outcome",
@@ -239,6 +247,7 @@ impl Metrics {
             Box::new(inference_backend_inflight.clone()),
             Box::new(inference_backend_load.clone()),
             Box::new(inference_backend_lost.clone()),
+            Box::new(inference_backend_ejections.clone()),
             Box::new(latency.clone()),
             Box::new(open_connections.clone()),
             Box::new(inflight_requests.clone()),
@@ -267,6 +276,7 @@ impl Metrics {
             inference_backend_inflight,
             inference_backend_load,
             inference_backend_lost,
+            inference_backend_ejections,
             plugin_calls,
             plugin_http_calls,
             plugin_limit_hits,

@@ -20,6 +20,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+/// A prompt (or chat message) containing this makes its own sequence fail after
+/// one token (`Finished` with `FINISH_REASON_ERROR`), as a request whose
+/// sampling cannot be computed does on a real backend; other requests go on.
+pub const FAIL_SEQUENCE_MARKER: &str = "fixture:fail-sequence";
+
 /// How a fixture behaves.
 #[derive(Debug, Clone)]
 pub struct Behaviour {
@@ -129,6 +134,15 @@ impl Inference for Service {
                 ))
             }
         };
+        let fails = match &req.input {
+            Some(pb::generate_request::Input::Prompt(p)) => p.contains(FAIL_SEQUENCE_MARKER),
+            Some(pb::generate_request::Input::Chat(c)) => c
+                .messages
+                .iter()
+                .any(|m| m.content.contains(FAIL_SEQUENCE_MARKER)),
+            _ => false,
+        };
+        let n = if fails { n.min(1) } else { n };
         let (tx, rx) = mpsc::channel(4);
         let stats = self.stats.clone();
         let slots = self.slots.clone();
@@ -175,8 +189,13 @@ impl Inference for Service {
                     return;
                 }
             }
+            let reason = if fails {
+                pb::FinishReason::Error
+            } else {
+                pb::FinishReason::Length
+            };
             let done = Event::Finished(pb::Finished {
-                reason: pb::FinishReason::Length as i32,
+                reason: reason as i32,
                 usage: Some(pb::Usage {
                     prompt_tokens,
                     completion_tokens: n,

@@ -137,7 +137,7 @@ async fn every_invalid_field_is_named_with_its_limit() {
         (
             with(&|s| s.repetition_penalty = Some(3.0)),
             Code::InvalidArgument,
-            "sampling.repetition_penalty must be greater than 0 and at most 2 (got 3)",
+            "sampling.repetition_penalty must be between 0.01 and 2 (got 3)",
         ),
         (
             with(&|s| s.stop = vec!["a".into(); 5]),
@@ -488,4 +488,77 @@ async fn streams_still_running_when_the_grace_period_ends_are_cancelled() {
     assert_eq!(fin.reason(), pb::FinishReason::Cancelled);
     assert!(fin.usage.unwrap().completion_tokens < 250);
     draining.await.unwrap().unwrap();
+}
+
+// The backend's runtime has several threads, as in `gantry backend`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn huge_prompts_are_refused_at_once_while_health_keeps_answering() {
+    let backend = start(small()).await;
+    let mut health = health_client(backend.addr).await;
+    // Just under tonic's 4 MiB message limit, so the backend's own check answers.
+    let huge = "hello ".repeat((4 << 20) / 6 - 200);
+    // Alone, a 4 MiB prompt is refused from its length: tokenizing it would
+    // take seconds.
+    let mut c = client(backend.addr).await;
+    let sent = Instant::now();
+    let status = refusal(&mut c, prompt(GEN, &huge, 4)).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        sent.elapsed() < Duration::from_millis(200),
+        "refused after {:?}",
+        sent.elapsed()
+    );
+    let mut calls = Vec::new();
+    for i in 0..32 {
+        let (addr, huge) = (backend.addr, huge.clone());
+        calls.push(tokio::spawn(async move {
+            let mut c = client(addr).await;
+            let req = if i % 2 == 0 {
+                prompt(GEN, &huge, 4)
+            } else {
+                pb::GenerateRequest {
+                    input: Some(pb::generate_request::Input::Chat(pb::ChatInput {
+                        messages: vec![pb::ChatMessage {
+                            role: "user".into(),
+                            content: huge,
+                        }],
+                    })),
+                    ..prompt(GEN, "x", 4)
+                }
+            };
+            let sent = Instant::now();
+            let status = refusal(&mut c, req).await;
+            (status, sent.elapsed())
+        }));
+    }
+    let mut slowest_health = Duration::ZERO;
+    while calls.iter().any(|c| !c.is_finished()) {
+        let asked = Instant::now();
+        let answer = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer.into_inner().status(), ServingStatus::Serving);
+        slowest_health = slowest_health.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for call in calls {
+        let (status, took) = call.await.unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(
+            status.message().contains("more than max_context 512"),
+            "{}",
+            status.message()
+        );
+        // All 32 arrive together: 128 MiB cross loopback on a shared 2-core
+        // machine in about 0.2 s, so each waits for the others' bytes.
+        assert!(took < Duration::from_millis(1000), "refused after {took:?}");
+    }
+    assert!(
+        slowest_health < Duration::from_millis(100),
+        "health took {slowest_health:?}"
+    );
+    backend.shutdown().await.unwrap();
 }

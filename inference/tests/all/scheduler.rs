@@ -268,3 +268,79 @@ async fn the_kv_budget_holds_requests_back_until_memory_frees() {
         "the held-back request runs once memory frees"
     );
 }
+
+#[tokio::test]
+async fn a_sequence_whose_sampling_fails_leaves_alone_and_the_batch_goes_on() {
+    let e = engine(limits(8, 8));
+    let (j, rx) = job("Count to a thousand:", greedy(40));
+    e.submit(j).unwrap();
+    let (alone, _, _, _) = run(rx).await;
+
+    // The same greedy stream again, with poisoned requests joining its batch.
+    // These samplers bypass the server's validation: dividing logits by a
+    // subnormal temperature or penalty overflows f32 and the softmax is NaN.
+    let (j, mut rx) = job("Count to a thousand:", greedy(40));
+    e.submit(j).unwrap();
+    assert!(matches!(rx.recv().await, Some(Event::Delta { .. })));
+    let poisons = [
+        Sampler {
+            temperature: 1e-45,
+            ..greedy(20)
+        },
+        Sampler {
+            temperature: 1.0,
+            repetition_penalty: 1e-38,
+            ..greedy(20)
+        },
+        Sampler {
+            temperature: f64::MIN_POSITIVE,
+            top_p: 0.5,
+            top_k: 5,
+            ..greedy(20)
+        },
+        Sampler {
+            temperature: f64::NAN,
+            ..greedy(20)
+        },
+    ];
+    let mut poisoned = Vec::new();
+    for sampler in poisons {
+        let (p, prx) = job("Once upon a time", sampler);
+        e.submit(p).unwrap();
+        poisoned.push(tokio::spawn(run(prx)));
+    }
+    let mut failed = 0;
+    for p in poisoned {
+        let (_, _, reason, _) = p.await.unwrap();
+        failed += usize::from(reason == Finish::Failed);
+    }
+    assert!(failed >= 3, "{failed} of 4 poisoned sequences failed");
+    let (mut text, mut n) = (String::new(), 0);
+    loop {
+        match rx.recv().await.expect("stream goes on") {
+            Event::Delta { text: t, ids } => {
+                text.push_str(&t);
+                n += ids.len();
+            }
+            Event::Finished {
+                reason,
+                completion_tokens,
+                ..
+            } => {
+                assert_eq!(reason, Finish::Length);
+                assert_eq!(completion_tokens, 40);
+                break;
+            }
+            Event::DeadlineExceeded { .. } => panic!("deadline"),
+        }
+    }
+    assert!(n >= 39, "every token after the first arrives ({n})");
+    assert!(
+        alone.ends_with(&text),
+        "same tokens as alone: {alone:?} vs {text:?}"
+    );
+    // The engine still serves.
+    let (j, rx) = job("Count to a thousand:", greedy(5));
+    e.submit(j).unwrap();
+    assert_eq!(run(rx).await.2, Finish::Length);
+}

@@ -604,3 +604,167 @@ fn the_response_phase_reads_the_request_headers_as_sent_but_cannot_change_them()
         "{response_headers:?}"
     );
 }
+
+#[test]
+fn instances_are_capped_per_plugin_and_idle_ones_beyond_the_bound_are_dropped() {
+    let limits = PluginLimits {
+        max_instances: 3,
+        max_idle_instances: 1,
+        ..PluginLimits::default()
+    };
+    let plugin = load(&module("(i32.const 0)"), limits);
+    let held: Vec<_> = (0..3)
+        .map(|_| plugin.start_request(Vec::new()).expect("under the cap"))
+        .collect();
+    assert_eq!(plugin.instances_in_use(), 3);
+    for _ in 0..5 {
+        match plugin.start_request(Vec::new()) {
+            Err(PluginError::Busy { max_instances, .. }) => assert_eq!(max_instances, 3),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+    }
+    assert!(
+        !plugin.is_unhealthy(),
+        "busy is not a failure (5 of them would trip it)"
+    );
+    drop(held);
+    assert_eq!(plugin.instances_in_use(), 0);
+    assert_eq!(
+        plugin.idle_instances(),
+        1,
+        "only max_idle_instances are kept"
+    );
+    // A trapped instance frees its slot too.
+    let trapping = load(&module("(unreachable)"), limits);
+    for _ in 0..4 {
+        let mut hc = trapping.start_request(Vec::new()).expect("slot free again");
+        let mut headers = request_headers();
+        assert!(hc.on_request_headers(&mut headers, true).is_err());
+    }
+    assert_eq!(trapping.instances_in_use(), 0);
+}
+
+#[test]
+fn a_plugin_cannot_grow_a_request_body_past_the_routes_limit() {
+    // The body hook writes 5 bytes ("hello") at the end of the body, again and
+    // again: past max_request_body_bytes the host refuses (BadArgument, 2),
+    // which the hook returns as its action's proof.
+    let body_hook = r#"
+      (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+        (local $status i32)
+        (local $size i32)
+        (local.set $size (local.get 1))
+        (block $done
+          (loop $grow
+            (local.set $status (call $set (i32.const 0) (local.get $size) (i32.const 0) (i32.const 48) (i32.const 5)))
+            (br_if $done (i32.ne (local.get $status) (i32.const 0)))
+            (local.set $size (i32.add (local.get $size) (i32.const 5)))
+            (br $grow)))
+        (if (i32.ne (local.get $status) (i32.const 2)) (then unreachable))
+        (i32.const 0))"#;
+    let wasm = module_with("(i32.const 1)", "(i32.const 0)", body_hook);
+    let limits = PluginLimits {
+        max_request_body_bytes: 100,
+        ..PluginLimits::default()
+    };
+    let plugin = load(&wasm, limits);
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let mut headers = request_headers();
+    let mut body = b"start".to_vec();
+    let decision =
+        ready(ctx.on_request(&mut headers, Some(&mut body), |_| async { None })).unwrap();
+    assert_eq!(decision, Decision::Continue, "refused, not trapped");
+    assert_eq!(body.len(), 100);
+    assert_eq!(plugin.shared().take_limit_hits(), vec![("body_bytes", 1)]);
+}
+
+#[test]
+fn local_responses_carry_no_framing_and_count_their_headers() {
+    // A local response with content-length, transfer-encoding, connection and
+    // one ordinary header (map encoded at 512).
+    let pairs: &[(&str, &str)] = &[
+        ("content-length", "999"),
+        ("Transfer-Encoding", "chunked"),
+        ("connection", "close"),
+        ("x-ok", "1"),
+    ];
+    let map = gantry_plugins::abi::encode_map(
+        &pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>(),
+    );
+    let data: String = map.iter().map(|b| format!("\\{b:02x}")).collect();
+    let respond = format!(
+        "(drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0) (i32.const 48) (i32.const 5) (i32.const 512) (i32.const {}) (i32.const -1))) (i32.const 1)",
+        map.len()
+    );
+    let extra = format!(r#"(data (i32.const 512) "{data}")"#);
+    let wasm = module_with(&respond, "(i32.const 0)", &extra);
+    let plugin = load(&wasm, PluginLimits::default());
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let mut headers = request_headers();
+    match ctx.on_request_headers(&mut headers, true).unwrap() {
+        Decision::Respond(r) => {
+            assert_eq!(r.headers, vec![("x-ok".to_string(), "1".to_string())]);
+            assert_eq!(r.body, b"hello");
+        }
+        other => panic!("expected a local response, got {other:?}"),
+    }
+    // With no header allowed, the one ordinary header is over the limit.
+    let strict = PluginLimits {
+        max_headers_added: 0,
+        ..PluginLimits::default()
+    };
+    let plugin = load(&wasm, strict);
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let mut headers = request_headers();
+    match ctx.on_request_headers(&mut headers, true) {
+        Err(PluginError::Trap { limit, .. }) => assert_eq!(limit, Some("headers_added")),
+        other => panic!("expected the headers_added limit, got {other:?}"),
+    }
+}
+
+#[test]
+fn http_call_timeouts_are_clamped_to_the_plugins_maximum() {
+    // Three calls: timeout 0 (none), 1000 ms, and 4 000 000 000 ms (u32).
+    let call = |timeout: &str| {
+        format!("(drop (call $http_call (i32.const 64) (i32.const 4) (i32.const 200) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const {timeout}) (i32.const 300)))")
+    };
+    let request = format!(
+        "{} {} {} (i32.const 1)",
+        call("0"),
+        call("1000"),
+        call("-294967296")
+    );
+    let wasm = module_with(&request, "(i32.const 0)", r#"(data (i32.const 64) "side")"#);
+    let limits = PluginLimits {
+        max_http_call_timeout: Duration::from_secs(5),
+        ..PluginLimits::default()
+    };
+    let plugin = engine()
+        .load(
+            "t",
+            &wasm,
+            vec![],
+            limits,
+            FailurePolicy::Closed,
+            vec!["side".into()],
+        )
+        .unwrap();
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let mut headers = request_headers();
+    let mut timeouts = Vec::new();
+    let _ = ready(ctx.on_request(&mut headers, None, |call| {
+        timeouts.push(call.timeout);
+        async { None }
+    }));
+    assert_eq!(
+        timeouts,
+        [
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+            Duration::from_secs(5)
+        ]
+    );
+}

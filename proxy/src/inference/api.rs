@@ -8,23 +8,50 @@
 //! schema's limits to the constants, an end-to-end test sends each limit's edge).
 
 use super::error::ApiError;
+use gantry_config::InputLimits;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// `temperature`: 0 (greedy) to 2. Default [`DEFAULT_TEMPERATURE`].
-pub const TEMPERATURE_MAX: f32 = 2.0;
+pub use gantry_proto::limits::{
+    MAX_STOP_SEQUENCES as MAX_STOP, REPETITION_PENALTY_MAX, REPETITION_PENALTY_MIN,
+    TEMPERATURE_GREEDY_BELOW, TEMPERATURE_MAX, TOP_P_MAX,
+};
 /// `temperature` when the request leaves it out (OpenAI's default).
 pub const DEFAULT_TEMPERATURE: f32 = 1.0;
-/// `top_p`: greater than 0, at most 1.
-pub const TOP_P_MAX: f32 = 1.0;
-/// `repetition_penalty` (vLLM-style extension): greater than 0, at most 2.
-pub const REPETITION_PENALTY_MAX: f32 = 2.0;
-/// `stop`: at most this many sequences.
-pub const MAX_STOP: usize = 4;
 /// `n`: only one choice per request is generated.
 pub const N_MAX: u32 = 1;
-/// `input` of `/embeddings`: at most this many texts (OpenAI's limit).
-pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+pub use gantry_proto::limits::MAX_STOP_BYTES;
+
+/// A request carrying more than its pool's [`InputLimits`] allow: the 400
+/// naming the parameter, and the limit's label in
+/// `gantry_limit_rejections_total{limit}`.
+#[derive(Debug)]
+pub struct TooLarge {
+    /// The answer.
+    pub error: ApiError,
+    /// `messages`, `input_bytes` or `embedding_inputs`.
+    pub limit: &'static str,
+}
+
+/// Check a summed text size against `max_input_bytes`, naming `param`.
+fn check_input_bytes(param: &str, bytes: usize, limits: &InputLimits) -> Result<(), TooLarge> {
+    if bytes > limits.max_input_bytes {
+        return Err(TooLarge {
+            error: out_of_range(
+                param,
+                format!(
+                    "{param} holds {bytes} bytes of text; at most {} (the pool's max_input_bytes)",
+                    limits.max_input_bytes
+                ),
+            ),
+            limit: "input_bytes",
+        });
+    }
+    Ok(())
+}
+
+/// Bytes a token id counts for against `max_input_bytes`.
+pub const TOKEN_ID_INPUT_BYTES: usize = 4;
 
 /// Why a parameter is out of range, as a 400 naming it.
 fn out_of_range(param: &str, message: String) -> ApiError {
@@ -111,7 +138,7 @@ pub struct Sampling {
     /// context allow. The model's own limit is reported in the 400 when exceeded.
     #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
-    /// 0 is greedy; higher is more random. Default 1.
+    /// 0 is greedy; higher is more random. Below 1e-5 it is greedy too. Default 1.
     #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f32>,
     /// Nucleus sampling: keep the smallest set of tokens whose probability adds up
@@ -139,7 +166,7 @@ pub struct Sampling {
     /// Extension: sample among the `top_k` most likely tokens (0: off).
     pub top_k: Option<u32>,
     /// Extension: divide the logits of tokens already seen (1: off).
-    #[schema(exclusive_minimum = 0.0, maximum = 2.0)]
+    #[schema(minimum = 0.01, maximum = 2.0)]
     pub repetition_penalty: Option<f32>,
     /// Must be false or absent: log probabilities are not returned.
     pub logprobs: Option<bool>,
@@ -156,21 +183,12 @@ impl Sampling {
                 "max_tokens must be at least 1 (got 0)".into(),
             ));
         }
-        if let Some(t) = self.temperature {
-            if !(0.0..=TEMPERATURE_MAX).contains(&t) {
-                return Err(out_of_range(
-                    "temperature",
-                    format!("temperature must be between 0 and {TEMPERATURE_MAX} (got {t})"),
-                ));
-            }
-        }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= TOP_P_MAX) {
-                return Err(out_of_range(
-                    "top_p",
-                    format!("top_p must be greater than 0 and at most {TOP_P_MAX} (got {p})"),
-                ));
-            }
+        if let Err((param, message)) = gantry_proto::limits::check_sampling(
+            self.temperature,
+            self.top_p,
+            self.repetition_penalty,
+        ) {
+            return Err(out_of_range(param, message));
         }
         if let Some(n) = self.n {
             if !(1..=N_MAX).contains(&n) {
@@ -191,6 +209,17 @@ impl Sampling {
                 ));
             }
         }
+        for (i, stop) in self.stop_list().iter().enumerate() {
+            if stop.is_empty() || stop.len() > MAX_STOP_BYTES {
+                return Err(out_of_range(
+                    "stop",
+                    format!(
+                        "stop[{i}] must be 1 to {MAX_STOP_BYTES} bytes (got {})",
+                        stop.len()
+                    ),
+                ));
+            }
+        }
         for (param, value) in [
             ("presence_penalty", self.presence_penalty),
             ("frequency_penalty", self.frequency_penalty),
@@ -198,15 +227,7 @@ impl Sampling {
             if value.is_some_and(|v| v != 0.0) {
                 return Err(out_of_range(
                     param,
-                    format!("{param} is not supported (only 0); use repetition_penalty, greater than 0 and at most {REPETITION_PENALTY_MAX}"),
-                ));
-            }
-        }
-        if let Some(r) = self.repetition_penalty {
-            if !(r > 0.0 && r <= REPETITION_PENALTY_MAX) {
-                return Err(out_of_range(
-                    "repetition_penalty",
-                    format!("repetition_penalty must be greater than 0 and at most {REPETITION_PENALTY_MAX} (got {r})"),
+                    format!("{param} is not supported (only 0); use repetition_penalty, between {REPETITION_PENALTY_MIN} and {REPETITION_PENALTY_MAX}"),
                 ));
             }
         }
@@ -282,6 +303,25 @@ impl ChatCompletionRequest {
         self.sampling.validate()
     }
 
+    /// Check what the request carries against the pool's limits.
+    pub fn check_input(&self, limits: &InputLimits) -> Result<(), TooLarge> {
+        if self.messages.len() > limits.max_messages {
+            return Err(TooLarge {
+                error: out_of_range(
+                    "messages",
+                    format!(
+                        "messages holds {} messages; at most {} (the pool's max_messages)",
+                        self.messages.len(),
+                        limits.max_messages
+                    ),
+                ),
+                limit: "messages",
+            });
+        }
+        let bytes = self.messages.iter().map(ChatMessage::text_len).sum();
+        check_input_bytes("messages", bytes, limits)
+    }
+
     /// The token limit asked for, if any.
     pub fn max_tokens(&self) -> Option<u32> {
         self.max_completion_tokens.or(self.sampling.max_tokens)
@@ -289,6 +329,18 @@ impl ChatCompletionRequest {
 }
 
 impl ChatMessage {
+    /// Bytes of the message's text.
+    pub fn text_len(&self) -> usize {
+        match &self.content {
+            None => 0,
+            Some(Content::Text(t)) => t.len(),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .map(|p| p.text.as_ref().map_or(0, String::len))
+                .sum(),
+        }
+    }
+
     /// The message's text (parts joined).
     pub fn text(&self) -> String {
         match &self.content {
@@ -359,6 +411,17 @@ impl CompletionRequest {
         }
         self.sampling.validate()
     }
+
+    /// Check what the request carries against the pool's limits.
+    pub fn check_input(&self, limits: &InputLimits) -> Result<(), TooLarge> {
+        let bytes = match &self.prompt {
+            Prompt::Text(t) => t.len(),
+            Prompt::Texts(v) => v.iter().map(String::len).sum(),
+            Prompt::Tokens(ids) => ids.len() * TOKEN_ID_INPUT_BYTES,
+            Prompt::TokenLists(v) => v.iter().map(Vec::len).sum::<usize>() * TOKEN_ID_INPUT_BYTES,
+        };
+        check_input_bytes("prompt", bytes, limits)
+    }
 }
 
 /// The texts to embed.
@@ -403,13 +466,10 @@ impl EmbeddingRequest {
     /// Check the input count.
     pub fn validate(&self) -> Result<(), ApiError> {
         if let EmbeddingInput::Many(v) = &self.input {
-            if v.is_empty() || v.len() > MAX_EMBEDDING_INPUTS {
+            if v.is_empty() {
                 return Err(out_of_range(
                     "input",
-                    format!(
-                        "input must hold 1 to {MAX_EMBEDDING_INPUTS} texts (got {})",
-                        v.len()
-                    ),
+                    "input must hold at least 1 text".into(),
                 ));
             }
         }
@@ -428,6 +488,27 @@ impl EmbeddingRequest {
             EmbeddingInput::One(s) => vec![s.clone()],
             EmbeddingInput::Many(v) => v.clone(),
         }
+    }
+
+    /// Check what the request carries against the pool's limits.
+    pub fn check_input(&self, limits: &InputLimits) -> Result<(), TooLarge> {
+        let (count, bytes) = match &self.input {
+            EmbeddingInput::One(t) => (1, t.len()),
+            EmbeddingInput::Many(v) => (v.len(), v.iter().map(String::len).sum()),
+        };
+        if count > limits.max_embedding_inputs {
+            return Err(TooLarge {
+                error: out_of_range(
+                    "input",
+                    format!(
+                        "input holds {count} texts; at most {} (the pool's max_embedding_inputs)",
+                        limits.max_embedding_inputs
+                    ),
+                ),
+                limit: "embedding_inputs",
+            });
+        }
+        check_input_bytes("input", bytes, limits)
     }
 }
 

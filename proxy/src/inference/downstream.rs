@@ -16,6 +16,8 @@ pub trait Downstream: Send {
     fn path(&self) -> String;
     /// The declared body length, when there is one.
     fn content_length(&self) -> Option<u64>;
+    /// The request's `content-type`, when it has one.
+    fn content_type(&self) -> Option<String>;
     /// The next body chunk; `None` at the end.
     async fn read_body(&mut self) -> pingora::Result<Option<Bytes>>;
     /// Send the response header.
@@ -45,6 +47,11 @@ impl Downstream for Session {
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    }
+
+    fn content_type(&self) -> Option<String> {
+        let value = self.req_header().headers.get(http::header::CONTENT_TYPE)?;
+        Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
     }
 
     async fn read_body(&mut self) -> pingora::Result<Option<Bytes>> {
@@ -97,6 +104,10 @@ impl Downstream for Prepared<'_> {
         Some(self.len)
     }
 
+    fn content_type(&self) -> Option<String> {
+        self.session.content_type()
+    }
+
     async fn read_body(&mut self) -> pingora::Result<Option<Bytes>> {
         Ok(self.body.take().filter(|b| !b.is_empty()))
     }
@@ -127,6 +138,7 @@ impl Downstream for Prepared<'_> {
 pub struct Captured {
     method: http::Method,
     path: String,
+    content_type: Option<String>,
     body: Option<Bytes>,
     /// The response header, once written.
     pub header: Option<Box<ResponseHeader>>,
@@ -135,11 +147,17 @@ pub struct Captured {
 }
 
 impl Captured {
-    /// A request with this method, path and body.
-    pub fn new(method: http::Method, path: String, body: Bytes) -> Self {
+    /// A request with this method, path, `content-type` and body.
+    pub fn new(
+        method: http::Method,
+        path: String,
+        content_type: Option<String>,
+        body: Bytes,
+    ) -> Self {
         Captured {
             method,
             path,
+            content_type,
             body: Some(body),
             header: None,
             response: BytesMut::new(),
@@ -159,6 +177,10 @@ impl Downstream for Captured {
 
     fn content_length(&self) -> Option<u64> {
         self.body.as_ref().map(|b| b.len() as u64)
+    }
+
+    fn content_type(&self) -> Option<String> {
+        self.content_type.clone()
     }
 
     async fn read_body(&mut self) -> pingora::Result<Option<Bytes>> {

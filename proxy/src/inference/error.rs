@@ -26,11 +26,29 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
 }
 
+/// Longest error message or `param` sent to a client, in bytes: a message that
+/// quotes the client's input (a wrong-typed value, a path) is cut there, so an
+/// error is never larger than a small, fixed size.
+pub const MAX_ERROR_TEXT_BYTES: usize = 512;
+
+/// `text` cut at [`MAX_ERROR_TEXT_BYTES`] on a character boundary.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT_BYTES {
+        let mut cut = MAX_ERROR_TEXT_BYTES - "…".len();
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
 impl ApiError {
     fn new(status: u16, kind: &'static str, code: Option<&'static str>, message: String) -> Self {
         ApiError {
             status,
-            message,
+            message: bounded(message),
             kind,
             param: None,
             code,
@@ -41,14 +59,14 @@ impl ApiError {
     /// 400: a parameter's value is not allowed.
     pub fn invalid_param(param: &str, message: String) -> Self {
         let mut e = Self::new(400, "invalid_request_error", Some("invalid_value"), message);
-        e.param = Some(param.to_string());
+        e.param = Some(bounded(param.to_string()));
         e
     }
 
     /// 400: the body is not JSON, or a field has the wrong type.
     pub fn invalid_body(param: Option<String>, message: String) -> Self {
         let mut e = Self::new(400, "invalid_request_error", None, message);
-        e.param = param;
+        e.param = param.map(bounded);
         e
     }
 
@@ -84,6 +102,23 @@ impl ApiError {
             "invalid_request_error",
             Some("method_not_allowed"),
             format!("{method} is not allowed on {path}; use {allowed}"),
+        )
+    }
+
+    /// 415: a POST whose body is not declared `application/json`.
+    pub fn unsupported_media_type(got: Option<&str>) -> Self {
+        let got = match got {
+            // Bounded: the header is the client's.
+            Some(v) => format!("`{}`", v.chars().take(64).collect::<String>()),
+            None => "none".into(),
+        };
+        Self::new(
+            415,
+            "invalid_request_error",
+            Some("unsupported_media_type"),
+            format!(
+                "The request body must be sent with content-type: application/json (got {got})"
+            ),
         )
     }
 
@@ -132,48 +167,94 @@ impl ApiError {
         )
     }
 
-    /// 502: the backend broke the protocol or failed in a way no other status covers.
-    pub fn upstream(message: String) -> Self {
-        Self::new(502, "server_error", Some("upstream_error"), message)
+    /// 500: generation failed for this request alone (the backend reported its
+    /// sequence failed); no other request was affected and retrying it elsewhere
+    /// would fail the same way.
+    pub fn generation_failed() -> Self {
+        Self::new(
+            500,
+            "server_error",
+            Some("generation_failed"),
+            "Generation failed for this request; no other request was affected".into(),
+        )
+    }
+
+    /// 502: the backend broke the protocol or failed in a way no other status
+    /// covers. The client sees this fixed message; the detail goes to the log.
+    pub fn upstream() -> Self {
+        Self::new(
+            502,
+            "server_error",
+            Some("upstream_error"),
+            "The inference backend failed to answer; retry the request".into(),
+        )
     }
 
     /// Map a backend's gRPC status. `prompt_param` names the request's input
-    /// parameter (`messages` or `prompt`) for errors about the prompt.
-    pub fn from_status(status: &tonic::Status, prompt_param: &str, pool: &str) -> Self {
-        let message = status.message().to_string();
+    /// parameter (`messages` or `prompt`) for errors about the prompt. A request's
+    /// own faults keep the backend's message (it names the field and the limit,
+    /// and says nothing else); every other status gets a fixed message, and its
+    /// detail is logged with `request_id`, never sent.
+    pub fn from_status(
+        status: &tonic::Status,
+        prompt_param: &str,
+        pool: &str,
+        request_id: &str,
+    ) -> Self {
+        let message = status.message();
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-                let param = backend_param(&message, prompt_param);
-                let mut e = Self::new(400, "invalid_request_error", Some("invalid_value"), message);
+                let param = backend_param(message, prompt_param);
+                let mut e = Self::new(
+                    400,
+                    "invalid_request_error",
+                    Some("invalid_value"),
+                    message.to_string(),
+                );
                 e.param = param;
-                e
+                return e;
             }
             Code::NotFound => {
                 let mut e = Self::new(
                     404,
                     "invalid_request_error",
                     Some("model_not_found"),
-                    message,
+                    "The model is not served by this pool's backend".into(),
                 );
                 e.param = Some("model".into());
-                e
+                tracing::warn!(
+                    request_id,
+                    pool,
+                    detail = message,
+                    "a backend does not serve a model its pool lists"
+                );
+                return e;
             }
+            _ => {}
+        }
+        tracing::warn!(request_id, pool, code = ?status.code(), detail = message, "inference backend error");
+        match status.code() {
             Code::ResourceExhausted => {
                 let retry_after = status
                     .metadata()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok()?.parse().ok())
                     .unwrap_or(DEFAULT_RETRY_AFTER_SECONDS);
-                Self::saturated(pool, &message, retry_after)
+                Self::saturated(pool, "its queue is full", retry_after)
             }
-            Code::DeadlineExceeded => Self::new(504, "server_error", Some("timeout"), message),
+            Code::DeadlineExceeded => Self::new(
+                504,
+                "server_error",
+                Some("timeout"),
+                "The backend did not finish the request within its deadline".into(),
+            ),
             Code::Unavailable => Self::new(
                 503,
                 "server_error",
                 Some("service_unavailable"),
-                format!("backend unavailable: {message}"),
+                "No inference backend could take the request now; retry shortly".into(),
             ),
-            _ => Self::upstream(format!("backend failed: {:?}: {message}", status.code())),
+            _ => Self::upstream(),
         }
     }
 
@@ -266,7 +347,8 @@ mod tests {
             ("something else", "messages", None),
         ];
         for (message, prompt, want) in cases {
-            let e = ApiError::from_status(&tonic::Status::invalid_argument(message), prompt, "p");
+            let e =
+                ApiError::from_status(&tonic::Status::invalid_argument(message), prompt, "p", "r");
             assert_eq!(e.status, 400, "{message}");
             assert_eq!(e.param.as_deref(), want, "{message}");
             assert_eq!(e.message, message);
@@ -277,8 +359,29 @@ mod tests {
     fn saturation_keeps_the_backends_retry_after() {
         let mut s = tonic::Status::resource_exhausted("queue full");
         s.metadata_mut().insert("retry-after", "7".parse().unwrap());
-        let e = ApiError::from_status(&s, "messages", "gpu");
+        let e = ApiError::from_status(&s, "messages", "gpu", "r");
         assert_eq!((e.status, e.retry_after), (429, Some(7)));
         assert!(e.message.contains("`gpu`"), "{}", e.message);
+    }
+
+    #[test]
+    fn backend_failures_reach_the_client_as_fixed_messages() {
+        let detail = "candle: cuda OOM at 10.0.0.7:50051 /models/x.gguf";
+        for code in [
+            Code::Internal,
+            Code::Unknown,
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::DataLoss,
+            Code::NotFound,
+        ] {
+            let e =
+                ApiError::from_status(&tonic::Status::new(code, detail), "messages", "gpu", "r");
+            let body = String::from_utf8(e.body()).unwrap();
+            for leak in ["candle", "10.0.0.7", "/models", "OOM"] {
+                assert!(!body.contains(leak), "{code:?}: {body}");
+            }
+        }
     }
 }

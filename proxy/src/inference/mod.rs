@@ -35,10 +35,24 @@ const ASSUMED_MAX_TOKENS: u64 = 256;
 /// Every inference pool and the documents built from the API types.
 pub struct Inference {
     pools: Vec<Arc<Pool>>,
+    /// Every model some pool serves: the closed set of `model` label values.
+    models: std::collections::HashSet<String>,
     metrics: Arc<Metrics>,
     openapi_json: Bytes,
     docs_html: Bytes,
 }
+
+/// Whether a `content-type` is JSON: `application/json`, any case, parameters
+/// (`; charset=utf-8`) allowed.
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|v| {
+        let essence = v.split(';').next().unwrap_or("").trim();
+        essence.eq_ignore_ascii_case("application/json")
+    })
+}
+
+/// The `model` label of requests naming a model no pool serves.
+pub const UNKNOWN_MODEL_LABEL: &str = "unknown";
 
 /// What the access log should know about an inference request.
 #[derive(Debug, Default)]
@@ -247,20 +261,20 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn finish_reason(reason: i32) -> Result<&'static str, ApiError> {
+/// The OpenAI finish reason of a backend's `Finished`, or the failure it reports
+/// with whether another backend could do better.
+fn finish_reason(reason: i32) -> Result<&'static str, (ApiError, bool)> {
     match pb::FinishReason::try_from(reason) {
         Ok(pb::FinishReason::Length) => Ok("length"),
         Ok(pb::FinishReason::Stop | pb::FinishReason::Eos) => Ok("stop"),
-        Ok(pb::FinishReason::Cancelled) => Err(ApiError::upstream(
-            "the backend stopped generating (it is shutting down); retry the request".into(),
-        )),
-        _ => Err(ApiError::upstream(format!(
-            "the backend sent an unknown finish reason {reason}"
-        ))),
+        Ok(pb::FinishReason::Cancelled) => Err((ApiError::upstream(), true)),
+        // This request's own sequence failed; the backend is fine and another
+        // one would fail the same way.
+        Ok(pb::FinishReason::Error) => Err((ApiError::generation_failed(), false)),
+        _ => Err((ApiError::upstream(), true)),
     }
 }
 
-/// Turn a JSON decoding error into a 400 naming the parameter.
 fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let path = e.path().to_string();
     let inner = e.into_inner();
@@ -305,6 +319,79 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// The API's endpoints that take a JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /chat/completions`
+    ChatCompletions,
+    /// `POST /completions`
+    Completions,
+    /// `POST /embeddings`
+    Embeddings,
+}
+
+/// Parse and check a request body as the API does before it picks a pool:
+/// JSON shape, every range, and what the body may carry under `limits`. Any
+/// bytes give `Ok` or a 4xx naming what is wrong, never a panic: the fuzz
+/// target `openai_request` (proxy/fuzz) holds it to that.
+pub fn check_body(
+    endpoint: Endpoint,
+    body: &[u8],
+    limits: &gantry_config::InputLimits,
+) -> Result<(), ApiError> {
+    let too_large = |t: TooLarge| t.error;
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            let req: ChatCompletionRequest = parse(body)?;
+            req.validate()?;
+            req.check_input(limits).map_err(too_large)
+        }
+        Endpoint::Completions => {
+            let req: CompletionRequest = parse(body)?;
+            req.validate()?;
+            req.check_input(limits).map_err(too_large)
+        }
+        Endpoint::Embeddings => {
+            let req: EmbeddingRequest = parse(body)?;
+            req.validate()?;
+            req.check_input(limits).map_err(too_large)
+        }
+    }
+}
+
+/// The property the `openai_request` fuzz target checks on any bytes (its first
+/// byte picks the endpoint, the rest is the body): [`check_body`] does not
+/// panic, and a refusal is a 4xx whose message and `param` are non-empty and
+/// bounded. Panics when the property fails.
+pub fn check_body_property(data: &[u8]) {
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    let endpoint = match which % 3 {
+        0 => Endpoint::ChatCompletions,
+        1 => Endpoint::Completions,
+        _ => Endpoint::Embeddings,
+    };
+    // Small limits, so the fuzzer reaches them.
+    let limits = gantry_config::InputLimits {
+        max_messages: 4,
+        max_input_bytes: 256,
+        max_embedding_inputs: 4,
+    };
+    if let Err(e) = check_body(endpoint, body, &limits) {
+        assert!((400..500).contains(&e.status), "{e:?}");
+        assert!(!e.message.is_empty(), "{e:?}");
+        assert!(e.message.len() <= error::MAX_ERROR_TEXT_BYTES, "{e:?}");
+        if let Some(p) = &e.param {
+            assert!(
+                !p.is_empty() && p.len() <= error::MAX_ERROR_TEXT_BYTES,
+                "{e:?}"
+            );
+        }
+        serde_json::from_slice::<serde_json::Value>(&e.body()).expect("error body is JSON");
+    }
+}
+
 impl Inference {
     /// Start every inference pool's watchers on `runtime` and build the OpenAPI
     /// document for the routes that serve the API.
@@ -324,8 +411,14 @@ impl Inference {
         let openapi_json =
             Bytes::from(serde_json::to_vec_pretty(&doc).expect("document serializes"));
         let docs_html = Bytes::from(openapi::docs_html(&doc));
+        let models = config
+            .inference_pools
+            .iter()
+            .flat_map(|p| p.models.iter().cloned())
+            .collect();
         Inference {
             pools,
+            models,
             metrics,
             openapi_json,
             docs_html,
@@ -409,12 +502,13 @@ impl Inference {
         pool: usize,
         method: http::Method,
         path: &str,
+        content_type: Option<String>,
         body: Bytes,
         request_id: &str,
     ) -> (u16, Vec<(String, String)>, Vec<u8>) {
         let prefix = if path.starts_with("/v1/") { "/v1" } else { "/" };
         let max_body = body.len() as u64;
-        let mut exchange = Captured::new(method, path.to_string(), body);
+        let mut exchange = Captured::new(method, path.to_string(), content_type, body);
         let handled = self
             .handle(
                 &mut exchange,
@@ -463,16 +557,21 @@ impl Inference {
             full.strip_prefix(prefix).unwrap_or("")
         };
         let rest = rest.trim_end_matches('/');
+        // POSTs carry JSON, declared as such: a web page cannot send that
+        // without a CORS preflight, so it cannot drive a gateway on localhost.
+        let content_type = session.content_type();
         let post = |allowed: &str| {
-            if method == http::Method::POST {
-                Ok(())
-            } else {
-                Err(ApiError::method_not_allowed(
+            if method != http::Method::POST {
+                return Err(ApiError::method_not_allowed(
                     method.as_str(),
                     &full,
                     allowed,
-                ))
+                ));
             }
+            if !is_json(content_type.as_deref()) {
+                return Err(ApiError::unsupported_media_type(content_type.as_deref()));
+            }
+            Ok(())
         };
         let pools: Vec<&Arc<Pool>> = route_pools.iter().map(|&i| &self.pools[i]).collect();
         match rest {
@@ -503,7 +602,8 @@ impl Inference {
                 let req: ChatCompletionRequest = parse(&body)?;
                 outcome.model = req.model.clone();
                 req.validate()?;
-                let (pool, _slot) = find_pool(&pools, &req.model, &self.metrics)?;
+                let (pool, _slot) =
+                    find_pool(&pools, &req.model, &self.metrics, |l| req.check_input(l))?;
                 let messages = req
                     .messages
                     .iter()
@@ -540,7 +640,8 @@ impl Inference {
                 let req: CompletionRequest = parse(&body)?;
                 outcome.model = req.model.clone();
                 req.validate()?;
-                let (pool, _slot) = find_pool(&pools, &req.model, &self.metrics)?;
+                let (pool, _slot) =
+                    find_pool(&pools, &req.model, &self.metrics, |l| req.check_input(l))?;
                 let input = match req.prompt.clone() {
                     Prompt::Text(t) => pb::generate_request::Input::Prompt(t),
                     Prompt::Texts(mut v) => pb::generate_request::Input::Prompt(v.remove(0)),
@@ -580,7 +681,8 @@ impl Inference {
                 let req: EmbeddingRequest = parse(&body)?;
                 outcome.model = req.model.clone();
                 req.validate()?;
-                let (pool, _slot) = find_pool(&pools, &req.model, &self.metrics)?;
+                let (pool, _slot) =
+                    find_pool(&pools, &req.model, &self.metrics, |l| req.check_input(l))?;
                 self.embed(session, pool, req, request_id, outcome).await
             }
             _ => Err(ApiError::unknown_url(method.as_str(), &full)),
@@ -657,13 +759,11 @@ impl Inference {
                 }
                 Ok(Ok((_, None))) => {
                     backend.eject("stream ended before any event");
-                    last = Some(ApiError::upstream(format!(
-                        "backend {} ended the stream without an answer",
-                        backend.label
-                    )));
+                    tracing::warn!(pool = %name, backend = %backend.label, "inference stream ended before any event");
+                    last = Some(ApiError::upstream());
                 }
                 Ok(Err(status)) => {
-                    let err = ApiError::from_status(&status, prompt_param, name);
+                    let err = ApiError::from_status(&status, prompt_param, name, &req.request_id);
                     if !ApiError::retryable(status.code()) {
                         return Err(err);
                     }
@@ -810,7 +910,7 @@ impl Inference {
             mut stream,
             first,
         } = opened;
-        let labels = [answer.model.as_str(), backend.label.as_str()];
+        let labels = [self.model_label(&answer.model), backend.label.as_str()];
         let ttft = self.metrics.inference_ttft.with_label_values(&labels);
         let itl = self
             .metrics
@@ -823,7 +923,6 @@ impl Inference {
                 ("content-type", "text/event-stream"),
                 ("cache-control", "no-cache"),
                 ("x-request-id", answer.request_id.as_str()),
-                ("x-gantry-backend", backend.label.as_str()),
             ];
             for (k, v) in headers {
                 resp.insert_header(k, v).expect("valid header");
@@ -888,16 +987,18 @@ impl Inference {
                 Next::Event(Err(status)) => {
                     let retryable = ApiError::retryable(status.code());
                     bail!(
-                        ApiError::from_status(&status, prompt_param, &pool.config.name),
+                        ApiError::from_status(
+                            &status,
+                            prompt_param,
+                            &pool.config.name,
+                            &answer.request_id,
+                        ),
                         retryable,
                     );
                 }
                 Next::Event(Ok(None)) => {
-                    let e = ApiError::upstream(format!(
-                        "backend {} ended the stream before finishing",
-                        backend.label
-                    ));
-                    bail!(e, true);
+                    tracing::warn!(request_id = %answer.request_id, backend = %backend.label, "inference stream ended before finishing");
+                    bail!(ApiError::upstream(), true);
                 }
                 Next::Event(Ok(Some(pb::GenerateResponse { event }))) => event,
             };
@@ -937,7 +1038,7 @@ impl Inference {
                         .inc_by(u64::from(usage.completion_tokens));
                     match finish_reason(f.reason) {
                         Ok(r) => break (r, usage),
-                        Err(e) => bail!(e, true),
+                        Err((e, retryable)) => bail!(e, retryable),
                     }
                 }
             }
@@ -998,7 +1099,7 @@ impl Inference {
                     break;
                 }
                 Ok(Err(status)) => {
-                    let err = ApiError::from_status(&status, "input", name);
+                    let err = ApiError::from_status(&status, "input", name, request_id);
                     if !ApiError::retryable(status.code()) {
                         last = Some(err);
                         break;
@@ -1016,7 +1117,7 @@ impl Inference {
         };
         self.metrics
             .inference_tokens
-            .with_label_values(&[&req.model, &backend, "in"])
+            .with_label_values(&[self.model_label(&req.model), &backend, "in"])
             .inc_by(u64::from(r.prompt_tokens));
         self.count(&req.model, outcome, "200");
         let data = r
@@ -1061,8 +1162,18 @@ impl Inference {
         let backend = outcome.backend.as_deref().unwrap_or("none");
         self.metrics
             .inference_requests
-            .with_label_values(&[model, backend, status])
+            .with_label_values(&[self.model_label(model), backend, status])
             .inc();
+    }
+
+    /// `model` as a metric label: a configured model's name, else
+    /// [`UNKNOWN_MODEL_LABEL`] (the client's string never becomes a series).
+    fn model_label<'a>(&self, model: &'a str) -> &'a str {
+        if self.models.contains(model) {
+            model
+        } else {
+            UNKNOWN_MODEL_LABEL
+        }
     }
 }
 
@@ -1117,16 +1228,26 @@ fn model_names(pools: &[&Arc<Pool>]) -> Vec<String> {
 }
 
 /// The pool serving `model`, with a slot counted against its `max_inflight`.
+/// The pool serving `model`, once the request passed its input limits
+/// (`check`), with a slot of its `max_inflight`.
 fn find_pool<'a>(
     pools: &[&'a Arc<Pool>],
     model: &str,
     metrics: &Metrics,
+    check: impl FnOnce(&gantry_config::InputLimits) -> Result<(), TooLarge>,
 ) -> Result<(&'a Arc<Pool>, pool::PoolSlot), ApiError> {
     let pool = pools
         .iter()
         .find(|p| p.config.models.iter().any(|m| m == model))
         .copied()
         .ok_or_else(|| ApiError::model_not_found(model, &model_names(pools)))?;
+    if let Err(too_large) = check(&pool.config.input) {
+        metrics
+            .limit_rejections
+            .with_label_values(&[too_large.limit])
+            .inc();
+        return Err(too_large.error);
+    }
     match pool.admit() {
         Some(slot) => Ok((pool, slot)),
         None => {

@@ -212,6 +212,10 @@ mod tests {
             Some(f64::from(REPETITION_PENALTY_MAX))
         );
         assert_eq!(
+            r["minimum"].as_f64().map(|m| m as f32),
+            Some(REPETITION_PENALTY_MIN)
+        );
+        assert_eq!(
             property(&doc, "Sampling", "max_tokens")["minimum"].as_u64(),
             Some(1)
         );

@@ -74,6 +74,8 @@ pub struct Backend {
     /// Tokens this gateway expects to still flow here (prompt estimate plus the
     /// tokens not yet generated, summed over requests).
     own_tokens: AtomicU64,
+    /// `gantry_inference_backend_ejections_total` for this backend.
+    ejections: prometheus::IntCounter,
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -96,10 +98,12 @@ impl Backend {
             && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
     }
 
-    /// Leave it out for [`EJECT_AFTER_FAILURE`] after a failed call.
+    /// Leave it out for [`EJECT_AFTER_FAILURE`] after a failed call (the
+    /// backend's failure, never a request's own fault).
     pub fn eject(&self, why: &str) {
         let until = now_ms() + EJECT_AFTER_FAILURE.as_millis() as u64;
         if self.ejected_until_ms.swap(until, Ordering::Relaxed) <= now_ms() {
+            self.ejections.inc();
             tracing::warn!(pool = %self.pool, backend = %self.label, reason = why, "inference backend ejected");
         }
     }
@@ -318,6 +322,10 @@ impl Pool {
             load: RwLock::new(HashMap::new()),
             own_requests: AtomicU32::new(0),
             own_tokens: AtomicU64::new(0),
+            ejections: self
+                .metrics
+                .inference_backend_ejections
+                .with_label_values(&[&self.config.name, &addr.to_string()]),
             watcher: Mutex::new(None),
         });
         let task = self.runtime.spawn(watch(
@@ -376,6 +384,11 @@ impl Pool {
                 .with_label_values(&labels)
                 .set(i64::from(b.own_requests()));
             for (model, l) in b.load.read().expect("load lock").iter() {
+                // Only models the pool is configured with: a backend's report
+                // does not add label values.
+                if !self.config.models.contains(model) {
+                    continue;
+                }
                 let l3 = [self.config.name.as_str(), b.label.as_str(), model.as_str()];
                 let g = &self.metrics.inference_backend_load;
                 g.with_label_values(&[l3[0], l3[1], l3[2], "queued"])

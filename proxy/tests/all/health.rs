@@ -64,7 +64,11 @@ async fn all_endpoints_down_is_503_json_and_not_ready() {
     assert_eq!(res.status(), 503);
     let body = json(res).await;
     assert_eq!(body["error"]["code"], "no_healthy_upstream");
-    assert_eq!(body["error"]["type"], "upstream_error");
+    assert_eq!(body["error"]["type"], "server_error");
+    assert!(
+        body["error"]["param"].is_null(),
+        "one error vocabulary: {body}"
+    );
     let ready = gw.admin_get("/readyz").await;
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("p"));

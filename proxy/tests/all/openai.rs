@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A gateway with one inference pool `ai` over `backends` (serving `fixture` and
 /// `fixture-embed`), the API on `/v1`, and `pool_extra` lines in the pool.
-fn ai_config(backends: &[SocketAddr], pool_extra: &str) -> String {
+pub(crate) fn ai_config(backends: &[SocketAddr], pool_extra: &str) -> String {
     let list: Vec<String> = backends.iter().map(|e| format!("\"{e}\"")).collect();
     format!(
         "[[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\nh2c = true\n\
@@ -26,7 +26,7 @@ fn ai_config(backends: &[SocketAddr], pool_extra: &str) -> String {
 }
 
 /// Start a gateway over `backends` and wait until each of them takes traffic.
-async fn ai_gateway(backends: &[SocketAddr], pool_extra: &str) -> Gateway {
+pub(crate) async fn ai_gateway(backends: &[SocketAddr], pool_extra: &str) -> Gateway {
     let gw = Gateway::start(&ai_config(backends, pool_extra)).await;
     for b in backends {
         let sample = format!("gantry_inference_backend_healthy{{backend=\"{b}\",pool=\"ai\"}}");
@@ -39,11 +39,11 @@ async fn ai_gateway(backends: &[SocketAddr], pool_extra: &str) -> Gateway {
     gw
 }
 
-fn chat(stream: bool) -> Value {
+pub(crate) fn chat(stream: bool) -> Value {
     json!({"model": "fixture", "messages": [{"role": "user", "content": "hello there"}], "stream": stream})
 }
 
-async fn post(gw: &Gateway, path: &str, body: &Value) -> reqwest::Response {
+pub(crate) async fn post(gw: &Gateway, path: &str, body: &Value) -> reqwest::Response {
     gw.client
         .post(gw.url(path))
         .json(body)
@@ -53,14 +53,14 @@ async fn post(gw: &Gateway, path: &str, body: &Value) -> reqwest::Response {
 }
 
 /// The `data:` payloads of a server-sent event stream.
-fn events(text: &str) -> Vec<String> {
+pub(crate) fn events(text: &str) -> Vec<String> {
     text.split("\n\n")
         .filter_map(|e| e.strip_prefix("data: "))
         .map(str::to_string)
         .collect()
 }
 
-async fn error_of(res: reqwest::Response, status: u16) -> Value {
+pub(crate) async fn error_of(res: reqwest::Response, status: u16) -> Value {
     assert_eq!(res.status().as_u16(), status);
     assert_eq!(res.headers()["content-type"], "application/json");
     let body = json(res).await;
@@ -220,6 +220,7 @@ async fn bad_json_is_a_400_without_a_param() {
     let res = gw
         .client
         .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
         .body("{\"model\": ")
         .send()
         .await
@@ -271,7 +272,7 @@ async fn out_of_range_values_are_400s_naming_the_parameter_and_the_range() {
         ("max_tokens", json!(0), "at least 1"),
         ("stop", json!(["a", "b", "c", "d", "e"]), "at most 4"),
         ("presence_penalty", json!(0.5), "not supported"),
-        ("repetition_penalty", json!(3), "at most 2"),
+        ("repetition_penalty", json!(3), "between 0.01 and 2"),
     ];
     for (param, value, says) in cases {
         let mut body = chat(false);

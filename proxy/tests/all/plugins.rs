@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// A proxy-wasm module: `request` and `response` are the bodies of the header
 /// hooks (leaving an i32 action). Strings: "x-plugin" at 16, "x-seen" at 32,
 /// "yes" at 48, "denied" at 64.
-fn plugin(dir: &Path, name: &str, request: &str, response: &str) -> PathBuf {
+pub(crate) fn plugin(dir: &Path, name: &str, request: &str, response: &str) -> PathBuf {
     let wasm = wat_module(
         r#"(import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
@@ -29,7 +29,7 @@ fn plugin(dir: &Path, name: &str, request: &str, response: &str) -> PathBuf {
 
 /// A proxy-wasm module: `imports`, then linear memory, a bump allocator at 4096,
 /// the ABI version export and context creation, then `rest` (data and hooks).
-fn wat_module(imports: &str, rest: &str) -> Vec<u8> {
+pub(crate) fn wat_module(imports: &str, rest: &str) -> Vec<u8> {
     let wat = format!(
         r#"(module
           {imports}
@@ -49,7 +49,7 @@ fn wat_module(imports: &str, rest: &str) -> Vec<u8> {
 }
 
 /// Adds `x-plugin: <its configuration>` to the request, `x-seen: yes` to the response.
-const ADD_HEADERS: (&str, &str) = (
+pub(crate) const ADD_HEADERS: (&str, &str) = (
     "(if (i32.eqz (call $buffer (i32.const 7) (i32.const 0) (i32.const 1000) (i32.const 900) (i32.const 904)))
        (then (drop (call $add (i32.const 0) (i32.const 16) (i32.const 8) (i32.load (i32.const 900)) (i32.load (i32.const 904))))))
      (i32.const 0)",
@@ -58,9 +58,9 @@ const ADD_HEADERS: (&str, &str) = (
 const DENY: &str = "(drop (call $respond (i32.const 401) (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 6) (i32.const 0) (i32.const 0) (i32.const -1))) (i32.const 1)";
 const TRAP: &str = "(unreachable)";
 const LOOP: &str = "(loop $l (br $l)) (i32.const 0)";
-const CONTINUE: &str = "(i32.const 0)";
+pub(crate) const CONTINUE: &str = "(i32.const 0)";
 
-fn route(name: &str, prefix: &str, plugins: &[(&str, &Path, &str)]) -> String {
+pub(crate) fn route(name: &str, prefix: &str, plugins: &[(&str, &Path, &str)]) -> String {
     let mut out =
         format!("[[routes]]\nname = \"{name}\"\npool = \"p\"\npath_prefix = \"{prefix}\"\n");
     for (pname, file, extra) in plugins {
@@ -72,7 +72,7 @@ fn route(name: &str, prefix: &str, plugins: &[(&str, &Path, &str)]) -> String {
     out
 }
 
-fn config(origin: std::net::SocketAddr, routes: &[String]) -> String {
+pub(crate) fn config(origin: std::net::SocketAddr, routes: &[String]) -> String {
     format!(
         "[[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\n[[pools]]\nname = \"p\"\nendpoints = [\"{origin}\"]\n{}",
         routes.join("\n")
