@@ -393,3 +393,102 @@ async fn a_busy_plugin_answers_503_and_is_never_skipped_nor_marked_unhealthy() {
     let calls = "gantry_plugin_calls_total{hook=\"request\",outcome=\"busy\",plugin=\"add\",route=\"guarded\"}";
     assert_eq!(gw.metric(calls).await, Some(10.0));
 }
+
+/// The real backend (SmolLM2 on the CPU) in process, with only the generation
+/// model, on an ephemeral port.
+async fn real_backend() -> gantry_inference::Backend {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let text = gantry_config::backend::EMBEDDED_BACKEND_DEFAULT
+        .replace("127.0.0.1:50051", "127.0.0.1:0")
+        .replace("\"127.0.0.1:9091\"", "\"off\"");
+    let mut config =
+        gantry_config::backend::parse_backend(&text, "backend", &repo.join("config/examples"))
+            .unwrap();
+    config
+        .models
+        .retain(|m| m.kind == gantry_config::backend::ModelKind::Generate);
+    let backend = gantry_inference::Backend::start(config).await.unwrap();
+    backend.ready().await.unwrap();
+    backend
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poisoned_sampling_values_never_end_another_clients_stream_on_a_real_backend() {
+    let backend = real_backend().await;
+    let config = crate::openai::ai_config(&[backend.addr], "")
+        .replace("[\"fixture\", \"fixture-embed\"]", "[\"smollm2-135m\"]")
+        .replace("max_body_bytes = 4096", "max_body_bytes = 65536");
+    let gw = Gateway::start(&config).await;
+    eventually("backend healthy", || async {
+        gw.metric(&format!(
+            "gantry_inference_backend_healthy{{backend=\"{}\",pool=\"ai\"}}",
+            backend.addr
+        ))
+        .await
+            == Some(1.0)
+    })
+    .await;
+    let ask = |extra: serde_json::Value| {
+        let mut body = json!({"model": "smollm2-135m", "max_tokens": 4,
+                              "messages": [{"role": "user", "content": "Count to ten."}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // A greedy stream of 48 tokens that no stop can end early.
+    let running = {
+        let body = ask(json!({"stream": true, "temperature": 0, "max_tokens": 48,
+                              "stream_options": {"include_usage": true}}));
+        let (client, url) = (gw.client.clone(), gw.url("/v1/chat/completions"));
+        tokio::spawn(async move {
+            let res = client.post(url).json(&body).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            res.text().await.unwrap()
+        })
+    };
+    // Every numeric edge, while it runs: each is greedy (200) or refused (400).
+    let poisons = [
+        json!({"temperature": 1e-38}),
+        json!({"temperature": 1e-45}),
+        json!({"temperature": 5e-324}),
+        json!({"temperature": 1e-45, "top_p": 1e-38, "top_k": 1}),
+        json!({"temperature": 2, "top_p": 1e-38}),
+        json!({"temperature": 2, "repetition_penalty": 0.01}),
+        json!({"temperature": 1, "repetition_penalty": 1e-38}),
+        json!({"temperature": 1, "repetition_penalty": 1e-45}),
+        json!({"temperature": 1e39}),
+        json!({"top_p": 1e39}),
+    ];
+    for extra in poisons {
+        let res = post(&gw, "/v1/chat/completions", &ask(extra.clone())).await;
+        let status = res.status().as_u16();
+        assert!(
+            status == 200 || status == 400,
+            "{extra}: {status} {}",
+            res.text().await.unwrap()
+        );
+    }
+    let text = running.await.unwrap();
+    assert!(text.contains("\"finish_reason\":\"length\""), "{text}");
+    assert!(
+        text.contains("\"completion_tokens\":48"),
+        "all its tokens: {text}"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(gw.admin_get("/readyz").await.status(), 200);
+    let ejected = format!(
+        "gantry_inference_backend_ejections_total{{backend=\"{}\",pool=\"ai\"}}",
+        backend.addr
+    );
+    assert_eq!(gw.metric(&ejected).await.unwrap_or(0.0), 0.0);
+    assert_eq!(
+        gw.metric("gantry_inference_retries_total{pool=\"ai\"}")
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+    backend.shutdown().await.unwrap();
+}
