@@ -27,6 +27,14 @@ pub struct HostState {
     pub(crate) next_token: u32,
     /// Per request: maps, bodies, properties, the local response.
     pub(crate) http: HttpState,
+    /// The CPU clock of the hook call running now.
+    pub(crate) clock: crate::cpu::CallClock,
+}
+
+impl AsMut<crate::cpu::CallClock> for HostState {
+    fn as_mut(&mut self) -> &mut crate::cpu::CallClock {
+        &mut self.clock
+    }
 }
 
 /// The store's limits, remembering whether a `memory.grow` was refused (a trap

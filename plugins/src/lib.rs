@@ -19,8 +19,11 @@
 //! request), so a healthy plugin costs no compilation or instantiation per request.
 
 pub mod abi;
+mod cpu;
 mod host;
 mod shared;
+
+pub use cpu::WALL_FACTOR;
 
 pub use shared::{
     Metric, MetricKind, Shared, MAX_LOG_LINE_BYTES, MAX_METRIC_NAME_BYTES, SHARED_DATA_ENTRY_BYTES,
@@ -514,10 +517,6 @@ impl Plugin {
         &self.shared
     }
 
-    fn deadline_ticks(&self) -> u64 {
-        (self.limits.cpu_per_call.as_millis() as u64 / EPOCH_TICK.as_millis() as u64).max(1)
-    }
-
     /// Instantiate and configure a fresh instance.
     fn new_vm(&self) -> Result<Vm, PluginError> {
         let state = HostState {
@@ -536,10 +535,13 @@ impl Plugin {
             upstreams: self.upstreams.clone(),
             next_token: 1,
             http: HttpState::default(),
+            clock: Default::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.store_limits);
-        store.set_epoch_deadline(self.deadline_ticks());
+        let budget = self.limits.cpu_per_call;
+        store.epoch_deadline_callback(move |ctx| cpu::on_tick(ctx, budget));
+        cpu::arm(&mut store);
         let instance = self
             .pre
             .instantiate(&mut store)
@@ -547,7 +549,7 @@ impl Plugin {
         store.data_mut().exports = host::GuestExports::of(&instance, &mut store);
         for start in ["_initialize", "_start"] {
             if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, start) {
-                store.set_epoch_deadline(self.deadline_ticks());
+                cpu::arm(&mut store);
                 f.call(&mut store, ())
                     .map_err(|e| classify(&self.name, start, e))?;
                 break;
@@ -583,7 +585,7 @@ impl Plugin {
                 .get_typed_func::<i32, ()>(&mut store, "proxy_on_delete")
                 .ok(),
         };
-        store.set_epoch_deadline(self.deadline_ticks());
+        cpu::arm(&mut store);
         exports
             .context_create
             .call(&mut store, (ROOT_CONTEXT, 0))
@@ -591,7 +593,7 @@ impl Plugin {
         let config_len = self.configuration.len() as i32;
         for (name, arg) in [("proxy_on_vm_start", 0), ("proxy_on_configure", config_len)] {
             if let Ok(f) = instance.get_typed_func::<(i32, i32), i32>(&mut store, name) {
-                store.set_epoch_deadline(self.deadline_ticks());
+                cpu::arm(&mut store);
                 let ok = f
                     .call(&mut store, (ROOT_CONTEXT, arg))
                     .map_err(|e| classify(&self.name, "configure", e))?;
@@ -711,7 +713,7 @@ impl Plugin {
             ..HttpState::default()
         };
         vm.store.data_mut().store_limits.memory_refused = false;
-        vm.store.set_epoch_deadline(self.deadline_ticks());
+        cpu::arm(&mut vm.store);
         vm.exports
             .context_create
             .call(&mut vm.store, (id, ROOT_CONTEXT))
@@ -767,7 +769,6 @@ impl HttpContext {
         arg: i32,
         end_of_stream: bool,
     ) -> Result<Decision, PluginError> {
-        let deadline = self.plugin.deadline_ticks();
         let Some(vm) = self.vm.as_mut() else {
             return Err(PluginError::Trap {
                 plugin: self.plugin.name.clone(),
@@ -779,7 +780,7 @@ impl HttpContext {
         let Some(f) = pick(&vm.exports) else {
             return Ok(Decision::Continue);
         };
-        vm.store.set_epoch_deadline(deadline);
+        cpu::arm(&mut vm.store);
         let result = f.call(&mut vm.store, (self.id, arg, i32::from(end_of_stream)));
         match result {
             Ok(action) => {
@@ -939,7 +940,6 @@ impl HttpContext {
         answer: Option<HttpCallResponse>,
     ) -> Result<Decision, PluginError> {
         const HOOK: &str = "proxy_on_http_call_response";
-        let deadline = self.plugin.deadline_ticks();
         let Some(vm) = self.vm.as_mut() else {
             return Err(PluginError::Trap {
                 plugin: self.plugin.name.clone(),
@@ -956,7 +956,7 @@ impl HttpContext {
         let http = &mut vm.store.data_mut().http;
         http.call_response = Some(answer);
         http.resumed = false;
-        vm.store.set_epoch_deadline(deadline);
+        cpu::arm(&mut vm.store);
         match f.call(
             &mut vm.store,
             (ROOT_CONTEXT, token as i32, headers, body, 0),
@@ -1112,14 +1112,13 @@ impl Drop for HttpContext {
             self.plugin.check_in(None);
             return;
         };
-        let deadline = self.plugin.deadline_ticks();
         let mut ok = true;
         if let Some(done) = vm.exports.on_done.clone() {
-            vm.store.set_epoch_deadline(deadline);
+            cpu::arm(&mut vm.store);
             ok &= done.call(&mut vm.store, self.id).is_ok();
         }
         if let Some(delete) = vm.exports.on_delete.clone() {
-            vm.store.set_epoch_deadline(deadline);
+            cpu::arm(&mut vm.store);
             ok &= delete.call(&mut vm.store, self.id).is_ok();
         }
         if ok {

@@ -314,9 +314,22 @@ impl Gateway {
                 Ok(mut hc) => {
                     let request_id = ctx.request_id.as_str();
                     let perform = |call| self.http_call(call, plugin, request_id);
-                    hc.on_request(&mut pairs, body.as_mut(), perform)
-                        .await
-                        .map(|d| (hc, d))
+                    // The body is read: a client that leaves now cancels the
+                    // plugin's calls (an in-process inference call drops its
+                    // backend stream).
+                    let ran = {
+                        let run = hc.on_request(&mut pairs, body.as_mut(), perform);
+                        let gone = crate::inference::downstream::Downstream::gone(session);
+                        tokio::select! {
+                            r = run => Some(r),
+                            _ = gone => None,
+                        }
+                    };
+                    let Some(ran) = ran else {
+                        tracing::debug!(request_id = %ctx.request_id, plugin = %plugin.name, "client left during the plugin's request phase; its calls are cancelled");
+                        return Ok(None);
+                    };
+                    ran.map(|d| (hc, d))
                 }
                 Err(e) => Err(e),
             };

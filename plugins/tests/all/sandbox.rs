@@ -768,3 +768,68 @@ fn http_call_timeouts_are_clamped_to_the_plugins_maximum() {
         ]
     );
 }
+
+/// A module whose request-headers hook counts down from `n` (pure CPU).
+fn spinning(n: u64) -> Vec<u8> {
+    module(&format!(
+        "(local $i i64) (local.set $i (i64.const {n}))
+         (block $done (loop $spin
+           (br_if $done (i64.eqz (local.get $i)))
+           (local.set $i (i64.sub (local.get $i) (i64.const 1)))
+           (br $spin)))
+         (i32.const 0)"
+    ))
+}
+
+#[test]
+fn a_loaded_machine_does_not_turn_a_short_hook_into_a_cpu_trap() {
+    let limits = PluginLimits {
+        cpu_per_call: Duration::from_millis(5),
+        ..PluginLimits::default()
+    };
+    // Calibrate a hook that needs about 1.5 ms of CPU, unloaded.
+    let probe = load(&spinning(1_000_000), limits);
+    let mut ctx = probe.start_request(vec![]).unwrap();
+    let started = Instant::now();
+    ctx.on_request_headers(&mut request_headers(), true)
+        .unwrap();
+    let per_million = started.elapsed().max(Duration::from_micros(50));
+    drop(ctx);
+    let n = (1.5e6 / per_million.as_secs_f64() / 1e3) as u64;
+    let plugin = load(&spinning(n.max(1)), limits);
+    // Eight threads that only burn CPU: each hook call now shares the cores.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let burners: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let mut calls = 0;
+    while calls < 20 || (slowest <= limits.cpu_per_call && calls < 300) {
+        let mut ctx = plugin.start_request(vec![]).unwrap();
+        let started = Instant::now();
+        let result = ctx.on_request_headers(&mut request_headers(), true);
+        slowest = slowest.max(started.elapsed());
+        assert!(
+            result.is_ok(),
+            "call {calls} trapped after {:?}: {result:?}",
+            started.elapsed()
+        );
+        calls += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in burners {
+        b.join().unwrap();
+    }
+    assert!(
+        slowest > limits.cpu_per_call,
+        "the load made some call take longer than its CPU budget in wall time ({slowest:?})"
+    );
+}

@@ -492,3 +492,95 @@ async fn poisoned_sampling_values_never_end_another_clients_stream_on_a_real_bac
     );
     backend.shutdown().await.unwrap();
 }
+
+/// A proxy-wasm map (`pairs`) as WAT data-string escapes.
+fn wat_map(pairs: &[(&str, &str)]) -> (String, usize) {
+    let mut bytes = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (k, v) in pairs {
+        bytes.extend((k.len() as u32).to_le_bytes());
+        bytes.extend((v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        bytes.extend(k.as_bytes());
+        bytes.push(0);
+        bytes.extend(v.as_bytes());
+        bytes.push(0);
+    }
+    (
+        bytes.iter().map(|b| format!("\\{b:02x}")).collect(),
+        bytes.len(),
+    )
+}
+
+#[tokio::test]
+async fn a_plugins_inference_call_is_cancelled_when_its_client_leaves() {
+    use crate::plugins::wat_module;
+    let dir = tempfile::tempdir().unwrap();
+    // The backend would take 20 s to answer.
+    let backend = Fixture::start(Behaviour {
+        first_token_delay: Duration::from_secs(20),
+        ..Behaviour::default()
+    });
+    let (map, map_len) = wat_map(&[
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        (":authority", "gantry"),
+        ("content-type", "application/json"),
+    ]);
+    let body = chat(false).to_string();
+    let body_wat: String = body.bytes().map(|b| format!("\\{b:02x}")).collect();
+    // proxy_http_call("ai", POST /v1/chat/completions, a chat body) and pause.
+    let wasm = wat_module(
+        r#"(import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
+        &format!(
+            r#"(data (i32.const 16) "ai")
+      (data (i32.const 100) "{map}")
+      (data (i32.const 1000) "{body_wat}")
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (if (i32.ne (call $call (i32.const 16) (i32.const 2) (i32.const 100) (i32.const {map_len})
+                (i32.const 1000) (i32.const {}) (i32.const 0) (i32.const 0) (i32.const 30000) (i32.const 300))
+              (i32.const 0))
+          (then unreachable))
+        (i32.const 1))"#,
+            body.len()
+        ),
+    );
+    let file = dir.path().join("caller.wasm");
+    std::fs::write(&file, wasm).unwrap();
+    let origin = Origin::start("o").await;
+    let text = format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\n\
+         [[pools]]\nname = \"p\"\nendpoints = [\"{}\"]\n\
+         [[inference_pools]]\nname = \"ai\"\nendpoints = [\"{}\"]\nmodels = [\"fixture\"]\n\
+         [[routes]]\nname = \"r\"\npool = \"p\"\npath_prefix = \"/\"\n\
+         [[routes.plugins]]\nname = \"caller\"\nfile = \"{}\"\nupstreams = [\"ai\"]\n",
+        origin.addr,
+        backend.addr,
+        file.display()
+    );
+    let gw = Gateway::start(&text).await;
+    let sample = format!(
+        "gantry_inference_backend_healthy{{backend=\"{}\",pool=\"ai\"}}",
+        backend.addr
+    );
+    eventually("backend healthy", || async {
+        gw.metric(&sample).await == Some(1.0)
+    })
+    .await;
+    // A raw client sends a request and hangs up while the call is out.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    conn.write_all(b"GET /x HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the call reached the backend", || async {
+        backend.stats.accepted.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(conn);
+    eventually("the backend's stream was cancelled", || async {
+        backend.stats.cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(origin.state.hits.load(Ordering::SeqCst), 0);
+}
