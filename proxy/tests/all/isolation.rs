@@ -584,3 +584,86 @@ async fn a_plugins_inference_call_is_cancelled_when_its_client_leaves() {
     .await;
     assert_eq!(origin.state.hits.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_long_stream_does_not_hold_its_plugins_instance() {
+    use crate::plugins::{plugin, CONTINUE};
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Fixture::start(Behaviour {
+        tokens: 30,
+        inter_token_delay: Duration::from_millis(50),
+        ..Behaviour::default()
+    });
+    let pass = plugin(dir.path(), "pass", CONTINUE, CONTINUE);
+    let config = crate::openai::ai_config(&[backend.addr], "").replace(
+        "inference_pools = [\"ai\"]\nmax_body_bytes = 4096\n",
+        &format!(
+            "inference_pools = [\"ai\"]\nmax_body_bytes = 4096\n\
+             [[routes.plugins]]\nname = \"pass\"\nfile = \"{}\"\nmax_instances = 1\n",
+            pass.display()
+        ),
+    );
+    let gw = Gateway::start(&config).await;
+    let sample = format!(
+        "gantry_inference_backend_healthy{{backend=\"{}\",pool=\"ai\"}}",
+        backend.addr
+    );
+    eventually("backend healthy", || async {
+        gw.metric(&sample).await == Some(1.0)
+    })
+    .await;
+    // Two streams of 1.5 s each, one after the other has started: with the
+    // single instance held for the whole stream the second would be refused.
+    let mut first = post(&gw, "/v1/chat/completions", &chat(true)).await;
+    assert_eq!(first.status(), 200);
+    assert!(first.chunk().await.unwrap().is_some());
+    let second = post(&gw, "/v1/chat/completions", &chat(true)).await;
+    assert_eq!(
+        second.status(),
+        200,
+        "the first stream gave its instance back"
+    );
+    assert!(second.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    while first.chunk().await.unwrap().is_some() {}
+}
+
+#[tokio::test]
+async fn bodies_no_plugin_could_be_handed_are_413s_that_never_make_it_unhealthy() {
+    use crate::plugins::{config, plugin, route, ADD_HEADERS};
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
+    let add = plugin(dir.path(), "add", ADD_HEADERS.0, ADD_HEADERS.1);
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[route(
+            "r",
+            "/",
+            &[("add", &add, "bytes_per_host_call = 1000")],
+        )],
+    ))
+    .await;
+    for _ in 0..20 {
+        let res = gw
+            .client
+            .post(gw.url("/upload"))
+            .body("x".repeat(5000))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 413);
+    }
+    assert_eq!(origin.state.hits.load(Ordering::SeqCst), 0);
+    // The plugin still runs: it was never asked to take what it could not.
+    let res = gw
+        .client
+        .post(gw.url("/upload"))
+        .body("small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-seen"], "yes");
+    let page = gw.metrics().await;
+    assert!(!page.contains("outcome=\"unhealthy\""), "{page}");
+    assert!(!page.contains("outcome=\"error\""), "{page}");
+}
