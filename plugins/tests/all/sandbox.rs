@@ -76,6 +76,20 @@ fn load(wasm: &[u8], limits: PluginLimits) -> std::sync::Arc<gantry_plugins::Plu
         .expect("plugin loads")
 }
 
+/// [`load`], for a plugin that may `proxy_http_call` the pool `side`.
+fn load_calling_side(wasm: &[u8], limits: PluginLimits) -> std::sync::Arc<gantry_plugins::Plugin> {
+    engine()
+        .load(
+            "t",
+            wasm,
+            Vec::new(),
+            limits,
+            FailurePolicy::Closed,
+            vec!["side".into()],
+        )
+        .expect("plugin loads")
+}
+
 fn request_headers() -> Vec<(String, String)> {
     vec![(":path".into(), "/".into()), ("host".into(), "x".into())]
 }
@@ -478,16 +492,7 @@ fn too_many_http_calls_trap_at_the_limit() {
         max_http_calls: 2,
         ..PluginLimits::default()
     };
-    let plugin = engine()
-        .load(
-            "many",
-            &wasm,
-            vec![],
-            limits,
-            FailurePolicy::Closed,
-            vec!["side".into()],
-        )
-        .unwrap();
+    let plugin = load_calling_side(&wasm, limits);
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut headers = request_headers();
     let err = ready(ctx.on_request(&mut headers, None, |_| async { None })).unwrap_err();
@@ -742,16 +747,7 @@ fn http_call_timeouts_are_clamped_to_the_plugins_maximum() {
         max_http_call_timeout: Duration::from_secs(5),
         ..PluginLimits::default()
     };
-    let plugin = engine()
-        .load(
-            "t",
-            &wasm,
-            vec![],
-            limits,
-            FailurePolicy::Closed,
-            vec!["side".into()],
-        )
-        .unwrap();
+    let plugin = load_calling_side(&wasm, limits);
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut headers = request_headers();
     let mut timeouts = Vec::new();

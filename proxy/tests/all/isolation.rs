@@ -331,24 +331,24 @@ async fn no_backend_address_or_internal_error_text_reaches_a_client() {
     );
 }
 
-#[tokio::test]
-async fn a_busy_plugin_answers_503_and_is_never_skipped_nor_marked_unhealthy() {
-    use crate::plugins::{config, plugin, route, ADD_HEADERS};
+/// An origin behind route `route` on `/` whose one plugin, `add`, adds
+/// `x-seen: yes` to responses; `extra` goes in its `[[routes.plugins]]` entry.
+async fn guarded(route: &str, extra: &str) -> (Origin, Gateway, tempfile::TempDir) {
+    use crate::plugins::{config, plugin, ADD_HEADERS};
     let dir = tempfile::tempdir().unwrap();
     let origin = Origin::start("o").await;
     let add = plugin(dir.path(), "add", ADD_HEADERS.0, ADD_HEADERS.1);
-    let gw = Gateway::start(&config(
-        origin.addr,
-        &[route(
-            "guarded",
-            "/",
-            &[(
-                "add",
-                &add,
-                "failure = \"open\"\nmax_instances = 2\nmax_idle_instances = 1",
-            )],
-        )],
-    ))
+    let routes = [crate::plugins::route(route, "/", &[("add", &add, extra)])];
+    let gw = Gateway::start(&config(origin.addr, &routes)).await;
+    (origin, gw, dir)
+}
+
+#[tokio::test]
+async fn a_busy_plugin_answers_503_and_is_never_skipped_nor_marked_unhealthy() {
+    let (origin, gw, _dir) = guarded(
+        "guarded",
+        "failure = \"open\"\nmax_instances = 2\nmax_idle_instances = 1",
+    )
     .await;
     // Two slow requests hold both instances until their responses end.
     let slow = |delay: u64| {
@@ -629,19 +629,7 @@ async fn a_long_stream_does_not_hold_its_plugins_instance() {
 
 #[tokio::test]
 async fn bodies_no_plugin_could_be_handed_are_413s_that_never_make_it_unhealthy() {
-    use crate::plugins::{config, plugin, route, ADD_HEADERS};
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start("o").await;
-    let add = plugin(dir.path(), "add", ADD_HEADERS.0, ADD_HEADERS.1);
-    let gw = Gateway::start(&config(
-        origin.addr,
-        &[route(
-            "r",
-            "/",
-            &[("add", &add, "bytes_per_host_call = 1000")],
-        )],
-    ))
-    .await;
+    let (origin, gw, _dir) = guarded("r", "bytes_per_host_call = 1000").await;
     for _ in 0..20 {
         let res = gw
             .client
