@@ -503,6 +503,7 @@ async fn huge_prompts_are_refused_at_once_while_health_keeps_answering() {
     let sent = Instant::now();
     let status = refusal(&mut c, prompt(GEN, &huge, 4)).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    eprintln!("a lone ~4 MiB prompt refused after {:?}", sent.elapsed());
     assert!(
         sent.elapsed() < Duration::from_millis(200),
         "refused after {:?}",
@@ -544,6 +545,7 @@ async fn huge_prompts_are_refused_at_once_while_health_keeps_answering() {
         slowest_health = slowest_health.max(asked.elapsed());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let mut slowest_call = Duration::ZERO;
     for call in calls {
         let (status, took) = call.await.unwrap();
         assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
@@ -555,7 +557,9 @@ async fn huge_prompts_are_refused_at_once_while_health_keeps_answering() {
         // All 32 arrive together: 128 MiB cross loopback on a shared 2-core
         // machine in about 0.2 s, so each waits for the others' bytes.
         assert!(took < Duration::from_millis(1000), "refused after {took:?}");
+        slowest_call = slowest_call.max(took);
     }
+    eprintln!("32 concurrent ~4 MiB prompts: slowest refusal {slowest_call:?}, slowest health check {slowest_health:?}");
     assert!(
         slowest_health < Duration::from_millis(100),
         "health took {slowest_health:?}"

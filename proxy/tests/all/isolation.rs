@@ -136,6 +136,10 @@ async fn client_chosen_model_names_never_become_metric_series() {
         assert_eq!(post(&gw, "/v1/embeddings", &body).await.status(), 404);
     }
     let page = gw.metrics().await;
+    eprintln!(
+        "/metrics: {before} bytes before, {} after 2,000 unknown models",
+        page.len()
+    );
     assert!(
         page.len() < before + 2048,
         "/metrics grew from {before} to {} bytes",
