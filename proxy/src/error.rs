@@ -48,6 +48,12 @@ pub enum GatewayError {
     /// The client sent something that is not valid HTTP.
     #[error("the request is malformed")]
     BadRequest,
+    /// The path or Host cannot be normalized safely (see normalize.rs).
+    #[error("{0}")]
+    InvalidTarget(crate::normalize::Refused),
+    /// An HTTP/1.1 request without a `Host` header (RFC 9112 §3.2).
+    #[error("an HTTP/1.1 request must carry a Host header")]
+    MissingHost,
     /// A route's Wasm plugin trapped or reached a limit, and fails closed.
     #[error("plugin `{plugin}` failed")]
     PluginFailed {
@@ -69,7 +75,9 @@ impl GatewayError {
     /// HTTP status for this error.
     pub fn status(&self) -> u16 {
         match self {
-            GatewayError::BadRequest => 400,
+            GatewayError::BadRequest
+            | GatewayError::InvalidTarget(_)
+            | GatewayError::MissingHost => 400,
             GatewayError::NoRoute => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
@@ -93,6 +101,9 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::BadGateway => "bad_gateway",
             GatewayError::BadRequest => "bad_request",
+            GatewayError::InvalidTarget(crate::normalize::Refused::BadHost) => "invalid_host",
+            GatewayError::InvalidTarget(_) => "invalid_path",
+            GatewayError::MissingHost => "missing_host",
             GatewayError::Internal => "internal_error",
             GatewayError::PluginFailed { .. } => "plugin_failed",
             GatewayError::PluginBusy { .. } => "plugin_busy",

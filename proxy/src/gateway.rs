@@ -762,6 +762,60 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
+/// Whether the client asked to keep its connection (RFC 9112 §9.3): HTTP/1.1
+/// unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+fn client_keeps_alive(req: &RequestHeader) -> bool {
+    let has = |token: &str| {
+        req.headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match req.version {
+        http::Version::HTTP_10 | http::Version::HTTP_09 => has("keep-alive"),
+        http::Version::HTTP_11 => !has("close"),
+        _ => true,
+    }
+}
+
+/// Give the request one view of its path and host (normalize.rs): routing,
+/// plugins and the upstream all see the normalized forms. An HTTP/1.1 request
+/// must name its host.
+fn normalize_target(session: &mut Session) -> std::result::Result<(), GatewayError> {
+    let req = session.req_header();
+    if req.version == http::Version::HTTP_11 && req.headers.get(HOST).is_none() {
+        return Err(GatewayError::MissingHost);
+    }
+    let path = crate::normalize::path(req.uri.path()).map_err(GatewayError::InvalidTarget)?;
+    let host = host_of(req)
+        .map(crate::normalize::host)
+        .transpose()
+        .map_err(GatewayError::InvalidTarget)?;
+    let path = match path {
+        std::borrow::Cow::Owned(p) => Some(match req.uri.query() {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        }),
+        std::borrow::Cow::Borrowed(_) => None,
+    };
+    let host = match host {
+        Some(std::borrow::Cow::Owned(h)) => Some(h),
+        _ => None,
+    };
+    let req = session.req_header_mut();
+    if let Some(path) = path {
+        let uri = http::Uri::try_from(path).map_err(|_| GatewayError::BadRequest)?;
+        req.set_uri(uri);
+    }
+    if let Some(host) = host {
+        req.insert_header(HOST, host)
+            .map_err(|_| GatewayError::BadRequest)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -791,7 +845,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         session.set_read_timeout(Some(self.limits.client_read_timeout));
         session.set_write_timeout(Some(self.limits.client_write_timeout));
-        if self.lifecycle.is_draining() {
+        if self.lifecycle.is_draining() || !client_keeps_alive(session.req_header()) {
             session.set_keepalive(None);
         } else {
             session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
@@ -816,6 +870,13 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
 
+        if let Err(err) = normalize_target(session) {
+            // The connection may hold anything after such a request: close it.
+            session.set_keepalive(None);
+            self.respond(session, ctx, err).await?;
+            return Ok(true);
+        }
+        let req = session.req_header();
         let found = self.router.find(host_of(req), req.uri.path(), &req.method);
         let route = match found {
             Match::Route(i) => i,

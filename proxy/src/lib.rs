@@ -7,6 +7,7 @@ pub mod error;
 pub mod gateway;
 pub mod inference;
 pub mod metrics;
+pub mod normalize;
 pub mod plugins;
 pub mod rewrite;
 pub mod router;

@@ -7,6 +7,7 @@ mod admin;
 mod bad_input;
 mod balancing;
 mod cli;
+mod edge;
 mod fuzz_corpus;
 mod health;
 mod isolation;

@@ -268,7 +268,7 @@ fn plugin_configuration_problems_name_the_field() {
 
 /// An example plugin built from source with the public `proxy-wasm` SDK by
 /// scripts/build-plugins.sh (which scripts/test.sh runs first).
-fn example(name: &str) -> PathBuf {
+pub(crate) fn example(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../plugins/examples/target/wasm32-unknown-unknown/release")
         .join(format!("{name}.wasm"));

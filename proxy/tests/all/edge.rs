@@ -1,0 +1,128 @@
+//! The edge holds against hostile HTTP: one view of the path and the host, so
+//! the route that ran the plugins is the route the upstream serves.
+
+use crate::harness::*;
+use crate::plugins::example;
+use std::sync::atomic::Ordering;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `/api` and host `admin.example.com` behind api-key-auth, everything else to
+/// an open catch-all route on the same origin.
+async fn guarded_edge() -> (Origin, Gateway) {
+    let origin = Origin::start("o").await;
+    let auth = example("api_key_auth");
+    let plugin = |name: &str| {
+        format!(
+            "[[routes.plugins]]\nname = \"{name}\"\nfile = \"{}\"\nconfiguration = {{ keys = [\"k-1\"] }}\n",
+            auth.display()
+        )
+    };
+    let config = format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\n\
+         [[pools]]\nname = \"p\"\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"api\"\npool = \"p\"\npath_prefix = \"/api\"\n{}\
+         [[routes]]\nname = \"admin\"\npool = \"p\"\nhosts = [\"admin.example.com\"]\n{}\
+         [[routes]]\nname = \"open\"\npool = \"p\"\npath_prefix = \"/\"\n",
+        origin.addr,
+        plugin("auth-api"),
+        plugin("auth-admin"),
+    );
+    (origin, Gateway::start(&config).await)
+}
+
+/// Send `head` raw (no client normalizes it), read the whole answer.
+async fn raw(gw: &Gateway, head: &str) -> String {
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+#[tokio::test]
+async fn every_spelling_of_a_guarded_path_or_host_meets_its_plugin() {
+    let (origin, gw) = guarded_edge().await;
+    let attempts = [
+        ("/api/x", "gw.test"),
+        ("/static/../api/x", "gw.test"),
+        ("/%61pi/x", "gw.test"),
+        ("/%61%70%69/x", "gw.test"),
+        ("//api/x", "gw.test"),
+        ("/./api/x", "gw.test"),
+        ("/api/./x", "gw.test"),
+        ("/x/..//api/x", "gw.test"),
+        ("/API/../api/x", "gw.test"),
+        ("/", "admin.example.com"),
+        ("/", "admin.example.com."),
+        ("/", "ADMIN.Example.com"),
+        ("/", "admin.example.com.:80"),
+        ("/%2e%2e/api/x", "gw.test"),
+        ("/api%2Fx", "gw.test"),
+        ("/api%5cx", "gw.test"),
+        ("/ok%00", "gw.test"),
+        ("/a\\..\\api", "gw.test"),
+        ("/", "admin..example.com"),
+    ];
+    for (path, host) in attempts {
+        let answer = raw(
+            &gw,
+            &format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"),
+        )
+        .await;
+        let code = status(&answer);
+        assert!(code == 401 || code == 400, "{path} on {host}: {answer}");
+        if code == 400 {
+            assert!(answer.contains("\"error\""), "JSON error: {answer}");
+            assert!(
+                answer.to_ascii_lowercase().contains("connection: close"),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(
+        origin.state.hits.load(Ordering::SeqCst),
+        0,
+        "no form reached the origin"
+    );
+    // With the key, the normalized path is what the origin serves.
+    let answer = raw(
+        &gw,
+        "GET /static/../%61pi//x/./y?q=%2F HTTP/1.1\r\nhost: gw.test\r\nx-api-key: k-1\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let echo: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_else(|_| {
+        // A chunked answer: take the JSON object between the chunk sizes.
+        let start = body.find('{').unwrap();
+        let end = body.rfind('}').unwrap();
+        serde_json::from_str(&body[start..=end]).unwrap()
+    });
+    assert_eq!(echo["path"], "/api/x/y?q=%2F", "{echo}");
+}
+
+#[tokio::test]
+async fn an_http11_request_without_host_is_refused() {
+    let (origin, gw) = guarded_edge().await;
+    let answer = raw(&gw, "GET / HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(status(&answer), 400, "{answer}");
+    assert!(answer.contains("missing_host"), "{answer}");
+    // HTTP/1.0 needs none, and its connection closes after the answer.
+    let started = std::time::Instant::now();
+    let answer = raw(&gw, "GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "an HTTP/1.0 connection was held open for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(origin.state.hits.load(Ordering::SeqCst), 1);
+}
