@@ -140,6 +140,13 @@ pub struct FileConfig {
 pub struct ServerSection {
     /// Worker threads serving traffic. Default: the number of CPUs.
     pub threads: Option<usize>,
+    /// Networks (`10.0.0.0/8`, `2001:db8::/32`, or single addresses) of proxies
+    /// in front of Gantry whose forwarding headers are believed. From any other
+    /// peer, `X-Forwarded-For` is replaced by the peer's address and `Forwarded`,
+    /// `X-Real-IP`, `X-Forwarded-Host`, `X-Forwarded-Port`, `True-Client-IP` and
+    /// `X-Client-IP` are removed. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[limits]`

@@ -136,6 +136,8 @@ pub struct Config {
     pub inference_pools: Vec<InferencePool>,
     /// Routes, in file order.
     pub routes: Vec<Route>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Client-facing limits (see [`file::LimitsSection`] for defaults).

@@ -252,8 +252,23 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         routes.push(route);
     }
 
+    let mut trusted_proxies = Vec::new();
+    for (k, net) in raw.server.trusted_proxies.iter().enumerate() {
+        let parsed = net
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(n) => trusted_proxies.push(n.trunc()),
+            Err(_) => c.fail(
+                format!("server.trusted_proxies[{k}]"),
+                format!("`{net}` is not an address or network (e.g. `10.0.0.0/8`, `::1`)"),
+            ),
+        }
+    }
+
     if c.problems.is_empty() {
         Ok(Config {
+            trusted_proxies,
             threads,
             limits,
             admin,

@@ -41,6 +41,17 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// Equal to Pingora's retry buffer, which replays the read body to the upstream.
 const PREREAD_MAX_BYTES: u64 = 64 * 1024;
 
+/// Forwarding headers a client could forge, removed unless the peer is a
+/// trusted proxy (`X-Forwarded-For` is then rewritten, not removed).
+const SPOOFABLE_FORWARDING_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "true-client-ip",
+    "x-client-ip",
+];
+
 /// Process-wide state the phases and the shutdown logic share.
 #[derive(Default)]
 pub struct Lifecycle {
@@ -121,6 +132,8 @@ pub struct Gateway {
     /// Per route and plugin position: the call counters every request moves,
     /// resolved once (plugin names survive hot reloads).
     hot: Vec<Vec<HotCounters>>,
+    /// Peers whose forwarding headers are believed (`server.trusted_proxies`).
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A plugin's `continue` counters for each hook.
@@ -215,7 +228,45 @@ impl Gateway {
             plugins,
             connector: pingora::connectors::http::Connector::new(None),
             hot,
+            trusted_proxies: Vec::new(),
         }
+    }
+
+    /// Believe the forwarding headers of peers in these networks.
+    pub fn with_trusted_proxies(mut self, networks: Vec<ipnet::IpNet>) -> Self {
+        self.trusted_proxies = networks;
+        self
+    }
+
+    /// Believe the peer's forwarding headers only when it is a trusted proxy: then
+    /// append it to `X-Forwarded-For`; otherwise `X-Forwarded-For` is just the
+    /// peer, and the other spoofable forwarding headers are removed.
+    fn forwarding_headers(
+        &self,
+        upstream: &mut RequestHeader,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<()> {
+        let trusted = peer.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)));
+        let Some(ip) = peer else {
+            return Ok(());
+        };
+        if !trusted {
+            for name in SPOOFABLE_FORWARDING_HEADERS {
+                upstream.remove_header(*name);
+            }
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+            return Ok(());
+        }
+        let xff = match upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        upstream.insert_header("x-forwarded-for", xff)?;
+        Ok(())
     }
 
     /// Count a plugin call and, on failure, log it and count the limit reached.
@@ -1033,21 +1084,11 @@ impl ProxyHttp for Gateway {
         }
         self.rewrites[i].0.apply(upstream)?;
 
-        if let Some(ip) = session
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let xff = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            upstream.insert_header("x-forwarded-for", xff)?;
-        }
+            .map(|a| a.ip());
+        self.forwarding_headers(upstream, peer)?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         upstream.insert_header(REQUEST_ID, &ctx.request_id)?;

@@ -111,7 +111,8 @@ impl Gantry {
             lifecycle.clone(),
             inference.clone(),
             plugins.clone(),
-        );
+        )
+        .with_trusted_proxies(config.trusted_proxies.clone());
         let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
         if config.listeners.iter().any(|l| l.h2c) {
             let mut options = HttpServerOptions::default();

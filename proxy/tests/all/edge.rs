@@ -126,3 +126,59 @@ async fn an_http11_request_without_host_is_refused() {
     );
     assert_eq!(origin.state.hits.load(Ordering::SeqCst), 1);
 }
+
+/// A request from loopback with every forwarding header forged.
+async fn forged(gw: &Gateway) -> serde_json::Value {
+    let res = gw
+        .client
+        .get(gw.url("/x"))
+        .header("x-forwarded-for", "1.2.3.4")
+        .header("forwarded", "for=1.2.3.4;host=evil.example")
+        .header("x-real-ip", "1.2.3.4")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-port", "1")
+        .header("true-client-ip", "1.2.3.4")
+        .header("x-client-ip", "1.2.3.4")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    json(res).await["headers"].clone()
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    let origin = Origin::start("o").await;
+    let routes = format!(
+        "[[pools]]\nname = \"p\"\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        origin.addr
+    );
+    let listener = "[[listeners]]\nname = \"http\"\naddress = \"{gateway}\"\n";
+    let untrusted = Gateway::start(&format!("{listener}{routes}")).await;
+    let headers = forged(&untrusted).await;
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "{headers}");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    for name in [
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "true-client-ip",
+        "x-client-ip",
+    ] {
+        assert!(headers.get(name).is_none(), "{name} passed: {headers}");
+    }
+    let trusted = Gateway::start(&format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{listener}{routes}"
+    ))
+    .await;
+    let headers = forged(&trusted).await;
+    assert_eq!(
+        headers["x-forwarded-for"], "1.2.3.4, 127.0.0.1",
+        "{headers}"
+    );
+    assert_eq!(headers["x-real-ip"], "1.2.3.4");
+    assert_eq!(headers["x-forwarded-host"], "evil.example");
+    // Proto is always the gateway's own view.
+    assert_eq!(headers["x-forwarded-proto"], "http");
+}
