@@ -53,6 +53,8 @@ pub const DEFAULT_INFERENCE_RETRIES: u32 = 1;
 /// Requests one gateway process may have in flight to one inference pool; more
 /// get 429 at once (bounds the gateway's memory and the backends' queues).
 pub const DEFAULT_INFERENCE_MAX_INFLIGHT: usize = 4096;
+/// Shortest `admin.token` accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 /// Messages one chat request to an inference pool may hold; more get a 400
 /// naming `messages`.
 pub const DEFAULT_INFERENCE_MAX_MESSAGES: usize = 1024;
@@ -178,6 +180,15 @@ pub struct LimitsSection {
 pub struct AdminSection {
     /// `ip:port` of the admin listener, e.g. `127.0.0.1:9090`. Keep it off public interfaces.
     pub address: String,
+    /// Bearer token that state-changing admin endpoints (`POST /admin/reload`)
+    /// require. Absent: those endpoints answer 403 (reload by SIGHUP or file
+    /// change still works). At least 16 characters.
+    pub token: Option<String>,
+    /// Host names (besides IP literals and `localhost`) the admin listener
+    /// answers to; any other `Host` gets 403, so a DNS-rebinding page cannot
+    /// reach it. Default: none.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// `[[listeners]]`

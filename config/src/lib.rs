@@ -138,6 +138,17 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Who may use the admin listener.
+    pub admin_access: AdminAccess,
+}
+
+/// Who may use the admin listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminAccess {
+    /// Bearer token for state-changing endpoints; none disables them.
+    pub token: Option<String>,
+    /// Host names accepted besides IP literals and `localhost` (lower case).
+    pub hosts: Vec<String>,
 }
 
 /// Client-facing limits (see [`file::LimitsSection`] for defaults).

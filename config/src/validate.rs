@@ -2,8 +2,8 @@
 
 use crate::file::*;
 use crate::{
-    Certificate, Config, HashKey, HeaderRewrite, HealthCheck, InferencePool, InputLimits, Limits,
-    Listener, PluginRef, Pool, Problem, Route, Target, Tls,
+    AdminAccess, Certificate, Config, HashKey, HeaderRewrite, HealthCheck, InferencePool,
+    InputLimits, Limits, Listener, PluginRef, Pool, Problem, Route, Target, Tls,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -266,8 +266,29 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         }
     }
 
+    let mut admin_access = AdminAccess::default();
+    if let Some(a) = &raw.admin {
+        if let Some(token) = &a.token {
+            if token.len() < MIN_ADMIN_TOKEN_CHARS
+                || token
+                    .chars()
+                    .any(|ch| ch.is_whitespace() || ch.is_control())
+            {
+                c.fail(
+                    "admin.token",
+                    format!("must be at least {MIN_ADMIN_TOKEN_CHARS} characters, without spaces"),
+                );
+            }
+        }
+        admin_access = AdminAccess {
+            token: a.token.clone(),
+            hosts: a.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        };
+    }
+
     if c.problems.is_empty() {
         Ok(Config {
+            admin_access,
             trusted_proxies,
             threads,
             limits,

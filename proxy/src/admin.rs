@@ -1,6 +1,14 @@
-//! The admin listener: `/metrics` (Prometheus), `/healthz` (the process is up) and
-//! `/readyz` (it takes traffic: not draining, and every pool, HTTP or inference, has a
-//! healthy endpoint).
+//! The admin listener: `/metrics` (Prometheus), `/healthz` (the process is up),
+//! `/readyz` (this gateway can take traffic: it is serving its configuration and
+//! not draining), `/status` (JSON: draining, and each pool's healthy endpoints)
+//! and `POST /admin/reload` (plugins; needs `Authorization: Bearer <admin.token>`).
+//!
+//! Upstream health is not readiness: a pool with no healthy endpoint answers 503
+//! for its routes, but does not pull every gateway replica out of its Service.
+//!
+//! Every request's `Host` must be an IP literal, `localhost`, or a name in
+//! `admin.hosts`: a page on another origin cannot reach the admin listener by
+//! DNS rebinding (403 otherwise).
 
 use crate::gateway::Lifecycle;
 use crate::metrics::Metrics;
@@ -23,6 +31,44 @@ pub struct AdminApp {
     pub lifecycle: Arc<Lifecycle>,
     /// The Wasm plugins: their metrics, and `POST /admin/reload`.
     pub plugins: Arc<crate::plugins::Plugins>,
+    /// Who may use the listener.
+    pub access: gantry_config::AdminAccess,
+    /// Held while a reload runs: one at a time.
+    pub reloading: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// One pool's health, as `/status` shows it.
+#[derive(Debug, serde::Serialize)]
+struct PoolStatus {
+    name: String,
+    kind: &'static str,
+    endpoints: usize,
+    healthy: usize,
+}
+
+/// Whether an admin request's `Host` is one the listener answers to.
+fn host_allowed(host: Option<&str>, access: &gantry_config::AdminAccess) -> bool {
+    let Some(host) = host else {
+        // HTTP/1.0 without Host: no browser sends that.
+        return true;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if !port.contains(']') => n,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || access.hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Whether `header` is `Bearer <token>` (compared in constant time).
+fn bearer_matches(header: Option<&str>, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    given.as_bytes().ct_eq(token.as_bytes()).into()
 }
 
 impl AdminApp {
@@ -54,31 +100,90 @@ impl AdminApp {
         }
     }
 
-    /// Refresh endpoint-health gauges from the health checker's current view.
-    fn refresh_health(&self) -> Vec<String> {
-        let mut unavailable = Vec::new();
+    /// Refresh endpoint-health gauges from the health checker's current view;
+    /// each pool's health.
+    fn refresh_health(&self) -> Vec<PoolStatus> {
+        let mut pools = Vec::new();
         for pool in &self.pools {
             let backends = pool.selector.backends();
-            let mut any = false;
+            let (mut endpoints, mut healthy) = (0, 0);
             for b in backends.get_backend().iter() {
-                let healthy = backends.ready(b);
-                any |= healthy;
+                let ready = backends.ready(b);
+                endpoints += 1;
+                healthy += usize::from(ready);
                 self.metrics
                     .endpoint_healthy
                     .with_label_values(&[&pool.config.name, &b.addr.to_string()])
-                    .set(i64::from(healthy));
+                    .set(i64::from(ready));
             }
-            if !any {
-                unavailable.push(pool.config.name.clone());
-            }
+            pools.push(PoolStatus {
+                name: pool.config.name.clone(),
+                kind: "http",
+                endpoints,
+                healthy,
+            });
         }
         for pool in self.inference.pools() {
             pool.refresh_metrics();
-            if !pool.any_healthy() {
-                unavailable.push(pool.config.name.clone());
-            }
+            let backends = pool.backends();
+            pools.push(PoolStatus {
+                name: pool.config.name.clone(),
+                kind: "inference",
+                endpoints: backends.len(),
+                healthy: backends.iter().filter(|b| b.eligible()).count(),
+            });
         }
-        unavailable
+        pools
+    }
+
+    /// `POST /admin/reload`: with the bearer token, reload every plugin off the
+    /// async runtime, one reload at a time.
+    async fn reload(&self, authorization: Option<&str>) -> Response<Vec<u8>> {
+        let Some(token) = &self.access.token else {
+            return text(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                b"admin.token is not set: reload by SIGHUP or by changing the plugin files\n"
+                    .to_vec(),
+            );
+        };
+        if !bearer_matches(authorization, token) {
+            let mut resp = text(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                b"send Authorization: Bearer <admin.token>\n".to_vec(),
+            );
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return resp;
+        }
+        let Ok(_running) = self.reloading.clone().try_lock_owned() else {
+            return text(
+                StatusCode::CONFLICT,
+                "text/plain",
+                b"a reload is running; try again when it is done\n".to_vec(),
+            );
+        };
+        let plugins = self.plugins.clone();
+        let report = match tokio::task::spawn_blocking(move || plugins.reload(true)).await {
+            Ok(r) => r,
+            Err(_) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    b"the reload failed; see the log\n".to_vec(),
+                )
+            }
+        };
+        let status = if report.failed.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        let body = serde_json::to_vec(&report).expect("reports serialize");
+        text(status, "application/json", body)
     }
 }
 
@@ -94,7 +199,22 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_string();
+        let req = session.req_header();
+        let header = |name: http::header::HeaderName| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        if !host_allowed(header(http::header::HOST).as_deref(), &self.access) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                b"this Host is not an admin address (admin.hosts)\n".to_vec(),
+            );
+        }
+        let path = req.uri.path().to_string();
+        let post = req.method == http::Method::POST;
         match path.as_str() {
             "/metrics" => {
                 self.refresh_health();
@@ -108,40 +228,34 @@ impl ServeHttp for AdminApp {
                 )
             }
             "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            "/admin/reload" if session.req_header().method == http::Method::POST => {
-                let report = self.plugins.reload(true);
-                let status = if report.failed.is_empty() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                };
-                let body = serde_json::to_vec(&report).expect("reports serialize");
-                text(status, "application/json", body)
+            "/admin/reload" if post => {
+                self.reload(header(http::header::AUTHORIZATION).as_deref())
+                    .await
             }
             "/readyz" => {
-                let unavailable = self.refresh_health();
                 if self.lifecycle.is_draining() {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "text/plain",
                         b"draining\n".to_vec(),
                     )
-                } else if !unavailable.is_empty() {
-                    let body =
-                        format!("no healthy endpoint in pools: {}\n", unavailable.join(", "));
-                    text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        body.into_bytes(),
-                    )
                 } else {
                     text(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 }
             }
+            "/status" => {
+                let status = serde_json::json!({
+                    "draining": self.lifecycle.is_draining(),
+                    "pools": self.refresh_health(),
+                });
+                let body = serde_json::to_vec_pretty(&status).expect("status serializes");
+                text(StatusCode::OK, "application/json", body)
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"admin endpoints: /metrics /healthz /readyz\n".to_vec(),
+                b"admin endpoints: /metrics /healthz /readyz /status, POST /admin/reload\n"
+                    .to_vec(),
             ),
         }
     }

@@ -161,8 +161,13 @@ impl Gantry {
                     inference: inference.clone(),
                     lifecycle: lifecycle.clone(),
                     plugins: plugins.clone(),
+                    access: config.admin_access.clone(),
+                    reloading: Default::default(),
                 },
             );
+            if !admin.ip().is_loopback() {
+                tracing::warn!(address = %admin, "the admin listener is not on loopback: /metrics and /status are readable by anyone who can reach it; keep it on a private network");
+            }
             admin_service.add_tcp(&admin.to_string());
             server.add_service(admin_service);
         }

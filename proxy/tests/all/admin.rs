@@ -66,3 +66,66 @@ path_prefix = \"/api\"";
     let ready = gw.admin_get("/readyz").await;
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn reload_needs_the_admin_token_and_the_listener_refuses_foreign_hosts() {
+    let origin = Origin::start("o").await;
+    let gw = Gateway::start(&one_pool(&[origin.addr], "", "")).await;
+    let reload = |token: Option<&'static str>| {
+        let mut req = gw.client.post(format!("http://{}/admin/reload", gw.admin));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(reload(None).await, 401);
+    assert_eq!(reload(Some("wrong-token-wrong-token")).await, 401);
+    assert_eq!(reload(Some(ADMIN_TOKEN)).await, 200);
+    // A page on another origin, rebinding its name to this address.
+    for host in ["evil.example", "evil.example:9090", "attacker.test."] {
+        let res = gw
+            .client
+            .get(format!("http://{}/metrics", gw.admin))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{host}");
+    }
+    for host in ["localhost:9090", "127.0.0.1", "[::1]:1"] {
+        let res = gw
+            .client
+            .get(format!("http://{}/healthz", gw.admin))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_configured_token_reload_is_refused() {
+    let origin = Origin::start("o").await;
+    let config = format!(
+        "[admin]\naddress = \"{{admin}}\"\nhosts = [\"gantry-admin.internal\"]\n{}",
+        one_pool(&[origin.addr], "", "")
+    );
+    let gw = Gateway::start(&config).await;
+    let res = gw
+        .client
+        .post(format!("http://{}/admin/reload", gw.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let res = gw
+        .client
+        .get(format!("http://{}/healthz", gw.admin))
+        .header("host", "Gantry-Admin.internal:9090")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "a configured admin host name");
+}

@@ -22,6 +22,9 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// The admin token of test gateways (unless a test writes its own `[admin]`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// How long any wait in a test may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -226,7 +229,7 @@ impl Gateway {
         let text = if text.contains("[admin]") {
             text
         } else {
-            format!("[admin]\naddress = \"{admin}\"\n{text}")
+            format!("[admin]\naddress = \"{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n{text}")
         };
         let config = gantry_config::parse(&text, "test", base)
             .unwrap_or_else(|e| panic!("{e}\n---\n{text}"));

@@ -363,7 +363,11 @@ async fn no_healthy_backend_is_a_503() {
     let e = error_of(post(&gw, "/v1/chat/completions", &chat(false)).await, 503).await;
     assert_eq!(e["code"], "service_unavailable");
     assert!(e["message"].as_str().unwrap().contains("`ai`"), "{e}");
-    assert_eq!(gw.admin_get("/readyz").await.status(), 503);
+    // The gateway itself is ready; /status shows the pool without a backend.
+    assert_eq!(gw.admin_get("/readyz").await.status(), 200);
+    let status = json(gw.admin_get("/status").await).await;
+    assert_eq!(status["pools"][0]["kind"], "inference", "{status}");
+    assert_eq!(status["pools"][0]["healthy"], 0, "{status}");
 }
 
 #[tokio::test]

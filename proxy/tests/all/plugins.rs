@@ -463,6 +463,7 @@ async fn hot_reload_swaps_a_plugin_under_load_without_failing_a_request() {
     let res = gw
         .client
         .post(format!("http://{}/admin/reload", gw.admin))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -486,6 +487,7 @@ async fn hot_reload_swaps_a_plugin_under_load_without_failing_a_request() {
     let res = gw
         .client
         .post(format!("http://{}/admin/reload", gw.admin))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
