@@ -51,6 +51,9 @@ pub enum GatewayError {
     /// The path or Host cannot be normalized safely (see normalize.rs).
     #[error("{0}")]
     InvalidTarget(crate::normalize::Refused),
+    /// The request's body length could be read two ways (see framing.rs).
+    #[error("{0}")]
+    Framing(crate::framing::Refused),
     /// An HTTP/1.1 request without a `Host` header (RFC 9112 §3.2).
     #[error("an HTTP/1.1 request must carry a Host header")]
     MissingHost,
@@ -75,6 +78,7 @@ impl GatewayError {
     /// HTTP status for this error.
     pub fn status(&self) -> u16 {
         match self {
+            GatewayError::Framing(f) => f.status(),
             GatewayError::BadRequest
             | GatewayError::InvalidTarget(_)
             | GatewayError::MissingHost => 400,
@@ -104,6 +108,10 @@ impl GatewayError {
             GatewayError::InvalidTarget(crate::normalize::Refused::BadHost) => "invalid_host",
             GatewayError::InvalidTarget(_) => "invalid_path",
             GatewayError::MissingHost => "missing_host",
+            GatewayError::Framing(crate::framing::Refused::UnsupportedTransferEncoding) => {
+                "unsupported_transfer_encoding"
+            }
+            GatewayError::Framing(_) => "bad_framing",
             GatewayError::Internal => "internal_error",
             GatewayError::PluginFailed { .. } => "plugin_failed",
             GatewayError::PluginBusy { .. } => "plugin_busy",

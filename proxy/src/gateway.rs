@@ -831,11 +831,16 @@ fn client_keeps_alive(req: &RequestHeader) -> bool {
     }
 }
 
-/// Give the request one view of its path and host (normalize.rs): routing,
-/// plugins and the upstream all see the normalized forms. An HTTP/1.1 request
-/// must name its host.
+/// Refuse ambiguous framing (framing.rs), then give the request one view of
+/// its path and host (normalize.rs): routing, plugins and the upstream all see
+/// the normalized forms. An HTTP/1.1 request must name its host.
 fn normalize_target(session: &mut Session) -> std::result::Result<(), GatewayError> {
     let req = session.req_header();
+    let raw_head = session
+        .as_downstream()
+        .as_http1()
+        .map(|h1| h1.get_headers_raw_bytes());
+    crate::framing::check(req, raw_head.as_deref()).map_err(GatewayError::Framing)?;
     if req.version == http::Version::HTTP_11 && req.headers.get(HOST).is_none() {
         return Err(GatewayError::MissingHost);
     }

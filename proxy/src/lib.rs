@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod framing;
 pub mod gateway;
 pub mod inference;
 pub mod metrics;

@@ -1,0 +1,177 @@
+//! Strict HTTP/1.1 request framing (RFC 9112 §6): a request whose body length
+//! could be read two ways is refused before anything reads its body, the
+//! connection closed after the answer. nginx 1.22 is the yardstick: what it
+//! refuses, Gantry refuses.
+//!
+//! - `Transfer-Encoding` and `Content-Length` together: 400 (§6.3: a request
+//!   smuggling vector; nginx refuses it since 1.21.1).
+//! - `Transfer-Encoding` other than exactly `chunked` (`gzip, chunked`,
+//!   `chunked, identity`, `xchunked`), or in more than one field line: 501 for
+//!   an unknown coding, 400 for a repeated field.
+//! - `Content-Length` that is not one run of digits (`3, 3`, `+3`) or in more
+//!   than one field line: 400.
+//! - `Transfer-Encoding` on HTTP/1.0 (§6.1: the message is faulty): 400.
+
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use pingora::http::RequestHeader;
+
+/// Why a request's framing was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Both `Transfer-Encoding` and `Content-Length`.
+    #[error("the request has both Transfer-Encoding and Content-Length")]
+    BothLengths,
+    /// `Transfer-Encoding` in more than one field line.
+    #[error("the request repeats Transfer-Encoding")]
+    RepeatedTransferEncoding,
+    /// A transfer coding other than `chunked`.
+    #[error("only `Transfer-Encoding: chunked` is supported")]
+    UnsupportedTransferEncoding,
+    /// `Content-Length` not one run of digits, or repeated.
+    #[error("the request's Content-Length is not a single decimal number")]
+    BadContentLength,
+    /// `Transfer-Encoding` on an HTTP/1.0 request.
+    #[error("an HTTP/1.0 request cannot use Transfer-Encoding")]
+    TransferEncodingOnHttp10,
+}
+
+impl Refused {
+    /// 501 for a coding we do not implement, 400 for the rest.
+    pub fn status(self) -> u16 {
+        match self {
+            Refused::UnsupportedTransferEncoding => 501,
+            _ => 400,
+        }
+    }
+}
+
+/// Whether the raw request head has a `Content-Length` field line (Pingora
+/// drops the parsed one when `Transfer-Encoding` is present).
+fn raw_has_content_length(raw: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+/// Check an HTTP/1.x request's framing headers (HTTP/2 frames its own bodies);
+/// `raw_head` is the request head as received, when there is one.
+pub fn check(req: &RequestHeader, raw_head: Option<&[u8]>) -> Result<(), Refused> {
+    if !matches!(req.version, http::Version::HTTP_10 | http::Version::HTTP_11) {
+        return Ok(());
+    }
+    let te: Vec<_> = req.headers.get_all(TRANSFER_ENCODING).iter().collect();
+    let cl: Vec<_> = req.headers.get_all(CONTENT_LENGTH).iter().collect();
+    if !te.is_empty() {
+        if req.version == http::Version::HTTP_10 {
+            return Err(Refused::TransferEncodingOnHttp10);
+        }
+        if !cl.is_empty() || raw_head.is_some_and(raw_has_content_length) {
+            return Err(Refused::BothLengths);
+        }
+        if te.len() > 1 {
+            return Err(Refused::RepeatedTransferEncoding);
+        }
+        let value = te[0].to_str().map(str::trim).unwrap_or("");
+        if !value.eq_ignore_ascii_case("chunked") {
+            return Err(Refused::UnsupportedTransferEncoding);
+        }
+    }
+    match cl.as_slice() {
+        [] => Ok(()),
+        [one] if !one.is_empty() && one.as_bytes().iter().all(u8::is_ascii_digit) => Ok(()),
+        _ => Err(Refused::BadContentLength),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: http::Version, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        req.set_version(version);
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        const HTTP_10: http::Version = http::Version::HTTP_10;
+        const HTTP_11: http::Version = http::Version::HTTP_11;
+        let cases: &[(http::Version, &[(&str, &str)], Result<(), Refused>)] = &[
+            (HTTP_11, &[("transfer-encoding", "chunked")], Ok(())),
+            (HTTP_11, &[("transfer-encoding", "Chunked ")], Ok(())),
+            (HTTP_11, &[("content-length", "3")], Ok(())),
+            (HTTP_11, &[], Ok(())),
+            (
+                HTTP_11,
+                &[("transfer-encoding", "chunked"), ("content-length", "3")],
+                Err(Refused::BothLengths),
+            ),
+            (
+                HTTP_11,
+                &[("transfer-encoding", "gzip, chunked")],
+                Err(Refused::UnsupportedTransferEncoding),
+            ),
+            (
+                HTTP_11,
+                &[("transfer-encoding", "chunked, identity")],
+                Err(Refused::UnsupportedTransferEncoding),
+            ),
+            (
+                HTTP_11,
+                &[("transfer-encoding", "xchunked")],
+                Err(Refused::UnsupportedTransferEncoding),
+            ),
+            (
+                HTTP_11,
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                Err(Refused::RepeatedTransferEncoding),
+            ),
+            (
+                HTTP_11,
+                &[("content-length", "3, 3")],
+                Err(Refused::BadContentLength),
+            ),
+            (
+                HTTP_11,
+                &[("content-length", "+3")],
+                Err(Refused::BadContentLength),
+            ),
+            (
+                HTTP_11,
+                &[("content-length", "")],
+                Err(Refused::BadContentLength),
+            ),
+            (
+                HTTP_11,
+                &[("content-length", "3"), ("content-length", "3")],
+                Err(Refused::BadContentLength),
+            ),
+            (
+                HTTP_10,
+                &[("transfer-encoding", "chunked")],
+                Err(Refused::TransferEncodingOnHttp10),
+            ),
+        ];
+        for (version, headers, want) in cases {
+            assert_eq!(
+                check(&request(*version, headers), None),
+                *want,
+                "{version:?} {headers:?}"
+            );
+        }
+        // Pingora drops the parsed Content-Length next to Transfer-Encoding; the
+        // raw head still shows it.
+        let te = request(HTTP_11, &[("transfer-encoding", "chunked")]);
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(check(&te, Some(raw)), Err(Refused::BothLengths));
+        assert_eq!(Refused::UnsupportedTransferEncoding.status(), 501);
+        assert_eq!(Refused::BothLengths.status(), 400);
+    }
+}
