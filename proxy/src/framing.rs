@@ -45,12 +45,25 @@ impl Refused {
     }
 }
 
+/// The raw head's field lines named `name` (lower case, with the colon),
+/// their values as sent.
+fn raw_fields<'a>(raw: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    raw.split(|&b| b == b'\n').skip(1).filter_map(move |line| {
+        (line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name))
+            .then(|| &line[name.len()..])
+    })
+}
+
 /// Whether the raw request head has a `Content-Length` field line (Pingora
 /// drops the parsed one when `Transfer-Encoding` is present).
 fn raw_has_content_length(raw: &[u8]) -> bool {
-    raw.split(|&b| b == b'\n')
-        .skip(1)
-        .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+    raw_fields(raw, b"content-length:").next().is_some()
+}
+
+/// Whether every raw `Transfer-Encoding` value has no tab around `chunked`
+/// (nginx refuses one there).
+fn raw_transfer_encoding_plain(raw: &[u8]) -> bool {
+    raw_fields(raw, b"transfer-encoding:").all(|v| !v.contains(&b'\t'))
 }
 
 /// Check an HTTP/1.x request's framing headers (HTTP/2 frames its own bodies);
@@ -71,8 +84,10 @@ pub fn check(req: &RequestHeader, raw_head: Option<&[u8]>) -> Result<(), Refused
         if te.len() > 1 {
             return Err(Refused::RepeatedTransferEncoding);
         }
-        let value = te[0].to_str().map(str::trim).unwrap_or("");
-        if !value.eq_ignore_ascii_case("chunked") {
+        let value = te[0].to_str().map(|v| v.trim_matches(' ')).unwrap_or("");
+        if !value.eq_ignore_ascii_case("chunked")
+            || !raw_head.is_none_or(raw_transfer_encoding_plain)
+        {
             return Err(Refused::UnsupportedTransferEncoding);
         }
     }
@@ -171,6 +186,13 @@ mod tests {
         let te = request(HTTP_11, &[("transfer-encoding", "chunked")]);
         let raw = b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(check(&te, Some(raw)), Err(Refused::BothLengths));
+        let tab = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\n\r\n";
+        assert_eq!(
+            check(&te, Some(tab)),
+            Err(Refused::UnsupportedTransferEncoding)
+        );
+        let plain = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(check(&te, Some(plain)), Ok(()));
         assert_eq!(Refused::UnsupportedTransferEncoding.status(), 501);
         assert_eq!(Refused::BothLengths.status(), 400);
     }

@@ -1031,6 +1031,20 @@ impl ProxyHttp for Gateway {
                 }
             }
             ctx.body_preread = true;
+        } else if declared.is_none() && !session.as_mut().is_body_empty() {
+            // A chunked upload too large to read ahead: its first chunk is read
+            // now (one read, at most the replay buffer's 64 KiB, counted by the
+            // body filter when replayed), so a malformed first chunk-size line
+            // is a 400 before any upstream is contacted.
+            session.as_mut().enable_retry_buffering();
+            // A malformed chunk is the client's fault: a 400.
+            session.read_request_body().await.map_err(|e| e.into_down())?;
+            if session.as_ref().retry_buffer_truncated() {
+                return Err(Error::explain(
+                    pingora::ErrorType::InternalError,
+                    "the first body chunk did not fit the replay buffer",
+                ));
+            }
         }
         Ok(false)
     }
