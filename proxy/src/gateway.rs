@@ -813,6 +813,31 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
+/// Every HTTP/1 response is framed (RFC 9112 §6.3): one whose body has neither
+/// `Content-Length` nor `Transfer-Encoding` (a plugin removed the length, say)
+/// goes to an HTTP/1.1 client chunked, keeping its connection, and to an
+/// HTTP/1.0 client close-delimited, with `Connection: close`.
+fn ensure_framed(session: &mut Session, resp: &mut ResponseHeader) -> Result<()> {
+    let req = session.req_header();
+    let status = resp.status.as_u16();
+    let bodyless =
+        status < 200 || status == 204 || status == 304 || req.method == http::Method::HEAD;
+    let framed = resp.headers.contains_key(CONTENT_LENGTH)
+        || resp.headers.contains_key(http::header::TRANSFER_ENCODING);
+    match req.version {
+        _ if bodyless || framed => {}
+        http::Version::HTTP_11 => {
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        http::Version::HTTP_10 | http::Version::HTTP_09 => {
+            session.set_keepalive(None);
+            resp.insert_header(http::header::CONNECTION, "close")?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Whether the client asked to keep its connection (RFC 9112 §9.3): HTTP/1.1
 /// unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
 fn client_keeps_alive(req: &RequestHeader) -> bool {
@@ -1038,7 +1063,10 @@ impl ProxyHttp for Gateway {
             // is a 400 before any upstream is contacted.
             session.as_mut().enable_retry_buffering();
             // A malformed chunk is the client's fault: a 400.
-            session.read_request_body().await.map_err(|e| e.into_down())?;
+            session
+                .read_request_body()
+                .await
+                .map_err(|e| e.into_down())?;
             if session.as_ref().retry_buffer_truncated() {
                 return Err(Error::explain(
                     pingora::ErrorType::InternalError,
@@ -1181,6 +1209,7 @@ impl ProxyHttp for Gateway {
             self.rewrites[i].1.apply(resp)?;
         }
         resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        ensure_framed(session, resp)?;
         if self.lifecycle.is_draining() {
             // Draining: this response is the connection's last.
             session.set_keepalive(None);

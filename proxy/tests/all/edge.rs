@@ -224,3 +224,67 @@ async fn whatever_nginx_refuses_gantry_refuses_and_nothing_reaches_the_origin() 
         );
     }
 }
+
+#[tokio::test]
+async fn a_response_whose_length_a_plugin_removed_is_still_framed() {
+    use crate::plugins::wat_module;
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = wat_module(
+        r#"(import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 16) "content-length")
+      (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+        (drop (call $remove (i32.const 2) (i32.const 16) (i32.const 14)))
+        (i32.const 0))"#,
+    );
+    let file = dir.path().join("unlength.wasm");
+    std::fs::write(&file, wasm).unwrap();
+    let origin = Origin::start("o").await;
+    let routes = [crate::plugins::route("r", "/", &[("unlength", &file, "")])];
+    let gw = Gateway::start(&crate::plugins::config(origin.addr, &routes)).await;
+    // HTTP/1.1: chunked, and the connection serves a second request.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut answers = Vec::new();
+    for path in ["/one", "/two"] {
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: gw.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 8192];
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let n = tokio::time::timeout(PATIENCE, conn.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                n > 0,
+                "the connection closed: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+        answers.push(String::from_utf8_lossy(&seen).to_ascii_lowercase());
+    }
+    for (answer, path) in answers.iter().zip(["/one", "/two"]) {
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert!(answer.contains("transfer-encoding: chunked"), "{answer}");
+        assert!(!answer.contains("content-length"), "{answer}");
+        assert!(answer.contains(path), "{answer}");
+    }
+    // HTTP/1.0: the body ends with the connection, which says so.
+    let answer = raw(
+        &gw,
+        "GET /old HTTP/1.0\r\nhost: gw.test\r\nconnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.starts_with("http/1.1 200") || lower.starts_with("http/1.0 200"),
+        "{answer}"
+    );
+    assert!(lower.contains("connection: close"), "{answer}");
+    assert!(!lower.contains("transfer-encoding"), "{answer}");
+    assert!(
+        answer.trim_end().ends_with('}'),
+        "the whole body arrived: {answer}"
+    );
+}

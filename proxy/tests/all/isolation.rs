@@ -435,18 +435,23 @@ async fn poisoned_sampling_values_never_end_another_clients_stream_on_a_real_bac
     })
     .await;
     let ask = |extra: serde_json::Value| {
-        let mut body = json!({"model": "smollm2-135m", "max_tokens": 4,
+        let mut body = json!({"model": "smollm2-135m", "max_tokens": 2,
                               "messages": [{"role": "user", "content": "Count to ten."}]});
         body.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         body
     };
-    // A greedy stream of 48 tokens that no stop can end early.
+    // A greedy stream of 32 tokens that no stop can end early.
     let running = {
-        let body = ask(json!({"stream": true, "temperature": 0, "max_tokens": 48,
+        let body = ask(json!({"stream": true, "temperature": 0, "max_tokens": 32,
                               "stream_options": {"include_usage": true}}));
-        let (client, url) = (gw.client.clone(), gw.url("/v1/chat/completions"));
+        // The real model on two shared cores: more patience than the harness's.
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let url = gw.url("/v1/chat/completions");
         tokio::spawn(async move {
             let res = client.post(url).json(&body).send().await.unwrap();
             assert_eq!(res.status(), 200);
@@ -478,7 +483,7 @@ async fn poisoned_sampling_values_never_end_another_clients_stream_on_a_real_bac
     let text = running.await.unwrap();
     assert!(text.contains("\"finish_reason\":\"length\""), "{text}");
     assert!(
-        text.contains("\"completion_tokens\":48"),
+        text.contains("\"completion_tokens\":32"),
         "all its tokens: {text}"
     );
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
