@@ -14,6 +14,12 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// Most client connections open at once across all listeners.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Most client connections open at once from one client address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+/// Longest a new connection may take, from accept, to send its first request's
+/// whole head (or the HTTP/2 preface), in milliseconds; slower ones get 408 and
+/// are closed.
+pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 10_000;
 /// How long a client may take to send the next piece of its request, in milliseconds.
 pub const DEFAULT_CLIENT_READ_TIMEOUT_MS: u64 = 60_000;
 /// How long a client may take to accept the next piece of the response, in milliseconds.
@@ -161,6 +167,11 @@ pub struct LimitsSection {
     pub max_body_bytes: Option<u64>,
     /// Client connections open at once. Default [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: Option<usize>,
+    /// Client connections open at once from one address. Default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_CLIENT`].
+    pub max_connections_per_client: Option<usize>,
+    /// Milliseconds. Default [`DEFAULT_HEAD_TIMEOUT_MS`].
+    pub head_timeout_ms: Option<u64>,
     /// Milliseconds. Default [`DEFAULT_CLIENT_READ_TIMEOUT_MS`].
     pub client_read_timeout_ms: Option<u64>,
     /// Milliseconds. Default [`DEFAULT_CLIENT_WRITE_TIMEOUT_MS`].

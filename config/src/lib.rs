@@ -170,6 +170,10 @@ pub struct Limits {
     pub shutdown_grace_period: Duration,
     /// Concurrent streams per HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
+    /// Open client connections from one address.
+    pub max_connections_per_client: usize,
+    /// From accept to the end of the first request's head.
+    pub head_timeout: Duration,
 }
 
 /// A client listener.

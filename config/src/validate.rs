@@ -148,6 +148,16 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
             l.max_connections,
             DEFAULT_MAX_CONNECTIONS,
         ),
+        max_connections_per_client: c.at_least_one(
+            "limits.max_connections_per_client".into(),
+            l.max_connections_per_client,
+            DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+        ),
+        head_timeout: c.millis(
+            "limits.head_timeout_ms".into(),
+            l.head_timeout_ms,
+            DEFAULT_HEAD_TIMEOUT_MS,
+        ),
         client_read_timeout: c.millis(
             "limits.client_read_timeout_ms".into(),
             l.client_read_timeout_ms,

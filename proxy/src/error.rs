@@ -54,6 +54,12 @@ pub enum GatewayError {
     /// The request's body length could be read two ways (see framing.rs).
     #[error("{0}")]
     Framing(crate::framing::Refused),
+    /// A new connection did not send its first request head in time.
+    #[error("the request head did not arrive within {} ms (limits.head_timeout_ms)", limit.as_millis())]
+    HeadTimeout {
+        /// The deadline.
+        limit: std::time::Duration,
+    },
     /// An HTTP/1.1 request without a `Host` header (RFC 9112 §3.2).
     #[error("an HTTP/1.1 request must carry a Host header")]
     MissingHost,
@@ -84,6 +90,7 @@ impl GatewayError {
             | GatewayError::MissingHost => 400,
             GatewayError::NoRoute => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::HeadTimeout { .. } => 408,
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::HeadersTooLarge { .. } => 431,
             GatewayError::Internal | GatewayError::PluginFailed { .. } => 500,
@@ -108,6 +115,7 @@ impl GatewayError {
             GatewayError::InvalidTarget(crate::normalize::Refused::BadHost) => "invalid_host",
             GatewayError::InvalidTarget(_) => "invalid_path",
             GatewayError::MissingHost => "missing_host",
+            GatewayError::HeadTimeout { .. } => "request_timeout",
             GatewayError::Framing(crate::framing::Refused::UnsupportedTransferEncoding) => {
                 "unsupported_transfer_encoding"
             }

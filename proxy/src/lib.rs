@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod error;
 pub mod framing;
+pub mod front;
 pub mod gateway;
 pub mod inference;
 pub mod metrics;

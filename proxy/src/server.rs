@@ -11,12 +11,11 @@ use crate::upstream::Pool;
 use anyhow::Context;
 use async_trait::async_trait;
 use gantry_config::Config;
-use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::ConnectionFilter;
-use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -114,19 +113,22 @@ impl Gantry {
         )
         .with_trusted_proxies(config.trusted_proxies.clone());
         let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
-        if config.listeners.iter().any(|l| l.h2c) {
-            let mut options = HttpServerOptions::default();
-            options.h2c = true;
-            proxy.server_options = Some(options);
-        }
+        let mut options = HttpServerOptions::default();
+        options.h2c = config.listeners.iter().any(|l| l.h2c);
+        // An HTTP/2 connection with no stream open goes after this long.
+        options.h2_idle_timeout = Some(config.limits.keepalive_timeout);
+        proxy.server_options = Some(options);
         let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
         h2.max_concurrent_streams(config.limits.h2_max_concurrent_streams);
         h2.max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX));
         proxy.h2_options = Some(h2);
-        let app = Counted {
-            inner: Arc::new(proxy),
-            metrics: metrics.clone(),
+        let front_limits = crate::front::FrontLimits {
+            head_timeout: config.limits.head_timeout,
+            max_header_bytes: config.limits.max_header_bytes,
+            max_connections_per_client: config.limits.max_connections_per_client,
+            h2c: config.listeners.iter().any(|l| l.h2c),
         };
+        let app = crate::front::Front::new(proxy, metrics.clone(), front_limits);
         let mut service = Service::new("gantry gateway".to_string(), app);
         service.set_connection_filter(Arc::new(Admission {
             max_connections: config.limits.max_connections,
@@ -286,40 +288,6 @@ impl ConnectionFilter for Admission {
             return false;
         }
         true
-    }
-}
-
-/// Counts open client connections around the wrapped app.
-///
-/// Pingora hands a kept-alive connection back to `process_new` after each request,
-/// so the count dips for an instant between requests; it is exact otherwise.
-struct Counted<A> {
-    inner: Arc<A>,
-    metrics: Arc<Metrics>,
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        self.metrics.open_connections.inc();
-        let _guard = GaugeGuard(&self.metrics.open_connections);
-        self.inner.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
-    }
-}
-
-struct GaugeGuard<'a>(&'a prometheus::IntGauge);
-
-impl Drop for GaugeGuard<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

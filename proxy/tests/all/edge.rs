@@ -288,3 +288,143 @@ async fn a_response_whose_length_a_plugin_removed_is_still_framed() {
         "the whole body arrived: {answer}"
     );
 }
+
+/// A gateway in front of an origin with `limits` lines added.
+async fn limited(limits: &str, h2c: bool) -> (Origin, Gateway) {
+    let origin = Origin::start("o").await;
+    let config = format!(
+        "[limits]\n{limits}\n[[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\nh2c = {h2c}\n\
+         [[pools]]\nname = \"p\"\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        origin.addr
+    );
+    (origin, Gateway::start(&config).await)
+}
+
+#[tokio::test]
+async fn a_short_malformed_request_on_an_h2c_listener_is_answered_at_once() {
+    let (_origin, gw) = limited("", true).await;
+    let started = std::time::Instant::now();
+    let answer = raw(&gw, "GARBAGE\r\n\r\n").await;
+    assert_eq!(status(&answer), 400, "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // HTTP/1.1 and HTTP/2 with prior knowledge both still work there.
+    assert_eq!(gw.get("/").await.status(), 200);
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let res = h2.get(gw.url("/")).send().await.unwrap();
+    assert_eq!(
+        (res.status().as_u16(), res.version()),
+        (200, reqwest::Version::HTTP_2)
+    );
+}
+
+#[tokio::test]
+async fn a_head_that_does_not_arrive_in_time_is_a_408_and_the_connection_closes() {
+    let (origin, gw) = limited("head_timeout_ms = 600", false).await;
+    let started = std::time::Instant::now();
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // One byte every 100 ms: never a whole head in time.
+    let mut answer = Vec::new();
+    for b in b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa".iter() {
+        if conn.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if started.elapsed() > std::time::Duration::from_secs(2) {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert_eq!(origin.state.hits.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        gw.metric("gantry_limit_rejections_total{limit=\"head_timeout\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn one_client_address_cannot_hold_more_than_its_connections() {
+    let (_origin, gw) = limited("max_connections_per_client = 3", false).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    eventually("three connections open", || async {
+        gw.metric("gantry_open_connections").await == Some(3.0)
+    })
+    .await;
+    // The fourth is closed at once, without an answer.
+    let mut fourth = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let _ = fourth.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, fourth.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert_eq!(
+        gw.metric("gantry_limit_rejections_total{limit=\"client_connections\"}")
+            .await,
+        Some(1.0)
+    );
+    // One closes: a new one is served.
+    drop(held.pop());
+    eventually("a slot is free", || async {
+        gw.metric("gantry_open_connections").await == Some(2.0)
+    })
+    .await;
+    let answer = raw(
+        &gw,
+        "GET / HTTP/1.1\r\nHost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&answer), 200, "{answer}");
+}
+
+#[tokio::test]
+async fn slow_clients_do_not_stop_a_well_behaved_one() {
+    let (_origin, gw) = limited("head_timeout_ms = 1000", false).await;
+    // 100 connections trickling a head one byte at a time.
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let addr = gw.addr;
+        slow.push(tokio::spawn(async move {
+            let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+                return;
+            };
+            for b in b"GET / HTTP/1.1\r\nHost: a\r\nX: ".iter().cycle().take(40) {
+                if conn.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    let mut ok = 0;
+    for _ in 0..50 {
+        if gw.get("/").await.status() == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 50, "every well-behaved request succeeded");
+    for s in slow {
+        let _ = s.await;
+    }
+    assert!(
+        gw.metric("gantry_limit_rejections_total{limit=\"head_timeout\"}")
+            .await
+            >= Some(50.0),
+        "the slow heads were cut off"
+    );
+}

@@ -1,0 +1,376 @@
+//! The front door of every client connection, before Pingora reads a request.
+//!
+//! - **Per-client caps.** At most `limits.max_connections_per_client`
+//!   connections from one address; more are closed at once (counted as
+//!   `gantry_limit_rejections_total{limit="client_connections"}`). The total
+//!   (`limits.max_connections`) is checked at accept ([`crate::server`]).
+//! - **A head deadline.** A new connection has `limits.head_timeout_ms` from
+//!   accept to send its first request's whole head, or the HTTP/2 preface on an
+//!   h2c listener; a slower one gets `408` and is closed
+//!   (`limit="head_timeout"`). Pingora's own reads have no such total deadline,
+//!   and its h2c detection waits for 24 bytes with none at all.
+//! - **The h2c decision.** The bytes read are handed to Pingora unchanged
+//!   ([`Replay`]); its h2c probe is answered from them, so a short request that
+//!   cannot be the preface (`GARBAGE\r\n\r\n`) is read as HTTP/1 at once.
+//!
+//! HTTP/2 over TLS (ALPN `h2`) is left to Pingora: the TLS handshake already
+//! happened, and the h2 connection has its own idle timeout.
+
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the front door enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontLimits {
+    /// From accept to the end of the first head.
+    pub head_timeout: Duration,
+    /// Bytes of head read before handing over (Pingora refuses larger ones).
+    pub max_header_bytes: usize,
+    /// Connections from one address.
+    pub max_connections_per_client: usize,
+    /// Whether cleartext HTTP/2 with prior knowledge is accepted.
+    pub h2c: bool,
+}
+
+/// Wraps the HTTP app: counts connections, enforces the caps and the head
+/// deadline, then hands the connection over.
+pub struct Front<A> {
+    inner: Arc<A>,
+    metrics: Arc<Metrics>,
+    limits: FrontLimits,
+    clients: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl<A> Front<A> {
+    /// The front door of `inner`.
+    pub fn new(inner: A, metrics: Arc<Metrics>, limits: FrontLimits) -> Self {
+        Front {
+            inner: Arc::new(inner),
+            metrics,
+            limits,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Count a connection from `ip`, unless it already has the most allowed.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot<A>> {
+        let mut clients = self.clients.lock().expect("clients lock");
+        let n = clients.entry(ip).or_insert(0);
+        if *n >= self.limits.max_connections_per_client {
+            drop(clients);
+            self.refused("client_connections");
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            front: self.clone(),
+            ip,
+        })
+    }
+
+    fn refused(&self, limit: &str) {
+        self.metrics
+            .limit_rejections
+            .with_label_values(&[limit])
+            .inc();
+    }
+}
+
+/// One counted connection; uncounted when dropped.
+struct ClientSlot<A> {
+    front: Arc<Front<A>>,
+    ip: IpAddr,
+}
+
+impl<A> Drop for ClientSlot<A> {
+    fn drop(&mut self) {
+        let mut clients = self.front.clients.lock().expect("clients lock");
+        if let Some(n) = clients.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                clients.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Whether `buf` holds a whole HTTP/1 head (bare LF line ends accepted, as
+/// Pingora's parser accepts them).
+fn head_complete(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
+}
+
+/// What reading the head came to.
+enum Head {
+    /// Hand the connection over with these bytes first.
+    Read(Vec<u8>),
+    /// The client closed before sending anything.
+    Closed,
+    /// The deadline passed.
+    TimedOut,
+}
+
+impl<A> Front<A> {
+    /// Read the first head (or the h2 preface) within the deadline.
+    async fn read_head(&self, stream: &mut Stream, deadline: Instant) -> Head {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            // On an h2c listener, bytes that are still the start of the
+            // preface may yet become it: read on.
+            let could_be_h2 =
+                self.limits.h2c && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf);
+            let decided = (self.limits.h2c && buf.starts_with(H2_PREFACE))
+                || head_complete(&buf)
+                || buf.len() > self.limits.max_header_bytes;
+            if decided && !could_be_h2 {
+                return Head::Read(buf);
+            }
+            let read = tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk)).await;
+            match read {
+                Err(_) => return Head::TimedOut,
+                Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return Head::Closed,
+                // A partial head then EOF: Pingora answers what it can.
+                Ok(Ok(0)) | Ok(Err(_)) => return Head::Read(buf),
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// `408` with the gateway's JSON error body, then the connection closes.
+async fn request_timeout(stream: &mut Stream, limit: Duration) {
+    let err = crate::error::GatewayError::HeadTimeout { limit };
+    let body = err.body();
+    let head = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.flush().await;
+    Shutdown::shutdown(&mut **stream).await;
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Front<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.metrics.open_connections.inc();
+        let _open = GaugeGuard(&self.metrics.open_connections);
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let _slot = match ip {
+            Some(ip) => Some(self.admit(ip)?),
+            None => None,
+        };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        // The deadline counts from accept (TLS handshake included).
+        let since_accept = stream
+            .get_timing_digest()
+            .first()
+            .and_then(|d| d.as_ref())
+            .and_then(|d| SystemTime::now().duration_since(d.established_ts).ok())
+            .unwrap_or_default();
+        let deadline = Instant::now() + self.limits.head_timeout.saturating_sub(since_accept);
+        match self.read_head(&mut stream, deadline).await {
+            Head::Read(prefix) => {
+                let replay: Stream = Box::new(Replay {
+                    prefix,
+                    at: 0,
+                    inner: stream,
+                });
+                self.inner.process_new(replay, shutdown).await
+            }
+            Head::Closed => None,
+            Head::TimedOut => {
+                self.refused("head_timeout");
+                request_timeout(&mut stream, self.limits.head_timeout).await;
+                None
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again
+/// first, then the socket. Everything else is the socket's.
+#[derive(Debug)]
+pub struct Replay {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: Stream,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Replay {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for Replay {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Replay {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Replay {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Replay {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Replay {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Replay {
+    /// Pingora's h2c probe: answered from the bytes already read. When fewer
+    /// than asked for were read, the front door already knows they are not the
+    /// preface; the probe gets them followed by zeros, which is not it either.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        let have = &self.prefix[self.at..];
+        let n = have.len().min(buf.len());
+        buf[..n].copy_from_slice(&have[..n]);
+        buf[n..].fill(0);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_are_complete_at_the_blank_line() {
+        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n"));
+        assert!(head_complete(b"GARBAGE\r\n\r\n"));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!head_complete(b"PRI * HTTP/2.0\r\n"));
+    }
+}
