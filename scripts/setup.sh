@@ -60,6 +60,11 @@ if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
   echo "setup: installing grpcio and grpcio-tools"
   pip_install grpcio==1.76.0 grpcio-tools==1.76.0
 fi
+# HTTP/2 floods are sent with Python's h2 package (proxy/tests/python/h2_floods.py).
+if ! python3 -c 'import h2' 2>/dev/null; then
+  echo "setup: installing h2"
+  pip_install h2==4.4.1
+fi
 # The OpenAI-compatible API is tested with the official `openai` client, and its
 # OpenAPI document with openapi-spec-validator.
 if ! python3 -c 'import openai, openapi_spec_validator' 2>/dev/null; then

@@ -13,8 +13,15 @@
 //!   ([`Replay`]); its h2c probe is answered from them, so a short request that
 //!   cannot be the preface (`GARBAGE\r\n\r\n`) is read as HTTP/1 at once.
 //!
-//! HTTP/2 over TLS (ALPN `h2`) is left to Pingora: the TLS handshake already
-//! happened, and the h2 connection has its own idle timeout.
+//! - **HTTP/2 control-frame floods.** On every HTTP/2 connection (h2c, or ALPN
+//!   `h2` over TLS) the frames the client sends are counted as they are read: more
+//!   than [`MAX_CONTROL_FRAMES_PER_SECOND`] SETTINGS or PING frames (not ACKs) in a
+//!   second end the connection (`limit="h2_control_frames"`). The h2 stack already
+//!   answers rapid resets, CONTINUATION floods and streams past the limit with
+//!   GOAWAY.
+//!
+//! HTTP/2 over TLS has no head deadline here (its TLS handshake already
+//! happened; the h2 connection has its own idle timeout).
 
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -34,6 +41,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// SETTINGS and PING frames (not ACKs) an HTTP/2 client may send in one
+/// second; more end the connection. A well-behaved client sends a handful.
+pub const MAX_CONTROL_FRAMES_PER_SECOND: u32 = 100;
 
 /// What the front door enforces.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +93,21 @@ impl<A> Front<A> {
             front: self.clone(),
             ip,
         })
+    }
+
+    /// A frame counter for an HTTP/2 connection (`preface`: the client's bytes
+    /// start with the preface, not with a frame).
+    fn flood_guard(&self, preface: bool) -> FloodGuard {
+        FloodGuard {
+            skip: if preface { H2_PREFACE.len() } else { 0 },
+            header: Vec::with_capacity(9),
+            window_started: Instant::now(),
+            in_window: 0,
+            tripped: self
+                .metrics
+                .limit_rejections
+                .with_label_values(&["h2_control_frames"]),
+        }
     }
 
     fn refused(&self, limit: &str) {
@@ -185,7 +211,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Front<A> {
             None => None,
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.inner.process_new(stream, shutdown).await;
+            let guarded = Replay::new(Vec::new(), stream, Some(self.flood_guard(false)));
+            return self.inner.process_new(Box::new(guarded), shutdown).await;
         }
         // The deadline counts from accept (TLS handshake included).
         let since_accept = stream
@@ -197,11 +224,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Front<A> {
         let deadline = Instant::now() + self.limits.head_timeout.saturating_sub(since_accept);
         match self.read_head(&mut stream, deadline).await {
             Head::Read(prefix) => {
-                let replay: Stream = Box::new(Replay {
-                    prefix,
-                    at: 0,
-                    inner: stream,
-                });
+                let h2 = self.limits.h2c && prefix.starts_with(H2_PREFACE);
+                let guard = h2.then(|| self.flood_guard(true));
+                let replay: Stream = Box::new(Replay::new(prefix, stream, guard));
                 self.inner.process_new(replay, shutdown).await
             }
             Head::Closed => None,
@@ -233,6 +258,73 @@ pub struct Replay {
     prefix: Vec<u8>,
     at: usize,
     inner: Stream,
+    /// On HTTP/2 connections: counts the client's control frames.
+    guard: Option<FloodGuard>,
+}
+
+impl Replay {
+    fn new(prefix: Vec<u8>, inner: Stream, guard: Option<FloodGuard>) -> Self {
+        Replay {
+            prefix,
+            at: 0,
+            inner,
+            guard,
+        }
+    }
+}
+
+/// Reads HTTP/2 frame headers as the bytes go by (RFC 9113 §4.1) and counts
+/// SETTINGS and PING frames that are not ACKs, per second.
+#[derive(Debug)]
+struct FloodGuard {
+    /// Bytes to pass over before the next frame header (preface, payloads).
+    skip: usize,
+    /// The frame header read so far.
+    header: Vec<u8>,
+    window_started: Instant,
+    in_window: u32,
+    tripped: prometheus::IntCounter,
+}
+
+impl FloodGuard {
+    /// Account for `bytes` read from the client; false once the client sent
+    /// too many control frames.
+    fn saw(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.header.len() < 9 {
+                break;
+            }
+            let h = std::mem::take(&mut self.header);
+            let length = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+            let (kind, ack) = (h[3], h[4] & 0x1 != 0);
+            self.skip = length;
+            // 0x4 SETTINGS, 0x6 PING.
+            if (kind == 0x4 || kind == 0x6) && !ack && !self.count() {
+                self.tripped.inc();
+                return false;
+            }
+        }
+        true
+    }
+
+    fn count(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window_started) >= Duration::from_secs(1) {
+            self.window_started = now;
+            self.in_window = 0;
+        }
+        self.in_window += 1;
+        self.in_window <= MAX_CONTROL_FRAMES_PER_SECOND
+    }
 }
 
 impl AsyncRead for Replay {
@@ -241,6 +333,7 @@ impl AsyncRead for Replay {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
         if self.at < self.prefix.len() {
             let n = (self.prefix.len() - self.at).min(buf.remaining());
             let at = self.at;
@@ -250,9 +343,22 @@ impl AsyncRead for Replay {
                 self.prefix = Vec::new();
                 self.at = 0;
             }
-            return Poll::Ready(Ok(()));
+        } else {
+            match Pin::new(&mut self.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        if let Some(guard) = this.guard.as_mut() {
+            if !guard.saw(&buf.filled()[before..]) {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "HTTP/2 control-frame flood",
+                )));
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -364,6 +470,53 @@ impl Peek for Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn guard() -> FloodGuard {
+        FloodGuard {
+            skip: H2_PREFACE.len(),
+            header: Vec::new(),
+            window_started: Instant::now(),
+            in_window: 0,
+            tripped: prometheus::IntCounter::new("t", "t").unwrap(),
+        }
+    }
+
+    /// A frame: 9-byte header and payload.
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            flags,
+            0,
+            0,
+            0,
+            0,
+        ];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn control_frames_are_counted_across_reads_and_payloads_skipped() {
+        let mut g = guard();
+        let mut bytes = H2_PREFACE.to_vec();
+        // DATA whose payload looks like SETTINGS headers must not count.
+        let fake = frame(0x4, 0, &[]).repeat(50);
+        bytes.extend(frame(0x0, 0, &fake));
+        for _ in 0..MAX_CONTROL_FRAMES_PER_SECOND {
+            bytes.extend(frame(0x6, 0, &[0; 8]));
+            bytes.extend(frame(0x6, 0x1, &[0; 8])); // ACKs are free
+        }
+        // Fed one byte at a time: frame headers split across reads.
+        for b in &bytes {
+            assert!(g.saw(std::slice::from_ref(b)));
+        }
+        assert!(!g.saw(&frame(0x4, 0, &[])), "one over the budget");
+        assert_eq!(g.tripped.get(), 1);
+    }
 
     #[test]
     fn heads_are_complete_at_the_blank_line() {

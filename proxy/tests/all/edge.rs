@@ -428,3 +428,70 @@ async fn slow_clients_do_not_stop_a_well_behaved_one() {
         "the slow heads were cut off"
     );
 }
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_floods_end_within_a_second_while_other_clients_are_served() {
+    let (_origin, gw) = limited("", true).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/h2_floods.py");
+    // Warm up, then measure memory around the floods.
+    for _ in 0..20 {
+        gw.get("/").await;
+    }
+    let before = rss();
+    for attack in [
+        "rapid_reset",
+        "continuation",
+        "settings",
+        "ping",
+        "over_limit",
+    ] {
+        let flood = tokio::process::Command::new("python3")
+            .arg(&script)
+            .arg(gw.addr.to_string())
+            .arg(attack)
+            .arg("3")
+            .output();
+        let probe = async {
+            let mut took = Vec::new();
+            for _ in 0..40 {
+                let started = std::time::Instant::now();
+                assert_eq!(gw.get("/").await.status(), 200);
+                took.push(started.elapsed());
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            took.sort();
+            took[took.len() * 99 / 100]
+        };
+        let (out, p99) = tokio::join!(flood, probe);
+        let out = out.expect("python3 runs (scripts/setup.sh installs h2)");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{attack}: {}", String::from_utf8_lossy(&out.stderr)));
+        eprintln!("{attack}: {report}, parallel client p99 {p99:?}");
+        assert_ne!(
+            report["ended"], "open",
+            "{attack}: the connection survived: {report}"
+        );
+        assert!(
+            report["seconds"].as_f64().unwrap() < 1.5,
+            "{attack}: {report}"
+        );
+        assert!(
+            p99 < std::time::Duration::from_millis(250),
+            "{attack}: p99 {p99:?}"
+        );
+    }
+    let grown = rss().saturating_sub(before);
+    eprintln!("resident memory grew by {} KiB", grown / 1024);
+    assert!(grown < 10 << 20, "resident memory grew by {grown} bytes");
+}
