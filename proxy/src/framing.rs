@@ -48,10 +48,12 @@ impl Refused {
 /// The raw head's field lines named `name` (lower case, with the colon),
 /// their values as sent.
 fn raw_fields<'a>(raw: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-    raw.split(|&b| b == b'\n').skip(1).filter_map(move |line| {
-        (line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name))
-            .then(|| &line[name.len()..])
-    })
+    raw.split(|&b| b == b'\n')
+        .skip(1)
+        .filter(move |line| {
+            line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name)
+        })
+        .map(move |line| &line[name.len()..])
 }
 
 /// Whether the raw request head has a `Content-Length` field line (Pingora
@@ -115,7 +117,8 @@ mod tests {
     fn ambiguous_framing_is_refused() {
         const HTTP_10: http::Version = http::Version::HTTP_10;
         const HTTP_11: http::Version = http::Version::HTTP_11;
-        let cases: &[(http::Version, &[(&str, &str)], Result<(), Refused>)] = &[
+        type Case<'a> = (http::Version, &'a [(&'a str, &'a str)], Result<(), Refused>);
+        let cases: &[Case] = &[
             (HTTP_11, &[("transfer-encoding", "chunked")], Ok(())),
             (HTTP_11, &[("transfer-encoding", "Chunked ")], Ok(())),
             (HTTP_11, &[("content-length", "3")], Ok(())),
