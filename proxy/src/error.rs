@@ -54,6 +54,13 @@ pub enum GatewayError {
     /// The request's body length could be read two ways (see framing.rs).
     #[error("{0}")]
     Framing(crate::framing::Refused),
+    /// The request body stalled for longer than `limits.client_read_timeout_ms`
+    /// (HTTP/2 bodies have no read timeout of Pingora's own).
+    #[error("the request body stalled for more than {} ms (limits.client_read_timeout_ms)", limit.as_millis())]
+    BodyTimeout {
+        /// The timeout.
+        limit: std::time::Duration,
+    },
     /// A new connection did not send its first request head in time.
     #[error("the request head did not arrive within {} ms (limits.head_timeout_ms)", limit.as_millis())]
     HeadTimeout {
@@ -90,7 +97,7 @@ impl GatewayError {
             | GatewayError::MissingHost => 400,
             GatewayError::NoRoute => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
-            GatewayError::HeadTimeout { .. } => 408,
+            GatewayError::HeadTimeout { .. } | GatewayError::BodyTimeout { .. } => 408,
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::HeadersTooLarge { .. } => 431,
             GatewayError::Internal | GatewayError::PluginFailed { .. } => 500,
@@ -115,7 +122,9 @@ impl GatewayError {
             GatewayError::InvalidTarget(crate::normalize::Refused::BadHost) => "invalid_host",
             GatewayError::InvalidTarget(_) => "invalid_path",
             GatewayError::MissingHost => "missing_host",
-            GatewayError::HeadTimeout { .. } => "request_timeout",
+            GatewayError::HeadTimeout { .. } | GatewayError::BodyTimeout { .. } => {
+                "request_timeout"
+            }
             GatewayError::Framing(crate::framing::Refused::UnsupportedTransferEncoding) => {
                 "unsupported_transfer_encoding"
             }

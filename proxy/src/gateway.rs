@@ -704,6 +704,25 @@ impl Gateway {
         Ok(())
     }
 
+    /// The next request body chunk, waiting at most `client_read_timeout_ms`
+    /// for it (Pingora bounds HTTP/1 body reads itself, not HTTP/2 ones); a
+    /// stalled body is answered 408 and its connection closed.
+    async fn body_chunk(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Chunk> {
+        let limit = self.limits.client_read_timeout;
+        match tokio::time::timeout(limit, session.read_request_body()).await {
+            Ok(Ok(Some(data))) => Ok(Chunk::Data(data)),
+            Ok(Ok(None)) => Ok(Chunk::End),
+            // A malformed body (a bad chunk size) is the client's fault: a 400.
+            Ok(Err(e)) => Err(e.into_down()),
+            Err(_) => {
+                session.set_keepalive(None);
+                self.respond(session, ctx, GatewayError::BodyTimeout { limit })
+                    .await?;
+                Ok(Chunk::Answered)
+            }
+        }
+    }
+
     /// Read the request body whole (kept for a replay to the upstream), refusing
     /// it past `limit`: `Ok(None)` when answered with 413, `Some(None)` when the
     /// request has no body.
@@ -728,7 +747,12 @@ impl Gateway {
         }
         session.as_mut().enable_retry_buffering();
         let mut body = Vec::new();
-        while let Some(chunk) = session.read_request_body().await? {
+        loop {
+            let chunk = match self.body_chunk(session, ctx).await? {
+                Chunk::Data(chunk) => chunk,
+                Chunk::End => break,
+                Chunk::Answered => return Ok(None),
+            };
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > limit {
                 self.respond(session, ctx, GatewayError::BodyTooLarge { limit })
@@ -811,6 +835,14 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// What reading one request body chunk came to.
+enum Chunk {
+    Data(Bytes),
+    End,
+    /// The body stalled past `client_read_timeout_ms`: answered 408.
+    Answered,
 }
 
 /// Every HTTP/1 response is framed (RFC 9112 §6.3): one whose body has neither
@@ -1047,7 +1079,12 @@ impl ProxyHttp for Gateway {
         if declared.is_none() && limit <= PREREAD_MAX_BYTES && !session.as_mut().is_body_empty() {
             // Unknown length: read it all now; Pingora replays it from the retry buffer.
             session.as_mut().enable_retry_buffering();
-            while let Some(chunk) = session.read_request_body().await? {
+            loop {
+                let chunk = match self.body_chunk(session, ctx).await? {
+                    Chunk::Data(chunk) => chunk,
+                    Chunk::End => break,
+                    Chunk::Answered => return Ok(true),
+                };
                 ctx.body_bytes += chunk.len() as u64;
                 if ctx.body_bytes > limit {
                     let err = GatewayError::BodyTooLarge { limit };
@@ -1062,11 +1099,9 @@ impl ProxyHttp for Gateway {
             // body filter when replayed), so a malformed first chunk-size line
             // is a 400 before any upstream is contacted.
             session.as_mut().enable_retry_buffering();
-            // A malformed chunk is the client's fault: a 400.
-            session
-                .read_request_body()
-                .await
-                .map_err(|e| e.into_down())?;
+            if let Chunk::Answered = self.body_chunk(session, ctx).await? {
+                return Ok(true);
+            }
             if session.as_ref().retry_buffer_truncated() {
                 return Err(Error::explain(
                     pingora::ErrorType::InternalError,

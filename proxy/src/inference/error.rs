@@ -122,6 +122,19 @@ impl ApiError {
         )
     }
 
+    /// 408: the request body stalled past `limits.client_read_timeout_ms`.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            408,
+            "invalid_request_error",
+            Some("request_timeout"),
+            format!(
+                "The request body stalled for more than {} ms (limits.client_read_timeout_ms)",
+                limit.as_millis()
+            ),
+        )
+    }
+
     /// 413: the body is over the route's limit.
     pub fn body_too_large(limit: u64) -> Self {
         Self::new(

@@ -35,6 +35,8 @@ const ASSUMED_MAX_TOKENS: u64 = 256;
 /// Every inference pool and the documents built from the API types.
 pub struct Inference {
     pools: Vec<Arc<Pool>>,
+    /// Longest wait for one request body chunk (`limits.client_read_timeout_ms`).
+    body_stall: std::time::Duration,
     /// Every model some pool serves: the closed set of `model` label values.
     models: std::collections::HashSet<String>,
     metrics: Arc<Metrics>,
@@ -418,6 +420,7 @@ impl Inference {
             .collect();
         Inference {
             pools,
+            body_stall: config.limits.client_read_timeout,
             models,
             metrics,
             openapi_json,
@@ -598,7 +601,7 @@ impl Inference {
             }
             "/chat/completions" => {
                 post("POST")?;
-                let body = read_body(session, max_body).await?;
+                let body = read_body(session, max_body, self.body_stall).await?;
                 let req: ChatCompletionRequest = parse(&body)?;
                 outcome.model = req.model.clone();
                 req.validate()?;
@@ -636,7 +639,7 @@ impl Inference {
             }
             "/completions" => {
                 post("POST")?;
-                let body = read_body(session, max_body).await?;
+                let body = read_body(session, max_body, self.body_stall).await?;
                 let req: CompletionRequest = parse(&body)?;
                 outcome.model = req.model.clone();
                 req.validate()?;
@@ -677,7 +680,7 @@ impl Inference {
             }
             "/embeddings" => {
                 post("POST")?;
-                let body = read_body(session, max_body).await?;
+                let body = read_body(session, max_body, self.body_stall).await?;
                 let req: EmbeddingRequest = parse(&body)?;
                 outcome.model = req.model.clone();
                 req.validate()?;
@@ -1268,14 +1271,24 @@ fn find_pool<'a>(
 }
 
 /// Read the whole body, refusing it past `limit` bytes (declared or counted).
-async fn read_body(session: &mut dyn Downstream, limit: u64) -> Result<Bytes, ApiError> {
+/// Each chunk must come within `stall` (HTTP/2 bodies have no read timeout of
+/// Pingora's own).
+async fn read_body(
+    session: &mut dyn Downstream,
+    limit: u64,
+    stall: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     let declared = session.content_length();
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::body_too_large(limit));
     }
     let mut body = BytesMut::new();
     loop {
-        match session.read_body().await {
+        let Ok(read) = tokio::time::timeout(stall, session.read_body()).await else {
+            session.close_after();
+            return Err(ApiError::body_timeout(stall));
+        };
+        match read {
             Ok(Some(chunk)) => {
                 if body.len() as u64 + chunk.len() as u64 > limit {
                     return Err(ApiError::body_too_large(limit));

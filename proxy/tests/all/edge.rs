@@ -495,3 +495,56 @@ async fn http2_floods_end_within_a_second_while_other_clients_are_served() {
     eprintln!("resident memory grew by {} KiB", grown / 1024);
     assert!(grown < 10 << 20, "resident memory grew by {grown} bytes");
 }
+
+/// A body that sends `first`, then nothing, forever.
+fn stalled_body(first: &'static str) -> reqwest::Body {
+    use futures_util::StreamExt;
+    let once = futures_util::stream::once(async move {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(first.as_bytes()))
+    });
+    reqwest::Body::wrap_stream(once.chain(futures_util::stream::pending()))
+}
+
+#[tokio::test]
+async fn a_stalled_http2_body_is_a_408_on_proxied_and_api_routes() {
+    let backend = gantry_fixture_backend::Fixture::start(Default::default());
+    let origin = Origin::start("o").await;
+    let config = format!(
+        "[limits]\nclient_read_timeout_ms = 500\n\
+         [[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\nh2c = true\n\
+         [[pools]]\nname = \"p\"\nendpoints = [\"{}\"]\n\
+         [[inference_pools]]\nname = \"ai\"\nendpoints = [\"{}\"]\nmodels = [\"fixture\"]\n\
+         [[routes]]\nname = \"api\"\npath_prefix = \"/v1\"\ninference_pools = [\"ai\"]\n\
+         [[routes]]\nname = \"small\"\npool = \"p\"\npath_prefix = \"/small\"\nmax_body_bytes = 1000\n\
+         ",
+        origin.addr, backend.addr
+    );
+    let gw = Gateway::start(&config).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    // Bodies Gantry reads itself (the API's, plugin routes', and uploads read
+    // ahead); a large upload streamed to the upstream is Pingora's to read, and
+    // its HTTP/2 body reads have no timeout yet.
+    for path in ["/v1/chat/completions", "/small/upload"] {
+        let started = std::time::Instant::now();
+        let res = h2
+            .post(gw.url(path))
+            .header("content-type", "application/json")
+            .body(stalled_body("{\"model\""))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 408, "{path}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{path}: answered after {:?}",
+            started.elapsed()
+        );
+        let body = json(res).await;
+        assert_eq!(body["error"]["code"], "request_timeout", "{path}: {body}");
+    }
+    assert_eq!(origin.state.hits.load(Ordering::SeqCst), 0);
+}
