@@ -374,24 +374,32 @@ async fn the_api_key_auth_example_denies_without_a_configured_key() {
     );
 }
 
-#[tokio::test]
-async fn metrics_a_plugin_defines_are_exported() {
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Origin::start("o").await;
-    let wat = r#"(module
+/// A plugin that counts requests in a counter it defines, named `name`.
+fn counting(name: &str) -> Vec<u8> {
+    let wat = format!(
+        r#"(module
       (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
       (import "env" "proxy_increment_metric" (func $inc (param i32 i64) (result i32)))
       (memory (export "memory") 1)
-      (data (i32.const 16) "requests_seen")
+      (data (i32.const 16) "{name}")
       (func (export "proxy_abi_version_0_2_1"))
       (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
       (func (export "proxy_on_context_create") (param i32 i32))
       (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
-        (drop (call $define (i32.const 0) (i32.const 16) (i32.const 13) (i32.const 900)))
+        (drop (call $define (i32.const 0) (i32.const 16) (i32.const {len}) (i32.const 900)))
         (drop (call $inc (i32.load (i32.const 900)) (i64.const 1)))
-        (i32.const 0)))"#;
+        (i32.const 0)))"#,
+        len = name.len()
+    );
+    wat::parse_str(wat).unwrap()
+}
+
+#[tokio::test]
+async fn metrics_a_plugin_defines_are_exported_and_leave_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
     let file = dir.path().join("count.wasm");
-    std::fs::write(&file, wat::parse_str(wat).unwrap()).unwrap();
+    std::fs::write(&file, counting("requests_seen")).unwrap();
     let gw = Gateway::start(&config(
         origin.addr,
         &[route("r", "/", &[("count", &file, "")])],
@@ -402,6 +410,20 @@ async fn metrics_a_plugin_defines_are_exported() {
     }
     let sample = "gantry_plugin_metric{kind=\"counter\",name=\"requests_seen\",plugin=\"count\",route=\"r\"}";
     assert_eq!(gw.metric(sample).await, Some(3.0));
+    // A new version defines another metric: the old series leaves /metrics.
+    replace(&file, &counting("hits"));
+    let res = gw
+        .client
+        .post(format!("http://{}/admin/reload", gw.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(gw.get("/").await.status(), 200);
+    let page = gw.metrics().await;
+    assert!(!page.contains("requests_seen"), "{page}");
+    assert!(page.contains("name=\"hits\""), "{page}");
 }
 
 /// A plugin that adds `x-version: <version>` to responses.
