@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Slowloris against Gantry: N connections trickle request heads one byte at a
+time from 127.0.0.1 while a well-behaved client on 127.0.0.2 sends requests;
+prints the well-behaved client's success rate and p50/p99, unloaded and under
+attack, as one JSON line.
+
+    python3 bench/slowloris.py target/release/gantry [--connections 1000] [--seconds 20]
+
+The gateway runs with `head_timeout_ms` 2 s and a per-client connection cap
+above N, so the head deadline (not the cap) is what holds the attack off.
+"""
+import argparse, asyncio, json, os, socket, statistics, subprocess, tempfile, threading, time
+import http.server
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+class Origin(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.send_response(200); self.send_header("content-length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *a):
+        pass
+
+
+async def slow_client(port, stop):
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"a" * 10000
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for b in head:
+                if stop.is_set():
+                    break
+                writer.write(bytes([b])); await writer.drain()
+                await asyncio.sleep(0.1)
+        except (ConnectionError, OSError):
+            await asyncio.sleep(0.05)
+        finally:
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+
+async def good_client(port, seconds):
+    took, failed = [], 0
+    end = time.time() + seconds
+    while time.time() < end:
+        t = time.time()
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0)), 5)
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            data = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            if data.startswith(b"HTTP/1.1 200"):
+                took.append(time.time() - t)
+            else:
+                failed += 1
+        except Exception:
+            failed += 1
+        await asyncio.sleep(0.01)
+    return took, failed
+
+
+def summary(took, failed):
+    took = sorted(took)
+    n = len(took) + failed
+    return {"requests": n, "success": round(len(took) / max(n, 1), 5),
+            "p50_ms": round(1000 * statistics.median(took), 2) if took else None,
+            "p99_ms": round(1000 * took[int(len(took) * 0.99) - 1], 2) if took else None}
+
+
+async def run(port, connections, seconds):
+    base = summary(*await good_client(port, 3))
+    stop = asyncio.Event()
+    attackers = [asyncio.create_task(slow_client(port, stop)) for _ in range(connections)]
+    await asyncio.sleep(2)
+    loaded = summary(*await good_client(port, seconds))
+    stop.set()
+    await asyncio.gather(*attackers, return_exceptions=True)
+    return base, loaded
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("gantry"); ap.add_argument("--connections", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=20)
+    args = ap.parse_args()
+    origin_port, port, admin = free_port(), free_port(), free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", origin_port), Origin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    tmp = tempfile.mkdtemp()
+    conf = os.path.join(tmp, "gantry.toml")
+    with open(conf, "w") as f:
+        f.write(f"""[server]
+threads = 1
+[limits]
+head_timeout_ms = 2000
+max_connections_per_client = {args.connections * 2}
+[admin]
+address = "127.0.0.1:{admin}"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:{port}"
+[[pools]]
+name = "origin"
+endpoints = ["127.0.0.1:{origin_port}"]
+[[routes]]
+name = "all"
+pool = "origin"
+""")
+    gw = subprocess.Popen([args.gantry, "gateway", "--config", conf],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close(); break
+            except OSError:
+                time.sleep(0.1)
+        base, loaded = asyncio.run(run(port, args.connections, args.seconds))
+        print(json.dumps({"slow_connections": args.connections, "unloaded": base, "under_attack": loaded}))
+    finally:
+        gw.terminate(); server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
