@@ -180,12 +180,25 @@ impl<A> Front<A> {
     }
 }
 
-/// `408` with the gateway's JSON error body, then the connection closes.
-async fn request_timeout(stream: &mut Stream, limit: Duration) {
-    let err = crate::error::GatewayError::HeadTimeout { limit };
+/// Whether an HTTP/1 head parses strictly (httparse, as Pingora parses it,
+/// without Pingora's fallback that escapes an illegal request line).
+fn head_parses(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    matches!(req.parse(head), Ok(httparse::Status::Complete(_)))
+}
+
+/// Header fields in one request head (Pingora's own bound).
+const MAX_HEADERS: usize = 256;
+
+/// `err` with the gateway's JSON error body, then the connection closes.
+async fn respond_error(stream: &mut Stream, err: &crate::error::GatewayError) {
     let body = err.body();
+    let status = http::StatusCode::from_u16(err.status()).unwrap_or(http::StatusCode::BAD_REQUEST);
     let head = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).await;
@@ -225,6 +238,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Front<A> {
         match self.read_head(&mut stream, deadline).await {
             Head::Read(prefix) => {
                 let h2 = self.limits.h2c && prefix.starts_with(H2_PREFACE);
+                if !h2 && head_complete(&prefix) && !head_parses(&prefix) {
+                    // Answered here, with the gateway's JSON error, rather than
+                    // by Pingora's bare 400 (or its escaping of the target).
+                    respond_error(&mut stream, &crate::error::GatewayError::BadRequest).await;
+                    return None;
+                }
                 let guard = h2.then(|| self.flood_guard(true));
                 let replay: Stream = Box::new(Replay::new(prefix, stream, guard));
                 self.inner.process_new(replay, shutdown).await
@@ -232,7 +251,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Front<A> {
             Head::Closed => None,
             Head::TimedOut => {
                 self.refused("head_timeout");
-                request_timeout(&mut stream, self.limits.head_timeout).await;
+                let err = crate::error::GatewayError::HeadTimeout {
+                    limit: self.limits.head_timeout,
+                };
+                respond_error(&mut stream, &err).await;
                 None
             }
         }
@@ -516,6 +538,20 @@ mod tests {
         }
         assert!(!g.saw(&frame(0x4, 0, &[])), "one over the budget");
         assert_eq!(g.tripped.get(), 1);
+    }
+
+    #[test]
+    fn malformed_heads_do_not_parse() {
+        assert!(head_parses(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(head_parses(b"GET / HTTP/1.1\nHost: a\n\n"));
+        for bad in [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+        ] {
+            assert!(!head_parses(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -548,3 +548,31 @@ async fn a_stalled_http2_body_is_a_408_on_proxied_and_api_routes() {
     }
     assert_eq!(origin.state.hits.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_malformed_request_gets_the_json_error_and_a_close() {
+    let (origin, gw) = limited("", false).await;
+    for request in [
+        "GARBAGE\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+        "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+        "POST  /a  HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        let answer = raw(&gw, request).await;
+        assert_eq!(status(&answer), 400, "{request:?}: {answer}");
+        assert!(
+            answer.contains("\"code\":\"bad_request\""),
+            "{request:?}: {answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        assert!(!answer.contains("Pingora"), "{answer}");
+    }
+    assert_eq!(
+        origin.state.hits.load(Ordering::SeqCst),
+        0,
+        "nothing forwarded, escaped or not"
+    );
+}
