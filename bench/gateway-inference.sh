@@ -39,6 +39,7 @@ gateway_config() { # $1 listen port, $2 backend port, $3 model list
 threads = 1
 [limits]
 max_connections = 20000
+max_connections_per_client = 20000   # every load connection comes from 127.0.0.1
 [[listeners]]
 name = "http"
 address = "127.0.0.1:$1"
