@@ -72,11 +72,8 @@ async fn reload_needs_the_admin_token_and_the_listener_refuses_foreign_hosts() {
     let origin = Origin::start("o").await;
     let gw = Gateway::start(&one_pool(&[origin.addr], "", "")).await;
     let reload = |token: Option<&'static str>| {
-        let mut req = gw.client.post(format!("http://{}/admin/reload", gw.admin));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        async move { req.send().await.unwrap().status().as_u16() }
+        let gw = &gw;
+        async move { gw.admin_reload(token).await.status().as_u16() }
     };
     assert_eq!(reload(None).await, 401);
     assert_eq!(reload(Some("wrong-token-wrong-token")).await, 401);
@@ -112,13 +109,7 @@ async fn without_a_configured_token_reload_is_refused() {
         one_pool(&[origin.addr], "", "")
     );
     let gw = Gateway::start(&config).await;
-    let res = gw
-        .client
-        .post(format!("http://{}/admin/reload", gw.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = gw.admin_reload(Some(ADMIN_TOKEN)).await;
     assert_eq!(res.status(), 403);
     let res = gw
         .client

@@ -273,6 +273,29 @@ impl Gateway {
             .expect("admin listener answers")
     }
 
+    /// `POST /admin/reload`, with `token` as the bearer token if given.
+    pub async fn admin_reload(&self, token: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(format!("http://{}/admin/reload", self.admin));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("admin listener answers")
+    }
+
+    /// Wait until the gateway sees inference backend `backend` of pool `pool`
+    /// take traffic.
+    pub async fn wait_backend_healthy(&self, pool: &str, backend: SocketAddr) {
+        let sample =
+            format!("gantry_inference_backend_healthy{{backend=\"{backend}\",pool=\"{pool}\"}}");
+        eventually("backend healthy", || {
+            let sample = sample.clone();
+            async move { self.metric(&sample).await == Some(1.0) }
+        })
+        .await;
+    }
+
     /// Body of the admin `/metrics` page.
     pub async fn metrics(&self) -> String {
         self.admin_get("/metrics").await.text().await.unwrap()

@@ -425,15 +425,7 @@ async fn poisoned_sampling_values_never_end_another_clients_stream_on_a_real_bac
         .replace("[\"fixture\", \"fixture-embed\"]", "[\"smollm2-135m\"]")
         .replace("max_body_bytes = 4096", "max_body_bytes = 65536");
     let gw = Gateway::start(&config).await;
-    eventually("backend healthy", || async {
-        gw.metric(&format!(
-            "gantry_inference_backend_healthy{{backend=\"{}\",pool=\"ai\"}}",
-            backend.addr
-        ))
-        .await
-            == Some(1.0)
-    })
-    .await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
     let ask = |extra: serde_json::Value| {
         let mut body = json!({"model": "smollm2-135m", "max_tokens": 2,
                               "messages": [{"role": "user", "content": "Count to ten."}]});
@@ -568,14 +560,7 @@ async fn a_plugins_inference_call_is_cancelled_when_its_client_leaves() {
         file.display()
     );
     let gw = Gateway::start(&text).await;
-    let sample = format!(
-        "gantry_inference_backend_healthy{{backend=\"{}\",pool=\"ai\"}}",
-        backend.addr
-    );
-    eventually("backend healthy", || async {
-        gw.metric(&sample).await == Some(1.0)
-    })
-    .await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
     // A raw client sends a request and hangs up while the call is out.
     let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
@@ -613,14 +598,7 @@ async fn a_long_stream_does_not_hold_its_plugins_instance() {
         ),
     );
     let gw = Gateway::start(&config).await;
-    let sample = format!(
-        "gantry_inference_backend_healthy{{backend=\"{}\",pool=\"ai\"}}",
-        backend.addr
-    );
-    eventually("backend healthy", || async {
-        gw.metric(&sample).await == Some(1.0)
-    })
-    .await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
     // Two streams of 1.5 s each, one after the other has started: with the
     // single instance held for the whole stream the second would be refused.
     let mut first = post(&gw, "/v1/chat/completions", &chat(true)).await;

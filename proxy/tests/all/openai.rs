@@ -29,12 +29,7 @@ pub(crate) fn ai_config(backends: &[SocketAddr], pool_extra: &str) -> String {
 pub(crate) async fn ai_gateway(backends: &[SocketAddr], pool_extra: &str) -> Gateway {
     let gw = Gateway::start(&ai_config(backends, pool_extra)).await;
     for b in backends {
-        let sample = format!("gantry_inference_backend_healthy{{backend=\"{b}\",pool=\"ai\"}}");
-        eventually("backend healthy", || {
-            let (gw, sample) = (&gw, sample.clone());
-            async move { gw.metric(&sample).await == Some(1.0) }
-        })
-        .await;
+        gw.wait_backend_healthy("ai", *b).await;
     }
     gw
 }

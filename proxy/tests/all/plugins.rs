@@ -412,13 +412,7 @@ async fn metrics_a_plugin_defines_are_exported_and_leave_with_it() {
     assert_eq!(gw.metric(sample).await, Some(3.0));
     // A new version defines another metric: the old series leaves /metrics.
     replace(&file, &counting("hits"));
-    let res = gw
-        .client
-        .post(format!("http://{}/admin/reload", gw.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = gw.admin_reload(Some(ADMIN_TOKEN)).await;
     assert_eq!(res.status(), 200);
     assert_eq!(gw.get("/").await.status(), 200);
     let page = gw.metrics().await;
@@ -482,13 +476,7 @@ async fn hot_reload_swaps_a_plugin_under_load_without_failing_a_request() {
     eventually("traffic flowing", || async { origin.hits() > 20 }).await;
 
     replace(&file, &versioned(2));
-    let res = gw
-        .client
-        .post(format!("http://{}/admin/reload", gw.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = gw.admin_reload(Some(ADMIN_TOKEN)).await;
     assert_eq!(res.status(), 200);
     assert!(json(res).await["reloaded"]
         .as_array()
@@ -506,13 +494,7 @@ async fn hot_reload_swaps_a_plugin_under_load_without_failing_a_request() {
 
     // A broken module is refused; the running version keeps serving.
     replace(&file, b"not wasm at all");
-    let res = gw
-        .client
-        .post(format!("http://{}/admin/reload", gw.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = gw.admin_reload(Some(ADMIN_TOKEN)).await;
     assert_eq!(res.status(), 500);
     let report = json(res).await;
     assert!(
