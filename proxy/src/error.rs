@@ -77,10 +77,12 @@ pub enum GatewayError {
         plugin: String,
     },
     /// Every instance of a route's plugin is serving another request.
-    #[error("plugin `{plugin}` is busy; retry shortly")]
+    #[error("plugin `{plugin}` is busy: all {max_instances} instances (max_instances) are in use; retry shortly")]
     PluginBusy {
         /// The plugin's name on the route.
         plugin: String,
+        /// Its `max_instances`.
+        max_instances: usize,
     },
     /// A bug or resource failure inside the gateway.
     #[error("internal gateway error")]

@@ -11,9 +11,14 @@
 //! - `Content-Length` that is not one run of digits (`3, 3`, `+3`) or in more
 //!   than one field line: 400.
 //! - `Transfer-Encoding` on HTTP/1.0 (§6.1: the message is faulty): 400.
+//!
+//! Responses too: one without a length goes chunked to HTTP/1.1 clients and
+//! close-delimited to HTTP/1.0 ones ([`frame_response`]); a connection is kept
+//! only as the client asked ([`client_keeps_alive`]).
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
 
 /// Why a request's framing was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -74,29 +79,76 @@ pub fn check(req: &RequestHeader, raw_head: Option<&[u8]>) -> Result<(), Refused
     if !matches!(req.version, http::Version::HTTP_10 | http::Version::HTTP_11) {
         return Ok(());
     }
-    let te: Vec<_> = req.headers.get_all(TRANSFER_ENCODING).iter().collect();
-    let cl: Vec<_> = req.headers.get_all(CONTENT_LENGTH).iter().collect();
-    if !te.is_empty() {
+    // Counted, not collected: this runs on every request.
+    let mut te = req.headers.get_all(TRANSFER_ENCODING).iter();
+    let mut cl = req.headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(first_te) = te.next() {
         if req.version == http::Version::HTTP_10 {
             return Err(Refused::TransferEncodingOnHttp10);
         }
-        if !cl.is_empty() || raw_head.is_some_and(raw_has_content_length) {
+        if cl.next().is_some() || raw_head.is_some_and(raw_has_content_length) {
             return Err(Refused::BothLengths);
         }
-        if te.len() > 1 {
+        if te.next().is_some() {
             return Err(Refused::RepeatedTransferEncoding);
         }
-        let value = te[0].to_str().map(|v| v.trim_matches(' ')).unwrap_or("");
+        let value = first_te.to_str().map(|v| v.trim_matches(' ')).unwrap_or("");
         if !value.eq_ignore_ascii_case("chunked")
             || !raw_head.is_none_or(raw_transfer_encoding_plain)
         {
             return Err(Refused::UnsupportedTransferEncoding);
         }
+        return Ok(());
     }
-    match cl.as_slice() {
-        [] => Ok(()),
-        [one] if !one.is_empty() && one.as_bytes().iter().all(u8::is_ascii_digit) => Ok(()),
+    match (cl.next(), cl.next()) {
+        (None, _) => Ok(()),
+        (Some(one), None) if !one.is_empty() && one.as_bytes().iter().all(u8::is_ascii_digit) => {
+            Ok(())
+        }
         _ => Err(Refused::BadContentLength),
+    }
+}
+
+/// Every HTTP/1 response is framed (RFC 9112 §6.3): one whose body has neither
+/// `Content-Length` nor `Transfer-Encoding` (a plugin removed the length, say)
+/// goes to an HTTP/1.1 client chunked, keeping its connection, and to an
+/// HTTP/1.0 client close-delimited, with `Connection: close`.
+pub fn frame_response(session: &mut Session, resp: &mut ResponseHeader) -> pingora::Result<()> {
+    let req = session.req_header();
+    let status = resp.status.as_u16();
+    let bodyless =
+        status < 200 || status == 204 || status == 304 || req.method == http::Method::HEAD;
+    let framed = resp.headers.contains_key(http::header::CONTENT_LENGTH)
+        || resp.headers.contains_key(http::header::TRANSFER_ENCODING);
+    match req.version {
+        _ if bodyless || framed => {}
+        http::Version::HTTP_11 => {
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        http::Version::HTTP_10 | http::Version::HTTP_09 => {
+            session.set_keepalive(None);
+            resp.insert_header(http::header::CONNECTION, "close")?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether the client asked to keep its connection (RFC 9112 §9.3): HTTP/1.1
+/// unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+pub fn client_keeps_alive(req: &RequestHeader) -> bool {
+    let has = |token: &str| {
+        req.headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match req.version {
+        http::Version::HTTP_10 | http::Version::HTTP_09 => has("keep-alive"),
+        http::Version::HTTP_11 => !has("close"),
+        _ => true,
     }
 }
 

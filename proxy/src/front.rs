@@ -156,6 +156,7 @@ impl<A> Front<A> {
     /// Read the first head (or the h2 preface) within the deadline.
     async fn read_head(&self, stream: &mut Stream, deadline: Instant) -> Head {
         let mut buf = Vec::new();
+        let mut complete = false;
         let mut chunk = [0u8; 4096];
         loop {
             // On an h2c listener, bytes that are still the start of the
@@ -163,7 +164,7 @@ impl<A> Front<A> {
             let could_be_h2 =
                 self.limits.h2c && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf);
             let decided = (self.limits.h2c && buf.starts_with(H2_PREFACE))
-                || head_complete(&buf)
+                || complete
                 || buf.len() > self.limits.max_header_bytes;
             if decided && !could_be_h2 {
                 return Head::Read(buf);
@@ -174,7 +175,13 @@ impl<A> Front<A> {
                 Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return Head::Closed,
                 // A partial head then EOF: Pingora answers what it can.
                 Ok(Ok(0)) | Ok(Err(_)) => return Head::Read(buf),
-                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(n)) => {
+                    // Only the new bytes (and the 3 before them) can complete
+                    // the blank line: a trickled head is not rescanned whole.
+                    let from = buf.len().saturating_sub(3);
+                    buf.extend_from_slice(&chunk[..n]);
+                    complete = complete || head_complete(&buf[from..]);
+                }
             }
         }
     }

@@ -41,17 +41,6 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// Equal to Pingora's retry buffer, which replays the read body to the upstream.
 const PREREAD_MAX_BYTES: u64 = 64 * 1024;
 
-/// Forwarding headers a client could forge, removed unless the peer is a
-/// trusted proxy (`X-Forwarded-For` is then rewritten, not removed).
-const SPOOFABLE_FORWARDING_HEADERS: &[&str] = &[
-    "forwarded",
-    "x-real-ip",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "true-client-ip",
-    "x-client-ip",
-];
-
 /// Process-wide state the phases and the shutdown logic share.
 #[derive(Default)]
 pub struct Lifecycle {
@@ -238,37 +227,6 @@ impl Gateway {
         self
     }
 
-    /// Believe the peer's forwarding headers only when it is a trusted proxy: then
-    /// append it to `X-Forwarded-For`; otherwise `X-Forwarded-For` is just the
-    /// peer, and the other spoofable forwarding headers are removed.
-    fn forwarding_headers(
-        &self,
-        upstream: &mut RequestHeader,
-        peer: Option<std::net::IpAddr>,
-    ) -> Result<()> {
-        let trusted = peer.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)));
-        let Some(ip) = peer else {
-            return Ok(());
-        };
-        if !trusted {
-            for name in SPOOFABLE_FORWARDING_HEADERS {
-                upstream.remove_header(*name);
-            }
-            upstream.insert_header("x-forwarded-for", ip.to_string())?;
-            return Ok(());
-        }
-        let xff = match upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        upstream.insert_header("x-forwarded-for", xff)?;
-        Ok(())
-    }
-
     /// Count a plugin call and, on failure, log it and count the limit reached.
     fn plugin_outcome(&self, route: usize, plugin: &str, hook: &str, outcome: &str) {
         let route = self.router.route(route).name.as_str();
@@ -413,11 +371,14 @@ impl Gateway {
                 }
                 Err(e) => {
                     let name = self.plugin_failed(route, ctx, "request", &e);
-                    if matches!(e, gantry_plugins::PluginError::Busy { .. }) {
+                    if let gantry_plugins::PluginError::Busy { max_instances, .. } = e {
                         // Not the plugin's failure: never skipped, whatever its
                         // failure policy (an auth plugin must not be bypassed).
-                        self.respond(session, ctx, GatewayError::PluginBusy { plugin: name })
-                            .await?;
+                        let err = GatewayError::PluginBusy {
+                            plugin: name,
+                            max_instances,
+                        };
+                        self.respond(session, ctx, err).await?;
                         return Ok(None);
                     }
                     if crate::plugins::fails_closed(plugin) {
@@ -830,7 +791,7 @@ fn valid_request_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| c.is_ascii_graphic())
 }
 
-fn host_of(req: &RequestHeader) -> Option<&str> {
+pub(crate) fn host_of(req: &RequestHeader) -> Option<&str> {
     req.headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
@@ -843,90 +804,6 @@ enum Chunk {
     End,
     /// The body stalled past `client_read_timeout_ms`: answered 408.
     Answered,
-}
-
-/// Every HTTP/1 response is framed (RFC 9112 §6.3): one whose body has neither
-/// `Content-Length` nor `Transfer-Encoding` (a plugin removed the length, say)
-/// goes to an HTTP/1.1 client chunked, keeping its connection, and to an
-/// HTTP/1.0 client close-delimited, with `Connection: close`.
-fn ensure_framed(session: &mut Session, resp: &mut ResponseHeader) -> Result<()> {
-    let req = session.req_header();
-    let status = resp.status.as_u16();
-    let bodyless =
-        status < 200 || status == 204 || status == 304 || req.method == http::Method::HEAD;
-    let framed = resp.headers.contains_key(CONTENT_LENGTH)
-        || resp.headers.contains_key(http::header::TRANSFER_ENCODING);
-    match req.version {
-        _ if bodyless || framed => {}
-        http::Version::HTTP_11 => {
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-        }
-        http::Version::HTTP_10 | http::Version::HTTP_09 => {
-            session.set_keepalive(None);
-            resp.insert_header(http::header::CONNECTION, "close")?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Whether the client asked to keep its connection (RFC 9112 §9.3): HTTP/1.1
-/// unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
-fn client_keeps_alive(req: &RequestHeader) -> bool {
-    let has = |token: &str| {
-        req.headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    match req.version {
-        http::Version::HTTP_10 | http::Version::HTTP_09 => has("keep-alive"),
-        http::Version::HTTP_11 => !has("close"),
-        _ => true,
-    }
-}
-
-/// Refuse ambiguous framing (framing.rs), then give the request one view of
-/// its path and host (normalize.rs): routing, plugins and the upstream all see
-/// the normalized forms. An HTTP/1.1 request must name its host.
-fn normalize_target(session: &mut Session) -> std::result::Result<(), GatewayError> {
-    let req = session.req_header();
-    let raw_head = session
-        .as_downstream()
-        .as_http1()
-        .map(|h1| h1.get_headers_raw_bytes());
-    crate::framing::check(req, raw_head.as_deref()).map_err(GatewayError::Framing)?;
-    if req.version == http::Version::HTTP_11 && req.headers.get(HOST).is_none() {
-        return Err(GatewayError::MissingHost);
-    }
-    let path = crate::normalize::path(req.uri.path()).map_err(GatewayError::InvalidTarget)?;
-    let host = host_of(req)
-        .map(crate::normalize::host)
-        .transpose()
-        .map_err(GatewayError::InvalidTarget)?;
-    let path = match path {
-        std::borrow::Cow::Owned(p) => Some(match req.uri.query() {
-            Some(q) => format!("{p}?{q}"),
-            None => p,
-        }),
-        std::borrow::Cow::Borrowed(_) => None,
-    };
-    let host = match host {
-        Some(std::borrow::Cow::Owned(h)) => Some(h),
-        _ => None,
-    };
-    let req = session.req_header_mut();
-    if let Some(path) = path {
-        let uri = http::Uri::try_from(path).map_err(|_| GatewayError::BadRequest)?;
-        req.set_uri(uri);
-    }
-    if let Some(host) = host {
-        req.insert_header(HOST, host)
-            .map_err(|_| GatewayError::BadRequest)?;
-    }
-    Ok(())
 }
 
 #[async_trait]
@@ -958,7 +835,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         session.set_read_timeout(Some(self.limits.client_read_timeout));
         session.set_write_timeout(Some(self.limits.client_write_timeout));
-        if self.lifecycle.is_draining() || !client_keeps_alive(session.req_header()) {
+        if self.lifecycle.is_draining() || !crate::framing::client_keeps_alive(session.req_header())
+        {
             session.set_keepalive(None);
         } else {
             session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
@@ -983,7 +861,7 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
 
-        if let Err(err) = normalize_target(session) {
+        if let Err(err) = crate::normalize::apply(session) {
             // The connection may hold anything after such a request: close it.
             session.set_keepalive(None);
             self.respond(session, ctx, err).await?;
@@ -1170,7 +1048,7 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        self.forwarding_headers(upstream, peer)?;
+        crate::forwarding::apply(upstream, peer, &self.trusted_proxies)?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         upstream.insert_header(REQUEST_ID, &ctx.request_id)?;
@@ -1244,7 +1122,7 @@ impl ProxyHttp for Gateway {
             self.rewrites[i].1.apply(resp)?;
         }
         resp.insert_header(REQUEST_ID, &ctx.request_id)?;
-        ensure_framed(session, resp)?;
+        crate::framing::frame_response(session, resp)?;
         if self.lifecycle.is_draining() {
             // Draining: this response is the connection's last.
             session.set_keepalive(None);

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod forwarding;
 pub mod framing;
 pub mod front;
 pub mod gateway;

@@ -15,6 +15,9 @@
 //! (`a..b`, `.a`, `a..`) and characters outside a host name or IP literal are
 //! refused.
 
+use crate::error::GatewayError;
+use http::header::HOST;
+use pingora::proxy::Session;
 use std::borrow::Cow;
 
 /// Why a request target or host was refused (the 400's message).
@@ -48,11 +51,34 @@ fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
+/// Whether `path` is already in normal form: no escape, backslash, control
+/// character, empty segment or dot segment. Most paths are; they are checked in
+/// one pass without allocating.
+fn already_normal(path: &[u8]) -> bool {
+    let clean = path
+        .iter()
+        .all(|&b| b >= 0x20 && b != 0x7f && b != b'%' && b != b'\\');
+    if !clean {
+        return false;
+    }
+    let mut segments = path[1..].split(|&b| b == b'/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if seg == b"." || seg == b".." || (seg.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
+}
+
 /// The normalized form of `path` (no query), borrowed when nothing changes.
 pub fn path(path: &str) -> Result<Cow<'_, str>, Refused> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(Refused::NotOriginForm);
+    }
+    if already_normal(bytes) {
+        return Ok(Cow::Borrowed(path));
     }
     // Decode unreserved escapes and check every byte; `decoded` holds the path
     // with only reserved escapes left (upper-cased).
@@ -180,6 +206,54 @@ fn split_port(value: &str) -> Result<(&str, Option<&str>), Refused> {
     Ok((name, port))
 }
 
+/// Refuse ambiguous framing (framing.rs), then give the request one view of
+/// its path and host (normalize.rs): routing, plugins and the upstream all see
+/// the normalized forms. An HTTP/1.1 request must name its host.
+pub fn apply(session: &mut Session) -> Result<(), GatewayError> {
+    let req = session.req_header();
+    // The raw head matters only next to Transfer-Encoding (see framing.rs).
+    let raw_head = req
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING)
+        .then(|| {
+            session
+                .as_downstream()
+                .as_http1()
+                .map(|h1| h1.get_headers_raw_bytes())
+        })
+        .flatten();
+    crate::framing::check(req, raw_head.as_deref()).map_err(GatewayError::Framing)?;
+    if req.version == http::Version::HTTP_11 && req.headers.get(HOST).is_none() {
+        return Err(GatewayError::MissingHost);
+    }
+    let path = path(req.uri.path()).map_err(GatewayError::InvalidTarget)?;
+    let host = crate::gateway::host_of(req)
+        .map(host)
+        .transpose()
+        .map_err(GatewayError::InvalidTarget)?;
+    let path = match path {
+        std::borrow::Cow::Owned(p) => Some(match req.uri.query() {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        }),
+        std::borrow::Cow::Borrowed(_) => None,
+    };
+    let host = match host {
+        Some(std::borrow::Cow::Owned(h)) => Some(h),
+        _ => None,
+    };
+    let req = session.req_header_mut();
+    if let Some(path) = path {
+        let uri = http::Uri::try_from(path).map_err(|_| GatewayError::BadRequest)?;
+        req.set_uri(uri);
+    }
+    if let Some(host) = host {
+        req.insert_header(HOST, host)
+            .map_err(|_| GatewayError::BadRequest)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +280,13 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(path(raw).as_deref(), Ok(want), "{raw}");
         }
-        assert!(matches!(path("/api/x"), Ok(Cow::Borrowed(_))));
+        for normal in ["/", "/api/x", "/api/x/", "/a;b=1/é"] {
+            assert!(already_normal(normal.as_bytes()), "{normal}");
+            assert!(matches!(path(normal), Ok(Cow::Borrowed(_))), "{normal}");
+        }
+        for not in ["//a", "/a//b", "/./a", "/a/..", "/a%41", "/a\\b", "/a/."] {
+            assert!(!already_normal(not.as_bytes()), "{not}");
+        }
     }
 
     #[test]

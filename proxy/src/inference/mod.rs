@@ -14,6 +14,7 @@ pub mod downstream;
 pub mod error;
 pub mod openapi;
 pub mod pool;
+pub mod request;
 
 use crate::metrics::Metrics;
 use api::*;
@@ -25,6 +26,8 @@ use gantry_config::Config;
 use gantry_proto::{self as pb, generate_response::Event};
 use pingora::http::ResponseHeader;
 use pool::{InflightGuard, NoPick, Pool};
+pub use request::{check_body, check_body_property, Endpoint};
+use request::{is_json, read_body};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tonic::Streaming;
@@ -42,15 +45,6 @@ pub struct Inference {
     metrics: Arc<Metrics>,
     openapi_json: Bytes,
     docs_html: Bytes,
-}
-
-/// Whether a `content-type` is JSON: `application/json`, any case, parameters
-/// (`; charset=utf-8`) allowed.
-fn is_json(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|v| {
-        let essence = v.split(';').next().unwrap_or("").trim();
-        essence.eq_ignore_ascii_case("application/json")
-    })
 }
 
 /// The `model` label of requests naming a model no pool serves.
@@ -319,79 +313,6 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             _ => e,
         },
     })
-}
-
-/// The API's endpoints that take a JSON body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `POST /chat/completions`
-    ChatCompletions,
-    /// `POST /completions`
-    Completions,
-    /// `POST /embeddings`
-    Embeddings,
-}
-
-/// Parse and check a request body as the API does before it picks a pool:
-/// JSON shape, every range, and what the body may carry under `limits`. Any
-/// bytes give `Ok` or a 4xx naming what is wrong, never a panic: the fuzz
-/// target `openai_request` (proxy/fuzz) holds it to that.
-pub fn check_body(
-    endpoint: Endpoint,
-    body: &[u8],
-    limits: &gantry_config::InputLimits,
-) -> Result<(), ApiError> {
-    let too_large = |t: TooLarge| t.error;
-    match endpoint {
-        Endpoint::ChatCompletions => {
-            let req: ChatCompletionRequest = parse(body)?;
-            req.validate()?;
-            req.check_input(limits).map_err(too_large)
-        }
-        Endpoint::Completions => {
-            let req: CompletionRequest = parse(body)?;
-            req.validate()?;
-            req.check_input(limits).map_err(too_large)
-        }
-        Endpoint::Embeddings => {
-            let req: EmbeddingRequest = parse(body)?;
-            req.validate()?;
-            req.check_input(limits).map_err(too_large)
-        }
-    }
-}
-
-/// The property the `openai_request` fuzz target checks on any bytes (its first
-/// byte picks the endpoint, the rest is the body): [`check_body`] does not
-/// panic, and a refusal is a 4xx whose message and `param` are non-empty and
-/// bounded. Panics when the property fails.
-pub fn check_body_property(data: &[u8]) {
-    let Some((&which, body)) = data.split_first() else {
-        return;
-    };
-    let endpoint = match which % 3 {
-        0 => Endpoint::ChatCompletions,
-        1 => Endpoint::Completions,
-        _ => Endpoint::Embeddings,
-    };
-    // Small limits, so the fuzzer reaches them.
-    let limits = gantry_config::InputLimits {
-        max_messages: 4,
-        max_input_bytes: 256,
-        max_embedding_inputs: 4,
-    };
-    if let Err(e) = check_body(endpoint, body, &limits) {
-        assert!((400..500).contains(&e.status), "{e:?}");
-        assert!(!e.message.is_empty(), "{e:?}");
-        assert!(e.message.len() <= error::MAX_ERROR_TEXT_BYTES, "{e:?}");
-        if let Some(p) = &e.param {
-            assert!(
-                !p.is_empty() && p.len() <= error::MAX_ERROR_TEXT_BYTES,
-                "{e:?}"
-            );
-        }
-        serde_json::from_slice::<serde_json::Value>(&e.body()).expect("error body is JSON");
-    }
 }
 
 impl Inference {
@@ -1266,42 +1187,6 @@ fn find_pool<'a>(
                 ),
                 DEFAULT_RETRY_AFTER_SECONDS,
             ))
-        }
-    }
-}
-
-/// Read the whole body, refusing it past `limit` bytes (declared or counted).
-/// Each chunk must come within `stall` (HTTP/2 bodies have no read timeout of
-/// Pingora's own).
-async fn read_body(
-    session: &mut dyn Downstream,
-    limit: u64,
-    stall: std::time::Duration,
-) -> Result<Bytes, ApiError> {
-    let declared = session.content_length();
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::body_too_large(limit));
-    }
-    let mut body = BytesMut::new();
-    loop {
-        let Ok(read) = tokio::time::timeout(stall, session.read_body()).await else {
-            session.close_after();
-            return Err(ApiError::body_timeout(stall));
-        };
-        match read {
-            Ok(Some(chunk)) => {
-                if body.len() as u64 + chunk.len() as u64 > limit {
-                    return Err(ApiError::body_too_large(limit));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body.freeze()),
-            Err(e) => {
-                return Err(ApiError::invalid_body(
-                    None,
-                    format!("could not read the request body: {e}"),
-                ))
-            }
         }
     }
 }

@@ -377,6 +377,11 @@ async fn a_busy_plugin_answers_503_and_is_never_skipped_nor_marked_unhealthy() {
         assert_eq!(res.status(), 503, "not skipped despite failure = open");
         let body = json(res).await;
         assert_eq!(body["error"]["code"], "plugin_busy", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("all 2 instances (max_instances)"),
+            "{message}"
+        );
     }
     assert_eq!(
         origin.state.hits.load(Ordering::SeqCst),
