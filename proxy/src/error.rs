@@ -67,6 +67,9 @@ pub enum GatewayError {
         /// The deadline.
         limit: std::time::Duration,
     },
+    /// A request line naming an HTTP version other than 1.0 and 1.1.
+    #[error("only HTTP/1.0, HTTP/1.1 and HTTP/2 are supported")]
+    HttpVersion,
     /// An HTTP/1.1 request without a `Host` header (RFC 9112 §3.2).
     #[error("an HTTP/1.1 request must carry a Host header")]
     MissingHost,
@@ -106,6 +109,7 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable | GatewayError::BadGateway => 502,
             GatewayError::NoHealthyEndpoint | GatewayError::PluginBusy { .. } => 503,
             GatewayError::UpstreamTimeout => 504,
+            GatewayError::HttpVersion => 505,
         }
     }
 
@@ -124,6 +128,7 @@ impl GatewayError {
             GatewayError::InvalidTarget(crate::normalize::Refused::BadHost) => "invalid_host",
             GatewayError::InvalidTarget(_) => "invalid_path",
             GatewayError::MissingHost => "missing_host",
+            GatewayError::HttpVersion => "http_version_not_supported",
             GatewayError::HeadTimeout { .. } | GatewayError::BodyTimeout { .. } => {
                 "request_timeout"
             }

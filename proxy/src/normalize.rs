@@ -206,26 +206,11 @@ fn split_port(value: &str) -> Result<(&str, Option<&str>), Refused> {
     Ok((name, port))
 }
 
-/// Refuse ambiguous framing (framing.rs), then give the request one view of
-/// its path and host (normalize.rs): routing, plugins and the upstream all see
-/// the normalized forms. An HTTP/1.1 request must name its host.
+/// Give the request one view of its path and host: routing, plugins and the
+/// upstream all see the normalized forms. (An HTTP/1 request's framing and
+/// `Host` were judged by the front door, before Pingora read it.)
 pub fn apply(session: &mut Session) -> Result<(), GatewayError> {
     let req = session.req_header();
-    // The raw head matters only next to Transfer-Encoding (see framing.rs).
-    let raw_head = req
-        .headers
-        .contains_key(http::header::TRANSFER_ENCODING)
-        .then(|| {
-            session
-                .as_downstream()
-                .as_http1()
-                .map(|h1| h1.get_headers_raw_bytes())
-        })
-        .flatten();
-    crate::framing::check(req, raw_head.as_deref()).map_err(GatewayError::Framing)?;
-    if req.version == http::Version::HTTP_11 && req.headers.get(HOST).is_none() {
-        return Err(GatewayError::MissingHost);
-    }
     let path = path(req.uri.path()).map_err(GatewayError::InvalidTarget)?;
     let host = crate::gateway::host_of(req)
         .map(host)

@@ -124,6 +124,7 @@ impl Gantry {
         proxy.h2_options = Some(h2);
         let front_limits = crate::front::FrontLimits {
             head_timeout: config.limits.head_timeout,
+            keepalive_timeout: config.limits.keepalive_timeout,
             max_header_bytes: config.limits.max_header_bytes,
             max_connections_per_client: config.limits.max_connections_per_client,
             h2c: config.listeners.iter().any(|l| l.h2c),
