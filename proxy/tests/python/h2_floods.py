@@ -6,7 +6,9 @@ ATTACK is one of rapid_reset, continuation, settings, ping, zero_window,
 over_limit. The script floods for at most SECONDS (or until the server ends the
 connection) and prints one JSON line: how it ended (`goaway` with its error
 code, `closed`, or `open` if the server tolerated it), after how long, and how
-many frames were sent.
+many frames were sent. For zero_window (streams whose answers can never be
+sent) the server should end each stream: `reset`, and `seconds` is the longest
+any stream lived.
 """
 import json
 import socket
@@ -34,6 +36,7 @@ def main():
     started = time.time()
     sent = 0
     outcome = {"ended": "open"}
+    opened = {}  # stream id -> when it was opened (zero_window)
     headers = [(":method", "GET"), (":scheme", "http"), (":authority", "gw"), (":path", "/big")]
 
     def pump():
@@ -53,6 +56,10 @@ def main():
         except h2.exceptions.ProtocolError:
             return False
         for e in events:
+            if isinstance(e, h2.events.StreamReset) and e.stream_id in opened:
+                # How long the server kept this stream (zero_window).
+                lived = time.time() - opened.pop(e.stream_id)
+                outcome.update(ended="reset", seconds=max(outcome.get("seconds", 0), round(lived, 3)))
             if isinstance(e, h2.events.ConnectionTerminated):
                 outcome.update(ended="goaway", error_code=int(e.error_code))
                 return True
@@ -97,6 +104,7 @@ def main():
             try:
                 sid = conn.get_next_available_stream_id()
                 conn.send_headers(sid, headers, end_stream=True)
+                opened[sid] = time.time()
                 ok = send(conn.data_to_send())
             except h2.exceptions.TooManyStreamsError:
                 ok = True
@@ -116,7 +124,16 @@ def main():
     while outcome["ended"] == "open" and time.time() < deadline:
         if pump():
             break
-    outcome.update(attack=attack, seconds=round(time.time() - started, 3), frames=sent)
+    if attack == "zero_window":
+        # Streams still open: the longest any of them has lived so far.
+        now = time.time()
+        longest = max((now - t for t in opened.values()), default=0)
+        outcome.update(still_open=len(opened))
+        if opened and outcome["ended"] == "reset":
+            outcome.update(seconds=max(outcome["seconds"], round(longest, 3)))
+        outcome.update(attack=attack, frames=sent)
+    else:
+        outcome.update(attack=attack, seconds=round(time.time() - started, 3), frames=sent)
     print(json.dumps(outcome))
 
 
