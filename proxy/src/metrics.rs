@@ -24,6 +24,9 @@ pub struct Metrics {
     pub inflight_requests: IntGauge,
     /// `gantry_limit_rejections_total{limit}`: requests or connections refused by a limit.
     pub limit_rejections: IntCounterVec,
+    /// `gantry_tls_handshakes_total{result}`: `ok`, `failed` or `timeout`
+    /// (the head deadline passed during the handshake).
+    pub tls_handshakes: IntCounterVec,
     /// `gantry_upstream_retries_total{pool}`
     pub upstream_retries: IntCounterVec,
     /// `gantry_upstream_endpoint_healthy{pool,endpoint}`: 1 healthy, 0 ejected.
@@ -130,6 +133,14 @@ impl Metrics {
                 "Requests or connections refused because a configured limit was reached",
             ),
             &["limit"],
+        )
+        .expect("valid metric");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "gantry_tls_handshakes_total",
+                "TLS handshakes on the gateway's listeners, by result (ok, failed, timeout)",
+            ),
+            &["result"],
         )
         .expect("valid metric");
         let upstream_retries = IntCounterVec::new(
@@ -252,6 +263,7 @@ impl Metrics {
             Box::new(open_connections.clone()),
             Box::new(inflight_requests.clone()),
             Box::new(limit_rejections.clone()),
+            Box::new(tls_handshakes.clone()),
             Box::new(upstream_retries.clone()),
             Box::new(endpoint_healthy.clone()),
         ] {
@@ -264,6 +276,7 @@ impl Metrics {
             open_connections,
             inflight_requests,
             limit_rejections,
+            tls_handshakes,
             upstream_retries,
             endpoint_healthy,
             inference_requests,

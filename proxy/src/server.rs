@@ -129,29 +129,29 @@ impl Gantry {
             max_connections_per_client: config.limits.max_connections_per_client,
             h2c: config.listeners.iter().any(|l| l.h2c),
         };
-        let app = crate::front::Front::new(proxy, metrics.clone(), front_limits);
+        let mut app = crate::front::Front::new(proxy, metrics.clone(), front_limits);
+        for l in config.listeners.iter() {
+            if let Some(tls) = &l.tls {
+                let resolver =
+                    SniResolver::load(tls).with_context(|| format!("listener `{}`", l.name))?;
+                let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                settings.set_cert_resolver(Arc::new(resolver));
+                if tls.http2 {
+                    settings.enable_h2();
+                }
+                app = app.with_tls(l.address, settings.build());
+            }
+        }
         let mut service = Service::new("gantry gateway".to_string(), app);
         service.set_connection_filter(Arc::new(Admission {
             max_connections: config.limits.max_connections,
             metrics: metrics.clone(),
             lifecycle: lifecycle.clone(),
         }));
+        // Every listener accepts plain TCP; the front door terminates TLS.
         for l in &config.listeners {
-            let addr = l.address.to_string();
-            match &l.tls {
-                None => service.add_tcp(&addr),
-                Some(tls) => {
-                    let resolver =
-                        SniResolver::load(tls).with_context(|| format!("listener `{}`", l.name))?;
-                    let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    settings.set_cert_resolver(Arc::new(resolver));
-                    if tls.http2 {
-                        settings.enable_h2();
-                    }
-                    service.add_tls_with_settings(&addr, None, settings);
-                }
-            }
+            service.add_tcp(&l.address.to_string());
         }
         server.add_service(service);
 

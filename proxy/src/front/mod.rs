@@ -23,8 +23,13 @@
 //!   answers rapid resets, CONTINUATION floods and streams past the limit with
 //!   GOAWAY.
 //!
-//! HTTP/2 over TLS has no head deadline here (its TLS handshake already
-//! happened; the h2 connection has its own idle timeout).
+//! - **TLS.** The handshake is done here, not by the listener, so it is held
+//!   to the per-client cap and the head deadline (from accept) like any other
+//!   wait, and counted in `gantry_tls_handshakes_total{result}`. (Pingora's
+//!   listener would allow 60 s, uncounted.)
+//!
+//! HTTP/2 over TLS has no head deadline past the handshake (the h2
+//! connection has its own idle timeout).
 
 mod head;
 mod replay;
@@ -37,12 +42,13 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use head::{Head, HeadRead, Wait};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use replay::FloodGuard;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -76,6 +82,8 @@ pub struct Front<A> {
     metrics: Arc<Metrics>,
     limits: FrontLimits,
     clients: Mutex<HashMap<IpAddr, usize>>,
+    /// TLS listeners: their address and acceptor.
+    tls: Vec<(SocketAddr, Acceptor)>,
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> Front<A> {
@@ -86,7 +94,63 @@ impl<A: HttpServerApp + Send + Sync + 'static> Front<A> {
             metrics,
             limits,
             clients: Mutex::new(HashMap::new()),
+            tls: Vec::new(),
         }
+    }
+
+    /// Terminate TLS with `acceptor` on connections to the listener at `addr`.
+    /// The handshake is the front door's, so it counts against the client's
+    /// connections and the head deadline, and is counted in
+    /// `gantry_tls_handshakes_total`.
+    pub fn with_tls(mut self, addr: SocketAddr, acceptor: Acceptor) -> Self {
+        self.tls.push((addr, acceptor));
+        self
+    }
+
+    /// The acceptor of the TLS listener `stream` arrived on, if it did.
+    fn acceptor_for(&self, stream: &Stream) -> Option<&Acceptor> {
+        if self.tls.is_empty() {
+            return None;
+        }
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())?;
+        self.tls
+            .iter()
+            .find(|(addr, _)| {
+                *addr == local || addr.port() == local.port() && addr.ip().is_unspecified()
+            })
+            .map(|(_, acceptor)| acceptor)
+    }
+
+    /// The TLS handshake, by the head deadline.
+    async fn handshake(
+        &self,
+        acceptor: &Acceptor,
+        stream: Stream,
+        deadline: Instant,
+    ) -> Option<Stream> {
+        let plain = Replay::new(BytesMut::new(), stream, None);
+        let result = tokio::time::timeout_at(deadline.into(), acceptor.tls_handshake(plain)).await;
+        let outcome = match result {
+            Ok(Ok(tls)) => {
+                self.metrics.tls_handshakes.with_label_values(&["ok"]).inc();
+                return Some(Box::new(tls));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                "failed"
+            }
+            Err(_) => {
+                self.refused("head_timeout");
+                "timeout"
+            }
+        };
+        self.metrics
+            .tls_handshakes
+            .with_label_values(&[outcome])
+            .inc();
+        None
     }
 
     /// Count a connection from `ip`, unless it already has the most allowed.
@@ -243,11 +307,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Front<A> {
             Some(ip) => Some(self.admit(ip)?),
             None => None,
         };
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            let guarded = Replay::new(BytesMut::new(), stream, Some(self.flood_guard(false)));
-            return ServerApp::process_new(&self.inner, Box::new(guarded), shutdown).await;
-        }
-        // The deadline counts from accept (TLS handshake included).
+        // The deadline counts from accept, the TLS handshake included.
         let since_accept = stream
             .get_timing_digest()
             .first()
@@ -255,6 +315,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Front<A> {
             .and_then(|d| SystemTime::now().duration_since(d.established_ts).ok())
             .unwrap_or_default();
         let deadline = Instant::now() + self.limits.head_timeout.saturating_sub(since_accept);
+        if let Some(acceptor) = self.acceptor_for(&stream) {
+            stream = self.handshake(acceptor, stream, deadline).await?;
+        }
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let guarded = Replay::new(BytesMut::new(), stream, Some(self.flood_guard(false)));
+            return ServerApp::process_new(&self.inner, Box::new(guarded), shutdown).await;
+        }
         match head::read_head(
             &mut stream,
             self.head_read(true),

@@ -660,8 +660,10 @@ async fn a_stalled_http2_body_is_a_408_on_proxied_and_api_routes() {
          [[inference_pools]]\nname = \"ai\"\nendpoints = [\"{}\"]\nmodels = [\"fixture\"]\n\
          [[routes]]\nname = \"api\"\npath_prefix = \"/v1\"\ninference_pools = [\"ai\"]\n\
          [[routes]]\nname = \"small\"\npool = \"p\"\npath_prefix = \"/small\"\nmax_body_bytes = 1000\n\
+         [[pools]]\nname = \"streamed\"\nendpoints = [\"{}\"]\nread_timeout_ms = 700\n\
+         [[routes]]\nname = \"big\"\npool = \"streamed\"\npath_prefix = \"/big\"\n\
          ",
-        origin.addr, backend.addr
+        origin.addr, backend.addr, origin.addr
     );
     let gw = Gateway::start(&config).await;
     let h2 = reqwest::Client::builder()
@@ -691,6 +693,22 @@ async fn a_stalled_http2_body_is_a_408_on_proxied_and_api_routes() {
         assert_eq!(body["error"]["code"], "request_timeout", "{path}: {body}");
     }
     assert_eq!(origin.state.hits.load(Ordering::SeqCst), 0);
+    // A large upload streamed to the upstream: Pingora reads its later HTTP/2
+    // chunks with no timeout of its own, so the stall is bounded by the pool's
+    // read_timeout_ms (the upstream waits for the rest of the body).
+    let started = std::time::Instant::now();
+    let res = h2
+        .post(gw.url("/big/upload"))
+        .body(stalled_body("first chunk"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 504);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "answered after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -35,9 +35,16 @@ async fn fetch(
 }
 
 async fn tls_gateway(dir: &Path, origin: &Origin) -> Gateway {
+    tls_gateway_with(dir, origin, "").await
+}
+
+/// [`tls_gateway`] with `limits` lines.
+async fn tls_gateway_with(dir: &Path, origin: &Origin, limits: &str) -> Gateway {
     Gateway::start_in(
         &format!(
             r#"
+[limits]
+{limits}
 [[listeners]]
 name = "https"
 address = "{{gateway}}"
@@ -62,6 +69,62 @@ pool = "p"
         dir,
     )
     .await
+}
+
+#[tokio::test]
+async fn tls_handshakes_are_held_to_the_head_deadline_and_the_client_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path(), "localhost");
+    write_cert(dir.path(), "api.test");
+    let origin = Origin::start("o").await;
+    let gw = tls_gateway_with(
+        dir.path(),
+        &origin,
+        "head_timeout_ms = 700\nmax_connections_per_client = 3",
+    )
+    .await;
+    // Three connections that start a handshake and stall mid-ClientHello.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        conn.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .await
+            .unwrap();
+        stalled.push(conn);
+    }
+    // They count against the client's cap (once the harness's readiness probe
+    // has gone): a fourth is closed at once.
+    eventually("the three handshakes held", || async {
+        gw.metric("gantry_open_connections").await == Some(3.0)
+    })
+    .await;
+    let mut fourth = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read =
+        tokio::time::timeout(std::time::Duration::from_millis(500), fourth.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the fourth was closed: {read:?}"
+    );
+    // The stalled ones are cut at the head deadline, not Pingora's 60 s.
+    let started = std::time::Instant::now();
+    for mut conn in stalled {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut rest)).await;
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let sample = "gantry_tls_handshakes_total{result=\"timeout\"}";
+    assert_eq!(gw.metric(sample).await, Some(3.0));
+    // With the slots free again, a real client gets through, counted.
+    let res = fetch(&cert, "localhost", &gw, false).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let ok = "gantry_tls_handshakes_total{result=\"ok\"}";
+    assert_eq!(gw.metric(ok).await, Some(1.0));
 }
 
 #[tokio::test]
