@@ -81,10 +81,11 @@ async fn tls_handshakes_are_held_to_the_head_deadline_and_the_client_cap() {
     let gw = tls_gateway_with(
         dir.path(),
         &origin,
-        "head_timeout_ms = 700\nmax_connections_per_client = 3",
+        "head_timeout_ms = 2000\nmax_connections_per_client = 3",
     )
     .await;
     // Three connections that start a handshake and stall mid-ClientHello.
+    let started = std::time::Instant::now();
     let mut stalled = Vec::new();
     for _ in 0..3 {
         let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -108,15 +109,14 @@ async fn tls_handshakes_are_held_to_the_head_deadline_and_the_client_cap() {
         "the fourth was closed: {read:?}"
     );
     // The stalled ones are cut at the head deadline, not Pingora's 60 s.
-    let started = std::time::Instant::now();
     for mut conn in stalled {
         let mut rest = Vec::new();
         let _ = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut rest)).await;
     }
+    let held = started.elapsed();
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
+        held > std::time::Duration::from_millis(1900) && held < std::time::Duration::from_secs(5),
+        "{held:?}"
     );
     let sample = "gantry_tls_handshakes_total{result=\"timeout\"}";
     assert_eq!(gw.metric(sample).await, Some(3.0));
