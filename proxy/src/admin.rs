@@ -10,7 +10,7 @@
 //! `admin.hosts`: a page on another origin cannot reach the admin listener by
 //! DNS rebinding (403 otherwise).
 
-use crate::gateway::Lifecycle;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::upstream::Pool;
 use async_trait::async_trait;

@@ -9,6 +9,7 @@ pub mod framing;
 pub mod front;
 pub mod gateway;
 pub mod inference;
+pub mod lifecycle;
 pub mod metrics;
 pub mod normalize;
 pub mod plugins;

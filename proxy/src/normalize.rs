@@ -17,6 +17,7 @@
 
 use crate::error::GatewayError;
 use http::header::HOST;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::borrow::Cow;
 
@@ -212,7 +213,7 @@ fn split_port(value: &str) -> Result<(&str, Option<&str>), Refused> {
 pub fn apply(session: &mut Session) -> Result<(), GatewayError> {
     let req = session.req_header();
     let path = path(req.uri.path()).map_err(GatewayError::InvalidTarget)?;
-    let host = crate::gateway::host_of(req)
+    let host = host_of(req)
         .map(host)
         .transpose()
         .map_err(GatewayError::InvalidTarget)?;
@@ -237,6 +238,14 @@ pub fn apply(session: &mut Session) -> Result<(), GatewayError> {
             .map_err(|_| GatewayError::BadRequest)?;
     }
     Ok(())
+}
+
+/// The host a request names: its `Host` header, else its target's authority.
+pub fn host_of(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
 #[cfg(test)]

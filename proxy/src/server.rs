@@ -2,8 +2,9 @@
 //! shutdown signal, draining in-flight requests first.
 
 use crate::admin::AdminApp;
-use crate::gateway::{Gateway, Lifecycle};
+use crate::gateway::Gateway;
 use crate::inference::Inference;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::tls::SniResolver;

@@ -209,7 +209,7 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub client: reqwest::Client,
     pub gantry_metrics: Arc<gantry::metrics::Metrics>,
-    pub lifecycle: Arc<gantry::gateway::Lifecycle>,
+    pub lifecycle: Arc<gantry::lifecycle::Lifecycle>,
     handle: ShutdownHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }

@@ -1,0 +1,54 @@
+//! The end of every request: the access log line (target `gantry::access`)
+//! and the request metrics.
+
+use super::{Gateway, RequestCtx};
+use crate::error::GatewayError;
+use crate::normalize::host_of;
+use pingora::proxy::Session;
+use pingora::Error;
+
+impl Gateway {
+    /// Log and count a finished request.
+    pub(super) fn log_request(&self, session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = self.route_name(ctx);
+        let elapsed = ctx.started.elapsed();
+        if let Some(limit) = ctx.error.as_ref().and_then(GatewayError::limit) {
+            self.metrics
+                .limit_rejections
+                .with_label_values(&[limit])
+                .inc();
+        }
+        self.metrics
+            .requests
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+        self.metrics
+            .latency
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+        let req = session.req_header();
+        tracing::info!(
+            target: "gantry::access",
+            request_id = %ctx.request_id,
+            client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+            method = %req.method,
+            host = host_of(req).unwrap_or(""),
+            path = %req.uri.path(),
+            route,
+            status,
+            upstream = %match &ctx.inference {
+                Some(o) => o.backend.clone().unwrap_or_default(),
+                None => ctx.tried.last().map(|b| b.addr.to_string()).unwrap_or_default(),
+            },
+            attempts = ctx.inference.as_ref().map_or(ctx.tried.len(), |o| o.attempts),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+        );
+    }
+
+    fn route_name(&self, ctx: &RequestCtx) -> &str {
+        ctx.route
+            .map_or("none", |i| self.router.route(i).name.as_str())
+    }
+}

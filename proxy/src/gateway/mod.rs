@@ -1,0 +1,314 @@
+//! The gateway as Pingora phases, and only the phases: each is a short method
+//! saying what it does and what it may not do, delegating to one file per
+//! concern (docs/PHASES.md draws the whole path).
+//!
+//! | file              | concern                                                        |
+//! |-------------------|----------------------------------------------------------------|
+//! | `context.rs`      | what a request carries through the phases; its id              |
+//! | `dispatch.rs`     | head checks, routing; the OpenAI-compatible API served in full |
+//! | `body.rs`         | the one bounded request body reader; HTTP routes' body limit   |
+//! | `plugin_chain.rs` | the route's Wasm plugins around a request                      |
+//! | `plugin_calls.rs` | plugins' `proxy_http_call`s                                     |
+//! | `upstream.rs`     | endpoint choice, the upstream request, connect retries         |
+//! | `respond.rs`      | local responses (errors, plugins' answers)                     |
+//! | `access_log.rs`   | access log line and request metrics                            |
+//!
+//! What came before the phases (connection caps, TLS, head deadlines, strict
+//! parsing) is the front door's ([`crate::front`]); draining and in-flight
+//! counting are [`crate::lifecycle`]'s.
+
+mod access_log;
+mod body;
+mod context;
+mod dispatch;
+mod plugin_calls;
+mod plugin_chain;
+mod respond;
+mod upstream;
+
+pub use context::{RequestCtx, REQUEST_ID};
+
+use crate::error::GatewayError;
+use crate::inference::Inference;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::rewrite::Rewrite;
+use crate::router::Router;
+use crate::upstream::Pool;
+use async_trait::async_trait;
+use bytes::Bytes;
+use gantry_config::{Limits, Target};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, Result};
+use plugin_chain::HotCounters;
+use std::sync::Arc;
+
+/// The gateway's `ProxyHttp` implementation.
+pub struct Gateway {
+    router: Router,
+    /// Per route, by index: (request rewrite, response rewrite).
+    rewrites: Vec<(Rewrite, Rewrite)>,
+    pools: Vec<Arc<Pool>>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+    inference: Arc<Inference>,
+    /// Per route: its Wasm plugins, in order (swapped on hot reload).
+    plugins: Arc<crate::plugins::Plugins>,
+    /// Connections for plugins' `proxy_http_call`s to HTTP pools.
+    connector: pingora::connectors::http::Connector,
+    /// Per route and plugin position: the call counters every request moves,
+    /// resolved once (plugin names survive hot reloads).
+    hot: Vec<Vec<HotCounters>>,
+    /// Peers whose forwarding headers are believed (`server.trusted_proxies`).
+    trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Gateway {
+    /// Assemble the gateway from its parts.
+    pub fn new(
+        router: Router,
+        pools: Vec<Arc<Pool>>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
+        inference: Arc<Inference>,
+        plugins: Arc<crate::plugins::Plugins>,
+    ) -> Self {
+        let rewrites = (0..router.len())
+            .map(|i| {
+                let r = router.route(i);
+                (
+                    Rewrite::new(&r.request_headers),
+                    Rewrite::new(&r.response_headers),
+                )
+            })
+            .collect();
+        let hot = HotCounters::for_routes(&router, &metrics);
+        Gateway {
+            router,
+            rewrites,
+            pools,
+            limits,
+            metrics,
+            lifecycle,
+            inference,
+            plugins,
+            connector: pingora::connectors::http::Connector::new(None),
+            hot,
+            trusted_proxies: Vec::new(),
+        }
+    }
+
+    /// Believe the forwarding headers of peers in these networks.
+    pub fn with_trusted_proxies(mut self, networks: Vec<ipnet::IpNet>) -> Self {
+        self.trusted_proxies = networks;
+        self
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    /// A request's state, counted in flight until it is dropped.
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(&self.lifecycle)
+    }
+
+    /// Client read and write timeouts, and keep-alive as the client asked
+    /// (never while draining). Answers nothing.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        session.set_read_timeout(Some(self.limits.client_read_timeout));
+        session.set_write_timeout(Some(self.limits.client_write_timeout));
+        if self.lifecycle.is_draining() || !crate::framing::client_keeps_alive(session.req_header())
+        {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
+        }
+        Ok(())
+    }
+
+    /// Identify and route the request, then by the route's target: the
+    /// built-in pages and the OpenAI-compatible API are answered here, in full;
+    /// a request to an HTTP pool has its plugins run and its body limit checked
+    /// before the upstream phases proxy it. May not contact an HTTP pool.
+    /// `true` when the response was sent.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.take_request_id(session.req_header());
+        let Some(route) = self.route_request(session, ctx).await? else {
+            return Ok(true);
+        };
+        ctx.route = Some(route);
+        let plugins = self.plugins.snapshot();
+        let plugins = &plugins[route];
+        match &self.router.route(route).target {
+            Target::Builtin(which) => {
+                self.inference
+                    .serve_builtin(session, *which, &ctx.request_id)
+                    .await?;
+                Ok(true)
+            }
+            Target::Inference(_) => {
+                self.serve_api(session, ctx, route, plugins).await?;
+                Ok(true)
+            }
+            Target::Pool(_) if !plugins.is_empty() => {
+                // The body is replayed to the upstream, as the plugins left it,
+                // from Pingora's retry buffer (the route's max_body_bytes is at
+                // most its size, see MAX_PLUGIN_ROUTE_BODY_BYTES).
+                let Some(body) = self.request_plugins(session, ctx, route, plugins).await? else {
+                    return Ok(true);
+                };
+                ctx.request_body = body;
+                Ok(false)
+            }
+            Target::Pool(_) => self.check_upstream_body(session, ctx, route).await,
+        }
+    }
+
+    /// A healthy endpoint of the route's pool, not tried yet.
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        self.pick_peer(session, ctx)
+    }
+
+    /// The request as the upstream sees it (see [`Gateway::prepare_upstream_request`]).
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.prepare_upstream_request(session, upstream, ctx)
+    }
+
+    /// Each body chunk on its way upstream: the plugins' body replayed, or the
+    /// route's limit enforced on a streamed one.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.upstream_body_chunk(body, ctx)
+    }
+
+    /// Retry an idempotent request on another endpoint, within the pool's retries.
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.retry_after_connect_failure(session, peer, ctx, e)
+    }
+
+    /// The upstream's response header: the plugins that saw the request (last
+    /// first), the route's rewrite, the request id, framing for the client's
+    /// HTTP version, and `Connection: close` while draining.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(i) = ctx.route {
+            if !ctx.plugin_contexts.is_empty() {
+                self.response_plugins(resp, ctx, i)?;
+            }
+            self.rewrites[i].1.apply(resp)?;
+        }
+        resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        crate::framing::frame_response(session, resp)?;
+        if self.lifecycle.is_draining() {
+            // Draining: this response is the connection's last.
+            session.set_keepalive(None);
+        }
+        Ok(())
+    }
+
+    /// Each response body chunk: a body a plugin put in the upstream's place,
+    /// or the plugins' body hooks.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.replace_body.is_some() {
+            *body = if end_of_stream {
+                ctx.replace_body.take()
+            } else {
+                None
+            };
+        } else if !ctx.plugin_contexts.is_empty() {
+            self.response_body_plugins(body, end_of_stream, ctx)?;
+        }
+        Ok(None)
+    }
+
+    /// Any failure, answered from the error table (proxy/src/error.rs) with
+    /// the JSON body, when no response has started; the connection is not
+    /// reused.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let err = ctx.error.clone().or_else(|| GatewayError::from_pingora(e));
+        let Some(err) = err else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let status = err.status();
+        // Pingora does not reuse a connection after a failure: say so in the response.
+        session.set_keepalive(None);
+        if session.response_written().is_none() {
+            if ctx.request_id.is_empty() {
+                ctx.request_id = uuid::Uuid::new_v4().simple().to_string();
+            }
+            if let Err(write_err) = self.respond(session, ctx, err).await {
+                tracing::debug!(error = %write_err, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Client mistakes are answered, and clients that went away have nobody to
+    /// answer: neither is a server error (both still show in the access log).
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        match ctx
+            .error
+            .clone()
+            .or_else(|| GatewayError::from_pingora(error))
+        {
+            Some(e) => e.is_client_error(),
+            None => true,
+        }
+    }
+
+    /// The access log line and the request metrics.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.log_request(session, e, ctx);
+    }
+}

@@ -1,0 +1,340 @@
+//! The route's Wasm plugins around one request: the request hooks (headers,
+//! then the whole body), the response header hooks and the response body
+//! hooks, last plugin first on the way back; each call counted, each failure
+//! handled by the plugin's failure policy. The hooks run in the plugin host
+//! (`gantry_plugins`); this file only drives them and applies what they
+//! changed ([`crate::plugins`] translates headers).
+
+use super::{Gateway, RequestCtx, REQUEST_ID};
+use crate::error::GatewayError;
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use std::sync::Arc;
+
+/// A plugin's `continue` counters for each hook.
+pub(super) struct HotCounters {
+    pub(super) request: prometheus::IntCounter,
+    pub(super) response_headers: prometheus::IntCounter,
+    pub(super) response_body: prometheus::IntCounter,
+}
+
+impl HotCounters {
+    /// Per route, per plugin position: its `continue` counters.
+    pub(super) fn for_routes(
+        router: &crate::router::Router,
+        metrics: &crate::metrics::Metrics,
+    ) -> Vec<Vec<Self>> {
+        (0..router.len())
+            .map(|i| {
+                let r = router.route(i);
+                r.plugins
+                    .iter()
+                    .map(|p| {
+                        let counter = |hook: &str| {
+                            metrics
+                                .plugin_calls
+                                .with_label_values(&[&r.name, &p.name, hook, "continue"])
+                        };
+                        HotCounters {
+                            request: counter("request"),
+                            response_headers: counter("response_headers"),
+                            response_body: counter("response_body"),
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl Gateway {
+    /// Count a plugin call and, on failure, log it and count the limit reached.
+    fn plugin_outcome(&self, route: usize, plugin: &str, hook: &str, outcome: &str) {
+        let route = self.router.route(route).name.as_str();
+        self.metrics
+            .plugin_calls
+            .with_label_values(&[route, plugin, hook, outcome])
+            .inc();
+    }
+    fn plugin_failed(
+        &self,
+        route: usize,
+        ctx: &RequestCtx,
+        hook: &str,
+        err: &gantry_plugins::PluginError,
+    ) -> String {
+        let (name, limit) = match err {
+            gantry_plugins::PluginError::Trap { plugin, limit, .. } => (plugin.clone(), *limit),
+            gantry_plugins::PluginError::Busy { plugin, .. } => (plugin.clone(), Some("instances")),
+            gantry_plugins::PluginError::TooLarge { plugin, .. }
+            | gantry_plugins::PluginError::CompileTimeout { plugin, .. }
+            | gantry_plugins::PluginError::Invalid { plugin, .. }
+            | gantry_plugins::PluginError::Unhealthy { plugin, .. } => (plugin.clone(), None),
+        };
+        let outcome = match err {
+            gantry_plugins::PluginError::Unhealthy { .. } => "unhealthy",
+            gantry_plugins::PluginError::Busy { .. } => "busy",
+            _ => "error",
+        };
+        if let Some(limit) = limit {
+            self.metrics
+                .plugin_limit_hits
+                .with_label_values(&[&name, limit])
+                .inc();
+        }
+        self.plugin_outcome(route, &name, hook, outcome);
+        if outcome == "unhealthy" || outcome == "busy" {
+            // Said once when it was marked unhealthy; counted per request.
+            tracing::debug!(request_id = %ctx.request_id, route = %self.router.route(route).name, plugin = %name, error = %err, "plugin skipped while unhealthy");
+        } else {
+            tracing::warn!(request_id = %ctx.request_id, route = %self.router.route(route).name, plugin = %name, error = %err, "plugin failed");
+        }
+        name
+    }
+    /// Run the route's plugins on the request: read the body whole (up to the
+    /// route's max_body_bytes), then each plugin's headers hook and its body hook
+    /// with the whole body (when there is one), with the HTTP calls it makes
+    /// performed in between. `Ok(None)`: answered (by a plugin, a failure or
+    /// 413); `Ok(Some(body))`: go on with the body as the plugins left it.
+    pub(super) async fn request_plugins(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: usize,
+        plugins: &[Arc<gantry_plugins::Plugin>],
+    ) -> Result<Option<Option<Bytes>>> {
+        // A body no plugin could be handed in one host call is a 413, never a
+        // plugin trap a client could repeat to make the plugin unhealthy.
+        let limit = plugins
+            .iter()
+            .map(|p| p.limits.bytes_per_host_call as u64)
+            .fold(self.router.route(route).max_body_bytes, u64::min);
+        let Some(mut body) = self.read_whole_body(session, ctx, limit).await? else {
+            return Ok(None);
+        };
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let scheme = if tls { "https" } else { "http" };
+        let req = session.req_header();
+        let mut props = vec![
+            (
+                "request.path".to_string(),
+                req.uri.path().as_bytes().to_vec(),
+            ),
+            (
+                "request.method".to_string(),
+                req.method.as_str().as_bytes().to_vec(),
+            ),
+            ("request.scheme".to_string(), scheme.as_bytes().to_vec()),
+            ("request.id".to_string(), ctx.request_id.as_bytes().to_vec()),
+            (
+                "route_name".to_string(),
+                self.router.route(route).name.as_bytes().to_vec(),
+            ),
+        ];
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            props.push(("source.address".to_string(), addr.to_string().into_bytes()));
+        }
+        let props: Arc<[(String, Vec<u8>)]> = props.into();
+        for (k, plugin) in plugins.iter().enumerate() {
+            let before = crate::plugins::request_pairs(session.req_header(), scheme);
+            let mut pairs = before.clone();
+            let result = match plugin.start_request(props.clone()) {
+                Ok(mut hc) => {
+                    let request_id = ctx.request_id.as_str();
+                    let perform = |call| self.http_call(call, plugin, request_id);
+                    // The body is read: a client that leaves now cancels the
+                    // plugin's calls (an in-process inference call drops its
+                    // backend stream).
+                    let ran = {
+                        let run = hc.on_request(&mut pairs, body.as_mut(), perform);
+                        let gone = crate::inference::downstream::Downstream::gone(session);
+                        tokio::select! {
+                            r = run => Some(r),
+                            _ = gone => None,
+                        }
+                    };
+                    let Some(ran) = ran else {
+                        tracing::debug!(request_id = %ctx.request_id, plugin = %plugin.name, "client left during the plugin's request phase; its calls are cancelled");
+                        return Ok(None);
+                    };
+                    ran.map(|d| (hc, d))
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok((hc, gantry_plugins::Decision::Respond(local))) => {
+                    self.plugin_outcome(route, &plugin.name, "request", "respond");
+                    drop(hc);
+                    let mut resp =
+                        ResponseHeader::build(local.status, Some(local.headers.len() + 2))?;
+                    for (k, v) in local.headers {
+                        resp.append_header(k, v)?;
+                    }
+                    resp.insert_header(CONTENT_LENGTH, local.body.len())?;
+                    resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+                    session.write_response_header(Box::new(resp), false).await?;
+                    session
+                        .write_response_body(Some(Bytes::from(local.body)), true)
+                        .await?;
+                    return Ok(None);
+                }
+                Ok((mut hc, _)) => {
+                    self.hot[route][k].request.inc();
+                    crate::plugins::apply_request_changes(
+                        session.req_header_mut(),
+                        &before,
+                        &pairs,
+                    )?;
+                    hc.keep_request_headers(pairs);
+                    ctx.plugin_contexts.push((k, hc));
+                }
+                Err(e) => {
+                    let name = self.plugin_failed(route, ctx, "request", &e);
+                    if let gantry_plugins::PluginError::Busy { max_instances, .. } = e {
+                        // Not the plugin's failure: never skipped, whatever its
+                        // failure policy (an auth plugin must not be bypassed).
+                        let err = GatewayError::PluginBusy {
+                            plugin: name,
+                            max_instances,
+                        };
+                        self.respond(session, ctx, err).await?;
+                        return Ok(None);
+                    }
+                    if crate::plugins::fails_closed(plugin) {
+                        self.respond(session, ctx, GatewayError::PluginFailed { plugin: name })
+                            .await?;
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Ok(Some(body.map(Bytes::from)))
+    }
+    /// Run the plugins that saw the request on the response headers, last first.
+    pub(super) fn response_plugins(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        route: usize,
+    ) -> Result<()> {
+        let mut contexts = std::mem::take(&mut ctx.plugin_contexts);
+        for (k, hc) in contexts.iter_mut().rev() {
+            let plugin = hc.plugin().clone();
+            let before = crate::plugins::response_pairs(resp);
+            let mut pairs = before.clone();
+            match hc.on_response_headers(&mut pairs, false) {
+                // A response cannot wait for a plugin: pausing here continues.
+                Ok(gantry_plugins::Decision::Continue | gantry_plugins::Decision::Pause) => {
+                    self.hot[route][*k].response_headers.inc();
+                    crate::plugins::apply_response_changes(resp, &before, pairs)?;
+                }
+                Ok(gantry_plugins::Decision::Respond(local)) => {
+                    self.plugin_outcome(route, &plugin.name, "response_headers", "respond");
+                    let mut headers = local.headers;
+                    headers.insert(0, (":status".into(), local.status.to_string()));
+                    crate::plugins::apply_response(resp, headers)?;
+                    self.replace_response_body(resp, ctx, Bytes::from(local.body))?;
+                    break;
+                }
+                Err(e) => {
+                    let name = self.plugin_failed(route, ctx, "response_headers", &e);
+                    if crate::plugins::fails_closed(&plugin) {
+                        let err = GatewayError::PluginFailed { plugin: name };
+                        let pairs = vec![
+                            (":status".to_string(), err.status().to_string()),
+                            ("content-type".to_string(), "application/json".to_string()),
+                        ];
+                        crate::plugins::apply_response(resp, pairs)?;
+                        self.replace_response_body(resp, ctx, Bytes::from(err.body()))?;
+                        ctx.error = Some(err);
+                        break;
+                    }
+                }
+            }
+        }
+        ctx.plugin_contexts = contexts;
+        Ok(())
+    }
+    /// Run the response body through the plugins that saw the request, last
+    /// first, chunk by chunk. A plugin that pauses before the end holds what it
+    /// has (up to its `bytes_per_host_call`) and gets it again with the next
+    /// chunk; what it lets through goes on to the next plugin. The response's
+    /// headers are out: a failing plugin that fails closed ends the response
+    /// (the connection is closed), one that fails open is skipped.
+    pub(super) fn response_body_plugins(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let route = ctx.route.expect("route chosen");
+        let n = ctx.plugin_contexts.len();
+        if body.as_ref().is_none_or(|b| b.is_empty()) && !end_of_stream {
+            return Ok(());
+        }
+        ctx.response_held.resize(n, Vec::new());
+        let mut data = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        for i in (0..n).rev() {
+            let mut chunk = std::mem::take(&mut ctx.response_held[i]);
+            chunk.append(&mut data);
+            let (k, hc) = &mut ctx.plugin_contexts[i];
+            let k = *k;
+            let plugin = hc.plugin().clone();
+            let keep =
+                (plugin.failure == gantry_plugins::FailurePolicy::Open).then(|| chunk.clone());
+            let result = hc.on_response_body(&mut chunk, end_of_stream);
+            let failure = match result {
+                Ok(gantry_plugins::Decision::Pause)
+                    if !end_of_stream && chunk.len() > plugin.limits.bytes_per_host_call =>
+                {
+                    self.metrics
+                        .plugin_limit_hits
+                        .with_label_values(&[&plugin.name, "bytes_per_host_call"])
+                        .inc();
+                    self.plugin_outcome(route, &plugin.name, "response_body", "error");
+                    Some(format!(
+                        "held more than {} bytes of response body (bytes_per_host_call)",
+                        plugin.limits.bytes_per_host_call
+                    ))
+                }
+                Ok(gantry_plugins::Decision::Pause) if !end_of_stream => {
+                    self.plugin_outcome(route, &plugin.name, "response_body", "pause");
+                    ctx.response_held[i] = chunk;
+                    continue;
+                }
+                Ok(gantry_plugins::Decision::Respond(_)) => {
+                    self.plugin_outcome(route, &plugin.name, "response_body", "error");
+                    Some("sent a local response after the response headers went out".into())
+                }
+                Ok(_) => {
+                    // Counted once per response, not per chunk.
+                    if end_of_stream {
+                        self.hot[route][k].response_body.inc();
+                    }
+                    data = chunk;
+                    continue;
+                }
+                Err(e) => {
+                    self.plugin_failed(route, ctx, "response_body", &e);
+                    Some(e.to_string())
+                }
+            };
+            let why = failure.expect("every other arm continues");
+            tracing::warn!(request_id = %ctx.request_id, plugin = %plugin.name, error = %why, "plugin failed on the response body");
+            match keep {
+                Some(original) => data = original,
+                None => {
+                    let err = GatewayError::PluginFailed {
+                        plugin: plugin.name.clone(),
+                    };
+                    return Err(ctx.fail(err));
+                }
+            }
+        }
+        *body = (!data.is_empty()).then(|| Bytes::from(data));
+        Ok(())
+    }
+}

@@ -1,0 +1,50 @@
+//! Local responses: the gateway's own errors (the JSON body of
+//! [`crate::error`]), a plugin's local response, and a body that replaces the
+//! upstream's.
+
+use super::{Gateway, RequestCtx, REQUEST_ID};
+use crate::error::GatewayError;
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+impl Gateway {
+    /// Answer locally with the error's JSON body.
+    pub(super) async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        err: GatewayError,
+    ) -> Result<()> {
+        let body = err.body();
+        let mut resp = ResponseHeader::build(err.status(), Some(4))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(CONTENT_LENGTH, body.len())?;
+        resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        if let GatewayError::MethodNotAllowed { allowed } = &err {
+            resp.insert_header(http::header::ALLOW, allowed.join(", "))?;
+        }
+        if err.status() == 413 || err.status() == 431 || self.lifecycle.is_draining() {
+            // The rest of an oversized request may still be in flight: don't reuse.
+            session.set_keepalive(None);
+        }
+        ctx.error = Some(err);
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await
+    }
+    pub(super) fn replace_response_body(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        body: Bytes,
+    ) -> Result<()> {
+        resp.remove_header(&http::header::TRANSFER_ENCODING);
+        resp.insert_header(CONTENT_LENGTH, body.len())?;
+        ctx.replace_body = Some(body);
+        Ok(())
+    }
+}
