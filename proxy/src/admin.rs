@@ -12,7 +12,7 @@
 
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::upstream::Pool;
+use crate::upstream::HttpPool;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -24,9 +24,9 @@ pub struct AdminApp {
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
     /// Pools, for endpoint health.
-    pub pools: Vec<Arc<Pool>>,
+    pub pools: Vec<Arc<HttpPool>>,
     /// Inference pools, for backend health and load.
-    pub inference: Arc<crate::inference::Inference>,
+    pub api: Arc<crate::openai::Api>,
     /// Draining state.
     pub lifecycle: Arc<Lifecycle>,
     /// The Wasm plugins: their metrics, and `POST /admin/reload`.
@@ -123,7 +123,7 @@ impl AdminApp {
                 healthy,
             });
         }
-        for pool in self.inference.pools() {
+        for pool in self.api.pools() {
             pool.refresh_metrics();
             let backends = pool.backends();
             pools.push(PoolStatus {

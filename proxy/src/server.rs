@@ -3,12 +3,12 @@
 
 use crate::admin::AdminApp;
 use crate::gateway::Gateway;
-use crate::inference::Inference;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::openai::Api;
 use crate::router::Router;
 use crate::tls::SniResolver;
-use crate::upstream::Pool;
+use crate::upstream::HttpPool;
 use anyhow::Context;
 use async_trait::async_trait;
 use gantry_config::Config;
@@ -35,7 +35,7 @@ pub struct Gantry {
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// Inference pools and the OpenAI-compatible API.
-    pub inference: Arc<Inference>,
+    pub api: Arc<Api>,
     /// Runs the gRPC connections and watch streams of the inference pools.
     grpc_runtime: tokio::runtime::Runtime,
     /// The Wasm plugins (the engine's epoch ticker runs while this lives).
@@ -81,7 +81,7 @@ impl Gantry {
 
         let mut pools = Vec::new();
         for p in &config.pools {
-            let (pool, health) = Pool::build(p)?;
+            let (pool, health) = HttpPool::build(p)?;
             pools.push(Arc::new(pool));
             if let Some(service) = health {
                 server.add_boxed_service(service);
@@ -98,7 +98,7 @@ impl Gantry {
             .build()
             .context("starting the gRPC runtime")?;
         plugins.watch(grpc_runtime.handle());
-        let inference = Arc::new(Inference::start(
+        let api = Arc::new(Api::start(
             &config,
             metrics.clone(),
             grpc_runtime.handle().clone(),
@@ -109,7 +109,7 @@ impl Gantry {
             config.limits.clone(),
             metrics.clone(),
             lifecycle.clone(),
-            inference.clone(),
+            api.clone(),
             plugins.clone(),
         )
         .with_trusted_proxies(config.trusted_proxies.clone());
@@ -162,7 +162,7 @@ impl Gantry {
                 AdminApp {
                     metrics: metrics.clone(),
                     pools,
-                    inference: inference.clone(),
+                    api: api.clone(),
                     lifecycle: lifecycle.clone(),
                     plugins: plugins.clone(),
                     access: config.admin_access.clone(),
@@ -181,7 +181,7 @@ impl Gantry {
             config,
             lifecycle,
             metrics,
-            inference,
+            api,
             grpc_runtime,
             plugins,
         })

@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    gantry::inference::check_body_property(data);
+    gantry::openai::check_body_property(data);
 });

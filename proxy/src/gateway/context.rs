@@ -26,7 +26,7 @@ pub struct RequestCtx {
     /// The whole body was read (and counted) in `request_filter`.
     pub(super) body_preread: bool,
     /// The inference backend that answered (OpenAI-compatible API routes).
-    pub(super) inference: Option<crate::inference::Outcome>,
+    pub(super) inference: Option<crate::openai::Outcome>,
     /// HTTP contexts of the route's plugins that let the request through, for the
     /// response phase.
     pub(super) plugin_contexts: Vec<(usize, gantry_plugins::HttpContext)>,

@@ -72,7 +72,7 @@ impl Gateway {
         // With plugins, they see the whole body first; the API gets it as
         // they left it, at the path they left.
         let mut prepared;
-        let io: &mut dyn crate::inference::downstream::Downstream = if plugins.is_empty() {
+        let io: &mut dyn crate::openai::downstream::Downstream = if plugins.is_empty() {
             session
         } else {
             let Some(body) = self.request_plugins(session, ctx, route, plugins).await? else {
@@ -82,7 +82,7 @@ impl Gateway {
             // the plugins' instances.
             ctx.plugin_contexts.clear();
             let body = body.unwrap_or_default();
-            prepared = crate::inference::downstream::Prepared {
+            prepared = crate::openai::downstream::Prepared {
                 len: body.len() as u64,
                 body: Some(body),
                 session,
@@ -90,7 +90,7 @@ impl Gateway {
             &mut prepared
         };
         let outcome = self
-            .inference
+            .api
             .handle(
                 io,
                 &r.path_prefix,

@@ -29,12 +29,12 @@ mod upstream;
 pub use context::{RequestCtx, REQUEST_ID};
 
 use crate::error::GatewayError;
-use crate::inference::Inference;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::openai::Api;
 use crate::rewrite::Rewrite;
 use crate::router::Router;
-use crate::upstream::Pool;
+use crate::upstream::HttpPool;
 use async_trait::async_trait;
 use bytes::Bytes;
 use gantry_config::{Limits, Target};
@@ -50,11 +50,11 @@ pub struct Gateway {
     router: Router,
     /// Per route, by index: (request rewrite, response rewrite).
     rewrites: Vec<(Rewrite, Rewrite)>,
-    pools: Vec<Arc<Pool>>,
+    pools: Vec<Arc<HttpPool>>,
     limits: Limits,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
-    inference: Arc<Inference>,
+    api: Arc<Api>,
     /// Per route: its Wasm plugins, in order (swapped on hot reload).
     plugins: Arc<crate::plugins::Plugins>,
     /// Connections for plugins' `proxy_http_call`s to HTTP pools.
@@ -70,11 +70,11 @@ impl Gateway {
     /// Assemble the gateway from its parts.
     pub fn new(
         router: Router,
-        pools: Vec<Arc<Pool>>,
+        pools: Vec<Arc<HttpPool>>,
         limits: Limits,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
-        inference: Arc<Inference>,
+        api: Arc<Api>,
         plugins: Arc<crate::plugins::Plugins>,
     ) -> Self {
         let rewrites = (0..router.len())
@@ -94,7 +94,7 @@ impl Gateway {
             limits,
             metrics,
             lifecycle,
-            inference,
+            api,
             plugins,
             connector: pingora::connectors::http::Connector::new(None),
             hot,
@@ -151,7 +151,7 @@ impl ProxyHttp for Gateway {
         let plugins = &plugins[route];
         match &self.router.route(route).target {
             Target::Builtin(which) => {
-                self.inference
+                self.api
                     .serve_builtin(session, *which, &ctx.request_id)
                     .await?;
                 Ok(true)

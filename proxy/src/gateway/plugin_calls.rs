@@ -4,7 +4,7 @@
 //! upstream and result.
 
 use super::Gateway;
-use crate::upstream::Pool;
+use crate::upstream::HttpPool;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use pingora::http::RequestHeader;
@@ -32,9 +32,9 @@ impl Gateway {
         let method = http::Method::from_bytes(method.as_bytes()).ok()?;
         let limit = call.max_response_bytes;
         let work = async {
-            if let Some(pool) = self.inference.pool_index(&call.upstream) {
+            if let Some(pool) = self.api.pool_index(&call.upstream) {
                 let (status, headers, body) = self
-                    .inference
+                    .api
                     .call(
                         pool,
                         method,
@@ -88,7 +88,7 @@ impl Gateway {
     /// One HTTP request to an endpoint of an HTTP pool, for a plugin.
     async fn pool_call(
         &self,
-        pool: &Pool,
+        pool: &HttpPool,
         headers: &[(String, String)],
         body: Bytes,
         method: http::Method,

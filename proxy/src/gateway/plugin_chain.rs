@@ -150,7 +150,7 @@ impl Gateway {
                     // backend stream).
                     let ran = {
                         let run = hc.on_request(&mut pairs, body.as_mut(), perform);
-                        let gone = crate::inference::downstream::Downstream::gone(session);
+                        let gone = crate::openai::downstream::Downstream::gone(session);
                         tokio::select! {
                             r = run => Some(r),
                             _ = gone => None,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 impl Gateway {
     /// The route's pool (only HTTP-pool routes reach the upstream phases).
-    pub(super) fn pool_of(&self, route: usize) -> &Arc<crate::upstream::Pool> {
+    pub(super) fn pool_of(&self, route: usize) -> &Arc<crate::upstream::HttpPool> {
         match self.router.route(route).target {
             gantry_config::Target::Pool(i) => &self.pools[i],
             _ => unreachable!("only HTTP-pool routes reach the upstream phases"),

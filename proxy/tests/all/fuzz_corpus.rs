@@ -8,7 +8,7 @@ fn the_openai_request_corpus_replays_without_failures() {
     for entry in std::fs::read_dir(&dir).expect("corpus directory") {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
-        let outcome = std::panic::catch_unwind(|| gantry::inference::check_body_property(&data));
+        let outcome = std::panic::catch_unwind(|| gantry::openai::check_body_property(&data));
         assert!(
             outcome.is_ok(),
             "{} fails the openai_request property",
@@ -21,7 +21,7 @@ fn the_openai_request_corpus_replays_without_failures() {
 
 #[test]
 fn an_error_quoting_the_clients_input_stays_small() {
-    use gantry::inference::{check_body, Endpoint};
+    use gantry::openai::{check_body, Endpoint};
     let limits = gantry_config::InputLimits {
         max_messages: 4,
         max_input_bytes: 1 << 20,

@@ -40,7 +40,7 @@ where
 }
 
 /// A pool as the gateway uses it.
-pub struct Pool {
+pub struct HttpPool {
     /// The validated settings.
     pub config: gantry_config::Pool,
     /// The policy with its endpoints.
@@ -49,10 +49,12 @@ pub struct Pool {
     sni: String,
 }
 
-impl Pool {
+impl HttpPool {
     /// Build a pool, resolving endpoint names now. Returns the background service that
     /// runs its health checks, if it has any.
-    pub fn build(config: &gantry_config::Pool) -> anyhow::Result<(Pool, Option<HealthService>)> {
+    pub fn build(
+        config: &gantry_config::Pool,
+    ) -> anyhow::Result<(HttpPool, Option<HealthService>)> {
         let (selector, service) = match config.load_balancing {
             LoadBalancing::RoundRobin => build_lb::<RoundRobin>(config)?,
             LoadBalancing::Random => build_lb::<Random>(config)?,
@@ -67,7 +69,7 @@ impl Pool {
                 .unwrap_or_default()
         });
         Ok((
-            Pool {
+            HttpPool {
                 config: config.clone(),
                 selector,
                 sni,

@@ -16,7 +16,7 @@
 //! bigger GPU takes proportionally more.
 
 use crate::metrics::Metrics;
-use gantry_config::InferencePool;
+use gantry_config::InferencePool as PoolConfig;
 use gantry_proto::inference_client::InferenceClient;
 use gantry_proto::{LoadReport, WatchLoadRequest};
 use rand::Rng;
@@ -54,7 +54,7 @@ struct ModelLoad {
 }
 
 /// One backend: an address with its own connection and watch task.
-pub struct Backend {
+pub struct InferenceBackend {
     /// The resolved address.
     pub addr: SocketAddr,
     /// `ip:port`, for logs and metric labels.
@@ -85,7 +85,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl Backend {
+impl InferenceBackend {
     /// A client for one call.
     pub fn client(&self) -> InferenceClient<Channel> {
         self.client.clone()
@@ -152,10 +152,10 @@ impl Backend {
     }
 
     /// Count a request as in flight here until the guard drops.
-    pub fn begin(self: &Arc<Self>, tokens: u64) -> InflightGuard {
+    pub fn begin(self: &Arc<Self>, tokens: u64) -> LoadGuard {
         self.own_requests.fetch_add(1, Ordering::Relaxed);
         self.own_tokens.fetch_add(tokens, Ordering::Relaxed);
-        InflightGuard {
+        LoadGuard {
             backend: self.clone(),
             tokens,
         }
@@ -167,7 +167,7 @@ impl Backend {
     }
 }
 
-impl Drop for Backend {
+impl Drop for InferenceBackend {
     fn drop(&mut self) {
         if let Some(w) = self.watcher.lock().expect("watcher lock").take() {
             w.abort();
@@ -176,12 +176,12 @@ impl Drop for Backend {
 }
 
 /// A request in flight at a backend.
-pub struct InflightGuard {
-    backend: Arc<Backend>,
+pub struct LoadGuard {
+    backend: Arc<InferenceBackend>,
     tokens: u64,
 }
 
-impl InflightGuard {
+impl LoadGuard {
     /// One more token arrived: one fewer expected.
     pub fn token_done(&mut self, n: u64) {
         let n = n.min(self.tokens);
@@ -190,7 +190,7 @@ impl InflightGuard {
     }
 }
 
-impl Drop for InflightGuard {
+impl Drop for LoadGuard {
     fn drop(&mut self) {
         self.backend.own_requests.fetch_sub(1, Ordering::Relaxed);
         self.backend
@@ -200,7 +200,7 @@ impl Drop for InflightGuard {
 }
 
 /// A request counted against its pool's `max_inflight`.
-pub struct PoolSlot(Arc<Pool>);
+pub struct PoolSlot(Arc<InferencePool>);
 
 impl Drop for PoolSlot {
     fn drop(&mut self) {
@@ -218,21 +218,21 @@ pub enum NoPick {
 }
 
 /// One inference pool.
-pub struct Pool {
+pub struct InferencePool {
     /// Its configuration.
-    pub config: InferencePool,
+    pub config: PoolConfig,
     /// Requests in flight to it from this gateway.
     inflight: std::sync::atomic::AtomicUsize,
-    backends: RwLock<Arc<Vec<Arc<Backend>>>>,
+    backends: RwLock<Arc<Vec<Arc<InferenceBackend>>>>,
     metrics: Arc<Metrics>,
     runtime: Handle,
 }
 
-impl Pool {
+impl InferencePool {
     /// Resolve the endpoints, start watching every backend, and keep resolving
     /// every `resolve_interval`. Runs its tasks on `runtime`.
-    pub fn start(config: InferencePool, metrics: Arc<Metrics>, runtime: Handle) -> Arc<Pool> {
-        let pool = Arc::new(Pool {
+    pub fn start(config: PoolConfig, metrics: Arc<Metrics>, runtime: Handle) -> Arc<InferencePool> {
+        let pool = Arc::new(InferencePool {
             config,
             inflight: std::sync::atomic::AtomicUsize::new(0),
             backends: RwLock::new(Arc::new(Vec::new())),
@@ -267,7 +267,7 @@ impl Pool {
     }
 
     /// The current backends.
-    pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
+    pub fn backends(&self) -> Arc<Vec<Arc<InferenceBackend>>> {
         self.backends.read().expect("backends lock").clone()
     }
 
@@ -301,7 +301,7 @@ impl Pool {
         *self.backends.write().expect("backends lock") = Arc::new(next);
     }
 
-    fn spawn_backend(&self, addr: SocketAddr) -> Arc<Backend> {
+    fn spawn_backend(&self, addr: SocketAddr) -> Arc<InferenceBackend> {
         let _enter = self.runtime.enter();
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .expect("an ip:port is a valid URI")
@@ -310,7 +310,7 @@ impl Pool {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let backend = Arc::new(Backend {
+        let backend = Arc::new(InferenceBackend {
             addr,
             label: addr.to_string(),
             pool: self.config.name.clone(),
@@ -338,11 +338,11 @@ impl Pool {
     }
 
     /// Pick a backend for `model`, leaving out `tried` (addresses already tried).
-    pub fn pick(&self, model: &str, tried: &[SocketAddr]) -> Result<Arc<Backend>, NoPick> {
+    pub fn pick(&self, model: &str, tried: &[SocketAddr]) -> Result<Arc<InferenceBackend>, NoPick> {
         let all = self.backends();
         // One pass, one allocation: the healthy, unsaturated candidates.
         let mut any_healthy = false;
-        let open: Vec<&Arc<Backend>> = all
+        let open: Vec<&Arc<InferenceBackend>> = all
             .iter()
             .filter(|b| b.eligible() && !tried.contains(&b.addr))
             .inspect(|_| any_healthy = true)
@@ -435,7 +435,11 @@ async fn resolve(endpoints: &[String]) -> Vec<SocketAddr> {
 }
 
 /// Keep a backend's health and load streams open for as long as it exists.
-async fn watch(backend: std::sync::Weak<Backend>, channel: Channel, metrics: Arc<Metrics>) {
+async fn watch(
+    backend: std::sync::Weak<InferenceBackend>,
+    channel: Channel,
+    metrics: Arc<Metrics>,
+) {
     let mut backoff = WATCH_BACKOFF_MIN;
     loop {
         let Some(b) = backend.upgrade() else { return };
@@ -494,7 +498,7 @@ async fn watch(backend: std::sync::Weak<Backend>, channel: Channel, metrics: Arc
     }
 }
 
-fn apply_report(b: &Backend, report: LoadReport) {
+fn apply_report(b: &InferenceBackend, report: LoadReport) {
     b.draining.store(report.draining, Ordering::Release);
     let mut map = b.load.write().expect("load lock");
     for m in report.models {

@@ -13,10 +13,13 @@ pub mod api;
 pub mod downstream;
 pub mod error;
 pub mod openapi;
-pub mod pool;
+
 pub mod request;
 
 use crate::metrics::Metrics;
+use crate::upstream::inference::{
+    remaining, InferenceBackend, InferencePool as Pool, LoadGuard, NoPick, PoolSlot,
+};
 use api::*;
 use bytes::{Bytes, BytesMut};
 use downstream::{Captured, Downstream};
@@ -25,7 +28,6 @@ use futures_util::FutureExt;
 use gantry_config::Config;
 use gantry_proto::{self as pb, generate_response::Event};
 use pingora::http::ResponseHeader;
-use pool::{InflightGuard, NoPick, Pool};
 pub use request::{check_body, check_body_property, Endpoint};
 use request::{is_json, read_body};
 use std::sync::Arc;
@@ -36,7 +38,7 @@ use tonic::Streaming;
 const ASSUMED_MAX_TOKENS: u64 = 256;
 
 /// Every inference pool and the documents built from the API types.
-pub struct Inference {
+pub struct Api {
     pools: Vec<Arc<Pool>>,
     /// Longest wait for one request body chunk (`limits.client_read_timeout_ms`).
     body_stall: std::time::Duration,
@@ -228,8 +230,8 @@ impl Answer {
 
 /// A generation stream whose first event has arrived.
 struct Opened {
-    backend: Arc<pool::Backend>,
-    guard: InflightGuard,
+    backend: Arc<InferenceBackend>,
+    guard: LoadGuard,
     stream: Streaming<pb::GenerateResponse>,
     first: pb::GenerateResponse,
 }
@@ -315,7 +317,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-impl Inference {
+impl Api {
     /// Start every inference pool's watchers on `runtime` and build the OpenAPI
     /// document for the routes that serve the API.
     pub fn start(config: &Config, metrics: Arc<Metrics>, runtime: tokio::runtime::Handle) -> Self {
@@ -339,7 +341,7 @@ impl Inference {
             .iter()
             .flat_map(|p| p.models.iter().cloned())
             .collect();
-        Inference {
+        Api {
             pools,
             body_stall: config.limits.client_read_timeout,
             models,
@@ -623,7 +625,7 @@ impl Inference {
         tried: &mut Vec<std::net::SocketAddr>,
         last: &mut Option<ApiError>,
         outcome: &mut Outcome,
-    ) -> Result<Arc<pool::Backend>, ApiError> {
+    ) -> Result<Arc<InferenceBackend>, ApiError> {
         let name = &pool.config.name;
         let backend = pool.pick(model, tried).map_err(|why| {
             last.take().unwrap_or_else(|| match why {
@@ -664,7 +666,7 @@ impl Inference {
             let backend = self.next_backend(pool, &req.model, tried, &mut last, outcome)?;
             let guard = backend.begin(estimate);
             let mut request = tonic::Request::new(req.clone());
-            request.set_timeout(pool::remaining(deadline));
+            request.set_timeout(remaining(deadline));
             let mut client = backend.client();
             let call = async move {
                 let mut stream = client.generate(request).await?.into_inner();
@@ -1012,7 +1014,7 @@ impl Inference {
                 model: req.model.clone(),
                 inputs: inputs.clone(),
             });
-            request.set_timeout(pool::remaining(deadline));
+            request.set_timeout(remaining(deadline));
             match tokio::time::timeout_at(deadline.into(), backend.client().embed(request)).await {
                 Err(_) => {
                     last = Some(ApiError::timeout(name, pool.config.request_timeout));
@@ -1159,7 +1161,7 @@ fn find_pool<'a>(
     model: &str,
     metrics: &Metrics,
     check: impl FnOnce(&gantry_config::InputLimits) -> Result<(), TooLarge>,
-) -> Result<(&'a Arc<Pool>, pool::PoolSlot), ApiError> {
+) -> Result<(&'a Arc<Pool>, PoolSlot), ApiError> {
     let pool = pools
         .iter()
         .find(|p| p.config.models.iter().any(|m| m == model))

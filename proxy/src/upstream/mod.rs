@@ -1,0 +1,10 @@
+//! The two kinds of upstream pools, side by side: HTTP pools proxied by
+//! Pingora's phases ([`http`]), and inference pools spoken to over gRPC by the
+//! OpenAI-compatible API ([`inference`]). Each knows its endpoints' health and
+//! load and picks one per attempt; neither knows the request path.
+
+pub mod http;
+pub mod inference;
+
+pub use self::http::HttpPool;
+pub use self::inference::{InferenceBackend, InferencePool};
