@@ -6,15 +6,34 @@
 
 use super::{Gateway, RequestCtx};
 use crate::error::GatewayError;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use pingora::proxy::Session;
 use pingora::{Error, Result};
+use std::time::Duration;
 
 /// Bodies of unknown length (chunked) on routes whose limit is at most this are read
 /// whole before the upstream is contacted, so an oversized one never reaches it.
 /// Equal to Pingora's retry buffer, which replays the read body to the upstream.
 const PREREAD_MAX_BYTES: u64 = 64 * 1024;
+
+/// Why a request body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// Over `limit` bytes, declared or counted: 413.
+    TooLarge { limit: u64 },
+    /// A chunk did not come within `limits.client_read_timeout_ms`: 408.
+    Stalled { limit: Duration },
+}
+
+impl From<Refused> for GatewayError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::TooLarge { limit } => GatewayError::BodyTooLarge { limit },
+            Refused::Stalled { limit } => GatewayError::BodyTimeout { limit },
+        }
+    }
+}
 
 /// What reading one request body chunk came to.
 pub(super) enum Chunk {
@@ -25,39 +44,36 @@ pub(super) enum Chunk {
 }
 
 impl Gateway {
-    /// The next request body chunk, waiting at most `client_read_timeout_ms`
-    /// for it (Pingora bounds HTTP/1 body reads itself, not HTTP/2 ones); a
-    /// stalled body is answered 408 and its connection closed.
-    pub(super) async fn body_chunk(
+    /// The next request body chunk (`None` at the end), waiting at most
+    /// `client_read_timeout_ms` for it; after a stall the connection is not
+    /// reused. `Err`: the body is malformed (a bad chunk size), the client's
+    /// fault.
+    pub(super) async fn next_body_chunk(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Chunk> {
+    ) -> Result<std::result::Result<Option<Bytes>, Refused>> {
         let limit = self.limits.client_read_timeout;
         match tokio::time::timeout(limit, session.read_request_body()).await {
-            Ok(Ok(Some(data))) => Ok(Chunk::Data(data)),
-            Ok(Ok(None)) => Ok(Chunk::End),
-            // A malformed body (a bad chunk size) is the client's fault: a 400.
-            Ok(Err(e)) => Err(e.into_down()),
+            Ok(read) => read.map(Ok),
             Err(_) => {
                 session.set_keepalive(None);
-                self.respond(session, ctx, GatewayError::BodyTimeout { limit })
-                    .await?;
-                Ok(Chunk::Answered)
+                Ok(Err(Refused::Stalled { limit }))
             }
         }
     }
-    /// Read the request body whole (kept for a replay to the upstream), refusing
-    /// it past `limit`: `Ok(None)` when answered with 413, `Some(None)` when the
-    /// request has no body.
-    pub(super) async fn read_whole_body(
+
+    /// Read the request body whole, refusing it past `limit` bytes (declared,
+    /// before anything is read, or counted); `replay`: Pingora keeps it to
+    /// replay to the upstream.
+    pub(super) async fn read_body(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         limit: u64,
-    ) -> Result<Option<Option<Vec<u8>>>> {
+        replay: bool,
+    ) -> Result<std::result::Result<Bytes, Refused>> {
         if session.as_mut().is_body_empty() {
-            return Ok(Some(None));
+            return Ok(Ok(Bytes::new()));
         }
         let declared = session
             .req_header()
@@ -65,28 +81,44 @@ impl Gateway {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
-            self.respond(session, ctx, GatewayError::BodyTooLarge { limit })
-                .await?;
-            return Ok(None);
+            return Ok(Err(Refused::TooLarge { limit }));
         }
-        session.as_mut().enable_retry_buffering();
-        let mut body = Vec::new();
+        if replay {
+            session.as_mut().enable_retry_buffering();
+        }
+        let mut body = BytesMut::new();
         loop {
-            let chunk = match self.body_chunk(session, ctx).await? {
-                Chunk::Data(chunk) => chunk,
-                Chunk::End => break,
-                Chunk::Answered => return Ok(None),
+            let chunk = match self.next_body_chunk(session).await? {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(refused) => return Ok(Err(refused)),
             };
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > limit {
-                self.respond(session, ctx, GatewayError::BodyTooLarge { limit })
-                    .await?;
-                return Ok(None);
+                return Ok(Err(Refused::TooLarge { limit }));
             }
             body.extend_from_slice(&chunk);
         }
         ctx.body_preread = true;
-        Ok(Some(Some(body)))
+        Ok(Ok(body.freeze()))
+    }
+
+    /// The next chunk, a stall answered 408 (see [`Gateway::next_body_chunk`]).
+    pub(super) async fn body_chunk(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Chunk> {
+        match self.next_body_chunk(session).await {
+            Ok(Ok(Some(data))) => Ok(Chunk::Data(data)),
+            Ok(Ok(None)) => Ok(Chunk::End),
+            Ok(Err(refused)) => {
+                self.respond(session, ctx, refused.into()).await?;
+                Ok(Chunk::Answered)
+            }
+            // A malformed body (a bad chunk size) is the client's fault: a 400.
+            Err(e) => Err(e.into_down()),
+        }
     }
 
     /// The body limit of a request to an HTTP pool, before the upstream is

@@ -1,13 +1,20 @@
 //! Where a request goes: its head checked and its route found
 //! ([`Gateway::route_request`]), then, for the OpenAI-compatible API, served
-//! here in full ([`Gateway::serve_api`]); HTTP-pool routes go on through the
+//! here in full ([`Gateway::serve_api`]): the API returns its answer as a
+//! value, written here to the client; HTTP-pool routes go on through the
 //! upstream phases.
 
+use super::body::Refused;
 use super::context::request_header_bytes;
-use super::{Gateway, RequestCtx};
+use super::{Gateway, RequestCtx, REQUEST_ID};
 use crate::error::GatewayError;
 use crate::normalize::host_of;
+use crate::openai::error::ApiError;
+use crate::openai::reply::STREAM_HEADERS;
+use crate::openai::{ApiCall, Endpoint, Outcome, Reply, Whole};
 use crate::router::Match;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use std::sync::Arc;
@@ -57,7 +64,9 @@ impl Gateway {
 
     /// Serve a request to the OpenAI-compatible API on `route`: its plugins
     /// (if any) see the whole body first, and the API gets the body as they
-    /// left it, at the path they left.
+    /// left it, at the path they left; without plugins the endpoint is found
+    /// before the body is read. The answer is written as it comes; a client
+    /// that leaves drops it, cancelling the backend's work.
     pub(super) async fn serve_api(
         &self,
         session: &mut Session,
@@ -69,38 +78,150 @@ impl Gateway {
         let gantry_config::Target::Inference(pools) = &r.target else {
             unreachable!("serve_api is called for API routes");
         };
-        // With plugins, they see the whole body first; the API gets it as
-        // they left it, at the path they left.
-        let mut prepared;
-        let io: &mut dyn crate::openai::downstream::Downstream = if plugins.is_empty() {
-            session
-        } else {
-            let Some(body) = self.request_plugins(session, ctx, route, plugins).await? else {
-                return Ok(());
-            };
-            // The request phase is over: a long stream must not hold
-            // the plugins' instances.
-            ctx.plugin_contexts.clear();
-            let body = body.unwrap_or_default();
-            prepared = crate::openai::downstream::Prepared {
-                len: body.len() as u64,
-                body: Some(body),
-                session,
-            };
-            &mut prepared
+        let from_plugins = match plugins.is_empty() {
+            true => None,
+            false => {
+                let Some(body) = self.request_plugins(session, ctx, route, plugins).await? else {
+                    return Ok(());
+                };
+                // The request phase is over: a long stream must not hold the
+                // plugins' instances.
+                ctx.plugin_contexts.clear();
+                Some(body.unwrap_or_default())
+            }
         };
-        let outcome = self
-            .api
-            .handle(
-                io,
-                &r.path_prefix,
-                pools,
-                r.max_body_bytes,
-                &ctx.request_id,
-                ctx.started,
-            )
-            .await?;
+        let mut outcome = Outcome::default();
+        let req = session.req_header();
+        let content_type = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let found = Endpoint::find(
+            &req.method,
+            req.uri.path(),
+            &r.path_prefix,
+            content_type.as_deref(),
+        );
+        let body = match (found, from_plugins) {
+            (Err(err), _) => Err(err),
+            (Ok(endpoint), Some(body)) => Ok((endpoint, body)),
+            (Ok(endpoint), None) if !endpoint.takes_body() => Ok((endpoint, Bytes::new())),
+            (Ok(endpoint), None) => {
+                let read = self.read_body(session, ctx, r.max_body_bytes, false).await;
+                match read {
+                    Ok(Ok(body)) => Ok((endpoint, body)),
+                    Ok(Err(refused)) => {
+                        // The rest of the body may still be on its way.
+                        session.set_keepalive(None);
+                        Err(api_refusal(refused))
+                    }
+                    Err(e) => Err(ApiError::invalid_body(
+                        None,
+                        format!("could not read the request body: {e}"),
+                    )),
+                }
+            }
+        };
+        let reply = match body {
+            Err(err) => Reply::Whole(self.api.refuse(&err, &mut outcome)),
+            Ok((endpoint, body)) => {
+                let call = ApiCall {
+                    endpoint,
+                    body,
+                    pools,
+                    request_id: &ctx.request_id,
+                    started: ctx.started,
+                };
+                let handled = tokio::select! {
+                    reply = self.api.handle(call, &mut outcome) => Some(reply),
+                    _ = client_gone(session) => None,
+                };
+                match handled {
+                    Some(reply) => reply,
+                    None => {
+                        self.api.client_left(&mut outcome);
+                        ctx.inference = Some(outcome);
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let written = write_reply(session, reply, &ctx.request_id).await;
         ctx.inference = Some(outcome);
-        Ok(())
+        written
     }
+}
+
+/// The API's answer to a body the reader refused.
+fn api_refusal(refused: Refused) -> ApiError {
+    match refused {
+        Refused::TooLarge { limit } => ApiError::body_too_large(limit),
+        Refused::Stalled { limit } => ApiError::body_timeout(limit),
+    }
+}
+
+/// Resolves when the client has gone away (its connection closed).
+pub(super) async fn client_gone(session: &mut Session) {
+    let _ = session.as_mut().read_body_or_idle(true).await;
+}
+
+/// Write the API's answer: a whole one at once; a stream's events as they
+/// come, until it ends or the client leaves (dropping it cancels the
+/// backend's generation).
+pub(super) async fn write_reply(
+    session: &mut Session,
+    reply: Reply<'_>,
+    request_id: &str,
+) -> Result<()> {
+    match reply {
+        Reply::Whole(whole) => write_whole(session, whole, request_id).await,
+        Reply::Stream(mut events) => {
+            let mut resp = ResponseHeader::build(200, Some(4))?;
+            for (k, v) in STREAM_HEADERS {
+                resp.insert_header(k, v)?;
+            }
+            resp.insert_header(REQUEST_ID, events.request_id())?;
+            if session
+                .write_response_header(Box::new(resp), false)
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            loop {
+                let next = tokio::select! {
+                    next = events.next() => next,
+                    _ = client_gone(session) => return Ok(()),
+                };
+                let Some(bytes) = next else {
+                    return session.write_response_body(None, true).await;
+                };
+                if session
+                    .write_response_body(Some(bytes), false)
+                    .await
+                    .is_err()
+                {
+                    // The client is gone: dropping the stream cancels it.
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// A whole answer: status, `content-type`, length, request id, `Retry-After`.
+pub(super) async fn write_whole(
+    session: &mut Session,
+    whole: Whole,
+    request_id: &str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(whole.status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, whole.content_type)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, whole.body.len())?;
+    resp.insert_header(REQUEST_ID, request_id)?;
+    if let Some(s) = whole.retry_after {
+        resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(whole.body), true).await
 }

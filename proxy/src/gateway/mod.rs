@@ -151,9 +151,8 @@ impl ProxyHttp for Gateway {
         let plugins = &plugins[route];
         match &self.router.route(route).target {
             Target::Builtin(which) => {
-                self.api
-                    .serve_builtin(session, *which, &ctx.request_id)
-                    .await?;
+                let page = self.api.builtin(*which);
+                dispatch::write_whole(session, page, &ctx.request_id).await?;
                 Ok(true)
             }
             Target::Inference(_) => {

@@ -112,8 +112,15 @@ impl Gateway {
             .iter()
             .map(|p| p.limits.bytes_per_host_call as u64)
             .fold(self.router.route(route).max_body_bytes, u64::min);
-        let Some(mut body) = self.read_whole_body(session, ctx, limit).await? else {
-            return Ok(None);
+        let mut body = match session.as_mut().is_body_empty() {
+            true => None,
+            false => match self.read_body(session, ctx, limit, true).await? {
+                Ok(body) => Some(Vec::from(body)),
+                Err(refused) => {
+                    self.respond(session, ctx, refused.into()).await?;
+                    return Ok(None);
+                }
+            },
         };
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let scheme = if tls { "https" } else { "http" };
@@ -150,7 +157,7 @@ impl Gateway {
                     // backend stream).
                     let ran = {
                         let run = hc.on_request(&mut pairs, body.as_mut(), perform);
-                        let gone = crate::openai::downstream::Downstream::gone(session);
+                        let gone = super::dispatch::client_gone(session);
                         tokio::select! {
                             r = run => Some(r),
                             _ = gone => None,

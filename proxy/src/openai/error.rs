@@ -2,7 +2,7 @@
 //! `{"error": {"message", "type", "param", "code"}}`. One table maps every failure,
 //! including each gRPC status a backend can answer, to an HTTP status.
 
-use super::api::{ErrorBody, ErrorResponse};
+use super::schema::{ErrorBody, ErrorResponse};
 use tonic::Code;
 
 /// Seconds clients are told to wait when every backend is saturated, unless the

@@ -2,7 +2,7 @@
 //! the request and response types in [`super::api`] (the same types that parse and
 //! validate requests), with one set of paths per route prefix that serves the API.
 
-use super::api::*;
+use super::schema::*;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, ResponseBuilder};

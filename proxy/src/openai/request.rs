@@ -1,11 +1,9 @@
-//! An API request's body: read (bounded in size and in time per chunk), its
-//! content type checked, parsed and checked against the pool's input limits.
+//! An API request's body: its content type, its JSON parsed (an error names
+//! the field at fault), and checked against the pool's input limits.
 
-use super::api::*;
-use super::downstream::Downstream;
+use super::endpoint::Endpoint;
 use super::error::{self, ApiError};
-use super::parse;
-use bytes::{Bytes, BytesMut};
+use super::schema::*;
 
 /// Whether a `content-type` is JSON: `application/json`, any case, parameters
 /// (`; charset=utf-8`) allowed.
@@ -14,17 +12,6 @@ pub(super) fn is_json(content_type: Option<&str>) -> bool {
         let essence = v.split(';').next().unwrap_or("").trim();
         essence.eq_ignore_ascii_case("application/json")
     })
-}
-
-/// The API's endpoints that take a JSON body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `POST /chat/completions`
-    ChatCompletions,
-    /// `POST /completions`
-    Completions,
-    /// `POST /embeddings`
-    Embeddings,
 }
 
 /// Parse and check a request body as the API does before it picks a pool:
@@ -53,6 +40,7 @@ pub fn check_body(
             req.validate()?;
             req.check_input(limits).map_err(too_large)
         }
+        Endpoint::ListModels | Endpoint::GetModel(_) => Ok(()),
     }
 }
 
@@ -89,38 +77,46 @@ pub fn check_body_property(data: &[u8]) {
     }
 }
 
-/// Read the whole body, refusing it past `limit` bytes (declared or counted).
-/// Each chunk must come within `stall` (HTTP/2 bodies have no read timeout of
-/// Pingora's own).
-pub(super) async fn read_body(
-    session: &mut dyn Downstream,
-    limit: u64,
-    stall: std::time::Duration,
-) -> Result<Bytes, ApiError> {
-    let declared = session.content_length();
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::body_too_large(limit));
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if !inner.is_data() {
+        return ApiError::invalid_body(
+            None,
+            format!("We could not parse the JSON body of your request: {inner}"),
+        );
     }
-    let mut body = BytesMut::new();
-    loop {
-        let Ok(read) = tokio::time::timeout(stall, session.read_body()).await else {
-            session.close_after();
-            return Err(ApiError::body_timeout(stall));
-        };
-        match read {
-            Ok(Some(chunk)) => {
-                if body.len() as u64 + chunk.len() as u64 > limit {
-                    return Err(ApiError::body_too_large(limit));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body.freeze()),
-            Err(e) => {
-                return Err(ApiError::invalid_body(
-                    None,
-                    format!("could not read the request body: {e}"),
-                ))
-            }
-        }
-    }
+    let text = inner.to_string();
+    let message = text.split(" at line ").next().unwrap_or(&text).to_string();
+    let param = if path == "." || path == "?" {
+        message
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string)
+    } else {
+        Some(path.clone())
+    };
+    let message = match &param {
+        Some(p) if !message.starts_with("missing field") => format!("{p}: {message}"),
+        _ => message,
+    };
+    ApiError::invalid_body(param, message)
+}
+
+fn parse_exact<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(json_error)
+}
+
+/// Parse a request. Its sampling fields are `#[serde(flatten)]`ed, which hides the
+/// path of a wrong-typed one; parsing the same body as [`Sampling`] alone (unknown
+/// fields are ignored) names it.
+pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    parse_exact(body).map_err(|e| match e.param {
+        Some(_) => e,
+        None => match parse_exact::<Sampling>(body) {
+            Err(precise) if precise.param.is_some() => precise,
+            _ => e,
+        },
+    })
 }

@@ -1,0 +1,140 @@
+//! Attempts of one request on an inference pool's backends, shared by
+//! generation and embeddings: each attempt picks a backend not tried yet
+//! (load-aware), counts a retry when it is not the first, and classifies a
+//! failure: retryable ones eject the backend (or mark it saturated) and move
+//! on while the pool's `retries` last; the others are the answer.
+
+use super::error::{ApiError, DEFAULT_RETRY_AFTER_SECONDS};
+use super::{Api, Outcome};
+use crate::upstream::inference::{remaining, InferenceBackend, InferencePool, LoadGuard, NoPick};
+use gantry_proto::inference_client::InferenceClient;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// The attempts of one request on one pool.
+pub(super) struct Attempts<'a> {
+    api: &'a Api,
+    pool: &'a InferencePool,
+    model: &'a str,
+    deadline: Instant,
+    tried: Vec<SocketAddr>,
+    /// Why the last attempt failed.
+    last: Option<ApiError>,
+}
+
+/// What a successful call gave, with the backend that gave it and its load.
+pub(super) struct Answered<T> {
+    pub backend: Arc<InferenceBackend>,
+    pub load: LoadGuard,
+    pub value: T,
+}
+
+impl<'a> Attempts<'a> {
+    /// Attempts of a request for `model` on `pool`, all within `deadline`.
+    pub fn new(api: &'a Api, pool: &'a InferencePool, model: &'a str, deadline: Instant) -> Self {
+        Attempts {
+            api,
+            pool,
+            model,
+            deadline,
+            tried: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// Whether the pool's retries allow another attempt.
+    pub fn may_retry(&self) -> bool {
+        self.tried.len() <= self.pool.config.retries as usize
+    }
+
+    /// Record a failure of the current backend found after its call returned
+    /// (a stream that broke): it is ejected, and the error kept.
+    pub fn broke(&mut self, backend: &InferenceBackend, error: ApiError) {
+        backend.eject(&error.message);
+        self.last = Some(error);
+    }
+
+    /// The next backend to try (not one tried already), counted as a retry
+    /// when it is not the first; or the answer when none is left: the last
+    /// failure if there was one, else 429 (all saturated) or 503 (none healthy).
+    fn next_backend(&mut self, outcome: &mut Outcome) -> Result<Arc<InferenceBackend>, ApiError> {
+        let name = &self.pool.config.name;
+        let backend = self.pool.pick(self.model, &self.tried).map_err(|why| {
+            self.last.take().unwrap_or_else(|| match why {
+                NoPick::Saturated => {
+                    ApiError::saturated(name, "every queue is full", DEFAULT_RETRY_AFTER_SECONDS)
+                }
+                NoPick::NoneHealthy => ApiError::no_backend(name),
+            })
+        })?;
+        if !self.tried.is_empty() {
+            self.api
+                .metrics
+                .inference_retries
+                .with_label_values(&[name])
+                .inc();
+        }
+        self.tried.push(backend.addr);
+        outcome.attempts = self.tried.len();
+        outcome.backend = Some(backend.label.clone());
+        Ok(backend)
+    }
+
+    /// Call backends in turn with `call` (given a client and the time left)
+    /// until one answers `Some`, carrying an estimated `load` of tokens. A
+    /// `None` (a stream that ended before its first event) and a retryable
+    /// status move on to another backend while retries last; `param` is the
+    /// API parameter a backend's INVALID_ARGUMENT names when it names the
+    /// input.
+    pub async fn call<T, F, Fut>(
+        &mut self,
+        outcome: &mut Outcome,
+        load: u64,
+        param: &str,
+        request_id: &str,
+        mut call: F,
+    ) -> Result<Answered<T>, ApiError>
+    where
+        F: FnMut(InferenceClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<Option<T>, tonic::Status>>,
+    {
+        let name = &self.pool.config.name;
+        while self.may_retry() {
+            let backend = self.next_backend(outcome)?;
+            let guard = backend.begin(load);
+            let attempt = call(backend.client(), remaining(self.deadline));
+            match tokio::time::timeout_at(self.deadline.into(), attempt).await {
+                Err(_) => return Err(ApiError::timeout(name, self.pool.config.request_timeout)),
+                Ok(Ok(Some(value))) => {
+                    return Ok(Answered {
+                        backend,
+                        load: guard,
+                        value,
+                    })
+                }
+                Ok(Ok(None)) => {
+                    backend.eject("stream ended before any event");
+                    tracing::warn!(pool = %name, backend = %backend.label, "inference stream ended before any event");
+                    self.last = Some(ApiError::upstream());
+                }
+                Ok(Err(status)) => {
+                    let err = ApiError::from_status(&status, param, name, request_id);
+                    if !ApiError::retryable(status.code()) {
+                        return Err(err);
+                    }
+                    if status.code() == tonic::Code::ResourceExhausted {
+                        backend.mark_saturated(self.model);
+                    } else {
+                        backend.eject(status.message());
+                    }
+                    tracing::warn!(pool = %name, backend = %backend.label, code = ?status.code(), error = %status.message(), "inference call failed before the first token");
+                    self.last = Some(err);
+                }
+            }
+        }
+        Err(self.last.take().expect("at least one attempt"))
+    }
+}

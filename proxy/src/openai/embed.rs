@@ -1,0 +1,80 @@
+//! Embeddings: one unary call to a backend (with the shared attempts), the
+//! vectors returned as floats or base64.
+
+use super::attempt::Attempts;
+use super::error::ApiError;
+use super::reply::Whole;
+use super::schema::*;
+use super::{Api, Outcome};
+use crate::upstream::inference::InferencePool;
+use gantry_proto as pb;
+use std::time::Instant;
+
+impl Api {
+    /// Serve an embeddings request on `pool`.
+    pub(super) async fn embed(
+        &self,
+        pool: &InferencePool,
+        req: EmbeddingRequest,
+        request_id: &str,
+        outcome: &mut Outcome,
+    ) -> Result<Whole, ApiError> {
+        let deadline = Instant::now() + pool.config.request_timeout;
+        let inputs = req.inputs();
+        let load = inputs.iter().map(|s| s.len() as u64 / 4).sum();
+        let mut attempts = Attempts::new(self, pool, &req.model, deadline);
+        let answered = attempts
+            .call(outcome, load, "input", request_id, |mut client, left| {
+                let mut request = tonic::Request::new(pb::EmbedRequest {
+                    model: req.model.clone(),
+                    inputs: inputs.clone(),
+                });
+                request.set_timeout(left);
+                async move { Ok(Some(client.embed(request).await?.into_inner())) }
+            })
+            .await;
+        let r = match answered {
+            Ok(a) => a.value,
+            Err(err) => {
+                self.count(&req.model, outcome, &err.status.to_string());
+                return Err(err);
+            }
+        };
+        let backend = outcome.backend.clone().unwrap_or_else(|| "none".into());
+        self.metrics
+            .inference_tokens
+            .with_label_values(&[self.model_label(&req.model), &backend, "in"])
+            .inc_by(u64::from(r.prompt_tokens));
+        self.count(&req.model, outcome, "200");
+        let data = r
+            .embeddings
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| Embedding {
+                object: "embedding",
+                index: i as u32,
+                embedding: match req.encoding_format {
+                    EncodingFormat::Float => EmbeddingVector::Float(e.values),
+                    EncodingFormat::Base64 => {
+                        use base64::Engine;
+                        let bytes: Vec<u8> =
+                            e.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                        EmbeddingVector::Base64(
+                            base64::engine::general_purpose::STANDARD.encode(bytes),
+                        )
+                    }
+                },
+            })
+            .collect();
+        let list = EmbeddingList {
+            object: "list",
+            data,
+            model: req.model.clone(),
+            usage: EmbeddingUsage {
+                prompt_tokens: r.prompt_tokens,
+                total_tokens: r.prompt_tokens,
+            },
+        };
+        Ok(Whole::json(serde_json::to_vec(&list).expect("serializes")))
+    }
+}

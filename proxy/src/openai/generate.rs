@@ -1,0 +1,393 @@
+//! Chat and text completions: a generation stream opened on a backend (with
+//! retries until its first event), then relayed as server-sent events
+//! ([`Generation`], a value the gateway writes) or gathered into one answer.
+//!
+//! Until the first event nothing has been sent, so a failing backend is
+//! retried on another; a non-streaming answer is still whole in hand when a
+//! stream breaks later, so it is retried too. Once events are out, a failure
+//! becomes a well-formed error event. Dropping a [`Generation`] drops the
+//! gRPC stream, which cancels the generation on the backend.
+
+use super::attempt::{Answered, Attempts};
+use super::error::ApiError;
+use super::reply::{Reply, Whole};
+use super::schema::{Sampling, Usage};
+use super::sse::{Answer, Shape};
+use super::{Api, Outcome};
+use crate::upstream::inference::{InferenceBackend, InferencePool, LoadGuard};
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use gantry_proto::{self as pb, generate_response::Event};
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::Streaming;
+
+/// Tokens assumed for a request without `max_tokens`, for the load estimate only.
+const ASSUMED_MAX_TOKENS: u64 = 256;
+
+/// One generation request, as the handler hands it over.
+pub(super) struct GenerateCall<'a> {
+    pub pool: &'a Arc<InferencePool>,
+    pub request: pb::GenerateRequest,
+    pub sampling: &'a Sampling,
+    pub shape: Shape,
+    pub request_id: &'a str,
+    pub started: Instant,
+    /// Bytes of the request body, for the load estimate.
+    pub body_bytes: u64,
+}
+
+/// What one event of the stream came to.
+enum Step {
+    /// New text (`first`: the answer's first).
+    Text { text: String, first: bool },
+    /// The answer is complete.
+    Finished { reason: &'static str, usage: Usage },
+    /// The stream failed; `retryable` when another backend could answer.
+    Failed { error: ApiError, retryable: bool },
+}
+
+/// A generation stream whose first event has arrived, relayed event by event.
+pub struct Generation<'a> {
+    api: &'a Api,
+    pool: Arc<InferencePool>,
+    backend: Arc<InferenceBackend>,
+    /// The backend's load estimate, released at the outcome.
+    load: Option<LoadGuard>,
+    stream: Streaming<pb::GenerateResponse>,
+    /// The first event, read while opening.
+    pending: Option<pb::GenerateResponse>,
+    answer: Answer,
+    prompt_param: &'static str,
+    started: Instant,
+    deadline: Instant,
+    last_token: Instant,
+    first_delta: bool,
+    ttft: prometheus::Histogram,
+    itl: prometheus::Histogram,
+    /// Set once the outcome is counted: the end, or a failure, was sent.
+    done: bool,
+}
+
+/// The OpenAI finish reason of a backend's `Finished`, or the failure it
+/// reports with whether another backend could do better.
+fn finish_reason(reason: i32) -> Result<&'static str, (ApiError, bool)> {
+    match pb::FinishReason::try_from(reason) {
+        Ok(pb::FinishReason::Length) => Ok("length"),
+        Ok(pb::FinishReason::Stop | pb::FinishReason::Eos) => Ok("stop"),
+        Ok(pb::FinishReason::Cancelled) => Err((ApiError::upstream(), true)),
+        // This request's own sequence failed; the backend is fine and another
+        // one would fail the same way.
+        Ok(pb::FinishReason::Error) => Err((ApiError::generation_failed(), false)),
+        _ => Err((ApiError::upstream(), true)),
+    }
+}
+
+impl Api {
+    /// Serve a generation: streamed, the [`Generation`] once its first event
+    /// arrived; not streamed, the whole answer (retried on another backend if
+    /// a stream breaks, within the pool's retries).
+    pub(super) async fn generate<'a>(
+        &'a self,
+        call: GenerateCall<'_>,
+        outcome: &mut Outcome,
+    ) -> Result<Reply<'a>, ApiError> {
+        let pool = call.pool;
+        let deadline = call.started + pool.config.request_timeout;
+        let prompt_param = match call.shape {
+            Shape::Chat => "messages",
+            Shape::Completion => "prompt",
+        };
+        let max_tokens = call.request.sampling.as_ref().map_or(0, |s| s.max_tokens);
+        let estimate = call.body_bytes / 4
+            + match max_tokens {
+                0 => ASSUMED_MAX_TOKENS,
+                n => u64::from(n),
+            };
+        let model = call.request.model.clone();
+        let mut attempts = Attempts::new(self, pool, &model, deadline);
+        loop {
+            let request = &call.request;
+            let opened = attempts
+                .call(
+                    outcome,
+                    estimate,
+                    prompt_param,
+                    call.request_id,
+                    |mut client, left| {
+                        let mut request = tonic::Request::new(request.clone());
+                        request.set_timeout(left);
+                        async move {
+                            let mut stream = client.generate(request).await?.into_inner();
+                            Ok(stream.message().await?.map(|first| (stream, first)))
+                        }
+                    },
+                )
+                .await;
+            let opened = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    self.count(&model, outcome, &e.status.to_string());
+                    return Err(e);
+                }
+            };
+            let answer = Answer::new(
+                call.shape,
+                call.request_id,
+                &model,
+                call.sampling.include_usage(),
+            );
+            let mut generation =
+                self.relay(opened, answer, pool, prompt_param, call.started, deadline);
+            if call.sampling.stream {
+                return Ok(Reply::Stream(Box::new(generation)));
+            }
+            // Gathered here: its outcome is counted here (or, if the client
+            // leaves meanwhile, by the gateway), not when it is dropped.
+            generation.done = true;
+            match generation.gather().await {
+                Ok(whole) => {
+                    self.count(&model, outcome, "200");
+                    return Ok(Reply::Whole(whole));
+                }
+                // Nothing has reached the client yet: another backend may
+                // still answer it in full.
+                Err((error, true)) if attempts.may_retry() => {
+                    tracing::warn!(request_id = call.request_id, backend = %generation.backend.label, error = %error.message, "inference stream broke before the answer was sent; retrying on another backend");
+                    attempts.broke(&generation.backend, error);
+                }
+                Err((error, _)) => {
+                    self.count(&model, outcome, &error.status.to_string());
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// A [`Generation`] of an opened stream.
+    fn relay<'a>(
+        &'a self,
+        opened: Answered<(Streaming<pb::GenerateResponse>, pb::GenerateResponse)>,
+        answer: Answer,
+        pool: &Arc<InferencePool>,
+        prompt_param: &'static str,
+        started: Instant,
+        deadline: Instant,
+    ) -> Generation<'a> {
+        let Answered {
+            backend,
+            load,
+            value: (stream, first),
+        } = opened;
+        let labels = [self.model_label(&answer.model), backend.label.as_str()];
+        Generation {
+            ttft: self.metrics.inference_ttft.with_label_values(&labels),
+            itl: self
+                .metrics
+                .inference_inter_token
+                .with_label_values(&labels),
+            api: self,
+            pool: pool.clone(),
+            backend,
+            load: Some(load),
+            stream,
+            pending: Some(first),
+            answer,
+            prompt_param,
+            started,
+            deadline,
+            last_token: Instant::now(),
+            first_delta: true,
+            done: false,
+        }
+    }
+}
+
+impl Generation<'_> {
+    /// The request id the answer carries.
+    pub fn request_id(&self) -> &str {
+        &self.answer.request_id
+    }
+
+    /// The next bytes to send: every event already waiting, gathered into one
+    /// write; at the end, the finish event (the usage event if asked for) and
+    /// `[DONE]`; after a failure, what was gathered and an error event (which
+    /// the openai clients raise as an APIError). `None` once all is sent.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        loop {
+            // Wait for the first event of this batch; gather the rest only
+            // while they are ready.
+            let step = if out.is_empty() {
+                self.step().await
+            } else {
+                match self.ready_step() {
+                    Some(step) => step,
+                    None => return Some(out.freeze()),
+                }
+            };
+            match step {
+                None => continue,
+                Some(Step::Text { text, first }) => self.answer.push_delta(&mut out, &text, first),
+                Some(Step::Finished { reason, usage }) => {
+                    out.extend_from_slice(&self.answer.chunk(None, self.first_delta, Some(reason)));
+                    if self.answer.include_usage {
+                        out.extend_from_slice(&self.answer.usage_chunk(usage));
+                    }
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    self.end("200");
+                    return Some(out.freeze());
+                }
+                Some(Step::Failed { error, .. }) => {
+                    tracing::warn!(request_id = %self.answer.request_id, backend = %self.backend.label, error = %error.message, "inference stream failed after the first token");
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(&error.body());
+                    out.extend_from_slice(b"\n\n");
+                    self.end(&error.status.to_string());
+                    return Some(out.freeze());
+                }
+            }
+        }
+    }
+
+    /// The whole answer (no `stream`), or why the stream failed and whether
+    /// another backend could answer.
+    async fn gather(&mut self) -> Result<Whole, (ApiError, bool)> {
+        let mut text = String::new();
+        loop {
+            match self.step().await {
+                None => continue,
+                Some(Step::Text { text: t, .. }) => text.push_str(&t),
+                Some(Step::Finished { reason, usage }) => {
+                    self.load = None;
+                    let body = self.answer.full(std::mem::take(&mut text), reason, usage);
+                    return Ok(Whole::json(body));
+                }
+                Some(Step::Failed { error, retryable }) => {
+                    self.load = None;
+                    return Err((error, retryable));
+                }
+            }
+        }
+    }
+
+    /// The outcome is known: count it, and let go of the backend's load.
+    fn end(&mut self, status: &str) {
+        self.done = true;
+        self.load = None;
+        let model = self.api.model_label(&self.answer.model);
+        self.api
+            .metrics
+            .inference_requests
+            .with_label_values(&[model, &self.backend.label, status])
+            .inc();
+    }
+
+    /// The next event, if one is ready now.
+    fn ready_step(&mut self) -> Option<Option<Step>> {
+        if let Some(ev) = self.pending.take() {
+            return Some(self.event(Ok(Some(ev))));
+        }
+        let ev = self.stream.message().now_or_never()?;
+        Some(self.event(ev))
+    }
+
+    /// The next event, waiting for it until the request's deadline.
+    async fn step(&mut self) -> Option<Step> {
+        if let Some(ev) = self.pending.take() {
+            return self.event(Ok(Some(ev)));
+        }
+        let deadline = self.deadline;
+        tokio::select! {
+            ev = self.stream.message() => self.event(ev),
+            _ = tokio::time::sleep_until(deadline.into()) => Some(Step::Failed {
+                error: ApiError::timeout(&self.pool.config.name, self.pool.config.request_timeout),
+                retryable: false,
+            }),
+        }
+    }
+
+    /// What one event (or the stream's end or failure) means; `None` for an
+    /// event without content.
+    fn event(&mut self, ev: Result<Option<pb::GenerateResponse>, tonic::Status>) -> Option<Step> {
+        let event = match ev {
+            Err(status) => {
+                return Some(Step::Failed {
+                    error: ApiError::from_status(
+                        &status,
+                        self.prompt_param,
+                        &self.pool.config.name,
+                        &self.answer.request_id,
+                    ),
+                    retryable: ApiError::retryable(status.code()),
+                })
+            }
+            Ok(None) => {
+                tracing::warn!(request_id = %self.answer.request_id, backend = %self.backend.label, "inference stream ended before finishing");
+                return Some(Step::Failed {
+                    error: ApiError::upstream(),
+                    retryable: true,
+                });
+            }
+            Ok(Some(pb::GenerateResponse { event })) => event?,
+        };
+        match event {
+            Event::Delta(delta) => {
+                let now = Instant::now();
+                if self.first_delta {
+                    self.ttft
+                        .observe(now.duration_since(self.started).as_secs_f64());
+                } else {
+                    self.itl
+                        .observe(now.duration_since(self.last_token).as_secs_f64());
+                }
+                self.last_token = now;
+                if let Some(load) = self.load.as_mut() {
+                    load.token_done(delta.token_ids.len() as u64);
+                }
+                let first = std::mem::replace(&mut self.first_delta, false);
+                Some(Step::Text {
+                    text: delta.text,
+                    first,
+                })
+            }
+            Event::Finished(f) => {
+                let usage = f.usage.unwrap_or_default();
+                let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
+                let labels = [
+                    self.api.model_label(&self.answer.model),
+                    self.backend.label.as_str(),
+                ];
+                let metrics = &self.api.metrics;
+                metrics
+                    .inference_queue
+                    .with_label_values(&labels)
+                    .observe(f.queue_time_us as f64 / 1e6);
+                let tokens = &metrics.inference_tokens;
+                tokens
+                    .with_label_values(&[labels[0], labels[1], "in"])
+                    .inc_by(u64::from(usage.prompt_tokens));
+                tokens
+                    .with_label_values(&[labels[0], labels[1], "out"])
+                    .inc_by(u64::from(usage.completion_tokens));
+                Some(match finish_reason(f.reason) {
+                    Ok(reason) => Step::Finished { reason, usage },
+                    Err((error, retryable)) => Step::Failed { error, retryable },
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Generation<'_> {
+    /// Dropped before its end: the client left (499); the gRPC stream goes
+    /// with it, which cancels the generation on the backend.
+    fn drop(&mut self) {
+        if !self.done {
+            self.end("499");
+        }
+    }
+}

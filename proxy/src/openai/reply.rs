@@ -1,0 +1,57 @@
+//! What the API answers, as a value: a whole body, or a stream of
+//! server-sent events. The gateway writes it to the client's session (and
+//! drops it when the client leaves, which cancels the backend's work); a
+//! plugin's in-process call collects it.
+
+use super::error::ApiError;
+use super::generate::Generation;
+use bytes::Bytes;
+
+/// One answer of the API.
+pub enum Reply<'a> {
+    /// A whole body.
+    Whole(Whole),
+    /// `200 text/event-stream`: events as the backend generates them.
+    Stream(Box<Generation<'a>>),
+}
+
+/// A whole answer.
+#[derive(Debug, Clone)]
+pub struct Whole {
+    /// HTTP status.
+    pub status: u16,
+    /// Its `content-type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Bytes,
+    /// `Retry-After` seconds, when the client should come back.
+    pub retry_after: Option<u32>,
+}
+
+impl Whole {
+    /// `200 application/json`.
+    pub fn json(body: Vec<u8>) -> Self {
+        Whole {
+            status: 200,
+            content_type: "application/json",
+            body: Bytes::from(body),
+            retry_after: None,
+        }
+    }
+
+    /// An error's JSON answer.
+    pub fn error(err: &ApiError) -> Self {
+        Whole {
+            status: err.status,
+            content_type: "application/json",
+            body: Bytes::from(err.body()),
+            retry_after: err.retry_after,
+        }
+    }
+}
+
+/// The headers of a streamed answer, besides the request id.
+pub const STREAM_HEADERS: [(&str, &str); 2] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+];
