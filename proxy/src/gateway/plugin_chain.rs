@@ -68,7 +68,9 @@ impl Gateway {
     ) -> String {
         let (name, limit) = match err {
             gantry_plugins::PluginError::Trap { plugin, limit, .. } => (plugin.clone(), *limit),
-            gantry_plugins::PluginError::Busy { plugin, .. } => (plugin.clone(), Some("instances")),
+            gantry_plugins::PluginError::Busy { plugin, .. } => {
+                (plugin.clone(), Some(gantry_plugins::Limit::Instances))
+            }
             gantry_plugins::PluginError::TooLarge { plugin, .. }
             | gantry_plugins::PluginError::CompileTimeout { plugin, .. }
             | gantry_plugins::PluginError::Invalid { plugin, .. }
@@ -82,7 +84,7 @@ impl Gateway {
         if let Some(limit) = limit {
             self.metrics
                 .plugin_limit_hits
-                .with_label_values(&[&name, limit])
+                .with_label_values(&[&name, limit.as_str()])
                 .inc();
         }
         self.plugin_outcome(route, &name, hook, outcome);

@@ -1,0 +1,410 @@
+//! One request's HTTP context in one plugin instance: the request and
+//! response hooks, the HTTP calls a hook makes, and the answers delivered
+//! back to it.
+
+use crate::error::{classify, PluginError};
+use crate::hooks::{Decision, HttpCall, HttpCallResponse};
+use crate::host::HttpState;
+use crate::limits::Limit;
+use crate::plugin::{Exports, Hook, Plugin, Vm, ROOT_CONTEXT};
+use crate::{abi, cpu};
+use std::sync::Arc;
+
+/// One request's HTTP context in one plugin instance. Dropping it ends the
+/// context (`proxy_on_done`, `proxy_on_delete`) and returns the instance for
+/// reuse, unless a hook failed: a broken instance is discarded.
+pub struct HttpContext {
+    pub(crate) plugin: Arc<Plugin>,
+    pub(crate) vm: Option<Vm>,
+    pub(crate) id: i32,
+}
+
+impl std::fmt::Debug for HttpContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpContext")
+            .field("plugin", &self.plugin.name)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// Which body hook to run.
+#[derive(Clone, Copy)]
+pub(crate) enum Side {
+    Request,
+    Response,
+}
+
+impl HttpContext {
+    /// The plugin.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    pub(crate) fn call(
+        &mut self,
+        hook: &'static str,
+        pick: fn(&Exports) -> Option<Hook>,
+        arg: i32,
+        end_of_stream: bool,
+    ) -> Result<Decision, PluginError> {
+        let Some(vm) = self.vm.as_mut() else {
+            return Err(PluginError::Trap {
+                plugin: self.plugin.name.clone(),
+                hook,
+                reason: "the instance failed earlier in this request".into(),
+                limit: None,
+            });
+        };
+        let Some(f) = pick(&vm.exports) else {
+            return Ok(Decision::Continue);
+        };
+        cpu::arm(&mut vm.store);
+        let result = f.call(&mut vm.store, (self.id, arg, i32::from(end_of_stream)));
+        match result {
+            Ok(action) => {
+                self.plugin.record_success();
+                if let Some(local) = vm.store.data_mut().http.local_response.take() {
+                    return Ok(Decision::Respond(local));
+                }
+                Ok(match abi::Action::from_abi(action) {
+                    abi::Action::Pause => Decision::Pause,
+                    abi::Action::Continue => Decision::Continue,
+                })
+            }
+            Err(e) => Err(self.failed(hook, e)),
+        }
+    }
+
+    /// A hook trapped: a trapped instance may hold any state, so it is never
+    /// reused; the failure counts towards the plugin's health.
+    pub(crate) fn failed(&mut self, hook: &'static str, e: wasmtime::Error) -> PluginError {
+        let memory_refused = self
+            .vm
+            .take()
+            .is_some_and(|vm| vm.store.data().store_limits.memory_refused);
+        self.plugin.record_failure();
+        match classify(&self.plugin.name, hook, e) {
+            // A trap after a refused memory.grow: the guest ran out of memory.
+            PluginError::Trap {
+                plugin,
+                hook,
+                reason,
+                limit: None,
+            } if memory_refused => PluginError::Trap {
+                plugin,
+                hook,
+                reason: format!("{reason} (after memory.grow was refused at memory_bytes)"),
+                limit: Some(Limit::Memory),
+            },
+            other => other,
+        }
+    }
+
+    /// The request phase of this plugin: its request-headers hook, then, when
+    /// the request has a body, its request-body hook with the whole body
+    /// (`end_of_stream` set). Calls the plugin makes with `proxy_http_call` are
+    /// performed by `perform` (`None`: the call failed or timed out) and the
+    /// answers handed to `proxy_on_http_call_response`, until the plugin
+    /// continues, resumes or answers. Pausing with nothing left to wait for (no
+    /// body to come, no call pending) continues.
+    pub async fn on_request<F, Fut>(
+        &mut self,
+        headers: &mut Vec<(String, String)>,
+        body: Option<&mut Vec<u8>>,
+        mut perform: F,
+    ) -> Result<Decision, PluginError>
+    where
+        F: FnMut(HttpCall) -> Fut + Send,
+        Fut: std::future::Future<Output = Option<HttpCallResponse>> + Send,
+    {
+        let n = headers.len() as i32;
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            http.request_headers = std::mem::take(headers);
+            http.headers_added = 0;
+            http.calls_allowed = true;
+        }
+        let result = self.request_phase(n, body, &mut perform).await;
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            *headers = std::mem::take(&mut http.request_headers);
+            http.calls_allowed = false;
+            http.calls.clear();
+        }
+        match result? {
+            Decision::Pause => Ok(Decision::Continue),
+            other => Ok(other),
+        }
+    }
+
+    pub(crate) async fn request_phase<F, Fut>(
+        &mut self,
+        n: i32,
+        body: Option<&mut Vec<u8>>,
+        perform: &mut F,
+    ) -> Result<Decision, PluginError>
+    where
+        F: FnMut(HttpCall) -> Fut + Send,
+        Fut: std::future::Future<Output = Option<HttpCallResponse>> + Send,
+    {
+        let headers = self.call(
+            "proxy_on_request_headers",
+            |e| e.on_request_headers.clone(),
+            n,
+            body.is_none(),
+        )?;
+        let headers = self.settle(headers, perform).await?;
+        let Some(body) = body else {
+            return Ok(headers);
+        };
+        if let Decision::Respond(_) = headers {
+            return Ok(headers);
+        }
+        let n = body.len() as i32;
+        if let Some(vm) = self.vm.as_mut() {
+            vm.store.data_mut().http.request_body = std::mem::take(body);
+        }
+        let decision = match self.call(
+            "proxy_on_request_body",
+            |e| e.on_request_body.clone(),
+            n,
+            true,
+        ) {
+            Ok(d) => self.settle(d, perform).await,
+            Err(e) => Err(e),
+        };
+        if let Some(vm) = self.vm.as_mut() {
+            *body = std::mem::take(&mut vm.store.data_mut().http.request_body);
+        }
+        decision
+    }
+
+    /// Perform the calls the last hook made, and any its callbacks make, handing
+    /// each answer back; a local response or a resume from a callback decides.
+    pub(crate) async fn settle<F, Fut>(
+        &mut self,
+        mut decision: Decision,
+        perform: &mut F,
+    ) -> Result<Decision, PluginError>
+    where
+        F: FnMut(HttpCall) -> Fut + Send,
+        Fut: std::future::Future<Output = Option<HttpCallResponse>> + Send,
+    {
+        loop {
+            let calls = match self.vm.as_mut() {
+                Some(vm) => std::mem::take(&mut vm.store.data_mut().http.calls),
+                None => Vec::new(),
+            };
+            if calls.is_empty() {
+                return Ok(decision);
+            }
+            for call in calls {
+                let token = call.token;
+                let answer = perform(call).await;
+                match self.deliver(token, answer)? {
+                    Decision::Respond(local) => return Ok(Decision::Respond(local)),
+                    Decision::Continue => decision = Decision::Continue,
+                    Decision::Pause => {}
+                }
+            }
+        }
+    }
+
+    /// Hand one call's answer to `proxy_on_http_call_response` (no headers and
+    /// no body when the call failed, as Envoy does).
+    pub(crate) fn deliver(
+        &mut self,
+        token: u32,
+        answer: Option<HttpCallResponse>,
+    ) -> Result<Decision, PluginError> {
+        const HOOK: &str = "proxy_on_http_call_response";
+        let Some(vm) = self.vm.as_mut() else {
+            return Err(PluginError::Trap {
+                plugin: self.plugin.name.clone(),
+                hook: HOOK,
+                reason: "the instance failed earlier in this request".into(),
+                limit: None,
+            });
+        };
+        let Some(f) = vm.exports.on_http_call_response.clone() else {
+            return Ok(Decision::Pause);
+        };
+        let answer = answer.unwrap_or_default();
+        let (headers, body) = (answer.headers.len() as i32, answer.body.len() as i32);
+        let http = &mut vm.store.data_mut().http;
+        http.call_response = Some(answer);
+        http.resumed = false;
+        cpu::arm(&mut vm.store);
+        match f.call(
+            &mut vm.store,
+            (ROOT_CONTEXT, token as i32, headers, body, 0),
+        ) {
+            Ok(()) => {
+                self.plugin.record_success();
+                let http = &mut vm.store.data_mut().http;
+                http.call_response = None;
+                if let Some(local) = http.local_response.take() {
+                    Ok(Decision::Respond(local))
+                } else if http.resumed {
+                    Ok(Decision::Continue)
+                } else {
+                    Ok(Decision::Pause)
+                }
+            }
+            Err(e) => Err(self.failed(HOOK, e)),
+        }
+    }
+
+    /// The request headers as they went upstream, for the response phase to read
+    /// (`proxy_get_header_map_*` on request headers, `request.headers.*`
+    /// properties); changing them from now on gets `InternalFailure`.
+    pub fn keep_request_headers(&mut self, headers: Vec<(String, String)>) {
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            http.request_headers = headers;
+            http.request_headers_sent = true;
+        }
+    }
+
+    /// Request headers (pseudo-headers `:method`, `:path`, `:authority`,
+    /// `:scheme` included); the plugin may change them in place.
+    pub fn on_request_headers(
+        &mut self,
+        headers: &mut Vec<(String, String)>,
+        end_of_stream: bool,
+    ) -> Result<Decision, PluginError> {
+        self.with_map(Side::Request, headers, |ctx, n| {
+            ctx.call(
+                "proxy_on_request_headers",
+                |e| e.on_request_headers.clone(),
+                n,
+                end_of_stream,
+            )
+        })
+    }
+
+    /// Response headers (`:status` included).
+    pub fn on_response_headers(
+        &mut self,
+        headers: &mut Vec<(String, String)>,
+        end_of_stream: bool,
+    ) -> Result<Decision, PluginError> {
+        self.with_map(Side::Response, headers, |ctx, n| {
+            ctx.call(
+                "proxy_on_response_headers",
+                |e| e.on_response_headers.clone(),
+                n,
+                end_of_stream,
+            )
+        })
+    }
+
+    /// Request body (what has arrived so far); the plugin may replace it.
+    pub fn on_request_body(
+        &mut self,
+        body: &mut Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<Decision, PluginError> {
+        self.with_body(Side::Request, body, |ctx, n| {
+            ctx.call(
+                "proxy_on_request_body",
+                |e| e.on_request_body.clone(),
+                n,
+                end_of_stream,
+            )
+        })
+    }
+
+    /// Response body (what has arrived so far); the plugin may replace it.
+    pub fn on_response_body(
+        &mut self,
+        body: &mut Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<Decision, PluginError> {
+        self.with_body(Side::Response, body, |ctx, n| {
+            ctx.call(
+                "proxy_on_response_body",
+                |e| e.on_response_body.clone(),
+                n,
+                end_of_stream,
+            )
+        })
+    }
+
+    pub(crate) fn with_map(
+        &mut self,
+        side: Side,
+        headers: &mut Vec<(String, String)>,
+        run: impl FnOnce(&mut Self, i32) -> Result<Decision, PluginError>,
+    ) -> Result<Decision, PluginError> {
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            let slot = match side {
+                Side::Request => &mut http.request_headers,
+                Side::Response => &mut http.response_headers,
+            };
+            *slot = std::mem::take(headers);
+            http.headers_added = 0;
+        }
+        let n = headers.len() as i32;
+        let result = run(self, n);
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            *headers = std::mem::take(match side {
+                Side::Request => &mut http.request_headers,
+                Side::Response => &mut http.response_headers,
+            });
+        }
+        result
+    }
+
+    pub(crate) fn with_body(
+        &mut self,
+        side: Side,
+        body: &mut Vec<u8>,
+        run: impl FnOnce(&mut Self, i32) -> Result<Decision, PluginError>,
+    ) -> Result<Decision, PluginError> {
+        let n = body.len() as i32;
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            *match side {
+                Side::Request => &mut http.request_body,
+                Side::Response => &mut http.response_body,
+            } = std::mem::take(body);
+        }
+        let result = run(self, n);
+        if let Some(vm) = self.vm.as_mut() {
+            let http = &mut vm.store.data_mut().http;
+            *body = std::mem::take(match side {
+                Side::Request => &mut http.request_body,
+                Side::Response => &mut http.response_body,
+            });
+        }
+        result
+    }
+}
+
+impl Drop for HttpContext {
+    fn drop(&mut self) {
+        let Some(mut vm) = self.vm.take() else {
+            self.plugin.check_in(None);
+            return;
+        };
+        let mut ok = true;
+        if let Some(done) = vm.exports.on_done.clone() {
+            cpu::arm(&mut vm.store);
+            ok &= done.call(&mut vm.store, self.id).is_ok();
+        }
+        if let Some(delete) = vm.exports.on_delete.clone() {
+            cpu::arm(&mut vm.store);
+            ok &= delete.call(&mut vm.store, self.id).is_ok();
+        }
+        if ok {
+            vm.store.data_mut().http = HttpState::default();
+            self.plugin.check_in(Some(vm));
+        } else {
+            self.plugin.check_in(None);
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `proxy_http_call`: an HTTP call to one of the plugin's upstreams, bounded in number (`max_http_calls`) and time (`max_http_call_timeout_ms`).
+
+use super::*;
+
+pub(super) fn proxy_http_call(
+    mut c: Ctx<'_>,
+    Guest {
+        ptr: uptr,
+        len: ulen,
+    }: Guest,
+    Guest {
+        ptr: hptr,
+        len: hlen,
+    }: Guest,
+    Guest {
+        ptr: bptr,
+        len: blen,
+    }: Guest,
+    timeout_ms: i32,
+    token_out: i32,
+) -> wasmtime::Result<i32> {
+    let upstream = tri!(read_str(&mut c, uptr, ulen));
+    let encoded = tri!(read(&mut c, hptr, hlen));
+    let body = tri!(read(&mut c, bptr, blen));
+    let Ok(headers) = abi::decode_map(&encoded) else {
+        return Ok(Status::SerializationFailure as i32);
+    };
+    let state = c.data_mut();
+    if !state.http.calls_allowed {
+        // Only the request phase can wait for an answer.
+        return Ok(Status::InternalFailure as i32);
+    }
+    if !state.upstreams.contains(&upstream) {
+        tracing::warn!(target: "gantry::plugin", plugin = %state.plugin, upstream, "proxy_http_call to a pool not in the plugin's `upstreams`");
+        return Ok(Status::BadArgument as i32);
+    }
+    state.http.calls_made += 1;
+    if state.http.calls_made > state.limits.max_http_calls {
+        return Err(LimitTrap::error(
+            Limit::HttpCalls,
+            format!(
+                "plugin `{}` made more than {} proxy_http_calls for one request (max_http_calls)",
+                state.plugin, state.limits.max_http_calls
+            ),
+        ));
+    }
+    let token = state.next_token;
+    state.next_token = state.next_token.wrapping_add(1).max(1);
+    state.http.calls.push(HttpCall {
+        token,
+        upstream,
+        headers: headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect(),
+        body,
+        // 0 (no timeout) and anything longer get the plugin's maximum.
+        timeout: match std::time::Duration::from_millis(u64::from(timeout_ms as u32)) {
+            t if t.is_zero() || t > state.limits.max_http_call_timeout => {
+                state.limits.max_http_call_timeout
+            }
+            t => t,
+        },
+        max_response_bytes: state.limits.bytes_per_host_call,
+    });
+    Ok(match write_u32(&mut c, token_out, token) {
+        Ok(()) => Status::Ok,
+        Err(s) => s,
+    } as i32)
+}

@@ -1,0 +1,176 @@
+//! Header maps: read whole or one value, replace, add, remove; every header added counted against `max_headers_added`.
+
+use super::*;
+
+/// The map a plugin asks to change, if it exists (`BadArgument`) and may be
+/// changed now (`InternalFailure`): request headers only until they are sent, an
+/// HTTP call's answer never.
+pub(super) fn writable_map(http: &HttpState, kind: i32) -> Result<MapType, Status> {
+    let t = MapType::from_abi(kind).ok_or(Status::BadArgument)?;
+    let writable = match t {
+        MapType::RequestHeaders => !http.request_headers_sent,
+        MapType::HttpCallResponseHeaders => false,
+        _ => true,
+    };
+    if writable {
+        Ok(t)
+    } else {
+        Err(Status::InternalFailure)
+    }
+}
+pub(super) fn map(http: &mut HttpState, t: MapType) -> Option<&mut Vec<(String, String)>> {
+    match t {
+        MapType::RequestHeaders => Some(&mut http.request_headers),
+        MapType::ResponseHeaders => Some(&mut http.response_headers),
+        MapType::HttpCallResponseHeaders => http.call_response.as_mut().map(|r| &mut r.headers),
+        _ => None,
+    }
+}
+/// Count a header a plugin adds; trap past `max_headers_added`.
+pub(super) fn count_added(caller: &mut Ctx<'_>) -> Result<(), wasmtime::Error> {
+    let state = caller.data_mut();
+    state.http.headers_added += 1;
+    if state.http.headers_added > state.limits.max_headers_added {
+        return Err(LimitTrap::error(
+            Limit::HeadersAdded,
+            format!(
+                "plugin `{}` added more than {} headers to one request (max_headers_added)",
+                state.plugin, state.limits.max_headers_added
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn proxy_get_header_map_pairs(
+    mut c: Ctx<'_>,
+    kind: i32,
+    ptr_out: i32,
+    size_out: i32,
+) -> wasmtime::Result<i32> {
+    let Some(t) = MapType::from_abi(kind) else {
+        return Ok(Status::BadArgument as i32);
+    };
+    let encoded = match map(&mut c.data_mut().http, t) {
+        Some(m) => abi::encode_map(m),
+        None => abi::encode_map(&[]),
+    };
+    Ok(give(&mut c, &encoded, ptr_out, size_out)? as i32)
+}
+
+pub(super) fn proxy_set_header_map_pairs(
+    mut c: Ctx<'_>,
+    kind: i32,
+    ptr: i32,
+    len: i32,
+) -> wasmtime::Result<i32> {
+    let bytes = tri!(read(&mut c, ptr, len));
+    let Ok(pairs) = abi::decode_map(&bytes) else {
+        return Ok(Status::SerializationFailure as i32);
+    };
+    let t = match writable_map(&c.data().http, kind) {
+        Ok(t) => t,
+        Err(status) => return Ok(status as i32),
+    };
+    let before = map(&mut c.data_mut().http, t).map_or(0, |m| m.len());
+    for _ in before..pairs.len() {
+        count_added(&mut c)?;
+    }
+    match map(&mut c.data_mut().http, t) {
+        Some(m) => {
+            *m = pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect();
+            Ok(Status::Ok as i32)
+        }
+        None => Ok(Status::BadArgument as i32),
+    }
+}
+
+pub(super) fn proxy_get_header_map_value(
+    mut c: Ctx<'_>,
+    kind: i32,
+    kptr: i32,
+    klen: i32,
+    ptr_out: i32,
+    size_out: i32,
+) -> wasmtime::Result<i32> {
+    let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
+    let Some(t) = MapType::from_abi(kind) else {
+        return Ok(Status::BadArgument as i32);
+    };
+    let value = map(&mut c.data_mut().http, t)
+        .and_then(|m| m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()));
+    match value {
+        Some(v) => Ok(give(&mut c, v.as_bytes(), ptr_out, size_out)? as i32),
+        None => Ok(Status::NotFound as i32),
+    }
+}
+
+pub(super) fn proxy_replace_header_map_value(
+    mut c: Ctx<'_>,
+    kind: i32,
+    kptr: i32,
+    klen: i32,
+    vptr: i32,
+    vlen: i32,
+) -> wasmtime::Result<i32> {
+    let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
+    let value = tri!(read_str(&mut c, vptr, vlen));
+    let t = match writable_map(&c.data().http, kind) {
+        Ok(t) => t,
+        Err(status) => return Ok(status as i32),
+    };
+    let exists = map(&mut c.data_mut().http, t).is_some_and(|m| m.iter().any(|(k, _)| *k == key));
+    if !exists {
+        count_added(&mut c)?;
+    }
+    let Some(m) = map(&mut c.data_mut().http, t) else {
+        return Ok(Status::BadArgument as i32);
+    };
+    m.retain(|(k, _)| *k != key);
+    m.push((key, value));
+    Ok(Status::Ok as i32)
+}
+
+pub(super) fn proxy_add_header_map_value(
+    mut c: Ctx<'_>,
+    kind: i32,
+    kptr: i32,
+    klen: i32,
+    vptr: i32,
+    vlen: i32,
+) -> wasmtime::Result<i32> {
+    let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
+    let value = tri!(read_str(&mut c, vptr, vlen));
+    count_added(&mut c)?;
+    let t = match writable_map(&c.data().http, kind) {
+        Ok(t) => t,
+        Err(status) => return Ok(status as i32),
+    };
+    match map(&mut c.data_mut().http, t) {
+        Some(m) => {
+            m.push((key, value));
+            Ok(Status::Ok as i32)
+        }
+        None => Ok(Status::BadArgument as i32),
+    }
+}
+
+pub(super) fn proxy_remove_header_map_value(
+    mut c: Ctx<'_>,
+    kind: i32,
+    kptr: i32,
+    klen: i32,
+) -> wasmtime::Result<i32> {
+    let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
+    let t = match writable_map(&c.data().http, kind) {
+        Ok(t) => t,
+        Err(status) => return Ok(status as i32),
+    };
+    if let Some(m) = map(&mut c.data_mut().http, t) {
+        m.retain(|(k, _)| *k != key);
+    }
+    Ok(Status::Ok as i32)
+}

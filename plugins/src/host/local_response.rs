@@ -1,0 +1,54 @@
+//! A plugin's own answer (`proxy_send_local_response`), framing and hop-by-hop headers dropped.
+
+use super::*;
+
+/// Headers a plugin's local response may not set: the gateway frames the
+/// response itself, and hop-by-hop headers are the connection's.
+const LOCAL_RESPONSE_DROPPED: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+pub(super) fn proxy_send_local_response(
+    mut c: Ctx<'_>,
+    status: i32,
+    Guest {
+        ptr: bptr,
+        len: blen,
+    }: Guest,
+    Guest {
+        ptr: hptr,
+        len: hlen,
+    }: Guest,
+) -> wasmtime::Result<i32> {
+    let body = tri!(read(&mut c, bptr, blen));
+    let encoded = tri!(read(&mut c, hptr, hlen));
+    let Ok(headers) = abi::decode_map(&encoded) else {
+        return Ok(Status::SerializationFailure as i32);
+    };
+    if !(200..=599).contains(&status) {
+        return Ok(Status::BadArgument as i32);
+    }
+    // Framing is the gateway's: the plugin's framing and hop-by-hop
+    // headers are dropped; every other header counts as one added.
+    let headers: Vec<(String, String)> = headers
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .filter(|(k, _)| !LOCAL_RESPONSE_DROPPED.contains(&k.as_str()) && !k.starts_with(':'))
+        .collect();
+    for _ in &headers {
+        count_added(&mut c)?;
+    }
+    c.data_mut().http.local_response = Some(LocalResponse {
+        status: status as u16,
+        headers,
+        body,
+    });
+    Ok(Status::Ok as i32)
+}

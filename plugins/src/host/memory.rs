@@ -1,0 +1,110 @@
+//! Guest memory: every pointer and length a plugin passes is checked, and the
+//! bytes copied across the boundary in one host call counted against
+//! `bytes_per_host_call`.
+
+use super::*;
+
+/// A pointer and length into guest memory, as the ABI passes them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Guest {
+    pub ptr: i32,
+    pub len: i32,
+}
+
+pub(super) fn memory(caller: &mut Ctx<'_>) -> Option<Memory> {
+    caller.data().exports.memory
+}
+/// Copy `len` bytes at `ptr` out of the guest, or `Err(status)`.
+pub(super) fn read(
+    caller: &mut Ctx<'_>,
+    ptr: i32,
+    len: i32,
+) -> Result<Result<Vec<u8>, Status>, wasmtime::Error> {
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    check_bytes(caller, len)?;
+    let Some(mem) = memory(caller) else {
+        return Ok(Err(Status::InvalidMemoryAccess));
+    };
+    let data = mem.data(&caller);
+    Ok(
+        match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
+            Some(bytes) => Ok(bytes.to_vec()),
+            None => Err(Status::InvalidMemoryAccess),
+        },
+    )
+}
+pub(super) fn read_str(
+    caller: &mut Ctx<'_>,
+    ptr: i32,
+    len: i32,
+) -> Result<Result<String, Status>, wasmtime::Error> {
+    Ok(read(caller, ptr, len)?.and_then(|b| String::from_utf8(b).map_err(|_| Status::BadArgument)))
+}
+/// Trap when one host call would copy more than `bytes_per_host_call`.
+pub(super) fn check_bytes(caller: &Ctx<'_>, len: usize) -> Result<(), wasmtime::Error> {
+    let limit = caller.data().limits.bytes_per_host_call;
+    if len > limit {
+        return Err(LimitTrap::error(Limit::BytesPerHostCall, format!(
+            "plugin `{}` copied {len} bytes in one host call; the limit (bytes_per_host_call) is {limit}",
+            caller.data().plugin
+        )));
+    }
+    Ok(())
+}
+pub(super) fn write_u32(caller: &mut Ctx<'_>, ptr: i32, value: u32) -> Result<(), Status> {
+    let mem = memory(caller).ok_or(Status::InvalidMemoryAccess)?;
+    let at = ptr as u32 as usize;
+    let slot = mem
+        .data_mut(caller)
+        .get_mut(at..at + 4)
+        .ok_or(Status::InvalidMemoryAccess)?;
+    slot.copy_from_slice(&value.to_le_bytes());
+    Ok(())
+}
+pub(super) fn write_u64(caller: &mut Ctx<'_>, ptr: i32, value: u64) -> Status {
+    let Some(mem) = memory(caller) else {
+        return Status::InvalidMemoryAccess;
+    };
+    let at = ptr as u32 as usize;
+    match mem.data_mut(caller).get_mut(at..at + 8) {
+        Some(slot) => {
+            slot.copy_from_slice(&value.to_le_bytes());
+            Status::Ok
+        }
+        None => Status::InvalidMemoryAccess,
+    }
+}
+/// Hand `bytes` to the guest: allocate with its `proxy_on_memory_allocate`, copy,
+/// and store the pointer and size at `ptr_out` / `size_out`.
+pub(super) fn give(
+    caller: &mut Ctx<'_>,
+    bytes: &[u8],
+    ptr_out: i32,
+    size_out: i32,
+) -> Result<Status, wasmtime::Error> {
+    check_bytes(caller, bytes.len())?;
+    let Some(alloc) = caller.data().exports.alloc.clone() else {
+        return Ok(Status::InternalFailure);
+    };
+    let ptr = if bytes.is_empty() {
+        0
+    } else {
+        alloc.call(&mut *caller, bytes.len() as i32)?
+    };
+    if !bytes.is_empty() {
+        let Some(mem) = memory(caller) else {
+            return Ok(Status::InvalidMemoryAccess);
+        };
+        let at = ptr as u32 as usize;
+        match mem.data_mut(&mut *caller).get_mut(at..at + bytes.len()) {
+            Some(dst) => dst.copy_from_slice(bytes),
+            None => return Ok(Status::InvalidMemoryAccess),
+        }
+    }
+    if let Err(s) = write_u32(caller, ptr_out, ptr as u32)
+        .and_then(|()| write_u32(caller, size_out, bytes.len() as u32))
+    {
+        return Ok(s);
+    }
+    Ok(Status::Ok)
+}

@@ -1,0 +1,308 @@
+//! The host side of the ABI: what a plugin may call (`env.proxy_*`), each one
+//! checking every guest pointer and length and counting the bytes it copies.
+
+use crate::abi::{self, BufferType, MapType, Status};
+use crate::error::LimitTrap;
+use crate::limits::Limit;
+use crate::{HttpCall, HttpCallResponse, LocalResponse, PluginLimits, Shared};
+use std::sync::Arc;
+use wasmtime::{Caller, Linker, Memory, ResourceLimiter, StoreLimits};
+
+/// Everything one VM's store holds for the host functions.
+pub struct HostState {
+    pub(crate) plugin: Arc<str>,
+    pub(crate) limits: PluginLimits,
+    pub(crate) store_limits: Limiter,
+    pub(crate) configuration: Arc<[u8]>,
+    pub(crate) shared: Arc<Shared>,
+    /// The instance's memory and allocator, looked up once.
+    pub(crate) exports: GuestExports,
+    /// Pools the plugin may `proxy_http_call`.
+    pub(crate) upstreams: Arc<[String]>,
+    /// The next `proxy_http_call` token: never reused by this instance, as the
+    /// SDK keeps unanswered tokens for its lifetime.
+    pub(crate) next_token: u32,
+    /// Per request: maps, bodies, properties, the local response.
+    pub(crate) http: HttpState,
+    /// The CPU clock of the hook call running now.
+    pub(crate) clock: crate::cpu::CallClock,
+}
+
+impl AsMut<crate::cpu::CallClock> for HostState {
+    fn as_mut(&mut self) -> &mut crate::cpu::CallClock {
+        &mut self.clock
+    }
+}
+
+/// The store's limits, remembering whether a `memory.grow` was refused (a trap
+/// that follows is counted as the memory limit).
+pub struct Limiter {
+    pub(crate) inner: StoreLimits,
+    pub(crate) memory_refused: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        self.memory_refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// What host calls need from the instance itself.
+#[derive(Default)]
+pub struct GuestExports {
+    /// Its linear memory (`memory`).
+    pub(crate) memory: Option<Memory>,
+    /// Its allocator: the SDK exports it as `malloc` on wasm32-unknown-unknown and
+    /// as `proxy_on_memory_allocate` elsewhere; both are accepted, as Envoy does.
+    pub(crate) alloc: Option<wasmtime::TypedFunc<i32, i32>>,
+}
+
+impl GuestExports {
+    /// Look them up in a new instance.
+    pub(crate) fn of(
+        instance: &wasmtime::Instance,
+        store: &mut wasmtime::Store<HostState>,
+    ) -> GuestExports {
+        let memory = instance.get_memory(&mut *store, "memory");
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut *store, "proxy_on_memory_allocate")
+            .or_else(|_| instance.get_typed_func::<i32, i32>(&mut *store, "malloc"))
+            .ok();
+        GuestExports { memory, alloc }
+    }
+}
+
+/// The request being filtered.
+#[derive(Debug, Default)]
+pub struct HttpState {
+    pub(crate) request_headers: Vec<(String, String)>,
+    pub(crate) response_headers: Vec<(String, String)>,
+    pub(crate) request_body: Vec<u8>,
+    pub(crate) response_body: Vec<u8>,
+    /// What `proxy_get_property` answers; shared by every plugin on the route.
+    pub(crate) properties: Arc<[(String, Vec<u8>)]>,
+    pub(crate) local_response: Option<LocalResponse>,
+    pub(crate) headers_added: usize,
+    /// Whether `proxy_http_call` may be used now (the request phase).
+    pub(crate) calls_allowed: bool,
+    /// Calls made in this request (against `max_http_calls`).
+    pub(crate) calls_made: usize,
+    /// Calls made by the hook now running, for the gateway to perform.
+    pub(crate) calls: Vec<HttpCall>,
+    /// The answer being delivered to `proxy_on_http_call_response`.
+    pub(crate) call_response: Option<HttpCallResponse>,
+    /// The plugin asked to resume the paused request.
+    pub(crate) resumed: bool,
+    /// The request headers went upstream: readable, no longer writable.
+    pub(crate) request_headers_sent: bool,
+}
+
+type Ctx<'a> = Caller<'a, HostState>;
+
+use headers::count_added;
+use memory::{give, read, read_str, write_u32, write_u64, Guest};
+
+/// `?` for a host function's guest-facing status: an error status is
+/// returned to the plugin, a trap propagates.
+macro_rules! tri {
+    ($e:expr) => {
+        match $e? {
+            Ok(v) => v,
+            Err(status) => return Ok(status as i32),
+        }
+    };
+}
+
+mod buffers;
+mod calls;
+mod headers;
+mod local_response;
+mod logging;
+mod memory;
+mod metrics;
+mod properties;
+mod shared_data;
+mod streams;
+
+/// Functions the ABI defines that this host does not implement: they return
+/// `Unimplemented` (12), never succeed silently. Listed in docs/PLUGINS.md.
+const UNIMPLEMENTED: &[(&str, usize)] = &[
+    ("proxy_set_tick_period_milliseconds", 1),
+    ("proxy_set_property", 4),
+    ("proxy_register_shared_queue", 3),
+    ("proxy_resolve_shared_queue", 5),
+    ("proxy_dequeue_shared_queue", 3),
+    ("proxy_enqueue_shared_queue", 3),
+    ("proxy_grpc_call", 12),
+    ("proxy_grpc_stream", 9),
+    ("proxy_grpc_send", 4),
+    ("proxy_grpc_cancel", 1),
+    ("proxy_grpc_close", 1),
+    ("proxy_get_status", 3),
+    ("proxy_call_foreign_function", 6),
+    ("proxy_close_stream", 1),
+    ("proxy_clear_route_cache", 0),
+    ("proxy_get_header_map_size", 2),
+];
+
+/// Every host function, on `linker`: the table of the ABI's imports.
+pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    for &(name, arity) in UNIMPLEMENTED {
+        let ty = wasmtime::FuncType::new(
+            linker.engine(),
+            std::iter::repeat_n(wasmtime::ValType::I32, arity),
+            [wasmtime::ValType::I32],
+        );
+        linker.func_new("env", name, ty, |_caller, _args, results| {
+            results[0] = wasmtime::Val::I32(Status::Unimplemented as i32);
+            Ok(())
+        })?;
+    }
+    linker.func_wrap("env", "proxy_log", logging::proxy_log)?;
+    linker.func_wrap("env", "proxy_get_log_level", logging::proxy_get_log_level)?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        logging::proxy_get_current_time_nanoseconds,
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_buffer_bytes",
+        buffers::proxy_get_buffer_bytes,
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_buffer_bytes",
+        buffers::proxy_set_buffer_bytes,
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        headers::proxy_get_header_map_pairs,
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        headers::proxy_set_header_map_pairs,
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_value",
+        headers::proxy_get_header_map_value,
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_replace_header_map_value",
+        headers::proxy_replace_header_map_value,
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_add_header_map_value",
+        headers::proxy_add_header_map_value,
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        headers::proxy_remove_header_map_value,
+    )?;
+    linker.func_wrap("env", "proxy_get_property", properties::proxy_get_property)?;
+    linker.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        // status, (details, body, headers: pointer and length each), gRPC
+        // status. Details and the gRPC status are not used.
+        |c: Ctx<'_>,
+         status: i32,
+         _dp: i32,
+         _dl: i32,
+         bp: i32,
+         bl: i32,
+         hp: i32,
+         hl: i32,
+         _grpc: i32| {
+            let at = |ptr, len| Guest { ptr, len };
+            local_response::proxy_send_local_response(c, status, at(bp, bl), at(hp, hl))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        shared_data::proxy_get_shared_data,
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        shared_data::proxy_set_shared_data,
+    )?;
+    linker.func_wrap("env", "proxy_define_metric", metrics::proxy_define_metric)?;
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        metrics::proxy_increment_metric,
+    )?;
+    linker.func_wrap("env", "proxy_record_metric", metrics::proxy_record_metric)?;
+    linker.func_wrap("env", "proxy_get_metric", metrics::proxy_get_metric)?;
+    linker.func_wrap(
+        "env",
+        "proxy_http_call",
+        // (upstream, headers, body, trailers: pointer and length each),
+        // timeout, token out. Trailers are not sent.
+        |c: Ctx<'_>,
+         up: i32,
+         ul: i32,
+         hp: i32,
+         hl: i32,
+         bp: i32,
+         bl: i32,
+         _tp: i32,
+         _tl: i32,
+         timeout: i32,
+         out: i32| {
+            let at = |ptr, len| Guest { ptr, len };
+            calls::proxy_http_call(c, at(up, ul), at(hp, hl), at(bp, bl), timeout, out)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        streams::proxy_set_effective_context,
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        streams::proxy_continue_stream,
+    )?;
+    for name in ["proxy_continue_request", "proxy_continue_response"] {
+        linker.func_wrap("env", name, streams::proxy_continue)?;
+    }
+    linker.func_wrap("env", "proxy_done", streams::proxy_done)?;
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! Contexts and streams: one HTTP context per instance at a time, so the effective context is always the current one (the SDK sets it before each callback); resuming a paused request.
+
+use super::*;
+
+pub(super) fn proxy_set_effective_context(_c: Ctx<'_>, _id: i32) -> i32 {
+    Status::Ok as i32
+}
+
+pub(super) fn proxy_continue_stream(mut c: Ctx<'_>, _stream: i32) -> i32 {
+    c.data_mut().http.resumed = true;
+    Status::Ok as i32
+}
+
+/// `proxy_continue_request` and `proxy_continue_response` (ABI 0.2.0).
+pub(super) fn proxy_continue(mut c: Ctx<'_>) -> i32 {
+    c.data_mut().http.resumed = true;
+    Status::Ok as i32
+}
+
+/// `proxy_done`: nothing to finish.
+pub(super) fn proxy_done(_c: Ctx<'_>) -> i32 {
+    Status::Ok as i32
+}
