@@ -22,12 +22,27 @@ use tokio::sync::Semaphore;
 /// Why a prompt was refused; the message names the request field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PromptError {
-    /// The request is wrong (too long, no chat template, template failure).
-    #[error("{0}")]
-    Invalid(String),
+    /// The request is wrong (too long, no chat template, template failure):
+    /// `field` is the request field at fault, as the proto names it.
+    #[error("{message}")]
+    Invalid {
+        /// The field, e.g. `prompt` or `chat.messages[2]`.
+        field: String,
+        /// What is wrong, naming the limit.
+        message: String,
+    },
     /// The tokenizer failed; the detail is for the log.
     #[error("tokenizer: {0}")]
     Internal(String),
+}
+
+impl PromptError {
+    fn invalid(field: &str, message: String) -> Self {
+        PromptError::Invalid {
+            field: field.to_string(),
+            message,
+        }
+    }
 }
 
 /// What to encode.
@@ -117,7 +132,7 @@ impl PromptEncoder {
         let bytes = prompt.client_bytes();
         let cannot_fit = self.bytes_that_cannot_fit(max_context);
         if bytes >= cannot_fit {
-            return Err(PromptError::Invalid(format!(
+            return Err(PromptError::invalid(field, format!(
                 "{field} is {bytes} bytes of text: at least {} tokens, more than max_context {max_context}",
                 bytes / self.longest_token_bytes
             )));
@@ -154,7 +169,10 @@ impl PromptEncoder {
 
     fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>, PromptError> {
         let template = self.chat.as_ref().ok_or_else(|| {
-            PromptError::Invalid("the model has no chat template; send a prompt instead".into())
+            PromptError::invalid(
+                "chat",
+                "the model has no chat template; send a prompt instead".into(),
+            )
         })?;
         let stand_ins: Vec<Message> = messages
             .iter()
@@ -165,7 +183,10 @@ impl PromptEncoder {
             })
             .collect();
         let rendered = template.render(&stand_ins).map_err(|e| {
-            PromptError::Invalid(format!("chat.messages: the chat template failed: {e}"))
+            PromptError::invalid(
+                "chat.messages",
+                format!("chat.messages: the chat template failed: {e}"),
+            )
         })?;
         // Template text and message contents alternate; each content must
         // appear exactly where the template put its placeholder, in order.
@@ -174,7 +195,7 @@ impl PromptEncoder {
         for (i, m) in messages.iter().enumerate() {
             let mark = &stand_ins[i].content;
             let at = rest.find(mark.as_str()).ok_or_else(|| {
-                PromptError::Invalid(format!(
+                PromptError::invalid(&format!("chat.messages[{i}]"), format!(
                     "chat.messages[{i}]: the chat template does not place the message's content as given"
                 ))
             })?;
@@ -183,7 +204,8 @@ impl PromptEncoder {
             rest = &rest[at + mark.len()..];
         }
         if rest.contains(self.placeholder.as_str()) {
-            return Err(PromptError::Invalid(
+            return Err(PromptError::invalid(
+                "chat.messages",
                 "chat.messages: the chat template repeats a message's content".into(),
             ));
         }

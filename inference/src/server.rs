@@ -78,7 +78,7 @@ impl State {
         }
         let models = self.models()?;
         if name.is_empty() {
-            return Err(Status::invalid_argument("model must be set"));
+            return Err(invalid("model", "model must be set"));
         }
         models.get(name).ok_or_else(|| {
             let known: Vec<&str> = models.keys().map(String::as_str).collect();
@@ -99,9 +99,7 @@ pub struct Service {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-fn invalid(message: String) -> Status {
-    Status::invalid_argument(message)
-}
+use gantry_proto::violation::invalid_field as invalid;
 
 fn queue_full(model: &str, max_queued: usize) -> Status {
     let mut status = Status::resource_exhausted(format!(
@@ -153,13 +151,16 @@ impl Service {
             s.max_tokens as usize
         };
         if s.max_tokens as usize > limits.max_tokens {
-            return Err(invalid(format!(
-                "sampling.max_tokens must be between 1 and {} for model {name}",
-                limits.max_tokens
-            )));
+            return Err(invalid(
+                "sampling.max_tokens",
+                format!(
+                    "sampling.max_tokens must be between 1 and {} for model {name}",
+                    limits.max_tokens
+                ),
+            ));
         }
         if max_tokens > room || max_tokens == 0 {
-            return Err(invalid(format!(
+            return Err(invalid("sampling.max_tokens", format!(
                 "sampling.max_tokens ({max_tokens}) plus the prompt ({prompt_len} tokens) must fit max_context {} for model {name}",
                 limits.max_context
             )));
@@ -168,23 +169,32 @@ impl Service {
             limits::check_sampling(s.temperature, s.top_p, s.repetition_penalty)
         {
             debug_assert!(message.starts_with(field));
-            return Err(invalid(format!("sampling.{message}")));
+            return Err(invalid(
+                format!("sampling.{field}"),
+                format!("sampling.{message}"),
+            ));
         }
         let temperature = limits::effective_temperature(s.temperature.unwrap_or(0.0));
         let top_p = s.top_p.unwrap_or(1.0);
         let repetition_penalty = s.repetition_penalty.unwrap_or(1.0);
         if s.stop.len() > MAX_STOP_SEQUENCES {
-            return Err(invalid(format!(
-                "sampling.stop has {} entries; at most {MAX_STOP_SEQUENCES}",
-                s.stop.len()
-            )));
+            return Err(invalid(
+                "sampling.stop",
+                format!(
+                    "sampling.stop has {} entries; at most {MAX_STOP_SEQUENCES}",
+                    s.stop.len()
+                ),
+            ));
         }
         for (i, stop) in s.stop.iter().enumerate() {
             if stop.is_empty() || stop.len() > MAX_STOP_BYTES {
-                return Err(invalid(format!(
-                    "sampling.stop[{i}] must be 1 to {MAX_STOP_BYTES} bytes (got {})",
-                    stop.len()
-                )));
+                return Err(invalid(
+                    format!("sampling.stop[{i}]"),
+                    format!(
+                        "sampling.stop[{i}] must be 1 to {MAX_STOP_BYTES} bytes (got {})",
+                        stop.len()
+                    ),
+                ));
             }
         }
         Ok(Sampler {
@@ -210,12 +220,16 @@ impl Service {
         let (text, field) = match input {
             None => {
                 return Err(invalid(
+                    "input",
                     "one of prompt, chat or token_ids must be set".to_string(),
                 ))
             }
             Some(Input::TokenIds(t)) => {
                 if t.ids.is_empty() {
-                    return Err(invalid("token_ids.ids must not be empty".to_string()));
+                    return Err(invalid(
+                        "token_ids.ids",
+                        "token_ids.ids must not be empty".to_string(),
+                    ));
                 }
                 if let Some((i, id)) = t
                     .ids
@@ -223,7 +237,7 @@ impl Service {
                     .enumerate()
                     .find(|(_, &id)| id as usize >= vocab)
                 {
-                    return Err(invalid(format!(
+                    return Err(invalid(format!("token_ids.ids[{i}]"), format!(
                         "token_ids.ids[{i}] = {id} is not below the vocabulary size {vocab} of model {name}"
                     )));
                 }
@@ -231,26 +245,30 @@ impl Service {
             }
             Some(Input::Prompt(p)) => {
                 if p.is_empty() {
-                    return Err(invalid("prompt must not be empty".to_string()));
+                    return Err(invalid("prompt", "prompt must not be empty".to_string()));
                 }
                 (PromptText::Text(p), "prompt")
             }
             Some(Input::Chat(c)) => {
                 if c.messages.is_empty() {
-                    return Err(invalid("chat.messages must not be empty".to_string()));
+                    return Err(invalid(
+                        "chat.messages",
+                        "chat.messages must not be empty".to_string(),
+                    ));
                 }
                 for (i, m) in c.messages.iter().enumerate() {
                     if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-                        return Err(invalid(format!(
+                        return Err(invalid(format!("chat.messages[{i}].role"), format!(
                             "chat.messages[{i}].role must be one of system, user, assistant (got `{}`)",
                             m.role.chars().take(32).collect::<String>()
                         )));
                     }
                 }
                 if !prompts.has_chat_template() {
-                    return Err(invalid(format!(
-                        "model {name} has no chat template; send a prompt instead"
-                    )));
+                    return Err(invalid(
+                        "chat",
+                        format!("model {name} has no chat template; send a prompt instead"),
+                    ));
                 }
                 let messages = c
                     .messages
@@ -267,7 +285,7 @@ impl Service {
             .encode(text, field, max_context)
             .await
             .map_err(|e| match e {
-                PromptError::Invalid(message) => invalid(message),
+                PromptError::Invalid { field, message } => invalid(field, message),
                 PromptError::Internal(detail) => {
                     tracing::error!(target: "gantry::backend", model = %name, error = %detail, "tokenizing a prompt failed");
                     Status::internal("tokenizing the prompt failed")
@@ -334,26 +352,33 @@ impl Service {
             vocab,
         } = &model.served
         else {
-            return Err(invalid(format!(
-                "model {name} is an embedding model; call Embed"
-            )));
+            return Err(invalid(
+                "model",
+                format!("model {name} is an embedding model; call Embed"),
+            ));
         };
         if req.request_id.len() > MAX_REQUEST_ID_BYTES {
-            return Err(invalid(format!(
-                "request_id is {} bytes; at most {MAX_REQUEST_ID_BYTES}",
-                req.request_id.len()
-            )));
+            return Err(invalid(
+                "request_id",
+                format!(
+                    "request_id is {} bytes; at most {MAX_REQUEST_ID_BYTES}",
+                    req.request_id.len()
+                ),
+            ));
         }
         let prompt = self
             .prompt_ids(name, prompts, *vocab, model.limits.max_context, req.input)
             .await?;
         if prompt.len() >= model.limits.max_context {
-            return Err(invalid(format!(
-                "prompt is {} tokens; at most {} for model {name} (max_context {})",
-                prompt.len(),
-                model.limits.max_context - 1,
-                model.limits.max_context
-            )));
+            return Err(invalid(
+                "prompt",
+                format!(
+                    "prompt is {} tokens; at most {} for model {name} (max_context {})",
+                    prompt.len(),
+                    model.limits.max_context - 1,
+                    model.limits.max_context
+                ),
+            ));
         }
         let sampler = self.validate_sampling(name, &model.limits, prompt.len(), req.sampling)?;
         let request_id = if req.request_id.is_empty() {
@@ -411,17 +436,21 @@ impl Service {
         let model = self.state.model(&req.model)?;
         let name = model.config.name.clone();
         let Served::Embed { embedder, slots } = &model.served else {
-            return Err(invalid(format!(
-                "model {name} is a generation model; call Generate"
-            )));
+            return Err(invalid(
+                "model",
+                format!("model {name} is a generation model; call Generate"),
+            ));
         };
         let limits = model.limits;
         if req.inputs.is_empty() || req.inputs.len() > limits.max_batch {
-            return Err(invalid(format!(
-                "inputs must hold 1 to {} texts for model {name} (got {})",
-                limits.max_batch,
-                req.inputs.len()
-            )));
+            return Err(invalid(
+                "inputs",
+                format!(
+                    "inputs must hold 1 to {} texts for model {name} (got {})",
+                    limits.max_batch,
+                    req.inputs.len()
+                ),
+            ));
         }
         let permit = slots.clone().try_acquire_owned().map_err(|_| {
             self.metrics.queue_rejection(&name);
@@ -439,10 +468,13 @@ impl Service {
                 .enumerate()
                 .find(|(_, &n)| n > limits.max_context)
             {
-                return Err(invalid(format!(
-                    "inputs[{i}] is {n} tokens; at most {} for model {name}",
-                    limits.max_context
-                )));
+                return Err(invalid(
+                    format!("inputs[{i}]"),
+                    format!(
+                        "inputs[{i}] is {n} tokens; at most {} for model {name}",
+                        limits.max_context
+                    ),
+                ));
             }
             let vectors = embedder
                 .embed(&req.inputs)

@@ -10,6 +10,7 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod limits;
+pub mod violation;
 
 /// The `.proto` source, for tools that want to hand it to other clients.
 pub const PROTO_SOURCE: &str = include_str!("../gantry/inference/v1/inference.proto");

@@ -173,6 +173,18 @@ async fn every_invalid_field_is_named_with_its_limit() {
             "got {:?}, want {message:?}",
             status.message()
         );
+        if code == Code::InvalidArgument {
+            // The field travels as data (google.rpc.BadRequest), and is the
+            // one the message starts with, or the model's or the input's.
+            let field = gantry_proto::violation::violated_field(&status)
+                .unwrap_or_else(|| panic!("no field violation in {:?}", status.message()));
+            assert!(
+                status.message().starts_with(&field)
+                    || ["model", "input"].contains(&field.as_str()),
+                "{field:?} for {:?}",
+                status.message()
+            );
+        }
     }
     // Embed refusals.
     let embed = |inputs: Vec<String>| pb::EmbedRequest {

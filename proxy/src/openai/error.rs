@@ -217,7 +217,8 @@ impl ApiError {
         let message = status.message();
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-                let param = backend_param(message, prompt_param);
+                let param = gantry_proto::violation::violated_field(status)
+                    .and_then(|field| openai_param(&field, prompt_param));
                 let mut e = Self::new(
                     400,
                     "invalid_request_error",
@@ -304,25 +305,25 @@ impl ApiError {
     }
 }
 
-/// The backend names protobuf fields in its messages (`sampling.max_tokens must
-/// ...`, `chat.messages[1].role ...`, `prompt is 600 tokens ...`); name the
-/// OpenAI parameter instead.
-fn backend_param(message: &str, prompt_param: &str) -> Option<String> {
-    let first = message.split([' ', '(']).next().unwrap_or("");
-    if let Some(field) = first.strip_prefix("sampling.") {
-        let field = field.split('[').next().unwrap_or(field);
-        return Some(field.to_string());
+/// The OpenAI parameter of a backend request field (a proto path from the
+/// refusal's field violation): the table from `gantry.inference.v1` fields to
+/// the API's. `prompt_param` is the request's input parameter (`messages` or
+/// `prompt`) for fields that hold the prompt.
+fn openai_param(field: &str, prompt_param: &str) -> Option<String> {
+    let root_end = field.find(['.', '[']).unwrap_or(field.len());
+    let (root, rest) = field.split_at(root_end);
+    let rest = rest.strip_prefix('.').unwrap_or(rest);
+    match root {
+        // `sampling.stop[2]` is the API's `stop`.
+        "sampling" => Some(rest.split('[').next().unwrap_or(rest).to_string()),
+        // `chat.messages[1].role` is the API's `messages[1].role`.
+        "chat" if !rest.is_empty() => Some(rest.to_string()),
+        "chat" | "prompt" | "token_ids" | "input" => Some(prompt_param.to_string()),
+        // `inputs[3]` is the API's `input[3]`.
+        "inputs" => Some(format!("input{rest}")),
+        "model" => Some("model".to_string()),
+        _ => None,
     }
-    if let Some(rest) = first.strip_prefix("chat.") {
-        return Some(rest.to_string());
-    }
-    if first == "prompt" || first.starts_with("token_ids") || first == "chat" {
-        return Some(prompt_param.to_string());
-    }
-    if first.starts_with("inputs") {
-        return Some(first.replacen("inputs", "input", 1));
-    }
-    None
 }
 
 #[cfg(test)]
@@ -330,38 +331,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backend_messages_name_the_openai_parameter() {
+    fn backend_refusals_name_the_openai_parameter() {
+        // (the refused field, the backend's message, the request's prompt
+        // parameter, the OpenAI parameter named)
         let cases = [
             (
+                Some("sampling.max_tokens"),
                 "sampling.max_tokens must be between 1 and 256 for model m",
                 "messages",
                 Some("max_tokens"),
             ),
             (
+                Some("sampling.stop[2]"),
                 "sampling.stop[2] must be 1 to 64 bytes (got 70)",
                 "messages",
                 Some("stop"),
             ),
             (
+                Some("prompt"),
                 "prompt is 600 tokens; at most 511",
                 "prompt",
                 Some("prompt"),
             ),
             (
+                Some("chat.messages[1].role"),
                 "chat.messages[1].role must be one of system, user, assistant",
                 "messages",
                 Some("messages[1].role"),
             ),
             (
+                Some("inputs[3]"),
                 "inputs[3] is 600 tokens; at most 512",
                 "input",
                 Some("input[3]"),
             ),
-            ("something else", "messages", None),
+            (
+                Some("token_ids.ids[4]"),
+                "token_ids.ids[4] = 99999 is not below the vocabulary size",
+                "prompt",
+                Some("prompt"),
+            ),
+            (
+                Some("request_id"),
+                "request_id is 300 bytes; at most 256",
+                "messages",
+                None,
+            ),
+            // A refusal without a field violation names no parameter, whatever
+            // its text says.
+            (
+                None,
+                "sampling.max_tokens must be between 1 and 256",
+                "messages",
+                None,
+            ),
         ];
-        for (message, prompt, want) in cases {
-            let e =
-                ApiError::from_status(&tonic::Status::invalid_argument(message), prompt, "p", "r");
+        for (field, message, prompt, want) in cases {
+            let status = match field {
+                Some(field) => gantry_proto::violation::invalid_field(field, message),
+                None => tonic::Status::invalid_argument(message),
+            };
+            let e = ApiError::from_status(&status, prompt, "p", "r");
             assert_eq!(e.status, 400, "{message}");
             assert_eq!(e.param.as_deref(), want, "{message}");
             assert_eq!(e.message, message);
