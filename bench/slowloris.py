@@ -2,14 +2,15 @@
 """Slowloris against Gantry: N connections trickle request heads one byte at a
 time from 127.0.0.1 while a well-behaved client on 127.0.0.2 sends requests;
 prints the well-behaved client's success rate and p50/p99, unloaded and under
-attack, as one JSON line.
+attack, as one JSON line. The attacker, the origin and the measuring client
+are separate processes.
 
     python3 bench/slowloris.py target/release/gantry [--connections 1000] [--seconds 20]
 
 The gateway runs with `head_timeout_ms` 2 s and a per-client connection cap
 above N, so the head deadline (not the cap) is what holds the attack off.
 """
-import argparse, asyncio, json, os, socket, statistics, subprocess, tempfile, threading, time
+import argparse, asyncio, json, multiprocessing, os, socket, statistics, subprocess, tempfile, time
 import http.server
 
 
@@ -79,14 +80,30 @@ def summary(took, failed):
             "p99_ms": round(1000 * took[int(len(took) * 0.99) - 1], 2) if took else None}
 
 
-async def run(port, connections, seconds):
-    base = summary(*await good_client(port, 3))
-    stop = asyncio.Event()
-    attackers = [asyncio.create_task(slow_client(port, stop)) for _ in range(connections)]
-    await asyncio.sleep(2)
-    loaded = summary(*await good_client(port, seconds))
-    stop.set()
-    await asyncio.gather(*attackers, return_exceptions=True)
+def attack(port, connections, seconds):
+    """The slow clients, in a process of their own: sharing the measuring
+    client's event loop (or the origin's interpreter) would measure Python's
+    scheduling, not the gateway."""
+    async def go():
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(slow_client(port, stop)) for _ in range(connections)]
+        await asyncio.sleep(seconds)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    asyncio.run(go())
+
+
+def serve_origin(port):
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), Origin).serve_forever()
+
+
+def run(port, connections, seconds):
+    base = summary(*asyncio.run(good_client(port, seconds)))
+    attacker = multiprocessing.Process(target=attack, args=(port, connections, seconds + 4))
+    attacker.start()
+    time.sleep(2)
+    loaded = summary(*asyncio.run(good_client(port, seconds)))
+    attacker.join()
     return base, loaded
 
 
@@ -96,8 +113,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     args = ap.parse_args()
     origin_port, port, admin = free_port(), free_port(), free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", origin_port), Origin)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    origin = multiprocessing.Process(target=serve_origin, args=(origin_port,), daemon=True)
+    origin.start()
     tmp = tempfile.mkdtemp()
     conf = os.path.join(tmp, "gantry.toml")
     with open(conf, "w") as f:
@@ -126,10 +143,10 @@ pool = "origin"
                 socket.create_connection(("127.0.0.1", port), 0.2).close(); break
             except OSError:
                 time.sleep(0.1)
-        base, loaded = asyncio.run(run(port, args.connections, args.seconds))
+        base, loaded = run(port, args.connections, args.seconds)
         print(json.dumps({"slow_connections": args.connections, "unloaded": base, "under_attack": loaded}))
     finally:
-        gw.terminate(); server.shutdown()
+        gw.terminate(); origin.terminate()
 
 
 if __name__ == "__main__":

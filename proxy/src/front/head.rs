@@ -84,9 +84,13 @@ pub(super) async fn read_head(
     let mut complete = false;
     let mut chunk = [0u8; READ_CHUNK];
     let mut shutdown = shutdown.clone();
-    let mut deadline = match wait {
+    let first_deadline = match wait {
         Wait::Until(t) | Wait::Idle(t) => t,
     };
+    // One timer for the whole head, moved once at the first byte of an idle
+    // connection: a head trickled a byte at a time costs no timer per read.
+    let timer = tokio::time::sleep_until(first_deadline.into());
+    tokio::pin!(timer);
     loop {
         // On an h2c listener, bytes that are still the start of the preface
         // may yet become it: read on.
@@ -99,17 +103,20 @@ pub(super) async fn read_head(
         }
         let idle = buf.is_empty() && matches!(wait, Wait::Idle(_));
         let read = tokio::select! {
-            read = tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk)) => read,
+            read = stream.read(&mut chunk) => read,
+            _ = &mut timer => {
+                return if idle { Head::Closed } else { Head::TimedOut };
+            }
             _ = shutdown.changed(), if idle => return Head::Closed,
         };
         match read {
-            Err(_) if idle => return Head::Closed,
-            Err(_) => return Head::TimedOut,
             // Closed, or a partial head then EOF: nothing to answer.
-            Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
-            Ok(Ok(n)) => {
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(n) => {
                 if idle {
-                    deadline = Instant::now() + how.head_timeout;
+                    timer
+                        .as_mut()
+                        .reset((Instant::now() + how.head_timeout).into());
                 }
                 // Only the new bytes (and the 3 before them) can complete the
                 // blank line: a trickled head is not rescanned whole.
