@@ -154,10 +154,11 @@ impl GatewayError {
 
     /// The `gantry_limit_rejections_total` label when a configured limit refused
     /// the request.
-    pub fn limit(&self) -> Option<&'static str> {
+    pub fn limit(&self) -> Option<crate::metrics::Refusal> {
+        use crate::metrics::Refusal;
         match self {
-            GatewayError::HeadersTooLarge { .. } => Some("header_bytes"),
-            GatewayError::BodyTooLarge { .. } => Some("body_bytes"),
+            GatewayError::HeadersTooLarge { .. } => Some(Refusal::HeaderBytes),
+            GatewayError::BodyTooLarge { .. } => Some(Refusal::BodyBytes),
             _ => None,
         }
     }

@@ -1,5 +1,12 @@
 //! Prometheus metrics, one registry per gateway instance (so in-process tests that
 //! run several gateways never mix their counts). Served on the admin listener.
+//!
+//! This file defines every metric and the vocabulary of its fixed labels
+//! ([`Refusal`], [`Handshake`]); call sites record through typed methods
+//! ([`Metrics::refused`], [`Metrics::tls_handshake`]), whose counters are
+//! resolved once. docs/OPERATIONS.md's metric tables are checked against
+//! [`Metrics::catalog`] by a test. Labels taken from configuration (route,
+//! pool, plugin, model names) are closed sets too: see the table's notes.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -11,9 +18,97 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Why work was refused: the `limit` label of `gantry_limit_rejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `limits.max_header_bytes`.
+    HeaderBytes,
+    /// A route's `max_body_bytes`.
+    BodyBytes,
+    /// `limits.max_connections`.
+    Connections,
+    /// `limits.max_connections_per_client`.
+    ClientConnections,
+    /// `limits.head_timeout_ms` (a head, or a TLS handshake).
+    HeadTimeout,
+    /// HTTP/2 SETTINGS or PING frames past their rate.
+    H2ControlFrames,
+    /// An inference pool's `max_messages`.
+    Messages,
+    /// An inference pool's `max_input_bytes`.
+    InputBytes,
+    /// An inference pool's `max_embedding_inputs`.
+    EmbeddingInputs,
+    /// An inference pool's `max_inflight`.
+    InferenceInflight,
+}
+
+impl Refusal {
+    /// Every refusal, in label order.
+    pub const ALL: [Refusal; 10] = [
+        Refusal::HeaderBytes,
+        Refusal::BodyBytes,
+        Refusal::Connections,
+        Refusal::ClientConnections,
+        Refusal::HeadTimeout,
+        Refusal::H2ControlFrames,
+        Refusal::Messages,
+        Refusal::InputBytes,
+        Refusal::EmbeddingInputs,
+        Refusal::InferenceInflight,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::HeaderBytes => "header_bytes",
+            Refusal::BodyBytes => "body_bytes",
+            Refusal::Connections => "connections",
+            Refusal::ClientConnections => "client_connections",
+            Refusal::HeadTimeout => "head_timeout",
+            Refusal::H2ControlFrames => "h2_control_frames",
+            Refusal::Messages => "messages",
+            Refusal::InputBytes => "input_bytes",
+            Refusal::EmbeddingInputs => "embedding_inputs",
+            Refusal::InferenceInflight => "inference_inflight",
+        }
+    }
+}
+
+/// How a TLS handshake ended: the `result` label of `gantry_tls_handshakes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Completed.
+    Ok,
+    /// Refused or broken by the client.
+    Failed,
+    /// Not done by the head deadline.
+    Timeout,
+}
+
+impl Handshake {
+    /// Every result, in label order.
+    pub const ALL: [Handshake; 3] = [Handshake::Ok, Handshake::Failed, Handshake::Timeout];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            Handshake::Failed => "failed",
+            Handshake::Timeout => "timeout",
+        }
+    }
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
+    /// Every metric's name and variable labels, as registered.
+    catalog: Vec<(String, Vec<String>)>,
+    /// `gantry_limit_rejections_total`, one counter per [`Refusal`].
+    refusals: Vec<prometheus::IntCounter>,
+    /// `gantry_tls_handshakes_total`, one counter per [`Handshake`].
+    handshakes: Vec<prometheus::IntCounter>,
     /// `gantry_requests_total{route,status}`
     pub requests: IntCounterVec,
     /// `gantry_request_duration_seconds{route}`
@@ -22,11 +117,6 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     /// `gantry_inflight_requests`
     pub inflight_requests: IntGauge,
-    /// `gantry_limit_rejections_total{limit}`: requests or connections refused by a limit.
-    pub limit_rejections: IntCounterVec,
-    /// `gantry_tls_handshakes_total{result}`: `ok`, `failed` or `timeout`
-    /// (the head deadline passed during the handshake).
-    pub tls_handshakes: IntCounterVec,
     /// `gantry_upstream_retries_total{pool}`
     pub upstream_retries: IntCounterVec,
     /// `gantry_upstream_endpoint_healthy{pool,endpoint}`: 1 healthy, 0 ejected.
@@ -241,6 +331,7 @@ impl Metrics {
             "Wasm plugin hot reloads, by plugin and result (ok, error)",
             &["plugin", "result"],
         );
+        let mut catalog = Vec::new();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(plugin_reloads.clone()),
@@ -267,16 +358,28 @@ impl Metrics {
             Box::new(upstream_retries.clone()),
             Box::new(endpoint_healthy.clone()),
         ] {
+            for d in c.desc() {
+                catalog.push((d.fq_name.clone(), d.variable_labels.clone()));
+            }
             registry.register(c).expect("metric registered once");
         }
+        let refusals = Refusal::ALL
+            .iter()
+            .map(|r| limit_rejections.with_label_values(&[r.as_str()]))
+            .collect();
+        let handshakes = Handshake::ALL
+            .iter()
+            .map(|h| tls_handshakes.with_label_values(&[h.as_str()]))
+            .collect();
         Metrics {
             registry,
+            catalog,
+            refusals,
+            handshakes,
             requests,
             latency,
             open_connections,
             inflight_requests,
-            limit_rejections,
-            tls_handshakes,
             upstream_retries,
             endpoint_healthy,
             inference_requests,
@@ -298,6 +401,26 @@ impl Metrics {
         }
     }
 
+    /// Count work refused by a limit.
+    pub fn refused(&self, why: Refusal) {
+        self.refusals[why as usize].inc();
+    }
+
+    /// The counter of one refusal, for a hot loop that counts it itself.
+    pub fn refusal_counter(&self, why: Refusal) -> prometheus::IntCounter {
+        self.refusals[why as usize].clone()
+    }
+
+    /// Count a finished TLS handshake.
+    pub fn tls_handshake(&self, result: Handshake) {
+        self.handshakes[result as usize].inc();
+    }
+
+    /// Every metric's name and variable labels (what docs/OPERATIONS.md lists).
+    pub fn catalog(&self) -> &[(String, Vec<String>)] {
+        &self.catalog
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -317,5 +440,66 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(name, labels)` of every row of the metric tables in `doc`.
+    fn documented(doc: &str) -> Vec<(String, Vec<String>)> {
+        doc.lines()
+            .filter_map(|line| {
+                let mut cells = line.split('|').map(str::trim).skip(1);
+                let name = cells.next()?.strip_prefix("`gantry_")?.strip_suffix('`')?;
+                // Label names, before any parenthesised values.
+                let labels = cells
+                    .next()?
+                    .split(" (")
+                    .next()?
+                    .split(',')
+                    .filter_map(|l| {
+                        l.trim()
+                            .split(' ')
+                            .next()?
+                            .strip_prefix('`')?
+                            .strip_suffix('`')
+                    })
+                    .map(str::to_string)
+                    .collect();
+                Some((format!("gantry_{name}"), labels))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_operations_docs_list_every_metric_with_its_labels() {
+        let mut docs = documented(include_str!("../../docs/OPERATIONS.md"));
+        docs.extend(documented(include_str!("../../docs/INFERENCE-GATEWAY.md")));
+        docs.sort();
+        let mut exported = Metrics::new().catalog().to_vec();
+        exported.sort();
+        assert_eq!(docs, exported);
+    }
+
+    #[test]
+    fn typed_labels_count_under_their_names() {
+        let m = Metrics::new();
+        m.refused(Refusal::HeadTimeout);
+        m.tls_handshake(Handshake::Timeout);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("gantry_limit_rejections_total{limit=\"head_timeout\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gantry_tls_handshakes_total{result=\"timeout\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gantry_limit_rejections_total{limit=\"body_bytes\"} 0"),
+            "{text}"
+        );
     }
 }

@@ -283,10 +283,7 @@ impl ConnectionFilter for Admission {
             return false;
         }
         if self.metrics.open_connections.get() as usize >= self.max_connections {
-            self.metrics
-                .limit_rejections
-                .with_label_values(&["connections"])
-                .inc();
+            self.metrics.refused(crate::metrics::Refusal::Connections);
             return false;
         }
         true

@@ -37,7 +37,7 @@ mod replay;
 pub use replay::Replay;
 
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
+use crate::metrics::{Handshake, Metrics, Refusal};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use head::{Head, HeadRead, Wait};
@@ -134,22 +134,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> Front<A> {
         let result = tokio::time::timeout_at(deadline.into(), acceptor.tls_handshake(plain)).await;
         let outcome = match result {
             Ok(Ok(tls)) => {
-                self.metrics.tls_handshakes.with_label_values(&["ok"]).inc();
+                self.metrics.tls_handshake(Handshake::Ok);
                 return Some(Box::new(tls));
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
-                "failed"
+                Handshake::Failed
             }
             Err(_) => {
-                self.refused("head_timeout");
-                "timeout"
+                self.metrics.refused(Refusal::HeadTimeout);
+                Handshake::Timeout
             }
         };
-        self.metrics
-            .tls_handshakes
-            .with_label_values(&[outcome])
-            .inc();
+        self.metrics.tls_handshake(outcome);
         None
     }
 
@@ -159,7 +156,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Front<A> {
         let n = clients.entry(ip).or_insert(0);
         if *n >= self.limits.max_connections_per_client {
             drop(clients);
-            self.refused("client_connections");
+            self.metrics.refused(Refusal::ClientConnections);
             return None;
         }
         *n += 1;
@@ -172,18 +169,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> Front<A> {
     /// A frame counter for an HTTP/2 connection (`preface`: the client's bytes
     /// start with the preface, not with a frame).
     fn flood_guard(&self, preface: bool) -> FloodGuard {
-        let tripped = self
-            .metrics
-            .limit_rejections
-            .with_label_values(&["h2_control_frames"]);
+        let tripped = self.metrics.refusal_counter(Refusal::H2ControlFrames);
         FloodGuard::new(preface, tripped)
-    }
-
-    fn refused(&self, limit: &str) {
-        self.metrics
-            .limit_rejections
-            .with_label_values(&[limit])
-            .inc();
     }
 }
 
@@ -276,7 +263,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Front<A> {
     async fn refuse_head(&self, stream: &mut Stream, head: Head) {
         let err = match head {
             Head::TimedOut => {
-                self.refused("head_timeout");
+                self.metrics.refused(Refusal::HeadTimeout);
                 GatewayError::HeadTimeout {
                     limit: self.limits.head_timeout,
                 }

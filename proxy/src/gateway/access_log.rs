@@ -14,10 +14,7 @@ impl Gateway {
         let route = self.route_name(ctx);
         let elapsed = ctx.started.elapsed();
         if let Some(limit) = ctx.error.as_ref().and_then(GatewayError::limit) {
-            self.metrics
-                .limit_rejections
-                .with_label_values(&[limit])
-                .inc();
+            self.metrics.refused(limit);
         }
         self.metrics
             .requests

@@ -37,7 +37,7 @@ pub use generate::Generation;
 pub use reply::{Reply, Whole};
 pub use request::{check_body, check_body_property};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
 use crate::upstream::inference::{InferencePool, PoolSlot};
 use bytes::Bytes;
 use error::{ApiError, DEFAULT_RETRY_AFTER_SECONDS};
@@ -157,10 +157,7 @@ impl Api {
     /// counted unless it was already.
     pub fn refuse(&self, err: &ApiError, outcome: &mut Outcome) -> Whole {
         if err.status == 413 {
-            self.metrics
-                .limit_rejections
-                .with_label_values(&["body_bytes"])
-                .inc();
+            self.metrics.refused(Refusal::BodyBytes);
         }
         if !outcome.counted {
             let model = outcome.model.clone();
@@ -429,19 +426,13 @@ fn find_pool<'a>(
         .copied()
         .ok_or_else(|| ApiError::model_not_found(model, &model_names(pools)))?;
     if let Err(too_large) = check(&pool.config.input) {
-        metrics
-            .limit_rejections
-            .with_label_values(&[too_large.limit])
-            .inc();
+        metrics.refused(too_large.limit);
         return Err(too_large.error);
     }
     match pool.admit() {
         Some(slot) => Ok((pool, slot)),
         None => {
-            metrics
-                .limit_rejections
-                .with_label_values(&["inference_inflight"])
-                .inc();
+            metrics.refused(Refusal::InferenceInflight);
             Err(ApiError::saturated(
                 &pool.config.name,
                 &format!(

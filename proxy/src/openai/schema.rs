@@ -30,7 +30,7 @@ pub struct TooLarge {
     /// The answer.
     pub error: ApiError,
     /// `messages`, `input_bytes` or `embedding_inputs`.
-    pub limit: &'static str,
+    pub limit: crate::metrics::Refusal,
 }
 
 /// Check a summed text size against `max_input_bytes`, naming `param`.
@@ -44,7 +44,7 @@ fn check_input_bytes(param: &str, bytes: usize, limits: &InputLimits) -> Result<
                     limits.max_input_bytes
                 ),
             ),
-            limit: "input_bytes",
+            limit: crate::metrics::Refusal::InputBytes,
         });
     }
     Ok(())
@@ -315,7 +315,7 @@ impl ChatCompletionRequest {
                         limits.max_messages
                     ),
                 ),
-                limit: "messages",
+                limit: crate::metrics::Refusal::Messages,
             });
         }
         let bytes = self.messages.iter().map(ChatMessage::text_len).sum();
@@ -505,7 +505,7 @@ impl EmbeddingRequest {
                         limits.max_embedding_inputs
                     ),
                 ),
-                limit: "embedding_inputs",
+                limit: crate::metrics::Refusal::EmbeddingInputs,
             });
         }
         check_input_bytes("input", bytes, limits)
