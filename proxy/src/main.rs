@@ -6,6 +6,11 @@ use gantry::{Gantry, ShutdownTrigger};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+#[cfg(feature = "backend")]
+mod backend_cli;
+#[cfg(feature = "backend")]
+use backend_cli::{backend_config, model_command, run_backend, ModelCommand};
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -62,6 +67,7 @@ enum Command {
     /// served over gRPC (gantry.inference.v1). Without --config, the embedded
     /// default serves SmolLM2-135M and all-MiniLM-L6-v2 from models/ on
     /// 127.0.0.1:50051 (scripts/setup.sh installs them).
+    #[cfg(feature = "backend")]
     #[command(
         after_help = "Example:\n  gantry backend\n  gantry backend --config config/examples/backend.toml\n  grpcurl -plaintext -d '{\"model\":\"smollm2-135m\",\"prompt\":\"Hi\"}' 127.0.0.1:50051 gantry.inference.v1.Inference/Generate"
     )]
@@ -74,58 +80,9 @@ enum Command {
     #[command(subcommand, after_help = "Example:\n  gantry config check gantry.toml")]
     Config(ConfigCommand),
     /// Model files for device checks and baselines.
+    #[cfg(feature = "backend")]
     #[command(subcommand)]
     Model(ModelCommand),
-}
-
-#[derive(Subcommand)]
-enum ModelCommand {
-    /// Write a llama GGUF with SmolLM2-135M's exact shapes (or tiny ones) and
-    /// deterministic random weights: the same file on every machine.
-    #[command(after_help = "Example:\n  gantry model synthetic /tmp/smollm2-shapes.gguf")]
-    Synthetic {
-        /// Output file.
-        out: PathBuf,
-        /// Seed of the weights.
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// Tiny shapes (2 layers, hidden 64) instead of SmolLM2-135M's.
-        #[arg(long)]
-        tiny: bool,
-    },
-    /// Export a llama GGUF to the Hugging Face layout (config.json +
-    /// model.safetensors) for PyTorch transformers and stock candle: same weights,
-    /// Q/K rows in the order their rotary embedding expects.
-    #[command(
-        after_help = "Example:\n  gantry model export-hf /tmp/smollm2-shapes.gguf /tmp/smollm2-hf --dtype bf16"
-    )]
-    ExportHf {
-        /// The GGUF file.
-        gguf: PathBuf,
-        /// Output directory.
-        dir: PathBuf,
-        /// Weight type: f32, bf16 or f16.
-        #[arg(long, default_value = "bf16", value_parser = ["f32", "bf16", "f16"])]
-        dtype: String,
-    },
-}
-
-fn model_command(command: ModelCommand) -> anyhow::Result<()> {
-    use gantry_inference::synthetic::SyntheticShape;
-    match command {
-        ModelCommand::Synthetic { out, seed, tiny } => {
-            let shape = if tiny {
-                SyntheticShape::TINY
-            } else {
-                SyntheticShape::SMOLLM2_135M
-            };
-            gantry_inference::synthetic::write_llama_gguf(&out, shape, seed)
-        }
-        ModelCommand::ExportHf { gguf, dir, dtype } => {
-            let dtype = gantry_inference::hf::dtype_named(&dtype)?;
-            gantry_inference::hf::export_llama(&gguf, &dir, dtype)
-        }
-    }
 }
 
 #[derive(Subcommand)]
@@ -166,47 +123,10 @@ fn load(path: &Path) -> anyhow::Result<gantry_config::Config> {
     Ok(gantry_config::load(path)?)
 }
 
-fn backend_config(path: Option<PathBuf>) -> anyhow::Result<gantry_config::backend::BackendConfig> {
-    use gantry_config::backend;
-    Ok(match path {
-        Some(p) => backend::load_backend(&p)?,
-        None => backend::parse_backend(
-            backend::EMBEDDED_BACKEND_DEFAULT,
-            "<embedded backend default>",
-            Path::new(backend::EMBEDDED_BACKEND_BASE),
-        )?,
-    })
-}
-
-fn run_backend(config: gantry_config::backend::BackendConfig) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("gantry-grpc")
-        .build()?;
-    runtime.block_on(async move {
-        let server = gantry_inference::Backend::start(config).await?;
-        tracing::info!(target: "gantry::backend", addr = %server.addr, "listening (NOT_SERVING until the models are warm)");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-            r = server.ready() => {
-                r?;
-                tracing::info!(target: "gantry::backend", "SERVING");
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-        }
-        tracing::info!(target: "gantry::backend", "draining: NOT_SERVING, running streams get the grace period");
-        server.shutdown().await
-    })
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
+        #[cfg(feature = "backend")]
         Command::Backend { config } => {
             init_logging(cli.log_format);
             return match backend_config(config).and_then(run_backend) {
@@ -218,6 +138,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Config(ConfigCommand::Check { files }) => return check(&files),
+        #[cfg(feature = "backend")]
         Command::Model(command) => {
             return match model_command(command) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -272,6 +193,7 @@ fn serve(
             Path::new(gantry_config::EMBEDDED_DEFAULT_DIR),
         )?,
     };
+    #[cfg(feature = "backend")]
     let backend = if no_backend {
         None
     } else {
@@ -281,6 +203,13 @@ fn serve(
                 .name("gantry-backend".into())
                 .spawn(move || run_backend(config))?,
         )
+    };
+    #[cfg(not(feature = "backend"))]
+    let backend: Option<std::thread::JoinHandle<anyhow::Result<()>>> = match (no_backend, backend_path) {
+        (_, Some(_)) => anyhow::bail!(
+            "this gantry was built without the model runtime (the `backend` feature): it serves the gateway only"
+        ),
+        _ => None,
     };
     // A gateway that could not start returns at once; exiting the process then
     // stops the backend too. Otherwise both got the shutdown signal: wait for the
