@@ -16,6 +16,12 @@ echo "== cargo deny: licenses, bans, sources (advisories by hand, see deny.toml)
 cargo deny check licenses bans sources
 echo "== cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== the gateway-only build (no model runtime) compiles and links no candle"
+cargo clippy --locked -p gantry --no-default-features --bins -- -D warnings
+if cargo tree --locked -p gantry --no-default-features -e normal | grep -q candle; then
+    echo "gantry --no-default-features links candle" >&2
+    exit 1
+fi
 echo "== cargo test"
 log=$(mktemp)
 cargo test --locked --workspace 2>&1 | tee "$log"
