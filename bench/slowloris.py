@@ -5,7 +5,11 @@ prints the well-behaved client's success rate and p50/p99, unloaded and under
 attack, as one JSON line. The attacker, the origin and the measuring client
 are separate processes.
 
-    python3 bench/slowloris.py target/release/gantry [--connections 1000] [--seconds 20]
+    python3 bench/slowloris.py target/release/gantry [--connections 1000] [--seconds 20] [--nginx]
+
+`--nginx` runs the same attack on nginx (Debian's, one worker,
+`client_header_timeout 2s`) in front of the same origin, as the anchor: what
+the machine itself adds to the well-behaved client's tail under the attack.
 
 The gateway runs with `head_timeout_ms` 2 s and a per-client connection cap
 above N, so the head deadline (not the cap) is what holds the attack off.
@@ -80,6 +84,14 @@ def summary(took, failed):
             "p99_ms": round(1000 * took[int(len(took) * 0.99) - 1], 2) if took else None}
 
 
+def wait_port(port):
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
+        except OSError:
+            time.sleep(0.1)
+
+
 def attack(port, connections, seconds):
     """The slow clients, in a process of their own: sharing the measuring
     client's event loop (or the origin's interpreter) would measure Python's
@@ -111,6 +123,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("gantry"); ap.add_argument("--connections", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--nginx", action="store_true", help="measure nginx too, as the anchor")
     args = ap.parse_args()
     origin_port, port, admin = free_port(), free_port(), free_port()
     origin = multiprocessing.Process(target=serve_origin, args=(origin_port,), daemon=True)
@@ -137,16 +150,30 @@ pool = "origin"
 """)
     gw = subprocess.Popen([args.gantry, "gateway", "--config", conf],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [gw]
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close(); break
-            except OSError:
-                time.sleep(0.1)
+        wait_port(port)
         base, loaded = run(port, args.connections, args.seconds)
-        print(json.dumps({"slow_connections": args.connections, "unloaded": base, "under_attack": loaded}))
+        report = {"slow_connections": args.connections, "gantry": {"unloaded": base, "under_attack": loaded}}
+        if args.nginx:
+            nginx_port = free_port()
+            with open(os.path.join(tmp, "nginx.conf"), "w") as f:
+                f.write(f"""daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;
+worker_processes 1;
+events {{ worker_connections {args.connections * 2 + 100}; }}
+http {{ access_log off; client_body_temp_path {tmp}; client_header_timeout 2s;
+  server {{ listen 127.0.0.1:{nginx_port};
+    location / {{ proxy_pass http://127.0.0.1:{origin_port}; proxy_http_version 1.1; }} }} }}
+""")
+            procs.append(subprocess.Popen(["nginx", "-c", f"{tmp}/nginx.conf"], stderr=subprocess.DEVNULL))
+            wait_port(nginx_port)
+            base, loaded = run(nginx_port, args.connections, args.seconds)
+            report["nginx"] = {"unloaded": base, "under_attack": loaded}
+        print(json.dumps(report))
     finally:
-        gw.terminate(); origin.terminate()
+        for p in procs:
+            p.terminate()
+        origin.terminate()
 
 
 if __name__ == "__main__":

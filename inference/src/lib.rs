@@ -3,22 +3,23 @@
 //!
 //! * [`llama`] — a llama decoder with a ragged batched forward over candle's
 //!   quantized matmuls (one forward per step for every running sequence);
-//! * [`engine`] — the scheduler: admission, chunked prefill, sampling, stop
+//! * [`scheduler`] — continuous batching: admission, chunked prefill, sampling, stop
 //!   strings, cancellation and load reporting;
 //! * [`embed`] — BERT sentence embeddings;
 //! * [`server`] — the gRPC service, health and lifecycle.
 
 pub mod chat;
+pub mod devtools;
 pub mod embed;
-pub mod engine;
-pub mod hf;
-pub mod host_attention;
+pub(crate) mod host_attention;
 pub mod llama;
-pub mod metrics;
+pub(crate) mod metrics;
+pub mod models;
 pub mod prompt;
+pub mod scheduler;
 pub mod sequence;
 pub mod server;
-pub mod synthetic;
+pub(crate) mod service;
 pub mod tokenizer;
 
 pub use server::Backend;

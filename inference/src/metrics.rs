@@ -5,7 +5,7 @@
 //! (`gantry_backend_queue_rejections_total`). Queue depth, running sequences and KV
 //! cache bytes are read from the schedulers at scrape time.
 
-use crate::engine::GenerateEngine;
+use crate::scheduler::GenerateEngine;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus::{

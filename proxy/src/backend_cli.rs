@@ -37,7 +37,7 @@ pub enum ModelCommand {
 }
 
 pub fn model_command(command: ModelCommand) -> anyhow::Result<()> {
-    use gantry_inference::synthetic::SyntheticShape;
+    use gantry_inference::devtools::synthetic::SyntheticShape;
     match command {
         ModelCommand::Synthetic { out, seed, tiny } => {
             let shape = if tiny {
@@ -45,11 +45,11 @@ pub fn model_command(command: ModelCommand) -> anyhow::Result<()> {
             } else {
                 SyntheticShape::SMOLLM2_135M
             };
-            gantry_inference::synthetic::write_llama_gguf(&out, shape, seed)
+            gantry_inference::devtools::synthetic::write_llama_gguf(&out, shape, seed)
         }
         ModelCommand::ExportHf { gguf, dir, dtype } => {
-            let dtype = gantry_inference::hf::dtype_named(&dtype)?;
-            gantry_inference::hf::export_llama(&gguf, &dir, dtype)
+            let dtype = gantry_inference::devtools::hf::dtype_named(&dtype)?;
+            gantry_inference::devtools::hf::export_llama(&gguf, &dir, dtype)
         }
     }
 }

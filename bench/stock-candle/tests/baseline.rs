@@ -2,9 +2,9 @@
 
 use candle_core::{DType, Device};
 use gantry_config::backend::Quantization;
-use gantry_inference::hf::export_llama;
+use gantry_inference::devtools::hf::export_llama;
+use gantry_inference::devtools::synthetic::{write_llama_gguf_with, SyntheticShape};
 use gantry_inference::llama::{argmax_rows, Llama};
-use gantry_inference::synthetic::{write_llama_gguf_with, SyntheticShape};
 use stock_candle::Baseline;
 
 #[test]

@@ -2,8 +2,8 @@ use candle_core::Device;
 use gantry_config::backend::{
     BackendConfig, DeviceSpec, ModelConfig, ModelKind, ModelLimits, Quantization,
 };
+use gantry_inference::devtools::synthetic::{write_llama_gguf, SyntheticShape};
 use gantry_inference::llama::{Llama, LoadedGguf};
-use gantry_inference::synthetic::{write_llama_gguf, SyntheticShape};
 use gantry_proto::v1 as pb;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -37,7 +37,7 @@ pub fn device_spec() -> DeviceSpec {
 }
 
 pub fn device() -> Device {
-    gantry_inference::server::device(device_spec()).expect("test device")
+    gantry_inference::models::device(device_spec()).expect("test device")
 }
 
 /// Weight format under test: q8_0 on CPU, bf16 on CUDA, or `GANTRY_TEST_QUANT`.

@@ -4,9 +4,9 @@
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama as stock;
 use gantry_config::backend::Quantization;
-use gantry_inference::hf::export_llama;
+use gantry_inference::devtools::hf::export_llama;
+use gantry_inference::devtools::synthetic::{write_llama_gguf_with, SyntheticShape};
 use gantry_inference::llama::{argmax_rows, Llama};
-use gantry_inference::synthetic::{write_llama_gguf_with, SyntheticShape};
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a

@@ -2,8 +2,8 @@
 
 use crate::common::*;
 use gantry_config::backend::ModelLimits;
-use gantry_inference::engine::{Event, Finish, GenerateEngine, Job, SubmitError};
 use gantry_inference::llama::Llama;
+use gantry_inference::scheduler::{Event, Finish, GenerateEngine, Job, SubmitError};
 use gantry_inference::sequence::Sampler;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
