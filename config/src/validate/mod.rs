@@ -1,0 +1,322 @@
+//! From [`FileConfig`] to [`Config`]: fill defaults, parse, and collect every problem.
+
+use crate::file::*;
+use crate::{
+    AdminAccess, Certificate, Config, HashKey, HeaderRewrite, HealthCheck, InferencePool,
+    InputLimits, Limits, Listener, PluginRef, Pool, Problem, Route, Target, Tls,
+};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+mod pools;
+mod routes;
+mod tls;
+
+use pools::{convert_inference_pool, convert_pool};
+use routes::{check_header_name, convert_route, valid_host_pattern};
+use tls::convert_tls;
+
+/// Deserialize strictly, turning serde's first error into a [`Problem`] with the field
+/// path, the line, and for an unknown field the nearest valid name.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Problem> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize::<_, T>(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let mut message = inner.message().trim().to_string();
+        if let Some(hint) = nearest_field_hint(&message) {
+            message.push_str(&hint);
+        }
+        if let Some(span) = inner.span() {
+            let line = text.as_bytes()[..span.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            message = format!("{message} (line {line})");
+        }
+        Problem {
+            path: if path == "." { String::new() } else { path },
+            message,
+        }
+    })
+}
+
+/// serde reports ``unknown field `x`, expected one of `a`, `b` ``; name the closest.
+fn nearest_field_hint(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let candidates = rest.split('`').skip(1).step_by(2);
+    let (best, score) = candidates
+        .map(|c| (c, strsim::jaro_winkler(unknown, c)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    (score > 0.7).then(|| format!("; did you mean `{best}`?"))
+}
+
+/// Collects problems while converting.
+pub(crate) struct Checker {
+    pub(crate) problems: Vec<Problem>,
+}
+
+impl Checker {
+    pub(crate) fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// A duration field that must be positive.
+    pub(crate) fn millis(&mut self, path: String, value: Option<u64>, default: u64) -> Duration {
+        let ms = value.unwrap_or(default);
+        if ms == 0 {
+            self.fail(
+                path,
+                "must be at least 1 millisecond (0 would fail every request)",
+            );
+        }
+        Duration::from_millis(ms)
+    }
+
+    /// A count that must be at least 1.
+    pub(crate) fn at_least_one<T: Copy + PartialOrd + From<u8>>(
+        &mut self,
+        path: String,
+        value: Option<T>,
+        default: T,
+    ) -> T {
+        let v = value.unwrap_or(default);
+        if v < T::from(1) {
+            self.fail(path, "must be at least 1");
+        }
+        v
+    }
+
+    pub(crate) fn socket_addr(&mut self, path: String, value: &str) -> Option<SocketAddr> {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.fail(
+                    path,
+                    format!(
+                        "`{value}` is not an `ip:port` address (e.g. `127.0.0.1:8080`, `[::]:443`)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn unique<'a>(
+        &mut self,
+        seen: &mut HashSet<&'a str>,
+        path: String,
+        kind: &str,
+        name: &'a str,
+    ) {
+        if name.is_empty() {
+            self.fail(path, format!("{kind} name must not be empty"));
+        } else if !seen.insert(name) {
+            self.fail(path, format!("duplicate {kind} name `{name}`"));
+        }
+    }
+}
+
+pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+
+    let threads = match raw.server.threads {
+        Some(0) => {
+            c.fail("server.threads", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+
+    let l = &raw.limits;
+    let limits = Limits {
+        max_header_bytes: {
+            let v = l.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+            if v < 1024 {
+                c.fail(
+                    "limits.max_header_bytes",
+                    format!("{v} is below the minimum of 1024 bytes"),
+                );
+            }
+            v
+        },
+        max_body_bytes: l.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        max_connections: c.at_least_one(
+            "limits.max_connections".into(),
+            l.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+        ),
+        max_connections_per_client: c.at_least_one(
+            "limits.max_connections_per_client".into(),
+            l.max_connections_per_client,
+            DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+        ),
+        head_timeout: c.millis(
+            "limits.head_timeout_ms".into(),
+            l.head_timeout_ms,
+            DEFAULT_HEAD_TIMEOUT_MS,
+        ),
+        client_read_timeout: c.millis(
+            "limits.client_read_timeout_ms".into(),
+            l.client_read_timeout_ms,
+            DEFAULT_CLIENT_READ_TIMEOUT_MS,
+        ),
+        client_write_timeout: c.millis(
+            "limits.client_write_timeout_ms".into(),
+            l.client_write_timeout_ms,
+            DEFAULT_CLIENT_WRITE_TIMEOUT_MS,
+        ),
+        keepalive_timeout: c.millis(
+            "limits.keepalive_timeout_ms".into(),
+            l.keepalive_timeout_ms,
+            DEFAULT_KEEPALIVE_TIMEOUT_MS,
+        ),
+        h2_max_concurrent_streams: c.at_least_one(
+            "limits.h2_max_concurrent_streams".into(),
+            l.h2_max_concurrent_streams,
+            DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+        ),
+        // Zero is allowed here: it means "drop in-flight requests at once".
+        shutdown_grace_period: Duration::from_millis(
+            l.shutdown_grace_period_ms
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE_PERIOD_MS),
+        ),
+    };
+
+    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let addr = c.socket_addr("admin.address".into(), &a.address)?;
+        addresses.insert(addr, "admin.address".into());
+        Some(addr)
+    });
+
+    if raw.listeners.is_empty() {
+        c.fail("listeners", "at least one `[[listeners]]` is required");
+    }
+    let mut names = HashSet::new();
+    let mut listeners = Vec::new();
+    for (i, ls) in raw.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}]");
+        c.unique(&mut names, format!("{at}.name"), "listener", &ls.name);
+        let address = c.socket_addr(format!("{at}.address"), &ls.address);
+        if let Some(addr) = address {
+            if let Some(other) = addresses.insert(addr, format!("{at}.address")) {
+                c.fail(
+                    format!("{at}.address"),
+                    format!("{addr} is already used by {other}"),
+                );
+            }
+        }
+        let tls = ls
+            .tls
+            .as_ref()
+            .map(|t| convert_tls(&mut c, &format!("{at}.tls"), t, base));
+        if let Some(address) = address {
+            listeners.push(Listener {
+                name: ls.name.clone(),
+                address,
+                h2c: ls.h2c,
+                tls,
+            });
+        }
+    }
+
+    let mut names = HashSet::new();
+    let mut pools = Vec::new();
+    for (i, p) in raw.pools.iter().enumerate() {
+        let at = format!("pools[{i}]");
+        c.unique(&mut names, format!("{at}.name"), "pool", &p.name);
+        pools.push(convert_pool(&mut c, &at, p));
+    }
+
+    let mut names = HashSet::new();
+    let mut inference_pools = Vec::new();
+    for (i, p) in raw.inference_pools.iter().enumerate() {
+        let at = format!("inference_pools[{i}]");
+        c.unique(&mut names, format!("{at}.name"), "inference pool", &p.name);
+        inference_pools.push(convert_inference_pool(&mut c, &at, p));
+    }
+
+    let mut names = HashSet::new();
+    let mut matchers = HashMap::new();
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        c.unique(&mut names, format!("{at}.name"), "route", &r.name);
+        let Some(route) = convert_route(&mut c, &at, r, &raw, limits.max_body_bytes, base) else {
+            continue;
+        };
+        let key = (
+            route.hosts.clone(),
+            route.path_prefix.clone(),
+            route.methods.clone(),
+        );
+        if let Some(other) = matchers.insert(key, at.clone()) {
+            c.fail(
+                at,
+                format!("matches exactly the same hosts, path prefix and methods as {other}, so it can never be chosen"),
+            );
+        }
+        routes.push(route);
+    }
+
+    let mut trusted_proxies = Vec::new();
+    for (k, net) in raw.server.trusted_proxies.iter().enumerate() {
+        let parsed = net
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(n) => trusted_proxies.push(n.trunc()),
+            Err(_) => c.fail(
+                format!("server.trusted_proxies[{k}]"),
+                format!("`{net}` is not an address or network (e.g. `10.0.0.0/8`, `::1`)"),
+            ),
+        }
+    }
+
+    let mut admin_access = AdminAccess::default();
+    if let Some(a) = &raw.admin {
+        if let Some(token) = &a.token {
+            if token.len() < MIN_ADMIN_TOKEN_CHARS
+                || token
+                    .chars()
+                    .any(|ch| ch.is_whitespace() || ch.is_control())
+            {
+                c.fail(
+                    "admin.token",
+                    format!("must be at least {MIN_ADMIN_TOKEN_CHARS} characters, without spaces"),
+                );
+            }
+        }
+        admin_access = AdminAccess {
+            token: a.token.clone(),
+            hosts: a.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        };
+    }
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            admin_access,
+            trusted_proxies,
+            threads,
+            limits,
+            admin,
+            listeners,
+            pools,
+            inference_pools,
+            routes,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
