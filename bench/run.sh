@@ -6,6 +6,7 @@
 #
 #   bench/run.sh                  # defaults: 1 wrk thread, 50 connections, 10 s, 1 proxy thread
 #   CONNS=100 DURATION=20 ROUNDS=4 bench/run.sh
+#   GANTRY_BEFORE=/tmp/gantry-old bench/run.sh   # also an earlier gantry binary, same run (before → after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh bench
@@ -22,6 +23,8 @@ NGINX=127.0.0.1:$((BASE_PORT + 2))
 MINIMAL=127.0.0.1:$((BASE_PORT + 3))
 GANTRY=127.0.0.1:$((BASE_PORT + 4))
 ADMIN=127.0.0.1:$((BASE_PORT + 5))
+BEFORE=127.0.0.1:$((BASE_PORT + 6))
+BEFORE_ADMIN=127.0.0.1:$((BASE_PORT + 7))
 
 cargo build --release --locked -p gantry -p minimal-proxy
 work=$(mktemp -d)
@@ -72,8 +75,15 @@ nginx -c "$work/proxy.conf" & pids+=($!)
 target/release/minimal-proxy "$MINIMAL" "$ORIGIN" "$WORKERS" 2>/dev/null & pids+=($!)
 # Access logs off (level warn) to match nginx's `access_log off`.
 RUST_LOG=warn target/release/gantry gateway --config "$work/gantry.toml" & gantry_pid=$!; pids+=($gantry_pid)
+labels=("direct to origin (nginx static)" "nginx reverse proxy" "minimal Pingora proxy (bench/minimal-proxy)" "Gantry")
+addrs=("$ORIGIN" "$NGINX" "$MINIMAL" "$GANTRY")
+if [ -n "${GANTRY_BEFORE:-}" ]; then
+  sed -e "s/$GANTRY/$BEFORE/" -e "s/$ADMIN/$BEFORE_ADMIN/" "$work/gantry.toml" > "$work/before.toml"
+  RUST_LOG=warn "$GANTRY_BEFORE" gateway --config "$work/before.toml" & pids+=($!)
+  labels+=("Gantry before ($(basename "$GANTRY_BEFORE"))"); addrs+=("$BEFORE")
+fi
 
-for addr in $ORIGIN $NGINX $MINIMAL $GANTRY; do
+for addr in "${addrs[@]}"; do
   for _ in $(seq 100); do curl -sf "http://$addr/" -o /dev/null && break; sleep 0.1; done
   curl -sf "http://$addr/" -o /dev/null || { echo "bench: $addr does not answer" >&2; tail -n 5 "$work"/*.err >&2 2>/dev/null; exit 1; }
 done
@@ -87,17 +97,16 @@ measure() { # $1 addr
 
 # Every target once per round; odd rounds run in reverse order so no target is
 # always measured first or last on a shared, noisy machine.
-labels=("direct to origin (nginx static)" "nginx reverse proxy" "minimal Pingora proxy (bench/minimal-proxy)" "Gantry")
-addrs=("$ORIGIN" "$NGINX" "$MINIMAL" "$GANTRY")
 declare -A rps p50 p99
+n=${#addrs[@]}
 for round in $(seq "$ROUNDS"); do
-  order=(0 1 2 3); [ $((round % 2)) -eq 0 ] && order=(3 2 1 0)
+  order=($(seq 0 $((n - 1)))); [ $((round % 2)) -eq 0 ] && order=($(seq $((n - 1)) -1 0))
   for i in "${order[@]}"; do
     read -r r a b < <(measure "${addrs[$i]}")
     rps[$i]="${rps[$i]:+${rps[$i]} }$r"; p50[$i]="${p50[$i]:+${p50[$i]} / }$a"; p99[$i]="${p99[$i]:+${p99[$i]} / }$b"
   done
 done
-rows=$(for i in 0 1 2 3; do
+rows=$(for i in $(seq 0 $((n - 1))); do
   mean=$(tr ' ' '\n' <<<"${rps[$i]}" | awk '{s+=$1} END {printf "%.0f", s/NR}')
   printf '| %s | %s | %s | %s | %s |\n' "${labels[$i]}" "$mean" "${rps[$i]// / \/ }" "${p50[$i]}" "${p99[$i]}"
 done)
