@@ -174,230 +174,189 @@ const TOKEN_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+/// Labels of per-model metrics.
+const MODEL_BACKEND: &[&str] = &["model", "backend"];
+/// Labels of per-backend metrics.
+const POOL_BACKEND: &[&str] = &["pool", "backend"];
+
+/// Creates metrics, registering each and recording its name and labels.
+struct Registrar {
+    registry: Registry,
+    catalog: Vec<(String, Vec<String>)>,
 }
 
-fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
-}
+impl Registrar {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&mut self, c: C) -> C {
+        for d in c.desc() {
+            self.catalog
+                .push((d.fq_name.clone(), d.variable_labels.clone()));
+        }
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("metric registered once");
+        c
+    }
 
-fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(TOKEN_BUCKETS.to_vec()),
-        labels,
-    )
-    .expect("valid metric")
+    fn counter(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+
+    fn int_gauge(&mut self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        labels: &[&str],
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
 }
 
 impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "gantry_requests_total",
-                "Requests answered, by route and status",
-            ),
-            &["route", "status"],
-        )
-        .expect("valid metric");
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "gantry_request_duration_seconds",
-                "Time from request headers received to response finished, by route",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route"],
-        )
-        .expect("valid metric");
-        let open_connections =
-            IntGauge::new("gantry_open_connections", "Client connections open now")
-                .expect("valid metric");
-        let inflight_requests =
-            IntGauge::new("gantry_inflight_requests", "Requests being processed now")
-                .expect("valid metric");
-        let limit_rejections = IntCounterVec::new(
-            Opts::new(
-                "gantry_limit_rejections_total",
-                "Requests or connections refused because a configured limit was reached",
-            ),
+        let mut r = Registrar {
+            registry: Registry::new(),
+            catalog: Vec::new(),
+        };
+        let limit_rejections = r.counter(
+            "gantry_limit_rejections_total",
+            "Requests or connections refused because a configured limit was reached",
             &["limit"],
-        )
-        .expect("valid metric");
-        let tls_handshakes = IntCounterVec::new(
-            Opts::new(
-                "gantry_tls_handshakes_total",
-                "TLS handshakes on the gateway's listeners, by result (ok, failed, timeout)",
-            ),
+        );
+        let tls_handshakes = r.counter(
+            "gantry_tls_handshakes_total",
+            "TLS handshakes on the gateway's listeners, by result (ok, failed, timeout)",
             &["result"],
-        )
-        .expect("valid metric");
-        let upstream_retries = IntCounterVec::new(
-            Opts::new(
-                "gantry_upstream_retries_total",
-                "Requests retried on another endpoint after a connect failure",
-            ),
-            &["pool"],
-        )
-        .expect("valid metric");
-        let endpoint_healthy = IntGaugeVec::new(
-            Opts::new(
-                "gantry_upstream_endpoint_healthy",
-                "Whether an upstream endpoint receives traffic (1) or is ejected (0)",
-            ),
-            &["pool", "endpoint"],
-        )
-        .expect("valid metric");
-        let mb = ["model", "backend"];
-        let pb = ["pool", "backend"];
-        let inference_requests = counter(
-            "gantry_inference_requests_total",
-            "OpenAI-compatible API requests answered, by model, backend and HTTP status",
-            &["model", "backend", "status"],
         );
-        let inference_ttft = histogram(
-            "gantry_inference_time_to_first_token_seconds",
-            "Time from request arrival to the first generated token",
-            &mb,
-        );
-        let inference_inter_token = histogram(
-            "gantry_inference_inter_token_seconds",
-            "Time between two streamed token deltas",
-            &mb,
-        );
-        let inference_queue = histogram(
-            "gantry_inference_queue_seconds",
-            "Time a request waited in the backend's queue, as the backend reports it",
-            &mb,
-        );
-        let inference_tokens = counter(
-            "gantry_inference_tokens_total",
-            "Tokens in (prompt) and out (generated), by model and backend",
-            &["model", "backend", "direction"],
-        );
-        let inference_retries = counter(
-            "gantry_inference_retries_total",
-            "Inference requests sent to another backend after failing before the first token",
-            &["pool"],
-        );
-        let inference_backend_healthy = gauge(
-            "gantry_inference_backend_healthy",
-            "Whether an inference backend takes traffic (1) or not (0)",
-            &pb,
-        );
-        let inference_backend_inflight = gauge(
-            "gantry_inference_backend_inflight",
-            "Requests this gateway has in flight at an inference backend",
-            &pb,
-        );
-        let inference_backend_load = gauge(
-            "gantry_inference_backend_load",
-            "An inference backend's last load report: queued, running, tokens_in_flight",
-            &["pool", "backend", "model", "measure"],
-        );
-        let inference_backend_lost = counter(
-            "gantry_inference_backend_lost_total",
-            "Times an inference backend's health and load streams broke",
-            &pb,
-        );
-        let inference_backend_ejections = counter(
-            "gantry_inference_backend_ejections_total",
-            "Times a failed call took an inference backend out of rotation",
-            &pb,
-        );
-        let plugin_calls = counter(
-            "gantry_plugin_calls_total",
-            "Wasm plugin hook calls, by route, plugin, hook and outcome",
-            &["route", "plugin", "hook", "outcome"],
-        );
-        let plugin_http_calls = counter(
-            "gantry_plugin_http_calls_total",
-            "HTTP calls made by Wasm plugins (proxy_http_call), by plugin, pool and result",
-            &["plugin", "upstream", "result"],
-        );
-        let plugin_limit_hits = counter(
-            "gantry_plugin_limit_hits_total",
-            "Wasm plugin hook calls stopped by a limit",
-            &["plugin", "limit"],
-        );
-        let plugin_defined = gauge(
-            "gantry_plugin_metric",
-            "Metrics defined by Wasm plugins (proxy_define_metric), by route, plugin, name and kind",
-            &["route", "plugin", "name", "kind"],
-        );
-        let plugin_reloads = counter(
-            "gantry_plugin_reloads_total",
-            "Wasm plugin hot reloads, by plugin and result (ok, error)",
-            &["plugin", "result"],
-        );
-        let mut catalog = Vec::new();
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(plugin_reloads.clone()),
-            Box::new(plugin_defined.clone()),
-            Box::new(plugin_calls.clone()),
-            Box::new(plugin_http_calls.clone()),
-            Box::new(plugin_limit_hits.clone()),
-            Box::new(inference_requests.clone()),
-            Box::new(inference_ttft.clone()),
-            Box::new(inference_inter_token.clone()),
-            Box::new(inference_queue.clone()),
-            Box::new(inference_tokens.clone()),
-            Box::new(inference_retries.clone()),
-            Box::new(inference_backend_healthy.clone()),
-            Box::new(inference_backend_inflight.clone()),
-            Box::new(inference_backend_load.clone()),
-            Box::new(inference_backend_lost.clone()),
-            Box::new(inference_backend_ejections.clone()),
-            Box::new(latency.clone()),
-            Box::new(open_connections.clone()),
-            Box::new(inflight_requests.clone()),
-            Box::new(limit_rejections.clone()),
-            Box::new(tls_handshakes.clone()),
-            Box::new(upstream_retries.clone()),
-            Box::new(endpoint_healthy.clone()),
-        ] {
-            for d in c.desc() {
-                catalog.push((d.fq_name.clone(), d.variable_labels.clone()));
-            }
-            registry.register(c).expect("metric registered once");
-        }
         let refusals = Refusal::ALL
             .iter()
-            .map(|r| limit_rejections.with_label_values(&[r.as_str()]))
+            .map(|why| limit_rejections.with_label_values(&[why.as_str()]))
             .collect();
         let handshakes = Handshake::ALL
             .iter()
             .map(|h| tls_handshakes.with_label_values(&[h.as_str()]))
             .collect();
         Metrics {
-            registry,
-            catalog,
+            requests: r.counter(
+                "gantry_requests_total",
+                "Requests answered, by route and status",
+                &["route", "status"],
+            ),
+            latency: r.histogram(
+                "gantry_request_duration_seconds",
+                "Time from request headers received to response finished, by route",
+                LATENCY_BUCKETS,
+                &["route"],
+            ),
+            open_connections: r.int_gauge("gantry_open_connections", "Client connections open now"),
+            inflight_requests: r.int_gauge("gantry_inflight_requests", "Requests being processed now"),
+            upstream_retries: r.counter(
+                "gantry_upstream_retries_total",
+                "Requests retried on another endpoint after a connect failure",
+                &["pool"],
+            ),
+            endpoint_healthy: r.gauge(
+                "gantry_upstream_endpoint_healthy",
+                "Whether an upstream endpoint receives traffic (1) or is ejected (0)",
+                &["pool", "endpoint"],
+            ),
+            inference_requests: r.counter(
+                "gantry_inference_requests_total",
+                "OpenAI-compatible API requests answered, by model, backend and HTTP status",
+                &["model", "backend", "status"],
+            ),
+            inference_ttft: r.histogram(
+                "gantry_inference_time_to_first_token_seconds",
+                "Time from request arrival to the first generated token",
+                TOKEN_BUCKETS,
+                MODEL_BACKEND,
+            ),
+            inference_inter_token: r.histogram(
+                "gantry_inference_inter_token_seconds",
+                "Time between two streamed token deltas",
+                TOKEN_BUCKETS,
+                MODEL_BACKEND,
+            ),
+            inference_queue: r.histogram(
+                "gantry_inference_queue_seconds",
+                "Time a request waited in the backend's queue, as the backend reports it",
+                TOKEN_BUCKETS,
+                MODEL_BACKEND,
+            ),
+            inference_tokens: r.counter(
+                "gantry_inference_tokens_total",
+                "Tokens in (prompt) and out (generated), by model and backend",
+                &["model", "backend", "direction"],
+            ),
+            inference_retries: r.counter(
+                "gantry_inference_retries_total",
+                "Inference requests sent to another backend after failing before the first token",
+                &["pool"],
+            ),
+            inference_backend_healthy: r.gauge(
+                "gantry_inference_backend_healthy",
+                "Whether an inference backend takes traffic (1) or not (0)",
+                POOL_BACKEND,
+            ),
+            inference_backend_inflight: r.gauge(
+                "gantry_inference_backend_inflight",
+                "Requests this gateway has in flight at an inference backend",
+                POOL_BACKEND,
+            ),
+            inference_backend_load: r.gauge(
+                "gantry_inference_backend_load",
+                "An inference backend's last load report: queued, running, tokens_in_flight",
+                &["pool", "backend", "model", "measure"],
+            ),
+            inference_backend_lost: r.counter(
+                "gantry_inference_backend_lost_total",
+                "Times an inference backend's health and load streams broke",
+                POOL_BACKEND,
+            ),
+            inference_backend_ejections: r.counter(
+                "gantry_inference_backend_ejections_total",
+                "Times a failed call took an inference backend out of rotation",
+                POOL_BACKEND,
+            ),
+            plugin_http_calls: r.counter(
+                "gantry_plugin_http_calls_total",
+                "HTTP calls made by Wasm plugins (proxy_http_call), by plugin, pool and result",
+                &["plugin", "upstream", "result"],
+            ),
+            plugin_calls: r.counter(
+                "gantry_plugin_calls_total",
+                "Wasm plugin hook calls, by route, plugin, hook and outcome",
+                &["route", "plugin", "hook", "outcome"],
+            ),
+            plugin_limit_hits: r.counter(
+                "gantry_plugin_limit_hits_total",
+                "Wasm plugin hook calls stopped by a limit",
+                &["plugin", "limit"],
+            ),
+            plugin_defined: r.gauge(
+                "gantry_plugin_metric",
+                "Metrics defined by Wasm plugins (proxy_define_metric), by route, plugin, name and kind",
+                &["route", "plugin", "name", "kind"],
+            ),
+            plugin_reloads: r.counter(
+                "gantry_plugin_reloads_total",
+                "Wasm plugin hot reloads, by plugin and result (ok, error)",
+                &["plugin", "result"],
+            ),
             refusals,
             handshakes,
-            requests,
-            latency,
-            open_connections,
-            inflight_requests,
-            upstream_retries,
-            endpoint_healthy,
-            inference_requests,
-            inference_ttft,
-            inference_inter_token,
-            inference_queue,
-            inference_tokens,
-            inference_retries,
-            inference_backend_healthy,
-            inference_backend_inflight,
-            inference_backend_load,
-            inference_backend_lost,
-            inference_backend_ejections,
-            plugin_calls,
-            plugin_http_calls,
-            plugin_limit_hits,
-            plugin_defined,
-            plugin_reloads,
+            registry: r.registry,
+            catalog: r.catalog,
         }
     }
 
