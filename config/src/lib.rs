@@ -1,9 +1,13 @@
 //! Gantry's configuration.
 //!
-//! Two layers, as in River: [`file`] is the TOML format operators write (strict, with
+//! Two layers, as in River: [`file`](mod@file) is the TOML format operators write (strict, with
 //! documented defaults), and [`Config`] is what the gateway uses (validated, defaults
 //! filled in, addresses parsed, durations typed). [`load`] and [`parse`] go from one to
 //! the other and report *every* problem at once, each with its field path.
+//!
+//! Owns: the configuration's format, defaults (as named constants), validation
+//! and the internal form. Must never import: any other Gantry crate, Pingora,
+//! wasmtime, candle or tonic — every other crate depends on it, it on none.
 
 pub mod backend;
 pub mod file;

@@ -6,7 +6,14 @@
 //! * [`scheduler`] — continuous batching: admission, chunked prefill, sampling, stop
 //!   strings, cancellation and load reporting;
 //! * [`embed`] — BERT sentence embeddings;
-//! * [`server`] — the gRPC service, health and lifecycle.
+//! * [`models`] — loading each model onto its device and warming it up;
+//! * `service` — the gRPC service (crate-private), and
+//!   [`server`] — health and lifecycle;
+//! * [`devtools`] — synthetic weights and Hugging Face export, apart from serving.
+//!
+//! Owns: the models, the scheduler and the gRPC service. Must never import:
+//! Pingora, the gateway (`gantry`), the plugin host; it knows the gateway only
+//! through `gantry-proto`.
 
 pub mod chat;
 pub mod devtools;

@@ -1,9 +1,9 @@
-//! The backend's lifecycle (the service is [`crate::service`], model loading
+//! The backend's lifecycle (the service is `service.rs`, model loading
 //! [`crate::models`]).
 //!
 //! Start-up: the port is bound and `grpc.health.v1` answers NOT_SERVING at once;
 //! models load and warm up in the background; then SERVING. SIGTERM (or
-//! [`ShutdownHandle::drain`]): NOT_SERVING, new requests get UNAVAILABLE,
+//! [`Backend::shutdown`]): NOT_SERVING, new requests get UNAVAILABLE,
 //! running streams finish within the grace period, the rest end `cancelled`.
 
 use crate::metrics::Metrics;

@@ -28,7 +28,7 @@ pub enum Decision {
 }
 
 /// A `proxy_http_call` a plugin made. The gateway performs it and hands the
-/// answer to [`HttpContext::on_request`]'s caller-supplied function.
+/// answer to [`HttpContext::on_request`](crate::HttpContext::on_request)'s caller-supplied function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpCall {
     /// The token the plugin got back.

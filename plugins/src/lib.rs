@@ -1,6 +1,11 @@
 //! Gantry's Wasm plugin host: unmodified proxy-wasm plugins (ABI 0.2.1, and 0.2.0
 //! modules) on wasmtime, treated as untrusted code.
 //!
+//! Owns: the engine, each plugin's instances and health, the host side of the
+//! ABI (`host/`, one file per ABI area), limits and their traps. Must never
+//! import: Pingora, the gateway (`gantry`), the backend; the gateway drives it
+//! through the contract below and performs its HTTP calls.
+//!
 //! The gateway drives plugins through a small per-phase contract that knows
 //! nothing of Pingora: [`Plugin::start_request`] gives an [`HttpContext`], whose
 //! `on_request_headers`, `on_request_body`, `on_response_headers` and

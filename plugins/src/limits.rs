@@ -67,11 +67,11 @@ pub struct PluginLimits {
     /// Longest compilation accepted.
     pub max_compile: Duration,
     /// Instances in use at once (one per request in its plugin phase); more
-    /// requests get [`PluginError::Busy`].
+    /// requests get [`PluginError::Busy`](crate::PluginError::Busy).
     pub max_instances: usize,
     /// Idle instances kept for reuse; more are dropped.
     pub max_idle_instances: usize,
-    /// Shared data bytes: keys, values and [`SHARED_DATA_ENTRY_BYTES`] per key.
+    /// Shared data bytes: keys, values and [`SHARED_DATA_ENTRY_BYTES`](crate::SHARED_DATA_ENTRY_BYTES) per key.
     pub shared_data_bytes: usize,
     /// Metrics the plugin may define.
     pub max_metrics: usize,

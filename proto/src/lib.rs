@@ -1,6 +1,11 @@
 //! The `gantry.inference.v1` gRPC contract, generated from
 //! `proto/gantry/inference/v1/inference.proto` for both ends: the backend
 //! (`inference_server`) and the gateway (`inference_client`).
+//!
+//! Owns: the wire contract both ends share — messages, the limits both ends
+//! enforce ([`limits`]), and refusals as data ([`violation`]). Must never
+//! import: another Gantry crate, Pingora, candle; it is the leaf both the
+//! gateway and the backend build on, so neither knows the other.
 
 /// Generated messages, client and server for `gantry.inference.v1`.
 pub mod v1 {

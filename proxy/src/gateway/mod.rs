@@ -182,7 +182,7 @@ impl ProxyHttp for Gateway {
         self.pick_peer(session, ctx)
     }
 
-    /// The request as the upstream sees it (see [`Gateway::prepare_upstream_request`]).
+    /// The request as the upstream sees it (see `prepare_upstream_request`).
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
