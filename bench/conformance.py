@@ -12,12 +12,10 @@ nginx refuses, Gantry refuses. Prints a Markdown table (docs/CONFORMANCE.md).
 """
 import http.server, json, os, socket, subprocess, sys, tempfile, threading, time
 
+from loopback import free_port, wait_port  # bench/, the script's own folder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(ROOT, "proxy/tests/conformance/requests.json")
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
 class Origin(http.server.BaseHTTPRequestHandler):
@@ -38,15 +36,6 @@ class Origin(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *a):
         pass
-
-
-def wait_port(port):
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def send(port, raw):

@@ -15,11 +15,9 @@ The gateway runs with `head_timeout_ms` 2 s and a per-client connection cap
 above N, so the head deadline (not the cap) is what holds the attack off.
 """
 import argparse, asyncio, json, multiprocessing, os, socket, statistics, subprocess, tempfile, time
+
+from loopback import free_port, wait_port  # bench/, the script's own folder
 import http.server
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
 class Origin(http.server.BaseHTTPRequestHandler):
@@ -82,14 +80,6 @@ def summary(took, failed):
     return {"requests": n, "success": round(len(took) / max(n, 1), 5),
             "p50_ms": round(1000 * statistics.median(took), 2) if took else None,
             "p99_ms": round(1000 * took[int(len(took) * 0.99) - 1], 2) if took else None}
-
-
-def wait_port(port):
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
-        except OSError:
-            time.sleep(0.1)
 
 
 def attack(port, connections, seconds):

@@ -1,0 +1,22 @@
+"""Loopback helpers the Python benches share: a free port, and waiting for one."""
+import socket
+import time
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port):
+    """Wait (10 s at most) until something accepts on 127.0.0.1:`port`."""
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
