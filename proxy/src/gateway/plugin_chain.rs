@@ -5,10 +5,9 @@
 //! (`gantry_plugins`); this file only drives them and applies what they
 //! changed ([`crate::plugins`] translates headers).
 
-use super::{Gateway, RequestCtx, REQUEST_ID};
+use super::{Gateway, RequestCtx};
 use crate::error::GatewayError;
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -126,27 +125,7 @@ impl Gateway {
         };
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let scheme = if tls { "https" } else { "http" };
-        let req = session.req_header();
-        let mut props = vec![
-            (
-                "request.path".to_string(),
-                req.uri.path().as_bytes().to_vec(),
-            ),
-            (
-                "request.method".to_string(),
-                req.method.as_str().as_bytes().to_vec(),
-            ),
-            ("request.scheme".to_string(), scheme.as_bytes().to_vec()),
-            ("request.id".to_string(), ctx.request_id.as_bytes().to_vec()),
-            (
-                "route_name".to_string(),
-                self.router.route(route).name.as_bytes().to_vec(),
-            ),
-        ];
-        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            props.push(("source.address".to_string(), addr.to_string().into_bytes()));
-        }
-        let props: Arc<[(String, Vec<u8>)]> = props.into();
+        let props = self.request_properties(session, ctx, route, scheme);
         for (k, plugin) in plugins.iter().enumerate() {
             let before = crate::plugins::request_pairs(session.req_header(), scheme);
             let mut pairs = before.clone();
@@ -177,17 +156,7 @@ impl Gateway {
                 Ok((hc, gantry_plugins::Decision::Respond(local))) => {
                     self.plugin_outcome(route, &plugin.name, "request", "respond");
                     drop(hc);
-                    let mut resp =
-                        ResponseHeader::build(local.status, Some(local.headers.len() + 2))?;
-                    for (k, v) in local.headers {
-                        resp.append_header(k, v)?;
-                    }
-                    resp.insert_header(CONTENT_LENGTH, local.body.len())?;
-                    resp.insert_header(REQUEST_ID, &ctx.request_id)?;
-                    session.write_response_header(Box::new(resp), false).await?;
-                    session
-                        .write_response_body(Some(Bytes::from(local.body)), true)
-                        .await?;
+                    self.respond_locally(session, ctx, local).await?;
                     return Ok(None);
                 }
                 Ok((mut hc, _)) => {
@@ -222,6 +191,37 @@ impl Gateway {
         }
         Ok(Some(body.map(Bytes::from)))
     }
+    /// The properties a plugin may read (`proxy_get_property`) for this request.
+    fn request_properties(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        route: usize,
+        scheme: &str,
+    ) -> Arc<[(String, Vec<u8>)]> {
+        let req = session.req_header();
+        let mut props = vec![
+            (
+                "request.path".to_string(),
+                req.uri.path().as_bytes().to_vec(),
+            ),
+            (
+                "request.method".to_string(),
+                req.method.as_str().as_bytes().to_vec(),
+            ),
+            ("request.scheme".to_string(), scheme.as_bytes().to_vec()),
+            ("request.id".to_string(), ctx.request_id.as_bytes().to_vec()),
+            (
+                "route_name".to_string(),
+                self.router.route(route).name.as_bytes().to_vec(),
+            ),
+        ];
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            props.push(("source.address".to_string(), addr.to_string().into_bytes()));
+        }
+        props.into()
+    }
+
     /// Run the plugins that saw the request on the response headers, last first.
     pub(super) fn response_plugins(
         &self,

@@ -47,4 +47,24 @@ impl Gateway {
         ctx.replace_body = Some(body);
         Ok(())
     }
+
+    /// Send a plugin's local response.
+    pub(super) async fn respond_locally(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        local: gantry_plugins::LocalResponse,
+    ) -> Result<()> {
+        let mut resp = ResponseHeader::build(local.status, Some(local.headers.len() + 2))?;
+        for (k, v) in local.headers {
+            resp.append_header(k, v)?;
+        }
+        resp.insert_header(CONTENT_LENGTH, local.body.len())?;
+        resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(local.body)), true)
+            .await?;
+        Ok(())
+    }
 }

@@ -266,22 +266,7 @@ impl Api {
                 req.validate()?;
                 let (pool, _slot) =
                     find_pool(&pools, &req.model, &self.metrics, |l| req.check_input(l))?;
-                let messages = req
-                    .messages
-                    .iter()
-                    .map(|m| pb::ChatMessage {
-                        role: m.template_role().to_string(),
-                        content: m.text(),
-                    })
-                    .collect();
-                let input = pb::generate_request::Input::Chat(pb::ChatInput { messages });
-                let request = generate_request(
-                    &req.model,
-                    call.request_id,
-                    input,
-                    &req.sampling,
-                    req.max_tokens(),
-                );
+                let request = req.generate_request(call.request_id);
                 let call = GenerateCall {
                     pool,
                     request,
@@ -299,25 +284,7 @@ impl Api {
                 req.validate()?;
                 let (pool, _slot) =
                     find_pool(&pools, &req.model, &self.metrics, |l| req.check_input(l))?;
-                let input = match req.prompt.clone() {
-                    Prompt::Text(t) => pb::generate_request::Input::Prompt(t),
-                    Prompt::Texts(mut v) => pb::generate_request::Input::Prompt(v.remove(0)),
-                    Prompt::Tokens(ids) => {
-                        pb::generate_request::Input::TokenIds(pb::TokenIdsInput { ids })
-                    }
-                    Prompt::TokenLists(mut v) => {
-                        pb::generate_request::Input::TokenIds(pb::TokenIdsInput {
-                            ids: v.remove(0),
-                        })
-                    }
-                };
-                let request = generate_request(
-                    &req.model,
-                    call.request_id,
-                    input,
-                    &req.sampling,
-                    req.sampling.max_tokens,
-                );
+                let request = req.generate_request(call.request_id);
                 let call = GenerateCall {
                     pool,
                     request,
@@ -362,9 +329,47 @@ impl Api {
     }
 }
 
-impl ChatMessage {
-    fn template_role(&self) -> &'static str {
-        self.role.template_name()
+impl ChatCompletionRequest {
+    /// The backend's request for this chat: messages with their template roles.
+    fn generate_request(&self, request_id: &str) -> pb::GenerateRequest {
+        let messages = self
+            .messages
+            .iter()
+            .map(|m| pb::ChatMessage {
+                role: m.role.template_name().to_string(),
+                content: m.text(),
+            })
+            .collect();
+        let input = pb::generate_request::Input::Chat(pb::ChatInput { messages });
+        generate_request(
+            &self.model,
+            request_id,
+            input,
+            &self.sampling,
+            self.max_tokens(),
+        )
+    }
+}
+
+impl CompletionRequest {
+    /// The backend's request for this completion: its (first) prompt, as text
+    /// or token ids.
+    fn generate_request(&self, request_id: &str) -> pb::GenerateRequest {
+        use pb::generate_request::Input;
+        let input = match &self.prompt {
+            Prompt::Text(t) => Input::Prompt(t.clone()),
+            Prompt::Texts(v) => Input::Prompt(v[0].clone()),
+            Prompt::Tokens(ids) => Input::TokenIds(pb::TokenIdsInput { ids: ids.clone() }),
+            Prompt::TokenLists(v) => Input::TokenIds(pb::TokenIdsInput { ids: v[0].clone() }),
+        };
+        let sampling = &self.sampling;
+        generate_request(
+            &self.model,
+            request_id,
+            input,
+            sampling,
+            sampling.max_tokens,
+        )
     }
 }
 
