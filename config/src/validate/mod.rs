@@ -138,8 +138,62 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
 
-    let l = &raw.limits;
-    let limits = Limits {
+    let limits = convert_limits(&mut c, &raw.limits);
+
+    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let addr = c.socket_addr("admin.address".into(), &a.address)?;
+        addresses.insert(addr, "admin.address".into());
+        Some(addr)
+    });
+
+    let listeners = convert_listeners(&mut c, &raw.listeners, &mut addresses, base);
+
+    let mut names = HashSet::new();
+    let mut pools = Vec::new();
+    for (i, p) in raw.pools.iter().enumerate() {
+        let at = format!("pools[{i}]");
+        c.unique(&mut names, format!("{at}.name"), "pool", &p.name);
+        pools.push(convert_pool(&mut c, &at, p));
+    }
+
+    let mut names = HashSet::new();
+    let mut inference_pools = Vec::new();
+    for (i, p) in raw.inference_pools.iter().enumerate() {
+        let at = format!("inference_pools[{i}]");
+        c.unique(&mut names, format!("{at}.name"), "inference pool", &p.name);
+        inference_pools.push(convert_inference_pool(&mut c, &at, p));
+    }
+
+    let routes = convert_routes(&mut c, &raw, limits.max_body_bytes, base);
+
+    let trusted_proxies = convert_trusted_proxies(&mut c, &raw.server.trusted_proxies);
+    let admin_access = raw
+        .admin
+        .as_ref()
+        .map(|a| convert_admin_access(&mut c, a))
+        .unwrap_or_default();
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            admin_access,
+            trusted_proxies,
+            threads,
+            limits,
+            admin,
+            listeners,
+            pools,
+            inference_pools,
+            routes,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+/// `[limits]`, defaults filled in.
+fn convert_limits(c: &mut Checker, l: &LimitsSection) -> Limits {
+    Limits {
         max_header_bytes: {
             let v = l.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
             if v < 1024 {
@@ -191,21 +245,23 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
             l.shutdown_grace_period_ms
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE_PERIOD_MS),
         ),
-    };
+    }
+}
 
-    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
-    let admin = raw.admin.as_ref().and_then(|a| {
-        let addr = c.socket_addr("admin.address".into(), &a.address)?;
-        addresses.insert(addr, "admin.address".into());
-        Some(addr)
-    });
-
-    if raw.listeners.is_empty() {
+/// `[[listeners]]`: unique names, addresses used once (`addresses` holds the
+/// ones taken already), TLS sections.
+fn convert_listeners(
+    c: &mut Checker,
+    listeners_in: &[ListenerSection],
+    addresses: &mut HashMap<SocketAddr, String>,
+    base: &Path,
+) -> Vec<Listener> {
+    if listeners_in.is_empty() {
         c.fail("listeners", "at least one `[[listeners]]` is required");
     }
     let mut names = HashSet::new();
     let mut listeners = Vec::new();
-    for (i, ls) in raw.listeners.iter().enumerate() {
+    for (i, ls) in listeners_in.iter().enumerate() {
         let at = format!("listeners[{i}]");
         c.unique(&mut names, format!("{at}.name"), "listener", &ls.name);
         let address = c.socket_addr(format!("{at}.address"), &ls.address);
@@ -220,7 +276,7 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         let tls = ls
             .tls
             .as_ref()
-            .map(|t| convert_tls(&mut c, &format!("{at}.tls"), t, base));
+            .map(|t| convert_tls(c, &format!("{at}.tls"), t, base));
         if let Some(address) = address {
             listeners.push(Listener {
                 name: ls.name.clone(),
@@ -230,30 +286,23 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
             });
         }
     }
+    listeners
+}
 
-    let mut names = HashSet::new();
-    let mut pools = Vec::new();
-    for (i, p) in raw.pools.iter().enumerate() {
-        let at = format!("pools[{i}]");
-        c.unique(&mut names, format!("{at}.name"), "pool", &p.name);
-        pools.push(convert_pool(&mut c, &at, p));
-    }
-
-    let mut names = HashSet::new();
-    let mut inference_pools = Vec::new();
-    for (i, p) in raw.inference_pools.iter().enumerate() {
-        let at = format!("inference_pools[{i}]");
-        c.unique(&mut names, format!("{at}.name"), "inference pool", &p.name);
-        inference_pools.push(convert_inference_pool(&mut c, &at, p));
-    }
-
+/// `[[routes]]`: unique names, and no two that match exactly the same requests.
+fn convert_routes(
+    c: &mut Checker,
+    raw: &FileConfig,
+    max_body_bytes: u64,
+    base: &Path,
+) -> Vec<Route> {
     let mut names = HashSet::new();
     let mut matchers = HashMap::new();
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
         let at = format!("routes[{i}]");
         c.unique(&mut names, format!("{at}.name"), "route", &r.name);
-        let Some(route) = convert_route(&mut c, &at, r, &raw, limits.max_body_bytes, base) else {
+        let Some(route) = convert_route(c, &at, r, raw, max_body_bytes, base) else {
             continue;
         };
         let key = (
@@ -269,9 +318,13 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         }
         routes.push(route);
     }
+    routes
+}
 
+/// `server.trusted_proxies`: networks, or single addresses.
+fn convert_trusted_proxies(c: &mut Checker, networks: &[String]) -> Vec<ipnet::IpNet> {
     let mut trusted_proxies = Vec::new();
-    for (k, net) in raw.server.trusted_proxies.iter().enumerate() {
+    for (k, net) in networks.iter().enumerate() {
         let parsed = net
             .parse::<ipnet::IpNet>()
             .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
@@ -283,40 +336,25 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
             ),
         }
     }
+    trusted_proxies
+}
 
-    let mut admin_access = AdminAccess::default();
-    if let Some(a) = &raw.admin {
-        if let Some(token) = &a.token {
-            if token.len() < MIN_ADMIN_TOKEN_CHARS
-                || token
-                    .chars()
-                    .any(|ch| ch.is_whitespace() || ch.is_control())
-            {
-                c.fail(
-                    "admin.token",
-                    format!("must be at least {MIN_ADMIN_TOKEN_CHARS} characters, without spaces"),
-                );
-            }
+/// `[admin]`'s token and host names.
+fn convert_admin_access(c: &mut Checker, a: &AdminSection) -> AdminAccess {
+    if let Some(token) = &a.token {
+        if token.len() < MIN_ADMIN_TOKEN_CHARS
+            || token
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            c.fail(
+                "admin.token",
+                format!("must be at least {MIN_ADMIN_TOKEN_CHARS} characters, without spaces"),
+            );
         }
-        admin_access = AdminAccess {
-            token: a.token.clone(),
-            hosts: a.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-        };
     }
-
-    if c.problems.is_empty() {
-        Ok(Config {
-            admin_access,
-            trusted_proxies,
-            threads,
-            limits,
-            admin,
-            listeners,
-            pools,
-            inference_pools,
-            routes,
-        })
-    } else {
-        Err(c.problems)
+    AdminAccess {
+        token: a.token.clone(),
+        hosts: a.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
     }
 }
