@@ -113,37 +113,7 @@ impl Gantry {
             plugins.clone(),
         )
         .with_trusted_proxies(config.trusted_proxies.clone());
-        let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
-        let mut options = HttpServerOptions::default();
-        options.h2c = config.listeners.iter().any(|l| l.h2c);
-        // An HTTP/2 connection with no stream open goes after this long.
-        options.h2_idle_timeout = Some(config.limits.keepalive_timeout);
-        proxy.server_options = Some(options);
-        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
-        h2.max_concurrent_streams(config.limits.h2_max_concurrent_streams);
-        h2.max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX));
-        proxy.h2_options = Some(h2);
-        let front_limits = crate::front::FrontLimits {
-            head_timeout: config.limits.head_timeout,
-            keepalive_timeout: config.limits.keepalive_timeout,
-            max_header_bytes: config.limits.max_header_bytes,
-            max_connections_per_client: config.limits.max_connections_per_client,
-            h2c: config.listeners.iter().any(|l| l.h2c),
-        };
-        let mut app = crate::front::Front::new(proxy, metrics.clone(), front_limits);
-        for l in config.listeners.iter() {
-            if let Some(tls) = &l.tls {
-                let resolver =
-                    SniResolver::load(tls).with_context(|| format!("listener `{}`", l.name))?;
-                let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                settings.set_cert_resolver(Arc::new(resolver));
-                if tls.http2 {
-                    settings.enable_h2();
-                }
-                app = app.with_tls(l.address, settings.build());
-            }
-        }
+        let app = front_door(&config, &server.configuration, gateway, metrics.clone())?;
         let mut service = Service::new("gantry gateway".to_string(), app);
         service.set_connection_filter(Arc::new(Admission {
             max_connections: config.limits.max_connections,
@@ -288,6 +258,48 @@ impl ConnectionFilter for Admission {
         }
         true
     }
+}
+
+/// The gateway's HTTP app behind its front door: Pingora's HTTP/1 and HTTP/2
+/// options from the limits, and a TLS acceptor per TLS listener.
+fn front_door(
+    config: &Config,
+    server_conf: &Arc<ServerConf>,
+    gateway: Gateway,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<crate::front::Front<pingora::proxy::HttpProxy<Gateway>>> {
+    let mut proxy = pingora::proxy::http_proxy(server_conf, gateway);
+    let mut options = HttpServerOptions::default();
+    options.h2c = config.listeners.iter().any(|l| l.h2c);
+    // An HTTP/2 connection with no stream open goes after this long.
+    options.h2_idle_timeout = Some(config.limits.keepalive_timeout);
+    proxy.server_options = Some(options);
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(config.limits.h2_max_concurrent_streams);
+    h2.max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX));
+    proxy.h2_options = Some(h2);
+    let front_limits = crate::front::FrontLimits {
+        head_timeout: config.limits.head_timeout,
+        keepalive_timeout: config.limits.keepalive_timeout,
+        max_header_bytes: config.limits.max_header_bytes,
+        max_connections_per_client: config.limits.max_connections_per_client,
+        h2c: config.listeners.iter().any(|l| l.h2c),
+    };
+    let mut app = crate::front::Front::new(proxy, metrics, front_limits);
+    for l in config.listeners.iter() {
+        if let Some(tls) = &l.tls {
+            let resolver =
+                SniResolver::load(tls).with_context(|| format!("listener `{}`", l.name))?;
+            let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            settings.set_cert_resolver(Arc::new(resolver));
+            if tls.http2 {
+                settings.enable_h2();
+            }
+            app = app.with_tls(l.address, settings.build());
+        }
+    }
+    Ok(app)
 }
 
 /// `TlsSettings::with_callbacks` is the constructor that takes a resolver instead of
