@@ -2,4 +2,5 @@
 //! every trap contained, every bad pointer refused.
 
 mod fuzz_corpus;
+mod host_bounds;
 mod sandbox;
