@@ -81,7 +81,6 @@ impl PluginEngine {
     /// Compile and check a plugin (off the request path), and run its VM start and
     /// configuration on a first instance, so a plugin that rejects its
     /// configuration is rejected here. `upstreams`: the pools it may call.
-    #[allow(clippy::too_many_arguments)]
     pub fn load(
         &self,
         name: &str,
