@@ -260,96 +260,8 @@ fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>>
     let mut names = HashSet::new();
     let mut models = Vec::new();
     for (i, m) in raw.models.iter().enumerate() {
-        let at = |field: &str| format!("models[{i}].{field}");
-        c.unique(&mut names, at("name"), "model", &m.name);
-        let path = base.join(&m.path);
-        let wanted = match m.kind {
-            ModelKind::Generate => path.is_file(),
-            ModelKind::Embed => {
-                path.join("model.safetensors").is_file()
-                    && path.join("config.json").is_file()
-                    && path.join("tokenizer.json").is_file()
-            }
-        };
-        if !wanted {
-            let what = match m.kind {
-                ModelKind::Generate => "a GGUF file",
-                ModelKind::Embed => {
-                    "a directory with model.safetensors, config.json and tokenizer.json"
-                }
-            };
-            c.fail(
-                at("path"),
-                format!(
-                    "`{}` is not {what} (run scripts/setup.sh to install the default models)",
-                    path.display()
-                ),
-            );
-        }
-        let device = match m.device.as_deref().unwrap_or("cpu") {
-            "cpu" => DeviceSpec::Cpu,
-            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(n)) => DeviceSpec::Cuda(n),
-                _ => {
-                    c.fail(
-                        at("device"),
-                        format!("`{other}` is not a device: use `cpu` or `cuda:N` (e.g. `cuda:0`)"),
-                    );
-                    DeviceSpec::Cpu
-                }
-            },
-        };
-        let quantization = m.quantization.unwrap_or(match device {
-            DeviceSpec::Cpu => Quantization::Q8_0,
-            DeviceSpec::Cuda(_) => Quantization::Bf16,
-        });
-        if m.kind == ModelKind::Embed && m.quantization.is_some() {
-            c.fail(at("quantization"), "applies to generation models only");
-        }
-        let limits = ModelLimits {
-            max_running: c.at_least_one(at("max_running"), m.max_running, DEFAULT_MAX_RUNNING)
-                as usize,
-            max_queued: c.at_least_one(at("max_queued"), m.max_queued, DEFAULT_MAX_QUEUED) as usize,
-            max_context: c.at_least_one(at("max_context"), m.max_context, DEFAULT_MAX_CONTEXT)
-                as usize,
-            max_tokens: c.at_least_one(
-                at("max_tokens"),
-                m.max_tokens,
-                DEFAULT_MAX_TOKENS.min(
-                    m.max_context
-                        .unwrap_or(DEFAULT_MAX_CONTEXT)
-                        .saturating_sub(1)
-                        .max(1),
-                ),
-            ) as usize,
-            max_batch_tokens: c.at_least_one(
-                at("max_batch_tokens"),
-                m.max_batch_tokens,
-                DEFAULT_MAX_BATCH_TOKENS,
-            ) as usize,
-            max_batch: c.at_least_one(at("max_batch"), m.max_batch, DEFAULT_MAX_BATCH) as usize,
-            kv_cache_budget_bytes: m.kv_cache_budget_bytes,
-        };
-        if m.kind == ModelKind::Generate
-            && m.max_tokens.is_some()
-            && limits.max_tokens >= limits.max_context
-        {
-            c.fail(
-                at("max_tokens"),
-                format!(
-                    "must be below max_context ({}) to leave room for the prompt",
-                    limits.max_context
-                ),
-            );
-        }
-        models.push(ModelConfig {
-            name: m.name.clone(),
-            kind: m.kind,
-            path,
-            device,
-            quantization,
-            limits,
-        });
+        c.unique(&mut names, format!("models[{i}].name"), "model", &m.name);
+        models.push(convert_model(&mut c, i, m, base));
     }
     if c.problems.is_empty() {
         Ok(BackendConfig {
@@ -360,6 +272,97 @@ fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>>
         })
     } else {
         Err(c.problems)
+    }
+}
+
+/// One `[[models]]` entry: its file, device, quantization and limits.
+fn convert_model(c: &mut Checker, i: usize, m: &ModelFile, base: &Path) -> ModelConfig {
+    let at = |field: &str| format!("models[{i}].{field}");
+    let path = base.join(&m.path);
+    let wanted = match m.kind {
+        ModelKind::Generate => path.is_file(),
+        ModelKind::Embed => {
+            path.join("model.safetensors").is_file()
+                && path.join("config.json").is_file()
+                && path.join("tokenizer.json").is_file()
+        }
+    };
+    if !wanted {
+        let what = match m.kind {
+            ModelKind::Generate => "a GGUF file",
+            ModelKind::Embed => {
+                "a directory with model.safetensors, config.json and tokenizer.json"
+            }
+        };
+        c.fail(
+            at("path"),
+            format!(
+                "`{}` is not {what} (run scripts/setup.sh to install the default models)",
+                path.display()
+            ),
+        );
+    }
+    let device = match m.device.as_deref().unwrap_or("cpu") {
+        "cpu" => DeviceSpec::Cpu,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => DeviceSpec::Cuda(n),
+            _ => {
+                c.fail(
+                    at("device"),
+                    format!("`{other}` is not a device: use `cpu` or `cuda:N` (e.g. `cuda:0`)"),
+                );
+                DeviceSpec::Cpu
+            }
+        },
+    };
+    let quantization = m.quantization.unwrap_or(match device {
+        DeviceSpec::Cpu => Quantization::Q8_0,
+        DeviceSpec::Cuda(_) => Quantization::Bf16,
+    });
+    if m.kind == ModelKind::Embed && m.quantization.is_some() {
+        c.fail(at("quantization"), "applies to generation models only");
+    }
+    let limits = ModelLimits {
+        max_running: c.at_least_one(at("max_running"), m.max_running, DEFAULT_MAX_RUNNING) as usize,
+        max_queued: c.at_least_one(at("max_queued"), m.max_queued, DEFAULT_MAX_QUEUED) as usize,
+        max_context: c.at_least_one(at("max_context"), m.max_context, DEFAULT_MAX_CONTEXT) as usize,
+        max_tokens: c.at_least_one(
+            at("max_tokens"),
+            m.max_tokens,
+            DEFAULT_MAX_TOKENS.min(
+                m.max_context
+                    .unwrap_or(DEFAULT_MAX_CONTEXT)
+                    .saturating_sub(1)
+                    .max(1),
+            ),
+        ) as usize,
+        max_batch_tokens: c.at_least_one(
+            at("max_batch_tokens"),
+            m.max_batch_tokens,
+            DEFAULT_MAX_BATCH_TOKENS,
+        ) as usize,
+        max_batch: c.at_least_one(at("max_batch"), m.max_batch, DEFAULT_MAX_BATCH) as usize,
+        kv_cache_budget_bytes: m.kv_cache_budget_bytes,
+    };
+    if m.kind == ModelKind::Generate
+        && m.max_tokens.is_some()
+        && limits.max_tokens >= limits.max_context
+    {
+        c.fail(
+            at("max_tokens"),
+            format!(
+                "must be below max_context ({}) to leave room for the prompt",
+                limits.max_context
+            ),
+        );
+    }
+    ModelConfig {
+        name: m.name.clone(),
+        kind: m.kind,
+        path,
+        device,
+        quantization,
+        limits,
     }
 }
 
