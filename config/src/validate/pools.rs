@@ -49,49 +49,10 @@ pub(super) fn convert_pool(c: &mut Checker, at: &str, p: &PoolSection) -> Pool {
             "only used with `load_balancing = \"consistent_hash\"`",
         );
     }
-    let health_check = p.health_check.as_ref().map(|h| {
-        let hat = format!("{at}.health_check");
-        if h.kind == HealthCheckKind::Tcp && (h.path.is_some() || h.host.is_some()) {
-            c.fail(
-                format!("{hat}.kind"),
-                "`path` and `host` need `kind = \"http\"`",
-            );
-        }
-        let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
-        if !path.starts_with('/') {
-            c.fail(
-                format!("{hat}.path"),
-                format!("`{path}` must start with `/`"),
-            );
-        }
-        let interval = c.millis(
-            format!("{hat}.interval_ms"),
-            h.interval_ms,
-            DEFAULT_HEALTH_INTERVAL_MS,
-        );
-        let timeout = c.millis(
-            format!("{hat}.timeout_ms"),
-            h.timeout_ms,
-            DEFAULT_HEALTH_TIMEOUT_MS,
-        );
-        HealthCheck {
-            kind: h.kind,
-            path,
-            host: h.host.clone().unwrap_or_else(|| "localhost".into()),
-            interval,
-            timeout,
-            healthy_threshold: c.at_least_one(
-                format!("{hat}.healthy_threshold"),
-                h.healthy_threshold,
-                DEFAULT_HEALTHY_THRESHOLD,
-            ),
-            unhealthy_threshold: c.at_least_one(
-                format!("{hat}.unhealthy_threshold"),
-                h.unhealthy_threshold,
-                DEFAULT_UNHEALTHY_THRESHOLD,
-            ),
-        }
-    });
+    let health_check = p
+        .health_check
+        .as_ref()
+        .map(|h| convert_health_check(c, &format!("{at}.health_check"), h));
     Pool {
         name: p.name.clone(),
         endpoints: p.endpoints.clone(),
@@ -116,6 +77,54 @@ pub(super) fn convert_pool(c: &mut Checker, at: &str, p: &PoolSection) -> Pool {
         tls: p.tls,
         sni: p.sni.clone(),
         health_check,
+    }
+}
+
+/// A pool's `health_check`: path, interval, timeout and thresholds.
+pub(super) fn convert_health_check(
+    c: &mut Checker,
+    hat: &str,
+    h: &HealthCheckSection,
+) -> HealthCheck {
+    if h.kind == HealthCheckKind::Tcp && (h.path.is_some() || h.host.is_some()) {
+        c.fail(
+            format!("{hat}.kind"),
+            "`path` and `host` need `kind = \"http\"`",
+        );
+    }
+    let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
+    if !path.starts_with('/') {
+        c.fail(
+            format!("{hat}.path"),
+            format!("`{path}` must start with `/`"),
+        );
+    }
+    let interval = c.millis(
+        format!("{hat}.interval_ms"),
+        h.interval_ms,
+        DEFAULT_HEALTH_INTERVAL_MS,
+    );
+    let timeout = c.millis(
+        format!("{hat}.timeout_ms"),
+        h.timeout_ms,
+        DEFAULT_HEALTH_TIMEOUT_MS,
+    );
+    HealthCheck {
+        kind: h.kind,
+        path,
+        host: h.host.clone().unwrap_or_else(|| "localhost".into()),
+        interval,
+        timeout,
+        healthy_threshold: c.at_least_one(
+            format!("{hat}.healthy_threshold"),
+            h.healthy_threshold,
+            DEFAULT_HEALTHY_THRESHOLD,
+        ),
+        unhealthy_threshold: c.at_least_one(
+            format!("{hat}.unhealthy_threshold"),
+            h.unhealthy_threshold,
+            DEFAULT_UNHEALTHY_THRESHOLD,
+        ),
     }
 }
 

@@ -146,23 +146,7 @@ pub(super) fn convert_plugin(
             format!("cannot read {}: {e}", file.display()),
         ),
     }
-    let configuration = match &p.configuration {
-        None => Vec::new(),
-        Some(toml::Value::String(s)) => s.clone().into_bytes(),
-        Some(toml::Value::Table(t)) => {
-            serde_json::to_vec(t).expect("TOML tables serialize as JSON")
-        }
-        Some(other) => {
-            c.fail(
-                format!("{at}.configuration"),
-                format!(
-                    "must be a string (passed as raw bytes) or a table (passed as JSON), not a {}",
-                    other.type_str()
-                ),
-            );
-            Vec::new()
-        }
-    };
+    let configuration = plugin_configuration(c, at, p.configuration.as_ref());
     let cpu_per_call = c.millis(
         format!("{at}.cpu_per_call_ms"),
         p.cpu_per_call_ms,
@@ -233,6 +217,27 @@ pub(super) fn convert_plugin(
             p.max_http_call_timeout_ms,
             DEFAULT_PLUGIN_MAX_HTTP_CALL_TIMEOUT_MS,
         ),
+    }
+}
+
+/// A plugin's `configuration`: a string is passed as its bytes, a table as JSON.
+fn plugin_configuration(c: &mut Checker, at: &str, configuration: Option<&toml::Value>) -> Vec<u8> {
+    match configuration {
+        None => Vec::new(),
+        Some(toml::Value::String(s)) => s.clone().into_bytes(),
+        Some(toml::Value::Table(t)) => {
+            serde_json::to_vec(t).expect("TOML tables serialize as JSON")
+        }
+        Some(other) => {
+            c.fail(
+                format!("{at}.configuration"),
+                format!(
+                    "must be a string (passed as raw bytes) or a table (passed as JSON), not a {}",
+                    other.type_str()
+                ),
+            );
+            Vec::new()
+        }
     }
 }
 
