@@ -30,7 +30,7 @@ impl std::fmt::Debug for HttpContext {
 
 /// Which body hook to run.
 #[derive(Clone, Copy)]
-pub(crate) enum Side {
+enum Side {
     Request,
     Response,
 }
@@ -213,7 +213,7 @@ impl HttpContext {
 
     /// Hand one call's answer to `proxy_on_http_call_response` (no headers and
     /// no body when the call failed, as Envoy does).
-    pub(crate) fn deliver(
+    fn deliver(
         &mut self,
         token: u32,
         answer: Option<HttpCallResponse>,
@@ -332,7 +332,7 @@ impl HttpContext {
         })
     }
 
-    pub(crate) fn with_map(
+    fn with_map(
         &mut self,
         side: Side,
         headers: &mut Vec<(String, String)>,
@@ -359,7 +359,7 @@ impl HttpContext {
         result
     }
 
-    pub(crate) fn with_body(
+    fn with_body(
         &mut self,
         side: Side,
         body: &mut Vec<u8>,

@@ -18,13 +18,13 @@ use wasmtime::{
 };
 
 /// Instances the pooling allocator keeps per engine.
-pub(crate) const POOL_INSTANCES: u32 = gantry_config::file::MAX_PLUGIN_ENGINE_INSTANCES as u32;
+const POOL_INSTANCES: u32 = gantry_config::file::MAX_PLUGIN_ENGINE_INSTANCES as u32;
 
 /// The wasmtime engine all plugins share, with its epoch ticker.
 pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<HostState>>,
-    pub(crate) stop: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PluginEngine {

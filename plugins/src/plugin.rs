@@ -20,7 +20,7 @@ pub(crate) type Hook = TypedFunc<(i32, i32, i32), i32>;
 
 /// The guest functions the host calls.
 pub(crate) struct Exports {
-    pub(crate) context_create: TypedFunc<(i32, i32), ()>,
+    context_create: TypedFunc<(i32, i32), ()>,
     pub(crate) on_request_headers: Option<Hook>,
     pub(crate) on_request_body: Option<Hook>,
     pub(crate) on_response_headers: Option<Hook>,
@@ -31,7 +31,7 @@ pub(crate) struct Exports {
 }
 
 /// `proxy_on_http_call_response(root, token, headers, body size, trailers)`.
-pub(crate) type CallbackHook = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+type CallbackHook = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// One instance with its configured root context.
 pub(crate) struct Vm {
@@ -64,9 +64,9 @@ pub struct Plugin {
 /// Consecutive failures and the backoff they earned.
 #[derive(Debug)]
 pub(crate) struct Health {
-    pub(crate) failures: u32,
-    pub(crate) backoff: Duration,
-    pub(crate) until: Option<std::time::Instant>,
+    failures: u32,
+    backoff: Duration,
+    until: Option<std::time::Instant>,
 }
 
 impl Default for Health {
@@ -275,7 +275,7 @@ impl Plugin {
         }
     }
 
-    pub(crate) fn start_request_inner(
+    fn start_request_inner(
         self: &Arc<Self>,
         properties: Arc<[(String, Vec<u8>)]>,
     ) -> Result<HttpContext, PluginError> {
