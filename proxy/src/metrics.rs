@@ -2,9 +2,10 @@
 //! run several gateways never mix their counts). Served on the admin listener.
 //!
 //! This file defines every metric and the vocabulary of its fixed labels
-//! ([`Refusal`], [`Handshake`]); call sites record through typed methods
-//! ([`Metrics::refused`], [`Metrics::tls_handshake`]), whose counters are
-//! resolved once. docs/OPERATIONS.md's metric tables are checked against
+//! ([`Refusal`], [`Handshake`], [`Hook`], [`HookOutcome`], [`Direction`]);
+//! call sites record through typed methods ([`Metrics::refused`],
+//! [`Metrics::tls_handshake`], [`Metrics::plugin_call`], [`Metrics::tokens`]),
+//! the hottest counters resolved once. docs/OPERATIONS.md's metric tables are checked against
 //! [`Metrics::catalog`] by a test. Labels taken from configuration (route,
 //! pool, plugin, model names) are closed sets too: see the table's notes.
 
@@ -96,6 +97,79 @@ impl Handshake {
             Handshake::Ok => "ok",
             Handshake::Failed => "failed",
             Handshake::Timeout => "timeout",
+        }
+    }
+}
+
+/// A plugin hook: the `hook` label of `gantry_plugin_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// The request's headers and body.
+    Request,
+    /// The response headers.
+    ResponseHeaders,
+    /// The response body.
+    ResponseBody,
+}
+
+impl Hook {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Request => "request",
+            Hook::ResponseHeaders => "response_headers",
+            Hook::ResponseBody => "response_body",
+        }
+    }
+}
+
+/// How a plugin hook call ended: the `outcome` label of
+/// `gantry_plugin_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookOutcome {
+    /// Let the request or response go on.
+    Continue,
+    /// Answered locally.
+    Respond,
+    /// Held the body for more.
+    Pause,
+    /// Trapped, broke a limit, or misused the ABI.
+    Error,
+    /// Left out while unhealthy.
+    Unhealthy,
+    /// Every instance in use.
+    Busy,
+}
+
+impl HookOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookOutcome::Continue => "continue",
+            HookOutcome::Respond => "respond",
+            HookOutcome::Pause => "pause",
+            HookOutcome::Error => "error",
+            HookOutcome::Unhealthy => "unhealthy",
+            HookOutcome::Busy => "busy",
+        }
+    }
+}
+
+/// Which way tokens went: the `direction` label of `gantry_inference_tokens_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The prompt.
+    In,
+    /// Generated.
+    Out,
+}
+
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
         }
     }
 }
@@ -368,6 +442,31 @@ impl Metrics {
     /// The counter of one refusal, for a hot loop that counts it itself.
     pub fn refusal_counter(&self, why: Refusal) -> prometheus::IntCounter {
         self.refusals[why as usize].clone()
+    }
+
+    /// The counter of one plugin hook outcome on one route, for a caller that
+    /// resolves it once.
+    pub fn plugin_call_counter(
+        &self,
+        route: &str,
+        plugin: &str,
+        hook: Hook,
+        outcome: HookOutcome,
+    ) -> prometheus::IntCounter {
+        self.plugin_calls
+            .with_label_values(&[route, plugin, hook.as_str(), outcome.as_str()])
+    }
+
+    /// Count one plugin hook call.
+    pub fn plugin_call(&self, route: &str, plugin: &str, hook: Hook, outcome: HookOutcome) {
+        self.plugin_call_counter(route, plugin, hook, outcome).inc();
+    }
+
+    /// Count tokens of a model on a backend.
+    pub fn tokens(&self, model: &str, backend: &str, direction: Direction, n: u64) {
+        self.inference_tokens
+            .with_label_values(&[model, backend, direction.as_str()])
+            .inc_by(n);
     }
 
     /// Count a finished TLS handshake.

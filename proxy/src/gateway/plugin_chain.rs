@@ -7,6 +7,7 @@
 
 use super::{Gateway, RequestCtx};
 use crate::error::GatewayError;
+use crate::metrics::{Hook, HookOutcome};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -32,15 +33,18 @@ impl HotCounters {
                 r.plugins
                     .iter()
                     .map(|p| {
-                        let counter = |hook: &str| {
-                            metrics
-                                .plugin_calls
-                                .with_label_values(&[&r.name, &p.name, hook, "continue"])
+                        let counter = |hook| {
+                            metrics.plugin_call_counter(
+                                &r.name,
+                                &p.name,
+                                hook,
+                                HookOutcome::Continue,
+                            )
                         };
                         HotCounters {
-                            request: counter("request"),
-                            response_headers: counter("response_headers"),
-                            response_body: counter("response_body"),
+                            request: counter(Hook::Request),
+                            response_headers: counter(Hook::ResponseHeaders),
+                            response_body: counter(Hook::ResponseBody),
                         }
                     })
                     .collect()
@@ -51,18 +55,15 @@ impl HotCounters {
 
 impl Gateway {
     /// Count a plugin call and, on failure, log it and count the limit reached.
-    fn plugin_outcome(&self, route: usize, plugin: &str, hook: &str, outcome: &str) {
+    fn plugin_outcome(&self, route: usize, plugin: &str, hook: Hook, outcome: HookOutcome) {
         let route = self.router.route(route).name.as_str();
-        self.metrics
-            .plugin_calls
-            .with_label_values(&[route, plugin, hook, outcome])
-            .inc();
+        self.metrics.plugin_call(route, plugin, hook, outcome);
     }
     fn plugin_failed(
         &self,
         route: usize,
         ctx: &RequestCtx,
-        hook: &str,
+        hook: Hook,
         err: &gantry_plugins::PluginError,
     ) -> String {
         let (name, limit) = match err {
@@ -76,9 +77,9 @@ impl Gateway {
             | gantry_plugins::PluginError::Unhealthy { plugin, .. } => (plugin.clone(), None),
         };
         let outcome = match err {
-            gantry_plugins::PluginError::Unhealthy { .. } => "unhealthy",
-            gantry_plugins::PluginError::Busy { .. } => "busy",
-            _ => "error",
+            gantry_plugins::PluginError::Unhealthy { .. } => HookOutcome::Unhealthy,
+            gantry_plugins::PluginError::Busy { .. } => HookOutcome::Busy,
+            _ => HookOutcome::Error,
         };
         if let Some(limit) = limit {
             self.metrics
@@ -87,7 +88,7 @@ impl Gateway {
                 .inc();
         }
         self.plugin_outcome(route, &name, hook, outcome);
-        if outcome == "unhealthy" || outcome == "busy" {
+        if outcome != HookOutcome::Error {
             // Said once when it was marked unhealthy; counted per request.
             tracing::debug!(request_id = %ctx.request_id, route = %self.router.route(route).name, plugin = %name, error = %err, "plugin skipped while unhealthy");
         } else {
@@ -154,7 +155,7 @@ impl Gateway {
             };
             match result {
                 Ok((hc, gantry_plugins::Decision::Respond(local))) => {
-                    self.plugin_outcome(route, &plugin.name, "request", "respond");
+                    self.plugin_outcome(route, &plugin.name, Hook::Request, HookOutcome::Respond);
                     drop(hc);
                     self.respond_locally(session, ctx, local).await?;
                     return Ok(None);
@@ -170,7 +171,7 @@ impl Gateway {
                     ctx.plugin_contexts.push((k, hc));
                 }
                 Err(e) => {
-                    let name = self.plugin_failed(route, ctx, "request", &e);
+                    let name = self.plugin_failed(route, ctx, Hook::Request, &e);
                     if let gantry_plugins::PluginError::Busy { max_instances, .. } = e {
                         // Not the plugin's failure: never skipped, whatever its
                         // failure policy (an auth plugin must not be bypassed).
@@ -241,7 +242,12 @@ impl Gateway {
                     crate::plugins::apply_response_changes(resp, &before, pairs)?;
                 }
                 Ok(gantry_plugins::Decision::Respond(local)) => {
-                    self.plugin_outcome(route, &plugin.name, "response_headers", "respond");
+                    self.plugin_outcome(
+                        route,
+                        &plugin.name,
+                        Hook::ResponseHeaders,
+                        HookOutcome::Respond,
+                    );
                     let mut headers = local.headers;
                     headers.insert(0, (":status".into(), local.status.to_string()));
                     crate::plugins::apply_response(resp, headers)?;
@@ -249,7 +255,7 @@ impl Gateway {
                     break;
                 }
                 Err(e) => {
-                    let name = self.plugin_failed(route, ctx, "response_headers", &e);
+                    let name = self.plugin_failed(route, ctx, Hook::ResponseHeaders, &e);
                     if crate::plugins::fails_closed(&plugin) {
                         let err = GatewayError::PluginFailed { plugin: name };
                         let pairs = vec![
@@ -303,19 +309,34 @@ impl Gateway {
                         .plugin_limit_hits
                         .with_label_values(&[&plugin.name, "bytes_per_host_call"])
                         .inc();
-                    self.plugin_outcome(route, &plugin.name, "response_body", "error");
+                    self.plugin_outcome(
+                        route,
+                        &plugin.name,
+                        Hook::ResponseBody,
+                        HookOutcome::Error,
+                    );
                     Some(format!(
                         "held more than {} bytes of response body (bytes_per_host_call)",
                         plugin.limits.bytes_per_host_call
                     ))
                 }
                 Ok(gantry_plugins::Decision::Pause) if !end_of_stream => {
-                    self.plugin_outcome(route, &plugin.name, "response_body", "pause");
+                    self.plugin_outcome(
+                        route,
+                        &plugin.name,
+                        Hook::ResponseBody,
+                        HookOutcome::Pause,
+                    );
                     ctx.response_held[i] = chunk;
                     continue;
                 }
                 Ok(gantry_plugins::Decision::Respond(_)) => {
-                    self.plugin_outcome(route, &plugin.name, "response_body", "error");
+                    self.plugin_outcome(
+                        route,
+                        &plugin.name,
+                        Hook::ResponseBody,
+                        HookOutcome::Error,
+                    );
                     Some("sent a local response after the response headers went out".into())
                 }
                 Ok(_) => {
@@ -327,7 +348,7 @@ impl Gateway {
                     continue;
                 }
                 Err(e) => {
-                    self.plugin_failed(route, ctx, "response_body", &e);
+                    self.plugin_failed(route, ctx, Hook::ResponseBody, &e);
                     Some(e.to_string())
                 }
             };

@@ -6,6 +6,7 @@ use super::error::ApiError;
 use super::reply::Whole;
 use super::schema::*;
 use super::{Api, Outcome};
+use crate::metrics::Direction;
 use crate::upstream::inference::InferencePool;
 use gantry_proto as pb;
 use std::time::Instant;
@@ -41,10 +42,10 @@ impl Api {
             }
         };
         let backend = outcome.backend.clone().unwrap_or_else(|| "none".into());
+        let model = self.model_label(&req.model);
+        let prompt_tokens = r.prompt_tokens.into();
         self.metrics
-            .inference_tokens
-            .with_label_values(&[self.model_label(&req.model), &backend, "in"])
-            .inc_by(u64::from(r.prompt_tokens));
+            .tokens(model, &backend, Direction::In, prompt_tokens);
         self.count(&req.model, outcome, "200");
         let data = r
             .embeddings

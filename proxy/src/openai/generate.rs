@@ -14,6 +14,7 @@ use super::reply::{Reply, Whole};
 use super::schema::{Sampling, Usage};
 use super::sse::{Answer, Shape};
 use super::{Api, Outcome};
+use crate::metrics::Direction;
 use crate::upstream::inference::{InferenceBackend, InferencePool, LoadGuard};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -366,13 +367,14 @@ impl Generation<'_> {
                     .inference_queue
                     .with_label_values(&labels)
                     .observe(f.queue_time_us as f64 / 1e6);
-                let tokens = &metrics.inference_tokens;
-                tokens
-                    .with_label_values(&[labels[0], labels[1], "in"])
-                    .inc_by(u64::from(usage.prompt_tokens));
-                tokens
-                    .with_label_values(&[labels[0], labels[1], "out"])
-                    .inc_by(u64::from(usage.completion_tokens));
+                let (model, backend) = (labels[0], labels[1]);
+                metrics.tokens(model, backend, Direction::In, usage.prompt_tokens.into());
+                metrics.tokens(
+                    model,
+                    backend,
+                    Direction::Out,
+                    usage.completion_tokens.into(),
+                );
                 Some(match finish_reason(f.reason) {
                     Ok(reason) => Step::Finished { reason, usage },
                     Err((error, retryable)) => Step::Failed { error, retryable },
