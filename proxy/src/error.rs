@@ -126,6 +126,9 @@ impl GatewayError {
             GatewayError::BadGateway => "bad_gateway",
             GatewayError::BadRequest => "bad_request",
             GatewayError::InvalidTarget(crate::normalize::Refused::BadHost) => "invalid_host",
+            GatewayError::InvalidTarget(crate::normalize::Refused::Unrepresentable) => {
+                "bad_request"
+            }
             GatewayError::InvalidTarget(_) => "invalid_path",
             GatewayError::MissingHost => "missing_host",
             GatewayError::HttpVersion => "http_version_not_supported",

@@ -15,7 +15,6 @@
 //! (`a..b`, `.a`, `a..`) and characters outside a host name or IP literal are
 //! refused.
 
-use crate::error::GatewayError;
 use http::header::HOST;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
@@ -42,6 +41,9 @@ pub enum Refused {
     /// The host is empty, has an empty label, or characters a host cannot have.
     #[error("the Host header is not a valid host name")]
     BadHost,
+    /// The normalized target or host cannot be put back into the request.
+    #[error("the request is malformed")]
+    Unrepresentable,
 }
 
 fn unreserved(b: u8) -> bool {
@@ -210,13 +212,10 @@ fn split_port(value: &str) -> Result<(&str, Option<&str>), Refused> {
 /// Give the request one view of its path and host: routing, plugins and the
 /// upstream all see the normalized forms. (An HTTP/1 request's framing and
 /// `Host` were judged by the front door, before Pingora read it.)
-pub fn apply(session: &mut Session) -> Result<(), GatewayError> {
+pub fn apply(session: &mut Session) -> Result<(), Refused> {
     let req = session.req_header();
-    let path = path(req.uri.path()).map_err(GatewayError::InvalidTarget)?;
-    let host = host_of(req)
-        .map(host)
-        .transpose()
-        .map_err(GatewayError::InvalidTarget)?;
+    let path = path(req.uri.path())?;
+    let host = host_of(req).map(host).transpose()?;
     let path = match path {
         std::borrow::Cow::Owned(p) => Some(match req.uri.query() {
             Some(q) => format!("{p}?{q}"),
@@ -230,12 +229,12 @@ pub fn apply(session: &mut Session) -> Result<(), GatewayError> {
     };
     let req = session.req_header_mut();
     if let Some(path) = path {
-        let uri = http::Uri::try_from(path).map_err(|_| GatewayError::BadRequest)?;
+        let uri = http::Uri::try_from(path).map_err(|_| Refused::Unrepresentable)?;
         req.set_uri(uri);
     }
     if let Some(host) = host {
         req.insert_header(HOST, host)
-            .map_err(|_| GatewayError::BadRequest)?;
+            .map_err(|_| Refused::Unrepresentable)?;
     }
     Ok(())
 }

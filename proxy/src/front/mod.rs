@@ -3,7 +3,7 @@
 //! - **Per-client caps.** At most `limits.max_connections_per_client`
 //!   connections from one address; more are closed at once (counted as
 //!   `gantry_limit_rejections_total{limit="client_connections"}`). The total
-//!   (`limits.max_connections`) is checked at accept ([`crate::server`]).
+//!   (`limits.max_connections`) is checked at accept (`server.rs`, `Admission`).
 //! - **Every HTTP/1 head, read and judged here** (`head.rs`): a new connection
 //!   has `limits.head_timeout_ms` from accept for its first head (or the
 //!   HTTP/2 preface on an h2c listener), a kept-alive one the same from the

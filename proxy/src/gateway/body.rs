@@ -182,3 +182,8 @@ impl Gateway {
         Ok(false)
     }
 }
+
+/// Resolves when the client has gone away (its connection closed).
+pub(super) async fn client_gone(session: &mut Session) {
+    let _ = session.as_mut().read_body_or_idle(true).await;
+}

@@ -4,13 +4,13 @@
 //! value, written here to the client; HTTP-pool routes go on through the
 //! upstream phases.
 
-use super::body::Refused;
+use super::body::{client_gone, Refused};
 use super::context::request_header_bytes;
 use super::{Gateway, RequestCtx, REQUEST_ID};
 use crate::error::GatewayError;
 use crate::normalize::host_of;
 use crate::openai::error::ApiError;
-use crate::openai::reply::STREAM_HEADERS;
+use crate::openai::whole::STREAM_HEADERS;
 use crate::openai::{ApiCall, Endpoint, Outcome, Reply, Whole};
 use crate::router::Match;
 use bytes::Bytes;
@@ -39,7 +39,7 @@ impl Gateway {
             return Ok(None);
         }
 
-        if let Err(err) = crate::normalize::apply(session) {
+        if let Err(err) = crate::normalize::apply(session).map_err(GatewayError::InvalidTarget) {
             // The connection may hold anything after such a request: close it.
             session.set_keepalive(None);
             self.respond(session, ctx, err).await?;
@@ -158,11 +158,6 @@ fn api_refusal(refused: Refused) -> ApiError {
         Refused::TooLarge { limit } => ApiError::body_too_large(limit),
         Refused::Stalled { limit } => ApiError::body_timeout(limit),
     }
-}
-
-/// Resolves when the client has gone away (its connection closed).
-pub(super) async fn client_gone(session: &mut Session) {
-    let _ = session.as_mut().read_body_or_idle(true).await;
 }
 
 /// Write the API's answer: a whole one at once; a stream's events as they

@@ -139,7 +139,7 @@ impl Gateway {
                     // backend stream).
                     let ran = {
                         let run = hc.on_request(&mut pairs, body.as_mut(), perform);
-                        let gone = super::dispatch::client_gone(session);
+                        let gone = super::body::client_gone(session);
                         tokio::select! {
                             r = run => Some(r),
                             _ = gone => None,

@@ -3,8 +3,8 @@
 
 use super::attempt::Attempts;
 use super::error::ApiError;
-use super::reply::Whole;
 use super::schema::*;
+use super::whole::Whole;
 use super::{Api, Outcome};
 use crate::metrics::Direction;
 use crate::upstream::inference::InferencePool;

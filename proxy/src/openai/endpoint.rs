@@ -2,7 +2,15 @@
 //! content type to an [`Endpoint`], or the error that names what is wrong.
 
 use super::error::ApiError;
-use super::request::is_json;
+
+/// Whether a `content-type` is JSON: `application/json`, any case, parameters
+/// (`; charset=utf-8`) allowed.
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|v| {
+        let essence = v.split(';').next().unwrap_or("").trim();
+        essence.eq_ignore_ascii_case("application/json")
+    })
+}
 
 /// One endpoint of the API.
 #[derive(Debug, Clone, PartialEq, Eq)]

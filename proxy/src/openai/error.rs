@@ -2,8 +2,30 @@
 //! `{"error": {"message", "type", "param", "code"}}`. One table maps every failure,
 //! including each gRPC status a backend can answer, to an HTTP status.
 
-use super::schema::{ErrorBody, ErrorResponse};
+use serde::Serialize;
 use tonic::Code;
+use utoipa::ToSchema;
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+/// An error, as OpenAI's API shapes it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong and, for a bad value, the allowed range.
+    pub message: String,
+    /// `invalid_request_error`, `rate_limit_error`, `server_error`, ...
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The request parameter at fault, if one is.
+    pub param: Option<String>,
+    /// A machine-readable code, e.g. `model_not_found`.
+    pub code: Option<&'static str>,
+}
 
 /// Seconds clients are told to wait when every backend is saturated, unless the
 /// backend said otherwise.

@@ -10,9 +10,10 @@
 
 use super::attempt::{Answered, Attempts};
 use super::error::ApiError;
-use super::reply::{Reply, Whole};
 use super::schema::{Sampling, Usage};
 use super::sse::{Answer, Shape};
+use super::whole::Whole;
+use super::Reply;
 use super::{Api, Outcome};
 use crate::metrics::Direction;
 use crate::upstream::inference::{InferenceBackend, InferencePool, LoadGuard};

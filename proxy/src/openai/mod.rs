@@ -17,7 +17,7 @@
 //! | `embed.rs`    | embeddings                                                  |
 //! | `attempt.rs`  | attempts on a pool's backends, shared by both               |
 //! | `sse.rs`      | the answer's encoding, whole or as events                   |
-//! | `reply.rs`    | the answer as a value                                       |
+//! | `whole.rs`    | a whole answer; a streamed one's headers                    |
 //! | `error.rs`    | errors, OpenAI-shaped, and the gRPC status table            |
 //! | `openapi.rs`  | the OpenAPI document and the docs page                      |
 
@@ -27,15 +27,15 @@ pub mod endpoint;
 pub mod error;
 mod generate;
 pub mod openapi;
-pub mod reply;
 pub mod request;
 pub mod schema;
 mod sse;
+pub mod whole;
 
 pub use endpoint::Endpoint;
 pub use generate::Generation;
-pub use reply::{Reply, Whole};
 pub use request::{check_body, check_body_property};
+pub use whole::Whole;
 
 use crate::metrics::{Metrics, Refusal};
 use crate::upstream::inference::{InferencePool, PoolSlot};
@@ -74,6 +74,17 @@ pub struct Outcome {
     model: String,
     /// Whether `gantry_inference_requests_total` has counted it.
     counted: bool,
+}
+
+/// What the API answers, as a value: a whole body, or a stream of
+/// server-sent events. The gateway writes it to the client's session (and
+/// drops it when the client leaves, which cancels the backend's work); a
+/// plugin's in-process call collects it.
+pub enum Reply<'a> {
+    /// A whole body.
+    Whole(Whole),
+    /// `200 text/event-stream`: events as the backend generates them.
+    Stream(Box<Generation<'a>>),
 }
 
 /// One API request, routed and its body read.
@@ -222,7 +233,7 @@ impl Api {
                 (whole.status, headers, Vec::from(whole.body))
             }
             Reply::Stream(mut events) => {
-                let mut headers: Vec<_> = reply::STREAM_HEADERS
+                let mut headers: Vec<_> = whole::STREAM_HEADERS
                     .iter()
                     .map(|(k, v)| header(k, v))
                     .collect();

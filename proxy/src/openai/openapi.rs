@@ -2,6 +2,7 @@
 //! the request and response types in [`super::schema`] (the same types that parse and
 //! validate requests), with one set of paths per route prefix that serves the API.
 
+use super::error::{ErrorBody, ErrorResponse};
 use super::schema::*;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder};
 use utoipa::openapi::request_body::RequestBodyBuilder;

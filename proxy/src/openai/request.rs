@@ -5,15 +5,6 @@ use super::endpoint::Endpoint;
 use super::error::{self, ApiError};
 use super::schema::*;
 
-/// Whether a `content-type` is JSON: `application/json`, any case, parameters
-/// (`; charset=utf-8`) allowed.
-pub(super) fn is_json(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|v| {
-        let essence = v.split(';').next().unwrap_or("").trim();
-        essence.eq_ignore_ascii_case("application/json")
-    })
-}
-
 /// Parse and check a request body as the API does before it picks a pool:
 /// JSON shape, every range, and what the body may carry under `limits`. Any
 /// bytes give `Ok` or a 4xx naming what is wrong, never a panic: the fuzz

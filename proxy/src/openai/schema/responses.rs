@@ -198,24 +198,3 @@ pub struct ModelList {
     /// Every model.
     pub data: Vec<Model>,
 }
-
-/// The body of every error answer.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ErrorResponse {
-    /// What went wrong.
-    pub error: ErrorBody,
-}
-
-/// An error, as OpenAI's API shapes it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong and, for a bad value, the allowed range.
-    pub message: String,
-    /// `invalid_request_error`, `rate_limit_error`, `server_error`, ...
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// The request parameter at fault, if one is.
-    pub param: Option<String>,
-    /// A machine-readable code, e.g. `model_not_found`.
-    pub code: Option<&'static str>,
-}

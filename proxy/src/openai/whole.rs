@@ -1,19 +1,8 @@
-//! What the API answers, as a value: a whole body, or a stream of
-//! server-sent events. The gateway writes it to the client's session (and
-//! drops it when the client leaves, which cancels the backend's work); a
-//! plugin's in-process call collects it.
+//! A whole answer of the API (status, content type, body), and the headers
+//! of a streamed one.
 
 use super::error::ApiError;
-use super::generate::Generation;
 use bytes::Bytes;
-
-/// One answer of the API.
-pub enum Reply<'a> {
-    /// A whole body.
-    Whole(Whole),
-    /// `200 text/event-stream`: events as the backend generates them.
-    Stream(Box<Generation<'a>>),
-}
 
 /// A whole answer.
 #[derive(Debug, Clone)]
