@@ -18,6 +18,12 @@ pub enum GatewayError {
         /// The limit.
         limit: usize,
     },
+    /// The head has more header fields than can be parsed (Pingora's bound).
+    #[error("request has more than {limit} header fields")]
+    TooManyHeaders {
+        /// The limit.
+        limit: usize,
+    },
     /// The body exceeds the route's (or the global) limit.
     #[error("request body is over the limit of {limit} bytes for this route")]
     BodyTooLarge {
@@ -104,7 +110,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::HeadTimeout { .. } | GatewayError::BodyTimeout { .. } => 408,
             GatewayError::BodyTooLarge { .. } => 413,
-            GatewayError::HeadersTooLarge { .. } => 431,
+            GatewayError::HeadersTooLarge { .. } | GatewayError::TooManyHeaders { .. } => 431,
             GatewayError::Internal | GatewayError::PluginFailed { .. } => 500,
             GatewayError::UpstreamUnreachable | GatewayError::BadGateway => 502,
             GatewayError::NoHealthyEndpoint | GatewayError::PluginBusy { .. } => 503,
@@ -116,7 +122,9 @@ impl GatewayError {
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            GatewayError::HeadersTooLarge { .. } => "headers_too_large",
+            GatewayError::HeadersTooLarge { .. } | GatewayError::TooManyHeaders { .. } => {
+                "headers_too_large"
+            }
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::NoRoute => "route_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -161,6 +169,8 @@ impl GatewayError {
         use crate::metrics::Refusal;
         match self {
             GatewayError::HeadersTooLarge { .. } => Some(Refusal::HeaderBytes),
+            GatewayError::TooManyHeaders { .. } => Some(Refusal::HeaderFields),
+            GatewayError::HeadTimeout { .. } => Some(Refusal::HeadTimeout),
             GatewayError::BodyTooLarge { .. } => Some(Refusal::BodyBytes),
             _ => None,
         }

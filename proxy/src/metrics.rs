@@ -24,6 +24,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub enum Refusal {
     /// `limits.max_header_bytes`.
     HeaderBytes,
+    /// More header fields than Pingora parses (256, fixed).
+    HeaderFields,
     /// A route's `max_body_bytes`.
     BodyBytes,
     /// `limits.max_connections`.
@@ -46,8 +48,9 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every refusal, in label order.
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::HeaderBytes,
+        Refusal::HeaderFields,
         Refusal::BodyBytes,
         Refusal::Connections,
         Refusal::ClientConnections,
@@ -63,6 +66,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::HeaderBytes => "header_bytes",
+            Refusal::HeaderFields => "header_fields",
             Refusal::BodyBytes => "body_bytes",
             Refusal::Connections => "connections",
             Refusal::ClientConnections => "client_connections",

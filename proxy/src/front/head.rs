@@ -24,8 +24,9 @@ use pingora::server::ShutdownWatch;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Header fields in one request head (Pingora's own bound).
-const MAX_HEADERS: usize = 256;
+/// Header fields in one request head: Pingora's own bound (its parser takes
+/// no more), so not a setting. More is a 431 (`limit="header_fields"`).
+pub(super) const MAX_HEADERS: usize = 256;
 
 /// Bytes asked of the socket per read while a head arrives.
 const READ_CHUNK: usize = 4096;
@@ -82,7 +83,6 @@ pub(super) async fn read_head(
 ) -> Head {
     let mut buf = BytesMut::new();
     let mut complete = false;
-    let mut chunk = [0u8; READ_CHUNK];
     let mut shutdown = shutdown.clone();
     let first_deadline = match wait {
         Wait::Until(t) | Wait::Idle(t) => t,
@@ -102,8 +102,13 @@ pub(super) async fn read_head(
             return Head::TooLarge(buf.len());
         }
         let idle = buf.is_empty() && matches!(wait, Wait::Idle(_));
+        // Only the new bytes (and the 3 before them) can complete the blank
+        // line: a trickled head is not rescanned whole. They are read straight
+        // into the buffer Pingora will parse.
+        let from = buf.len().saturating_sub(3);
+        buf.reserve(READ_CHUNK);
         let read = tokio::select! {
-            read = stream.read(&mut chunk) => read,
+            read = stream.read_buf(&mut buf) => read,
             _ = &mut timer => {
                 return if idle { Head::Closed } else { Head::TimedOut };
             }
@@ -112,16 +117,12 @@ pub(super) async fn read_head(
         match read {
             // Closed, or a partial head then EOF: nothing to answer.
             Ok(0) | Err(_) => return Head::Closed,
-            Ok(n) => {
+            Ok(_) => {
                 if idle {
                     timer
                         .as_mut()
                         .reset((Instant::now() + how.head_timeout).into());
                 }
-                // Only the new bytes (and the 3 before them) can complete the
-                // blank line: a trickled head is not rescanned whole.
-                let from = buf.len().saturating_sub(3);
-                buf.extend_from_slice(&chunk[..n]);
                 complete = complete || head_complete(&buf[from..]);
             }
         }
@@ -140,6 +141,9 @@ pub(super) fn judge(head: &[u8]) -> Result<(), GatewayError> {
         }
         // A blank line that httparse does not see as the head's end is
         // malformed too.
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(GatewayError::TooManyHeaders { limit: MAX_HEADERS })
+        }
         Ok(httparse::Status::Partial) | Err(_) => return Err(GatewayError::BadRequest),
     }
     let version = req.version.unwrap_or(1);
@@ -272,6 +276,18 @@ mod tests {
                 String::from_utf8_lossy(head)
             );
         }
+    }
+
+    #[test]
+    fn too_many_header_fields_is_a_431_naming_the_limit() {
+        let mut head = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+        for i in 0..MAX_HEADERS {
+            head.push_str(&format!("x-{i}: v\r\n"));
+        }
+        head.push_str("\r\n");
+        let refused = judge(head.as_bytes()).unwrap_err();
+        assert_eq!(refused.status(), 431);
+        assert!(refused.to_string().contains("256"), "{refused}");
     }
 
     #[test]

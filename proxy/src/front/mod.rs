@@ -215,7 +215,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Front<A> {
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
             if let Err(err) = head::judge(&head) {
-                head::respond_error(&mut stream, &err).await;
+                self.refuse(&mut stream, &err).await;
                 return;
             }
             let mut session = ServerSession::new_http1(stream);
@@ -262,19 +262,24 @@ impl<A: HttpServerApp + Send + Sync + 'static> Front<A> {
     /// Answer a head that timed out or grew too large, then close.
     async fn refuse_head(&self, stream: &mut Stream, head: Head) {
         let err = match head {
-            Head::TimedOut => {
-                self.metrics.refused(Refusal::HeadTimeout);
-                GatewayError::HeadTimeout {
-                    limit: self.limits.head_timeout,
-                }
-            }
+            Head::TimedOut => GatewayError::HeadTimeout {
+                limit: self.limits.head_timeout,
+            },
             Head::TooLarge(size) => GatewayError::HeadersTooLarge {
                 size,
                 limit: self.limits.max_header_bytes,
             },
             Head::Read(_) | Head::Closed => return,
         };
-        head::respond_error(stream, &err).await;
+        self.refuse(stream, &err).await;
+    }
+
+    /// Answer `err` (counted when a limit refused the head), then close.
+    async fn refuse(&self, stream: &mut Stream, err: &GatewayError) {
+        if let Some(limit) = err.limit() {
+            self.metrics.refused(limit);
+        }
+        head::respond_error(stream, err).await;
     }
 }
 

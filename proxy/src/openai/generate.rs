@@ -39,6 +39,27 @@ pub(super) struct GenerateCall<'a> {
     pub body_bytes: u64,
 }
 
+impl<'a> GenerateCall<'a> {
+    /// The generation of an API call, to `pool`.
+    pub fn new(
+        call: &super::ApiCall<'a>,
+        pool: &'a Arc<InferencePool>,
+        request: pb::GenerateRequest,
+        sampling: &'a Sampling,
+        shape: Shape,
+    ) -> Self {
+        GenerateCall {
+            pool,
+            request,
+            sampling,
+            shape,
+            request_id: call.request_id,
+            started: call.started,
+            body_bytes: call.body.len() as u64,
+        }
+    }
+}
+
 /// What one event of the stream came to.
 enum Step {
     /// New text (`first`: the answer's first).

@@ -272,52 +272,47 @@ impl Api {
                 None => Err(ApiError::model_not_found(id, &model_names(&pools))),
             },
             Endpoint::ChatCompletions => {
-                let req: ChatCompletionRequest = parse(body)?;
-                outcome.model = req.model.clone();
-                req.validate()?;
-                let (pool, _slot) =
-                    find_pool(&pools, &req.model, &self.metrics, |l| req.check_input(l))?;
+                let (req, pool, _slot) =
+                    self.admit::<ChatCompletionRequest>(body, &pools, outcome)?;
                 let request = req.generate_request(call.request_id);
-                let call = GenerateCall {
-                    pool,
-                    request,
-                    sampling: &req.sampling,
-                    shape: Shape::Chat,
-                    request_id: call.request_id,
-                    started: call.started,
-                    body_bytes: body.len() as u64,
-                };
-                self.generate(call, outcome).await
+                self.generate(
+                    GenerateCall::new(&call, pool, request, &req.sampling, Shape::Chat),
+                    outcome,
+                )
+                .await
             }
             Endpoint::Completions => {
-                let req: CompletionRequest = parse(body)?;
-                outcome.model = req.model.clone();
-                req.validate()?;
-                let (pool, _slot) =
-                    find_pool(&pools, &req.model, &self.metrics, |l| req.check_input(l))?;
+                let (req, pool, _slot) = self.admit::<CompletionRequest>(body, &pools, outcome)?;
                 let request = req.generate_request(call.request_id);
-                let call = GenerateCall {
-                    pool,
-                    request,
-                    sampling: &req.sampling,
-                    shape: Shape::Completion,
-                    request_id: call.request_id,
-                    started: call.started,
-                    body_bytes: body.len() as u64,
-                };
-                self.generate(call, outcome).await
+                self.generate(
+                    GenerateCall::new(&call, pool, request, &req.sampling, Shape::Completion),
+                    outcome,
+                )
+                .await
             }
             Endpoint::Embeddings => {
-                let req: EmbeddingRequest = parse(body)?;
-                outcome.model = req.model.clone();
-                req.validate()?;
-                let (pool, _slot) =
-                    find_pool(&pools, &req.model, &self.metrics, |l| req.check_input(l))?;
+                let (req, pool, _slot) = self.admit::<EmbeddingRequest>(body, &pools, outcome)?;
                 Ok(Reply::Whole(
                     self.embed(pool, req, call.request_id, outcome).await?,
                 ))
             }
         }
+    }
+
+    /// A request body parsed and checked, the pool serving its model, and a
+    /// slot of that pool's `max_inflight`; the model is noted for the outcome
+    /// as soon as it is known.
+    fn admit<'p, R: request::ApiBody>(
+        &self,
+        body: &[u8],
+        pools: &[&'p Arc<InferencePool>],
+        outcome: &mut Outcome,
+    ) -> Result<(R, &'p Arc<InferencePool>, PoolSlot), ApiError> {
+        let req: R = parse(body)?;
+        outcome.model = req.model().to_string();
+        req.validate()?;
+        let (pool, slot) = find_pool(pools, req.model(), &self.metrics, |l| req.check_input(l))?;
+        Ok((req, pool, slot))
     }
 
     fn count(&self, model: &str, outcome: &mut Outcome, status: &str) {

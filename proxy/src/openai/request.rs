@@ -14,25 +14,48 @@ pub fn check_body(
     body: &[u8],
     limits: &gantry_config::InputLimits,
 ) -> Result<(), ApiError> {
-    let too_large = |t: TooLarge| t.error;
     match endpoint {
-        Endpoint::ChatCompletions => {
-            let req: ChatCompletionRequest = parse(body)?;
-            req.validate()?;
-            req.check_input(limits).map_err(too_large)
-        }
-        Endpoint::Completions => {
-            let req: CompletionRequest = parse(body)?;
-            req.validate()?;
-            req.check_input(limits).map_err(too_large)
-        }
-        Endpoint::Embeddings => {
-            let req: EmbeddingRequest = parse(body)?;
-            req.validate()?;
-            req.check_input(limits).map_err(too_large)
-        }
+        Endpoint::ChatCompletions => checked::<ChatCompletionRequest>(body, limits).map(drop),
+        Endpoint::Completions => checked::<CompletionRequest>(body, limits).map(drop),
+        Endpoint::Embeddings => checked::<EmbeddingRequest>(body, limits).map(drop),
         Endpoint::ListModels | Endpoint::GetModel(_) => Ok(()),
     }
+}
+
+/// A request body of the API: parsed, then checked in one order everywhere
+/// (its ranges, then what it may carry under a pool's input limits).
+pub trait ApiBody: serde::de::DeserializeOwned {
+    /// The model it names.
+    fn model(&self) -> &str;
+    /// Every parameter's range.
+    fn validate(&self) -> Result<(), ApiError>;
+    /// What it carries against the pool's input limits.
+    fn check_input(&self, limits: &gantry_config::InputLimits) -> Result<(), TooLarge>;
+}
+
+macro_rules! api_body {
+    ($($t:ty),*) => {$(
+        impl ApiBody for $t {
+            fn model(&self) -> &str {
+                &self.model
+            }
+            fn validate(&self) -> Result<(), ApiError> {
+                <$t>::validate(self)
+            }
+            fn check_input(&self, limits: &gantry_config::InputLimits) -> Result<(), TooLarge> {
+                <$t>::check_input(self, limits)
+            }
+        }
+    )*};
+}
+api_body!(ChatCompletionRequest, CompletionRequest, EmbeddingRequest);
+
+/// `body` parsed as `R`, its ranges checked and its input under `limits`.
+fn checked<R: ApiBody>(body: &[u8], limits: &gantry_config::InputLimits) -> Result<R, ApiError> {
+    let req: R = parse(body)?;
+    req.validate()?;
+    req.check_input(limits).map_err(|t| t.error)?;
+    Ok(req)
 }
 
 /// The property the `openai_request` fuzz target checks on any bytes (its first

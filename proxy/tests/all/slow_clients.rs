@@ -353,3 +353,28 @@ async fn a_stalled_http2_body_is_a_408_on_proxied_and_api_routes() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn oversized_heads_are_431s_counted_by_the_limit_they_broke() {
+    let (origin, gw) = limited("max_header_bytes = 2048", false).await;
+    // A head that grows past max_header_bytes without ending.
+    let long = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Long: {}", "a".repeat(4096));
+    let answer = raw(&gw, &long).await;
+    assert_eq!(status(&answer), 431, "{answer}");
+    assert!(answer.contains("max_header_bytes"), "{answer}");
+    // More header fields than can be parsed, within the byte limit.
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..300 {
+        many.push_str(&format!("x{i}:\r\n"));
+    }
+    many.push_str("\r\n");
+    assert!(many.len() < 2048);
+    let answer = raw(&gw, &many).await;
+    assert_eq!(status(&answer), 431, "{answer}");
+    assert!(answer.contains("header fields"), "{answer}");
+    assert_eq!(origin.state.hits.load(Ordering::SeqCst), 0);
+    for (limit, n) in [("header_bytes", 1.0), ("header_fields", 1.0)] {
+        let sample = format!("gantry_limit_rejections_total{{limit=\"{limit}\"}}");
+        assert_eq!(gw.metric(&sample).await, Some(n), "{limit}");
+    }
+}
