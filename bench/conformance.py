@@ -12,7 +12,7 @@ nginx refuses, Gantry refuses. Prints a Markdown table (docs/CONFORMANCE.md).
 """
 import http.server, json, os, socket, subprocess, sys, tempfile, threading, time
 
-from loopback import free_port, wait_port  # bench/, the script's own folder
+from loopback import free_port, gantry_proxy_config, wait_port  # bench/, the script's own folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(ROOT, "proxy/tests/conformance/requests.json")
@@ -69,18 +69,7 @@ http {{ access_log off; client_body_temp_path {tmp};
     location / {{ proxy_pass http://127.0.0.1:{origin_port}; proxy_http_version 1.1; }} }} }}
 """)
     with open(os.path.join(tmp, "gantry.toml"), "w") as f:
-        f.write(f"""[admin]
-address = "127.0.0.1:{admin_port}"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:{gantry_port}"
-[[pools]]
-name = "origin"
-endpoints = ["127.0.0.1:{origin_port}"]
-[[routes]]
-name = "all"
-pool = "origin"
-""")
+        f.write(gantry_proxy_config(gantry_port, admin_port, origin_port))
     procs = [subprocess.Popen(["nginx", "-c", f"{tmp}/nginx.conf"], stderr=subprocess.DEVNULL),
              subprocess.Popen([gantry, "gateway", "--config", f"{tmp}/gantry.toml"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]

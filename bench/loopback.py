@@ -20,3 +20,20 @@ def wait_port(port):
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"nothing listens on {port}")
+
+
+def gantry_proxy_config(port, admin_port, origin_port, limits=""):
+    """A Gantry config: one listener on `port`, everything to the origin."""
+    return f"""{limits}
+[admin]
+address = "127.0.0.1:{admin_port}"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:{port}"
+[[pools]]
+name = "origin"
+endpoints = ["127.0.0.1:{origin_port}"]
+[[routes]]
+name = "all"
+pool = "origin"
+"""

@@ -16,7 +16,7 @@ above N, so the head deadline (not the cap) is what holds the attack off.
 """
 import argparse, asyncio, json, multiprocessing, os, socket, statistics, subprocess, tempfile, time
 
-from loopback import free_port, wait_port  # bench/, the script's own folder
+from loopback import free_port, gantry_proxy_config, wait_port  # bench/, the script's own folder
 import http.server
 
 
@@ -121,23 +121,11 @@ def main():
     tmp = tempfile.mkdtemp()
     conf = os.path.join(tmp, "gantry.toml")
     with open(conf, "w") as f:
-        f.write(f"""[server]
+        f.write(gantry_proxy_config(port, admin, origin_port, f"""[server]
 threads = 1
 [limits]
 head_timeout_ms = 2000
-max_connections_per_client = {args.connections * 2}
-[admin]
-address = "127.0.0.1:{admin}"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:{port}"
-[[pools]]
-name = "origin"
-endpoints = ["127.0.0.1:{origin_port}"]
-[[routes]]
-name = "all"
-pool = "origin"
-""")
+max_connections_per_client = {args.connections * 2}"""))
     gw = subprocess.Popen([args.gantry, "gateway", "--config", conf],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs = [gw]

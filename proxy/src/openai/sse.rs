@@ -110,56 +110,50 @@ impl Answer {
         first: bool,
         finish: Option<&'static str>,
     ) -> Bytes {
+        self.event(Some((text, first, finish)), None)
+    }
+
+    /// The usage event (`stream_options.include_usage`): no choices.
+    pub(super) fn usage_chunk(&self, usage: Usage) -> Bytes {
+        self.event(None, Some(usage))
+    }
+
+    /// A streamed event: one choice (text, first, finish reason) or none, and
+    /// the usage or none.
+    fn event(
+        &self,
+        choice: Option<(Option<String>, bool, Option<&'static str>)>,
+        usage: Option<Usage>,
+    ) -> Bytes {
+        let (id, created, model) = (self.id.clone(), self.created, self.model.clone());
         match self.shape {
             Shape::Chat => Self::sse(&ChatCompletionChunk {
-                id: self.id.clone(),
+                id,
                 object: "chat.completion.chunk",
-                created: self.created,
-                model: self.model.clone(),
-                choices: vec![ChunkChoice {
+                created,
+                model,
+                choices: Vec::from_iter(choice.map(|(text, first, finish)| ChunkChoice {
                     index: 0,
                     delta: Delta {
                         role: first.then_some("assistant"),
                         content: text,
                     },
                     finish_reason: finish,
-                }],
-                usage: None,
+                })),
+                usage,
             }),
             Shape::Completion => Self::sse(&Completion {
-                id: self.id.clone(),
+                id,
                 object: "text_completion",
-                created: self.created,
-                model: self.model.clone(),
-                choices: vec![CompletionChoice {
+                created,
+                model,
+                choices: Vec::from_iter(choice.map(|(text, _, finish)| CompletionChoice {
                     index: 0,
                     text: text.unwrap_or_default(),
                     logprobs: None,
                     finish_reason: finish,
-                }],
-                usage: None,
-            }),
-        }
-    }
-
-    /// The usage event (`stream_options.include_usage`): no choices.
-    pub(super) fn usage_chunk(&self, usage: Usage) -> Bytes {
-        match self.shape {
-            Shape::Chat => Self::sse(&ChatCompletionChunk {
-                id: self.id.clone(),
-                object: "chat.completion.chunk",
-                created: self.created,
-                model: self.model.clone(),
-                choices: Vec::new(),
-                usage: Some(usage),
-            }),
-            Shape::Completion => Self::sse(&Completion {
-                id: self.id.clone(),
-                object: "text_completion",
-                created: self.created,
-                model: self.model.clone(),
-                choices: Vec::new(),
-                usage: Some(usage),
+                })),
+                usage,
             }),
         }
     }
