@@ -92,12 +92,60 @@ pub fn attention(
     sin: &[f32],
     seqs: &mut [SeqRows<'_>],
 ) -> Vec<f32> {
+    let q = rotated_queries(d, qkv, cos, sin);
+    append_keys_values(d, qkv, cos, sin, seqs);
+    let total_rows = q.len() / (d.n_head * d.head_dim);
+    // Which sequence (and position) each row belongs to.
+    let mut owner = Vec::with_capacity(total_rows);
+    for (i, s) in seqs.iter().enumerate() {
+        for j in 0..s.rows {
+            owner.push((i, s.past + j));
+        }
+    }
+    let caches: Vec<(&[f32], &[f32])> = seqs
+        .iter()
+        .map(|s| (s.layer.k.as_slice(), s.layer.v.as_slice()))
+        .collect();
+    let mut out = vec![0f32; total_rows * d.out_width];
     let q_width = d.n_head * d.head_dim;
-    let kv_width = d.n_kv_head * d.head_dim;
-    let row_width = q_width + 2 * kv_width;
+    let row = |(r, dst): (usize, &mut [f32])| {
+        let (seq, pos) = owner[r];
+        let (keys, values) = caches[seq];
+        attend_row(
+            d,
+            &q[r * q_width..(r + 1) * q_width],
+            keys,
+            values,
+            pos,
+            dst,
+        );
+    };
+    if total_rows >= PARALLEL_MIN_ROWS {
+        // candle's own pool, the one its matmuls use: with a second pool (rayon)
+        // the two spun against each other for the cores (measured at 8 streams on
+        // 2 cores: 36–44 ms per step here against 47–50 ms with rayon).
+        let rows: Vec<std::sync::Mutex<&mut [f32]>> = out
+            .chunks_mut(d.out_width)
+            .map(std::sync::Mutex::new)
+            .collect();
+        candle_core::utils::barrier_pool().execute_chunked(total_rows, |range| {
+            for r in range {
+                let mut dst = rows[r].lock().unwrap_or_else(|p| p.into_inner());
+                row((r, &mut dst));
+            }
+        });
+    } else {
+        out.chunks_mut(d.out_width).enumerate().for_each(row);
+    }
+    out
+}
+
+/// The queries of every row, rotated for the row's position: `[rows, q_width]`.
+fn rotated_queries(d: Dims, qkv: &[f32], cos: &[f32], sin: &[f32]) -> Vec<f32> {
+    let q_width = d.n_head * d.head_dim;
+    let row_width = q_width + 2 * d.n_kv_head * d.head_dim;
     let half = d.head_dim / 2;
     let total_rows = qkv.len() / row_width;
-    // Rotated queries of every row.
     let mut q = vec![0f32; total_rows * q_width];
     for (r, (dst, src)) in q
         .chunks_exact_mut(q_width)
@@ -112,7 +160,16 @@ pub fn attention(
             &sin[r * half..(r + 1) * half],
         );
     }
-    // Append rotated keys and values to each sequence's cache.
+    q
+}
+
+/// Appends each sequence's new keys (rotated) and values to its cache, growing
+/// the cache in steps of [`GROWTH_POSITIONS`].
+fn append_keys_values(d: Dims, qkv: &[f32], cos: &[f32], sin: &[f32], seqs: &mut [SeqRows<'_>]) {
+    let q_width = d.n_head * d.head_dim;
+    let kv_width = d.n_kv_head * d.head_dim;
+    let row_width = q_width + 2 * kv_width;
+    let half = d.head_dim / 2;
     for s in seqs.iter_mut() {
         let needed = (s.past + s.rows) * kv_width;
         if s.layer.k.capacity() < needed {
@@ -135,67 +192,39 @@ pub fn attention(
             s.layer.v.extend_from_slice(&src[q_width + kv_width..]);
         }
     }
-    // Which sequence (and position) each row belongs to.
-    let mut owner = Vec::with_capacity(total_rows);
-    for (i, s) in seqs.iter().enumerate() {
-        for j in 0..s.rows {
-            owner.push((i, s.past + j));
-        }
-    }
-    let caches: Vec<(&[f32], &[f32])> = seqs
-        .iter()
-        .map(|s| (s.layer.k.as_slice(), s.layer.v.as_slice()))
-        .collect();
-    let mut out = vec![0f32; total_rows * d.out_width];
+}
+
+/// One row's attention output, every head: softmax of its query against the
+/// cached keys at positions `0..=pos` (causal), weighting the cached values.
+fn attend_row(d: Dims, q: &[f32], keys: &[f32], values: &[f32], pos: usize, dst: &mut [f32]) {
+    let kv_width = d.n_kv_head * d.head_dim;
     let group = d.n_head / d.n_kv_head;
     let scale = 1.0 / (d.head_dim as f32).sqrt();
-    let row = |(r, dst): (usize, &mut [f32])| {
-        let (seq, pos) = owner[r];
-        let (keys, values) = caches[seq];
-        let visible = pos + 1; // causal: positions 0..=pos
-        let mut scores = vec![0f32; visible];
-        for h in 0..d.n_head {
-            let g = h / group;
-            let qh = &q[r * q_width + h * d.head_dim..r * q_width + (h + 1) * d.head_dim];
-            let mut max = f32::NEG_INFINITY;
-            for (t, score) in scores.iter_mut().enumerate() {
-                let k = &keys[t * kv_width + g * d.head_dim..t * kv_width + (g + 1) * d.head_dim];
-                *score = dot(qh, k) * scale;
-                max = max.max(*score);
-            }
-            let mut sum = 0f32;
-            for score in scores.iter_mut() {
-                *score = (*score - max).exp();
-                sum += *score;
-            }
-            let o = &mut dst[h * d.head_dim..(h + 1) * d.head_dim];
-            for (t, &p) in scores.iter().enumerate() {
-                let v = &values[t * kv_width + g * d.head_dim..t * kv_width + (g + 1) * d.head_dim];
-                let w = p / sum;
-                for (o, v) in o.iter_mut().zip(v) {
-                    *o += w * v;
-                }
+    let mut scores = vec![0f32; pos + 1];
+    for h in 0..d.n_head {
+        let g = h / group;
+        let head = g * d.head_dim..(g + 1) * d.head_dim;
+        let qh = &q[h * d.head_dim..(h + 1) * d.head_dim];
+        let mut max = f32::NEG_INFINITY;
+        for (t, score) in scores.iter_mut().enumerate() {
+            let k = &keys[t * kv_width..][head.clone()];
+            *score = dot(qh, k) * scale;
+            max = max.max(*score);
+        }
+        let mut sum = 0f32;
+        for score in scores.iter_mut() {
+            *score = (*score - max).exp();
+            sum += *score;
+        }
+        let o = &mut dst[h * d.head_dim..(h + 1) * d.head_dim];
+        for (t, &p) in scores.iter().enumerate() {
+            let v = &values[t * kv_width..][head.clone()];
+            let w = p / sum;
+            for (o, v) in o.iter_mut().zip(v) {
+                *o += w * v;
             }
         }
-    };
-    if total_rows >= PARALLEL_MIN_ROWS {
-        // candle's own pool, the one its matmuls use: with a second pool (rayon)
-        // the two spun against each other for the cores (measured at 8 streams on
-        // 2 cores: 36–44 ms per step here against 47–50 ms with rayon).
-        let rows: Vec<std::sync::Mutex<&mut [f32]>> = out
-            .chunks_mut(d.out_width)
-            .map(std::sync::Mutex::new)
-            .collect();
-        candle_core::utils::barrier_pool().execute_chunked(total_rows, |range| {
-            for r in range {
-                let mut dst = rows[r].lock().unwrap_or_else(|p| p.into_inner());
-                row((r, &mut dst));
-            }
-        });
-    } else {
-        out.chunks_mut(d.out_width).enumerate().for_each(row);
     }
-    out
 }
 
 #[cfg(test)]

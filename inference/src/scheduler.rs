@@ -12,6 +12,7 @@
 
 use crate::llama::{argmax_rows, Llama, SeqCache};
 use crate::sequence::{sample, Sampler, TextStream};
+use candle_core::Tensor;
 use candle_transformers::generation::LogitsProcessor;
 use gantry_config::backend::ModelLimits;
 use std::collections::VecDeque;
@@ -423,25 +424,10 @@ impl Scheduler {
         self.running.len() > before
     }
 
+    /// One batched forward over every running sequence, then one token for
+    /// each that has seen its whole prompt; sequences that end leave the batch.
     fn step(&mut self) -> candle_core::Result<()> {
-        // Who feeds what: decoding sequences one token, prefilling ones a chunk
-        // within the per-step prompt budget.
-        let mut budget = self.limits.max_batch_tokens;
-        let mut feeds: Vec<(usize, usize, usize)> = Vec::new(); // (seq, start, len)
-        for (i, seq) in self.running.iter().enumerate() {
-            if seq.unfed == 0 {
-                feeds.push((i, seq.tokens.len() - 1, 1));
-            }
-        }
-        for (i, seq) in self.running.iter().enumerate() {
-            if seq.unfed > 0 && budget > 0 {
-                let n = seq.unfed.min(budget);
-                budget -= n;
-                let start = seq.job.prompt.len() - seq.unfed;
-                feeds.push((i, start, n));
-            }
-        }
-        feeds.sort_unstable_by_key(|f| f.0);
+        let feeds = self.plan_feeds();
         let logits = {
             let mut batch: Vec<(&[u32], &mut SeqCache)> = Vec::with_capacity(feeds.len());
             let mut by_index: Vec<Option<&mut Running>> =
@@ -459,15 +445,65 @@ impl Scheduler {
                 seq.unfed -= n;
             }
         }
-        // Rows whose sequence has now seen its whole prompt produce a token.
+        let now = Instant::now();
+        let (produced, mut finished) = self.next_tokens(&feeds, &logits, now)?;
+        self.recent.push_back((now, produced));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(1))
+        {
+            self.recent.pop_front();
+        }
+        // Remove from the back so indices stay valid.
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
+        for (i, reason) in finished {
+            let seq = self.running.swap_remove(i);
+            finish(seq, reason);
+            self.done(1);
+        }
+        Ok(())
+    }
+
+    /// Who feeds what this step, as `(sequence, start, len)` in sequence order:
+    /// decoding sequences one token, prefilling ones a chunk within the
+    /// per-step prompt budget.
+    fn plan_feeds(&self) -> Vec<(usize, usize, usize)> {
+        let mut budget = self.limits.max_batch_tokens;
+        let mut feeds: Vec<(usize, usize, usize)> = Vec::new();
+        for (i, seq) in self.running.iter().enumerate() {
+            if seq.unfed == 0 {
+                feeds.push((i, seq.tokens.len() - 1, 1));
+            }
+        }
+        for (i, seq) in self.running.iter().enumerate() {
+            if seq.unfed > 0 && budget > 0 {
+                let n = seq.unfed.min(budget);
+                budget -= n;
+                let start = seq.job.prompt.len() - seq.unfed;
+                feeds.push((i, start, n));
+            }
+        }
+        feeds.sort_unstable_by_key(|f| f.0);
+        feeds
+    }
+
+    /// Samples the next token of every fed sequence that has seen its whole
+    /// prompt. Returns how many tokens were produced and which sequences end,
+    /// with their reason.
+    fn next_tokens(
+        &mut self,
+        feeds: &[(usize, usize, usize)],
+        logits: &Tensor,
+        now: Instant,
+    ) -> candle_core::Result<(usize, Vec<(usize, Finish)>)> {
         let greedy = if feeds.iter().any(|&(i, _, _)| {
             self.running[i].unfed == 0 && self.running[i].job.sampler.is_plain_greedy()
         }) {
-            Some(argmax_rows(&logits)?)
+            Some(argmax_rows(logits)?)
         } else {
             None
         };
-        let now = Instant::now();
         let mut produced = 0;
         let mut finished = Vec::new();
         for (row, &(i, _, _)) in feeds.iter().enumerate() {
@@ -482,7 +518,7 @@ impl Scheduler {
             // One sequence's failure (an error, or a panic in sampling or the
             // tokenizer) ends that sequence only.
             let next = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                seq.advance(greedy, &logits, row, &self.tokenizer, &self.eos, now)
+                seq.advance(greedy, logits, row, &self.tokenizer, &self.eos, now)
             }));
             let end = match next {
                 Ok(Ok(end)) => {
@@ -507,22 +543,7 @@ impl Scheduler {
                 finished.push((i, reason));
             }
         }
-        self.recent.push_back((now, produced));
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(1))
-        {
-            self.recent.pop_front();
-        }
-        // Remove from the back so indices stay valid.
-        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
-        for (i, reason) in finished {
-            let seq = self.running.swap_remove(i);
-            finish(seq, reason);
-            self.done(1);
-        }
-        Ok(())
+        Ok((produced, finished))
     }
 
     fn cancel_all(&mut self) {

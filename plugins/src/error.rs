@@ -85,6 +85,31 @@ pub enum PluginError {
     },
 }
 
+impl PluginError {
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        match self {
+            PluginError::TooLarge { plugin, .. }
+            | PluginError::CompileTimeout { plugin, .. }
+            | PluginError::Invalid { plugin, .. }
+            | PluginError::Unhealthy { plugin, .. }
+            | PluginError::Busy { plugin, .. }
+            | PluginError::Trap { plugin, .. } => plugin,
+        }
+    }
+
+    /// The limit reached, if this error is one.
+    pub fn limit(&self) -> Option<Limit> {
+        match self {
+            PluginError::TooLarge { .. } => Some(Limit::ModuleBytes),
+            PluginError::CompileTimeout { .. } => Some(Limit::CompileTime),
+            PluginError::Busy { .. } => Some(Limit::Instances),
+            PluginError::Trap { limit, .. } => *limit,
+            PluginError::Invalid { .. } | PluginError::Unhealthy { .. } => None,
+        }
+    }
+}
+
 /// The error of a failed hook call: which limit it broke, if any.
 pub(crate) fn classify(plugin: &str, hook: &'static str, err: wasmtime::Error) -> PluginError {
     let limit = if err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {

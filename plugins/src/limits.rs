@@ -18,7 +18,8 @@ use std::time::Duration;
 /// CPU one hook call may use before it is interrupted.
 pub const DEFAULT_CPU_PER_CALL: Duration = Duration::from_millis(DEFAULT_PLUGIN_CPU_PER_CALL_MS);
 
-/// A limit a plugin's hook can break (a trap) or a request can meet.
+/// A limit a plugin can break (a trap, a refused host call, a refused load)
+/// or a request can meet: the `limit` label of `gantry_plugin_limit_hits_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
     /// `cpu_per_call_ms`: interrupted.
@@ -33,9 +34,37 @@ pub enum Limit {
     HttpCalls,
     /// `max_instances`: all in use.
     Instances,
+    /// `max_module_bytes`, on (re)load.
+    ModuleBytes,
+    /// `max_compile_ms`, on (re)load.
+    CompileTime,
+    /// `shared_data_bytes`: a `proxy_set_shared_data` refused.
+    SharedDataBytes,
+    /// `max_metrics`: a `proxy_define_metric` refused.
+    Metrics,
+    /// `log_lines_per_second`: log lines dropped.
+    LogLines,
+    /// The route's `max_body_bytes`: a `proxy_set_buffer_bytes` refused.
+    BodyBytes,
 }
 
 impl Limit {
+    /// Every limit, in declaration order.
+    pub const ALL: [Limit; 12] = [
+        Limit::Cpu,
+        Limit::Memory,
+        Limit::BytesPerHostCall,
+        Limit::HeadersAdded,
+        Limit::HttpCalls,
+        Limit::Instances,
+        Limit::ModuleBytes,
+        Limit::CompileTime,
+        Limit::SharedDataBytes,
+        Limit::Metrics,
+        Limit::LogLines,
+        Limit::BodyBytes,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,6 +74,12 @@ impl Limit {
             Limit::HeadersAdded => "headers_added",
             Limit::HttpCalls => "http_calls",
             Limit::Instances => "instances",
+            Limit::ModuleBytes => "module_bytes",
+            Limit::CompileTime => "compile_time",
+            Limit::SharedDataBytes => "shared_data_bytes",
+            Limit::Metrics => "metrics",
+            Limit::LogLines => "log_lines",
+            Limit::BodyBytes => "body_bytes",
         }
     }
 }

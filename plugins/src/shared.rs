@@ -5,6 +5,7 @@
 //! client could otherwise push a plugin into its unhealthy state), it answers
 //! `BadArgument` or drops the line, and is counted.
 
+use crate::limits::Limit;
 use crate::PluginLimits;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,20 +18,6 @@ pub const SHARED_DATA_ENTRY_BYTES: usize = 64;
 pub const MAX_METRIC_NAME_BYTES: usize = 128;
 /// Longest log line kept, in bytes; longer ones are cut.
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
-
-/// The host-side limits counted here, as `gantry_plugin_limit_hits_total{limit}`
-/// labels.
-pub(crate) const HOST_LIMITS: [&str; 4] =
-    ["shared_data_bytes", "metrics", "log_lines", "body_bytes"];
-
-/// One of [`HOST_LIMITS`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum HostLimit {
-    SharedDataBytes = 0,
-    Metrics = 1,
-    LogLines = 2,
-    BodyBytes = 3,
-}
 
 /// A metric a plugin defined.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,7 +74,8 @@ pub struct Shared {
     shared_data_bytes: usize,
     max_metrics: usize,
     log_lines_per_second: u32,
-    hits: [AtomicU64; HOST_LIMITS.len()],
+    /// Limits refused inside host calls, by [`Limit`], until the next scrape.
+    hits: [AtomicU64; Limit::ALL.len()],
 }
 
 impl Shared {
@@ -107,14 +95,14 @@ impl Shared {
         }
     }
 
-    pub(crate) fn hit(&self, limit: HostLimit) {
+    pub(crate) fn hit(&self, limit: Limit) {
         self.hits[limit as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Host-side limit hits since the last call, by `gantry_plugin_limit_hits_total`
-    /// label (`shared_data_bytes`, `metrics`, `log_lines`, `body_bytes`).
-    pub fn take_limit_hits(&self) -> Vec<(&'static str, u64)> {
-        HOST_LIMITS
+    /// Host-side limit hits since the last call (`shared_data_bytes`,
+    /// `metrics`, `log_lines`, `body_bytes`).
+    pub fn take_limit_hits(&self) -> Vec<(Limit, u64)> {
+        Limit::ALL
             .iter()
             .zip(&self.hits)
             .map(|(label, n)| (*label, n.swap(0, Ordering::Relaxed)))
@@ -157,7 +145,7 @@ impl Shared {
         let total = data.bytes - old_bytes + new_bytes;
         if total > self.shared_data_bytes {
             drop(data);
-            self.hit(HostLimit::SharedDataBytes);
+            self.hit(Limit::SharedDataBytes);
             return Err(SetRefused::Full);
         }
         data.bytes = total;
@@ -182,7 +170,7 @@ impl Shared {
             || metrics.len() >= self.max_metrics
         {
             drop(metrics);
-            self.hit(HostLimit::Metrics);
+            self.hit(Limit::Metrics);
             return None;
         }
         metrics.push(Metric {
@@ -238,7 +226,7 @@ impl Shared {
         }
         if window.lines >= self.log_lines_per_second {
             drop(window);
-            self.hit(HostLimit::LogLines);
+            self.hit(Limit::LogLines);
             return false;
         }
         window.lines += 1;
@@ -314,7 +302,7 @@ mod tests {
         }
         assert!(shared.data_bytes() <= 1000);
         assert!(keys < 20, "empty values still cost their key: {keys}");
-        assert_eq!(shared.take_limit_hits(), vec![("shared_data_bytes", 2)]);
+        assert_eq!(shared.take_limit_hits(), vec![(Limit::SharedDataBytes, 2)]);
         assert!(shared.take_limit_hits().is_empty(), "taken once");
     }
 
@@ -338,7 +326,7 @@ mod tests {
         );
         assert!(shared.define_metric(0, "m3").is_none());
         assert_eq!(shared.metrics().len(), 3);
-        assert_eq!(shared.take_limit_hits(), vec![("metrics", 2)]);
+        assert_eq!(shared.take_limit_hits(), vec![(Limit::Metrics, 2)]);
     }
 
     #[test]
@@ -350,6 +338,6 @@ mod tests {
         let shared = Shared::new(&limits);
         let allowed = (0..50).filter(|_| shared.log_allowed()).count();
         assert_eq!(allowed, 5);
-        assert_eq!(shared.take_limit_hits(), vec![("log_lines", 45)]);
+        assert_eq!(shared.take_limit_hits(), vec![(Limit::LogLines, 45)]);
     }
 }

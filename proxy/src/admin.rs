@@ -76,14 +76,11 @@ impl AdminApp {
     /// `gantry_plugin_metric{route,plugin,name,kind}`.
     fn refresh_plugin_metrics(&self) {
         // Only the plugins loaded now: a reloaded plugin's old series leave.
-        self.metrics.plugin_defined.reset();
+        self.metrics.plugins.defined.reset();
         for (route, plugins) in &self.plugins.by_route_name() {
             for p in plugins {
                 for (limit, n) in p.shared().take_limit_hits() {
-                    self.metrics
-                        .plugin_limit_hits
-                        .with_label_values(&[&p.name, limit])
-                        .inc_by(n);
+                    self.metrics.plugin_limit_hit(&p.name, limit, n);
                 }
                 for m in p.shared().metrics() {
                     let kind = match m.kind {
@@ -92,7 +89,8 @@ impl AdminApp {
                         gantry_plugins::MetricKind::Histogram => "histogram_last",
                     };
                     self.metrics
-                        .plugin_defined
+                        .plugins
+                        .defined
                         .with_label_values(&[route, &p.name, &m.name, kind])
                         .set(m.value as i64);
                 }

@@ -4,6 +4,7 @@
 //! Pingora; this module turns Pingora's headers into the host's header lists
 //! (with `:method`, `:path`, `:authority`, `:scheme`, `:status`) and back.
 
+use crate::metrics::ReloadResult;
 use anyhow::Context;
 use gantry_config::Config;
 use gantry_plugins::{FailurePolicy, Plugin, PluginEngine, PluginLimits};
@@ -126,20 +127,14 @@ impl Plugins {
                 match load_one(engine, p) {
                     Ok(plugin) => {
                         tracing::info!(route = %route, plugin = %p.name, file = %p.file.display(), "plugin reloaded");
-                        self.metrics
-                            .plugin_reloads
-                            .with_label_values(&[&p.name, "ok"])
-                            .inc();
+                        self.metrics.plugin_reload(&p.name, ReloadResult::Ok);
                         next[r][k] = plugin;
                         report.reloaded.push(label);
                     }
                     Err(e) => {
                         count_load_limit(&self.metrics, &p.name, &e);
                         tracing::error!(route = %route, plugin = %p.name, file = %p.file.display(), error = %format!("{e:#}"), "plugin reload failed; the previous version keeps serving");
-                        self.metrics
-                            .plugin_reloads
-                            .with_label_values(&[&p.name, "error"])
-                            .inc();
+                        self.metrics.plugin_reload(&p.name, ReloadResult::Error);
                         report.failed.push(format!("{label}: {e:#}"));
                     }
                 }
@@ -183,15 +178,12 @@ impl Plugins {
 
 /// A load refused by a limit (module size, compile time) counts as that limit's hit.
 fn count_load_limit(metrics: &crate::metrics::Metrics, plugin: &str, err: &anyhow::Error) {
-    let limit = match err.downcast_ref::<gantry_plugins::PluginError>() {
-        Some(gantry_plugins::PluginError::CompileTimeout { .. }) => "compile_time",
-        Some(gantry_plugins::PluginError::TooLarge { .. }) => "module_bytes",
-        _ => return,
-    };
-    metrics
-        .plugin_limit_hits
-        .with_label_values(&[plugin, limit])
-        .inc();
+    let limit = err
+        .downcast_ref::<gantry_plugins::PluginError>()
+        .and_then(gantry_plugins::PluginError::limit);
+    if let Some(limit) = limit {
+        metrics.plugin_limit_hit(plugin, limit, 1);
+    }
 }
 
 fn load_one(engine: &PluginEngine, p: &gantry_config::PluginRef) -> anyhow::Result<Arc<Plugin>> {

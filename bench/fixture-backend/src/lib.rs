@@ -120,101 +120,18 @@ impl Inference for Service {
         } else {
             max.min(b.tokens)
         };
-        let prompt_tokens = match &req.input {
-            Some(pb::generate_request::Input::Prompt(p)) => p.split_whitespace().count() as u32,
-            Some(pb::generate_request::Input::Chat(c)) => c
-                .messages
-                .iter()
-                .map(|m| m.content.split_whitespace().count() as u32 + 3)
-                .sum(),
-            Some(pb::generate_request::Input::TokenIds(t)) => t.ids.len() as u32,
-            None => {
-                return Err(Status::invalid_argument(
-                    "one of prompt, chat or token_ids must be set",
-                ))
-            }
-        };
-        let fails = match &req.input {
-            Some(pb::generate_request::Input::Prompt(p)) => p.contains(FAIL_SEQUENCE_MARKER),
-            Some(pb::generate_request::Input::Chat(c)) => c
-                .messages
-                .iter()
-                .any(|m| m.content.contains(FAIL_SEQUENCE_MARKER)),
-            _ => false,
-        };
+        let (prompt_tokens, fails) = read_input(&req.input)?;
         let n = if fails { n.min(1) } else { n };
         let (tx, rx) = mpsc::channel(4);
-        let stats = self.stats.clone();
-        let slots = self.slots.clone();
-        let (first, gap) = (b.first_token_delay, b.inter_token_delay);
-        let request_id = req.request_id;
-        tokio::spawn(async move {
-            stats.queued.fetch_add(1, Ordering::SeqCst);
-            let permit = slots.acquire_owned().await.expect("semaphore open");
-            stats.queued.fetch_sub(1, Ordering::SeqCst);
-            stats.running.fetch_add(1, Ordering::SeqCst);
-            let _running = Decrement(&stats.running);
-            // A real backend notices a dropped stream between steps; so does this.
-            let wait = |d: Duration| {
-                let tx = tx.clone();
-                async move {
-                    if d.is_zero() {
-                        return true;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => true,
-                        _ = tx.closed() => false,
-                    }
-                }
-            };
-            if !wait(first).await {
-                stats.cancelled.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-            for i in 0..n {
-                if i > 0 && !wait(gap).await {
-                    stats.cancelled.fetch_add(1, Ordering::SeqCst);
-                    return;
-                }
-                let delta = Event::Delta(pb::TextDelta {
-                    text: format!("tok{i} "),
-                    token_ids: vec![i],
-                });
-                if tx
-                    .send(Ok(pb::GenerateResponse { event: Some(delta) }))
-                    .await
-                    .is_err()
-                {
-                    stats.cancelled.fetch_add(1, Ordering::SeqCst);
-                    return;
-                }
-            }
-            let reason = if fails {
-                pb::FinishReason::Error
-            } else {
-                pb::FinishReason::Length
-            };
-            let done = Event::Finished(pb::Finished {
-                reason: reason as i32,
-                usage: Some(pb::Usage {
-                    prompt_tokens,
-                    completion_tokens: n,
-                }),
-                queue_time_us: 0,
-                time_to_first_token_us: first.as_micros() as u64,
-                request_id,
-            });
-            if tx
-                .send(Ok(pb::GenerateResponse { event: Some(done) }))
-                .await
-                .is_ok()
-            {
-                stats.completed.fetch_add(1, Ordering::SeqCst);
-            } else {
-                stats.cancelled.fetch_add(1, Ordering::SeqCst);
-            }
-            drop(permit);
-        });
+        let script = Script {
+            tokens: n,
+            fails,
+            prompt_tokens,
+            first: b.first_token_delay,
+            gap: b.inter_token_delay,
+            request_id: req.request_id,
+        };
+        tokio::spawn(play(script, self.stats.clone(), self.slots.clone(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -407,4 +324,117 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// What one generate call will send.
+struct Script {
+    tokens: u32,
+    fails: bool,
+    prompt_tokens: u32,
+    first: Duration,
+    gap: Duration,
+    request_id: String,
+}
+
+/// Plays one generate call: waits for a slot, then sends the deltas and the end
+/// on `tx`, noticing a dropped stream between tokens as a real backend does.
+async fn play(
+    script: Script,
+    stats: Arc<Stats>,
+    slots: Arc<Semaphore>,
+    tx: mpsc::Sender<Result<pb::GenerateResponse, Status>>,
+) {
+    stats.queued.fetch_add(1, Ordering::SeqCst);
+    let permit = slots.acquire_owned().await.expect("semaphore open");
+    stats.queued.fetch_sub(1, Ordering::SeqCst);
+    stats.running.fetch_add(1, Ordering::SeqCst);
+    let _running = Decrement(&stats.running);
+    // A real backend notices a dropped stream between steps; so does this.
+    let wait = |d: Duration| {
+        let tx = tx.clone();
+        async move {
+            if d.is_zero() {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(d) => true,
+                _ = tx.closed() => false,
+            }
+        }
+    };
+    if !wait(script.first).await {
+        stats.cancelled.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    for i in 0..script.tokens {
+        if i > 0 && !wait(script.gap).await {
+            stats.cancelled.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let delta = Event::Delta(pb::TextDelta {
+            text: format!("tok{i} "),
+            token_ids: vec![i],
+        });
+        if tx
+            .send(Ok(pb::GenerateResponse { event: Some(delta) }))
+            .await
+            .is_err()
+        {
+            stats.cancelled.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+    }
+    let reason = if script.fails {
+        pb::FinishReason::Error
+    } else {
+        pb::FinishReason::Length
+    };
+    let done = Event::Finished(pb::Finished {
+        reason: reason as i32,
+        usage: Some(pb::Usage {
+            prompt_tokens: script.prompt_tokens,
+            completion_tokens: script.tokens,
+        }),
+        queue_time_us: 0,
+        time_to_first_token_us: script.first.as_micros() as u64,
+        request_id: script.request_id,
+    });
+    if tx
+        .send(Ok(pb::GenerateResponse { event: Some(done) }))
+        .await
+        .is_ok()
+    {
+        stats.completed.fetch_add(1, Ordering::SeqCst);
+    } else {
+        stats.cancelled.fetch_add(1, Ordering::SeqCst);
+    }
+    drop(permit);
+}
+
+/// The prompt's length in (whitespace) tokens, and whether it asks to fail
+/// (contains [`FAIL_SEQUENCE_MARKER`]).
+fn read_input(input: &Option<pb::generate_request::Input>) -> Result<(u32, bool), Status> {
+    let prompt_tokens = match input {
+        Some(pb::generate_request::Input::Prompt(p)) => p.split_whitespace().count() as u32,
+        Some(pb::generate_request::Input::Chat(c)) => c
+            .messages
+            .iter()
+            .map(|m| m.content.split_whitespace().count() as u32 + 3)
+            .sum(),
+        Some(pb::generate_request::Input::TokenIds(t)) => t.ids.len() as u32,
+        None => {
+            return Err(Status::invalid_argument(
+                "one of prompt, chat or token_ids must be set",
+            ))
+        }
+    };
+    let fails = match input {
+        Some(pb::generate_request::Input::Prompt(p)) => p.contains(FAIL_SEQUENCE_MARKER),
+        Some(pb::generate_request::Input::Chat(c)) => c
+            .messages
+            .iter()
+            .any(|m| m.content.contains(FAIL_SEQUENCE_MARKER)),
+        _ => false,
+    };
+    Ok((prompt_tokens, fails))
 }

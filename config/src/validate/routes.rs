@@ -122,30 +122,9 @@ pub(super) fn convert_plugin(
     raw: &FileConfig,
     base: &Path,
 ) -> PluginRef {
-    for (k, name) in p.upstreams.iter().enumerate() {
-        let known = raw
-            .pools
-            .iter()
-            .map(|p| p.name.clone())
-            .chain(raw.inference_pools.iter().map(|p| p.name.clone()));
-        if !known.clone().any(|n| &n == name) {
-            c.fail(
-                format!("{at}.upstreams[{k}]"),
-                unknown_name("pool", name, known),
-            );
-        }
-    }
+    check_plugin_upstreams(c, at, &p.upstreams, raw);
     let file = base.join(&p.file);
-    match std::fs::metadata(&file) {
-        Ok(m) if m.len() == 0 => {
-            c.fail(format!("{at}.file"), format!("{} is empty", file.display()))
-        }
-        Ok(_) => {}
-        Err(e) => c.fail(
-            format!("{at}.file"),
-            format!("cannot read {}: {e}", file.display()),
-        ),
-    }
+    check_plugin_file(c, at, &file);
     let configuration = plugin_configuration(c, at, p.configuration.as_ref());
     let cpu_per_call = c.millis(
         format!("{at}.cpu_per_call_ms"),
@@ -216,6 +195,37 @@ pub(super) fn convert_plugin(
             format!("{at}.max_http_call_timeout_ms"),
             p.max_http_call_timeout_ms,
             DEFAULT_PLUGIN_MAX_HTTP_CALL_TIMEOUT_MS,
+        ),
+    }
+}
+
+/// Every pool a plugin may call must exist (HTTP or inference).
+fn check_plugin_upstreams(c: &mut Checker, at: &str, upstreams: &[String], raw: &FileConfig) {
+    let known = raw
+        .pools
+        .iter()
+        .map(|p| p.name.clone())
+        .chain(raw.inference_pools.iter().map(|p| p.name.clone()));
+    for (k, name) in upstreams.iter().enumerate() {
+        if !known.clone().any(|n| &n == name) {
+            c.fail(
+                format!("{at}.upstreams[{k}]"),
+                unknown_name("pool", name, known.clone()),
+            );
+        }
+    }
+}
+
+/// A plugin's module must be a readable, non-empty file.
+fn check_plugin_file(c: &mut Checker, at: &str, file: &Path) {
+    match std::fs::metadata(file) {
+        Ok(m) if m.len() == 0 => {
+            c.fail(format!("{at}.file"), format!("{} is empty", file.display()))
+        }
+        Ok(_) => {}
+        Err(e) => c.fail(
+            format!("{at}.file"),
+            format!("cannot read {}: {e}", file.display()),
         ),
     }
 }

@@ -92,6 +92,21 @@ pub fn write_llama_gguf_with(
     block_std: f64,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(shape.vocab >= 300, "vocab must be at least 300");
+    let tensors = synthetic_tensors(shape, seed, block_std)?;
+    let metadata = synthetic_metadata(shape);
+    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    gguf_file::write(&mut file, &metadata, &tensors)?;
+    Ok(())
+}
+
+/// Random weights (seeded) for every tensor of a llama model of `shape`.
+fn synthetic_tensors(
+    shape: SyntheticShape,
+    seed: u64,
+    block_std: f64,
+) -> candle_core::Result<Vec<(String, QTensor)>> {
     let device = Device::Cpu;
     let head_dim = shape.hidden / shape.n_head;
     let kv = shape.n_kv_head * head_dim;
@@ -159,6 +174,13 @@ pub fn write_llama_gguf_with(
             normal(shape.hidden, shape.ffn, w)?,
         ));
     }
+    Ok(tensors)
+}
+
+/// The metadata of a llama model of `shape`: architecture, a byte-level
+/// tokenizer with the chat specials, and a ChatML template.
+fn synthetic_metadata(shape: SyntheticShape) -> Vec<(&'static str, Value)> {
+    let head_dim = shape.hidden / shape.n_head;
     let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
     let bytes = byte_symbols();
     let mut tokens: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
@@ -172,7 +194,7 @@ pub fn write_llama_gguf_with(
         types.push(Value::I32(1));
     }
     let u32v = |v: usize| Value::U32(v as u32);
-    let metadata: Vec<(&str, Value)> = vec![
+    vec![
         ("general.architecture", Value::String("llama".into())),
         ("general.name", Value::String("gantry-synthetic".into())),
         ("llama.block_count", u32v(shape.n_layer)),
@@ -201,10 +223,5 @@ pub fn write_llama_gguf_with(
                 "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}".into(),
             ),
         ),
-    ];
-    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    gguf_file::write(&mut file, &metadata, &tensors)?;
-    Ok(())
+    ]
 }

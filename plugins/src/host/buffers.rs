@@ -59,9 +59,16 @@ pub(super) fn proxy_set_buffer_bytes(
     let start = (start as u32 as usize).min(body.len());
     let end = start.saturating_add(size as u32 as usize).min(body.len());
     if body.len() - (end - start) + data.len() > max {
-        state.shared.hit(crate::shared::HostLimit::BodyBytes);
+        state.shared.hit(crate::limits::Limit::BodyBytes);
         return Ok(Status::BadArgument as i32);
     }
     body.splice(start..end, data);
     Ok(Status::Ok as i32)
+}
+
+/// Links the body and call-response buffers functions of the ABI.
+pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "proxy_get_buffer_bytes", proxy_get_buffer_bytes)?;
+    linker.func_wrap("env", "proxy_set_buffer_bytes", proxy_set_buffer_bytes)?;
+    Ok(())
 }

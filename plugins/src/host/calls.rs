@@ -68,3 +68,28 @@ pub(super) fn proxy_http_call(
         Err(s) => s,
     } as i32)
 }
+
+/// Links the HTTP calls functions of the ABI.
+pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_http_call",
+        // (upstream, headers, body, trailers: pointer and length each),
+        // timeout, token out. Trailers are not sent.
+        |c: Ctx<'_>,
+         up: i32,
+         ul: i32,
+         hp: i32,
+         hl: i32,
+         bp: i32,
+         bl: i32,
+         _tp: i32,
+         _tl: i32,
+         timeout: i32,
+         out: i32| {
+            let at = |ptr, len| Guest { ptr, len };
+            proxy_http_call(c, at(up, ul), at(hp, hl), at(bp, bl), timeout, out)
+        },
+    )?;
+    Ok(())
+}

@@ -52,3 +52,26 @@ pub(super) fn proxy_send_local_response(
     });
     Ok(Status::Ok as i32)
 }
+
+/// Links the local responses functions of the ABI.
+pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        // status, (details, body, headers: pointer and length each), gRPC
+        // status. Details and the gRPC status are not used.
+        |c: Ctx<'_>,
+         status: i32,
+         _dp: i32,
+         _dl: i32,
+         bp: i32,
+         bl: i32,
+         hp: i32,
+         hl: i32,
+         _grpc: i32| {
+            let at = |ptr, len| Guest { ptr, len };
+            proxy_send_local_response(c, status, at(bp, bl), at(hp, hl))
+        },
+    )?;
+    Ok(())
+}

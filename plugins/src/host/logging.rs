@@ -35,3 +35,15 @@ pub(super) fn proxy_get_current_time_nanoseconds(mut c: Ctx<'_>, out: i32) -> i3
         .map_or(0, |d| d.as_millis() as u64 * 1_000_000);
     write_u64(&mut c, out, now) as i32
 }
+
+/// Links the logging and the clock functions of the ABI.
+pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "proxy_log", proxy_log)?;
+    linker.func_wrap("env", "proxy_get_log_level", proxy_get_log_level)?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        proxy_get_current_time_nanoseconds,
+    )?;
+    Ok(())
+}

@@ -39,3 +39,12 @@ pub(super) fn proxy_get_metric(mut c: Ctx<'_>, id: i32, out: i32) -> i32 {
     };
     write_u64(&mut c, out, value) as i32
 }
+
+/// Links the metrics functions of the ABI.
+pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "proxy_define_metric", proxy_define_metric)?;
+    linker.func_wrap("env", "proxy_increment_metric", proxy_increment_metric)?;
+    linker.func_wrap("env", "proxy_record_metric", proxy_record_metric)?;
+    linker.func_wrap("env", "proxy_get_metric", proxy_get_metric)?;
+    Ok(())
+}

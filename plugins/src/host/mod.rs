@@ -175,6 +175,21 @@ const UNIMPLEMENTED: &[(&str, usize)] = &[
 
 /// Every host function, on `linker`: the table of the ABI's imports.
 pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    link_unimplemented(linker)?;
+    logging::link(linker)?;
+    buffers::link(linker)?;
+    headers::link(linker)?;
+    properties::link(linker)?;
+    local_response::link(linker)?;
+    shared_data::link(linker)?;
+    metrics::link(linker)?;
+    calls::link(linker)?;
+    streams::link(linker)?;
+    Ok(())
+}
+
+/// Every function of the ABI Gantry does not implement answers `Unimplemented`.
+fn link_unimplemented(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     for &(name, arity) in UNIMPLEMENTED {
         let ty = wasmtime::FuncType::new(
             linker.engine(),
@@ -186,123 +201,5 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(())
         })?;
     }
-    linker.func_wrap("env", "proxy_log", logging::proxy_log)?;
-    linker.func_wrap("env", "proxy_get_log_level", logging::proxy_get_log_level)?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_current_time_nanoseconds",
-        logging::proxy_get_current_time_nanoseconds,
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_buffer_bytes",
-        buffers::proxy_get_buffer_bytes,
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_buffer_bytes",
-        buffers::proxy_set_buffer_bytes,
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_header_map_pairs",
-        headers::proxy_get_header_map_pairs,
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_header_map_pairs",
-        headers::proxy_set_header_map_pairs,
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_header_map_value",
-        headers::proxy_get_header_map_value,
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_replace_header_map_value",
-        headers::proxy_replace_header_map_value,
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_add_header_map_value",
-        headers::proxy_add_header_map_value,
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_remove_header_map_value",
-        headers::proxy_remove_header_map_value,
-    )?;
-    linker.func_wrap("env", "proxy_get_property", properties::proxy_get_property)?;
-    linker.func_wrap(
-        "env",
-        "proxy_send_local_response",
-        // status, (details, body, headers: pointer and length each), gRPC
-        // status. Details and the gRPC status are not used.
-        |c: Ctx<'_>,
-         status: i32,
-         _dp: i32,
-         _dl: i32,
-         bp: i32,
-         bl: i32,
-         hp: i32,
-         hl: i32,
-         _grpc: i32| {
-            let at = |ptr, len| Guest { ptr, len };
-            local_response::proxy_send_local_response(c, status, at(bp, bl), at(hp, hl))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_shared_data",
-        shared_data::proxy_get_shared_data,
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_shared_data",
-        shared_data::proxy_set_shared_data,
-    )?;
-    linker.func_wrap("env", "proxy_define_metric", metrics::proxy_define_metric)?;
-    linker.func_wrap(
-        "env",
-        "proxy_increment_metric",
-        metrics::proxy_increment_metric,
-    )?;
-    linker.func_wrap("env", "proxy_record_metric", metrics::proxy_record_metric)?;
-    linker.func_wrap("env", "proxy_get_metric", metrics::proxy_get_metric)?;
-    linker.func_wrap(
-        "env",
-        "proxy_http_call",
-        // (upstream, headers, body, trailers: pointer and length each),
-        // timeout, token out. Trailers are not sent.
-        |c: Ctx<'_>,
-         up: i32,
-         ul: i32,
-         hp: i32,
-         hl: i32,
-         bp: i32,
-         bl: i32,
-         _tp: i32,
-         _tl: i32,
-         timeout: i32,
-         out: i32| {
-            let at = |ptr, len| Guest { ptr, len };
-            calls::proxy_http_call(c, at(up, ul), at(hp, hl), at(bp, bl), timeout, out)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_effective_context",
-        streams::proxy_set_effective_context,
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_continue_stream",
-        streams::proxy_continue_stream,
-    )?;
-    for name in ["proxy_continue_request", "proxy_continue_response"] {
-        linker.func_wrap("env", name, streams::proxy_continue)?;
-    }
-    linker.func_wrap("env", "proxy_done", streams::proxy_done)?;
     Ok(())
 }

@@ -39,3 +39,9 @@ pub(super) fn proxy_get_property(
         None => Ok(Status::NotFound as i32),
     }
 }
+
+/// Links the properties functions of the ABI.
+pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "proxy_get_property", proxy_get_property)?;
+    Ok(())
+}

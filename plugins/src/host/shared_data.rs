@@ -37,3 +37,10 @@ pub(super) fn proxy_set_shared_data(
         Err(crate::shared::SetRefused::Full) => Status::BadArgument,
     } as i32)
 }
+
+/// Links the shared data functions of the ABI.
+pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "proxy_get_shared_data", proxy_get_shared_data)?;
+    linker.func_wrap("env", "proxy_set_shared_data", proxy_set_shared_data)?;
+    Ok(())
+}

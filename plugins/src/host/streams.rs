@@ -21,3 +21,18 @@ pub(super) fn proxy_continue(mut c: Ctx<'_>) -> i32 {
 pub(super) fn proxy_done(_c: Ctx<'_>) -> i32 {
     Status::Ok as i32
 }
+
+/// Links the stream control functions of the ABI.
+pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        proxy_set_effective_context,
+    )?;
+    linker.func_wrap("env", "proxy_continue_stream", proxy_continue_stream)?;
+    for name in ["proxy_continue_request", "proxy_continue_response"] {
+        linker.func_wrap("env", name, proxy_continue)?;
+    }
+    linker.func_wrap("env", "proxy_done", proxy_done)?;
+    Ok(())
+}

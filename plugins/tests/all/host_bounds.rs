@@ -278,7 +278,10 @@ fn a_plugin_cannot_grow_a_request_body_past_the_routes_limit() {
         ready(ctx.on_request(&mut headers, Some(&mut body), |_| async { None })).unwrap();
     assert_eq!(decision, Decision::Continue, "refused, not trapped");
     assert_eq!(body.len(), 100);
-    assert_eq!(plugin.shared().take_limit_hits(), vec![("body_bytes", 1)]);
+    assert_eq!(
+        plugin.shared().take_limit_hits(),
+        vec![(gantry_plugins::Limit::BodyBytes, 1)]
+    );
 }
 
 #[test]

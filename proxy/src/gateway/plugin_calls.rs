@@ -4,6 +4,7 @@
 //! upstream and result.
 
 use super::Gateway;
+use crate::metrics::CallResult;
 use crate::upstream::HttpPool;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
@@ -62,21 +63,24 @@ impl Gateway {
         let outcome = match tokio::time::timeout(timeout, work).await {
             Err(_) => Err(format!("no answer within {timeout:?}")),
             Ok(Ok((_, body))) if body.len() > limit => {
-                self.metrics
-                    .plugin_limit_hits
-                    .with_label_values(&[&plugin.name, "bytes_per_host_call"])
-                    .inc();
+                self.metrics.plugin_limit_hit(
+                    &plugin.name,
+                    gantry_plugins::Limit::BytesPerHostCall,
+                    1,
+                );
                 Err(format!(
                     "the answer is over {limit} bytes (bytes_per_host_call)"
                 ))
             }
             Ok(r) => r,
         };
-        let result = if outcome.is_ok() { "ok" } else { "failed" };
+        let result = if outcome.is_ok() {
+            CallResult::Ok
+        } else {
+            CallResult::Failed
+        };
         self.metrics
-            .plugin_http_calls
-            .with_label_values(&[&plugin.name, &call.upstream, result])
-            .inc();
+            .plugin_http_call(&plugin.name, &call.upstream, result);
         match outcome {
             Ok((headers, body)) => Some(gantry_plugins::HttpCallResponse { headers, body }),
             Err(why) => {

@@ -66,26 +66,14 @@ impl Gateway {
         hook: Hook,
         err: &gantry_plugins::PluginError,
     ) -> String {
-        let (name, limit) = match err {
-            gantry_plugins::PluginError::Trap { plugin, limit, .. } => (plugin.clone(), *limit),
-            gantry_plugins::PluginError::Busy { plugin, .. } => {
-                (plugin.clone(), Some(gantry_plugins::Limit::Instances))
-            }
-            gantry_plugins::PluginError::TooLarge { plugin, .. }
-            | gantry_plugins::PluginError::CompileTimeout { plugin, .. }
-            | gantry_plugins::PluginError::Invalid { plugin, .. }
-            | gantry_plugins::PluginError::Unhealthy { plugin, .. } => (plugin.clone(), None),
-        };
+        let name = err.plugin().to_string();
         let outcome = match err {
             gantry_plugins::PluginError::Unhealthy { .. } => HookOutcome::Unhealthy,
             gantry_plugins::PluginError::Busy { .. } => HookOutcome::Busy,
             _ => HookOutcome::Error,
         };
-        if let Some(limit) = limit {
-            self.metrics
-                .plugin_limit_hits
-                .with_label_values(&[&name, limit.as_str()])
-                .inc();
+        if let Some(limit) = err.limit() {
+            self.metrics.plugin_limit_hit(&name, limit, 1);
         }
         self.plugin_outcome(route, &name, hook, outcome);
         if outcome != HookOutcome::Error {
@@ -305,10 +293,11 @@ impl Gateway {
                 Ok(gantry_plugins::Decision::Pause)
                     if !end_of_stream && chunk.len() > plugin.limits.bytes_per_host_call =>
                 {
-                    self.metrics
-                        .plugin_limit_hits
-                        .with_label_values(&[&plugin.name, "bytes_per_host_call"])
-                        .inc();
+                    self.metrics.plugin_limit_hit(
+                        &plugin.name,
+                        gantry_plugins::Limit::BytesPerHostCall,
+                        1,
+                    );
                     self.plugin_outcome(
                         route,
                         &plugin.name,

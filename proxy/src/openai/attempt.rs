@@ -73,7 +73,8 @@ impl<'a> Attempts<'a> {
         if !self.tried.is_empty() {
             self.api
                 .metrics
-                .inference_retries
+                .inference
+                .retries
                 .with_label_values(&[name])
                 .inc();
         }

@@ -204,10 +204,11 @@ impl Api {
         } = opened;
         let labels = [self.model_label(&answer.model), backend.label.as_str()];
         Generation {
-            ttft: self.metrics.inference_ttft.with_label_values(&labels),
+            ttft: self.metrics.inference.ttft.with_label_values(&labels),
             itl: self
                 .metrics
-                .inference_inter_token
+                .inference
+                .inter_token
                 .with_label_values(&labels),
             api: self,
             pool: pool.clone(),
@@ -304,7 +305,8 @@ impl Generation<'_> {
         let model = self.api.model_label(&self.answer.model);
         self.api
             .metrics
-            .inference_requests
+            .inference
+            .requests
             .with_label_values(&[model, &self.backend.label, status])
             .inc();
     }
@@ -386,7 +388,8 @@ impl Generation<'_> {
                 ];
                 let metrics = &self.api.metrics;
                 metrics
-                    .inference_queue
+                    .inference
+                    .queue
                     .with_label_values(&labels)
                     .observe(f.queue_time_us as f64 / 1e6);
                 let (model, backend) = (labels[0], labels[1]);

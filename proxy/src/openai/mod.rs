@@ -319,7 +319,8 @@ impl Api {
         outcome.counted = true;
         let backend = outcome.backend.as_deref().unwrap_or("none");
         self.metrics
-            .inference_requests
+            .inference
+            .requests
             .with_label_values(&[self.model_label(model), backend, status])
             .inc();
     }

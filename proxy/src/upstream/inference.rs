@@ -324,7 +324,8 @@ impl InferencePool {
             own_tokens: AtomicU64::new(0),
             ejections: self
                 .metrics
-                .inference_backend_ejections
+                .backends
+                .ejections
                 .with_label_values(&[&self.config.name, &addr.to_string()]),
             watcher: Mutex::new(None),
         });
@@ -376,11 +377,13 @@ impl InferencePool {
         for b in self.backends().iter() {
             let labels = [self.config.name.as_str(), b.label.as_str()];
             self.metrics
-                .inference_backend_healthy
+                .backends
+                .healthy
                 .with_label_values(&labels)
                 .set(i64::from(b.eligible()));
             self.metrics
-                .inference_backend_inflight
+                .backends
+                .inflight
                 .with_label_values(&labels)
                 .set(i64::from(b.own_requests()));
             for (model, l) in b.load.read().expect("load lock").iter() {
@@ -390,7 +393,7 @@ impl InferencePool {
                     continue;
                 }
                 let l3 = [self.config.name.as_str(), b.label.as_str(), model.as_str()];
-                let g = &self.metrics.inference_backend_load;
+                let g = &self.metrics.backends.load;
                 g.with_label_values(&[l3[0], l3[1], l3[2], "queued"])
                     .set(i64::from(l.queued));
                 g.with_label_values(&[l3[0], l3[1], l3[2], "running"])
@@ -488,7 +491,8 @@ async fn watch(
         if b.serving.swap(false, Ordering::AcqRel) {
             tracing::warn!(pool = %pool, backend = %label, "inference backend lost (watch streams ended)");
             metrics
-                .inference_backend_lost
+                .backends
+                .lost
                 .with_label_values(&[&pool, &label])
                 .inc();
         }

@@ -17,13 +17,13 @@
 //! Weights come from a GGUF file and may be re-quantised at load (Q4_1 has only a
 //! scalar CPU kernel in candle; Q8_0 and Q4_0 have SIMD ones).
 
-use crate::chat::ChatTemplate;
 use crate::host_attention::{self, HostLayer, SeqRows};
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, D};
-use gantry_config::backend::Quantization;
-use std::path::Path;
-use tokenizers::Tokenizer;
+
+mod load;
+
+pub use load::LoadedGguf;
 
 /// KV cache capacity grows in steps of this many tokens.
 const KV_GROWTH_TOKENS: usize = 128;
@@ -75,44 +75,13 @@ pub struct Llama {
     lm_head: QMatMul,
     cos: Tensor,
     sin: Tensor,
-    /// Zero columns appended to the hidden state (see [`tiled_padding`]).
+    /// Zero columns appended to the hidden state (see `load::tiled_padding`).
     pad: usize,
     /// RMS norm epsilon, adjusted for the padding.
     norm_eps: f32,
     /// Rotary tables `[context, head_dim/2]` in host memory, when attention runs
     /// on the host (CPU, f32).
     host_rope: Option<(Vec<f32>, Vec<f32>)>,
-}
-
-/// candle's tiled int8 matmul kernels on x86 (AVX-512 VNNI / AVX-VNNI) need the
-/// inner dimension to be a multiple of this; without them its Q8_0 matmul is a
-/// per-row dot-product loop that batching cannot speed up.
-const TILED_K: usize = 256;
-
-/// Zero columns to append to a `hidden`-wide state so every matmul's inner
-/// dimension is a multiple of [`TILED_K`], or 0 where the tiled kernels do not
-/// apply (not CPU, not q8_0, no VNNI). Measured here for SmolLM2 (576 → 768):
-/// 4.8× faster at one row and 7.6× per row at eight rows, despite a third more
-/// arithmetic. The padding is exact: padded weights and state columns are zero,
-/// and the RMS norms are rescaled so they still average over `hidden` columns.
-fn tiled_padding(hidden: usize, device: &Device, quantization: Quantization) -> usize {
-    if !device.is_cpu() || quantization != Quantization::Q8_0 || !has_vnni() {
-        return 0;
-    }
-    hidden.next_multiple_of(TILED_K) - hidden
-}
-
-fn has_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::env::var("GANTRY_NO_TILED").is_err()
-            && ((is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
-                || is_x86_feature_detected!("avxvnni"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 impl std::fmt::Debug for Llama {
@@ -157,255 +126,7 @@ impl SeqCache {
     }
 }
 
-/// Everything a GGUF file gives a generation model.
-pub struct LoadedGguf {
-    /// The model.
-    pub model: Llama,
-    /// Its tokenizer.
-    pub tokenizer: Tokenizer,
-    /// Its chat template, if the file has one.
-    pub chat_template: Option<ChatTemplate>,
-    /// End-of-sequence token ids.
-    pub eos: Vec<u32>,
-}
-
-fn meta_u32(ct: &gguf_file::Content, key: &str) -> candle_core::Result<usize> {
-    ct.metadata
-        .get(key)
-        .ok_or_else(|| candle_core::Error::msg(format!("GGUF metadata `{key}` is missing")))?
-        .to_u32()
-        .map(|v| v as usize)
-}
-
 impl Llama {
-    /// Load a llama GGUF file onto `device`, converting weights per `quantization`.
-    pub fn load(
-        path: &Path,
-        device: &Device,
-        quantization: Quantization,
-    ) -> anyhow::Result<LoadedGguf> {
-        let mut file = std::fs::File::open(path)?;
-        let ct = gguf_file::Content::read(&mut file)
-            .map_err(|e| e.with_path(path))
-            .map_err(anyhow::Error::from)?;
-        let arch = ct
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
-        anyhow::ensure!(
-            arch == "llama",
-            "{}: architecture `{arch}` is not supported (only `llama`)",
-            path.display()
-        );
-        let n_head = meta_u32(&ct, "llama.attention.head_count")?;
-        let hidden = meta_u32(&ct, "llama.embedding_length")?;
-        let shape = LlamaShape {
-            n_layer: meta_u32(&ct, "llama.block_count")?,
-            n_head,
-            n_kv_head: meta_u32(&ct, "llama.attention.head_count_kv")?,
-            head_dim: hidden / n_head,
-            hidden,
-            ffn: meta_u32(&ct, "llama.feed_forward_length")?,
-            vocab: 0,
-            context_length: meta_u32(&ct, "llama.context_length")?,
-            rms_eps: ct
-                .metadata
-                .get("llama.attention.layer_norm_rms_epsilon")
-                .map(|v| v.to_f32())
-                .transpose()?
-                .unwrap_or(1e-5) as f64,
-            rope_base: ct
-                .metadata
-                .get("llama.rope.freq_base")
-                .map(|v| v.to_f32())
-                .transpose()?
-                .unwrap_or(10_000.0),
-        };
-        let tokenizer = crate::tokenizer::from_gguf(&ct)?;
-        let token_text = |key: &str| -> Option<String> {
-            let id = ct.metadata.get(key)?.to_u32().ok()?;
-            tokenizer.id_to_token(id)
-        };
-        let bos = token_text("tokenizer.ggml.bos_token_id").unwrap_or_default();
-        let eos_text = token_text("tokenizer.ggml.eos_token_id").unwrap_or_default();
-        let chat_template = match ct.metadata.get("tokenizer.chat_template") {
-            Some(v) => Some(ChatTemplate::new(v.to_string()?, &bos, &eos_text)?),
-            None => None,
-        };
-        let mut eos = Vec::new();
-        if let Some(id) = ct
-            .metadata
-            .get("tokenizer.ggml.eos_token_id")
-            .and_then(|v| v.to_u32().ok())
-        {
-            eos.push(id);
-        }
-        // Chat models end a turn with their end-of-turn token too.
-        for t in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
-            if let Some(id) = tokenizer.token_to_id(t) {
-                if !eos.contains(&id) {
-                    eos.push(id);
-                }
-            }
-        }
-        let model = Self::from_content(ct, &mut file, device, quantization, shape)?;
-        Ok(LoadedGguf {
-            model,
-            tokenizer,
-            chat_template,
-            eos,
-        })
-    }
-
-    fn from_content(
-        ct: gguf_file::Content,
-        file: &mut std::fs::File,
-        device: &Device,
-        quantization: Quantization,
-        mut shape: LlamaShape,
-    ) -> anyhow::Result<Self> {
-        let dtype = match quantization {
-            Quantization::Bf16 => DType::BF16,
-            _ => DType::F32,
-        };
-        let mut raw =
-            |name: &str| -> candle_core::Result<QTensor> { ct.tensor(file, name, device) };
-        let pad = tiled_padding(shape.hidden, device, quantization);
-        anyhow::ensure!(
-            shape.n_head * shape.head_dim == shape.hidden,
-            "attention width {} differs from the hidden size {}",
-            shape.n_head * shape.head_dim,
-            shape.hidden
-        );
-        // Weights used as matmuls: concatenated along the output dimension,
-        // zero-padded (`pad_n` output rows, `pad_k` input columns) and converted
-        // to the configured format.
-        let convert =
-            |parts: Vec<QTensor>, pad_n: usize, pad_k: usize| -> candle_core::Result<QMatMul> {
-                let target = match quantization {
-                    Quantization::Q8_0 => Some(GgmlDType::Q8_0),
-                    Quantization::Q4_0 => Some(GgmlDType::Q4_0),
-                    Quantization::Keep | Quantization::Bf16 => None,
-                };
-                if parts.len() == 1
-                    && pad_n == 0
-                    && pad_k == 0
-                    && target.is_none_or(|t| t == parts[0].dtype())
-                    && dtype == DType::F32
-                {
-                    return QMatMul::from_qtensor(parts.into_iter().next().expect("one part"));
-                }
-                let source_dtype = parts[0].dtype();
-                let dense = parts
-                    .iter()
-                    .map(|p| p.dequantize(device))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                let dense = Tensor::cat(&dense, 0)?
-                    .pad_with_zeros(0, 0, pad_n)?
-                    .pad_with_zeros(1, 0, pad_k)?;
-                match (quantization, target) {
-                    (Quantization::Bf16, _) => Ok(QMatMul::Tensor(dense.to_dtype(DType::BF16)?)),
-                    (_, Some(t)) => QMatMul::from_qtensor(QTensor::quantize(&dense, t)?),
-                    (_, None) => QMatMul::from_qtensor(QTensor::quantize(&dense, source_dtype)?),
-                }
-            };
-        // RMS norm weights, padded with zeros and rescaled so the mean square over
-        // `hidden + pad` columns stands for the mean over `hidden` (with the
-        // epsilon scaled to match, see `norm_eps`).
-        let rescale = (shape.hidden as f64 / (shape.hidden + pad) as f64).sqrt();
-        let vector = |t: QTensor| -> candle_core::Result<Tensor> {
-            let v = t.dequantize(device)?;
-            let v = if pad > 0 {
-                (v * rescale)?.pad_with_zeros(0, 0, pad)?
-            } else {
-                v
-            };
-            v.to_dtype(dtype)
-        };
-
-        let embed_q = raw("token_embd.weight")?;
-        shape.vocab = embed_q.shape().dims2()?.0;
-        // The embedding table, padded like the hidden state; shared with a tied
-        // LM head.
-        let embed_q = if pad > 0 {
-            let dense = embed_q.dequantize(device)?.pad_with_zeros(1, 0, pad)?;
-            QTensor::quantize(&dense, GgmlDType::Q8_0)?
-        } else {
-            embed_q
-        };
-        let embed_q = std::sync::Arc::new(embed_q);
-        let wanted = match quantization {
-            Quantization::Q8_0 => Some(GgmlDType::Q8_0),
-            Quantization::Q4_0 => Some(GgmlDType::Q4_0),
-            Quantization::Keep => Some(embed_q.dtype()),
-            Quantization::Bf16 => None,
-        };
-        let lm_head = match raw("output.weight") {
-            Ok(t) => convert(vec![t], 0, pad)?,
-            // Tied embeddings: the LM head is the embedding matrix itself when it
-            // already has the wanted format, else a converted copy.
-            Err(_) if wanted == Some(embed_q.dtype()) => QMatMul::from_arc(embed_q.clone())?,
-            Err(_) if quantization == Quantization::Bf16 => {
-                QMatMul::Tensor(embed_q.dequantize(device)?.to_dtype(DType::BF16)?)
-            }
-            Err(_) => convert(vec![raw("token_embd.weight")?], 0, pad)?,
-        };
-        let embed = QMatMul::from_arc(embed_q)?;
-        let norm = vector(raw("output_norm.weight")?)?;
-        let mut blocks = Vec::with_capacity(shape.n_layer);
-        for i in 0..shape.n_layer {
-            let p = format!("blk.{i}");
-            blocks.push(Block {
-                attn_norm: vector(raw(&format!("{p}.attn_norm.weight"))?)?,
-                qkv: convert(
-                    vec![
-                        raw(&format!("{p}.attn_q.weight"))?,
-                        raw(&format!("{p}.attn_k.weight"))?,
-                        raw(&format!("{p}.attn_v.weight"))?,
-                    ],
-                    0,
-                    pad,
-                )?,
-                wo: convert(vec![raw(&format!("{p}.attn_output.weight"))?], pad, pad)?,
-                ffn_norm: vector(raw(&format!("{p}.ffn_norm.weight"))?)?,
-                gate_up: convert(
-                    vec![
-                        raw(&format!("{p}.ffn_gate.weight"))?,
-                        raw(&format!("{p}.ffn_up.weight"))?,
-                    ],
-                    0,
-                    pad,
-                )?,
-                down: convert(vec![raw(&format!("{p}.ffn_down.weight"))?], pad, 0)?,
-            });
-        }
-        let (cos, sin) = rope_tables(&shape, device, dtype)?;
-        let host_rope = if device.is_cpu() && dtype == DType::F32 {
-            Some((
-                cos.flatten_all()?.to_vec1::<f32>()?,
-                sin.flatten_all()?.to_vec1::<f32>()?,
-            ))
-        } else {
-            None
-        };
-        Ok(Llama {
-            host_rope,
-            shape,
-            device: device.clone(),
-            dtype,
-            embed,
-            blocks,
-            norm,
-            lm_head,
-            cos,
-            sin,
-            pad,
-            norm_eps: (shape.rms_eps * shape.hidden as f64 / (shape.hidden + pad) as f64) as f32,
-        })
-    }
-
     /// The model's shape.
     pub fn shape(&self) -> &LlamaShape {
         &self.shape
@@ -681,26 +402,6 @@ fn causal_mask(
         }
     }
     Tensor::from_vec(mask, (group * n, len), device)?.to_dtype(dtype)
-}
-
-fn rope_tables(
-    shape: &LlamaShape,
-    device: &Device,
-    dtype: DType,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let half = shape.head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / shape.rope_base.powf(2.0 * i as f32 / shape.head_dim as f32))
-        .collect();
-    let inv = Tensor::from_vec(inv, (1, half), device)?;
-    let positions = Tensor::arange(0u32, shape.context_length as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((shape.context_length, 1))?;
-    let angles = positions.matmul(&inv)?;
-    Ok((
-        angles.cos()?.to_dtype(dtype)?,
-        angles.sin()?.to_dtype(dtype)?,
-    ))
 }
 
 /// Greedy next tokens for each row of `logits` (`[rows, vocab]`).
