@@ -6,14 +6,13 @@
 //! cache bytes are read from the schedulers at scrape time.
 
 use crate::scheduler::GenerateEngine;
-use http_body_util::Full;
-use hyper::body::Bytes;
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+use gantry_telemetry::{Exported, Registrar};
+use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGaugeVec};
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+/// Time-to-first-token buckets in seconds: 10 ms to 10 s.
+const TTFT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Each generation model's scheduler, for the gauges.
 type Loads = Arc<std::sync::Mutex<Vec<(String, GenerateEngine)>>>;
@@ -21,7 +20,7 @@ type Loads = Arc<std::sync::Mutex<Vec<(String, GenerateEngine)>>>;
 /// The backend's metrics.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Registry,
+    exported: Exported,
     requests: IntCounterVec,
     queue_rejections: IntCounterVec,
     tokens: IntCounterVec,
@@ -47,58 +46,47 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["model"]).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let requests = counter(
-            "gantry_backend_requests_total",
-            "gRPC calls by model, method and status code (OK or the refusal's code)",
-            &["model", "method", "code"],
-        );
-        let queue_rejections = counter(
-            "gantry_backend_queue_rejections_total",
-            "Requests refused because max_queued requests were already waiting",
-            &["model"],
-        );
-        let tokens = counter(
-            "gantry_backend_generated_tokens_total",
-            "Tokens generated",
-            &["model"],
-        );
-        let ttft = HistogramVec::new(
-            HistogramOpts::new(
+        let mut r = Registrar::new();
+        let per_model = &["model"];
+        Metrics {
+            requests: r.counter(
+                "gantry_backend_requests_total",
+                "gRPC calls by model, method and status code (OK or the refusal's code)",
+                &["model", "method", "code"],
+            ),
+            queue_rejections: r.counter(
+                "gantry_backend_queue_rejections_total",
+                "Requests refused because max_queued requests were already waiting",
+                per_model,
+            ),
+            tokens: r.counter(
+                "gantry_backend_generated_tokens_total",
+                "Tokens generated",
+                per_model,
+            ),
+            ttft: r.histogram(
                 "gantry_backend_time_to_first_token_seconds",
                 "Arrival to first generated token",
-            )
-            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-            &["model"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(ttft.clone()))
-            .expect("unique metric");
-        Metrics {
-            requests,
-            queue_rejections,
-            tokens,
-            ttft,
-            queued: gauge("gantry_backend_queued", "Requests waiting for a batch slot"),
-            running: gauge("gantry_backend_running", "Sequences in the running batch"),
-            kv_bytes: gauge("gantry_backend_kv_cache_bytes", "Bytes of KV cache in use"),
+                TTFT_BUCKETS,
+                per_model,
+            ),
+            queued: r.gauge(
+                "gantry_backend_queued",
+                "Requests waiting for a batch slot",
+                per_model,
+            ),
+            running: r.gauge(
+                "gantry_backend_running",
+                "Sequences in the running batch",
+                per_model,
+            ),
+            kv_bytes: r.gauge(
+                "gantry_backend_kv_cache_bytes",
+                "Bytes of KV cache in use",
+                per_model,
+            ),
             loads: Arc::default(),
-            registry,
+            exported: r.finish(),
         }
     }
 
@@ -148,46 +136,18 @@ impl Metrics {
                 .with_label_values(&[model])
                 .set(l.kv_cache_bytes as i64);
         }
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding cannot fail");
-        out
+        self.exported.encode()
+    }
+
+    /// Every metric's name and variable labels (what docs/INFERENCE.md lists).
+    #[cfg(test)]
+    fn catalog(&self) -> &[(String, Vec<String>)] {
+        self.exported.catalog()
     }
 
     /// Serve `/metrics` on `listener` until the task is dropped.
     pub async fn serve(self, listener: tokio::net::TcpListener) {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let metrics = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let metrics = metrics.clone();
-                        async move {
-                            let response = if req.uri().path() == "/metrics" {
-                                hyper::Response::builder()
-                                    .header("content-type", "text/plain; version=0.0.4")
-                                    .body(Full::new(Bytes::from(metrics.render())))
-                            } else {
-                                hyper::Response::builder().status(404).body(Full::new(
-                                    Bytes::from_static(b"not found: try /metrics\n"),
-                                ))
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                response.expect("static response parts"),
-                            )
-                        }
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
-            });
-        }
+        gantry_telemetry::serve(listener, Arc::new(move || self.render())).await
     }
 }
 
@@ -196,4 +156,18 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("backend.metrics_listen {addr}: cannot bind: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backend_docs_list_every_metric_with_its_labels() {
+        let mut docs = gantry_telemetry::documented(include_str!("../../docs/INFERENCE.md"));
+        docs.sort();
+        let mut exported = Metrics::new().catalog().to_vec();
+        exported.sort();
+        assert_eq!(docs, exported);
+    }
 }

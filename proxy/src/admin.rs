@@ -221,7 +221,7 @@ impl ServeHttp for AdminApp {
                 self.metrics.inflight_requests.set(inflight);
                 text(
                     StatusCode::OK,
-                    "text/plain; version=0.0.4",
+                    gantry_telemetry::CONTENT_TYPE,
                     self.metrics.render(),
                 )
             }

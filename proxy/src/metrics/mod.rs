@@ -16,10 +16,8 @@ mod labels;
 
 pub use labels::{CallResult, Direction, Handshake, Hook, HookOutcome, Refusal, ReloadResult};
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+use gantry_telemetry::{Exported, Registrar};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec};
 
 /// Latency buckets in seconds: 0.5 ms to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -28,9 +26,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Every metric the gateway exports.
 pub struct Metrics {
-    registry: Registry,
-    /// Every metric's name and variable labels, as registered.
-    catalog: Vec<(String, Vec<String>)>,
+    /// The registry and its catalog.
+    exported: Exported,
     /// `gantry_limit_rejections_total`, one counter per [`Refusal`].
     refusals: Vec<prometheus::IntCounter>,
     /// `gantry_tls_handshakes_total`, one counter per [`Handshake`].
@@ -223,55 +220,10 @@ const MODEL_BACKEND: &[&str] = &["model", "backend"];
 /// Labels of per-backend metrics.
 const POOL_BACKEND: &[&str] = &["pool", "backend"];
 
-/// Creates metrics, registering each and recording its name and labels.
-struct Registrar {
-    registry: Registry,
-    catalog: Vec<(String, Vec<String>)>,
-}
-
-impl Registrar {
-    fn register<C: prometheus::core::Collector + Clone + 'static>(&mut self, c: C) -> C {
-        for d in c.desc() {
-            self.catalog
-                .push((d.fq_name.clone(), d.variable_labels.clone()));
-        }
-        self.registry
-            .register(Box::new(c.clone()))
-            .expect("metric registered once");
-        c
-    }
-
-    fn counter(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-        self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
-    }
-
-    fn int_gauge(&mut self, name: &str, help: &str) -> IntGauge {
-        self.register(IntGauge::new(name, help).expect("valid metric"))
-    }
-
-    fn histogram(
-        &mut self,
-        name: &str,
-        help: &str,
-        buckets: &[f64],
-        labels: &[&str],
-    ) -> HistogramVec {
-        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-        self.register(HistogramVec::new(opts, labels).expect("valid metric"))
-    }
-}
-
 impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
-        let mut r = Registrar {
-            registry: Registry::new(),
-            catalog: Vec::new(),
-        };
+        let mut r = Registrar::new();
         let limit_rejections = r.counter(
             "gantry_limit_rejections_total",
             "Requests or connections refused because a configured limit was reached",
@@ -318,8 +270,7 @@ impl Metrics {
             inference: InferenceMetrics::register(&mut r),
             backends: BackendMetrics::register(&mut r),
             plugins: PluginMetrics::register(&mut r),
-            registry: r.registry,
-            catalog: r.catalog,
+            exported: r.finish(),
         }
     }
 
@@ -391,16 +342,12 @@ impl Metrics {
 
     /// Every metric's name and variable labels (what docs/OPERATIONS.md lists).
     pub fn catalog(&self) -> &[(String, Vec<String>)] {
-        &self.catalog
+        self.exported.catalog()
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding to a Vec cannot fail");
-        out
+        self.exported.encode()
     }
 }
 
@@ -420,36 +367,10 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
-    /// `(name, labels)` of every row of the metric tables in `doc`.
-    fn documented(doc: &str) -> Vec<(String, Vec<String>)> {
-        doc.lines()
-            .filter_map(|line| {
-                let mut cells = line.split('|').map(str::trim).skip(1);
-                let name = cells.next()?.strip_prefix("`gantry_")?.strip_suffix('`')?;
-                // Label names, before any parenthesised values.
-                let labels = cells
-                    .next()?
-                    .split(" (")
-                    .next()?
-                    .split(',')
-                    .filter_map(|l| {
-                        l.trim()
-                            .split(' ')
-                            .next()?
-                            .strip_prefix('`')?
-                            .strip_suffix('`')
-                    })
-                    .map(str::to_string)
-                    .collect();
-                Some((format!("gantry_{name}"), labels))
-            })
-            .collect()
-    }
-
     #[test]
     fn the_operations_docs_list_every_metric_with_its_labels() {
-        let mut docs = documented(include_str!("../../../docs/OPERATIONS.md"));
-        docs.extend(documented(include_str!(
+        let mut docs = gantry_telemetry::documented(include_str!("../../../docs/OPERATIONS.md"));
+        docs.extend(gantry_telemetry::documented(include_str!(
             "../../../docs/INFERENCE-GATEWAY.md"
         )));
         docs.sort();
