@@ -210,6 +210,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Front<A> {
         self: &Arc<Self>,
         mut stream: Stream,
         mut head: BytesMut,
+        mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
         shutdown: &ShutdownWatch,
     ) {
         let mut settings: Option<HttpPersistentSettings> = None;
@@ -245,6 +246,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Front<A> {
                 &mut stream,
                 self.head_read(false),
                 Wait::Idle(idle_until),
+                timer.as_mut(),
                 shutdown,
             )
             .await
@@ -314,10 +316,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Front<A> {
             let guarded = Replay::new(BytesMut::new(), stream, Some(self.flood_guard(false)));
             return ServerApp::process_new(&self.inner, Box::new(guarded), shutdown).await;
         }
+        // The connection's one timer, for every head it sends.
+        let timer = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(timer);
         match head::read_head(
             &mut stream,
             self.head_read(true),
             Wait::Until(deadline),
+            timer.as_mut(),
             shutdown,
         )
         .await
@@ -329,7 +335,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Front<A> {
                 ServerApp::process_new(&self.inner, replay, shutdown).await
             }
             Head::Read(prefix) => {
-                self.serve_http1(stream, prefix, shutdown).await;
+                self.serve_http1(stream, prefix, timer, shutdown).await;
                 None
             }
             refused => {
