@@ -5,19 +5,23 @@
 //! `X-Forwarded-For` is just the peer and the spoofable headers are removed.
 //! (`X-Forwarded-Proto` is set by the gateway in every case.)
 
+use http::HeaderName;
 use pingora::http::RequestHeader;
 use pingora::Result;
 
 /// Forwarding headers a client could forge, removed unless the peer is a
-/// trusted proxy (`X-Forwarded-For` is then rewritten, not removed).
-pub const SPOOFABLE_FORWARDING_HEADERS: &[&str] = &[
-    "forwarded",
-    "x-real-ip",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "true-client-ip",
-    "x-client-ip",
+/// trusted proxy (`X-Forwarded-For` is then rewritten, not removed). Names,
+/// not strings: looking one up hashes it without parsing it.
+pub const SPOOFABLE_FORWARDING_HEADERS: [HeaderName; 6] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Set the upstream request's forwarding headers for a peer at `peer`.
 pub fn apply(
@@ -29,19 +33,23 @@ pub fn apply(
         return Ok(());
     };
     if !trusted_proxies.iter().any(|n| n.contains(&ip)) {
-        for name in SPOOFABLE_FORWARDING_HEADERS {
-            upstream.remove_header(*name);
+        for name in &SPOOFABLE_FORWARDING_HEADERS {
+            // Most requests carry none: look before removing (a removal also
+            // rebuilds Pingora's case-preserving name map).
+            if upstream.headers.contains_key(name) {
+                upstream.remove_header(name);
+            }
         }
-        upstream.insert_header("x-forwarded-for", ip.to_string())?;
+        upstream.insert_header(X_FORWARDED_FOR, ip.to_string())?;
         return Ok(());
     }
     let xff = match upstream
         .headers
-        .get("x-forwarded-for")
+        .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip.to_string(),
     };
-    upstream.insert_header("x-forwarded-for", xff)
+    upstream.insert_header(X_FORWARDED_FOR, xff)
 }

@@ -16,14 +16,8 @@ impl Gateway {
         if let Some(limit) = ctx.error.as_ref().and_then(GatewayError::limit) {
             self.metrics.refused(limit);
         }
-        self.metrics
-            .requests
-            .with_label_values(&[route, &status.to_string()])
-            .inc();
-        self.metrics
-            .latency
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        let counted = ctx.route.unwrap_or(self.route_metrics.len() - 1);
+        self.route_metrics[counted].finished(status, elapsed);
         let req = session.req_header();
         tracing::info!(
             target: "gantry::access",

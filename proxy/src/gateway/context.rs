@@ -3,7 +3,7 @@
 use crate::error::GatewayError;
 use crate::lifecycle::{Lifecycle, RequestInFlight};
 use bytes::Bytes;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::lb::Backend;
 use pingora::Error;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Request id header, read from the client when valid and generated otherwise.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest client-supplied request id kept as is.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -62,7 +62,7 @@ impl RequestCtx {
 
     /// The request id: the client's when it is a valid one, else a new one.
     pub(super) fn take_request_id(&mut self, req: &RequestHeader) {
-        self.request_id = match req.headers.get(REQUEST_ID) {
+        self.request_id = match req.headers.get(&REQUEST_ID) {
             Some(v) if valid_request_id(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
             _ => uuid::Uuid::new_v4().simple().to_string(),
         };

@@ -64,6 +64,8 @@ pub struct Gateway {
     hot: Vec<Vec<HotCounters>>,
     /// Peers whose forwarding headers are believed (`server.trusted_proxies`).
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Per route, then `none` (no route matched): request metrics resolved once.
+    route_metrics: Vec<crate::metrics::RouteMetrics>,
 }
 
 impl Gateway {
@@ -87,6 +89,10 @@ impl Gateway {
             })
             .collect();
         let hot = HotCounters::for_routes(&router, &metrics);
+        let route_metrics = (0..router.len())
+            .map(|i| metrics.route(&router.route(i).name))
+            .chain([metrics.route("none")])
+            .collect();
         Gateway {
             router,
             rewrites,
@@ -99,6 +105,7 @@ impl Gateway {
             connector: pingora::connectors::http::Connector::new(None),
             hot,
             trusted_proxies: Vec::new(),
+            route_metrics,
         }
     }
 

@@ -14,6 +14,8 @@ use pingora::proxy::Session;
 use pingora::{Error, Result};
 use std::sync::Arc;
 
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
 impl Gateway {
     /// The route's pool (only HTTP-pool routes reach the upstream phases).
     pub(super) fn pool_of(&self, route: usize) -> &Arc<crate::upstream::HttpPool> {
@@ -89,7 +91,7 @@ impl Gateway {
             .map(|a| a.ip());
         crate::forwarding::apply(upstream, peer, &self.trusted_proxies)?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        upstream.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         upstream.insert_header(REQUEST_ID, &ctx.request_id)?;
         if let Some(body) = &ctx.request_body {
             // The plugins may have changed the body's length.

@@ -17,7 +17,9 @@ mod labels;
 pub use labels::{CallResult, Direction, Handshake, Hook, HookOutcome, Refusal, ReloadResult};
 
 use gantry_telemetry::{Exported, Registrar};
-use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 /// Latency buckets in seconds: 0.5 ms to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -32,10 +34,10 @@ pub struct Metrics {
     refusals: Vec<prometheus::IntCounter>,
     /// `gantry_tls_handshakes_total`, one counter per [`Handshake`].
     handshakes: Vec<prometheus::IntCounter>,
-    /// `gantry_requests_total{route,status}`
-    pub requests: IntCounterVec,
-    /// `gantry_request_duration_seconds{route}`
-    pub latency: HistogramVec,
+    /// `gantry_requests_total{route,status}` (see [`RouteMetrics`])
+    requests: IntCounterVec,
+    /// `gantry_request_duration_seconds{route}` (see [`RouteMetrics`])
+    latency: HistogramVec,
     /// `gantry_open_connections`
     pub open_connections: IntGauge,
     /// `gantry_inflight_requests`
@@ -50,6 +52,43 @@ pub struct Metrics {
     pub backends: BackendMetrics,
     /// Wasm plugins.
     pub plugins: PluginMetrics,
+}
+
+/// Statuses most answers have: their `gantry_requests_total` series are kept
+/// per route once first used, so counting them hashes no labels.
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 429, 499, 500, 502, 503, 504,
+];
+
+/// One route's request metrics, resolved once: what every finished request
+/// records without building or hashing a label.
+pub struct RouteMetrics {
+    route: String,
+    latency: Histogram,
+    requests: IntCounterVec,
+    /// By [`COMMON_STATUSES`] position, created on first use (a series
+    /// appears only once it counts something).
+    by_status: [OnceLock<IntCounter>; COMMON_STATUSES.len()],
+}
+
+impl RouteMetrics {
+    /// Count a finished request: its status (0 when no response was sent) and
+    /// its duration.
+    pub fn finished(&self, status: u16, elapsed: Duration) {
+        self.latency.observe(elapsed.as_secs_f64());
+        match COMMON_STATUSES.iter().position(|&s| s == status) {
+            Some(i) => self.by_status[i]
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[&self.route, &status.to_string()])
+                })
+                .inc(),
+            None => self
+                .requests
+                .with_label_values(&[&self.route, &status.to_string()])
+                .inc(),
+        }
+    }
 }
 
 /// The OpenAI-compatible API: `gantry_inference_*`.
@@ -274,6 +313,17 @@ impl Metrics {
         }
     }
 
+    /// The request metrics of a route (or of `none`, for requests no route
+    /// matched), resolved once.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.to_string(),
+            latency: self.latency.with_label_values(&[route]),
+            requests: self.requests.clone(),
+            by_status: Default::default(),
+        }
+    }
+
     /// Count work refused by a limit.
     pub fn refused(&self, why: Refusal) {
         self.refusals[why as usize].inc();
@@ -463,6 +513,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_route_counts_its_requests_by_status_and_shows_only_statuses_it_answered() {
+        let m = Metrics::new();
+        let api = m.route("api");
+        for status in [200, 200, 418, 0] {
+            api.finished(status, Duration::from_millis(3));
+        }
+        let text = String::from_utf8(m.render()).unwrap();
+        for line in [
+            "gantry_requests_total{route=\"api\",status=\"200\"} 2",
+            "gantry_requests_total{route=\"api\",status=\"418\"} 1",
+            "gantry_requests_total{route=\"api\",status=\"0\"} 1",
+            "gantry_request_duration_seconds_count{route=\"api\"} 4",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+        assert!(!text.contains("status=\"404\""), "{text}");
     }
 
     #[test]
