@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh bench
 scripts/build-plugins.sh >/dev/null
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+. bench/lib.sh
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10}; CONNS=${CONNS:-50}; WORKERS=${WORKERS:-1}
 ORIGIN=127.0.0.1:18391; GANTRY=127.0.0.1:18392
 cargo build --release --locked -p gantry
@@ -20,7 +21,6 @@ work=$(mktemp -d); chmod 755 "$work"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-head -c 1024 /dev/zero | tr '\0' 'x' > "$work/1k.txt"
 # A plugin that spins forever in its request hook: cut off at its CPU limit (500),
 # then left out while unhealthy.
 cat > "$work/loop.wat" <<'WAT'
@@ -32,16 +32,7 @@ cat > "$work/loop.wat" <<'WAT'
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (loop $l (br $l)) (i32.const 0)))
 WAT
 wat2wasm "$work/loop.wat" -o "$work/loop.wasm"
-cat > "$work/origin.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/origin.pid;
-error_log $work/origin.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f; uwsgi_temp_path $work/u; scgi_temp_path $work/s;
-  server { listen $ORIGIN; location / { root $work; try_files /1k.txt =404; } } }
-CONF
+bench_origin "$work" "$ORIGIN"
 cat > "$work/gantry.toml" <<CONF
 [server]
 threads = $WORKERS
@@ -73,14 +64,9 @@ file = "$work/loop.wasm"
 CONF
 nginx -c "$work/origin.conf" & pids+=($!)
 RUST_LOG=warn target/release/gantry gateway --config "$work/gantry.toml" & pids+=($!)
-for p in plain plugin; do
-  for _ in $(seq 100); do curl -sf "http://$GANTRY/$p" -o /dev/null && break; sleep 0.1; done
-done
+for p in plain plugin; do bench_wait "http://$GANTRY/$p"; done
 curl -sI "http://$GANTRY/plugin" | grep -qi '^x-served-by: gantry' || { echo "plugin not active" >&2; exit 1; }
-measure() { # $1 path → "rps p50 p99"
-  wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://$GANTRY$1" |
-    awk '/Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {printf "%.0f %s %s\n", r, p50, p99}'
-}
+measure() { bench_measure "http://$GANTRY$1"; } # $1 path → "rps p50 p99"
 declare -A rps p50 p99
 paths=(/plain /plugin)
 for round in $(seq "$ROUNDS"); do

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Gateway throughput and latency on loopback, in one run, for a 1 KiB response:
-#   direct to the origin · through nginx · through a minimal Pingora proxy · through Gantry.
-# Same wrk load for each (threads, connections, duration). One worker/thread per proxy.
-# Writes the results table to docs/BENCHMARKS.md (between the markers) and prints it.
+#   direct to the origin · through nginx · through a minimal Pingora proxy · through Gantry
+#   · through Gantry on a route with the `noop` plugin · and with the `add-header` plugin.
+# Same wrk load for each (threads, connections, duration), every target once per round,
+# interleaved. One worker/thread per proxy. Prints the ratios the hot-path targets are
+# stated in, and writes the table to docs/BENCHMARKS.md (between the markers).
 #
 #   bench/run.sh                  # defaults: 1 wrk thread, 50 connections, 10 s, 1 proxy thread
 #   CONNS=100 DURATION=20 ROUNDS=4 bench/run.sh
@@ -10,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh bench
+scripts/build-plugins.sh >/dev/null
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+. bench/lib.sh
 
 WRK_THREADS=${WRK_THREADS:-1}
 CONNS=${CONNS:-50}
@@ -33,27 +37,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-head -c 1024 /dev/zero | tr '\0' 'x' > "$work/1k.txt"
-nginx_conf() { # $1 name, $2 server block
-  cat > "$work/$1.conf" <<CONF
-worker_processes $WORKERS;
-daemon off;
-pid $work/$1.pid;
-error_log $work/$1.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work/$1-body; proxy_temp_path $work/$1-proxy;
-  fastcgi_temp_path $work/$1-fcgi; uwsgi_temp_path $work/$1-uwsgi; scgi_temp_path $work/$1-scgi;
-  $2
-}
-CONF
-}
-nginx_conf origin "server { listen $ORIGIN; location / { root $work; try_files /1k.txt =404; } }"
-nginx_conf proxy "upstream origin { server $ORIGIN; keepalive 128; }
+bench_origin "$work" "$ORIGIN"
+bench_nginx_conf "$work" proxy "upstream origin { server $ORIGIN; keepalive 128; }
   server { listen $NGINX; location / { proxy_pass http://origin; proxy_http_version 1.1;
-    proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }"
+    proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }" "$WORKERS"
 cat > "$work/gantry.toml" <<CONF
 [server]
 threads = $WORKERS
@@ -68,6 +55,21 @@ endpoints = ["$ORIGIN"]
 [[routes]]
 name = "all"
 pool = "origin"
+[[routes]]
+name = "noop"
+pool = "origin"
+path_prefix = "/noop"
+[[routes.plugins]]
+name = "noop"
+file = "$PWD/plugins/examples/target/wasm32-unknown-unknown/release/noop.wasm"
+[[routes]]
+name = "header"
+pool = "origin"
+path_prefix = "/header"
+[[routes.plugins]]
+name = "add-header"
+file = "$PWD/plugins/examples/target/wasm32-unknown-unknown/release/add_header.wasm"
+configuration = { request = { "x-team" = "edge" }, response = { "x-served-by" = "gantry" } }
 CONF
 
 nginx -c "$work/origin.conf" & pids+=($!)
@@ -75,42 +77,66 @@ nginx -c "$work/proxy.conf" & pids+=($!)
 target/release/minimal-proxy "$MINIMAL" "$ORIGIN" "$WORKERS" 2>/dev/null & pids+=($!)
 # Access logs off (level warn) to match nginx's `access_log off`.
 RUST_LOG=warn target/release/gantry gateway --config "$work/gantry.toml" & gantry_pid=$!; pids+=($gantry_pid)
-labels=("direct to origin (nginx static)" "nginx reverse proxy" "minimal Pingora proxy (bench/minimal-proxy)" "Gantry")
-addrs=("$ORIGIN" "$NGINX" "$MINIMAL" "$GANTRY")
+labels=("direct to origin (nginx static)" "nginx reverse proxy" "minimal Pingora proxy (bench/minimal-proxy)" "Gantry"
+  "Gantry + \`noop\` plugin" "Gantry + \`add-header\` plugin")
+urls=("http://$ORIGIN/" "http://$NGINX/" "http://$MINIMAL/" "http://$GANTRY/" "http://$GANTRY/noop" "http://$GANTRY/header")
 if [ -n "${GANTRY_BEFORE:-}" ]; then
   sed -e "s/$GANTRY/$BEFORE/" -e "s/$ADMIN/$BEFORE_ADMIN/" "$work/gantry.toml" > "$work/before.toml"
   RUST_LOG=warn "$GANTRY_BEFORE" gateway --config "$work/before.toml" & pids+=($!)
-  labels+=("Gantry before ($(basename "$GANTRY_BEFORE"))"); addrs+=("$BEFORE")
+  labels+=("Gantry before ($(basename "$GANTRY_BEFORE"))" "Gantry before + \`noop\`" "Gantry before + \`add-header\`")
+  urls+=("http://$BEFORE/" "http://$BEFORE/noop" "http://$BEFORE/header")
 fi
 
-for addr in "${addrs[@]}"; do
-  for _ in $(seq 100); do curl -sf "http://$addr/" -o /dev/null && break; sleep 0.1; done
-  curl -sf "http://$addr/" -o /dev/null || { echo "bench: $addr does not answer" >&2; tail -n 5 "$work"/*.err >&2 2>/dev/null; exit 1; }
-done
+for url in "${urls[@]}"; do bench_wait "$url" || { tail -n 5 "$work"/*.err >&2 2>/dev/null; exit 1; }; done
+curl -sI "http://$GANTRY/header" | grep -qi '^x-served-by: gantry' || { echo "bench: add-header plugin not active" >&2; exit 1; }
 idle_rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gantry_pid/status")
-
-# One wrk run; prints "rps p50 p99".
-measure() { # $1 addr
-  local out; out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://$1/")
-  awk '/Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {printf "%.0f %s %s\n", r, p50, p99}' <<<"$out"
-}
 
 # Every target once per round; odd rounds run in reverse order so no target is
 # always measured first or last on a shared, noisy machine.
 declare -A rps p50 p99
-n=${#addrs[@]}
+n=${#urls[@]}
 for round in $(seq "$ROUNDS"); do
   order=($(seq 0 $((n - 1)))); [ $((round % 2)) -eq 0 ] && order=($(seq $((n - 1)) -1 0))
   for i in "${order[@]}"; do
-    read -r r a b < <(measure "${addrs[$i]}")
+    read -r r a b < <(bench_measure "${urls[$i]}")
     rps[$i]="${rps[$i]:+${rps[$i]} }$r"; p50[$i]="${p50[$i]:+${p50[$i]} / }$a"; p99[$i]="${p99[$i]:+${p99[$i]} / }$b"
   done
 done
 rows=$(for i in $(seq 0 $((n - 1))); do
-  mean=$(tr ' ' '\n' <<<"${rps[$i]}" | awk '{s+=$1} END {printf "%.0f", s/NR}')
+  mean=$(bench_mean "${rps[$i]}")
   printf '| %s | %s | %s | %s | %s |\n' "${labels[$i]}" "$mean" "${rps[$i]// / \/ }" "${p50[$i]}" "${p99[$i]}"
 done)
 loaded_rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gantry_pid/status")
+
+# The ratios the targets are stated in (docs/BENCHMARKS.md), from the same rounds.
+series=$(for i in $(seq 0 $((n - 1))); do printf '%s|%s|%s\n' "${rps[$i]}" "${p50[$i]}" "${p99[$i]}"; done)
+ratios=$(python3 - "$series" <<'PY'
+import statistics, sys
+def ms(v):
+    v = v.strip()
+    for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if v.endswith(unit):
+            return float(v[:-len(unit)]) * f
+    return float(v)
+rows = [line.split("|") for line in sys.argv[1].splitlines()]
+rps = [statistics.mean(float(x) for x in r.split()) for r, _, _ in rows]
+p50 = [statistics.mean(ms(x) for x in a.split(" / ")) for _, a, _ in rows]
+p99 = [statistics.mean(ms(x) for x in b.split(" / ")) for _, _, b in rows]
+def line(name, a, b, target):
+    return f"| {name} | {rps[a] / rps[b]:.2f}× | {p99[a] / p99[b]:.2f}× | {(p50[a] - p50[b]) * 1000:+.0f} µs | {target} |"
+out = ["| ratio (same run) | throughput | p99 | p50 added | target |", "|---|---|---|---|---|",
+       line("Gantry / minimal Pingora", 3, 2, "≥ 0.95×, p99 ≤ 1.1×"),
+       line("Gantry / nginx", 3, 1, "≥ 0.9×, p99 ≤ 1.2×"),
+       line("`noop` plugin route / plain route", 4, 3, "≥ 0.97×"),
+       line("`add-header` plugin route / plain route", 5, 3, "≥ 0.92×, p50 added ≤ 20 µs")]
+if len(rows) > 6:
+    out += [line("before: Gantry / minimal Pingora", 6, 2, ""),
+            line("before: Gantry / nginx", 6, 1, ""),
+            line("before: `noop` / plain", 7, 6, ""),
+            line("before: `add-header` / plain", 8, 6, "")]
+print("\n".join(out))
+PY
+)
 
 cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 table=$(cat <<TABLE
@@ -120,6 +146,8 @@ $WORKERS worker/thread per proxy, 1 KiB response, loopback, release profile (fat
 | path | requests/s (mean) | requests/s per round | p50 per round | p99 per round |
 |---|---|---|---|---|
 $rows
+
+$ratios
 
 Gantry RSS: idle $((idle_rss_kib / 1024)) MiB, after the run $((loaded_rss_kib / 1024)) MiB.
 TABLE

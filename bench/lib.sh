@@ -1,0 +1,46 @@
+# Shared by the loopback benchmarks (bench/run.sh, bench/plugins.sh): an nginx
+# config writer, readiness waits, one wrk measurement, and the mean of a list.
+# Source it after `cd` to the repository root.
+
+# bench_nginx_conf WORK NAME SERVER_BLOCK [WORKERS]: write WORK/NAME.conf.
+bench_nginx_conf() {
+  local work=$1 name=$2 server=$3 workers=${4:-1}
+  cat > "$work/$name.conf" <<CONF
+worker_processes $workers;
+daemon off;
+pid $work/$name.pid;
+error_log $work/$name.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/$name-body; proxy_temp_path $work/$name-proxy;
+  fastcgi_temp_path $work/$name-fcgi; uwsgi_temp_path $work/$name-uwsgi; scgi_temp_path $work/$name-scgi;
+  $server
+}
+CONF
+}
+
+# bench_origin WORK ADDR: an nginx static origin serving a 1 KiB file on every path.
+bench_origin() {
+  head -c 1024 /dev/zero | tr '\0' 'x' > "$1/1k.txt"
+  bench_nginx_conf "$1" origin "server { listen $2; location / { root $1; try_files /1k.txt =404; } }"
+}
+
+# bench_wait URL: wait up to 10 s for URL to answer 2xx; fail loudly otherwise.
+bench_wait() {
+  for _ in $(seq 100); do curl -sf "$1" -o /dev/null && return 0; sleep 0.1; done
+  echo "bench: $1 does not answer" >&2
+  return 1
+}
+
+# bench_measure URL: one wrk run (WRK_THREADS, CONNS, DURATION); prints "rps p50 p99".
+bench_measure() {
+  wrk -t"${WRK_THREADS:-1}" -c"${CONNS:-50}" -d"${DURATION:-10}s" --latency "$1" |
+    awk '/Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {printf "%.0f %s %s\n", r, p50, p99}'
+}
+
+# bench_mean "N N N": the mean, rounded.
+bench_mean() {
+  tr ' ' '\n' <<<"$1" | awk 'NF {s+=$1; n++} END {printf "%.0f", s/n}'
+}
