@@ -92,9 +92,13 @@ pub const DEFAULT_PLUGIN_MAX_COMPILE_MS: u64 = 10_000;
 /// its plugin phase. A request finding all busy gets 503 `plugin_busy` (never a
 /// plugin failure, never skipped by `failure = "open"`).
 pub const DEFAULT_PLUGIN_MAX_INSTANCES: usize = 64;
-/// Idle instances of one plugin kept for reuse; more are dropped when their
-/// request ends, returning their memory.
-pub const DEFAULT_PLUGIN_MAX_IDLE_INSTANCES: usize = 8;
+/// Idle instances of one plugin kept for reuse when neither `max_instances`
+/// nor `max_idle_instances` is set (with `max_instances` set, that many):
+/// every instance that may run at once stays warm, because building one per
+/// request cost a plugin route 60 % of its throughput at 50 connections
+/// (docs/BENCHMARKS.md), and under that load a warm pool held less memory
+/// than the churn did. Set lower to return memory after a burst.
+pub const DEFAULT_PLUGIN_MAX_IDLE_INSTANCES: usize = DEFAULT_PLUGIN_MAX_INSTANCES;
 /// Most instances the plugin engine holds at once, across every plugin (the
 /// pooling allocator's slots); the sum of `max_instances` must fit.
 pub const MAX_PLUGIN_ENGINE_INSTANCES: usize = 1000;
@@ -452,8 +456,8 @@ pub struct PluginSection {
     pub max_compile_ms: Option<u64>,
     /// Instances in use at once. Default [`DEFAULT_PLUGIN_MAX_INSTANCES`].
     pub max_instances: Option<usize>,
-    /// Idle instances kept. Default [`DEFAULT_PLUGIN_MAX_IDLE_INSTANCES`]
-    /// (at most `max_instances`).
+    /// Idle instances kept. Default: `max_instances` (see
+    /// [`DEFAULT_PLUGIN_MAX_IDLE_INSTANCES`]); at most `max_instances`.
     pub max_idle_instances: Option<usize>,
     /// Bytes. Default [`DEFAULT_PLUGIN_SHARED_DATA_BYTES`].
     pub shared_data_bytes: Option<usize>,

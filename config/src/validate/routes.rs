@@ -151,7 +151,7 @@ pub(super) fn convert_plugin(
     }
     let max_idle_instances = p
         .max_idle_instances
-        .unwrap_or(DEFAULT_PLUGIN_MAX_IDLE_INSTANCES)
+        .unwrap_or(max_instances)
         .min(max_instances);
     PluginRef {
         name: p.name.clone(),
