@@ -572,8 +572,12 @@ async fn huge_prompts_are_refused_at_once_while_health_keeps_answering() {
         slowest_call = slowest_call.max(took);
     }
     eprintln!("32 concurrent ~4 MiB prompts: slowest refusal {slowest_call:?}, slowest health check {slowest_health:?}");
+    // Health must not wait for the refusals: a runtime blocked by the prompts
+    // would answer only once they are all refused (over 400 ms here). The
+    // bound leaves room for the other tests that share the 2 cores in CI
+    // (118 ms was seen there once with a 100 ms bound).
     assert!(
-        slowest_health < Duration::from_millis(100),
+        slowest_health < Duration::from_millis(250),
         "health took {slowest_health:?}"
     );
     backend.shutdown().await.unwrap();
