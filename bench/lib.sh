@@ -44,3 +44,16 @@ bench_measure() {
 bench_mean() {
   tr ' ' '\n' <<<"$1" | awk 'NF {s+=$1; n++} END {printf "%.0f", s/n}'
 }
+
+# bench_plugin_route NAME PREFIX WASM [CONFIGURATION]: a Gantry route on the
+# `origin` pool at PREFIX, running one example plugin (by file stem, built by
+# scripts/build-plugins.sh) with an optional inline TOML configuration.
+bench_plugin_route() {
+  printf '[[routes]]\nname = "%s"\npool = "origin"\npath_prefix = "%s"\n[[routes.plugins]]\nname = "%s"\nfile = "%s/plugins/examples/target/wasm32-unknown-unknown/release/%s.wasm"\n' \
+    "$1" "$2" "$3" "$PWD" "$3"
+  [ -n "${4:-}" ] && printf 'configuration = %s\n' "$4"
+  return 0
+}
+
+# The add-header example's configuration in every bench.
+BENCH_ADD_HEADER='{ request = { "x-team" = "edge" }, response = { "x-served-by" = "gantry" } }'

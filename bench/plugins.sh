@@ -46,14 +46,7 @@ endpoints = ["$ORIGIN"]
 name = "plain"
 pool = "origin"
 path_prefix = "/plain"
-[[routes]]
-name = "plugin"
-pool = "origin"
-path_prefix = "/plugin"
-[[routes.plugins]]
-name = "add-header"
-file = "$PWD/plugins/examples/target/wasm32-unknown-unknown/release/add_header.wasm"
-configuration = { request = { "x-team" = "edge" }, response = { "x-served-by" = "gantry" } }
+$(bench_plugin_route plugin /plugin add_header "$BENCH_ADD_HEADER")
 [[routes]]
 name = "loop"
 pool = "origin"

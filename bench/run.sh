@@ -55,21 +55,8 @@ endpoints = ["$ORIGIN"]
 [[routes]]
 name = "all"
 pool = "origin"
-[[routes]]
-name = "noop"
-pool = "origin"
-path_prefix = "/noop"
-[[routes.plugins]]
-name = "noop"
-file = "$PWD/plugins/examples/target/wasm32-unknown-unknown/release/noop.wasm"
-[[routes]]
-name = "header"
-pool = "origin"
-path_prefix = "/header"
-[[routes.plugins]]
-name = "add-header"
-file = "$PWD/plugins/examples/target/wasm32-unknown-unknown/release/add_header.wasm"
-configuration = { request = { "x-team" = "edge" }, response = { "x-served-by" = "gantry" } }
+$(bench_plugin_route noop /noop noop)
+$(bench_plugin_route header /header add_header "$BENCH_ADD_HEADER")
 CONF
 
 nginx -c "$work/origin.conf" & pids+=($!)

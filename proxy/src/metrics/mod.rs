@@ -77,17 +77,15 @@ impl RouteMetrics {
     pub fn finished(&self, status: u16, elapsed: Duration) {
         self.latency.observe(elapsed.as_secs_f64());
         match COMMON_STATUSES.iter().position(|&s| s == status) {
-            Some(i) => self.by_status[i]
-                .get_or_init(|| {
-                    self.requests
-                        .with_label_values(&[&self.route, &status.to_string()])
-                })
-                .inc(),
-            None => self
-                .requests
-                .with_label_values(&[&self.route, &status.to_string()])
-                .inc(),
+            Some(i) => self.by_status[i].get_or_init(|| self.series(status)).inc(),
+            None => self.series(status).inc(),
         }
+    }
+
+    /// The route's `gantry_requests_total` series for `status`, looked up.
+    fn series(&self, status: u16) -> IntCounter {
+        self.requests
+            .with_label_values(&[&self.route, &status.to_string()])
     }
 }
 
