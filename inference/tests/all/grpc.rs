@@ -573,12 +573,12 @@ async fn huge_prompts_are_refused_at_once_while_health_keeps_answering() {
     }
     eprintln!("32 concurrent ~4 MiB prompts: slowest refusal {slowest_call:?}, slowest health check {slowest_health:?}");
     // Health must not wait for the refusals: a runtime blocked by the prompts
-    // would answer only once they are all refused (over 400 ms here). The
-    // bound leaves room for the other tests that share the 2 cores in CI
-    // (118 ms was seen there once with a 100 ms bound).
+    // would answer only once they are all refused. Bounded by the refusals
+    // themselves, not by a fixed time, since both stretch on CI's shared cores
+    // (seen there: 118 ms against 438 ms, 271 ms against 592 ms).
     assert!(
-        slowest_health < Duration::from_millis(250),
-        "health took {slowest_health:?}"
+        slowest_health < slowest_call,
+        "health took {slowest_health:?}, the slowest refusal {slowest_call:?}"
     );
     backend.shutdown().await.unwrap();
 }
