@@ -40,7 +40,7 @@ fn bench_plugin(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>) {
         ("content-type", "text/plain"),
         ("content-length", "1024"),
     ]);
-    let props: Arc<[(String, Vec<u8>)]> = vec![
+    let props: gantry_plugins::Properties = vec![
         ("request.path".to_string(), b"/plugin".to_vec()),
         ("route_name".to_string(), b"plugin".to_vec()),
     ]

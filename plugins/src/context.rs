@@ -44,7 +44,7 @@ impl HttpContext {
     pub(crate) fn call(
         &mut self,
         hook: &'static str,
-        pick: fn(&Exports) -> Option<Hook>,
+        pick: fn(&Exports) -> Option<&Hook>,
         arg: i32,
         end_of_stream: bool,
     ) -> Result<Decision, PluginError> {
@@ -56,15 +56,18 @@ impl HttpContext {
                 limit: None,
             });
         };
-        let Some(f) = pick(&vm.exports) else {
+        // Borrowed, never cloned: a clone of a typed function takes and drops a
+        // reference on its registered type, a shared count, on every hook.
+        let Vm { store, exports } = vm;
+        let Some(f) = pick(exports) else {
             return Ok(Decision::Continue);
         };
-        cpu::arm(&mut vm.store);
-        let result = f.call(&mut vm.store, (self.id, arg, i32::from(end_of_stream)));
+        cpu::arm(store);
+        let result = f.call(&mut *store, (self.id, arg, i32::from(end_of_stream)));
         match result {
             Ok(action) => {
                 self.plugin.record_success();
-                if let Some(local) = vm.store.data_mut().http.local_response.take() {
+                if let Some(local) = store.data_mut().http.local_response.take() {
                     return Ok(Decision::Respond(local));
                 }
                 Ok(match abi::Action::from_abi(action) {
@@ -123,6 +126,7 @@ impl HttpContext {
             let http = &mut vm.store.data_mut().http;
             http.request_headers = std::mem::take(headers);
             http.headers_added = 0;
+            http.request_headers_changed = false;
             http.calls_allowed = true;
         }
         let result = self.request_phase(n, body, &mut perform).await;
@@ -150,7 +154,7 @@ impl HttpContext {
     {
         let headers = self.call(
             "proxy_on_request_headers",
-            |e| e.on_request_headers.clone(),
+            |e| e.on_request_headers.as_ref(),
             n,
             body.is_none(),
         )?;
@@ -167,7 +171,7 @@ impl HttpContext {
         }
         let decision = match self.call(
             "proxy_on_request_body",
-            |e| e.on_request_body.clone(),
+            |e| e.on_request_body.as_ref(),
             n,
             true,
         ) {
@@ -227,22 +231,20 @@ impl HttpContext {
                 limit: None,
             });
         };
-        let Some(f) = vm.exports.on_http_call_response.clone() else {
+        let Vm { store, exports } = vm;
+        let Some(f) = exports.on_http_call_response.as_ref() else {
             return Ok(Decision::Pause);
         };
         let answer = answer.unwrap_or_default();
         let (headers, body) = (answer.headers.len() as i32, answer.body.len() as i32);
-        let http = &mut vm.store.data_mut().http;
+        let http = &mut store.data_mut().http;
         http.call_response = Some(answer);
         http.resumed = false;
-        cpu::arm(&mut vm.store);
-        match f.call(
-            &mut vm.store,
-            (ROOT_CONTEXT, token as i32, headers, body, 0),
-        ) {
+        cpu::arm(store);
+        match f.call(&mut *store, (ROOT_CONTEXT, token as i32, headers, body, 0)) {
             Ok(()) => {
                 self.plugin.record_success();
-                let http = &mut vm.store.data_mut().http;
+                let http = &mut store.data_mut().http;
                 http.call_response = None;
                 if let Some(local) = http.local_response.take() {
                     Ok(Decision::Respond(local))
@@ -277,7 +279,7 @@ impl HttpContext {
         self.with_map(Side::Request, headers, |ctx, n| {
             ctx.call(
                 "proxy_on_request_headers",
-                |e| e.on_request_headers.clone(),
+                |e| e.on_request_headers.as_ref(),
                 n,
                 end_of_stream,
             )
@@ -293,7 +295,7 @@ impl HttpContext {
         self.with_map(Side::Response, headers, |ctx, n| {
             ctx.call(
                 "proxy_on_response_headers",
-                |e| e.on_response_headers.clone(),
+                |e| e.on_response_headers.as_ref(),
                 n,
                 end_of_stream,
             )
@@ -306,29 +308,50 @@ impl HttpContext {
         body: &mut Vec<u8>,
         end_of_stream: bool,
     ) -> Result<Decision, PluginError> {
-        self.with_body(Side::Request, body, |ctx, n| {
-            ctx.call(
-                "proxy_on_request_body",
-                |e| e.on_request_body.clone(),
-                n,
-                end_of_stream,
-            )
-        })
+        let n = body.len() as i32;
+        self.lend(
+            body,
+            |http| &mut http.request_body,
+            |ctx| {
+                ctx.call(
+                    "proxy_on_request_body",
+                    |e| e.on_request_body.as_ref(),
+                    n,
+                    end_of_stream,
+                )
+            },
+        )
     }
 
-    /// Response body (what has arrived so far); the plugin may replace it.
+    /// Response body (one chunk, or what the plugin held so far with it); the
+    /// plugin may replace it. A chunk the plugin only reads is never copied.
     pub fn on_response_body(
         &mut self,
-        body: &mut Vec<u8>,
+        body: &mut bytes::Bytes,
         end_of_stream: bool,
     ) -> Result<Decision, PluginError> {
-        self.with_body(Side::Response, body, |ctx, n| {
-            ctx.call(
-                "proxy_on_response_body",
-                |e| e.on_response_body.clone(),
-                n,
-                end_of_stream,
-            )
+        let n = body.len() as i32;
+        self.lend(
+            body,
+            |http| &mut http.response_body,
+            |ctx| {
+                ctx.call(
+                    "proxy_on_response_body",
+                    |e| e.on_response_body.as_ref(),
+                    n,
+                    end_of_stream,
+                )
+            },
+        )
+    }
+
+    /// Whether the hooks since the last `on_request` (request headers) or
+    /// `on_response_headers` (response headers) changed that map: when not, the
+    /// caller has nothing to write back.
+    pub fn headers_changed(&self) -> (bool, bool) {
+        self.vm.as_ref().map_or((false, false), |vm| {
+            let http = &vm.store.data().http;
+            (http.request_headers_changed, http.response_headers_changed)
         })
     }
 
@@ -340,46 +363,41 @@ impl HttpContext {
     ) -> Result<Decision, PluginError> {
         if let Some(vm) = self.vm.as_mut() {
             let http = &mut vm.store.data_mut().http;
-            let slot = match side {
-                Side::Request => &mut http.request_headers,
-                Side::Response => &mut http.response_headers,
-            };
-            *slot = std::mem::take(headers);
-            http.headers_added = 0;
+            match side {
+                Side::Request => http.request_headers_changed = false,
+                Side::Response => http.response_headers_changed = false,
+            }
         }
         let n = headers.len() as i32;
-        let result = run(self, n);
-        if let Some(vm) = self.vm.as_mut() {
-            let http = &mut vm.store.data_mut().http;
-            *headers = std::mem::take(match side {
-                Side::Request => &mut http.request_headers,
-                Side::Response => &mut http.response_headers,
-            });
-        }
-        result
+        self.lend(
+            headers,
+            match side {
+                Side::Request => |http: &mut HttpState| &mut http.request_headers,
+                Side::Response => |http: &mut HttpState| &mut http.response_headers,
+            },
+            |ctx| {
+                if let Some(vm) = ctx.vm.as_mut() {
+                    vm.store.data_mut().http.headers_added = 0;
+                }
+                run(ctx, n)
+            },
+        )
     }
 
-    fn with_body(
+    /// Hand `value` to the instance's `slot` for `run`, and take it back after
+    /// (what the hook left there). An instance that failed keeps nothing.
+    fn lend<T>(
         &mut self,
-        side: Side,
-        body: &mut Vec<u8>,
-        run: impl FnOnce(&mut Self, i32) -> Result<Decision, PluginError>,
+        value: &mut T,
+        slot: fn(&mut HttpState) -> &mut T,
+        run: impl FnOnce(&mut Self) -> Result<Decision, PluginError>,
     ) -> Result<Decision, PluginError> {
-        let n = body.len() as i32;
         if let Some(vm) = self.vm.as_mut() {
-            let http = &mut vm.store.data_mut().http;
-            *match side {
-                Side::Request => &mut http.request_body,
-                Side::Response => &mut http.response_body,
-            } = std::mem::take(body);
+            std::mem::swap(slot(&mut vm.store.data_mut().http), value);
         }
-        let result = run(self, n);
+        let result = run(self);
         if let Some(vm) = self.vm.as_mut() {
-            let http = &mut vm.store.data_mut().http;
-            *body = std::mem::take(match side {
-                Side::Request => &mut http.request_body,
-                Side::Response => &mut http.response_body,
-            });
+            std::mem::swap(slot(&mut vm.store.data_mut().http), value);
         }
         result
     }
@@ -392,13 +410,14 @@ impl Drop for HttpContext {
             return;
         };
         let mut ok = true;
-        if let Some(done) = vm.exports.on_done.clone() {
-            cpu::arm(&mut vm.store);
-            ok &= done.call(&mut vm.store, self.id).is_ok();
+        let Vm { store, exports } = &mut vm;
+        if let Some(done) = &exports.on_done {
+            cpu::arm(store);
+            ok &= done.call(&mut *store, self.id).is_ok();
         }
-        if let Some(delete) = vm.exports.on_delete.clone() {
-            cpu::arm(&mut vm.store);
-            ok &= delete.call(&mut vm.store, self.id).is_ok();
+        if let Some(delete) = &exports.on_delete {
+            cpu::arm(store);
+            ok &= delete.call(&mut *store, self.id).is_ok();
         }
         if ok {
             vm.store.data_mut().http = HttpState::default();

@@ -158,6 +158,7 @@ impl PluginEngine {
             in_use: AtomicUsize::new(0),
             next_context: AtomicU32::new(2),
             health: Mutex::new(Health::default()),
+            troubled: Default::default(),
         });
         let vm = plugin.new_vm().map_err(|e| match e {
             PluginError::Trap { reason, hook, .. } => invalid(format!("{hook}: {reason}")),

@@ -54,3 +54,48 @@ pub struct HttpCallResponse {
     /// Body.
     pub body: Vec<u8>,
 }
+
+/// Where `proxy_get_property` finds a request's attributes (`request.path`,
+/// `source.address`, ...). Asked only when a plugin reads one, so a request
+/// whose plugins read none renders none.
+pub trait PropertySource: Send + Sync {
+    /// The property at `path` (segments joined with `.`), if there is one.
+    fn property(&self, path: &str) -> Option<std::borrow::Cow<'_, [u8]>>;
+}
+
+/// A fixed list of properties: what tests and simple hosts hand in.
+impl PropertySource for Vec<(String, Vec<u8>)> {
+    fn property(&self, path: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
+        self.iter()
+            .find(|(k, _)| k == path)
+            .map(|(_, v)| std::borrow::Cow::Borrowed(v.as_slice()))
+    }
+}
+
+/// One request's properties, shared by every plugin of its route.
+#[derive(Clone)]
+pub struct Properties(pub(crate) std::sync::Arc<dyn PropertySource>);
+
+impl Default for Properties {
+    fn default() -> Self {
+        Properties(std::sync::Arc::new(Vec::new()))
+    }
+}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Properties")
+    }
+}
+
+impl From<Vec<(String, Vec<u8>)>> for Properties {
+    fn from(list: Vec<(String, Vec<u8>)>) -> Self {
+        Properties(std::sync::Arc::new(list))
+    }
+}
+
+impl<T: PropertySource + 'static> From<std::sync::Arc<T>> for Properties {
+    fn from(source: std::sync::Arc<T>) -> Self {
+        Properties(source)
+    }
+}

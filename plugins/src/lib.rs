@@ -37,7 +37,7 @@ mod shared;
 pub use context::HttpContext;
 pub use engine::PluginEngine;
 pub use error::{LimitTrap, PluginError};
-pub use hooks::{Decision, HttpCall, HttpCallResponse, LocalResponse};
+pub use hooks::{Decision, HttpCall, HttpCallResponse, LocalResponse, Properties, PropertySource};
 pub use limits::{Limit, PluginLimits, DEFAULT_CPU_PER_CALL};
 pub use plugin::Plugin;
 

@@ -10,7 +10,7 @@ use crate::limits::PluginLimits;
 use crate::{
     FailurePolicy, Shared, UNHEALTHY_AFTER_FAILURES, UNHEALTHY_BACKOFF_MAX, UNHEALTHY_BACKOFF_MIN,
 };
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::{Engine, InstancePre, Store, StoreLimitsBuilder, TypedFunc};
@@ -59,6 +59,9 @@ pub struct Plugin {
     pub(crate) in_use: AtomicUsize,
     pub(crate) next_context: AtomicU32,
     pub(crate) health: Mutex<Health>,
+    /// Whether `health` is anything but the default (a failure counted, a
+    /// backoff earned): healthy calls then touch no lock.
+    pub(crate) troubled: AtomicBool,
 }
 
 /// Consecutive failures and the backoff they earned.
@@ -191,6 +194,7 @@ impl Plugin {
     /// is left out for a backoff that doubles on each relapse.
     pub(crate) fn record_failure(&self) {
         let mut h = self.health.lock().expect("health lock");
+        self.troubled.store(true, Ordering::Release);
         h.failures += 1;
         if h.failures >= UNHEALTHY_AFTER_FAILURES {
             let backoff = h.backoff;
@@ -203,19 +207,25 @@ impl Plugin {
 
     /// A hook call succeeded: the failure count and backoff start over.
     pub(crate) fn record_success(&self) {
+        if !self.troubled.load(Ordering::Acquire) {
+            return;
+        }
         let mut h = self.health.lock().expect("health lock");
         if h.failures != 0 || h.backoff != UNHEALTHY_BACKOFF_MIN {
             *h = Health::default();
         }
+        self.troubled.store(false, Ordering::Release);
     }
 
     /// Whether the plugin is in its unhealthy backoff now.
     pub fn is_unhealthy(&self) -> bool {
-        self.health
-            .lock()
-            .expect("health lock")
-            .until
-            .is_some_and(|u| std::time::Instant::now() < u)
+        self.troubled.load(Ordering::Acquire)
+            && self
+                .health
+                .lock()
+                .expect("health lock")
+                .until
+                .is_some_and(|u| std::time::Instant::now() < u)
     }
 
     /// Start filtering one request: check out an idle instance (or make one) and
@@ -225,10 +235,14 @@ impl Plugin {
     /// is not run: [`PluginError::Unhealthy`].
     pub fn start_request(
         self: &Arc<Self>,
-        properties: impl Into<Arc<[(String, Vec<u8>)]>>,
+        properties: impl Into<crate::Properties>,
     ) -> Result<HttpContext, PluginError> {
         let properties = properties.into();
-        if let Some(until) = self.health.lock().expect("health lock").until {
+        let until = match self.troubled.load(Ordering::Acquire) {
+            true => self.health.lock().expect("health lock").until,
+            false => None,
+        };
+        if let Some(until) = until {
             let now = std::time::Instant::now();
             if now < until {
                 return Err(PluginError::Unhealthy {
@@ -277,7 +291,7 @@ impl Plugin {
 
     fn start_request_inner(
         self: &Arc<Self>,
-        properties: Arc<[(String, Vec<u8>)]>,
+        properties: crate::Properties,
     ) -> Result<HttpContext, PluginError> {
         let vm = self.idle.lock().expect("idle lock").pop();
         let mut vm = match vm {

@@ -16,7 +16,7 @@ pub(super) fn proxy_get_buffer_bytes(
     let state = c.data();
     let whole: &[u8] = match kind {
         BufferType::RequestBody => &state.http.request_body,
-        BufferType::ResponseBody => &state.http.response_body,
+        BufferType::ResponseBody => &state.http.response_body[..],
         BufferType::PluginConfiguration => &state.configuration,
         BufferType::VmConfiguration => &[],
         BufferType::HttpCallResponseBody => match &state.http.call_response {
@@ -43,27 +43,50 @@ pub(super) fn proxy_set_buffer_bytes(
 ) -> wasmtime::Result<i32> {
     let data = tri!(read(&mut c, ptr, len));
     let state = c.data_mut();
-    let (body, max) = match BufferType::from_abi(kind) {
-        Some(BufferType::RequestBody) => (
+    let fits = match BufferType::from_abi(kind) {
+        Some(BufferType::RequestBody) => splice(
             &mut state.http.request_body,
+            start,
+            size,
+            &data,
             state.limits.max_request_body_bytes,
         ),
         // One response chunk (or the held ones) at a time.
-        Some(BufferType::ResponseBody) => (
+        Some(BufferType::ResponseBody) => splice(
             &mut state.http.response_body,
+            start,
+            size,
+            &data,
             state.limits.bytes_per_host_call,
         ),
         _ => return Ok(Status::BadArgument as i32),
     };
-    // Replace `size` bytes at `start` (the SDK's set_*_body(start, size, data)).
-    let start = (start as u32 as usize).min(body.len());
-    let end = start.saturating_add(size as u32 as usize).min(body.len());
-    if body.len() - (end - start) + data.len() > max {
+    if !fits {
         state.shared.hit(crate::limits::Limit::BodyBytes);
         return Ok(Status::BadArgument as i32);
     }
-    body.splice(start..end, data);
     Ok(Status::Ok as i32)
+}
+
+/// Replace `size` bytes at `start` with `data` (the SDK's
+/// `set_*_body(start, size, data)`), unless the body would exceed `max`.
+fn splice<B>(body: &mut B, start: i32, size: i32, data: &[u8], max: usize) -> bool
+where
+    B: Default + From<Vec<u8>>,
+    Vec<u8>: From<B>,
+    B: AsRef<[u8]>,
+{
+    let len = body.as_ref().len();
+    let start = (start as u32 as usize).min(len);
+    let end = start.saturating_add(size as u32 as usize).min(len);
+    if len - (end - start) + data.len() > max {
+        return false;
+    }
+    // A shared chunk is copied here, the first time the plugin changes it.
+    let mut bytes = Vec::from(std::mem::take(body));
+    bytes.splice(start..end, data.iter().copied());
+    *body = B::from(bytes);
+    true
 }
 
 /// Links the body and call-response buffers functions of the ABI.

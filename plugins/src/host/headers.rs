@@ -4,8 +4,8 @@ use super::*;
 
 /// The map a plugin asks to change, if it exists (`BadArgument`) and may be
 /// changed now (`InternalFailure`): request headers only until they are sent, an
-/// HTTP call's answer never.
-pub(super) fn writable_map(http: &HttpState, kind: i32) -> Result<MapType, Status> {
+/// HTTP call's answer never. The map is marked changed.
+pub(super) fn writable_map(http: &mut HttpState, kind: i32) -> Result<MapType, Status> {
     let t = MapType::from_abi(kind).ok_or(Status::BadArgument)?;
     let writable = match t {
         MapType::RequestHeaders => !http.request_headers_sent,
@@ -13,6 +13,11 @@ pub(super) fn writable_map(http: &HttpState, kind: i32) -> Result<MapType, Statu
         _ => true,
     };
     if writable {
+        match t {
+            MapType::RequestHeaders => http.request_headers_changed = true,
+            MapType::ResponseHeaders => http.response_headers_changed = true,
+            _ => {}
+        }
         Ok(t)
     } else {
         Err(Status::InternalFailure)
@@ -68,7 +73,7 @@ pub(super) fn proxy_set_header_map_pairs(
     let Ok(pairs) = abi::decode_map(&bytes) else {
         return Ok(Status::SerializationFailure as i32);
     };
-    let t = match writable_map(&c.data().http, kind) {
+    let t = match writable_map(&mut c.data_mut().http, kind) {
         Ok(t) => t,
         Err(status) => return Ok(status as i32),
     };
@@ -118,7 +123,7 @@ pub(super) fn proxy_replace_header_map_value(
 ) -> wasmtime::Result<i32> {
     let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
     let value = tri!(read_str(&mut c, vptr, vlen));
-    let t = match writable_map(&c.data().http, kind) {
+    let t = match writable_map(&mut c.data_mut().http, kind) {
         Ok(t) => t,
         Err(status) => return Ok(status as i32),
     };
@@ -145,7 +150,7 @@ pub(super) fn proxy_add_header_map_value(
     let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
     let value = tri!(read_str(&mut c, vptr, vlen));
     count_added(&mut c)?;
-    let t = match writable_map(&c.data().http, kind) {
+    let t = match writable_map(&mut c.data_mut().http, kind) {
         Ok(t) => t,
         Err(status) => return Ok(status as i32),
     };
@@ -165,7 +170,7 @@ pub(super) fn proxy_remove_header_map_value(
     klen: i32,
 ) -> wasmtime::Result<i32> {
     let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
-    let t = match writable_map(&c.data().http, kind) {
+    let t = match writable_map(&mut c.data_mut().http, kind) {
         Ok(t) => t,
         Err(status) => return Ok(status as i32),
     };

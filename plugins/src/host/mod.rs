@@ -106,11 +106,17 @@ pub struct HttpState {
     pub(crate) request_headers: Vec<(String, String)>,
     pub(crate) response_headers: Vec<(String, String)>,
     pub(crate) request_body: Vec<u8>,
-    pub(crate) response_body: Vec<u8>,
+    /// One response chunk (or what the plugin held): shared with the gateway,
+    /// copied only when the plugin changes it.
+    pub(crate) response_body: bytes::Bytes,
     /// What `proxy_get_property` answers; shared by every plugin on the route.
-    pub(crate) properties: Arc<[(String, Vec<u8>)]>,
+    pub(crate) properties: crate::Properties,
     pub(crate) local_response: Option<LocalResponse>,
     pub(crate) headers_added: usize,
+    /// Whether a host call changed the request (response) headers during the
+    /// hook now running: the gateway writes back nothing when neither did.
+    pub(crate) request_headers_changed: bool,
+    pub(crate) response_headers_changed: bool,
     /// Whether `proxy_http_call` may be used now (the request phase).
     pub(crate) calls_allowed: bool,
     /// Calls made in this request (against `max_http_calls`).

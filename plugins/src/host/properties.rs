@@ -21,9 +21,9 @@ pub(super) fn proxy_get_property(
         .data()
         .http
         .properties
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.clone())
+        .0
+        .property(&key)
+        .map(std::borrow::Cow::into_owned)
         .or_else(|| (key == "plugin_name").then(|| c.data().plugin.as_bytes().to_vec()))
         .or_else(|| {
             let name = key.strip_prefix("request.headers.")?;

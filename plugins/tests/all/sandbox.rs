@@ -108,6 +108,40 @@ pub(crate) fn run(
     Ok((d, headers))
 }
 
+/// The gateway writes headers back only when a hook changed them: reading,
+/// or a write to the other map, reports no change; every kind of write does.
+#[test]
+fn only_a_write_marks_a_header_map_changed() {
+    const READ: &str = "(drop (call $get (i32.const 0) (i32.const 16) (i32.const 3) (i32.const 900) (i32.const 904))) (i32.const 0)";
+    let add = |map: u32| {
+        format!("(drop (call $add (i32.const {map}) (i32.const 16) (i32.const 3) (i32.const 32) (i32.const 1))) (i32.const 0)")
+    };
+    let remove = "(drop (call $remove (i32.const 0) (i32.const 16) (i32.const 3))) (i32.const 0)";
+    let cases = [
+        (READ.to_string(), READ.to_string(), (false, false)),
+        (add(0), READ.to_string(), (true, false)),
+        (READ.to_string(), add(2), (false, true)),
+        (remove.to_string(), READ.to_string(), (true, false)),
+    ];
+    for (request, response, expected) in cases {
+        let plugin = load(
+            &module_with(&request, &response, ""),
+            PluginLimits::default(),
+        );
+        // Twice on one instance: the flags start over with each request.
+        for _ in 0..2 {
+            let mut ctx = plugin.start_request(vec![]).unwrap();
+            let mut headers = request_headers();
+            ready(ctx.on_request(&mut headers, None, |_| async { None })).unwrap();
+            assert_eq!(ctx.headers_changed().0, expected.0, "{request}");
+            ctx.keep_request_headers(headers);
+            let mut resp = vec![(":status".to_string(), "200".to_string())];
+            ctx.on_response_headers(&mut resp, false).unwrap();
+            assert_eq!(ctx.headers_changed(), expected, "{request} / {response}");
+        }
+    }
+}
+
 #[test]
 fn a_plugin_adds_a_header_and_its_instance_is_reused() {
     let wasm = module("(drop (call $add (i32.const 0) (i32.const 16) (i32.const 3) (i32.const 32) (i32.const 1))) (i32.const 0)");
@@ -227,7 +261,7 @@ fn body_hooks_trap_contained_too() {
     );
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let err = ctx
-        .on_response_body(&mut b"abc".to_vec(), true)
+        .on_response_body(&mut bytes::Bytes::from_static(b"abc"), true)
         .unwrap_err();
     assert!(
         matches!(

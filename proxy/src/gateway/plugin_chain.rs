@@ -12,7 +12,33 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
+use std::borrow::Cow;
 use std::sync::Arc;
+
+/// What `proxy_get_property` answers about one request.
+struct RequestProperties {
+    path: String,
+    method: http::Method,
+    scheme: &'static str,
+    id: String,
+    route: String,
+    source: Option<std::net::SocketAddr>,
+}
+
+impl gantry_plugins::PropertySource for RequestProperties {
+    fn property(&self, path: &str) -> Option<Cow<'_, [u8]>> {
+        let text = match path {
+            "request.path" => self.path.as_str(),
+            "request.method" => self.method.as_str(),
+            "request.scheme" => self.scheme,
+            "request.id" => &self.id,
+            "route_name" => &self.route,
+            "source.address" => return Some(Cow::Owned(self.source?.to_string().into_bytes())),
+            _ => return None,
+        };
+        Some(Cow::Borrowed(text.as_bytes()))
+    }
+}
 
 /// A plugin's `continue` counters for each hook.
 pub(super) struct HotCounters {
@@ -116,8 +142,7 @@ impl Gateway {
         let scheme = if tls { "https" } else { "http" };
         let props = self.request_properties(session, ctx, route, scheme);
         for (k, plugin) in plugins.iter().enumerate() {
-            let before = crate::plugins::request_pairs(session.req_header(), scheme);
-            let mut pairs = before.clone();
+            let mut pairs = crate::plugins::request_pairs(session.req_header(), scheme);
             let result = match plugin.start_request(props.clone()) {
                 Ok(mut hc) => {
                     let request_id = ctx.request_id.as_str();
@@ -150,11 +175,14 @@ impl Gateway {
                 }
                 Ok((mut hc, _)) => {
                     self.hot[route][k].request.inc();
-                    crate::plugins::apply_request_changes(
-                        session.req_header_mut(),
-                        &before,
-                        &pairs,
-                    )?;
+                    if hc.headers_changed().0 {
+                        let before = crate::plugins::request_pairs(session.req_header(), scheme);
+                        crate::plugins::apply_request_changes(
+                            session.req_header_mut(),
+                            &before,
+                            &pairs,
+                        )?;
+                    }
                     hc.keep_request_headers(pairs);
                     ctx.plugin_contexts.push((k, hc));
                 }
@@ -180,35 +208,25 @@ impl Gateway {
         }
         Ok(Some(body.map(Bytes::from)))
     }
-    /// The properties a plugin may read (`proxy_get_property`) for this request.
+    /// The properties a plugin may read (`proxy_get_property`) for this
+    /// request: the few values they come from, rendered only when read.
     fn request_properties(
         &self,
         session: &Session,
         ctx: &RequestCtx,
         route: usize,
-        scheme: &str,
-    ) -> Arc<[(String, Vec<u8>)]> {
+        scheme: &'static str,
+    ) -> gantry_plugins::Properties {
         let req = session.req_header();
-        let mut props = vec![
-            (
-                "request.path".to_string(),
-                req.uri.path().as_bytes().to_vec(),
-            ),
-            (
-                "request.method".to_string(),
-                req.method.as_str().as_bytes().to_vec(),
-            ),
-            ("request.scheme".to_string(), scheme.as_bytes().to_vec()),
-            ("request.id".to_string(), ctx.request_id.as_bytes().to_vec()),
-            (
-                "route_name".to_string(),
-                self.router.route(route).name.as_bytes().to_vec(),
-            ),
-        ];
-        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            props.push(("source.address".to_string(), addr.to_string().into_bytes()));
-        }
-        props.into()
+        Arc::new(RequestProperties {
+            path: req.uri.path().to_string(),
+            method: req.method.clone(),
+            scheme,
+            id: ctx.request_id.clone(),
+            route: self.router.route(route).name.clone(),
+            source: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        })
+        .into()
     }
 
     /// Run the plugins that saw the request on the response headers, last first.
@@ -221,13 +239,15 @@ impl Gateway {
         let mut contexts = std::mem::take(&mut ctx.plugin_contexts);
         for (k, hc) in contexts.iter_mut().rev() {
             let plugin = hc.plugin().clone();
-            let before = crate::plugins::response_pairs(resp);
-            let mut pairs = before.clone();
+            let mut pairs = crate::plugins::response_pairs(resp);
             match hc.on_response_headers(&mut pairs, false) {
                 // A response cannot wait for a plugin: pausing here continues.
                 Ok(gantry_plugins::Decision::Continue | gantry_plugins::Decision::Pause) => {
                     self.hot[route][*k].response_headers.inc();
-                    crate::plugins::apply_response_changes(resp, &before, pairs)?;
+                    if hc.headers_changed().1 {
+                        let before = crate::plugins::response_pairs(resp);
+                        crate::plugins::apply_response_changes(resp, &before, pairs)?;
+                    }
                 }
                 Ok(gantry_plugins::Decision::Respond(local)) => {
                     self.plugin_outcome(
@@ -279,10 +299,16 @@ impl Gateway {
             return Ok(());
         }
         ctx.response_held.resize(n, Vec::new());
-        let mut data = body.take().map(|b| b.to_vec()).unwrap_or_default();
+        // The chunk goes from plugin to plugin as shared bytes: copied only when
+        // a plugin holds or changes it.
+        let mut data = body.take().unwrap_or_default();
         for i in (0..n).rev() {
-            let mut chunk = std::mem::take(&mut ctx.response_held[i]);
-            chunk.append(&mut data);
+            let held = std::mem::take(&mut ctx.response_held[i]);
+            let arrived = std::mem::take(&mut data);
+            let mut chunk = match held.is_empty() {
+                true => arrived,
+                false => [held.as_slice(), &arrived].concat().into(),
+            };
             let (k, hc) = &mut ctx.plugin_contexts[i];
             let k = *k;
             let plugin = hc.plugin().clone();
@@ -316,7 +342,7 @@ impl Gateway {
                         Hook::ResponseBody,
                         HookOutcome::Pause,
                     );
-                    ctx.response_held[i] = chunk;
+                    ctx.response_held[i] = Vec::from(chunk);
                     continue;
                 }
                 Ok(gantry_plugins::Decision::Respond(_)) => {
@@ -353,7 +379,7 @@ impl Gateway {
                 }
             }
         }
-        *body = (!data.is_empty()).then(|| Bytes::from(data));
+        *body = (!data.is_empty()).then_some(data);
         Ok(())
     }
 }

@@ -620,3 +620,84 @@ async fn body_hooks_rewrite_the_request_and_response_bodies() {
         "a plugin route reads at most its max_body_bytes"
     );
 }
+
+/// Copies every request property a plugin may read into a request header
+/// (`x-path`, `x-method`, ...), so the origin shows what the plugin saw.
+fn property_reader(dir: &Path) -> PathBuf {
+    let copies: &[(&str, &str)] = &[
+        (r"request\00path", "x-path"),
+        (r"request\00method", "x-method"),
+        (r"request\00scheme", "x-scheme"),
+        (r"request\00id", "x-id"),
+        ("route_name", "x-route"),
+        (r"source\00address", "x-source"),
+        ("plugin_name", "x-plugin-name"),
+        (r"request\00headers\00x-probe", "x-probe-seen"),
+        (r"request\00nothing", "x-nothing"),
+    ];
+    let mut data = String::new();
+    let mut calls = String::new();
+    for (i, (property, header)) in copies.iter().enumerate() {
+        let (p, h) = (100 + i * 64, 132 + i * 64);
+        let plen = property.len() - 2 * property.matches(r"\00").count();
+        data.push_str(&format!(
+            "(data (i32.const {p}) \"{property}\") (data (i32.const {h}) \"{header}\")\n"
+        ));
+        calls.push_str(&format!(
+            "(call $copy (i32.const {p}) (i32.const {plen}) (i32.const {h}) (i32.const {}))\n",
+            header.len()
+        ));
+    }
+    let wasm = wat_module(
+        r#"(import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_get_property" (func $prop (param i32 i32 i32 i32) (result i32)))"#,
+        &format!(
+            r#"{data}
+          (func $copy (param $p i32) (param $pl i32) (param $h i32) (param $hl i32)
+            (if (i32.eqz (call $prop (local.get $p) (local.get $pl) (i32.const 900) (i32.const 904)))
+              (then (drop (call $add (i32.const 0) (local.get $h) (local.get $hl)
+                (i32.load (i32.const 900)) (i32.load (i32.const 904)))))))
+          (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {calls} (i32.const 0))"#
+        ),
+    );
+    let path = dir.join("properties.wasm");
+    std::fs::write(&path, wasm).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_plugin_reads_the_request_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
+    let reader = property_reader(dir.path());
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[route("props", "/props", &[("reader", &reader, "")])],
+    ))
+    .await;
+    let res = client()
+        .get(gw.url("/props/a?b=c"))
+        .header("x-probe", "probed")
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = json(res).await["headers"].clone();
+    assert_eq!(seen["x-path"], "/props/a", "the path without the query");
+    assert_eq!(seen["x-method"], "GET");
+    assert_eq!(seen["x-scheme"], "http");
+    assert_eq!(seen["x-id"], "req-42");
+    assert_eq!(seen["x-route"], "props");
+    assert_eq!(seen["x-plugin-name"], "reader");
+    assert_eq!(seen["x-probe-seen"], "probed");
+    let source = seen["x-source"].as_str().expect("source.address is set");
+    assert!(
+        source.starts_with("127.0.0.1:"),
+        "the client's address and port: {source}"
+    );
+    assert!(
+        seen.get("x-nothing").is_none(),
+        "an unknown property is NotFound"
+    );
+}
