@@ -269,6 +269,15 @@ impl HttpContext {
         }
     }
 
+    /// End the context, as dropping it does, and hand back the request
+    /// headers it kept (for the caller to reuse their strings).
+    pub fn finish(mut self) -> Vec<(String, String)> {
+        self.vm
+            .as_mut()
+            .map(|vm| std::mem::take(&mut vm.store.data_mut().http.request_headers))
+            .unwrap_or_default()
+    }
+
     /// Request headers (pseudo-headers `:method`, `:path`, `:authority`,
     /// `:scheme` included); the plugin may change them in place.
     pub fn on_request_headers(

@@ -133,6 +133,9 @@ impl Gateway {
                     started: ctx.started,
                 };
                 let handled = tokio::select! {
+                    // The work first: a client-gone check costs a read on the
+                    // socket, wasted whenever the work is already done.
+                    biased;
                     reply = self.api.handle(call, &mut outcome) => Some(reply),
                     _ = client_gone(session) => None,
                 };
@@ -185,6 +188,9 @@ pub(super) async fn write_reply(
             }
             loop {
                 let next = tokio::select! {
+                    // The work first: a client-gone check costs a read on the
+                    // socket, wasted whenever the work is already done.
+                    biased;
                     next = events.next() => next,
                     _ = client_gone(session) => return Ok(()),
                 };

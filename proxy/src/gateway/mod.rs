@@ -316,5 +316,8 @@ impl ProxyHttp for Gateway {
     /// The access log line and the request metrics.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.log_request(session, e, ctx);
+        for (_, plugin) in ctx.plugin_contexts.drain(..) {
+            crate::plugins::recycle(plugin.finish());
+        }
     }
 }

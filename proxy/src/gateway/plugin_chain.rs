@@ -141,6 +141,7 @@ impl Gateway {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let scheme = if tls { "https" } else { "http" };
         let props = self.request_properties(session, ctx, route, scheme);
+        ctx.plugin_contexts.reserve(plugins.len());
         for (k, plugin) in plugins.iter().enumerate() {
             let mut pairs = crate::plugins::request_pairs(session.req_header(), scheme);
             let result = match plugin.start_request(props.clone()) {
@@ -154,6 +155,9 @@ impl Gateway {
                         let run = hc.on_request(&mut pairs, body.as_mut(), perform);
                         let gone = super::body::client_gone(session);
                         tokio::select! {
+                            // The work first: a client-gone check costs a read on the
+                            // socket, wasted whenever the work is already done.
+                            biased;
                             r = run => Some(r),
                             _ = gone => None,
                         }
@@ -182,6 +186,7 @@ impl Gateway {
                             &before,
                             &pairs,
                         )?;
+                        crate::plugins::recycle(before);
                     }
                     hc.keep_request_headers(pairs);
                     ctx.plugin_contexts.push((k, hc));
@@ -246,8 +251,10 @@ impl Gateway {
                     self.hot[route][*k].response_headers.inc();
                     if hc.headers_changed().1 {
                         let before = crate::plugins::response_pairs(resp);
-                        crate::plugins::apply_response_changes(resp, &before, pairs)?;
+                        crate::plugins::apply_response_changes(resp, &before, &pairs)?;
+                        crate::plugins::recycle(before);
                     }
+                    crate::plugins::recycle(pairs);
                 }
                 Ok(gantry_plugins::Decision::Respond(local)) => {
                     self.plugin_outcome(

@@ -1,14 +1,16 @@
 //! A route's Wasm plugins in the gateway's phases: request headers in
 //! `request_filter`, response headers in `response_filter` (last plugin first, as
-//! Envoy runs encoders). The plugin host ([`gantry_plugins`]) knows nothing of
-//! Pingora; this module turns Pingora's headers into the host's header lists
-//! (with `:method`, `:path`, `:authority`, `:scheme`, `:status`) and back.
+//! Envoy runs encoders). This module loads them and reloads them; the plugin
+//! host ([`gantry_plugins`]) knows nothing of Pingora, and [`headers`] turns
+//! Pingora's headers into the host's header lists and back.
+
+mod headers;
+pub use headers::*;
 
 use crate::metrics::ReloadResult;
 use anyhow::Context;
 use gantry_config::Config;
 use gantry_plugins::{FailurePolicy, Plugin, PluginEngine, PluginLimits};
-use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// How often plugin files are checked for changes (hot reload).
@@ -197,176 +199,6 @@ fn load_one(engine: &PluginEngine, p: &gantry_config::PluginRef) -> anyhow::Resu
         p.failure,
         p.upstreams.clone(),
     )?)
-}
-
-/// The request's headers as the ABI sees them.
-pub fn request_pairs(req: &RequestHeader, scheme: &str) -> Vec<(String, String)> {
-    let mut pairs = Vec::with_capacity(req.headers.len() + 4);
-    pairs.push((":method".into(), req.method.to_string()));
-    pairs.push((
-        ":path".into(),
-        req.uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string(),
-    ));
-    let authority = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    pairs.push((":authority".into(), authority));
-    pairs.push((":scheme".into(), scheme.into()));
-    // `host` travels as `:authority`, as in HTTP/2.
-    for (name, value) in req.headers.iter().filter(|(n, _)| *n != http::header::HOST) {
-        pairs.push((
-            name.to_string(),
-            String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        ));
-    }
-    pairs
-}
-
-/// The names whose values differ between two header lists (pseudo-headers
-/// included), so only those are rewritten.
-fn changed_names(before: &[(String, String)], after: &[(String, String)]) -> Vec<String> {
-    // No allocation per name: the two lists' values for a name are compared in place.
-    fn values<'a>(
-        list: &'a [(String, String)],
-        name: &'a str,
-    ) -> impl Iterator<Item = &'a String> + 'a {
-        list.iter().filter(move |(n, _)| n == name).map(|(_, v)| v)
-    }
-    let mut names: Vec<String> = Vec::new();
-    // The usual change: headers appended, nothing else touched.
-    if after.len() > before.len() && after[..before.len()] == *before {
-        for (n, _) in &after[before.len()..] {
-            if !names.contains(n) {
-                names.push(n.clone());
-            }
-        }
-        return names;
-    }
-    for (n, _) in before.iter().chain(after.iter()) {
-        if !names.contains(n) && !values(before, n).eq(values(after, n)) {
-            names.push(n.clone());
-        }
-    }
-    names
-}
-
-/// Write only what a plugin changed back into the request.
-pub fn apply_request_changes(
-    req: &mut RequestHeader,
-    before: &[(String, String)],
-    after: &[(String, String)],
-) -> pingora::Result<()> {
-    if before == after {
-        return Ok(());
-    }
-    let changed = changed_names(before, after);
-    if changed.iter().any(|n| n.starts_with(':') || n == "host") {
-        return apply_request(req, after.to_vec());
-    }
-    for name in &changed {
-        req.remove_header(name.as_str());
-    }
-    for (name, value) in after.iter().filter(|(n, _)| changed.contains(n)) {
-        req.append_header(name.clone(), value.as_str())?;
-    }
-    Ok(())
-}
-
-/// Write only what a plugin changed back into the response.
-pub fn apply_response_changes(
-    resp: &mut ResponseHeader,
-    before: &[(String, String)],
-    after: Vec<(String, String)>,
-) -> pingora::Result<()> {
-    if before == after.as_slice() {
-        return Ok(());
-    }
-    let changed = changed_names(before, &after);
-    if changed.iter().any(|n| n.starts_with(':')) {
-        return apply_response(resp, after);
-    }
-    for name in &changed {
-        resp.remove_header(name.as_str());
-    }
-    for (name, value) in after.into_iter().filter(|(n, _)| changed.contains(n)) {
-        resp.append_header(name, value)?;
-    }
-    Ok(())
-}
-
-/// Write a plugin's header list back into the request.
-pub fn apply_request(req: &mut RequestHeader, pairs: Vec<(String, String)>) -> pingora::Result<()> {
-    let invalid = |what: String| pingora::Error::explain(pingora::ErrorType::InternalError, what);
-    let names: Vec<http::HeaderName> = req.headers.keys().cloned().collect();
-    for name in names {
-        req.remove_header(&name);
-    }
-    for (name, value) in pairs {
-        match name.as_str() {
-            ":method" => {
-                let m = http::Method::from_bytes(value.as_bytes())
-                    .map_err(|_| invalid(format!("plugin set :method to `{value}`")))?;
-                req.set_method(m);
-            }
-            ":path" => {
-                let uri = value
-                    .parse()
-                    .map_err(|_| invalid(format!("plugin set :path to `{value}`")))?;
-                req.set_uri(uri);
-            }
-            ":authority" | "host" => {
-                if !value.is_empty() {
-                    req.insert_header(http::header::HOST, value)?;
-                }
-            }
-            n if n.starts_with(':') => {}
-            _ => {
-                req.append_header(name, value)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The response's headers as the ABI sees them.
-pub fn response_pairs(resp: &ResponseHeader) -> Vec<(String, String)> {
-    let mut pairs = Vec::with_capacity(resp.headers.len() + 1);
-    pairs.push((":status".into(), resp.status.as_u16().to_string()));
-    for (name, value) in &resp.headers {
-        pairs.push((
-            name.to_string(),
-            String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        ));
-    }
-    pairs
-}
-
-/// Write a plugin's header list back into the response.
-pub fn apply_response(
-    resp: &mut ResponseHeader,
-    pairs: Vec<(String, String)>,
-) -> pingora::Result<()> {
-    let names: Vec<http::HeaderName> = resp.headers.keys().cloned().collect();
-    for name in names {
-        resp.remove_header(&name);
-    }
-    for (name, value) in pairs {
-        if name == ":status" {
-            if let Ok(code) = value.parse::<u16>() {
-                resp.set_status(code)?;
-            }
-        } else if !name.starts_with(':') {
-            resp.append_header(name, value)?;
-        }
-    }
-    Ok(())
 }
 
 /// Whether a failure of this plugin fails the request.
