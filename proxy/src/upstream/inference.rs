@@ -42,6 +42,8 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// HTTP/2 keep-alive pings on backend connections, so a vanished peer (no FIN)
 /// is noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Largest answer message accepted from a backend (an embedding batch).
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// What one backend last reported for one model.
 #[derive(Debug, Clone, Copy, Default)]
@@ -61,7 +63,13 @@ pub struct InferenceBackend {
     pub label: String,
     /// The pool it belongs to.
     pub pool: String,
-    client: InferenceClient<Channel>,
+    /// Where calls connect.
+    endpoint: Endpoint,
+    /// The channel calls go through: made by the first call, on that call's
+    /// runtime (the gateway's workers), so each token's frames are read and
+    /// handed to its request on one runtime. Health and load are watched on a
+    /// channel of their own on the background runtime.
+    calls: std::sync::OnceLock<InferenceClient<Channel>>,
     /// Both watch streams are open and health says SERVING.
     serving: AtomicBool,
     /// The last load report said draining.
@@ -86,9 +94,15 @@ fn now_ms() -> u64 {
 }
 
 impl InferenceBackend {
-    /// A client for one call.
+    /// A client for one call. Must be called on a Tokio runtime: the first
+    /// call opens the channel there.
     pub fn client(&self) -> InferenceClient<Channel> {
-        self.client.clone()
+        self.calls
+            .get_or_init(|| {
+                InferenceClient::new(self.endpoint.connect_lazy())
+                    .max_decoding_message_size(MAX_ANSWER_BYTES)
+            })
+            .clone()
     }
 
     /// Whether the picker may choose it now.
@@ -302,20 +316,22 @@ impl InferencePool {
     }
 
     fn spawn_backend(&self, addr: SocketAddr) -> Arc<InferenceBackend> {
-        let _enter = self.runtime.enter();
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .expect("an ip:port is a valid URI")
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let watched = {
+            let _enter = self.runtime.enter();
+            endpoint.connect_lazy()
+        };
         let backend = Arc::new(InferenceBackend {
             addr,
             label: addr.to_string(),
             pool: self.config.name.clone(),
-            client: InferenceClient::new(channel.clone())
-                .max_decoding_message_size(64 * 1024 * 1024),
+            endpoint,
+            calls: Default::default(),
             serving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
@@ -331,7 +347,7 @@ impl InferencePool {
         });
         let task = self.runtime.spawn(watch(
             Arc::downgrade(&backend),
-            channel,
+            watched,
             self.metrics.clone(),
         ));
         *backend.watcher.lock().expect("watcher lock") = Some(task);

@@ -660,3 +660,51 @@ async fn the_pools_max_inflight_is_a_429_counted_as_a_limit() {
     assert_eq!(busy.await.unwrap(), 200);
     assert_eq!(backend.stats.accepted.load(Ordering::SeqCst), 1);
 }
+
+/// A call is carried by the runtime that makes it (the gateway's workers), not
+/// by the background runtime that watches the backend: a token is read and
+/// handed to its request on one runtime. Shown by stopping the background
+/// runtime: calls made since go on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn calls_run_on_the_callers_runtime_not_the_watchers() {
+    use gantry::upstream::InferencePool;
+    use gantry_proto::{inference_client::InferenceClient, EmbedRequest};
+    let fixture = Fixture::start(Behaviour::default());
+    let config = gantry_config::parse(
+        &ai_config(&[fixture.addr], "").replace("{gateway}", "127.0.0.1:1"),
+        "t.toml",
+        std::path::Path::new("."),
+    )
+    .expect("config parses");
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = std::sync::Arc::new(gantry::metrics::Metrics::new());
+    let pool = InferencePool::start(
+        config.inference_pools[0].clone(),
+        metrics,
+        background.handle().clone(),
+    );
+    let watched = pool.clone();
+    eventually("the backend is watched and serving", move || {
+        let pool = watched.clone();
+        async move { pool.backends().first().is_some_and(|b| b.eligible()) }
+    })
+    .await;
+    let backend = pool.backends()[0].clone();
+    let embed = |mut client: InferenceClient<_>| async move {
+        client
+            .embed(EmbedRequest {
+                model: "fixture-embed".into(),
+                inputs: vec!["hello".into()],
+            })
+            .await
+    };
+    embed(backend.client()).await.expect("a call before");
+    background.shutdown_background();
+    embed(backend.client())
+        .await
+        .expect("a call after the background runtime stopped");
+}
