@@ -134,7 +134,7 @@ lines.append("")
 lines.append("Real model end to end (SmolLM2-135M q8_0 on the CPU, 32 tokens, one stream at a time):")
 lines.append("")
 block("real", "SmolLM2, 1 stream", "grpc-direct", "http-gateway-stream")
-lines.append(f"Machine: {platform.machine()}, {__import__('os').cpu_count()} cores; gateway with `threads = 1` (plus one gRPC runtime thread); load generator and backend on the same cores.")
+lines.append(f"Machine: {platform.machine()}, {__import__('os').cpu_count()} cores; gateway with `threads = 1` (plus one background runtime thread that watches the backend); load generator and backend on the same cores.")
 table = "\n".join(lines)
 doc = "docs/BENCHMARKS.md"
 text = open(doc).read()

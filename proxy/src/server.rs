@@ -21,7 +21,9 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-/// Most threads for the runtime that carries gRPC traffic to inference backends.
+/// Most threads for the background runtime: it resolves and watches inference
+/// backends (health and load streams) and reloads plugins. Calls to backends
+/// run on the gateway's workers, on channels they open.
 const GRPC_THREADS_MAX: usize = 4;
 /// Seconds Pingora waits for runtimes to stop after our own drain has finished.
 const RUNTIME_SHUTDOWN_TIMEOUT_SECS: u64 = 1;
