@@ -75,6 +75,9 @@ pub const DEFAULT_INFERENCE_MAX_EMBEDDING_INPUTS: usize = 2048;
 pub const DEFAULT_PLUGIN_CPU_PER_CALL_MS: u64 = 5;
 /// Linear memory one plugin instance may grow to, in bytes (32 MiB).
 pub const DEFAULT_PLUGIN_MEMORY_BYTES: usize = 32 << 20;
+/// Most linear memory one plugin instance may be allowed (`memory_bytes`, 1 GiB):
+/// the plugin engine reserves address space for the largest in each instance slot.
+pub const MAX_PLUGIN_MEMORY_BYTES: usize = 1 << 30;
 /// Bytes one plugin host call may copy into or out of the guest (1 MiB).
 pub const DEFAULT_PLUGIN_BYTES_PER_HOST_CALL: usize = 1 << 20;
 /// Headers one plugin may add to one request (and to one response).

@@ -20,6 +20,52 @@ use wasmtime::{
 /// Instances the pooling allocator keeps per engine.
 const POOL_INSTANCES: u32 = gantry_config::file::MAX_PLUGIN_ENGINE_INSTANCES as u32;
 
+/// Address space reserved per instance slot at least (the rest of a slot's
+/// memory is guard pages): a thousand slots fit small containers' limits.
+const MIN_MEMORY_RESERVATION: usize = 128 << 20;
+
+/// What the engine's pooling allocator holds: instance slots, and the largest
+/// linear memory any plugin may grow to. Each slot reserves address space (not
+/// memory) for that largest memory plus a 32 MiB guard; pages are committed
+/// only as a guest touches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineCapacity {
+    /// Instances alive at once, across every plugin.
+    pub instances: u32,
+    /// The largest `memory_bytes` of any plugin.
+    pub memory_bytes: usize,
+}
+
+impl Default for EngineCapacity {
+    /// Every slot the configuration may ask for, and memories up to 64 MiB.
+    fn default() -> Self {
+        EngineCapacity {
+            instances: POOL_INSTANCES,
+            memory_bytes: DEFAULT_MEMORY_BYTES.max(64 << 20),
+        }
+    }
+}
+
+impl EngineCapacity {
+    /// Sized for `plugins`: twice their `max_instances` (a reload's new
+    /// version fills while the old one's requests finish), at most
+    /// [`gantry_config::file::MAX_PLUGIN_ENGINE_INSTANCES`], and their largest
+    /// `memory_bytes`.
+    pub fn for_plugins<'a>(
+        plugins: impl IntoIterator<Item = &'a gantry_config::PluginRef>,
+    ) -> Self {
+        let (mut instances, mut memory_bytes) = (0usize, DEFAULT_MEMORY_BYTES);
+        for p in plugins {
+            instances = instances.saturating_add(p.max_instances.saturating_mul(2));
+            memory_bytes = memory_bytes.max(p.memory_bytes);
+        }
+        EngineCapacity {
+            instances: instances.clamp(1, POOL_INSTANCES as usize) as u32,
+            memory_bytes,
+        }
+    }
+}
+
 /// The wasmtime engine all plugins share, with its epoch ticker.
 pub struct PluginEngine {
     pub(crate) engine: Engine,
@@ -40,20 +86,26 @@ impl Drop for PluginEngine {
 }
 
 impl PluginEngine {
-    /// An engine with epoch interruption and the pooling allocator; starts the
-    /// ticker thread.
+    /// An engine of the default [`EngineCapacity`].
     pub fn new() -> anyhow::Result<PluginEngine> {
+        PluginEngine::with_capacity(EngineCapacity::default())
+    }
+
+    /// An engine with epoch interruption and a pooling allocator of
+    /// `capacity`; starts the ticker thread.
+    pub fn with_capacity(capacity: EngineCapacity) -> anyhow::Result<PluginEngine> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(POOL_INSTANCES);
-        pool.total_memories(POOL_INSTANCES);
-        pool.total_tables(POOL_INSTANCES);
-        pool.max_memory_size(DEFAULT_MEMORY_BYTES.max(64 << 20));
+        pool.total_core_instances(capacity.instances);
+        pool.total_memories(capacity.instances);
+        pool.total_tables(capacity.instances);
+        pool.max_memory_size(capacity.memory_bytes);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        // Reserve less virtual memory per slot than wasmtime's 4 GiB default, so a
-        // thousand instances fit in small containers' address-space limits.
-        config.memory_reservation(128 << 20);
+        // Reserve less virtual memory per slot than wasmtime's 4 GiB default
+        // (enough for the largest memory), so many instances fit in small
+        // containers' address-space limits.
+        config.memory_reservation(capacity.memory_bytes.max(MIN_MEMORY_RESERVATION) as u64);
         config.memory_guard_size(32 << 20);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);

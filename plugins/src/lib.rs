@@ -35,7 +35,7 @@ mod plugin;
 mod shared;
 
 pub use context::HttpContext;
-pub use engine::PluginEngine;
+pub use engine::{EngineCapacity, PluginEngine};
 pub use error::{LimitTrap, PluginError};
 pub use hooks::{Decision, HttpCall, HttpCallResponse, LocalResponse, Properties, PropertySource};
 pub use limits::{Limit, PluginLimits, DEFAULT_CPU_PER_CALL};

@@ -138,6 +138,12 @@ pub(super) fn convert_plugin(
             format!("{memory_bytes} is below one Wasm page (65536 bytes)"),
         );
     }
+    if memory_bytes > MAX_PLUGIN_MEMORY_BYTES {
+        c.fail(
+            format!("{at}.memory_bytes"),
+            format!("{memory_bytes} is over {MAX_PLUGIN_MEMORY_BYTES}, the most the plugin engine reserves for one instance"),
+        );
+    }
     let max_instances = c.at_least_one(
         format!("{at}.max_instances"),
         p.max_instances,

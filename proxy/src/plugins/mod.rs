@@ -66,7 +66,9 @@ impl Plugins {
             .map(|r| (r.name.clone(), r.plugins.clone()))
             .collect();
         let engine = if routes.iter().any(|(_, p)| !p.is_empty()) {
-            Some(PluginEngine::new().context("starting the plugin engine")?)
+            let capacity =
+                gantry_plugins::EngineCapacity::for_plugins(routes.iter().flat_map(|(_, p)| p));
+            Some(PluginEngine::with_capacity(capacity).context("starting the plugin engine")?)
         } else {
             None
         };

@@ -264,6 +264,14 @@ fn plugin_configuration_problems_name_the_field() {
         err.contains("routes[0].max_body_bytes: 1000000 is over 65536"),
         "{err}"
     );
+    let huge = text.replace("memory_bytes = 10", "memory_bytes = 2147483648");
+    let err = gantry_config::parse(&huge, "t.toml", Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("routes[0].plugins[0].memory_bytes: 2147483648 is over 1073741824, the most the plugin engine reserves for one instance"),
+        "{err}"
+    );
 }
 
 /// An example plugin built from source with the public `proxy-wasm` SDK by
@@ -699,5 +707,55 @@ async fn a_plugin_reads_the_request_properties() {
     assert!(
         seen.get("x-nothing").is_none(),
         "an unknown property is NotFound"
+    );
+}
+
+/// A plugin allowed more linear memory than the engine's default slot gets it:
+/// the engine's pooling allocator is sized from the configuration, so
+/// `memory_bytes` is the limit a plugin meets, not a smaller one of the host's.
+#[tokio::test]
+async fn a_plugin_grows_to_the_memory_its_configuration_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
+    // 80 MiB and a page more: past the engine's default 64 MiB slots.
+    let wasm = wat_module(
+        "",
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (if (i32.eq (memory.grow (i32.const 1280)) (i32.const -1)) (then unreachable))
+             (i32.const 0))"#,
+    );
+    let file = dir.path().join("big.wasm");
+    std::fs::write(&file, wasm).unwrap();
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[
+            route(
+                "big",
+                "/big",
+                &[("big", &file, "memory_bytes = 100663296\nmax_instances = 2")],
+            ),
+            route(
+                "small",
+                "/small",
+                &[("small", &file, "memory_bytes = 67108864\nmax_instances = 2")],
+            ),
+        ],
+    ))
+    .await;
+    assert_eq!(
+        gw.get("/big").await.status(),
+        200,
+        "96 MiB allowed, 80 MiB used"
+    );
+    assert_eq!(
+        gw.get("/small").await.status(),
+        500,
+        "64 MiB allowed: the plugin meets its own limit"
+    );
+    let sample = "gantry_plugin_limit_hits_total{limit=\"memory\",plugin=\"small\"}";
+    assert_eq!(
+        gw.metric(sample).await,
+        Some(1.0),
+        "counted as its memory limit"
     );
 }
