@@ -299,12 +299,14 @@ fn convert_routes(
     let mut names = HashSet::new();
     let mut matchers = HashMap::new();
     let mut routes = Vec::new();
+    let mut plugin_instances = 0;
     for (i, r) in raw.routes.iter().enumerate() {
         let at = format!("routes[{i}]");
         c.unique(&mut names, format!("{at}.name"), "route", &r.name);
         let Some(route) = convert_route(c, &at, r, raw, max_body_bytes, base) else {
             continue;
         };
+        count_plugin_instances(c, &at, &route, &mut plugin_instances);
         let key = (
             route.hosts.clone(),
             route.path_prefix.clone(),
@@ -319,6 +321,22 @@ fn convert_routes(
         routes.push(route);
     }
     routes
+}
+
+/// Every plugin's instances fit the plugin engine's slots together (`total`
+/// so far, over every route): the engine is sized from them, and a request
+/// finding no slot would fail. Said once, at the plugin that goes over.
+fn count_plugin_instances(c: &mut Checker, at: &str, route: &Route, total: &mut usize) {
+    for (k, p) in route.plugins.iter().enumerate() {
+        let before = *total;
+        *total = total.saturating_add(p.max_instances);
+        if before <= MAX_PLUGIN_ENGINE_INSTANCES && *total > MAX_PLUGIN_ENGINE_INSTANCES {
+            c.fail(
+                format!("{at}.plugins[{k}].max_instances"),
+                format!("brings the plugins' max_instances to {total}, over {MAX_PLUGIN_ENGINE_INSTANCES} (the plugin engine's instance slots, shared by every plugin)"),
+            );
+        }
+    }
 }
 
 /// `server.trusted_proxies`: networks, or single addresses.

@@ -272,6 +272,18 @@ fn plugin_configuration_problems_name_the_field() {
         err.contains("routes[0].plugins[0].memory_bytes: 2147483648 is over 1073741824, the most the plugin engine reserves for one instance"),
         "{err}"
     );
+    // Two routes' plugins that each fit but not together.
+    let two = format!(
+        "{text}max_instances = 600\n[[routes]]\nname = \"s\"\npool = \"p\"\npath_prefix = \"/s\"\n[[routes.plugins]]\nname = \"b\"\nfile = \"/nonexistent.wasm\"\nmax_instances = 600\n"
+    );
+    let err = gantry_config::parse(&two, "t.toml", Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("routes[1].plugins[0].max_instances: brings the plugins' max_instances to 1200, over 1000 (the plugin engine's instance slots, shared by every plugin)"),
+        "{err}"
+    );
+    assert!(!err.contains("routes[0].plugins[0].max_instances"), "{err}");
 }
 
 /// An example plugin built from source with the public `proxy-wasm` SDK by
