@@ -117,6 +117,10 @@ pub(super) async fn read_head(
         let from = buf.len().saturating_sub(3);
         buf.reserve(READ_CHUNK);
         let read = tokio::select! {
+            // Bytes first: when they are already there, the timer and the
+            // shutdown watch are not polled (each poll registers a waker), and
+            // a head that arrived as shutdown began is still served.
+            biased;
             read = stream.read_buf(&mut buf) => read,
             _ = timer.as_mut() => {
                 return if idle { Head::Closed } else { Head::TimedOut };
@@ -133,6 +137,10 @@ pub(super) async fn read_head(
                     timer
                         .as_mut()
                         .reset((Instant::now() + how.head_timeout).into());
+                } else if !complete && timer.is_elapsed() {
+                    // Bytes always ready never starve the deadline (the read
+                    // is polled first): it is looked at after each read.
+                    return Head::TimedOut;
                 }
             }
         }
