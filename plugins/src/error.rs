@@ -61,15 +61,19 @@ pub enum PluginError {
         retry_in: Duration,
     },
     /// Every instance the plugin may have (`max_instances`) is serving another
-    /// request. Not a failure of the plugin: it never counts towards the
-    /// unhealthy backoff, and the request is refused (503) whatever the failure
-    /// policy, so a busy auth plugin is never skipped.
-    #[error("plugin `{plugin}` is busy: all {max_instances} instances (max_instances) are in use")]
+    /// request, or every slot of the engine is (`engine_full`: the plugins'
+    /// instances together, as while a reloaded version fills). Not a failure
+    /// of the plugin: it never counts towards the unhealthy backoff, and the
+    /// request is refused (503) whatever the failure policy, so a busy auth
+    /// plugin is never skipped.
+    #[error("plugin `{plugin}` is busy: {}", busy_reason(*.max_instances, *.engine_full))]
     Busy {
         /// Plugin name.
         plugin: String,
         /// The limit.
         max_instances: usize,
+        /// The engine's slots, not the plugin's own, ran out.
+        engine_full: bool,
     },
     /// A hook trapped, ran out of CPU time, or broke a limit.
     #[error("plugin `{plugin}` failed in {hook}: {reason}")]
@@ -111,6 +115,13 @@ impl PluginError {
 }
 
 /// The error of a failed hook call: which limit it broke, if any.
+fn busy_reason(max_instances: usize, engine_full: bool) -> String {
+    match engine_full {
+        true => "every instance slot of the plugin engine is in use".into(),
+        false => format!("all {max_instances} instances (max_instances) are in use"),
+    }
+}
+
 pub(crate) fn classify(plugin: &str, hook: &'static str, err: wasmtime::Error) -> PluginError {
     let limit = if err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
         Some(Limit::Cpu)

@@ -122,10 +122,19 @@ impl Plugin {
         let budget = self.limits.cpu_per_call;
         store.epoch_deadline_callback(move |ctx| cpu::on_tick(ctx, budget));
         cpu::arm(&mut store);
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| classify(&self.name, "instantiate", e))?;
+        let instance = self.pre.instantiate(&mut store).map_err(|e| {
+            // Every slot of the engine is taken (by other plugins, or a
+            // reloaded version's while the old one's requests finish): busy,
+            // like this plugin at its own cap, and not its failure.
+            if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+                return PluginError::Busy {
+                    plugin: self.name.clone(),
+                    max_instances: self.limits.max_instances,
+                    engine_full: true,
+                };
+            }
+            classify(&self.name, "instantiate", e)
+        })?;
         store.data_mut().exports = host::GuestExports::of(&instance, &mut store);
         for start in ["_initialize", "_start"] {
             if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, start) {
@@ -262,12 +271,15 @@ impl Plugin {
             return Err(PluginError::Busy {
                 plugin: self.name.clone(),
                 max_instances: max,
+                engine_full: false,
             });
         }
         let started = self.start_request_inner(properties);
-        if started.is_err() {
+        if let Err(e) = &started {
             self.in_use.fetch_sub(1, Ordering::AcqRel);
-            self.record_failure();
+            if !matches!(e, PluginError::Busy { .. }) {
+                self.record_failure();
+            }
         }
         started
     }

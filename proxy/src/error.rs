@@ -85,13 +85,19 @@ pub enum GatewayError {
         /// The plugin's name on the route.
         plugin: String,
     },
-    /// Every instance of a route's plugin is serving another request.
-    #[error("plugin `{plugin}` is busy: all {max_instances} instances (max_instances) are in use; retry shortly")]
+    /// Every instance of a route's plugin is serving another request (or
+    /// every slot of the plugin engine is: `engine_full`).
+    #[error("plugin `{plugin}` is busy: {}; retry shortly", match .engine_full {
+        true => "every instance slot of the plugin engine is in use".to_string(),
+        false => format!("all {max_instances} instances (max_instances) are in use"),
+    })]
     PluginBusy {
         /// The plugin's name on the route.
         plugin: String,
         /// Its `max_instances`.
         max_instances: usize,
+        /// The engine's slots, not the plugin's own, ran out.
+        engine_full: bool,
     },
     /// A bug or resource failure inside the gateway.
     #[error("internal gateway error")]

@@ -261,6 +261,58 @@ fn instances_are_capped_per_plugin_and_idle_ones_beyond_the_bound_are_dropped() 
     assert_eq!(trapping.instances_in_use(), 0);
 }
 
+/// An engine whose slots are all taken (a reload's new version filling while
+/// the old one's requests finish) answers Busy, like a plugin at its own cap:
+/// not the plugin's failure, so it never counts towards unhealthy.
+#[test]
+fn a_full_engine_answers_busy_not_a_plugin_failure() {
+    let engine = gantry_plugins::PluginEngine::with_capacity(gantry_plugins::EngineCapacity {
+        instances: 2,
+        memory_bytes: 64 << 20,
+    })
+    .unwrap();
+    let limits = PluginLimits {
+        max_instances: 8,
+        ..PluginLimits::default()
+    };
+    let plugin = engine
+        .load(
+            "t",
+            &module("(i32.const 0)"),
+            Vec::new(),
+            limits,
+            FailurePolicy::Closed,
+            Vec::new(),
+        )
+        .expect("plugin loads");
+    // Loading kept one instance idle: it and one more fill the engine.
+    let held: Vec<_> = (0..2)
+        .map(|_| plugin.start_request(Vec::new()).expect("a slot"))
+        .collect();
+    for _ in 0..gantry_plugins::UNHEALTHY_AFTER_FAILURES + 1 {
+        match plugin.start_request(Vec::new()) {
+            Err(e @ PluginError::Busy { engine_full, .. }) => {
+                assert!(engine_full);
+                assert!(
+                    e.to_string()
+                        .contains("every instance slot of the plugin engine is in use"),
+                    "{e}"
+                );
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        }
+    }
+    assert!(
+        !plugin.is_unhealthy(),
+        "a full engine is not the plugin's failure"
+    );
+    assert_eq!(plugin.instances_in_use(), 2, "refusals hold no slot");
+    drop(held);
+    plugin
+        .start_request(Vec::new())
+        .expect("a slot is free again");
+}
+
 #[test]
 fn a_plugin_cannot_grow_a_request_body_past_the_routes_limit() {
     // The body hook writes 5 bytes ("hello") at the end of the body, again and

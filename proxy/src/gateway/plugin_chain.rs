@@ -193,12 +193,18 @@ impl Gateway {
                 }
                 Err(e) => {
                     let name = self.plugin_failed(route, ctx, Hook::Request, &e);
-                    if let gantry_plugins::PluginError::Busy { max_instances, .. } = e {
+                    if let gantry_plugins::PluginError::Busy {
+                        max_instances,
+                        engine_full,
+                        ..
+                    } = e
+                    {
                         // Not the plugin's failure: never skipped, whatever its
                         // failure policy (an auth plugin must not be bypassed).
                         let err = GatewayError::PluginBusy {
                             plugin: name,
                             max_instances,
+                            engine_full,
                         };
                         self.respond(session, ctx, err).await?;
                         return Ok(None);
