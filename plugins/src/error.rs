@@ -115,7 +115,9 @@ impl PluginError {
 }
 
 /// The error of a failed hook call: which limit it broke, if any.
-fn busy_reason(max_instances: usize, engine_full: bool) -> String {
+/// Which cap a busy plugin reached, in the words of its error (the gateway's
+/// `plugin_busy` answer says the same).
+pub fn busy_reason(max_instances: usize, engine_full: bool) -> String {
     match engine_full {
         true => "every instance slot of the plugin engine is in use".into(),
         false => format!("all {max_instances} instances (max_instances) are in use"),

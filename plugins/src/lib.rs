@@ -36,7 +36,7 @@ mod shared;
 
 pub use context::HttpContext;
 pub use engine::{EngineCapacity, PluginEngine};
-pub use error::{LimitTrap, PluginError};
+pub use error::{busy_reason, LimitTrap, PluginError};
 pub use hooks::{Decision, HttpCall, HttpCallResponse, LocalResponse, Properties, PropertySource};
 pub use limits::{Limit, PluginLimits, DEFAULT_CPU_PER_CALL};
 pub use plugin::Plugin;

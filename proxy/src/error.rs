@@ -87,10 +87,7 @@ pub enum GatewayError {
     },
     /// Every instance of a route's plugin is serving another request (or
     /// every slot of the plugin engine is: `engine_full`).
-    #[error("plugin `{plugin}` is busy: {}; retry shortly", match .engine_full {
-        true => "every instance slot of the plugin engine is in use".to_string(),
-        false => format!("all {max_instances} instances (max_instances) are in use"),
-    })]
+    #[error("plugin `{plugin}` is busy: {}; retry shortly", gantry_plugins::busy_reason(*.max_instances, *.engine_full))]
     PluginBusy {
         /// The plugin's name on the route.
         plugin: String,
