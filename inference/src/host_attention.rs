@@ -5,29 +5,17 @@
 //! the tensor formulation of attention needs ~15 of them (slices, copies, cache
 //! writes, two matmuls, scale, mask, softmax, reshapes), each with its own
 //! allocation and thread-pool dispatch. Here one call per layer rotates the new
-//! queries and keys, appends keys and values to each sequence's cache (a growable
-//! `Vec<f32>` per layer, `[position][kv_head][head_dim]`), and computes causal
-//! attention for every new row, rows spread over candle's thread pool.
+//! queries and keys, writes keys and values into each sequence's cache blocks
+//! ([`crate::kv_blocks`], `[position][kv_head][head_dim]` per layer and block),
+//! and computes causal attention for every new row, rows spread over candle's
+//! thread pool. Positions are visited in order whatever blocks hold them, so a
+//! row's result does not depend on which blocks were shared.
+
+use crate::kv_blocks::{BlockId, KvBlocks};
+use gantry_proto::prefix::KV_BLOCK_TOKENS;
 
 /// Rows of this many or more are spread over threads.
 const PARALLEL_MIN_ROWS: usize = 2;
-/// Caches grow by this many positions at a time (exactly, not by doubling, so a
-/// sequence never holds more than this much unused cache).
-const GROWTH_POSITIONS: usize = 64;
-
-/// Keys and values of one layer of one sequence.
-#[derive(Debug, Default)]
-pub struct HostLayer {
-    k: Vec<f32>,
-    v: Vec<f32>,
-}
-
-impl HostLayer {
-    /// Bytes allocated.
-    pub fn bytes(&self) -> usize {
-        (self.k.capacity() + self.v.capacity()) * std::mem::size_of::<f32>()
-    }
-}
 
 /// Shapes the kernel needs.
 #[derive(Debug, Clone, Copy)]
@@ -68,10 +56,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// One sequence's share of a step: its cache and where its rows are.
+/// One sequence's share of a step: its cache blocks and where its rows are.
 pub struct SeqRows<'a> {
-    /// The sequence's cache of this layer.
-    pub layer: &'a mut HostLayer,
+    /// The sequence's blocks, covering at least `past + rows` positions.
+    pub blocks: &'a [BlockId],
     /// Positions already cached before this step.
     pub past: usize,
     /// First row of this sequence in the step's `qkv`.
@@ -87,13 +75,16 @@ pub struct SeqRows<'a> {
 /// row's position. Returns `[rows, out_width]`, zero beyond the attention width.
 pub fn attention(
     d: Dims,
+    layer: usize,
     qkv: &[f32],
     cos: &[f32],
     sin: &[f32],
-    seqs: &mut [SeqRows<'_>],
+    kv: &mut KvBlocks,
+    seqs: &[SeqRows<'_>],
 ) -> Vec<f32> {
     let q = rotated_queries(d, qkv, cos, sin);
-    append_keys_values(d, qkv, cos, sin, seqs);
+    write_keys_values(d, layer, qkv, cos, sin, kv, seqs);
+    let kv = &*kv;
     let total_rows = q.len() / (d.n_head * d.head_dim);
     // Which sequence (and position) each row belongs to.
     let mut owner = Vec::with_capacity(total_rows);
@@ -102,23 +93,19 @@ pub fn attention(
             owner.push((i, s.past + j));
         }
     }
-    let caches: Vec<(&[f32], &[f32])> = seqs
+    // Each sequence's keys and values of this layer, block by block.
+    let caches: Vec<Vec<(&[f32], &[f32])>> = seqs
         .iter()
-        .map(|s| (s.layer.k.as_slice(), s.layer.v.as_slice()))
+        .map(|s| {
+            let used = (s.past + s.rows).div_ceil(KV_BLOCK_TOKENS);
+            s.blocks[..used].iter().map(|&b| kv.layer(b, layer)).collect()
+        })
         .collect();
     let mut out = vec![0f32; total_rows * d.out_width];
     let q_width = d.n_head * d.head_dim;
     let row = |(r, dst): (usize, &mut [f32])| {
         let (seq, pos) = owner[r];
-        let (keys, values) = caches[seq];
-        attend_row(
-            d,
-            &q[r * q_width..(r + 1) * q_width],
-            keys,
-            values,
-            pos,
-            dst,
-        );
+        attend_row(d, &q[r * q_width..(r + 1) * q_width], &caches[seq], pos, dst);
     };
     if total_rows >= PARALLEL_MIN_ROWS {
         // candle's own pool, the one its matmuls use: with a second pool (rayon)
@@ -163,51 +150,58 @@ fn rotated_queries(d: Dims, qkv: &[f32], cos: &[f32], sin: &[f32]) -> Vec<f32> {
     q
 }
 
-/// Appends each sequence's new keys (rotated) and values to its cache, growing
-/// the cache in steps of [`GROWTH_POSITIONS`].
-fn append_keys_values(d: Dims, qkv: &[f32], cos: &[f32], sin: &[f32], seqs: &mut [SeqRows<'_>]) {
+/// Writes each sequence's new keys (rotated) and values into its blocks.
+fn write_keys_values(
+    d: Dims,
+    layer: usize,
+    qkv: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    kv: &mut KvBlocks,
+    seqs: &[SeqRows<'_>],
+) {
     let q_width = d.n_head * d.head_dim;
     let kv_width = d.n_kv_head * d.head_dim;
     let row_width = q_width + 2 * kv_width;
     let half = d.head_dim / 2;
-    for s in seqs.iter_mut() {
-        let needed = (s.past + s.rows) * kv_width;
-        if s.layer.k.capacity() < needed {
-            let target = (s.past + s.rows).next_multiple_of(GROWTH_POSITIONS) * kv_width;
-            s.layer.k.reserve_exact(target - s.layer.k.len());
-            s.layer.v.reserve_exact(target - s.layer.v.len());
-        }
-        for r in s.first_row..s.first_row + s.rows {
+    for s in seqs {
+        for j in 0..s.rows {
+            let r = s.first_row + j;
+            let pos = s.past + j;
             let src = &qkv[r * row_width..(r + 1) * row_width];
-            let start = s.layer.k.len();
-            s.layer
-                .k
-                .extend_from_slice(&src[q_width..q_width + kv_width]);
+            let (keys, values) = kv.layer_mut(s.blocks[pos / KV_BLOCK_TOKENS], layer);
+            let slot = pos % KV_BLOCK_TOKENS * kv_width..(pos % KV_BLOCK_TOKENS + 1) * kv_width;
+            let k = &mut keys[slot.clone()];
+            k.copy_from_slice(&src[q_width..q_width + kv_width]);
             rope(
-                &mut s.layer.k[start..],
+                k,
                 d.head_dim,
                 &cos[r * half..(r + 1) * half],
                 &sin[r * half..(r + 1) * half],
             );
-            s.layer.v.extend_from_slice(&src[q_width + kv_width..]);
+            values[slot].copy_from_slice(&src[q_width + kv_width..]);
         }
     }
 }
 
 /// One row's attention output, every head: softmax of its query against the
 /// cached keys at positions `0..=pos` (causal), weighting the cached values.
-fn attend_row(d: Dims, q: &[f32], keys: &[f32], values: &[f32], pos: usize, dst: &mut [f32]) {
+/// `blocks` holds the sequence's keys and values of this layer, block by block.
+fn attend_row(d: Dims, q: &[f32], blocks: &[(&[f32], &[f32])], pos: usize, dst: &mut [f32]) {
     let kv_width = d.n_kv_head * d.head_dim;
     let group = d.n_head / d.n_kv_head;
     let scale = 1.0 / (d.head_dim as f32).sqrt();
     let mut scores = vec![0f32; pos + 1];
+    // Position t: block t / KV_BLOCK_TOKENS, slot t % KV_BLOCK_TOKENS.
+    let at = |t: usize| (t / KV_BLOCK_TOKENS, t % KV_BLOCK_TOKENS * kv_width);
     for h in 0..d.n_head {
         let g = h / group;
         let head = g * d.head_dim..(g + 1) * d.head_dim;
         let qh = &q[h * d.head_dim..(h + 1) * d.head_dim];
         let mut max = f32::NEG_INFINITY;
         for (t, score) in scores.iter_mut().enumerate() {
-            let k = &keys[t * kv_width..][head.clone()];
+            let (b, off) = at(t);
+            let k = &blocks[b].0[off..][head.clone()];
             *score = dot(qh, k) * scale;
             max = max.max(*score);
         }
@@ -218,7 +212,8 @@ fn attend_row(d: Dims, q: &[f32], keys: &[f32], values: &[f32], pos: usize, dst:
         }
         let o = &mut dst[h * d.head_dim..(h + 1) * d.head_dim];
         for (t, &p) in scores.iter().enumerate() {
-            let v = &values[t * kv_width..][head.clone()];
+            let (b, off) = at(t);
+            let v = &blocks[b].1[off..][head.clone()];
             let w = p / sum;
             for (o, v) in o.iter_mut().zip(v) {
                 *o += w * v;
@@ -230,6 +225,20 @@ fn attend_row(d: Dims, q: &[f32], keys: &[f32], values: &[f32], pos: usize, dst:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv_blocks::{BlockLayout, KvLimits};
+
+    fn store(d: Dims) -> KvBlocks {
+        KvBlocks::new(
+            BlockLayout {
+                n_layer: 1,
+                kv_width: d.n_kv_head * d.head_dim,
+            },
+            KvLimits {
+                total_bytes: None,
+                kept_bytes: 0,
+            },
+        )
+    }
 
     #[test]
     fn a_single_position_attends_to_itself() {
@@ -241,17 +250,18 @@ mod tests {
         };
         // q (2 heads), k, v for one token at position 0 (no rotation).
         let qkv = [1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 3.0, 4.0];
-        let mut layer = HostLayer::default();
-        let mut seqs = [SeqRows {
-            layer: &mut layer,
+        let mut kv = store(d);
+        let blocks = [kv.allocate()];
+        let seqs = [SeqRows {
+            blocks: &blocks,
             past: 0,
             first_row: 0,
             rows: 1,
         }];
-        let out = attention(d, &qkv, &[1.0], &[0.0], &mut seqs);
+        let out = attention(d, 0, &qkv, &[1.0], &[0.0], &mut kv, &seqs);
         // One visible position: both heads copy its value; padding stays zero.
         assert_eq!(out, vec![3.0, 4.0, 3.0, 4.0, 0.0, 0.0]);
-        assert_eq!(layer.k, vec![0.5, 0.5]);
+        assert_eq!(kv.layer(blocks[0], 0).0[..2], [0.5, 0.5]);
     }
 
     #[test]
@@ -264,14 +274,42 @@ mod tests {
         };
         // Two tokens with equal keys: row 0 sees only value 0, row 1 averages both.
         let qkv = [0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 1.0, 0.0, 4.0, 2.0];
-        let mut layer = HostLayer::default();
-        let mut seqs = [SeqRows {
-            layer: &mut layer,
+        let mut kv = store(d);
+        let blocks = [kv.allocate()];
+        let seqs = [SeqRows {
+            blocks: &blocks,
             past: 0,
             first_row: 0,
             rows: 2,
         }];
-        let out = attention(d, &qkv, &[1.0, 1.0], &[0.0, 0.0], &mut seqs);
+        let out = attention(d, 0, &qkv, &[1.0, 1.0], &[0.0, 0.0], &mut kv, &seqs);
         assert_eq!(out, vec![2.0, 0.0, 3.0, 1.0]);
+    }
+
+    #[test]
+    fn rows_across_a_block_boundary_see_every_earlier_position() {
+        let d = Dims {
+            n_head: 1,
+            n_kv_head: 1,
+            head_dim: 2,
+            out_width: 2,
+        };
+        // KV_BLOCK_TOKENS + 1 tokens, equal keys, value t at position t: the
+        // last row (in the second block) averages all of them.
+        let n = KV_BLOCK_TOKENS + 1;
+        let qkv: Vec<f32> = (0..n)
+            .flat_map(|t| [0.0, 0.0, 1.0, 0.0, t as f32, 0.0])
+            .collect();
+        let mut kv = store(d);
+        let blocks = [kv.allocate(), kv.allocate()];
+        let seqs = [SeqRows {
+            blocks: &blocks,
+            past: 0,
+            first_row: 0,
+            rows: n,
+        }];
+        let out = attention(d, 0, &qkv, &vec![1.0; n], &vec![0.0; n], &mut kv, &seqs);
+        let mean = (0..n).sum::<usize>() as f32 / n as f32;
+        assert!((out[2 * (n - 1)] - mean).abs() < 1e-5, "{}", out[2 * (n - 1)]);
     }
 }

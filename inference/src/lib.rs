@@ -3,6 +3,7 @@
 //!
 //! * [`llama`] — a llama decoder with a ragged batched forward over candle's
 //!   quantized matmuls (one forward per step for every running sequence);
+//! * [`kv_blocks`] — the CPU KV cache in blocks, shared by prompt prefix;
 //! * [`scheduler`] — continuous batching: admission, chunked prefill, sampling, stop
 //!   strings, cancellation and load reporting;
 //! * [`embed`] — BERT sentence embeddings;
@@ -19,6 +20,7 @@ pub mod chat;
 pub mod devtools;
 pub mod embed;
 pub(crate) mod host_attention;
+pub mod kv_blocks;
 pub mod llama;
 pub(crate) mod metrics;
 pub mod models;

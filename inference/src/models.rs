@@ -3,6 +3,7 @@
 //! embedder; the set of served models and the backend's draining state.
 
 use crate::embed::Embedder;
+use crate::kv_blocks::{KvBlocks, KvLimits};
 use crate::llama::Llama;
 use crate::prompt::PromptEncoder;
 use crate::scheduler::GenerateEngine;
@@ -115,11 +116,14 @@ pub(crate) fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
             // Warm-up: one real forward, so the first request does not pay for
             // lazy initialisation (thread pools, kernel compilation on CUDA).
             let mut cache = loaded.model.new_cache();
+            let mut kv = KvBlocks::new(loaded.model.block_layout(), KvLimits::NO_REUSE);
             let warm = loaded
                 .tokenizer
                 .encode("Hello", false)
                 .map_err(anyhow::Error::msg)?;
-            loaded.model.forward(&mut [(warm.get_ids(), &mut cache)])?;
+            loaded
+                .model
+                .forward(&mut kv, &mut [(warm.get_ids(), &mut cache)])?;
             let tokenizer = Arc::new(loaded.tokenizer);
             Served::Generate {
                 engine: GenerateEngine::start(

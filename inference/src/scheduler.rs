@@ -9,12 +9,19 @@
 //!
 //! Admission is bounded: [`GenerateEngine::submit`] refuses at once when
 //! `max_queued` requests are already waiting.
+//!
+//! On the CPU, KV caches are blocks of a [`KvBlocks`]: a newcomer first takes
+//! the longest run of blocks already computed for the same prompt prefix (by
+//! an earlier request or one still running) and prefills only the rest; each
+//! block a sequence fills is named for the ones after it.
 
+use crate::kv_blocks::{KvBlocks, KvLimits};
 use crate::llama::{argmax_rows, Llama, SeqCache};
 use crate::sequence::{sample, Sampler, TextStream};
 use candle_core::Tensor;
 use candle_transformers::generation::LogitsProcessor;
 use gantry_config::backend::ModelLimits;
+use gantry_proto::prefix::{block_hashes, extend_block_hashes, KV_BLOCK_TOKENS};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,6 +63,8 @@ pub enum Event {
         reason: Finish,
         /// Prompt tokens.
         prompt_tokens: usize,
+        /// Prompt tokens whose KV was reused, not computed.
+        cached_tokens: usize,
         /// Generated tokens.
         completion_tokens: usize,
         /// Arrival to admission.
@@ -96,8 +105,12 @@ pub struct Load {
     pub running: usize,
     /// Tokens in running sequences' caches.
     pub tokens_in_flight: usize,
-    /// Bytes allocated for KV caches.
+    /// Bytes of KV cache running sequences use (a shared block counted once).
     pub kv_cache_bytes: usize,
+    /// Bytes of KV blocks kept for prefix reuse, no sequence using them.
+    pub kv_kept_bytes: usize,
+    /// Named KV blocks (used or kept): prefixes a prompt can reuse.
+    pub kv_named_blocks: usize,
     /// Generated tokens per second over the last second.
     pub tokens_per_second: f32,
     /// Forward steps run since start.
@@ -145,7 +158,19 @@ impl GenerateEngine {
         let active = Arc::new(AtomicUsize::new(0));
         let abort = Arc::new(AtomicBool::new(false));
         let (load_tx, load) = watch::channel(Load::default());
+        let kv = KvBlocks::new(
+            model.block_layout(),
+            KvLimits {
+                total_bytes: limits.kv_cache_budget_bytes,
+                kept_bytes: if model.uses_blocks() {
+                    limits.prefix_cache_bytes
+                } else {
+                    0
+                },
+            },
+        );
         let scheduler = Scheduler {
+            kv,
             model,
             tokenizer,
             eos,
@@ -228,6 +253,12 @@ enum Msg {
 struct Running {
     job: Job,
     cache: SeqCache,
+    /// Hashes of the whole blocks of `tokens` in the cache, first first.
+    hashes: Vec<u64>,
+    /// Blocks of `cache` offered to [`KvBlocks::name`] so far.
+    named: usize,
+    /// Prompt tokens taken from blocks computed before.
+    cached_tokens: usize,
     /// Prompt tokens not yet fed to the model.
     unfed: usize,
     /// Prompt then generated tokens.
@@ -280,6 +311,8 @@ impl Running {
 
 struct Scheduler {
     model: Llama,
+    /// Host KV blocks of every sequence, and those kept for reuse.
+    kv: KvBlocks,
     tokenizer: Arc<Tokenizer>,
     eos: Vec<u32>,
     limits: ModelLimits,
@@ -327,11 +360,12 @@ impl Scheduler {
             }
             if let Err(err) = self.step() {
                 tracing::error!(target: "gantry::backend", error = %err, "forward step failed; failing the batch");
-                let failed = self.running.len();
-                for seq in self.running.drain(..) {
+                let failed = std::mem::take(&mut self.running);
+                self.done(failed.len());
+                for mut seq in failed {
+                    self.kv.release(&seq.cache.take_blocks());
                     drop(seq.job.events);
                 }
-                self.done(failed);
             }
             self.publish();
         }
@@ -366,25 +400,35 @@ impl Scheduler {
         self.leave_queue(before - self.waiting.len());
         self.done(before - self.waiting.len());
         let before = self.running.len();
-        self.running.retain(|seq| {
-            if seq.job.events.is_closed() {
+        let kv = &mut self.kv;
+        self.running.retain_mut(|seq| {
+            let stays = if seq.job.events.is_closed() {
                 tracing::debug!(target: "gantry::backend", request_id = %seq.job.request_id, "client gone; sequence leaves the batch");
-                return false;
-            }
-            if seq.job.deadline.is_some_and(|d| d <= now) {
+                false
+            } else if seq.job.deadline.is_some_and(|d| d <= now) {
                 let _ = seq.job.events.send(Event::DeadlineExceeded {
                     completion_tokens: seq.generated,
                 });
-                return false;
+                false
+            } else {
+                true
+            };
+            if !stays {
+                kv.release(&seq.cache.take_blocks());
             }
-            true
+            stays
         });
         self.done(before - self.running.len());
     }
 
-    /// Bytes a sequence may come to hold: its prompt plus everything it may generate.
+    /// Bytes a sequence may come to hold: its prompt plus everything it may
+    /// generate, in whole blocks where the cache is in blocks.
     fn reserved_bytes(&self, job: &Job) -> u64 {
-        ((job.prompt.len() + job.sampler.max_tokens) * self.model.kv_bytes_per_token()) as u64
+        let mut tokens = job.prompt.len() + job.sampler.max_tokens;
+        if self.model.uses_blocks() {
+            tokens = tokens.next_multiple_of(KV_BLOCK_TOKENS);
+        }
+        (tokens * self.model.kv_bytes_per_token()) as u64
     }
 
     /// Move waiting requests into the batch; true if any moved.
@@ -409,9 +453,23 @@ impl Scheduler {
             let job = self.waiting.pop_front().expect("front exists");
             self.leave_queue(1);
             let processor = job.sampler.processor();
+            let mut cache = self.model.new_cache();
+            let mut hashes = Vec::new();
+            if self.kv.reuses() {
+                // Whole blocks before the last prompt token only: that token is
+                // fed in any case, for the logits of the first new one.
+                hashes = block_hashes(&job.prompt[..job.prompt.len() - 1]);
+                let taken = self.kv.take_prefix(&hashes);
+                hashes.truncate(taken.len());
+                cache.adopt_prefix(taken);
+            }
+            let cached_tokens = cache.len();
             self.running.push(Running {
-                cache: self.model.new_cache(),
-                unfed: job.prompt.len(),
+                cache,
+                named: hashes.len(),
+                hashes,
+                cached_tokens,
+                unfed: job.prompt.len() - cached_tokens,
                 tokens: job.prompt.clone(),
                 generated: 0,
                 processor,
@@ -436,13 +494,16 @@ impl Scheduler {
                 let seq = by_index[i].take().expect("each sequence fed once");
                 batch.push((&seq.tokens[start..start + n], &mut seq.cache));
             }
-            self.model.forward(&mut batch)?
+            self.model.forward(&mut self.kv, &mut batch)?
         };
         self.steps += 1;
         for &(i, _, n) in &feeds {
             let seq = &mut self.running[i];
             if seq.unfed > 0 {
                 seq.unfed -= n;
+            }
+            if self.kv.reuses() {
+                name_full_blocks(&mut self.kv, seq);
             }
         }
         let now = Instant::now();
@@ -458,7 +519,8 @@ impl Scheduler {
         // Remove from the back so indices stay valid.
         finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
-            let seq = self.running.swap_remove(i);
+            let mut seq = self.running.swap_remove(i);
+            self.kv.release(&seq.cache.take_blocks());
             finish(seq, reason);
             self.done(1);
         }
@@ -552,6 +614,7 @@ impl Scheduler {
             let _ = job.events.send(Event::Finished {
                 reason: Finish::Cancelled,
                 prompt_tokens: job.prompt.len(),
+                cached_tokens: 0,
                 completion_tokens: 0,
                 queue_time: job.arrived.elapsed(),
                 time_to_first_token: Duration::ZERO,
@@ -561,13 +624,16 @@ impl Scheduler {
         self.done(n);
         let running = std::mem::take(&mut self.running);
         self.done(running.len());
-        for seq in running {
+        for mut seq in running {
+            self.kv.release(&seq.cache.take_blocks());
             finish(seq, Finish::Cancelled);
         }
         self.publish();
     }
 
     fn publish(&mut self) {
+        // Not published yet: kept from growing.
+        drop(self.kv.take_events());
         let now = Instant::now();
         let window: usize = self.recent.iter().map(|(_, n)| n).sum();
         let tokens_per_second = match self.recent.front() {
@@ -584,7 +650,14 @@ impl Scheduler {
             queued: self.queued.load(Ordering::Acquire),
             running: self.running.len(),
             tokens_in_flight: self.running.iter().map(|s| s.cache.len()).sum(),
-            kv_cache_bytes: self.running.iter().map(|s| s.cache.bytes()).sum(),
+            kv_cache_bytes: self.kv.used_bytes()
+                + self
+                    .running
+                    .iter()
+                    .map(|s| s.cache.device_bytes())
+                    .sum::<usize>(),
+            kv_kept_bytes: self.kv.kept_bytes(),
+            kv_named_blocks: self.kv.named_blocks(),
             tokens_per_second,
             steps: self.steps,
         };
@@ -594,6 +667,20 @@ impl Scheduler {
             changed
         });
     }
+}
+
+/// Name the blocks `seq` has filled since the last step, so later prompts
+/// with the same prefix can take them.
+fn name_full_blocks(kv: &mut KvBlocks, seq: &mut Running) {
+    let full = seq.cache.len() / KV_BLOCK_TOKENS;
+    if full == seq.named {
+        return;
+    }
+    extend_block_hashes(&mut seq.hashes, &seq.tokens[..full * KV_BLOCK_TOKENS]);
+    for b in seq.named..full {
+        kv.name(seq.cache.blocks()[b], seq.hashes[b]);
+    }
+    seq.named = full;
 }
 
 fn finish(mut seq: Running, reason: Finish) {
@@ -609,6 +696,7 @@ fn finish(mut seq: Running, reason: Finish) {
     let _ = seq.job.events.send(Event::Finished {
         reason,
         prompt_tokens: seq.job.prompt.len(),
+        cached_tokens: seq.cached_tokens,
         completion_tokens: seq.generated,
         queue_time: seq.admitted.duration_since(seq.job.arrived),
         time_to_first_token: seq

@@ -250,6 +250,7 @@ fn to_response(request_id: &str, event: Event) -> Result<pb::GenerateResponse, S
             Event::Finished {
                 reason,
                 prompt_tokens,
+                cached_tokens,
                 completion_tokens,
                 queue_time,
                 time_to_first_token,
@@ -258,6 +259,7 @@ fn to_response(request_id: &str, event: Event) -> Result<pb::GenerateResponse, S
                 usage: Some(pb::Usage {
                     prompt_tokens: prompt_tokens as u32,
                     completion_tokens: completion_tokens as u32,
+                    cached_tokens: cached_tokens as u32,
                 }),
                 queue_time_us: queue_time.as_micros() as u64,
                 time_to_first_token_us: time_to_first_token.as_micros() as u64,

@@ -3,7 +3,8 @@
 //! (`inference_server`) and the gateway (`inference_client`).
 //!
 //! Owns: the wire contract both ends share — messages, the limits both ends
-//! enforce ([`limits`]), and refusals as data ([`violation`]). Must never
+//! enforce ([`limits`]), how both name a prompt's KV blocks ([`prefix`]), and
+//! refusals as data ([`violation`]). Must never
 //! import: another Gantry crate, Pingora, candle; it is the leaf both the
 //! gateway and the backend build on, so neither knows the other.
 
@@ -15,6 +16,7 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod limits;
+pub mod prefix;
 pub mod violation;
 
 /// The `.proto` source, for tools that want to hand it to other clients.

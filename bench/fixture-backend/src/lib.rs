@@ -394,6 +394,7 @@ async fn play(
         usage: Some(pb::Usage {
             prompt_tokens: script.prompt_tokens,
             completion_tokens: script.tokens,
+            cached_tokens: 0,
         }),
         queue_time_us: 0,
         time_to_first_token_us: script.first.as_micros() as u64,

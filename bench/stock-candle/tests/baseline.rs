@@ -4,6 +4,7 @@ use candle_core::{DType, Device};
 use gantry_config::backend::Quantization;
 use gantry_inference::devtools::hf::export_llama;
 use gantry_inference::devtools::synthetic::{write_llama_gguf_with, SyntheticShape};
+use gantry_inference::kv_blocks::{KvBlocks, KvLimits};
 use gantry_inference::llama::{argmax_rows, Llama};
 use stock_candle::Baseline;
 
@@ -27,12 +28,13 @@ fn stock_candle_greedy_tokens_match_gantrys_on_the_same_weights() {
     // Gantry's engine, greedy, on the GGUF the export came from.
     let ours = Llama::load(&gguf, &Device::Cpu, Quantization::Bf16).unwrap();
     let mut cache = ours.model.new_cache();
+    let mut kv = KvBlocks::new(ours.model.block_layout(), KvLimits::NO_REUSE);
     let mut feed = prompts[0].clone();
     let mut got = Vec::new();
     for _ in 0..6 {
         let logits = ours
             .model
-            .forward(&mut [(feed.as_slice(), &mut cache)])
+            .forward(&mut kv, &mut [(feed.as_slice(), &mut cache)])
             .unwrap();
         let next = argmax_rows(&logits).unwrap()[0];
         got.push(next);

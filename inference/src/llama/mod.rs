@@ -17,7 +17,9 @@
 //! Weights come from a GGUF file and may be re-quantised at load (Q4_1 has only a
 //! scalar CPU kernel in candle; Q8_0 and Q4_0 have SIMD ones).
 
-use crate::host_attention::{self, HostLayer, SeqRows};
+use crate::host_attention::{self, SeqRows};
+use crate::kv_blocks::{BlockId, BlockLayout, KvBlocks};
+use gantry_proto::prefix::KV_BLOCK_TOKENS;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, D};
 
@@ -93,13 +95,14 @@ impl std::fmt::Debug for Llama {
     }
 }
 
-/// The KV cache of one sequence: per layer, keys and values `[kv_heads, capacity,
-/// head_dim]`, of which the first `len` positions are filled.
+/// The KV cache of one sequence, of which the first `len` positions are filled:
+/// on the host, blocks of a [`KvBlocks`] (shared by prefix); on a device, per
+/// layer, keys and values `[kv_heads, capacity, head_dim]` of its own.
 pub struct SeqCache {
     /// Device caches (tensor attention).
     layers: Vec<(Tensor, Tensor)>,
-    /// Host caches (CPU attention, see [`crate::host_attention`]).
-    host: Vec<HostLayer>,
+    /// Host cache blocks (CPU attention, see [`crate::host_attention`]).
+    blocks: Vec<BlockId>,
     len: usize,
     capacity: usize,
 }
@@ -115,14 +118,32 @@ impl SeqCache {
         self.len == 0
     }
 
-    /// Bytes allocated for this cache.
-    pub fn bytes(&self) -> usize {
-        let device: usize = self
-            .layers
+    /// Bytes allocated for this cache on a device (host blocks are counted
+    /// by their [`KvBlocks`], where shared ones count once).
+    pub fn device_bytes(&self) -> usize {
+        self.layers
             .iter()
             .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum();
-        device + self.host.iter().map(HostLayer::bytes).sum::<usize>()
+            .sum()
+    }
+
+    /// Its host blocks, first position first.
+    pub fn blocks(&self) -> &[BlockId] {
+        &self.blocks
+    }
+
+    /// Start an empty cache with `blocks` already filled (a prefix taken from
+    /// a [`KvBlocks`]).
+    pub fn adopt_prefix(&mut self, blocks: Vec<BlockId>) {
+        debug_assert!(self.len == 0 && self.blocks.is_empty());
+        self.len = blocks.len() * KV_BLOCK_TOKENS;
+        self.blocks = blocks;
+    }
+
+    /// Its host blocks, handed back (to release them); the cache is empty after.
+    pub fn take_blocks(&mut self) -> Vec<BlockId> {
+        self.len = 0;
+        std::mem::take(&mut self.blocks)
     }
 }
 
@@ -141,9 +162,23 @@ impl Llama {
     pub fn new_cache(&self) -> SeqCache {
         SeqCache {
             layers: Vec::new(),
-            host: Vec::new(),
+            blocks: Vec::new(),
             len: 0,
             capacity: 0,
+        }
+    }
+
+    /// True when the KV cache lives in host blocks ([`KvBlocks`], shareable by
+    /// prefix); false on a device, where each sequence has its own tensors.
+    pub fn uses_blocks(&self) -> bool {
+        self.host_rope.is_some()
+    }
+
+    /// The shape of a host KV block for this model.
+    pub fn block_layout(&self) -> BlockLayout {
+        BlockLayout {
+            n_layer: self.shape.n_layer,
+            kv_width: self.shape.n_kv_head * self.shape.head_dim,
         }
     }
 
@@ -186,9 +221,14 @@ impl Llama {
     }
 
     /// One batched forward. Each entry feeds `tokens` (at least one) to the sequence
-    /// owning `cache`, at the positions after what the cache holds. Returns the
-    /// logits of each entry's last token: `[entries, vocab]`, f32.
-    pub fn forward(&self, batch: &mut [(&[u32], &mut SeqCache)]) -> candle_core::Result<Tensor> {
+    /// owning `cache`, at the positions after what the cache holds; host caches
+    /// take the blocks they grow into from `kv`. Returns the logits of each
+    /// entry's last token: `[entries, vocab]`, f32.
+    pub fn forward(
+        &self,
+        kv: &mut KvBlocks,
+        batch: &mut [(&[u32], &mut SeqCache)],
+    ) -> candle_core::Result<Tensor> {
         let s = self.shape;
         let total: usize = batch.iter().map(|(t, _)| t.len()).sum();
         if batch.is_empty() || batch.iter().any(|(t, _)| t.is_empty()) {
@@ -205,8 +245,8 @@ impl Llama {
                 );
             }
             if self.host_rope.is_some() {
-                if cache.host.is_empty() {
-                    cache.host = (0..s.n_layer).map(|_| HostLayer::default()).collect();
+                while cache.blocks.len() * KV_BLOCK_TOKENS < cache.len + tokens.len() {
+                    cache.blocks.push(kv.allocate());
                 }
             } else {
                 self.reserve(cache, cache.len + tokens.len())?;
@@ -245,7 +285,7 @@ impl Llama {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, self.norm_eps)?;
             let qkv = block.qkv.forward(&h)?;
             let attn = match &rope {
-                StepRope::Host { cos, sin } => self.host_attention(l, &qkv, cos, sin, batch)?,
+                StepRope::Host { cos, sin } => self.host_attention(l, &qkv, cos, sin, kv, batch)?,
                 StepRope::Device { cos, sin } => self.device_attention(l, &qkv, cos, sin, batch)?,
             };
             x = self.feed_forward(block, (x + block.wo.forward(&attn)?)?)?;
@@ -276,18 +316,18 @@ impl Llama {
         qkv: &Tensor,
         cos: &[f32],
         sin: &[f32],
-        batch: &mut [(&[u32], &mut SeqCache)],
+        kv: &mut KvBlocks,
+        batch: &[(&[u32], &mut SeqCache)],
     ) -> candle_core::Result<Tensor> {
         let s = &self.shape;
         let width = s.n_head * s.head_dim + self.pad;
         let qkv = qkv.flatten_all()?.to_vec1::<f32>()?;
         let mut seqs = Vec::with_capacity(batch.len());
         let mut first_row = 0;
-        for (tokens, cache) in batch.iter_mut() {
-            let past = cache.len;
+        for (tokens, cache) in batch {
             seqs.push(SeqRows {
-                layer: &mut cache.host[l],
-                past,
+                blocks: &cache.blocks,
+                past: cache.len,
                 first_row,
                 rows: tokens.len(),
             });
@@ -299,7 +339,7 @@ impl Llama {
             head_dim: s.head_dim,
             out_width: width,
         };
-        let out = host_attention::attention(dims, &qkv, cos, sin, &mut seqs);
+        let out = host_attention::attention(dims, l, &qkv, cos, sin, kv, &seqs);
         Tensor::from_vec(out, (first_row, width), &self.device)
     }
 

@@ -51,7 +51,14 @@ fn the_hf_export_gives_stock_candle_the_same_logits_as_gantry() {
             .unwrap();
         let want = reference.forward(&input, 0, &mut cache).unwrap();
         let mut seq = ours.model.new_cache();
-        let got = ours.model.forward(&mut [(prompt, &mut seq)]).unwrap();
+        let mut kv = gantry_inference::kv_blocks::KvBlocks::new(
+            ours.model.block_layout(),
+            gantry_inference::kv_blocks::KvLimits::NO_REUSE,
+        );
+        let got = ours
+            .model
+            .forward(&mut kv, &mut [(prompt, &mut seq)])
+            .unwrap();
         let (w, g) = (
             want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),

@@ -13,6 +13,7 @@ mod embed;
 mod grpc;
 mod hf;
 mod model;
+mod prefix_cache;
 mod python_client;
 mod scheduler;
 mod tokenizer;

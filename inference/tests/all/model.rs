@@ -2,7 +2,13 @@
 //! nothing about what each sequence computes.
 
 use crate::common::*;
-use gantry_inference::llama::argmax_rows;
+use gantry_inference::kv_blocks::{KvBlocks, KvLimits};
+use gantry_inference::llama::{argmax_rows, Llama};
+
+/// A block store of its own for a test's caches, with no reuse.
+fn blocks_for(m: &Llama) -> KvBlocks {
+    KvBlocks::new(m.block_layout(), KvLimits::NO_REUSE)
+}
 
 fn encode(text: &str) -> Vec<u32> {
     model()
@@ -17,6 +23,7 @@ fn encode(text: &str) -> Vec<u32> {
 /// batched decode step per token.
 fn greedy_batch(prompts: &[Vec<u32>], steps: usize) -> Vec<Vec<u32>> {
     let m = &model().model;
+    let mut kv = blocks_for(m);
     let mut caches: Vec<_> = prompts.iter().map(|_| m.new_cache()).collect();
     let mut out: Vec<Vec<u32>> = prompts.iter().map(|_| Vec::new()).collect();
     let mut batch: Vec<(&[u32], _)> = prompts
@@ -24,7 +31,7 @@ fn greedy_batch(prompts: &[Vec<u32>], steps: usize) -> Vec<Vec<u32>> {
         .map(|p| p.as_slice())
         .zip(caches.iter_mut())
         .collect();
-    let mut next = argmax_rows(&m.forward(&mut batch).unwrap()).unwrap();
+    let mut next = argmax_rows(&m.forward(&mut kv, &mut batch).unwrap()).unwrap();
     for _ in 1..steps {
         for (o, t) in out.iter_mut().zip(&next) {
             o.push(*t);
@@ -35,7 +42,7 @@ fn greedy_batch(prompts: &[Vec<u32>], steps: usize) -> Vec<Vec<u32>> {
             .map(|f| f.as_slice())
             .zip(caches.iter_mut())
             .collect();
-        next = argmax_rows(&m.forward(&mut batch).unwrap()).unwrap();
+        next = argmax_rows(&m.forward(&mut kv, &mut batch).unwrap()).unwrap();
     }
     for (o, t) in out.iter_mut().zip(&next) {
         o.push(*t);
@@ -80,16 +87,23 @@ fn greedy_tokens_are_the_same_alone_and_in_a_batch_of_eight() {
 }
 
 #[test]
-fn kv_cache_memory_is_accounted_and_grows_in_steps() {
+fn kv_cache_memory_is_accounted_grows_in_steps_and_is_freed() {
     let m = &model().model;
+    let mut kv = blocks_for(m);
     let mut cache = m.new_cache();
-    assert_eq!(cache.bytes(), 0);
+    let bytes = |kv: &KvBlocks, cache: &gantry_inference::llama::SeqCache| {
+        kv.used_bytes() + cache.device_bytes()
+    };
+    assert_eq!(bytes(&kv, &cache), 0);
     let prompt = encode("Hello there");
-    m.forward(&mut [(prompt.as_slice(), &mut cache)]).unwrap();
+    m.forward(&mut kv, &mut [(prompt.as_slice(), &mut cache)])
+        .unwrap();
     assert_eq!(cache.len(), prompt.len());
     let per_token = m.kv_bytes_per_token();
-    assert!(cache.bytes() >= per_token * prompt.len());
-    assert_eq!(cache.bytes() % per_token, 0);
+    assert!(bytes(&kv, &cache) >= per_token * prompt.len());
+    assert_eq!(bytes(&kv, &cache) % per_token, 0);
+    kv.release(&cache.take_blocks());
+    assert_eq!(kv.used_bytes(), 0, "released blocks nobody named are freed");
 }
 
 /// The same weights on the CPU, the reference for device tests.
@@ -104,9 +118,14 @@ fn cpu_reference() -> gantry_inference::llama::LoadedGguf {
 
 /// Last-row logits of each entry of one batched forward on fresh caches.
 fn last_logits(model: &gantry_inference::llama::Llama, feeds: &[&[u32]]) -> Vec<Vec<f32>> {
+    let mut kv = blocks_for(model);
     let mut caches: Vec<_> = feeds.iter().map(|_| model.new_cache()).collect();
     let mut batch: Vec<(&[u32], _)> = feeds.iter().copied().zip(caches.iter_mut()).collect();
-    model.forward(&mut batch).unwrap().to_vec2::<f32>().unwrap()
+    model
+        .forward(&mut kv, &mut batch)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {

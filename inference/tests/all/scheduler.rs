@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-fn engine(limits: ModelLimits) -> GenerateEngine {
+pub(crate) fn engine(limits: ModelLimits) -> GenerateEngine {
     // Each engine owns its model; loading is quick (about a second).
     let loaded = Llama::load(&model_path(), &device(), quantization()).unwrap();
     GenerateEngine::start(
@@ -21,7 +21,7 @@ fn engine(limits: ModelLimits) -> GenerateEngine {
     )
 }
 
-fn greedy(max_tokens: usize) -> Sampler {
+pub(crate) fn greedy(max_tokens: usize) -> Sampler {
     Sampler {
         max_tokens,
         temperature: 0.0,
@@ -74,7 +74,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Event>) -> (String, Vec<u32>, Finis
     panic!("stream closed without finishing");
 }
 
-fn limits(max_running: usize, max_queued: usize) -> ModelLimits {
+pub(crate) fn limits(max_running: usize, max_queued: usize) -> ModelLimits {
     ModelLimits {
         max_running,
         max_queued,
