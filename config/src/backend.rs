@@ -358,7 +358,10 @@ fn convert_model(c: &mut Checker, i: usize, m: &ModelFile, base: &Path) -> Model
         prefix_cache_bytes: m.prefix_cache_bytes.unwrap_or(DEFAULT_PREFIX_CACHE_BYTES),
     };
     if m.kind == ModelKind::Embed && m.prefix_cache_bytes.is_some() {
-        c.fail(at("prefix_cache_bytes"), "applies to generation models only");
+        c.fail(
+            at("prefix_cache_bytes"),
+            "applies to generation models only",
+        );
     }
     if m.kind == ModelKind::Generate
         && m.max_tokens.is_some()

@@ -26,7 +26,8 @@ fn main() {
     for _ in 0..2 {
         let mut c = m.new_cache();
         let t = Instant::now();
-        m.forward(&mut kv, &mut [(prompt.as_slice(), &mut c)]).unwrap();
+        m.forward(&mut kv, &mut [(prompt.as_slice(), &mut c)])
+            .unwrap();
         kv.release(&c.take_blocks());
         println!("prefill 128: {:?}", t.elapsed());
     }

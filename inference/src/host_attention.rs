@@ -98,14 +98,23 @@ pub fn attention(
         .iter()
         .map(|s| {
             let used = (s.past + s.rows).div_ceil(KV_BLOCK_TOKENS);
-            s.blocks[..used].iter().map(|&b| kv.layer(b, layer)).collect()
+            s.blocks[..used]
+                .iter()
+                .map(|&b| kv.layer(b, layer))
+                .collect()
         })
         .collect();
     let mut out = vec![0f32; total_rows * d.out_width];
     let q_width = d.n_head * d.head_dim;
     let row = |(r, dst): (usize, &mut [f32])| {
         let (seq, pos) = owner[r];
-        attend_row(d, &q[r * q_width..(r + 1) * q_width], &caches[seq], pos, dst);
+        attend_row(
+            d,
+            &q[r * q_width..(r + 1) * q_width],
+            &caches[seq],
+            pos,
+            dst,
+        );
     };
     if total_rows >= PARALLEL_MIN_ROWS {
         // candle's own pool, the one its matmuls use: with a second pool (rayon)
@@ -310,6 +319,10 @@ mod tests {
         }];
         let out = attention(d, 0, &qkv, &vec![1.0; n], &vec![0.0; n], &mut kv, &seqs);
         let mean = (0..n).sum::<usize>() as f32 / n as f32;
-        assert!((out[2 * (n - 1)] - mean).abs() < 1e-5, "{}", out[2 * (n - 1)]);
+        assert!(
+            (out[2 * (n - 1)] - mean).abs() < 1e-5,
+            "{}",
+            out[2 * (n - 1)]
+        );
     }
 }

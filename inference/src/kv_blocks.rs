@@ -383,15 +383,15 @@ mod tests {
         let used = sequence(&mut kv, 1, 3);
         let kept = sequence(&mut kv, 100, 1);
         kv.release(&kept);
-        for i in 0..3 {
-            kv.layer_mut(used[i], 0).0[0] = i as f32 + 1.0;
+        for (i, &id) in used.iter().enumerate() {
+            kv.layer_mut(id, 0).0[0] = i as f32 + 1.0;
         }
         // Two more blocks wanted: the kept one goes, then the budget is
         // overrun rather than a used block taken.
         let more = [kv.allocate(), kv.allocate()];
         assert!(!more.iter().any(|id| used.contains(id)));
-        for i in 0..3 {
-            assert_eq!(kv.layer(used[i], 0).0[0], i as f32 + 1.0);
+        for (i, &id) in used.iter().enumerate() {
+            assert_eq!(kv.layer(id, 0).0[0], i as f32 + 1.0);
         }
         assert_eq!(kv.take_prefix(&[1, 2, 3]), used);
         assert!(kv.take_prefix(&[100]).is_empty(), "the kept block went");

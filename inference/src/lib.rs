@@ -3,7 +3,8 @@
 //!
 //! * [`llama`] — a llama decoder with a ragged batched forward over candle's
 //!   quantized matmuls (one forward per step for every running sequence);
-//! * [`kv_blocks`] — the CPU KV cache in blocks, shared by prompt prefix;
+//! * [`kv_blocks`] — the CPU KV cache in blocks, shared by prompt prefix, and
+//!   [`kv_events`] — which blocks a model holds, for `WatchKvBlocks`;
 //! * [`scheduler`] — continuous batching: admission, chunked prefill, sampling, stop
 //!   strings, cancellation and load reporting;
 //! * [`embed`] — BERT sentence embeddings;
@@ -21,6 +22,7 @@ pub mod devtools;
 pub mod embed;
 pub(crate) mod host_attention;
 pub mod kv_blocks;
+pub mod kv_events;
 pub mod llama;
 pub(crate) mod metrics;
 pub mod models;

@@ -24,10 +24,12 @@ pub struct Metrics {
     requests: IntCounterVec,
     queue_rejections: IntCounterVec,
     tokens: IntCounterVec,
+    prompt_tokens: IntCounterVec,
     ttft: HistogramVec,
     queued: IntGaugeVec,
     running: IntGaugeVec,
     kv_bytes: IntGaugeVec,
+    kv_kept_bytes: IntGaugeVec,
     loads: Loads,
 }
 
@@ -64,6 +66,11 @@ impl Metrics {
                 "Tokens generated",
                 per_model,
             ),
+            prompt_tokens: r.counter(
+                "gantry_backend_prompt_tokens_total",
+                "Prompt tokens of finished requests, by source: `computed` (prefilled) or `cached` (KV reused from an earlier request with the same prefix)",
+                &["model", "source"],
+            ),
             ttft: r.histogram(
                 "gantry_backend_time_to_first_token_seconds",
                 "Arrival to first generated token",
@@ -83,6 +90,11 @@ impl Metrics {
             kv_bytes: r.gauge(
                 "gantry_backend_kv_cache_bytes",
                 "Bytes of KV cache in use",
+                per_model,
+            ),
+            kv_kept_bytes: r.gauge(
+                "gantry_backend_kv_kept_bytes",
+                "Bytes of KV blocks kept for prefix reuse, no sequence using them",
                 per_model,
             ),
             loads: Arc::default(),
@@ -122,6 +134,16 @@ impl Metrics {
         }
     }
 
+    /// Count a finished generation's prompt: computed or reused.
+    pub fn prompt(&self, model: &str, prompt_tokens: usize, cached_tokens: usize) {
+        self.prompt_tokens
+            .with_label_values(&[model, "cached"])
+            .inc_by(cached_tokens as u64);
+        self.prompt_tokens
+            .with_label_values(&[model, "computed"])
+            .inc_by(prompt_tokens.saturating_sub(cached_tokens) as u64);
+    }
+
     /// The text exposition, gauges refreshed.
     pub fn render(&self) -> Vec<u8> {
         for (model, engine) in self.loads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
@@ -135,6 +157,9 @@ impl Metrics {
             self.kv_bytes
                 .with_label_values(&[model])
                 .set(l.kv_cache_bytes as i64);
+            self.kv_kept_bytes
+                .with_label_values(&[model])
+                .set(l.kv_kept_bytes as i64);
         }
         self.exported.encode()
     }

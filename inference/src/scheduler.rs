@@ -16,6 +16,7 @@
 //! block a sequence fills is named for the ones after it.
 
 use crate::kv_blocks::{KvBlocks, KvLimits};
+use crate::kv_events::{KvEventLog, KV_CHANGES_BUFFERED};
 use crate::llama::{argmax_rows, Llama, SeqCache};
 use crate::sequence::{sample, Sampler, TextStream};
 use candle_core::Tensor;
@@ -142,6 +143,7 @@ pub struct GenerateEngine {
     abort: Arc<AtomicBool>,
     limits: ModelLimits,
     load: watch::Receiver<Load>,
+    kv_log: Arc<KvEventLog>,
 }
 
 impl GenerateEngine {
@@ -169,8 +171,10 @@ impl GenerateEngine {
                 },
             },
         );
+        let kv_log = Arc::new(KvEventLog::new(KV_CHANGES_BUFFERED));
         let scheduler = Scheduler {
             kv,
+            kv_log: kv_log.clone(),
             model,
             tokenizer,
             eos,
@@ -196,7 +200,13 @@ impl GenerateEngine {
             abort,
             limits,
             load,
+            kv_log,
         }
+    }
+
+    /// Which KV blocks this model holds, and their changes.
+    pub fn kv_log(&self) -> &Arc<KvEventLog> {
+        &self.kv_log
     }
 
     /// Queue a request, or refuse at once when the queue is full.
@@ -313,6 +323,8 @@ struct Scheduler {
     model: Llama,
     /// Host KV blocks of every sequence, and those kept for reuse.
     kv: KvBlocks,
+    /// Where named and evicted blocks are told.
+    kv_log: Arc<KvEventLog>,
     tokenizer: Arc<Tokenizer>,
     eos: Vec<u32>,
     limits: ModelLimits,
@@ -632,8 +644,7 @@ impl Scheduler {
     }
 
     fn publish(&mut self) {
-        // Not published yet: kept from growing.
-        drop(self.kv.take_events());
+        self.kv_log.record(&self.kv.take_events());
         let now = Instant::now();
         let window: usize = self.recent.iter().map(|(_, n)| n).sum();
         let tokens_per_second = match self.recent.front() {

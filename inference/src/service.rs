@@ -1,8 +1,10 @@
 //! The `gantry.inference.v1.Inference` gRPC service: each request checked
 //! (a refusal names its field, see [`gantry_proto::violation`]), generation
-//! streamed from the scheduler, embeddings, the model list, and load reports.
+//! streamed from the scheduler, embeddings, the model list, load reports, and
+//! the KV blocks each model holds.
 
 use crate::chat::Message;
+use crate::kv_events::KvUpdate;
 use crate::metrics::Metrics;
 use crate::models::{resident_bytes, Served, State};
 use crate::prompt::{PromptEncoder, PromptError, PromptText};
@@ -30,6 +32,29 @@ use tonic::{Request, Response, Status};
 pub struct Service {
     pub(crate) state: Arc<State>,
     pub(crate) metrics: Metrics,
+}
+
+/// One model's KV block update on the wire.
+fn kv_blocks_update(model: &str, update: KvUpdate) -> pb::KvBlocksUpdate {
+    let block_tokens = gantry_proto::prefix::KV_BLOCK_TOKENS as u32;
+    match update {
+        KvUpdate::Snapshot(s) => pb::KvBlocksUpdate {
+            model: model.to_string(),
+            sequence: s.sequence,
+            snapshot: true,
+            block_tokens,
+            stored: s.blocks,
+            removed: Vec::new(),
+        },
+        KvUpdate::Change(c) => pb::KvBlocksUpdate {
+            model: model.to_string(),
+            sequence: c.sequence,
+            snapshot: false,
+            block_tokens,
+            stored: c.stored.clone(),
+            removed: c.removed.clone(),
+        },
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -346,14 +371,19 @@ impl Service {
         let stream = UnboundedReceiverStream::new(rx).map(move |e| {
             match &e {
                 Event::Finished {
+                    prompt_tokens,
+                    cached_tokens,
                     completion_tokens,
                     time_to_first_token,
                     ..
-                } => metrics.generated(
-                    &model_name,
-                    *completion_tokens,
-                    (*completion_tokens > 0).then_some(*time_to_first_token),
-                ),
+                } => {
+                    metrics.prompt(&model_name, *prompt_tokens, *cached_tokens);
+                    metrics.generated(
+                        &model_name,
+                        *completion_tokens,
+                        (*completion_tokens > 0).then_some(*time_to_first_token),
+                    );
+                }
                 Event::DeadlineExceeded { completion_tokens } => {
                     metrics.generated(&model_name, *completion_tokens, None);
                     metrics.request(&model_name, "Generate", tonic::Code::DeadlineExceeded);
@@ -434,6 +464,7 @@ impl Service {
 impl Inference for Service {
     type GenerateStream = BoxStream<pb::GenerateResponse>;
     type WatchLoadStream = BoxStream<pb::LoadReport>;
+    type WatchKvBlocksStream = BoxStream<pb::KvBlocksUpdate>;
 
     async fn generate(
         &self,
@@ -484,6 +515,37 @@ impl Inference for Service {
                 })
                 .collect(),
         }))
+    }
+
+    async fn watch_kv_blocks(
+        &self,
+        _request: Request<pb::WatchKvBlocksRequest>,
+    ) -> Result<Response<Self::WatchKvBlocksStream>, Status> {
+        let models = self.state.models()?;
+        let (tx, rx) = mpsc::channel(16);
+        // Every generation model's updates as one stream, each model's in order.
+        for m in models.values() {
+            let Served::Generate { engine, .. } = &m.served else {
+                continue;
+            };
+            let mut watch = engine.kv_log().watch();
+            let (name, tx) = (m.config.name.clone(), tx.clone());
+            tokio::spawn(async move {
+                loop {
+                    let update = tokio::select! {
+                        update = watch.next() => update,
+                        _ = tx.closed() => return,
+                    };
+                    let Some(update) = update else { return };
+                    if tx.send(Ok(kv_blocks_update(&name, update))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        // Open until the caller leaves, even with no generation model.
+        tokio::spawn(async move { tx.closed().await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn watch_load(

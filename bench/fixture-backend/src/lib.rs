@@ -1,5 +1,5 @@
 //! **A test and benchmark fixture, not a backend.** It speaks `gantry.inference.v1`
-//! (Generate, Embed, ListModels, WatchLoad) and `grpc.health.v1` exactly as
+//! (Generate, Embed, ListModels, WatchLoad, WatchKvBlocks) and `grpc.health.v1` exactly as
 //! `gantry backend` does, but "generates" `tok0 tok1 ...` on a timer instead of
 //! running a model. The gateway's tests use it to make one backend slow, full or
 //! dead on purpose; the gateway benchmark uses it so the gateway's own overhead is
@@ -8,8 +8,12 @@
 //! Each fixture runs on its own Tokio runtime, so [`Fixture::kill`] can drop every
 //! socket at once, as a crashed process would.
 
+mod prefix;
+
 use gantry_proto::inference_server::{Inference, InferenceServer};
 use gantry_proto::{self as pb, generate_response::Event};
+use prefix::PrefixCache;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -44,6 +48,8 @@ pub struct Behaviour {
     pub embed_models: Vec<String>,
     /// How often WatchLoad pushes a report.
     pub report_interval: Duration,
+    /// KV blocks each generation model remembers for prefix reuse (0: none).
+    pub prefix_cache_blocks: usize,
 }
 
 impl Default for Behaviour {
@@ -57,6 +63,7 @@ impl Default for Behaviour {
             models: vec!["fixture".into()],
             embed_models: vec!["fixture-embed".into()],
             report_interval: Duration::from_millis(20),
+            prefix_cache_blocks: 4096,
         }
     }
 }
@@ -82,6 +89,8 @@ struct Service {
     behaviour: Behaviour,
     stats: Arc<Stats>,
     slots: Arc<Semaphore>,
+    /// Per generation model.
+    prefixes: Arc<HashMap<String, PrefixCache>>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -90,6 +99,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl Inference for Service {
     type GenerateStream = BoxStream<pb::GenerateResponse>;
     type WatchLoadStream = BoxStream<pb::LoadReport>;
+    type WatchKvBlocksStream = BoxStream<pb::KvBlocksUpdate>;
 
     async fn generate(
         &self,
@@ -121,12 +131,14 @@ impl Inference for Service {
             max.min(b.tokens)
         };
         let (prompt_tokens, fails) = read_input(&req.input)?;
+        let cached_tokens = self.prefixes[&req.model].admit(&prefix::token_ids(&req.input));
         let n = if fails { n.min(1) } else { n };
         let (tx, rx) = mpsc::channel(4);
         let script = Script {
             tokens: n,
             fails,
             prompt_tokens,
+            cached_tokens,
             first: b.first_token_delay,
             gap: b.inter_token_delay,
             request_id: req.request_id,
@@ -227,6 +239,39 @@ impl Inference for Service {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    /// Each model's remembered blocks: a snapshot, then every change (a fresh
+    /// snapshot for a watcher that fell behind), open until the caller leaves.
+    async fn watch_kv_blocks(
+        &self,
+        _request: Request<pb::WatchKvBlocksRequest>,
+    ) -> Result<Response<Self::WatchKvBlocksStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        for model in &self.behaviour.models {
+            let (prefixes, model, tx) = (self.prefixes.clone(), model.clone(), tx.clone());
+            tokio::spawn(async move {
+                let (mut update, mut changes) = prefixes[&model].subscribe();
+                loop {
+                    if tx.send(Ok(update)).await.is_err() {
+                        return;
+                    }
+                    update = tokio::select! {
+                        change = changes.recv() => match change {
+                            Ok(change) => change,
+                            Err(_) => {
+                                let (snapshot, fresh) = prefixes[&model].subscribe();
+                                changes = fresh;
+                                snapshot
+                            }
+                        },
+                        _ = tx.closed() => return,
+                    };
+                }
+            });
+        }
+        tokio::spawn(async move { tx.closed().await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 }
 
 struct Decrement<'a>(&'a AtomicU32);
@@ -286,7 +331,18 @@ impl Fixture {
             tokio::net::TcpListener::from_std(std_listener).expect("fixture listener")
         };
         let stats = Arc::new(Stats::default());
+        let prefixes = behaviour
+            .models
+            .iter()
+            .map(|m| {
+                (
+                    m.clone(),
+                    PrefixCache::new(m, behaviour.prefix_cache_blocks),
+                )
+            })
+            .collect();
         let service = Service {
+            prefixes: Arc::new(prefixes),
             slots: Arc::new(Semaphore::new(behaviour.max_running as usize)),
             behaviour,
             stats: stats.clone(),
@@ -331,6 +387,7 @@ struct Script {
     tokens: u32,
     fails: bool,
     prompt_tokens: u32,
+    cached_tokens: u32,
     first: Duration,
     gap: Duration,
     request_id: String,
@@ -394,7 +451,7 @@ async fn play(
         usage: Some(pb::Usage {
             prompt_tokens: script.prompt_tokens,
             completion_tokens: script.tokens,
-            cached_tokens: 0,
+            cached_tokens: script.cached_tokens,
         }),
         queue_time_us: 0,
         time_to_first_token_us: script.first.as_micros() as u64,

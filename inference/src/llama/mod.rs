@@ -19,9 +19,9 @@
 
 use crate::host_attention::{self, SeqRows};
 use crate::kv_blocks::{BlockId, BlockLayout, KvBlocks};
-use gantry_proto::prefix::KV_BLOCK_TOKENS;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, D};
+use gantry_proto::prefix::KV_BLOCK_TOKENS;
 
 mod load;
 

@@ -582,3 +582,87 @@ async fn huge_prompts_are_refused_at_once_while_health_keeps_answering() {
     );
     backend.shutdown().await.unwrap();
 }
+
+/// The next KV block update of model `GEN` on a WatchKvBlocks stream.
+async fn next_kv_update(stream: &mut tonic::Streaming<pb::KvBlocksUpdate>) -> pb::KvBlocksUpdate {
+    loop {
+        let update = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("an update in time")
+            .unwrap()
+            .expect("stream open");
+        if update.model == GEN {
+            return update;
+        }
+    }
+}
+
+#[tokio::test]
+async fn watchers_see_the_blocks_a_prompt_fills_named_as_the_gateway_names_them() {
+    let backend = start(small()).await;
+    let mut c = client(backend.addr).await;
+    let mut watch = c
+        .watch_kv_blocks(pb::WatchKvBlocksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_kv_update(&mut watch).await;
+    assert!(first.snapshot && first.stored.is_empty(), "{first:?}");
+    assert_eq!(
+        first.block_tokens as usize,
+        gantry_proto::prefix::KV_BLOCK_TOKENS
+    );
+
+    // 70 prompt tokens: four whole blocks, named as they fill.
+    let ids: Vec<u32> = (0..70).map(|i| 1000 + i * 3).collect();
+    let request = |max_tokens| pb::GenerateRequest {
+        model: GEN.into(),
+        input: Some(pb::generate_request::Input::TokenIds(pb::TokenIdsInput {
+            ids: ids.clone(),
+        })),
+        sampling: Some(pb::SamplingParams {
+            max_tokens,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (_, _, fin) = collect(c.generate(request(2)).await.unwrap().into_inner())
+        .await
+        .unwrap();
+    assert_eq!(fin.usage.unwrap().cached_tokens, 0);
+    let want = gantry_proto::prefix::block_hashes(&ids);
+    let mut stored = Vec::new();
+    let mut sequence = first.sequence;
+    while stored.len() < want.len() {
+        let change = next_kv_update(&mut watch).await;
+        assert!(!change.snapshot);
+        assert_eq!(change.sequence, sequence + 1, "numbered without gaps");
+        sequence = change.sequence;
+        stored.extend(change.stored);
+    }
+    assert_eq!(
+        stored, want,
+        "the backend names blocks as gantry_proto::prefix does"
+    );
+
+    // The same prompt again reuses them, and says so in its usage.
+    let (_, _, fin) = collect(c.generate(request(2)).await.unwrap().into_inner())
+        .await
+        .unwrap();
+    assert_eq!(fin.usage.unwrap().cached_tokens, 64);
+
+    // A watcher that (re)connects now starts from a snapshot holding them.
+    let mut again = c
+        .watch_kv_blocks(pb::WatchKvBlocksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = next_kv_update(&mut again).await;
+    assert!(snapshot.snapshot);
+    assert!(snapshot.sequence >= sequence);
+    assert!(
+        want.iter().all(|h| snapshot.stored.contains(h)),
+        "{snapshot:?}"
+    );
+    backend.shutdown().await.unwrap();
+}

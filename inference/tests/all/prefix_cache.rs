@@ -69,22 +69,34 @@ fn reusable(prompt: &[u32]) -> usize {
 
 #[tokio::test]
 async fn a_repeated_prompt_reuses_every_whole_block_and_decodes_the_same_tokens() {
-    let prompt = tokens(&format!("{SYSTEM}\nQuestion: when is the first train to York?"));
-    assert!(prompt.len() > 3 * KV_BLOCK_TOKENS, "{} tokens", prompt.len());
+    let prompt = tokens(&format!(
+        "{SYSTEM}\nQuestion: when is the first train to York?"
+    ));
+    assert!(
+        prompt.len() > 3 * KV_BLOCK_TOKENS,
+        "{} tokens",
+        prompt.len()
+    );
     let reference = generate(&without_reuse(), &prompt, 12).await;
     assert_eq!(reference.1, 0, "nothing reused with prefix_cache_bytes = 0");
 
     let e = engine(limits(8, 8));
     let first = generate(&e, &prompt, 12).await;
     let again = generate(&e, &prompt, 12).await;
-    assert_eq!(first, (reference.0.clone(), 0), "a cold cache reuses nothing");
+    assert_eq!(
+        first,
+        (reference.0.clone(), 0),
+        "a cold cache reuses nothing"
+    );
     assert_eq!(again.1, reusable(&prompt), "a full hit");
     assert_eq!(again.0, reference.0, "same greedy tokens as without reuse");
 }
 
 #[tokio::test]
 async fn a_prompt_sharing_only_a_prefix_reuses_its_blocks_and_no_more() {
-    let a = tokens(&format!("{SYSTEM}\nQuestion: when is the first train to York?"));
+    let a = tokens(&format!(
+        "{SYSTEM}\nQuestion: when is the first train to York?"
+    ));
     let b = tokens(&format!(
         "{SYSTEM}\nQuestion: which platform does the slow train to Leeds leave from on \
          Sundays, and is there a lift to it?"
@@ -107,7 +119,9 @@ async fn a_prompt_sharing_only_a_prefix_reuses_its_blocks_and_no_more() {
 
 #[tokio::test]
 async fn a_newcomer_reuses_the_blocks_of_a_sequence_still_running() {
-    let long = tokens(&format!("{SYSTEM}\nWrite the timetable from 6am to noon, hour by hour:"));
+    let long = tokens(&format!(
+        "{SYSTEM}\nWrite the timetable from 6am to noon, hour by hour:"
+    ));
     let follow = tokens(&format!(
         "{SYSTEM}\nWrite the timetable from 6am to noon, hour by hour: and then the evening."
     ));
@@ -133,7 +147,10 @@ async fn a_newcomer_reuses_the_blocks_of_a_sequence_still_running() {
         "{cached} of the running prompt's {} tokens reused",
         long.len()
     );
-    assert_eq!(follow_ids, want_follow, "the newcomer decodes as without reuse");
+    assert_eq!(
+        follow_ids, want_follow,
+        "the newcomer decodes as without reuse"
+    );
     assert_eq!(long_ids, want_long, "the running sequence is undisturbed");
 }
 
@@ -146,7 +163,9 @@ async fn kept_blocks_stay_within_prefix_cache_bytes_and_are_freed_when_no_longer
         prefix_cache_bytes: 2 * block as u64,
         ..limits(8, 8)
     });
-    let prompt = tokens(&format!("{SYSTEM}\nQuestion: when is the first train to York?"));
+    let prompt = tokens(&format!(
+        "{SYSTEM}\nQuestion: when is the first train to York?"
+    ));
     generate(&e, &prompt, 4).await;
     let load = e.load().borrow().clone();
     assert_eq!(load.kv_kept_bytes, 2 * block, "kept up to the bound");

@@ -381,7 +381,11 @@ impl Generation<'_> {
             }
             Event::Finished(f) => {
                 let usage = f.usage.unwrap_or_default();
-                let usage = Usage::new(usage.prompt_tokens, usage.completion_tokens);
+                let usage = Usage::new(
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    usage.cached_tokens,
+                );
                 let labels = [
                     self.api.model_label(&self.answer.model),
                     self.backend.label.as_str(),

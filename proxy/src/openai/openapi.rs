@@ -43,6 +43,7 @@ use utoipa::OpenApi;
         Embedding,
         EmbeddingVector,
         EmbeddingUsage,
+        PromptTokensDetails,
         ModelList,
         Model,
         ErrorResponse,

@@ -107,6 +107,45 @@ async fn chat_completion_answers_with_the_generated_text_and_usage() {
 }
 
 #[tokio::test]
+async fn a_repeated_prefix_is_reported_as_cached_prompt_tokens_as_openai_does() {
+    let backend = Fixture::start(Behaviour::default());
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let system = "You answer questions about trains. ".repeat(10);
+    let ask = |question: &str, stream: bool| {
+        let mut body = json!({"model": "fixture", "stream": stream, "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": question},
+        ]});
+        if stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        body
+    };
+    let cold = json(post(&gw, "/v1/chat/completions", &ask("First train?", false)).await).await;
+    assert_eq!(
+        cold["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{cold}"
+    );
+    let warm = json(post(&gw, "/v1/chat/completions", &ask("Last train?", false)).await).await;
+    let cached = warm["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    // The fixture counts a word as a token: the role and 50 words of the shared
+    // system message hold three whole blocks of 16.
+    assert_eq!(cached, 48, "{warm}");
+    assert!(cached < warm["usage"]["prompt_tokens"].as_u64().unwrap());
+    // Streamed, the usage chunk says the same.
+    let res = post(&gw, "/v1/chat/completions", &ask("Any train?", true)).await;
+    let text = res.text().await.unwrap();
+    let events = events(&text);
+    let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(
+        usage["usage"]["prompt_tokens_details"]["cached_tokens"], 48,
+        "{usage}"
+    );
+}
+
+#[tokio::test]
 async fn streamed_chat_sends_each_token_as_it_arrives_then_usage_then_done() {
     let backend = Fixture::start(Behaviour {
         tokens: 4,

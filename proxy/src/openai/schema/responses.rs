@@ -13,15 +13,26 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// The sum.
     pub total_tokens: u32,
+    /// What the prompt's tokens were.
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// The prompt's tokens in detail, as OpenAI reports them.
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens the backend did not compute: their KV cache was reused
+    /// from an earlier request with the same prefix.
+    pub cached_tokens: u32,
 }
 
 impl Usage {
     /// From the backend's counts.
-    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
+    pub fn new(prompt_tokens: u32, completion_tokens: u32, cached_tokens: u32) -> Self {
         Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens },
         }
     }
 }

@@ -1,0 +1,139 @@
+//! The fixture's stand-in for a backend's prefix cache: it remembers the whole
+//! blocks of the prompts it has seen (named as `gantry.inference.v1` names KV
+//! blocks, [`gantry_proto::prefix`]), reports the prefix a new prompt shares
+//! with them as `cached_tokens`, and tells watchers (`WatchKvBlocks`) what it
+//! holds, so the gateway's prefix-aware routing can be tested without a model.
+//!
+//! Its "tokens": token ids as given; for text, one id per whitespace-separated
+//! word (XXH3 of the word), a chat message being its role then its words.
+
+use gantry_proto::prefix::{block_hashes, KV_BLOCK_TOKENS};
+use gantry_proto::{self as pb};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+
+/// Changes kept for a watcher that is behind (then it gets a fresh snapshot).
+const CHANGES_BUFFERED: usize = 256;
+
+/// A prompt's token ids as the fixture counts them.
+pub fn token_ids(input: &Option<pb::generate_request::Input>) -> Vec<u32> {
+    let word = |w: &str| xxhash_rust::xxh3::xxh3_64(w.as_bytes()) as u32;
+    match input {
+        Some(pb::generate_request::Input::TokenIds(t)) => t.ids.clone(),
+        Some(pb::generate_request::Input::Prompt(p)) => p.split_whitespace().map(word).collect(),
+        Some(pb::generate_request::Input::Chat(c)) => c
+            .messages
+            .iter()
+            .flat_map(|m| std::iter::once(m.role.as_str()).chain(m.content.split_whitespace()))
+            .map(word)
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+struct Held {
+    sequence: u64,
+    blocks: HashSet<u64>,
+    /// Oldest first, evicted past the bound.
+    order: VecDeque<u64>,
+}
+
+/// One model's remembered blocks.
+pub struct PrefixCache {
+    model: String,
+    max_blocks: usize,
+    held: Mutex<Held>,
+    changes: broadcast::Sender<pb::KvBlocksUpdate>,
+}
+
+impl PrefixCache {
+    /// Remember at most `max_blocks` blocks for `model` (0: none, no reuse).
+    pub fn new(model: &str, max_blocks: usize) -> PrefixCache {
+        PrefixCache {
+            model: model.to_string(),
+            max_blocks,
+            held: Mutex::new(Held {
+                sequence: 0,
+                blocks: HashSet::new(),
+                order: VecDeque::new(),
+            }),
+            changes: broadcast::channel(CHANGES_BUFFERED).0,
+        }
+    }
+
+    /// A prompt arrives: the tokens it reuses (whole blocks before its last
+    /// token, as the real backend counts them); its blocks are remembered.
+    pub fn admit(&self, ids: &[u32]) -> u32 {
+        if self.max_blocks == 0 || ids.is_empty() {
+            return 0;
+        }
+        let reusable = block_hashes(&ids[..ids.len() - 1]);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let hit = reusable
+            .iter()
+            .take_while(|h| held.blocks.contains(h))
+            .count();
+        let (mut stored, mut removed) = (Vec::new(), Vec::new());
+        for hash in block_hashes(ids) {
+            if held.blocks.insert(hash) {
+                held.order.push_back(hash);
+                stored.push(hash);
+            }
+        }
+        while held.order.len() > self.max_blocks {
+            let old = held.order.pop_front().expect("non-empty");
+            held.blocks.remove(&old);
+            match stored.iter().position(|h| *h == old) {
+                Some(i) => {
+                    stored.remove(i);
+                }
+                None => removed.push(old),
+            }
+        }
+        if !stored.is_empty() || !removed.is_empty() {
+            held.sequence += 1;
+            let _ = self.changes.send(pb::KvBlocksUpdate {
+                model: self.model.clone(),
+                sequence: held.sequence,
+                snapshot: false,
+                block_tokens: KV_BLOCK_TOKENS as u32,
+                stored,
+                removed,
+            });
+        }
+        (hit * KV_BLOCK_TOKENS) as u32
+    }
+
+    /// A snapshot and the changes after it.
+    pub fn subscribe(&self) -> (pb::KvBlocksUpdate, broadcast::Receiver<pb::KvBlocksUpdate>) {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = pb::KvBlocksUpdate {
+            model: self.model.clone(),
+            sequence: held.sequence,
+            snapshot: true,
+            block_tokens: KV_BLOCK_TOKENS as u32,
+            stored: held.order.iter().copied().collect(),
+            removed: Vec::new(),
+        };
+        (snapshot, self.changes.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_prompt_reuses_its_whole_blocks_and_the_bound_holds() {
+        let cache = PrefixCache::new("m", 4);
+        let ids: Vec<u32> = (0..40).collect();
+        assert_eq!(cache.admit(&ids), 0);
+        assert_eq!(cache.admit(&ids), 32);
+        let other: Vec<u32> = (100..200).collect();
+        cache.admit(&other);
+        let (snapshot, _) = cache.subscribe();
+        assert_eq!(snapshot.stored.len(), 4, "bounded");
+        assert_eq!(cache.admit(&ids), 0, "evicted oldest first");
+    }
+}
