@@ -41,6 +41,9 @@ max_running = 16
 max_queued = 64
 max_context = 2048
 max_tokens = 1024
+# Every stream sends the same prompt: with reuse on they would share its KV
+# blocks, which llama.cpp's run does not. bench/prefix-cache.sh measures reuse.
+prefix_cache_bytes = 0
 [[models]]
 name = "all-minilm-l6-v2"
 kind = "embed"

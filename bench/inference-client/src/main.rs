@@ -7,6 +7,12 @@
 //! very same prompt) with greedy decoding and no stop strings. Per stream: time
 //! to first token and decode rate after the first token; per level: aggregate
 //! generated tokens/s over the wall time of the level.
+//!
+//! With `--prefix-ttft ROUNDS --prefix-text FILE` it measures the prefix cache
+//! instead: per round a prefix never sent before (the file's text after a
+//! round-specific first line) with one question (cold), then the same prefix
+//! with another question (warm); median time to first token of each, and the
+//! prompt tokens the warm one reused.
 
 use clap::Parser;
 use gantry_proto::v1 as pb;
@@ -20,7 +26,7 @@ struct Args {
     model: String,
     /// Prompt token ids, comma-separated (the bench script makes them with the
     /// model's tokenizer so llama.cpp sees the same prompt).
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     prompt_ids: String,
     #[arg(long, default_value_t = 128)]
     max_tokens: u32,
@@ -29,18 +35,36 @@ struct Args {
     /// Runs per level; the best is reported.
     #[arg(long, default_value_t = 2)]
     repeat: usize,
+    /// Measure cold against warm prefixes for this many rounds, then stop.
+    #[arg(long, requires = "prefix_text")]
+    prefix_ttft: Option<usize>,
+    /// The shared text of `--prefix-ttft` (a system prompt).
+    #[arg(long)]
+    prefix_text: Option<std::path::PathBuf>,
 }
 
 struct Stream {
     ttft: Duration,
     total: Duration,
     tokens: usize,
+    cached_tokens: u32,
+    prompt_tokens: u32,
 }
 
 async fn one(
-    mut client: pb::inference_client::InferenceClient<tonic::transport::Channel>,
+    client: pb::inference_client::InferenceClient<tonic::transport::Channel>,
     model: String,
     ids: Vec<u32>,
+    max_tokens: u32,
+) -> anyhow::Result<Stream> {
+    let input = pb::generate_request::Input::TokenIds(pb::TokenIdsInput { ids });
+    generate(client, model, input, max_tokens).await
+}
+
+async fn generate(
+    mut client: pb::inference_client::InferenceClient<tonic::transport::Channel>,
+    model: String,
+    input: pb::generate_request::Input,
     max_tokens: u32,
 ) -> anyhow::Result<Stream> {
     let started = Instant::now();
@@ -48,9 +72,7 @@ async fn one(
         .generate(pb::GenerateRequest {
             model,
             request_id: String::new(),
-            input: Some(pb::generate_request::Input::TokenIds(pb::TokenIdsInput {
-                ids,
-            })),
+            input: Some(input),
             sampling: Some(pb::SamplingParams {
                 max_tokens,
                 ..Default::default()
@@ -60,6 +82,8 @@ async fn one(
         .into_inner();
     let mut ttft = None;
     let mut tokens = 0;
+    let mut cached_tokens = 0;
+    let mut prompt_tokens = 0;
     while let Some(msg) = stream.message().await? {
         match msg.event {
             Some(pb::generate_response::Event::Delta(d)) => {
@@ -67,10 +91,11 @@ async fn one(
                 tokens += d.token_ids.len();
             }
             Some(pb::generate_response::Event::Finished(f)) => {
-                tokens = f
-                    .usage
-                    .map(|u| u.completion_tokens as usize)
-                    .unwrap_or(tokens);
+                if let Some(u) = f.usage {
+                    tokens = u.completion_tokens as usize;
+                    cached_tokens = u.cached_tokens;
+                    prompt_tokens = u.prompt_tokens;
+                }
             }
             None => {}
         }
@@ -79,19 +104,69 @@ async fn one(
         ttft: ttft.unwrap_or_default(),
         total: started.elapsed(),
         tokens,
+        cached_tokens,
+        prompt_tokens,
     })
+}
+
+/// Cold against warm time to first token of a prefix, `rounds` times.
+async fn prefix_ttft(
+    client: pb::inference_client::InferenceClient<tonic::transport::Channel>,
+    model: &str,
+    text: &str,
+    rounds: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let (mut cold, mut warm, mut cached) = (Vec::new(), Vec::new(), 0);
+    let mut prompt_tokens = 0;
+    for round in 0..rounds {
+        let ask = |question: &str| {
+            pb::generate_request::Input::Prompt(format!(
+                "Session {round}.\n{text}\nQuestion: {question}\nAnswer:"
+            ))
+        };
+        let first = generate(client.clone(), model.into(), ask("where?"), 4).await?;
+        let again = generate(client.clone(), model.into(), ask("when?"), 4).await?;
+        cold.push(first.ttft.as_secs_f64() * 1e3);
+        warm.push(again.ttft.as_secs_f64() * 1e3);
+        cached = again.cached_tokens;
+        prompt_tokens = again.prompt_tokens;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (cold, warm) = (median(&mut cold), median(&mut warm));
+    Ok(serde_json::json!({
+        "prompt_tokens": prompt_tokens,
+        "rounds": rounds,
+        "cold_ttft_ms": cold,
+        "warm_ttft_ms": warm,
+        "warm_over_cold": warm / cold,
+        "warm_cached_tokens": cached,
+    }))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let client =
+        pb::inference_client::InferenceClient::connect(format!("http://{}", args.addr)).await?;
+    if let (Some(rounds), Some(file)) = (args.prefix_ttft, &args.prefix_text) {
+        let text = std::fs::read_to_string(file)?;
+        // Warm-up, on text no round starts with.
+        let warm_up = pb::generate_request::Input::Prompt(text.clone());
+        generate(client.clone(), args.model.clone(), warm_up, 8).await?;
+        println!(
+            "{}",
+            prefix_ttft(client, &args.model, &text, rounds.max(1)).await?
+        );
+        return Ok(());
+    }
     let ids: Vec<u32> = args
         .prompt_ids
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()?;
-    let client =
-        pb::inference_client::InferenceClient::connect(format!("http://{}", args.addr)).await?;
     // Warm-up.
     one(client.clone(), args.model.clone(), ids.clone(), 8).await?;
     for &n in &args.concurrency {
