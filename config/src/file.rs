@@ -71,6 +71,10 @@ pub const DEFAULT_INFERENCE_MAX_INPUT_BYTES: usize = 1 << 20;
 /// Texts one embeddings request may hold (OpenAI's limit); more get a 400
 /// naming `input`.
 pub const DEFAULT_INFERENCE_MAX_EMBEDDING_INPUTS: usize = 2048;
+/// KV block names the gateway indexes per backend and model (from the
+/// backend's `WatchKvBlocks` stream); names past it are dropped. 65,536 names
+/// cover a million tokens of cached prefixes in about 1 MiB.
+pub const DEFAULT_PREFIX_INDEX_MAX_BLOCKS: usize = 1 << 16;
 /// CPU one plugin hook call may use before it is interrupted, in milliseconds.
 pub const DEFAULT_PLUGIN_CPU_PER_CALL_MS: u64 = 5;
 /// Linear memory one plugin instance may grow to, in bytes (32 MiB).
@@ -372,6 +376,9 @@ pub struct InferencePoolSection {
     pub max_input_bytes: Option<usize>,
     /// Texts per embeddings request. Default [`DEFAULT_INFERENCE_MAX_EMBEDDING_INPUTS`].
     pub max_embedding_inputs: Option<usize>,
+    /// KV block names indexed per backend and model, for prefix-aware picks.
+    /// Default [`DEFAULT_PREFIX_INDEX_MAX_BLOCKS`].
+    pub prefix_index_max_blocks: Option<usize>,
 }
 
 /// What a route serves besides proxying.

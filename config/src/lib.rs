@@ -289,6 +289,8 @@ pub struct InferencePool {
     pub resolve_interval: Duration,
     /// What one request may ask the gateway to hold.
     pub input: InputLimits,
+    /// KV block names indexed per backend and model.
+    pub prefix_index_max_blocks: usize,
 }
 
 /// What one inference request may carry, checked by the gateway before any

@@ -91,6 +91,9 @@ async fn generate(
                 tokens += d.token_ids.len();
             }
             Some(pb::generate_response::Event::Finished(f)) => {
+                // A first token that ends the answer (end of sequence) sends
+                // no delta: the answer's end is its first token then.
+                ttft.get_or_insert_with(|| started.elapsed());
                 if let Some(u) = f.usage {
                     tokens = u.completion_tokens as usize;
                     cached_tokens = u.cached_tokens;

@@ -195,6 +195,11 @@ pub(super) fn convert_inference_pool(
             p.resolve_interval_ms,
             DEFAULT_RESOLVE_INTERVAL_MS,
         ),
+        prefix_index_max_blocks: c.at_least_one(
+            format!("{at}.prefix_index_max_blocks"),
+            p.prefix_index_max_blocks,
+            DEFAULT_PREFIX_INDEX_MAX_BLOCKS,
+        ),
         input: InputLimits {
             max_messages: c.at_least_one(
                 format!("{at}.max_messages"),

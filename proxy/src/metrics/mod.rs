@@ -162,6 +162,12 @@ pub struct BackendMetrics {
     /// `gantry_inference_backend_ejections_total{pool,backend}`: a failed call
     /// took the backend out of rotation (a request's own fault never does).
     pub ejections: IntCounterVec,
+    /// `gantry_inference_backend_prefix_blocks{pool,backend,model}`: KV block
+    /// names indexed for the backend (from its `WatchKvBlocks` stream).
+    pub prefix_blocks: IntGaugeVec,
+    /// `gantry_inference_prefix_index_problems_total{pool,backend,problem}`:
+    /// updates not applied in full, by [`crate::upstream::prefix_index::IndexProblem`].
+    pub prefix_index_problems: IntCounterVec,
 }
 
 impl BackendMetrics {
@@ -191,6 +197,16 @@ impl BackendMetrics {
                 "gantry_inference_backend_ejections_total",
                 "Times a failed call took an inference backend out of rotation",
                 POOL_BACKEND,
+            ),
+            prefix_blocks: r.gauge(
+                "gantry_inference_backend_prefix_blocks",
+                "KV block names indexed for an inference backend, per model",
+                &["pool", "backend", "model"],
+            ),
+            prefix_index_problems: r.counter(
+                "gantry_inference_prefix_index_problems_total",
+                "KV block updates not applied in full: gap (changes missed; resubscribed) or over_limit (names past prefix_index_max_blocks dropped)",
+                &["pool", "backend", "problem"],
             ),
         }
     }

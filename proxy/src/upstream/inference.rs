@@ -9,16 +9,21 @@
 //! immediately, not after a polling interval. A failed call ejects it for
 //! [`EJECT_AFTER_FAILURE`]; it is back once that passes and its watch says healthy.
 //!
+//! A third stream, `WatchKvBlocks`, keeps an index of the KV blocks the backend
+//! holds per model ([`super::prefix_index`]); it is emptied whenever that stream
+//! ends, and a backend without it (an older one) simply has none indexed.
+//!
 //! The picker is power of two choices: two random eligible backends, the less
 //! loaded wins. Load is the larger of what the backend reported and what this
 //! gateway itself has in flight there (the report is up to one push old; our own
 //! count is exact for our traffic), divided by the backend's `max_running`, so a
 //! bigger GPU takes proportionally more.
 
+use super::prefix_index::BackendBlocks;
 use crate::metrics::Metrics;
 use gantry_config::InferencePool as PoolConfig;
 use gantry_proto::inference_client::InferenceClient;
-use gantry_proto::{LoadReport, WatchLoadRequest};
+use gantry_proto::{LoadReport, WatchKvBlocksRequest, WatchLoadRequest};
 use rand::Rng;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -84,7 +89,10 @@ pub struct InferenceBackend {
     own_tokens: AtomicU64,
     /// `gantry_inference_backend_ejections_total` for this backend.
     ejections: prometheus::IntCounter,
-    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The KV blocks it holds, per model, from its `WatchKvBlocks` stream.
+    blocks: RwLock<BackendBlocks>,
+    /// Its watch tasks, stopped when it is dropped.
+    watchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn now_ms() -> u64 {
@@ -183,7 +191,7 @@ impl InferenceBackend {
 
 impl Drop for InferenceBackend {
     fn drop(&mut self) {
-        if let Some(w) = self.watcher.lock().expect("watcher lock").take() {
+        for w in self.watchers.lock().expect("watchers lock").drain(..) {
             w.abort();
         }
     }
@@ -343,14 +351,24 @@ impl InferencePool {
                 .backends
                 .ejections
                 .with_label_values(&[&self.config.name, &addr.to_string()]),
-            watcher: Mutex::new(None),
+            blocks: RwLock::default(),
+            watchers: Mutex::new(Vec::new()),
         });
-        let task = self.runtime.spawn(watch(
-            Arc::downgrade(&backend),
-            watched,
-            self.metrics.clone(),
-        ));
-        *backend.watcher.lock().expect("watcher lock") = Some(task);
+        let tasks = vec![
+            self.runtime.spawn(watch(
+                Arc::downgrade(&backend),
+                watched.clone(),
+                self.metrics.clone(),
+            )),
+            self.runtime.spawn(watch_kv_blocks(
+                Arc::downgrade(&backend),
+                watched,
+                self.config.models.clone(),
+                self.config.prefix_index_max_blocks,
+                self.metrics.clone(),
+            )),
+        ];
+        *backend.watchers.lock().expect("watchers lock") = tasks;
         backend
     }
 
@@ -416,6 +434,14 @@ impl InferencePool {
                     .set(i64::from(l.running));
                 g.with_label_values(&[l3[0], l3[1], l3[2], "tokens_in_flight"])
                     .set(l.tokens_in_flight as i64);
+            }
+            let blocks = b.blocks.read().expect("blocks lock");
+            for model in &self.config.models {
+                self.metrics
+                    .backends
+                    .prefix_blocks
+                    .with_label_values(&[self.config.name.as_str(), b.label.as_str(), model])
+                    .set(blocks.len(model) as i64);
             }
         }
     }
@@ -512,6 +538,50 @@ async fn watch(
                 .with_label_values(&[&pool, &label])
                 .inc();
         }
+        drop(b);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+    }
+}
+
+/// Keep a backend's KV block index in step with its `WatchKvBlocks` stream:
+/// a snapshot then changes; on a gap, or when the stream ends, the index is
+/// emptied and the stream reopened (a snapshot makes it exact again).
+async fn watch_kv_blocks(
+    backend: std::sync::Weak<InferenceBackend>,
+    channel: Channel,
+    models: Vec<String>,
+    max_blocks: usize,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = WATCH_BACKOFF_MIN;
+    loop {
+        let mut client =
+            InferenceClient::new(channel.clone()).max_decoding_message_size(MAX_ANSWER_BYTES);
+        if let Ok(stream) = client.watch_kv_blocks(WatchKvBlocksRequest {}).await {
+            backoff = WATCH_BACKOFF_MIN;
+            let mut stream = stream.into_inner();
+            while let Ok(Some(update)) = stream.message().await {
+                let Some(b) = backend.upgrade() else { return };
+                let applied = b
+                    .blocks
+                    .write()
+                    .expect("blocks lock")
+                    .apply(update, &models, max_blocks);
+                if let Err(problem) = applied {
+                    metrics
+                        .backends
+                        .prefix_index_problems
+                        .with_label_values(&[&b.pool, &b.label, problem.label()])
+                        .inc();
+                    if problem == super::prefix_index::IndexProblem::Gap {
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(b) = backend.upgrade() else { return };
+        b.blocks.write().expect("blocks lock").clear();
         drop(b);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);

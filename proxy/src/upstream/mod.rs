@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod inference;
+pub mod prefix_index;
 
 pub use self::http::HttpPool;
 pub use self::inference::{InferenceBackend, InferencePool};
