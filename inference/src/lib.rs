@@ -17,7 +17,7 @@
 //! Pingora, the gateway (`gantry`), the plugin host; it knows the gateway only
 //! through `gantry-proto`.
 
-pub mod chat;
+pub use gantry_prompt::chat;
 pub mod devtools;
 pub mod embed;
 pub(crate) mod host_attention;
@@ -26,7 +26,7 @@ pub mod kv_events;
 pub mod llama;
 pub(crate) mod metrics;
 pub mod models;
-pub mod prompt;
+pub use gantry_prompt::prompt;
 pub mod scheduler;
 pub mod sequence;
 pub mod server;

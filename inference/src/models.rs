@@ -125,6 +125,13 @@ pub(crate) fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
                 .model
                 .forward(&mut kv, &mut [(warm.get_ids(), &mut cache)])?;
             let tokenizer = Arc::new(loaded.tokenizer);
+            let prompts = Arc::new(PromptEncoder::new(
+                tokenizer.clone(),
+                loaded.chat_template,
+                tokenizer_parallelism(),
+            ));
+            // Made now, so GetPromptFormat and ListModels answer at once.
+            prompts.format().map_err(anyhow::Error::msg)?;
             Served::Generate {
                 engine: GenerateEngine::start(
                     &config.name,
@@ -133,11 +140,7 @@ pub(crate) fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
                     loaded.eos,
                     limits,
                 ),
-                prompts: Arc::new(PromptEncoder::new(
-                    tokenizer,
-                    loaded.chat_template,
-                    tokenizer_parallelism(),
-                )),
+                prompts,
                 vocab,
             }
         }

@@ -512,8 +512,38 @@ impl Inference for Service {
                     max_running: m.limits.max_running as u32,
                     max_queued: m.limits.max_queued as u32,
                     device: m.config.device.to_string(),
+                    prompt_format_fingerprint: match &m.served {
+                        Served::Generate { prompts, .. } => {
+                            prompts.format().map_or(0, |f| f.fingerprint())
+                        }
+                        Served::Embed { .. } => 0,
+                    },
                 })
                 .collect(),
+        }))
+    }
+
+    async fn get_prompt_format(
+        &self,
+        request: Request<pb::GetPromptFormatRequest>,
+    ) -> Result<Response<pb::PromptFormat>, Status> {
+        let name = request.into_inner().model;
+        let models = self.state.models()?;
+        let Some(Served::Generate { prompts, .. }) = models.get(&name).map(|m| &m.served) else {
+            return Err(Status::not_found(format!(
+                "no generation model `{name}` here; see ListModels"
+            )));
+        };
+        let format = prompts
+            .format()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::PromptFormat {
+            model: name,
+            tokenizer_json: format.tokenizer_json.clone(),
+            chat_template: format.chat_template.clone(),
+            bos_token: format.bos_token.clone(),
+            eos_token: format.eos_token.clone(),
+            fingerprint: format.fingerprint(),
         }))
     }
 

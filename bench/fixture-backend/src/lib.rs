@@ -189,6 +189,7 @@ impl Inference for Service {
             max_running: b.max_running,
             max_queued: b.max_queued,
             device: "fixture".into(),
+            prompt_format_fingerprint: 0,
         };
         let models = b
             .models
@@ -238,6 +239,16 @@ impl Inference for Service {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    /// The fixture has no tokenizer to hand out.
+    async fn get_prompt_format(
+        &self,
+        _request: Request<pb::GetPromptFormatRequest>,
+    ) -> Result<Response<pb::PromptFormat>, Status> {
+        Err(Status::unimplemented(
+            "the fixture backend has no tokenizer",
+        ))
     }
 
     /// Each model's remembered blocks: a snapshot, then every change (a fresh

@@ -666,3 +666,125 @@ async fn watchers_see_the_blocks_a_prompt_fills_named_as_the_gateway_names_them(
     );
     backend.shutdown().await.unwrap();
 }
+
+/// Chats as a client might send them: several roles, digits, emoji, control-token
+/// look-alikes in the content, and lengths that end blocks anywhere.
+fn varied_chats() -> Vec<Vec<pb::ChatMessage>> {
+    let words = [
+        "train",
+        "platform",
+        "12345",
+        "York",
+        "<|im_end|>",
+        "<|im_start|>system",
+        "café",
+        "🚆",
+        "  spaced  ",
+        "\n",
+        "Leeds,",
+        "tickets?",
+        "a",
+        "timetable",
+    ];
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    (0..6)
+        .map(|_| {
+            let turns = 1 + next(4);
+            (0..turns)
+                .map(|t| pb::ChatMessage {
+                    role: match (t, next(3)) {
+                        (0, 0) => "system",
+                        (t, _) if t % 2 == 1 => "assistant",
+                        _ => "user",
+                    }
+                    .into(),
+                    content: (0..5 + next(40))
+                        .map(|_| words[next(words.len())])
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_router_given_the_prompt_format_tokenizes_and_names_blocks_as_the_backend_does() {
+    let backend = start(small()).await;
+    let mut c = client(backend.addr).await;
+    let format = c
+        .get_prompt_format(pb::GetPromptFormatRequest { model: GEN.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let local = gantry_prompt::PromptFormat {
+        tokenizer_json: format.tokenizer_json,
+        chat_template: format.chat_template,
+        bos_token: format.bos_token,
+        eos_token: format.eos_token,
+    };
+    assert_eq!(local.fingerprint(), format.fingerprint);
+    let listed = c
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let info = listed.models.iter().find(|m| m.name == GEN).unwrap();
+    assert_eq!(info.prompt_format_fingerprint, format.fingerprint);
+    let router = gantry_prompt::PromptEncoder::from_format(&local, 1).unwrap();
+
+    let mut watch = c
+        .watch_kv_blocks(pb::WatchKvBlocksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut named: std::collections::HashSet<u64> = next_kv_update(&mut watch)
+        .await
+        .stored
+        .into_iter()
+        .collect();
+    for messages in varied_chats() {
+        let chat = messages
+            .iter()
+            .map(|m| gantry_prompt::chat::Message {
+                role: m.role.clone(),
+                content: m.content.clone(),
+            })
+            .collect();
+        let ids = router
+            .encode_now(&gantry_prompt::PromptText::Chat(chat))
+            .unwrap();
+        let request = pb::GenerateRequest {
+            model: GEN.into(),
+            input: Some(pb::generate_request::Input::Chat(pb::ChatInput {
+                messages,
+            })),
+            sampling: Some(pb::SamplingParams {
+                max_tokens: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (_, _, fin) = collect(c.generate(request).await.unwrap().into_inner())
+            .await
+            .unwrap();
+        assert_eq!(
+            fin.usage.unwrap().prompt_tokens as usize,
+            ids.len(),
+            "the same token count"
+        );
+        // With one token generated, the cache holds the prompt alone: its whole
+        // blocks are named, by the names the router computes.
+        let want = gantry_proto::prefix::block_hashes(&ids);
+        while !want.iter().all(|h| named.contains(h)) {
+            named.extend(next_kv_update(&mut watch).await.stored);
+        }
+    }
+    backend.shutdown().await.unwrap();
+}

@@ -167,7 +167,18 @@ async fn kept_blocks_stay_within_prefix_cache_bytes_and_are_freed_when_no_longer
         "{SYSTEM}\nQuestion: when is the first train to York?"
     ));
     generate(&e, &prompt, 4).await;
-    let load = e.load().borrow().clone();
+    // The load is published after the step that finished the request.
+    let mut watch = e.load();
+    let load = loop {
+        let load = watch.borrow_and_update().clone();
+        if load.running == 0 {
+            break load;
+        }
+        tokio::time::timeout(Duration::from_secs(30), watch.changed())
+            .await
+            .expect("the load is published")
+            .unwrap();
+    };
     assert_eq!(load.kv_kept_bytes, 2 * block, "kept up to the bound");
     assert_eq!(load.kv_cache_bytes, 0, "no sequence uses a block");
     // The two kept are the chain's first two (the deepest go first): still a hit.

@@ -15,7 +15,8 @@
 //!   checks and streams on the runtime are never stuck behind a long prompt.
 
 use crate::chat::{ChatTemplate, Message};
-use std::sync::Arc;
+use crate::format::PromptFormat;
+use std::sync::{Arc, OnceLock};
 use tokenizers::Tokenizer;
 use tokio::sync::Semaphore;
 
@@ -77,6 +78,8 @@ pub struct PromptEncoder {
     /// Placeholder stem for message contents, random per process.
     placeholder: String,
     slots: Arc<Semaphore>,
+    /// This encoder as data, made on first use.
+    format: OnceLock<PromptFormat>,
 }
 
 impl PromptEncoder {
@@ -102,7 +105,47 @@ impl PromptEncoder {
             longest_token_bytes,
             placeholder: format!("\u{e000}gantry-{:016x}-", rand::random::<u64>()),
             slots: Arc::new(Semaphore::new(parallelism.max(1))),
+            format: OnceLock::new(),
         }
+    }
+
+    /// The encoder another process builds from `format` gives the same ids as
+    /// the one `format` came from ([`Self::format`]).
+    pub fn from_format(format: &PromptFormat, parallelism: usize) -> Result<Self, PromptError> {
+        let tokenizer: Tokenizer = format
+            .tokenizer_json
+            .parse()
+            .map_err(|e| PromptError::Internal(format!("tokenizer_json: {e}")))?;
+        let chat = format
+            .chat_template
+            .as_deref()
+            .map(|source| ChatTemplate::new(source, &format.bos_token, &format.eos_token))
+            .transpose()
+            .map_err(|e| PromptError::Internal(format!("chat_template: {e}")))?;
+        let encoder = PromptEncoder::new(Arc::new(tokenizer), chat, parallelism);
+        let _ = encoder.format.set(format.clone());
+        Ok(encoder)
+    }
+
+    /// This encoder as data, for [`Self::from_format`] elsewhere.
+    pub fn format(&self) -> Result<&PromptFormat, PromptError> {
+        if let Some(format) = self.format.get() {
+            return Ok(format);
+        }
+        let tokenizer_json = self
+            .template_tokenizer
+            .to_string(false)
+            .map_err(|e| PromptError::Internal(format!("serializing the tokenizer: {e}")))?;
+        let (chat_template, (bos, eos)) = match &self.chat {
+            Some(chat) => (Some(chat.source().to_string()), chat.special_tokens()),
+            None => (None, ("", "")),
+        };
+        Ok(self.format.get_or_init(|| PromptFormat {
+            tokenizer_json,
+            chat_template,
+            bos_token: bos.to_string(),
+            eos_token: eos.to_string(),
+        }))
     }
 
     /// How many prompts may be tokenized at once.

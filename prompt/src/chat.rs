@@ -16,6 +16,7 @@ pub struct Message {
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos: String,
     eos: String,
 }
@@ -31,9 +32,20 @@ impl ChatTemplate {
         env.add_template_owned(TEMPLATE_NAME, source.to_string())?;
         Ok(ChatTemplate {
             env,
+            source: source.to_string(),
             bos: bos.to_string(),
             eos: eos.to_string(),
         })
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The `bos_token` and `eos_token` strings the template is given.
+    pub fn special_tokens(&self) -> (&str, &str) {
+        (&self.bos, &self.eos)
     }
 
     /// Render `messages`, followed by the assistant's turn opener.
