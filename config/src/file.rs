@@ -71,6 +71,11 @@ pub const DEFAULT_INFERENCE_MAX_INPUT_BYTES: usize = 1 << 20;
 /// Texts one embeddings request may hold (OpenAI's limit); more get a 400
 /// naming `input`.
 pub const DEFAULT_INFERENCE_MAX_EMBEDDING_INPUTS: usize = 2048;
+/// Default `prefix_max_extra_load`: the backend holding a prompt's prefix is
+/// picked while it runs at most half its `max_running` more than the least
+/// loaded backend; beyond that, load wins (a popular prefix must not pile all
+/// its traffic on one backend).
+pub const DEFAULT_PREFIX_MAX_EXTRA_LOAD: f64 = 0.5;
 /// KV block names the gateway indexes per backend and model (from the
 /// backend's `WatchKvBlocks` stream); names past it are dropped. 65,536 names
 /// cover a million tokens of cached prefixes in about 1 MiB.
@@ -306,6 +311,19 @@ pub enum LoadBalancing {
     ConsistentHash,
 }
 
+/// How an inference pool picks a backend for a generation request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferenceRouting {
+    /// The less loaded of two random backends (power of two choices).
+    #[default]
+    Load,
+    /// The backend holding the longest prefix of the prompt's KV blocks, unless
+    /// it is busier than the least loaded by more than `prefix_max_extra_load`;
+    /// by load when none holds any.
+    Prefix,
+}
+
 /// The key hashed by `consistent_hash`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -379,6 +397,13 @@ pub struct InferencePoolSection {
     /// KV block names indexed per backend and model, for prefix-aware picks.
     /// Default [`DEFAULT_PREFIX_INDEX_MAX_BLOCKS`].
     pub prefix_index_max_blocks: Option<usize>,
+    /// `load` (default) or `prefix`.
+    #[serde(default)]
+    pub routing: InferenceRouting,
+    /// With `routing = "prefix"`: how much busier (in requests per `max_running`
+    /// slot) the backend holding the prompt's prefix may be than the least
+    /// loaded one and still be picked. Default [`DEFAULT_PREFIX_MAX_EXTRA_LOAD`].
+    pub prefix_max_extra_load: Option<f64>,
 }
 
 /// What a route serves besides proxying.

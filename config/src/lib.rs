@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{Builtin, FailureMode, HashOn, HealthCheckKind, LoadBalancing};
+pub use file::{Builtin, FailureMode, HashOn, HealthCheckKind, InferenceRouting, LoadBalancing};
 
 /// The default configuration compiled into the binary, used by `gantry serve` without
 /// `--config`. Kept as `config/examples/default.toml`.
@@ -291,6 +291,10 @@ pub struct InferencePool {
     pub input: InputLimits,
     /// KV block names indexed per backend and model.
     pub prefix_index_max_blocks: usize,
+    /// How a generation request's backend is picked.
+    pub routing: InferenceRouting,
+    /// With prefix routing: extra load (requests per slot) the prefix holder may carry.
+    pub prefix_max_extra_load: f64,
 }
 
 /// What one inference request may carry, checked by the gateway before any

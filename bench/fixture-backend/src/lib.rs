@@ -91,6 +91,9 @@ struct Service {
     slots: Arc<Semaphore>,
     /// Per generation model.
     prefixes: Arc<HashMap<String, PrefixCache>>,
+    /// The prompt format of every generation model, and its encoder.
+    format: gantry_prompt::PromptFormat,
+    encoder: Arc<gantry_prompt::PromptEncoder>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -130,8 +133,10 @@ impl Inference for Service {
         } else {
             max.min(b.tokens)
         };
-        let (prompt_tokens, fails) = read_input(&req.input)?;
-        let cached_tokens = self.prefixes[&req.model].admit(&prefix::token_ids(&req.input));
+        let fails = read_input(&req.input)?;
+        let ids = prefix::token_ids(&self.encoder, &req.input);
+        let prompt_tokens = ids.len() as u32;
+        let cached_tokens = self.prefixes[&req.model].admit(&ids);
         let n = if fails { n.min(1) } else { n };
         let (tx, rx) = mpsc::channel(4);
         let script = Script {
@@ -189,7 +194,7 @@ impl Inference for Service {
             max_running: b.max_running,
             max_queued: b.max_queued,
             device: "fixture".into(),
-            prompt_format_fingerprint: 0,
+            prompt_format_fingerprint: self.format.fingerprint(),
         };
         let models = b
             .models
@@ -241,14 +246,24 @@ impl Inference for Service {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    /// The fixture has no tokenizer to hand out.
+    /// The fixture's byte-level prompt format, for every generation model.
     async fn get_prompt_format(
         &self,
-        _request: Request<pb::GetPromptFormatRequest>,
+        request: Request<pb::GetPromptFormatRequest>,
     ) -> Result<Response<pb::PromptFormat>, Status> {
-        Err(Status::unimplemented(
-            "the fixture backend has no tokenizer",
-        ))
+        let model = request.into_inner().model;
+        if !self.behaviour.models.contains(&model) {
+            return Err(Status::not_found(format!("model `{model}` is not served")));
+        }
+        let f = &self.format;
+        Ok(Response::new(pb::PromptFormat {
+            model,
+            tokenizer_json: f.tokenizer_json.clone(),
+            chat_template: f.chat_template.clone(),
+            bos_token: f.bos_token.clone(),
+            eos_token: f.eos_token.clone(),
+            fingerprint: f.fingerprint(),
+        }))
     }
 
     /// Each model's remembered blocks: a snapshot, then every change (a fresh
@@ -352,7 +367,12 @@ impl Fixture {
                 )
             })
             .collect();
+        let format = prefix::format();
+        let encoder =
+            gantry_prompt::PromptEncoder::from_format(&format, 1).expect("fixture format");
         let service = Service {
+            encoder: Arc::new(encoder),
+            format,
             prefixes: Arc::new(prefixes),
             slots: Arc::new(Semaphore::new(behaviour.max_running as usize)),
             behaviour,
@@ -480,23 +500,14 @@ async fn play(
     drop(permit);
 }
 
-/// The prompt's length in (whitespace) tokens, and whether it asks to fail
-/// (contains [`FAIL_SEQUENCE_MARKER`]).
-fn read_input(input: &Option<pb::generate_request::Input>) -> Result<(u32, bool), Status> {
-    let prompt_tokens = match input {
-        Some(pb::generate_request::Input::Prompt(p)) => p.split_whitespace().count() as u32,
-        Some(pb::generate_request::Input::Chat(c)) => c
-            .messages
-            .iter()
-            .map(|m| m.content.split_whitespace().count() as u32 + 3)
-            .sum(),
-        Some(pb::generate_request::Input::TokenIds(t)) => t.ids.len() as u32,
-        None => {
-            return Err(Status::invalid_argument(
-                "one of prompt, chat or token_ids must be set",
-            ))
-        }
-    };
+/// Whether the prompt asks to fail (contains [`FAIL_SEQUENCE_MARKER`]);
+/// refused when it has no input at all.
+fn read_input(input: &Option<pb::generate_request::Input>) -> Result<bool, Status> {
+    if input.is_none() {
+        return Err(Status::invalid_argument(
+            "one of prompt, chat or token_ids must be set",
+        ));
+    }
     let fails = match input {
         Some(pb::generate_request::Input::Prompt(p)) => p.contains(FAIL_SEQUENCE_MARKER),
         Some(pb::generate_request::Input::Chat(c)) => c
@@ -505,5 +516,5 @@ fn read_input(input: &Option<pb::generate_request::Input>) -> Result<(u32, bool)
             .any(|m| m.content.contains(FAIL_SEQUENCE_MARKER)),
         _ => false,
     };
-    Ok((prompt_tokens, fails))
+    Ok(fails)
 }

@@ -4,9 +4,11 @@
 //! with them as `cached_tokens`, and tells watchers (`WatchKvBlocks`) what it
 //! holds, so the gateway's prefix-aware routing can be tested without a model.
 //!
-//! Its "tokens": token ids as given; for text, one id per whitespace-separated
-//! word (XXH3 of the word), a chat message being its role then its words.
+//! Its tokens: token ids as given; text through its own prompt format
+//! ([`format`]): one token per byte, and a chat rendered as `role: content`
+//! lines, which it hands to the gateway (`GetPromptFormat`) like a real backend.
 
+use gantry_prompt::{PromptEncoder, PromptFormat, PromptText};
 use gantry_proto::prefix::{block_hashes, KV_BLOCK_TOKENS};
 use gantry_proto::{self as pb};
 use std::collections::{HashSet, VecDeque};
@@ -16,20 +18,54 @@ use tokio::sync::broadcast;
 /// Changes kept for a watcher that is behind (then it gets a fresh snapshot).
 const CHANGES_BUFFERED: usize = 256;
 
-/// A prompt's token ids as the fixture counts them.
-pub fn token_ids(input: &Option<pb::generate_request::Input>) -> Vec<u32> {
-    let word = |w: &str| xxhash_rust::xxh3::xxh3_64(w.as_bytes()) as u32;
-    match input {
-        Some(pb::generate_request::Input::TokenIds(t)) => t.ids.clone(),
-        Some(pb::generate_request::Input::Prompt(p)) => p.split_whitespace().map(word).collect(),
-        Some(pb::generate_request::Input::Chat(c)) => c
-            .messages
-            .iter()
-            .flat_map(|m| std::iter::once(m.role.as_str()).chain(m.content.split_whitespace()))
-            .map(word)
-            .collect(),
-        None => Vec::new(),
+/// The fixture's chat template.
+const TEMPLATE: &str =
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:";
+
+/// The fixture's prompt format: a byte-level tokenizer (one token per byte,
+/// no merges) and [`TEMPLATE`].
+pub fn format() -> PromptFormat {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let mut bytes: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    bytes.sort_unstable();
+    let vocab: tokenizers::models::bpe::Vocab = bytes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, Vec::new())
+        .build()
+        .expect("a byte-level vocabulary");
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, false, false)));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    PromptFormat {
+        tokenizer_json: tokenizer.to_string(false).expect("serializable"),
+        chat_template: Some(TEMPLATE.into()),
+        bos_token: String::new(),
+        eos_token: String::new(),
     }
+}
+
+/// A prompt's token ids as the fixture counts them.
+pub fn token_ids(encoder: &PromptEncoder, input: &Option<pb::generate_request::Input>) -> Vec<u32> {
+    let text = match input {
+        Some(pb::generate_request::Input::TokenIds(t)) => return t.ids.clone(),
+        Some(pb::generate_request::Input::Prompt(p)) => PromptText::Text(p.clone()),
+        Some(pb::generate_request::Input::Chat(c)) => PromptText::Chat(
+            c.messages
+                .iter()
+                .map(|m| gantry_prompt::chat::Message {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                })
+                .collect(),
+        ),
+        None => return Vec::new(),
+    };
+    encoder.encode_now(&text).unwrap_or_default()
 }
 
 struct Held {

@@ -195,6 +195,17 @@ pub(super) fn convert_inference_pool(
             p.resolve_interval_ms,
             DEFAULT_RESOLVE_INTERVAL_MS,
         ),
+        routing: p.routing,
+        prefix_max_extra_load: match p.prefix_max_extra_load {
+            Some(x) if !(x.is_finite() && x >= 0.0) => {
+                c.fail(
+                    format!("{at}.prefix_max_extra_load"),
+                    format!("must be a number ≥ 0 (requests per max_running slot), not {x}"),
+                );
+                DEFAULT_PREFIX_MAX_EXTRA_LOAD
+            }
+            x => x.unwrap_or(DEFAULT_PREFIX_MAX_EXTRA_LOAD),
+        },
         prefix_index_max_blocks: c.at_least_one(
             format!("{at}.prefix_index_max_blocks"),
             p.prefix_index_max_blocks,

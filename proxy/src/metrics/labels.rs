@@ -148,6 +148,8 @@ pub enum Direction {
     In,
     /// Generated.
     Out,
+    /// Prompt tokens the backend reused from its prefix cache (part of `in`).
+    Cached,
 }
 
 impl Direction {
@@ -156,6 +158,7 @@ impl Direction {
         match self {
             Direction::In => "in",
             Direction::Out => "out",
+            Direction::Cached => "cached",
         }
     }
 }

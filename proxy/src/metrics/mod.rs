@@ -101,7 +101,8 @@ pub struct InferenceMetrics {
     pub inter_token: HistogramVec,
     /// `gantry_inference_queue_seconds{model,backend}`: time queued at the backend.
     pub queue: HistogramVec,
-    /// `gantry_inference_tokens_total{model,backend,direction}`: `in` (prompt), `out`.
+    /// `gantry_inference_tokens_total{model,backend,direction}`: `in` (prompt),
+    /// `out`, `cached` (prompt tokens reused by the backend).
     tokens: IntCounterVec,
     /// `gantry_inference_retries_total{pool}`: requests sent to a second backend
     /// after the first failed before its first token.
@@ -168,6 +169,13 @@ pub struct BackendMetrics {
     /// `gantry_inference_prefix_index_problems_total{pool,backend,problem}`:
     /// updates not applied in full, by [`crate::upstream::prefix_index::IndexProblem`].
     pub prefix_index_problems: IntCounterVec,
+    /// `gantry_inference_picks_total{pool,reason}`: backends picked, by why:
+    /// `load`, `prefix` (it held the prompt's longest prefix), `imbalance` (the
+    /// prefix holder was too busy; picked by load).
+    pub picks: IntCounterVec,
+    /// `gantry_inference_prefix_blocks_total{pool,result}`: a prefix-routed
+    /// prompt's reusable KV blocks, `matched` at the picked backend or `missed`.
+    pub prefix_blocks_total: IntCounterVec,
 }
 
 impl BackendMetrics {
@@ -202,6 +210,16 @@ impl BackendMetrics {
                 "gantry_inference_backend_prefix_blocks",
                 "KV block names indexed for an inference backend, per model",
                 &["pool", "backend", "model"],
+            ),
+            picks: r.counter(
+                "gantry_inference_picks_total",
+                "Inference backends picked, by reason: load, prefix or imbalance",
+                &["pool", "reason"],
+            ),
+            prefix_blocks_total: r.counter(
+                "gantry_inference_prefix_blocks_total",
+                "Reusable KV blocks of prefix-routed prompts: matched at the picked backend, or missed",
+                &["pool", "result"],
             ),
             prefix_index_problems: r.counter(
                 "gantry_inference_prefix_index_problems_total",

@@ -21,6 +21,8 @@ pub(super) struct Attempts<'a> {
     model: &'a str,
     deadline: Instant,
     tried: Vec<SocketAddr>,
+    /// The prompt's KV block names, for a prefix-aware pick (empty: by load).
+    prefix: Vec<u64>,
     /// Why the last attempt failed.
     last: Option<ApiError>,
 }
@@ -41,8 +43,15 @@ impl<'a> Attempts<'a> {
             model,
             deadline,
             tried: Vec::new(),
+            prefix: Vec::new(),
             last: None,
         }
+    }
+
+    /// Pick by where the prompt's prefix is (`prefix`: its block names).
+    pub fn with_prefix(mut self, prefix: Vec<u64>) -> Self {
+        self.prefix = prefix;
+        self
     }
 
     /// Whether the pool's retries allow another attempt.
@@ -62,14 +71,19 @@ impl<'a> Attempts<'a> {
     /// failure if there was one, else 429 (all saturated) or 503 (none healthy).
     fn next_backend(&mut self, outcome: &mut Outcome) -> Result<Arc<InferenceBackend>, ApiError> {
         let name = &self.pool.config.name;
-        let backend = self.pool.pick(self.model, &self.tried).map_err(|why| {
-            self.last.take().unwrap_or_else(|| match why {
-                NoPick::Saturated => {
-                    ApiError::saturated(name, "every queue is full", DEFAULT_RETRY_AFTER_SECONDS)
-                }
-                NoPick::NoneHealthy => ApiError::no_backend(name),
-            })
-        })?;
+        let backend = self
+            .pool
+            .pick(self.model, &self.prefix, &self.tried)
+            .map_err(|why| {
+                self.last.take().unwrap_or_else(|| match why {
+                    NoPick::Saturated => ApiError::saturated(
+                        name,
+                        "every queue is full",
+                        DEFAULT_RETRY_AFTER_SECONDS,
+                    ),
+                    NoPick::NoneHealthy => ApiError::no_backend(name),
+                })
+            })?;
         if !self.tried.is_empty() {
             self.api
                 .metrics

@@ -128,7 +128,10 @@ impl Api {
                 n => u64::from(n),
             };
         let model = call.request.model.clone();
-        let mut attempts = Attempts::new(self, pool, &model, deadline);
+        let prefix = pool
+            .prompt_blocks(&model, call.request.input.as_ref())
+            .await;
+        let mut attempts = Attempts::new(self, pool, &model, deadline).with_prefix(prefix);
         loop {
             let request = &call.request;
             let opened = attempts
@@ -398,6 +401,12 @@ impl Generation<'_> {
                     .observe(f.queue_time_us as f64 / 1e6);
                 let (model, backend) = (labels[0], labels[1]);
                 metrics.tokens(model, backend, Direction::In, usage.prompt_tokens.into());
+                metrics.tokens(
+                    model,
+                    backend,
+                    Direction::Cached,
+                    usage.prompt_tokens_details.cached_tokens.into(),
+                );
                 metrics.tokens(
                     model,
                     backend,

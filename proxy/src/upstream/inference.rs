@@ -20,8 +20,11 @@
 //! bigger GPU takes proportionally more.
 
 use super::prefix_index::BackendBlocks;
+use super::prompts::PoolPrompts;
 use crate::metrics::Metrics;
 use gantry_config::InferencePool as PoolConfig;
+use gantry_config::InferenceRouting;
+use gantry_proto::generate_request::Input;
 use gantry_proto::inference_client::InferenceClient;
 use gantry_proto::{LoadReport, WatchKvBlocksRequest, WatchLoadRequest};
 use rand::Rng;
@@ -187,6 +190,14 @@ impl InferenceBackend {
     pub fn own_requests(&self) -> u32 {
         self.own_requests.load(Ordering::Relaxed)
     }
+
+    /// How many of a prompt's block names (first first) it holds for `model`.
+    fn matched_blocks(&self, model: &str, prefix: &[u64]) -> usize {
+        self.blocks
+            .read()
+            .expect("blocks lock")
+            .matched_blocks(model, prefix)
+    }
 }
 
 impl Drop for InferenceBackend {
@@ -246,6 +257,8 @@ pub struct InferencePool {
     /// Requests in flight to it from this gateway.
     inflight: std::sync::atomic::AtomicUsize,
     backends: RwLock<Arc<Vec<Arc<InferenceBackend>>>>,
+    /// With prefix routing: each model's prompt encoder.
+    prompts: Arc<PoolPrompts>,
     metrics: Arc<Metrics>,
     runtime: Handle,
 }
@@ -258,6 +271,7 @@ impl InferencePool {
             config,
             inflight: std::sync::atomic::AtomicUsize::new(0),
             backends: RwLock::new(Arc::new(Vec::new())),
+            prompts: Arc::default(),
             metrics,
             runtime: runtime.clone(),
         });
@@ -372,8 +386,35 @@ impl InferencePool {
         backend
     }
 
-    /// Pick a backend for `model`, leaving out `tried` (addresses already tried).
-    pub fn pick(&self, model: &str, tried: &[SocketAddr]) -> Result<Arc<InferenceBackend>, NoPick> {
+    /// The names of the prompt's reusable KV blocks, for [`Self::pick`]: empty
+    /// unless the pool routes by prefix and the model's prompt format is here
+    /// (fetched in the background on first need).
+    pub async fn prompt_blocks(&self, model: &str, input: Option<&Input>) -> Vec<u64> {
+        let Some(input) = input.filter(|_| self.config.routing == InferenceRouting::Prefix) else {
+            return Vec::new();
+        };
+        let endpoint = || {
+            self.backends()
+                .iter()
+                .find(|b| b.eligible())
+                .map(|b| b.endpoint.clone())
+        };
+        match self.prompts.encoder(model, endpoint, &self.runtime) {
+            Some(encoder) => super::prompts::prompt_blocks(&encoder, input).await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Pick a backend for `model`, leaving out `tried` (addresses already
+    /// tried): the one holding the longest run of `prefix` (the prompt's block
+    /// names) unless it is busier than the least loaded by more than
+    /// `prefix_max_extra_load`; otherwise the less loaded of two at random.
+    pub fn pick(
+        &self,
+        model: &str,
+        prefix: &[u64],
+        tried: &[SocketAddr],
+    ) -> Result<Arc<InferenceBackend>, NoPick> {
         let all = self.backends();
         // One pass, one allocation: the healthy, unsaturated candidates.
         let mut any_healthy = false;
@@ -386,8 +427,19 @@ impl InferencePool {
         if !any_healthy {
             return Err(NoPick::NoneHealthy);
         }
+        if open.is_empty() {
+            return Err(NoPick::Saturated);
+        }
+        let reason = match self.by_prefix(model, prefix, &open) {
+            Ok(holder) => return Ok(holder.clone()),
+            Err(reason) => reason,
+        };
+        self.metrics
+            .backends
+            .picks
+            .with_label_values(&[&self.config.name, reason])
+            .inc();
         let (a, b) = match open.len() {
-            0 => return Err(NoPick::Saturated),
             1 => return Ok(open[0].clone()),
             n => {
                 let mut rng = rand::rng();
@@ -399,6 +451,56 @@ impl InferencePool {
         let (sa, sb) = (a.score(model), b.score(model));
         let first = sa.0 < sb.0 || (sa.0 == sb.0 && sa.1 <= sb.1);
         Ok(if first { a.clone() } else { b.clone() })
+    }
+
+    /// The backend of `open` holding the longest run of `prefix`, if it is not
+    /// too busy; else why not (the pick's reason: `load` or `imbalance`).
+    fn by_prefix<'b>(
+        &self,
+        model: &str,
+        prefix: &[u64],
+        open: &[&'b Arc<InferenceBackend>],
+    ) -> Result<&'b Arc<InferenceBackend>, &'static str> {
+        if prefix.is_empty() {
+            return Err("load");
+        }
+        let loads: Vec<f64> = open.iter().map(|b| b.score(model).0).collect();
+        let matched: Vec<usize> = open
+            .iter()
+            .map(|b| b.matched_blocks(model, prefix))
+            .collect();
+        // The longest match; among equals, the least loaded.
+        let best = (0..open.len())
+            .max_by(|&i, &j| {
+                matched[i]
+                    .cmp(&matched[j])
+                    .then(loads[j].total_cmp(&loads[i]))
+            })
+            .expect("open is not empty");
+        let counted = |result: &str, n: usize| {
+            self.metrics
+                .backends
+                .prefix_blocks_total
+                .with_label_values(&[&self.config.name, result])
+                .inc_by(n as u64);
+        };
+        if matched[best] == 0 {
+            counted("missed", prefix.len());
+            return Err("load");
+        }
+        let least = loads.iter().copied().fold(f64::INFINITY, f64::min);
+        if loads[best] - least > self.config.prefix_max_extra_load {
+            counted("missed", prefix.len());
+            return Err("imbalance");
+        }
+        counted("matched", matched[best]);
+        counted("missed", prefix.len() - matched[best]);
+        self.metrics
+            .backends
+            .picks
+            .with_label_values(&[&self.config.name, "prefix"])
+            .inc();
+        Ok(open[best])
     }
 
     /// Whether any backend takes traffic.

@@ -14,7 +14,7 @@ mod isolation;
 mod openai;
 mod plugin_calls;
 mod plugins;
-mod prefix_index;
+mod prefix_routing;
 mod python_openai;
 mod retry;
 mod routing;

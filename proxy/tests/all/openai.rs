@@ -82,8 +82,9 @@ async fn chat_completion_answers_with_the_generated_text_and_usage() {
     );
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     assert_eq!(body["usage"]["completion_tokens"], 8);
-    assert_eq!(body["usage"]["prompt_tokens"], 5);
-    assert_eq!(body["usage"]["total_tokens"], 13);
+    // The fixture's tokens are bytes of `user: hello there\nassistant:`.
+    assert_eq!(body["usage"]["prompt_tokens"], 28);
+    assert_eq!(body["usage"]["total_tokens"], 36);
     let sample = format!(
         "gantry_inference_requests_total{{backend=\"{}\",model=\"fixture\",status=\"200\"}}",
         backend.addr
@@ -130,9 +131,9 @@ async fn a_repeated_prefix_is_reported_as_cached_prompt_tokens_as_openai_does() 
     let cached = warm["usage"]["prompt_tokens_details"]["cached_tokens"]
         .as_u64()
         .unwrap();
-    // The fixture counts a word as a token: the role and 50 words of the shared
-    // system message hold three whole blocks of 16.
-    assert_eq!(cached, 48, "{warm}");
+    // The fixture's tokens are bytes: `system: ` and the 350-byte message, a
+    // newline and `user: ` are shared, 365 tokens or 22 whole blocks of 16.
+    assert_eq!(cached, 352, "{warm}");
     assert!(cached < warm["usage"]["prompt_tokens"].as_u64().unwrap());
     // Streamed, the usage chunk says the same.
     let res = post(&gw, "/v1/chat/completions", &ask("Any train?", true)).await;
@@ -140,7 +141,7 @@ async fn a_repeated_prefix_is_reported_as_cached_prompt_tokens_as_openai_does() 
     let events = events(&text);
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(
-        usage["usage"]["prompt_tokens_details"]["cached_tokens"], 48,
+        usage["usage"]["prompt_tokens_details"]["cached_tokens"], 352,
         "{usage}"
     );
 }

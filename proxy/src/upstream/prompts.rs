@@ -1,0 +1,126 @@
+//! A prefix-routed pool's prompt encoders, one per model, built from the
+//! format a backend hands out (`GetPromptFormat`): the gateway then computes a
+//! prompt's token ids, and so its KV block names, exactly as the backends do
+//! ([`gantry_prompt`]), without a tokenizer of its own to configure or keep in
+//! step.
+//!
+//! Fetched once per model, in the background, on the first request that needs
+//! it; requests go by load until it is ready (never held up). A failed fetch
+//! (no backend serving, a backend too old to answer) is tried again after
+//! [`REFETCH_AFTER_FAILURE`]. A backend whose tokenizer differed would name no
+//! block alike, so it would simply never match: the pick falls back to load.
+
+use gantry_prompt::{PromptEncoder, PromptFormat, PromptText};
+use gantry_proto::generate_request::Input;
+use gantry_proto::inference_client::InferenceClient;
+use gantry_proto::GetPromptFormatRequest;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// Wait before fetching a model's prompt format again after a failure.
+pub const REFETCH_AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// Prompts tokenized at once per model (on blocking threads).
+const TOKENIZING_AT_ONCE: usize = 2;
+/// Largest prompt format accepted (a tokenizer.json is a few MiB).
+const MAX_FORMAT_BYTES: usize = 64 << 20;
+
+enum State {
+    Fetching,
+    Ready(Arc<PromptEncoder>),
+    Failed(Instant),
+}
+
+/// Each model's encoder, once fetched.
+#[derive(Default)]
+pub struct PoolPrompts {
+    models: Mutex<HashMap<String, State>>,
+}
+
+impl PoolPrompts {
+    /// The encoder for `model` if it is ready; otherwise `None`, and a fetch
+    /// over `channel` is started on `runtime` when none is under way.
+    pub fn encoder(
+        self: &Arc<Self>,
+        model: &str,
+        endpoint: impl FnOnce() -> Option<Endpoint>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Option<Arc<PromptEncoder>> {
+        let mut models = self.models.lock().expect("prompts lock");
+        match models.get(model) {
+            Some(State::Ready(encoder)) => return Some(encoder.clone()),
+            Some(State::Fetching) => return None,
+            Some(State::Failed(at)) if at.elapsed() < REFETCH_AFTER_FAILURE => return None,
+            _ => {}
+        }
+        let endpoint = endpoint()?;
+        models.insert(model.to_string(), State::Fetching);
+        let (this, model) = (self.clone(), model.to_string());
+        runtime.spawn(async move {
+            let state = match fetch(endpoint.connect_lazy(), &model).await {
+                Ok(encoder) => State::Ready(Arc::new(encoder)),
+                Err(why) => {
+                    tracing::warn!(model = %model, error = %why, "no prompt format for prefix routing; routing by load");
+                    State::Failed(Instant::now())
+                }
+            };
+            this.models.lock().expect("prompts lock").insert(model, state);
+        });
+        None
+    }
+}
+
+async fn fetch(channel: Channel, model: &str) -> Result<PromptEncoder, String> {
+    let mut client = InferenceClient::new(channel).max_decoding_message_size(MAX_FORMAT_BYTES);
+    let format = client
+        .get_prompt_format(GetPromptFormatRequest {
+            model: model.to_string(),
+        })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    let format = PromptFormat {
+        tokenizer_json: format.tokenizer_json,
+        chat_template: format.chat_template,
+        bos_token: format.bos_token,
+        eos_token: format.eos_token,
+    };
+    // Parsing a tokenizer is CPU work: off the runtime.
+    tokio::task::spawn_blocking(move || PromptEncoder::from_format(&format, TOKENIZING_AT_ONCE))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// The KV block names of the whole blocks of `input`'s prompt that a backend
+/// could reuse (before its last token), as the backends name them; empty when
+/// the prompt cannot be encoded (the backend will say why).
+pub async fn prompt_blocks(encoder: &Arc<PromptEncoder>, input: &Input) -> Vec<u64> {
+    let text = match input {
+        Input::TokenIds(t) => return reusable_blocks(&t.ids),
+        Input::Prompt(p) => PromptText::Text(p.clone()),
+        Input::Chat(c) => PromptText::Chat(
+            c.messages
+                .iter()
+                .map(|m| gantry_prompt::chat::Message {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                })
+                .collect(),
+        ),
+    };
+    // The pool's input limits already bound the text; the context is the
+    // backend's to check.
+    match encoder.encode(text, "messages", usize::MAX).await {
+        Ok(ids) => reusable_blocks(&ids),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn reusable_blocks(ids: &[u32]) -> Vec<u64> {
+    match ids.split_last() {
+        Some((_, before_last)) => gantry_proto::prefix::block_hashes(before_last),
+        None => Vec::new(),
+    }
+}
