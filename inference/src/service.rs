@@ -230,14 +230,7 @@ impl Service {
                         format!("model {name} has no chat template; send a prompt instead"),
                     ));
                 }
-                let messages = c
-                    .messages
-                    .into_iter()
-                    .map(|m| Message {
-                        role: m.role,
-                        content: m.content,
-                    })
-                    .collect();
+                let messages = c.messages.into_iter().map(Message::from).collect();
                 (PromptText::Chat(messages), "chat.messages")
             }
         };

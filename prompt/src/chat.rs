@@ -12,6 +12,15 @@ pub struct Message {
     pub content: String,
 }
 
+impl From<gantry_proto::ChatMessage> for Message {
+    fn from(m: gantry_proto::ChatMessage) -> Self {
+        Message {
+            role: m.role,
+            content: m.content,
+        }
+    }
+}
+
 /// A compiled chat template.
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {

@@ -6,7 +6,8 @@
 //! Owns: rendering and tokenizing prompts. Used by the backend, which runs the
 //! model, and by the gateway, which names a prompt's KV blocks to send it where
 //! its prefix is already computed; both must get the very same ids. Must never
-//! import: candle, Pingora, another Gantry crate.
+//! import: candle, Pingora, a Gantry crate but `gantry-proto` (whose requests
+//! it reads).
 
 pub mod chat;
 pub mod format;

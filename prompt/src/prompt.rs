@@ -56,6 +56,19 @@ pub enum PromptText {
 }
 
 impl PromptText {
+    /// The text of a `GenerateRequest`'s input; `None` for token ids (nothing
+    /// to encode).
+    pub fn from_input(input: &gantry_proto::generate_request::Input) -> Option<PromptText> {
+        use gantry_proto::generate_request::Input;
+        match input {
+            Input::Prompt(p) => Some(PromptText::Text(p.clone())),
+            Input::Chat(c) => Some(PromptText::Chat(
+                c.messages.iter().cloned().map(Message::from).collect(),
+            )),
+            Input::TokenIds(_) => None,
+        }
+    }
+
     /// Bytes of client text.
     pub fn client_bytes(&self) -> usize {
         match self {

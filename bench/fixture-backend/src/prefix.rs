@@ -51,21 +51,13 @@ pub fn format() -> PromptFormat {
 
 /// A prompt's token ids as the fixture counts them.
 pub fn token_ids(encoder: &PromptEncoder, input: &Option<pb::generate_request::Input>) -> Vec<u32> {
-    let text = match input {
-        Some(pb::generate_request::Input::TokenIds(t)) => return t.ids.clone(),
-        Some(pb::generate_request::Input::Prompt(p)) => PromptText::Text(p.clone()),
-        Some(pb::generate_request::Input::Chat(c)) => PromptText::Chat(
-            c.messages
-                .iter()
-                .map(|m| gantry_prompt::chat::Message {
-                    role: m.role.clone(),
-                    content: m.content.clone(),
-                })
-                .collect(),
-        ),
-        None => return Vec::new(),
-    };
-    encoder.encode_now(&text).unwrap_or_default()
+    match input {
+        Some(pb::generate_request::Input::TokenIds(t)) => t.ids.clone(),
+        Some(input) => PromptText::from_input(input)
+            .and_then(|text| encoder.encode_now(&text).ok())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    }
 }
 
 struct Held {

@@ -82,6 +82,16 @@ pub fn model() -> &'static LoadedGguf {
     MODEL.get_or_init(|| Llama::load(&model_path(), &device(), quantization()).expect("load model"))
 }
 
+/// `text`'s token ids with the model under test's tokenizer (no template).
+pub fn encode(text: &str) -> Vec<u32> {
+    model()
+        .tokenizer
+        .encode(text, false)
+        .unwrap()
+        .get_ids()
+        .to_vec()
+}
+
 pub const GEN: &str = "smollm2-135m";
 pub const EMB: &str = "all-minilm-l6-v2";
 

@@ -10,15 +10,6 @@ fn blocks_for(m: &Llama) -> KvBlocks {
     KvBlocks::new(m.block_layout(), KvLimits::NO_REUSE)
 }
 
-fn encode(text: &str) -> Vec<u32> {
-    model()
-        .tokenizer
-        .encode(text, false)
-        .unwrap()
-        .get_ids()
-        .to_vec()
-}
-
 /// Greedy decoding of each prompt in one batch: prefill together, then one
 /// batched decode step per token.
 fn greedy_batch(prompts: &[Vec<u32>], steps: usize) -> Vec<Vec<u32>> {

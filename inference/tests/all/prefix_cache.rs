@@ -14,15 +14,6 @@ const SYSTEM: &str = "You are a careful assistant for a railway company. Answer 
     about timetables, tickets and platforms briefly, in plain English, and say so when \
     you do not know. Never invent a train that is not in the timetable.";
 
-fn tokens(text: &str) -> Vec<u32> {
-    model()
-        .tokenizer
-        .encode(text, false)
-        .unwrap()
-        .get_ids()
-        .to_vec()
-}
-
 /// Submit `prompt` for `max_tokens` greedy tokens; the receiver of its events.
 fn submit(e: &GenerateEngine, prompt: &[u32], max_tokens: usize) -> mpsc::UnboundedReceiver<Event> {
     let (events, rx) = mpsc::unbounded_channel();
@@ -69,7 +60,7 @@ fn reusable(prompt: &[u32]) -> usize {
 
 #[tokio::test]
 async fn a_repeated_prompt_reuses_every_whole_block_and_decodes_the_same_tokens() {
-    let prompt = tokens(&format!(
+    let prompt = encode(&format!(
         "{SYSTEM}\nQuestion: when is the first train to York?"
     ));
     assert!(
@@ -94,10 +85,10 @@ async fn a_repeated_prompt_reuses_every_whole_block_and_decodes_the_same_tokens(
 
 #[tokio::test]
 async fn a_prompt_sharing_only_a_prefix_reuses_its_blocks_and_no_more() {
-    let a = tokens(&format!(
+    let a = encode(&format!(
         "{SYSTEM}\nQuestion: when is the first train to York?"
     ));
-    let b = tokens(&format!(
+    let b = encode(&format!(
         "{SYSTEM}\nQuestion: which platform does the slow train to Leeds leave from on \
          Sundays, and is there a lift to it?"
     ));
@@ -119,10 +110,10 @@ async fn a_prompt_sharing_only_a_prefix_reuses_its_blocks_and_no_more() {
 
 #[tokio::test]
 async fn a_newcomer_reuses_the_blocks_of_a_sequence_still_running() {
-    let long = tokens(&format!(
+    let long = encode(&format!(
         "{SYSTEM}\nWrite the timetable from 6am to noon, hour by hour:"
     ));
-    let follow = tokens(&format!(
+    let follow = encode(&format!(
         "{SYSTEM}\nWrite the timetable from 6am to noon, hour by hour: and then the evening."
     ));
     let reference = without_reuse();
@@ -163,7 +154,7 @@ async fn kept_blocks_stay_within_prefix_cache_bytes_and_are_freed_when_no_longer
         prefix_cache_bytes: 2 * block as u64,
         ..limits(8, 8)
     });
-    let prompt = tokens(&format!(
+    let prompt = encode(&format!(
         "{SYSTEM}\nQuestion: when is the first train to York?"
     ));
     generate(&e, &prompt, 4).await;

@@ -97,18 +97,10 @@ async fn fetch(channel: Channel, model: &str) -> Result<PromptEncoder, String> {
 /// could reuse (before its last token), as the backends name them; empty when
 /// the prompt cannot be encoded (the backend will say why).
 pub async fn prompt_blocks(encoder: &Arc<PromptEncoder>, input: &Input) -> Vec<u64> {
-    let text = match input {
-        Input::TokenIds(t) => return reusable_blocks(&t.ids),
-        Input::Prompt(p) => PromptText::Text(p.clone()),
-        Input::Chat(c) => PromptText::Chat(
-            c.messages
-                .iter()
-                .map(|m| gantry_prompt::chat::Message {
-                    role: m.role.clone(),
-                    content: m.content.clone(),
-                })
-                .collect(),
-        ),
+    let text = match (input, PromptText::from_input(input)) {
+        (_, Some(text)) => text,
+        (Input::TokenIds(t), None) => return reusable_blocks(&t.ids),
+        _ => return Vec::new(),
     };
     // The pool's input limits already bound the text; the context is the
     // backend's to check.
