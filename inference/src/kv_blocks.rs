@@ -128,11 +128,6 @@ impl KvBlocks {
         }
     }
 
-    /// The shape of a block.
-    pub fn layout(&self) -> BlockLayout {
-        self.layout
-    }
-
     /// Whether blocks are kept for reuse at all.
     pub fn reuses(&self) -> bool {
         self.limits.kept_bytes >= self.layout.block_bytes() as u64
@@ -151,11 +146,6 @@ impl KvBlocks {
     /// Named blocks (used or kept).
     pub fn named_blocks(&self) -> usize {
         self.named.len()
-    }
-
-    /// The hashes of every named block, for a snapshot.
-    pub fn named_hashes(&self) -> impl Iterator<Item = u64> + '_ {
-        self.named.keys().copied()
     }
 
     /// Events since the last call.

@@ -530,14 +530,7 @@ impl Inference for Service {
         let format = prompts
             .format()
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::PromptFormat {
-            model: name,
-            tokenizer_json: format.tokenizer_json.clone(),
-            chat_template: format.chat_template.clone(),
-            bos_token: format.bos_token.clone(),
-            eos_token: format.eos_token.clone(),
-            fingerprint: format.fingerprint(),
-        }))
+        Ok(Response::new(format.to_proto(name)))
     }
 
     async fn watch_kv_blocks(

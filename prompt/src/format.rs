@@ -18,6 +18,28 @@ pub struct PromptFormat {
 }
 
 impl PromptFormat {
+    /// As `GetPromptFormat` answers for `model`, fingerprint included.
+    pub fn to_proto(&self, model: String) -> gantry_proto::PromptFormat {
+        gantry_proto::PromptFormat {
+            model,
+            tokenizer_json: self.tokenizer_json.clone(),
+            chat_template: self.chat_template.clone(),
+            bos_token: self.bos_token.clone(),
+            eos_token: self.eos_token.clone(),
+            fingerprint: self.fingerprint(),
+        }
+    }
+
+    /// From a `GetPromptFormat` answer (its fingerprint is recomputed, not trusted).
+    pub fn from_proto(p: gantry_proto::PromptFormat) -> PromptFormat {
+        PromptFormat {
+            tokenizer_json: p.tokenizer_json,
+            chat_template: p.chat_template,
+            bos_token: p.bos_token,
+            eos_token: p.eos_token,
+        }
+    }
+
     /// XXH3-64 of every field, each length-prefixed: equal fingerprints mean
     /// equal token ids for every prompt (two backends of one pool can be
     /// checked to agree without sending the format twice).

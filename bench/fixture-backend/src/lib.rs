@@ -255,15 +255,7 @@ impl Inference for Service {
         if !self.behaviour.models.contains(&model) {
             return Err(Status::not_found(format!("model `{model}` is not served")));
         }
-        let f = &self.format;
-        Ok(Response::new(pb::PromptFormat {
-            model,
-            tokenizer_json: f.tokenizer_json.clone(),
-            chat_template: f.chat_template.clone(),
-            bos_token: f.bos_token.clone(),
-            eos_token: f.eos_token.clone(),
-            fingerprint: f.fingerprint(),
-        }))
+        Ok(Response::new(self.format.to_proto(model)))
     }
 
     /// Each model's remembered blocks: a snapshot, then every change (a fresh

@@ -723,20 +723,16 @@ async fn a_router_given_the_prompt_format_tokenizes_and_names_blocks_as_the_back
         .await
         .unwrap()
         .into_inner();
-    let local = gantry_prompt::PromptFormat {
-        tokenizer_json: format.tokenizer_json,
-        chat_template: format.chat_template,
-        bos_token: format.bos_token,
-        eos_token: format.eos_token,
-    };
-    assert_eq!(local.fingerprint(), format.fingerprint);
+    let fingerprint = format.fingerprint;
+    let local = gantry_prompt::PromptFormat::from_proto(format);
+    assert_eq!(local.fingerprint(), fingerprint);
     let listed = c
         .list_models(pb::ListModelsRequest {})
         .await
         .unwrap()
         .into_inner();
     let info = listed.models.iter().find(|m| m.name == GEN).unwrap();
-    assert_eq!(info.prompt_format_fingerprint, format.fingerprint);
+    assert_eq!(info.prompt_format_fingerprint, fingerprint);
     let router = gantry_prompt::PromptEncoder::from_format(&local, 1).unwrap();
 
     let mut watch = c

@@ -241,6 +241,35 @@ impl Drop for PoolSlot {
     }
 }
 
+/// A pool's `gantry_inference_picks_total` by reason and
+/// `gantry_inference_prefix_blocks_total` by result: no label look-up per pick.
+struct PickCounters {
+    by_load: prometheus::IntCounter,
+    by_prefix: prometheus::IntCounter,
+    by_imbalance: prometheus::IntCounter,
+    blocks_matched: prometheus::IntCounter,
+    blocks_missed: prometheus::IntCounter,
+}
+
+impl PickCounters {
+    fn new(metrics: &Metrics, pool: &str) -> Self {
+        let pick = |reason| metrics.backends.picks.with_label_values(&[pool, reason]);
+        let blocks = |result| {
+            metrics
+                .backends
+                .prefix_blocks_total
+                .with_label_values(&[pool, result])
+        };
+        PickCounters {
+            by_load: pick("load"),
+            by_prefix: pick("prefix"),
+            by_imbalance: pick("imbalance"),
+            blocks_matched: blocks("matched"),
+            blocks_missed: blocks("missed"),
+        }
+    }
+}
+
 /// Why no backend was picked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoPick {
@@ -259,6 +288,8 @@ pub struct InferencePool {
     backends: RwLock<Arc<Vec<Arc<InferenceBackend>>>>,
     /// With prefix routing: each model's prompt encoder.
     prompts: Arc<PoolPrompts>,
+    /// Its pick and prefix-block counters, resolved once.
+    counters: PickCounters,
     metrics: Arc<Metrics>,
     runtime: Handle,
 }
@@ -267,11 +298,13 @@ impl InferencePool {
     /// Resolve the endpoints, start watching every backend, and keep resolving
     /// every `resolve_interval`. Runs its tasks on `runtime`.
     pub fn start(config: PoolConfig, metrics: Arc<Metrics>, runtime: Handle) -> Arc<InferencePool> {
+        let counters = PickCounters::new(&metrics, &config.name);
         let pool = Arc::new(InferencePool {
             config,
             inflight: std::sync::atomic::AtomicUsize::new(0),
             backends: RwLock::new(Arc::new(Vec::new())),
             prompts: Arc::default(),
+            counters,
             metrics,
             runtime: runtime.clone(),
         });
@@ -430,15 +463,9 @@ impl InferencePool {
         if open.is_empty() {
             return Err(NoPick::Saturated);
         }
-        let reason = match self.by_prefix(model, prefix, &open) {
-            Ok(holder) => return Ok(holder.clone()),
-            Err(reason) => reason,
-        };
-        self.metrics
-            .backends
-            .picks
-            .with_label_values(&[&self.config.name, reason])
-            .inc();
+        if let Some(holder) = self.by_prefix(model, prefix, &open) {
+            return Ok(holder.clone());
+        }
         let (a, b) = match open.len() {
             1 => return Ok(open[0].clone()),
             n => {
@@ -454,15 +481,17 @@ impl InferencePool {
     }
 
     /// The backend of `open` holding the longest run of `prefix`, if it is not
-    /// too busy; else why not (the pick's reason: `load` or `imbalance`).
+    /// too busy; `None` (counted as a pick by `load` or `imbalance`) otherwise.
     fn by_prefix<'b>(
         &self,
         model: &str,
         prefix: &[u64],
         open: &[&'b Arc<InferenceBackend>],
-    ) -> Result<&'b Arc<InferenceBackend>, &'static str> {
+    ) -> Option<&'b Arc<InferenceBackend>> {
+        let c = &self.counters;
         if prefix.is_empty() {
-            return Err("load");
+            c.by_load.inc();
+            return None;
         }
         let loads: Vec<f64> = open.iter().map(|b| b.score(model).0).collect();
         let matched: Vec<usize> = open
@@ -477,30 +506,18 @@ impl InferencePool {
                     .then(loads[j].total_cmp(&loads[i]))
             })
             .expect("open is not empty");
-        let counted = |result: &str, n: usize| {
-            self.metrics
-                .backends
-                .prefix_blocks_total
-                .with_label_values(&[&self.config.name, result])
-                .inc_by(n as u64);
-        };
-        if matched[best] == 0 {
-            counted("missed", prefix.len());
-            return Err("load");
-        }
         let least = loads.iter().copied().fold(f64::INFINITY, f64::min);
-        if loads[best] - least > self.config.prefix_max_extra_load {
-            counted("missed", prefix.len());
-            return Err("imbalance");
-        }
-        counted("matched", matched[best]);
-        counted("missed", prefix.len() - matched[best]);
-        self.metrics
-            .backends
-            .picks
-            .with_label_values(&[&self.config.name, "prefix"])
-            .inc();
-        Ok(open[best])
+        let (pick, hit) = if matched[best] == 0 {
+            (&c.by_load, 0)
+        } else if loads[best] - least > self.config.prefix_max_extra_load {
+            (&c.by_imbalance, 0)
+        } else {
+            (&c.by_prefix, matched[best])
+        };
+        pick.inc();
+        c.blocks_matched.inc_by(hit as u64);
+        c.blocks_missed.inc_by((prefix.len() - hit) as u64);
+        (hit > 0).then_some(open[best])
     }
 
     /// Whether any backend takes traffic.

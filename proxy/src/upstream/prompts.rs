@@ -80,12 +80,7 @@ async fn fetch(channel: Channel, model: &str) -> Result<PromptEncoder, String> {
         .await
         .map_err(|s| s.message().to_string())?
         .into_inner();
-    let format = PromptFormat {
-        tokenizer_json: format.tokenizer_json,
-        chat_template: format.chat_template,
-        bos_token: format.bos_token,
-        eos_token: format.eos_token,
-    };
+    let format = PromptFormat::from_proto(format);
     // Parsing a tokenizer is CPU work: off the runtime.
     tokio::task::spawn_blocking(move || PromptEncoder::from_format(&format, TOKENIZING_AT_ONCE))
         .await
