@@ -156,6 +156,52 @@ pub struct FileConfig {
     /// Which requests go to which pool, tried host first, then longest path prefix.
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    /// API keys that identify tenants on routes with `auth = "keys"`, stored as
+    /// SHA-256 digests (`gantry keys create` makes a key and prints its digest).
+    #[serde(default)]
+    pub keys: Vec<KeySection>,
+}
+
+/// `[[keys]]`: one tenant's API key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySection {
+    /// The tenant's name in metrics and access logs (never the key itself):
+    /// letters, digits, `-` and `_`, at most [`MAX_KEY_NAME_BYTES`] bytes.
+    pub name: String,
+    /// SHA-256 of the key, 64 hex digits. The key itself is never configured.
+    pub sha256: String,
+    /// Models the key may use on the OpenAI-compatible API. Empty: every model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Routes (with `auth = "keys"`) the key may use. Empty: all of them.
+    #[serde(default)]
+    pub routes: Vec<String>,
+}
+
+/// Longest `[[keys]].name`: it is a metric label.
+pub const MAX_KEY_NAME_BYTES: usize = 64;
+
+/// Whether `name` may name a key: 1 to [`MAX_KEY_NAME_BYTES`] letters, digits,
+/// `-` or `_`.
+pub fn valid_key_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_KEY_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAuth {
+    /// Anyone.
+    #[default]
+    None,
+    /// Requests carrying one of the `[[keys]]` (`Authorization: Bearer …` or
+    /// `x-api-key: …`); others get 401, a key not allowed here 403.
+    Keys,
 }
 
 /// `[server]`
@@ -455,6 +501,10 @@ pub struct RouteSection {
     /// Changes to the response before it goes to the client.
     #[serde(default)]
     pub response_headers: HeaderRewriteSection,
+    /// `none` (default) or `keys`: requests need an API key from `[[keys]]`,
+    /// which is removed before the request goes upstream.
+    #[serde(default)]
+    pub auth: RouteAuth,
 }
 
 /// `[[routes.plugins]]`

@@ -17,7 +17,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::{Builtin, FailureMode, HashOn, HealthCheckKind, InferenceRouting, LoadBalancing};
+pub use file::{
+    Builtin, FailureMode, HashOn, HealthCheckKind, InferenceRouting, LoadBalancing, RouteAuth,
+};
 
 /// The default configuration compiled into the binary, used by `gantry serve` without
 /// `--config`. Kept as `config/examples/default.toml`.
@@ -144,6 +146,21 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Who may use the admin listener.
     pub admin_access: AdminAccess,
+    /// API keys of tenants, in file order.
+    pub keys: Vec<ApiKey>,
+}
+
+/// One tenant's API key, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The tenant's name (a metric label).
+    pub name: String,
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+    /// Models it may use; empty: all.
+    pub models: Vec<String>,
+    /// Indexes into [`Config::routes`] it may use; empty: every route with keys.
+    pub routes: Vec<usize>,
 }
 
 /// Who may use the admin listener.
@@ -344,6 +361,8 @@ pub struct Route {
     pub request_headers: HeaderRewrite,
     /// Response header rewrite.
     pub response_headers: HeaderRewrite,
+    /// Who may use it.
+    pub auth: RouteAuth,
 }
 
 /// A plugin on a route, validated (the file exists and is not empty).

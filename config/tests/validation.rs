@@ -280,3 +280,50 @@ fn inference_pool_and_route_problems() {
         "did you mean `models`?",
     );
 }
+
+const DIGEST: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+#[test]
+fn keys_resolve_their_routes_and_keep_only_the_digest() {
+    let text = format!(
+        "{}\nauth = \"keys\"\n[[keys]]\nname = \"team-a\"\nsha256 = \"{DIGEST}\"\nmodels = [\"m\"]\nroutes = [\"r\"]\n",
+        BASE.trim_end()
+    );
+    let c = parse(&text, "t", Path::new(".")).unwrap();
+    assert_eq!(c.routes[0].auth, gantry_config::RouteAuth::Keys);
+    let k = &c.keys[0];
+    assert_eq!((k.name.as_str(), k.routes.as_slice()), ("team-a", &[0][..]));
+    assert_eq!(k.sha256[..3], [0xba, 0x78, 0x16]);
+    assert_eq!(k.models, ["m"]);
+}
+
+#[test]
+fn key_problems_name_the_field() {
+    assert_problem(
+        "auth = \"keys\"\n",
+        "routes[0].auth: `keys`, but no [[keys]] are defined",
+    );
+    let key = |name: &str, sha: &str, extra: &str| {
+        format!("[[keys]]\nname = \"{name}\"\nsha256 = \"{sha}\"\n{extra}\n")
+    };
+    assert_problem(
+        &key("a b", DIGEST, ""),
+        "keys[0].name: `a b` must be 1 to 64 letters, digits, `-` or `_`",
+    );
+    assert_problem(
+        &key("a", "not-hex", ""),
+        "keys[0].sha256: must be 64 hex digits",
+    );
+    assert_problem(
+        &(key("a", DIGEST, "") + &key("b", DIGEST, "")),
+        "keys[1].sha256: the same key as keys[0]",
+    );
+    assert_problem(
+        &key("a", DIGEST, "routes = [\"nope\"]"),
+        "keys[0].routes[0]: no route named `nope`",
+    );
+    assert_problem(
+        &key("a", DIGEST, "routes = [\"r\"]"),
+        "keys[0].routes[0]: route `r` does not ask for keys",
+    );
+}

@@ -96,6 +96,18 @@ pub enum GatewayError {
         /// The engine's slots, not the plugin's own, ran out.
         engine_full: bool,
     },
+    /// A route with `auth = "keys"` got a request without a key.
+    #[error("no API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")]
+    MissingApiKey,
+    /// A route with `auth = "keys"` got a key that is not configured.
+    #[error("incorrect API key provided")]
+    InvalidApiKey,
+    /// A configured key that may not use this route (`[[keys]].routes`).
+    #[error("this API key may not use route `{route}`")]
+    KeyNotAllowed {
+        /// The route's name.
+        route: String,
+    },
     /// A bug or resource failure inside the gateway.
     #[error("internal gateway error")]
     Internal,
@@ -109,6 +121,8 @@ impl GatewayError {
             GatewayError::BadRequest
             | GatewayError::InvalidTarget(_)
             | GatewayError::MissingHost => 400,
+            GatewayError::MissingApiKey | GatewayError::InvalidApiKey => 401,
+            GatewayError::KeyNotAllowed { .. } => 403,
             GatewayError::NoRoute => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::HeadTimeout { .. } | GatewayError::BodyTimeout { .. } => 408,
@@ -150,6 +164,8 @@ impl GatewayError {
                 "unsupported_transfer_encoding"
             }
             GatewayError::Framing(_) => "bad_framing",
+            GatewayError::MissingApiKey | GatewayError::InvalidApiKey => "invalid_api_key",
+            GatewayError::KeyNotAllowed { .. } => "key_not_allowed",
             GatewayError::Internal => "internal_error",
             GatewayError::PluginFailed { .. } => "plugin_failed",
             GatewayError::PluginBusy { .. } => "plugin_busy",

@@ -25,6 +25,7 @@ pub mod plugins;
 pub mod rewrite;
 pub mod router;
 pub mod server;
+pub mod tenants;
 pub mod tls;
 pub mod upstream;
 

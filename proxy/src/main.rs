@@ -94,6 +94,21 @@ enum Command {
     #[cfg(feature = "backend")]
     #[command(subcommand)]
     Model(ModelCommand),
+    /// API keys for routes with `auth = "keys"`.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new random key: print it once, with the `[[keys]]` entry (its
+    /// SHA-256, never the key) to add to the gateway's configuration.
+    #[command(after_help = "Example:\n  gantry keys create --name team-a")]
+    Create {
+        /// The key's name in metrics and logs (letters, digits, `-`, `_`).
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +174,23 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             };
+        }
+        Command::Keys(KeysCommand::Create { name }) => {
+            if !gantry_config::file::valid_key_name(&name) {
+                eprintln!(
+                    "error: --name `{name}` must be 1 to {} letters, digits, `-` or `_` (it is a metric label)",
+                    gantry_config::file::MAX_KEY_NAME_BYTES
+                );
+                return ExitCode::FAILURE;
+            }
+            let key = gantry::tenants::new_key();
+            println!("key (shown once, keep it secret): {key}\n");
+            println!("# add to the gateway's configuration:");
+            println!(
+                "[[keys]]\nname = {name:?}\nsha256 = {:?}",
+                gantry::tenants::digest_hex(&key)
+            );
+            return ExitCode::SUCCESS;
         }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", gantry_config::EMBEDDED_DEFAULT);

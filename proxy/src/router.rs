@@ -165,6 +165,7 @@ mod tests {
             plugins: Vec::new(),
             request_headers: Default::default(),
             response_headers: Default::default(),
+            auth: Default::default(),
         }
     }
 

@@ -114,7 +114,8 @@ impl Gantry {
             api.clone(),
             plugins.clone(),
         )
-        .with_trusted_proxies(config.trusted_proxies.clone());
+        .with_trusted_proxies(config.trusted_proxies.clone())
+        .with_keys(&config.keys);
         let app = front_door(&config, &server.configuration, gateway, metrics.clone())?;
         let mut service = Service::new("gantry gateway".to_string(), app);
         service.set_connection_filter(Arc::new(Admission {

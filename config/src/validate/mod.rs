@@ -10,10 +10,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+mod keys;
 mod pools;
 mod routes;
 mod tls;
 
+use keys::convert_keys;
 use pools::{convert_inference_pool, convert_pool};
 use routes::{check_header_name, convert_route, valid_host_pattern};
 use tls::convert_tls;
@@ -173,6 +175,7 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         .as_ref()
         .map(|a| convert_admin_access(&mut c, a))
         .unwrap_or_default();
+    let keys = convert_keys(&mut c, &raw, &routes);
 
     if c.problems.is_empty() {
         Ok(Config {
@@ -185,6 +188,7 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
             pools,
             inference_pools,
             routes,
+            keys,
         })
     } else {
         Err(c.problems)

@@ -344,5 +344,6 @@ pub(super) fn convert_route(
         plugins,
         request_headers,
         response_headers,
+        auth: r.auth,
     })
 }

@@ -27,6 +27,7 @@ impl Gateway {
             host = host_of(req).unwrap_or(""),
             path = %req.uri.path(),
             route,
+            key = ctx.tenant.map_or("", |i| self.tenants.get(i).name.as_str()),
             status,
             upstream = %match &ctx.inference {
                 Some(o) => o.backend.clone().unwrap_or_default(),

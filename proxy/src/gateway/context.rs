@@ -20,6 +20,8 @@ pub struct RequestCtx {
     pub(super) started: Instant,
     pub(super) request_id: String,
     pub(super) route: Option<usize>,
+    /// The tenant whose API key let the request in (see [`crate::tenants`]).
+    pub(super) tenant: Option<usize>,
     pub(super) tried: Vec<Backend>,
     pub(super) error: Option<GatewayError>,
     pub(super) body_bytes: u64,
@@ -47,6 +49,7 @@ impl RequestCtx {
             started: Instant::now(),
             request_id: String::new(),
             route: None,
+            tenant: None,
             tried: Vec::new(),
             error: None,
             body_bytes: 0,

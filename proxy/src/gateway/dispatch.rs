@@ -13,7 +13,9 @@ use crate::openai::error::ApiError;
 use crate::openai::whole::STREAM_HEADERS;
 use crate::openai::{ApiCall, Endpoint, Outcome, Reply, Whole};
 use crate::router::Match;
+use crate::tenants;
 use bytes::Bytes;
+use gantry_config::RouteAuth;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -60,6 +62,38 @@ impl Gateway {
             }
         };
         Ok(Some(route))
+    }
+
+    /// On a route with `auth = "keys"`, find the request's tenant by its API
+    /// key, or answer 401 (no key, unknown key) or 403 (a key not allowed on
+    /// the route). `true` when it answered.
+    pub(super) async fn check_key(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: usize,
+    ) -> Result<bool> {
+        let r = self.router.route(route);
+        if r.auth != RouteAuth::Keys {
+            return Ok(false);
+        }
+        let refused = match self.tenants.identify(route, &session.req_header().headers) {
+            Ok(tenant) => {
+                ctx.tenant = Some(tenant);
+                return Ok(false);
+            }
+            Err(refused) => refused,
+        };
+        self.metrics.auth_rejected(&r.name, refused.denial());
+        let err = match refused {
+            tenants::Refused::Missing => GatewayError::MissingApiKey,
+            tenants::Refused::Unknown => GatewayError::InvalidApiKey,
+            tenants::Refused::Route => GatewayError::KeyNotAllowed {
+                route: r.name.clone(),
+            },
+        };
+        self.respond(session, ctx, err).await?;
+        Ok(true)
     }
 
     /// Serve a request to the OpenAI-compatible API on `route`: its plugins
@@ -129,6 +163,8 @@ impl Gateway {
                     endpoint,
                     body,
                     pools,
+                    route: &r.name,
+                    tenant: ctx.tenant.map(|i| self.tenants.get(i)),
                     request_id: &ctx.request_id,
                     started: ctx.started,
                 };

@@ -66,6 +66,8 @@ pub struct Gateway {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// Per route, then `none` (no route matched): request metrics resolved once.
     route_metrics: Vec<crate::metrics::RouteMetrics>,
+    /// API keys of routes with `auth = "keys"`.
+    tenants: crate::tenants::Tenants,
 }
 
 impl Gateway {
@@ -93,6 +95,7 @@ impl Gateway {
             .map(|i| metrics.route(&router.route(i).name))
             .chain([metrics.route("none")])
             .collect();
+        let tenants = crate::tenants::Tenants::new(&[], &metrics);
         Gateway {
             router,
             rewrites,
@@ -105,8 +108,15 @@ impl Gateway {
             connector: pingora::connectors::http::Connector::new(None),
             hot,
             trusted_proxies: Vec::new(),
+            tenants,
             route_metrics,
         }
+    }
+
+    /// Let requests in on routes with `auth = "keys"` by these keys.
+    pub fn with_keys(mut self, keys: &[gantry_config::ApiKey]) -> Self {
+        self.tenants = crate::tenants::Tenants::new(keys, &self.metrics);
+        self
     }
 
     /// Believe the forwarding headers of peers in these networks.
@@ -154,6 +164,9 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(route);
+        if self.check_key(session, ctx, route).await? {
+            return Ok(true);
+        }
         let plugins = self.plugins.snapshot();
         let plugins = &plugins[route];
         match &self.router.route(route).target {

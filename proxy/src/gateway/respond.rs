@@ -23,8 +23,15 @@ impl Gateway {
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(CONTENT_LENGTH, body.len())?;
         resp.insert_header(REQUEST_ID, &ctx.request_id)?;
-        if let GatewayError::MethodNotAllowed { allowed } = &err {
-            resp.insert_header(http::header::ALLOW, allowed.join(", "))?;
+        match &err {
+            GatewayError::MethodNotAllowed { allowed } => {
+                resp.insert_header(http::header::ALLOW, allowed.join(", "))?;
+            }
+            // RFC 6750 §3: the scheme a 401 asks for.
+            GatewayError::MissingApiKey | GatewayError::InvalidApiKey => {
+                resp.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
+            }
+            _ => {}
         }
         if err.status() == 413 || err.status() == 431 || self.lifecycle.is_draining() {
             // The rest of an oversized request may still be in flight: don't reuse.

@@ -83,6 +83,12 @@ impl Gateway {
             })?;
             upstream.set_uri(uri);
         }
+        if route.auth == gantry_config::RouteAuth::Keys {
+            // The key was for the gateway; the upstream gets none of it (a
+            // rewrite below may set the upstream's own credentials).
+            upstream.remove_header(&http::header::AUTHORIZATION);
+            upstream.remove_header(&crate::tenants::API_KEY_HEADER);
+        }
         self.rewrites[i].0.apply(upstream)?;
 
         let peer = session

@@ -62,6 +62,40 @@ impl Refusal {
     }
 }
 
+/// Why a route with `auth = "keys"` refused a request: the `reason` label of
+/// `gantry_auth_rejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// No key.
+    Missing,
+    /// A key that is not configured.
+    Unknown,
+    /// A key not allowed on the route.
+    Route,
+    /// A key not allowed to use the requested model.
+    Model,
+}
+
+impl Denial {
+    /// Every reason, in label order.
+    pub const ALL: [Denial; 4] = [
+        Denial::Missing,
+        Denial::Unknown,
+        Denial::Route,
+        Denial::Model,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denial::Missing => "missing",
+            Denial::Unknown => "unknown",
+            Denial::Route => "route",
+            Denial::Model => "model",
+        }
+    }
+}
+
 /// How a TLS handshake ended: the `result` label of `gantry_tls_handshakes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handshake {

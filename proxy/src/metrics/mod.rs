@@ -14,7 +14,9 @@
 
 mod labels;
 
-pub use labels::{CallResult, Direction, Handshake, Hook, HookOutcome, Refusal, ReloadResult};
+pub use labels::{
+    CallResult, Denial, Direction, Handshake, Hook, HookOutcome, Refusal, ReloadResult,
+};
 
 use gantry_telemetry::{Exported, Registrar};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
@@ -52,6 +54,11 @@ pub struct Metrics {
     pub backends: BackendMetrics,
     /// Wasm plugins.
     pub plugins: PluginMetrics,
+    /// `gantry_key_requests_total{key}`: requests let in, by configured key name.
+    key_requests: IntCounterVec,
+    /// `gantry_auth_rejections_total{route,reason}`: requests refused by a route's
+    /// `auth = "keys"`, by [`Denial`].
+    auth_rejections: IntCounterVec,
 }
 
 /// Statuses most answers have: their `gantry_requests_total` series are kept
@@ -341,6 +348,16 @@ impl Metrics {
             inference: InferenceMetrics::register(&mut r),
             backends: BackendMetrics::register(&mut r),
             plugins: PluginMetrics::register(&mut r),
+            key_requests: r.counter(
+                "gantry_key_requests_total",
+                "Requests let in on routes with auth = keys, by the key's configured name",
+                &["key"],
+            ),
+            auth_rejections: r.counter(
+                "gantry_auth_rejections_total",
+                "Requests refused on routes with auth = keys, by route and reason (missing, unknown, route, model)",
+                &["route", "reason"],
+            ),
             exported: r.finish(),
         }
     }
@@ -354,6 +371,18 @@ impl Metrics {
             requests: self.requests.clone(),
             by_status: Default::default(),
         }
+    }
+
+    /// A configured key's `gantry_key_requests_total` series, resolved once.
+    pub fn key_requests(&self, key: &str) -> IntCounter {
+        self.key_requests.with_label_values(&[key])
+    }
+
+    /// Count a request refused by a route's `auth = "keys"`.
+    pub fn auth_rejected(&self, route: &str, why: Denial) {
+        self.auth_rejections
+            .with_label_values(&[route, why.as_str()])
+            .inc();
     }
 
     /// Count work refused by a limit.

@@ -37,7 +37,8 @@ pub use generate::Generation;
 pub use request::{check_body, check_body_property};
 pub use whole::Whole;
 
-use crate::metrics::{Metrics, Refusal};
+use crate::metrics::{Denial, Metrics, Refusal};
+use crate::tenants::Tenant;
 use crate::upstream::inference::{InferencePool, PoolSlot};
 use bytes::Bytes;
 use error::{ApiError, DEFAULT_RETRY_AFTER_SECONDS};
@@ -95,6 +96,11 @@ pub struct ApiCall<'a> {
     pub body: Bytes,
     /// The route's inference pools (indexes).
     pub pools: &'a [usize],
+    /// The route's name (a metric label); empty for a plugin's call.
+    pub route: &'a str,
+    /// The tenant whose key let the request in, on a route with `auth = "keys"`:
+    /// only its models exist for it.
+    pub tenant: Option<&'a Tenant>,
     /// The request id, carried to the backend and into the answer.
     pub request_id: &'a str,
     /// When the gateway received it (time to first token counts from here).
@@ -213,6 +219,8 @@ impl Api {
                     endpoint,
                     body,
                     pools: &[pool],
+                    route: "",
+                    tenant: None,
                     request_id,
                     started: Instant::now(),
                 };
@@ -254,26 +262,30 @@ impl Api {
         outcome: &mut Outcome,
     ) -> Result<Reply<'a>, ApiError> {
         let pools: Vec<&Arc<InferencePool>> = call.pools.iter().map(|&i| &self.pools[i]).collect();
+        let scope = Scope {
+            pools: &pools,
+            tenant: call.tenant,
+        };
         let body = &call.body[..];
         match &call.endpoint {
             Endpoint::ListModels => {
                 let list = ModelList {
                     object: "list",
-                    data: models(&pools),
+                    data: scope.models(),
                 };
                 let body = serde_json::to_vec(&list).expect("model list serializes");
                 Ok(Reply::Whole(Whole::json(body)))
             }
-            Endpoint::GetModel(id) => match models(&pools).into_iter().find(|x| &x.id == id) {
+            Endpoint::GetModel(id) => match scope.models().into_iter().find(|x| &x.id == id) {
                 Some(model) => {
                     let body = serde_json::to_vec(&model).expect("model serializes");
                     Ok(Reply::Whole(Whole::json(body)))
                 }
-                None => Err(ApiError::model_not_found(id, &model_names(&pools))),
+                None => Err(self.not_found(&scope, id, call.route)),
             },
             Endpoint::ChatCompletions => {
                 let (req, pool, _slot) =
-                    self.admit::<ChatCompletionRequest>(body, &pools, outcome)?;
+                    self.admit::<ChatCompletionRequest>(body, &scope, call.route, outcome)?;
                 let request = req.generate_request(call.request_id);
                 self.generate(
                     GenerateCall::new(&call, pool, request, &req.sampling, Shape::Chat),
@@ -282,7 +294,8 @@ impl Api {
                 .await
             }
             Endpoint::Completions => {
-                let (req, pool, _slot) = self.admit::<CompletionRequest>(body, &pools, outcome)?;
+                let (req, pool, _slot) =
+                    self.admit::<CompletionRequest>(body, &scope, call.route, outcome)?;
                 let request = req.generate_request(call.request_id);
                 self.generate(
                     GenerateCall::new(&call, pool, request, &req.sampling, Shape::Completion),
@@ -291,7 +304,8 @@ impl Api {
                 .await
             }
             Endpoint::Embeddings => {
-                let (req, pool, _slot) = self.admit::<EmbeddingRequest>(body, &pools, outcome)?;
+                let (req, pool, _slot) =
+                    self.admit::<EmbeddingRequest>(body, &scope, call.route, outcome)?;
                 Ok(Reply::Whole(
                     self.embed(pool, req, call.request_id, outcome).await?,
                 ))
@@ -305,14 +319,27 @@ impl Api {
     fn admit<'p, R: request::ApiBody>(
         &self,
         body: &[u8],
-        pools: &[&'p Arc<InferencePool>],
+        scope: &Scope<'_, 'p>,
+        route: &str,
         outcome: &mut Outcome,
     ) -> Result<(R, &'p Arc<InferencePool>, PoolSlot), ApiError> {
         let req: R = parse(body)?;
         outcome.model = req.model().to_string();
         req.validate()?;
-        let (pool, slot) = find_pool(pools, req.model(), &self.metrics, |l| req.check_input(l))?;
+        let pool = scope
+            .pool_for(req.model())
+            .ok_or_else(|| self.not_found(scope, req.model(), route))?;
+        let slot = admit_to(pool, &self.metrics, |l| req.check_input(l))?;
         Ok((req, pool, slot))
+    }
+
+    /// 404 for a model the caller cannot see: absent, or (counted) not one
+    /// of its key's models. The two answers are the same, as OpenAI's are.
+    fn not_found(&self, scope: &Scope<'_, '_>, model: &str, route: &str) -> ApiError {
+        if scope.tenant.is_some() && scope.pools.iter().any(|p| p.serves(model)) {
+            self.metrics.auth_rejected(route, Denial::Model);
+        }
+        ApiError::model_not_found(model, &scope.model_names())
     }
 
     fn count(&self, model: &str, outcome: &mut Outcome, status: &str) {
@@ -403,46 +430,58 @@ fn generate_request(
     }
 }
 
-fn models(pools: &[&Arc<InferencePool>]) -> Vec<Model> {
-    pools
-        .iter()
-        .flat_map(|p| {
-            p.config.models.iter().map(|m| Model {
-                id: m.clone(),
-                object: "model",
-                created: 0,
-                owned_by: p.config.name.clone(),
+/// The models a request can see: its route's pools', narrowed to its key's.
+struct Scope<'s, 'p> {
+    pools: &'s [&'p Arc<InferencePool>],
+    tenant: Option<&'s Tenant>,
+}
+
+impl<'p> Scope<'_, 'p> {
+    fn visible(&self, model: &str) -> bool {
+        self.tenant.is_none_or(|t| t.may_use(model))
+    }
+
+    fn models(&self) -> Vec<Model> {
+        self.pools
+            .iter()
+            .flat_map(|p| {
+                p.config.models.iter().map(|m| Model {
+                    id: m.clone(),
+                    object: "model",
+                    created: 0,
+                    owned_by: p.config.name.clone(),
+                })
             })
-        })
-        .collect()
+            .filter(|m| self.visible(&m.id))
+            .collect()
+    }
+
+    fn model_names(&self) -> Vec<String> {
+        self.models().into_iter().map(|m| m.id).collect()
+    }
+
+    /// The pool serving `model`, if the request may see it.
+    fn pool_for(&self, model: &str) -> Option<&'p Arc<InferencePool>> {
+        if !self.visible(model) {
+            return None;
+        }
+        self.pools.iter().find(|p| p.serves(model)).copied()
+    }
 }
 
-fn model_names(pools: &[&Arc<InferencePool>]) -> Vec<String> {
-    pools
-        .iter()
-        .flat_map(|p| p.config.models.iter().cloned())
-        .collect()
-}
-
-/// The pool serving `model`, once the request passed its input limits
-/// (`check`), with a slot of its `max_inflight`.
-fn find_pool<'a>(
-    pools: &[&'a Arc<InferencePool>],
-    model: &str,
+/// A slot of `pool`'s `max_inflight`, once the request passed its input
+/// limits (`check`).
+fn admit_to(
+    pool: &Arc<InferencePool>,
     metrics: &Metrics,
     check: impl FnOnce(&gantry_config::InputLimits) -> Result<(), TooLarge>,
-) -> Result<(&'a Arc<InferencePool>, PoolSlot), ApiError> {
-    let pool = pools
-        .iter()
-        .find(|p| p.config.models.iter().any(|m| m == model))
-        .copied()
-        .ok_or_else(|| ApiError::model_not_found(model, &model_names(pools)))?;
+) -> Result<PoolSlot, ApiError> {
     if let Err(too_large) = check(&pool.config.input) {
         metrics.refused(too_large.limit);
         return Err(too_large.error);
     }
     match pool.admit() {
-        Some(slot) => Ok((pool, slot)),
+        Some(slot) => Ok(slot),
         None => {
             metrics.refused(Refusal::InferenceInflight);
             Err(ApiError::saturated(

@@ -328,6 +328,11 @@ impl InferencePool {
         pool
     }
 
+    /// Whether the pool serves `model` (its configured `models`).
+    pub fn serves(&self, model: &str) -> bool {
+        self.config.models.iter().any(|m| m == model)
+    }
+
     /// Count a request against `max_inflight`; `None` when the pool is full.
     pub fn admit(self: &Arc<Self>) -> Option<PoolSlot> {
         let before = self.inflight.fetch_add(1, Ordering::AcqRel);

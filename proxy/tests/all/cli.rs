@@ -48,6 +48,45 @@ fn shipped_examples_are_valid() {
 }
 
 #[test]
+fn keys_create_prints_a_new_key_once_and_an_entry_config_check_accepts() {
+    let create = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["keys", "create", "--name", name])
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (create("team-a"), create("team-a"));
+    assert!(a.status.success());
+    let text = String::from_utf8(a.stdout).unwrap();
+    assert_ne!(
+        text,
+        String::from_utf8(b.stdout).unwrap(),
+        "a new key each time"
+    );
+    let key = text
+        .split_whitespace()
+        .find(|w| w.starts_with("gk-"))
+        .expect("the key");
+    let entry = &text[text.find("[[keys]]").expect("an entry")..];
+    assert!(
+        !entry.contains(key),
+        "the entry holds the digest, not the key"
+    );
+    assert!(entry.contains(&gantry::tenants::digest_hex(key)), "{entry}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "keys.toml",
+        &format!("{BASE}[[routes]]\nname = \"r\"\npool = \"p\"\nauth = \"keys\"\n{entry}"),
+    );
+    let (ok, out) = check(&[&file]);
+    assert!(ok, "{out}");
+    let bad = create("not a label");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--name `not a label` must be"));
+}
+
+#[test]
 fn every_problem_is_reported_with_file_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let bad = write(

@@ -11,6 +11,7 @@ mod edge;
 mod fuzz_corpus;
 mod health;
 mod isolation;
+mod keys;
 mod openai;
 mod plugin_calls;
 mod plugins;

@@ -1,0 +1,88 @@
+//! `[[keys]]`: tenants' API keys (as SHA-256 digests), and the routes that
+//! require one.
+
+use super::*;
+use crate::{ApiKey, RouteAuth};
+
+pub(super) fn convert_keys(c: &mut Checker, raw: &FileConfig, routes: &[Route]) -> Vec<ApiKey> {
+    let mut names = HashSet::new();
+    let mut digests = HashMap::new();
+    let keys: Vec<ApiKey> = raw
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let at = format!("keys[{i}]");
+            c.unique(&mut names, format!("{at}.name"), "key", &k.name);
+            if !valid_key_name(&k.name) {
+                c.fail(
+                    format!("{at}.name"),
+                    format!(
+                        "`{}` must be 1 to {MAX_KEY_NAME_BYTES} letters, digits, `-` or `_` (it is a metric label)",
+                        k.name
+                    ),
+                );
+            }
+            let sha256 = parse_sha256(&k.sha256).unwrap_or_else(|| {
+                c.fail(
+                    format!("{at}.sha256"),
+                    "must be 64 hex digits, the SHA-256 of the key (`gantry keys create` prints it)",
+                );
+                [0; 32]
+            });
+            if let Some(other) = digests.insert(sha256, at.clone()) {
+                c.fail(format!("{at}.sha256"), format!("the same key as {other}"));
+            }
+            let routes = k
+                .routes
+                .iter()
+                .enumerate()
+                .filter_map(|(j, name)| {
+                    let path = format!("{at}.routes[{j}]");
+                    let Some(index) = routes.iter().position(|r| r.name == *name) else {
+                        let known = routes.iter().map(|r| r.name.clone());
+                        c.fail(path, routes::unknown_name("route", name, known));
+                        return None;
+                    };
+                    if routes[index].auth != RouteAuth::Keys {
+                        c.fail(
+                            path,
+                            format!("route `{name}` does not ask for keys (set `auth = \"keys\"` on it)"),
+                        );
+                    }
+                    Some(index)
+                })
+                .collect();
+            ApiKey {
+                name: k.name.clone(),
+                sha256,
+                models: k.models.clone(),
+                routes,
+            }
+        })
+        .collect();
+    if keys.is_empty() {
+        for (i, r) in routes.iter().enumerate() {
+            if r.auth == RouteAuth::Keys {
+                c.fail(
+                    format!("routes[{i}].auth"),
+                    "`keys`, but no [[keys]] are defined: nobody could use this route",
+                );
+            }
+        }
+    }
+    keys
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let digit = |d: u8| (d as char).to_digit(16);
+        *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
+}

@@ -1,0 +1,190 @@
+//! Tenants: who a request is, from the API key it carries, and what that key
+//! may use. On a route with `auth = "keys"` a request must present one of the
+//! configured `[[keys]]` as `Authorization: Bearer <key>` or `x-api-key:
+//! <key>`. Keys are known only by their SHA-256 digest (the key itself is in
+//! no configuration, log or metric); a key's name stands for it everywhere.
+//!
+//! Keys are long random strings (`gantry keys create`: 256 bits), so one fast
+//! hash is enough: there is nothing to brute-force that a slow hash would
+//! protect, and the digest is looked up, never compared byte by byte against
+//! a guess.
+
+use crate::metrics::{Denial, Metrics};
+use base64::Engine;
+use gantry_config::ApiKey;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName};
+use prometheus::IntCounter;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+
+/// The other header a key may come in (Anthropic's and many tools' choice).
+pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+
+/// What every key made by `gantry keys create` starts with, so a leaked one
+/// is recognisable (secret scanners match on prefixes like it).
+pub const KEY_PREFIX: &str = "gk-";
+
+/// Every configured key, by digest.
+pub struct Tenants {
+    by_digest: HashMap<[u8; 32], usize>,
+    tenants: Vec<Tenant>,
+}
+
+/// One key's tenant.
+pub struct Tenant {
+    /// The key's name (`[[keys]].name`).
+    pub name: String,
+    /// Models it may use; `None`: all.
+    models: Option<HashSet<String>>,
+    /// Routes it may use; `None`: every route with `auth = "keys"`.
+    routes: Option<HashSet<usize>>,
+    /// `gantry_key_requests_total{key}`, resolved once.
+    requests: IntCounter,
+}
+
+/// Why a request was not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No key in the request.
+    Missing,
+    /// A key that is not configured.
+    Unknown,
+    /// A configured key not allowed on this route.
+    Route,
+}
+
+impl Refused {
+    /// The `reason` label of `gantry_auth_rejections_total`.
+    pub fn denial(self) -> Denial {
+        match self {
+            Refused::Missing => Denial::Missing,
+            Refused::Unknown => Denial::Unknown,
+            Refused::Route => Denial::Route,
+        }
+    }
+}
+
+impl Tenants {
+    /// The configured keys, with their metrics resolved.
+    pub fn new(keys: &[ApiKey], metrics: &Metrics) -> Tenants {
+        let tenants = keys
+            .iter()
+            .map(|k| Tenant {
+                name: k.name.clone(),
+                models: (!k.models.is_empty()).then(|| k.models.iter().cloned().collect()),
+                routes: (!k.routes.is_empty()).then(|| k.routes.iter().copied().collect()),
+                requests: metrics.key_requests(&k.name),
+            })
+            .collect();
+        let by_digest = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.sha256, i))
+            .collect();
+        Tenants { by_digest, tenants }
+    }
+
+    /// The tenant (an index for [`Tenants::get`]) whose key the request
+    /// carries, if it may use `route`.
+    pub fn identify(&self, route: usize, headers: &HeaderMap) -> Result<usize, Refused> {
+        let key = presented_key(headers).ok_or(Refused::Missing)?;
+        let digest: [u8; 32] = Sha256::digest(key).into();
+        let &i = self.by_digest.get(&digest).ok_or(Refused::Unknown)?;
+        let tenant = &self.tenants[i];
+        if tenant.routes.as_ref().is_some_and(|r| !r.contains(&route)) {
+            return Err(Refused::Route);
+        }
+        tenant.requests.inc();
+        Ok(i)
+    }
+
+    /// Tenant `i` of [`Tenants::identify`].
+    pub fn get(&self, i: usize) -> &Tenant {
+        &self.tenants[i]
+    }
+}
+
+impl Tenant {
+    /// Whether the key may use `model`.
+    pub fn may_use(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+}
+
+/// The key a request presents: `Authorization: Bearer <key>` (the scheme in
+/// any case), else `x-api-key`.
+fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+    let bearer = headers.get(AUTHORIZATION).and_then(|v| {
+        let v = v.as_bytes();
+        let (scheme, rest) = v.split_at_checked(7)?;
+        scheme
+            .eq_ignore_ascii_case(b"bearer ")
+            .then(|| rest.trim_ascii())
+    });
+    bearer
+        .or_else(|| {
+            headers
+                .get(API_KEY_HEADER)
+                .map(|v| v.as_bytes().trim_ascii())
+        })
+        .filter(|k| !k.is_empty())
+}
+
+/// A new key: [`KEY_PREFIX`] and 32 random bytes, base64url.
+pub fn new_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// A key's digest as configured: 64 lower-case hex digits.
+pub fn digest_hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_key_comes_as_a_bearer_token_or_in_x_api_key() {
+        let h = headers(&[("authorization", "bearer gk-abc ")]);
+        assert_eq!(presented_key(&h), Some(&b"gk-abc"[..]));
+        let h = headers(&[("x-api-key", "gk-xyz")]);
+        assert_eq!(presented_key(&h), Some(&b"gk-xyz"[..]));
+        let h = headers(&[("authorization", "Basic dXNlcjpwdw=="), ("x-api-key", "k")]);
+        assert_eq!(presented_key(&h), Some(&b"k"[..]), "not a bearer token");
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer ")])),
+            None
+        );
+        assert_eq!(presented_key(&headers(&[])), None);
+    }
+
+    #[test]
+    fn new_keys_differ_and_their_digests_are_sha256() {
+        let (a, b) = (new_key(), new_key());
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with(KEY_PREFIX) && a.len() == KEY_PREFIX.len() + 43,
+            "{a}"
+        );
+        assert_eq!(
+            digest_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
