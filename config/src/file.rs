@@ -177,6 +177,16 @@ pub struct KeySection {
     /// Routes (with `auth = "keys"`) the key may use. Empty: all of them.
     #[serde(default)]
     pub routes: Vec<String>,
+    /// Requests let in per minute. Absent: no limit.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens generated per minute on the OpenAI-compatible API. A request
+    /// reserves its `max_tokens` when it is let in (the gateway sets
+    /// `max_tokens` when the client does not) and gives back what it did not
+    /// generate when it ends, so a minute's tokens never exceed the limit.
+    /// Absent: no limit.
+    pub output_tokens_per_minute: Option<u64>,
+    /// Requests in flight at once. Absent: no limit.
+    pub max_concurrent: Option<u64>,
 }
 
 /// Longest `[[keys]].name`: it is a metric label.

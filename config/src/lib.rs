@@ -161,6 +161,19 @@ pub struct ApiKey {
     pub models: Vec<String>,
     /// Indexes into [`Config::routes`] it may use; empty: every route with keys.
     pub routes: Vec<usize>,
+    /// Its rate limits.
+    pub limits: KeyLimits,
+}
+
+/// One key's rate limits; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Requests let in per minute.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens generated per minute (reserved by `max_tokens`, settled to usage).
+    pub output_tokens_per_minute: Option<u64>,
+    /// Requests in flight at once.
+    pub max_concurrent: Option<u64>,
 }
 
 /// Who may use the admin listener.

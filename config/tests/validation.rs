@@ -295,6 +295,7 @@ fn keys_resolve_their_routes_and_keep_only_the_digest() {
     assert_eq!((k.name.as_str(), k.routes.as_slice()), ("team-a", &[0][..]));
     assert_eq!(k.sha256[..3], [0xba, 0x78, 0x16]);
     assert_eq!(k.models, ["m"]);
+    assert_eq!(k.limits, gantry_config::KeyLimits::default(), "no limits unless set");
 }
 
 #[test]
@@ -325,5 +326,9 @@ fn key_problems_name_the_field() {
     assert_problem(
         &key("a", DIGEST, "routes = [\"r\"]"),
         "keys[0].routes[0]: route `r` does not ask for keys",
+    );
+    assert_problem(
+        &key("a", DIGEST, "max_concurrent = 0"),
+        "keys[0].max_concurrent: must be at least 1 (leave it out for no limit)",
     );
 }

@@ -108,6 +108,14 @@ pub enum GatewayError {
         /// The route's name.
         route: String,
     },
+    /// The API key's rate limit (see [`crate::tenants::limiter`]).
+    #[error("{message}")]
+    RateLimited {
+        /// What was exceeded, naming the limit.
+        message: String,
+        /// Seconds for `Retry-After`.
+        retry_after: u32,
+    },
     /// A bug or resource failure inside the gateway.
     #[error("internal gateway error")]
     Internal,
@@ -123,6 +131,7 @@ impl GatewayError {
             | GatewayError::MissingHost => 400,
             GatewayError::MissingApiKey | GatewayError::InvalidApiKey => 401,
             GatewayError::KeyNotAllowed { .. } => 403,
+            GatewayError::RateLimited { .. } => 429,
             GatewayError::NoRoute => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::HeadTimeout { .. } | GatewayError::BodyTimeout { .. } => 408,
@@ -166,6 +175,7 @@ impl GatewayError {
             GatewayError::Framing(_) => "bad_framing",
             GatewayError::MissingApiKey | GatewayError::InvalidApiKey => "invalid_api_key",
             GatewayError::KeyNotAllowed { .. } => "key_not_allowed",
+            GatewayError::RateLimited { .. } => "rate_limit_exceeded",
             GatewayError::Internal => "internal_error",
             GatewayError::PluginFailed { .. } => "plugin_failed",
             GatewayError::PluginBusy { .. } => "plugin_busy",

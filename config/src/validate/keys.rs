@@ -2,7 +2,7 @@
 //! require one.
 
 use super::*;
-use crate::{ApiKey, RouteAuth};
+use crate::{ApiKey, KeyLimits, RouteAuth};
 
 pub(super) fn convert_keys(c: &mut Checker, raw: &FileConfig, routes: &[Route]) -> Vec<ApiKey> {
     let mut names = HashSet::new();
@@ -53,11 +53,29 @@ pub(super) fn convert_keys(c: &mut Checker, raw: &FileConfig, routes: &[Route]) 
                     Some(index)
                 })
                 .collect();
+            let mut at_least_one = |field: &str, v: Option<u64>| {
+                if v == Some(0) {
+                    c.fail(
+                        format!("{at}.{field}"),
+                        "must be at least 1 (leave it out for no limit)",
+                    );
+                }
+                v
+            };
+            let limits = KeyLimits {
+                requests_per_minute: at_least_one("requests_per_minute", k.requests_per_minute),
+                output_tokens_per_minute: at_least_one(
+                    "output_tokens_per_minute",
+                    k.output_tokens_per_minute,
+                ),
+                max_concurrent: at_least_one("max_concurrent", k.max_concurrent),
+            };
             ApiKey {
                 name: k.name.clone(),
                 sha256,
                 models: k.models.clone(),
                 routes,
+                limits,
             }
         })
         .collect();

@@ -22,6 +22,8 @@ pub struct RequestCtx {
     pub(super) route: Option<usize>,
     /// The tenant whose API key let the request in (see [`crate::tenants`]).
     pub(super) tenant: Option<usize>,
+    /// Its hold on the key's limits, released when the request ends.
+    pub(super) reservation: Option<Arc<crate::tenants::limiter::Reservation>>,
     pub(super) tried: Vec<Backend>,
     pub(super) error: Option<GatewayError>,
     pub(super) body_bytes: u64,
@@ -50,6 +52,7 @@ impl RequestCtx {
             request_id: String::new(),
             route: None,
             tenant: None,
+            reservation: None,
             tried: Vec::new(),
             error: None,
             body_bytes: 0,

@@ -13,7 +13,7 @@ use crate::openai::error::ApiError;
 use crate::openai::whole::STREAM_HEADERS;
 use crate::openai::{ApiCall, Endpoint, Outcome, Reply, Whole};
 use crate::router::Match;
-use crate::tenants;
+use crate::tenants::{self, limiter::Limiter};
 use bytes::Bytes;
 use gantry_config::RouteAuth;
 use pingora::http::ResponseHeader;
@@ -80,6 +80,19 @@ impl Gateway {
         let refused = match self.tenants.identify(route, &session.req_header().headers) {
             Ok(tenant) => {
                 ctx.tenant = Some(tenant);
+                let t = self.tenants.get(tenant);
+                match t.limiter.admit() {
+                    Ok(held) => ctx.reservation = Some(held),
+                    Err(exceeded) => {
+                        self.metrics.key_rejected(&t.name, exceeded.label());
+                        let err = GatewayError::RateLimited {
+                            message: exceeded.message(),
+                            retry_after: exceeded.retry_after_seconds(),
+                        };
+                        self.respond(session, ctx, err).await?;
+                        return Ok(true);
+                    }
+                }
                 return Ok(false);
             }
             Err(refused) => refused,
@@ -94,6 +107,11 @@ impl Gateway {
         };
         self.respond(session, ctx, err).await?;
         Ok(true)
+    }
+
+    /// The limits of the key that let the request in, if any.
+    pub(super) fn limiter(&self, ctx: &RequestCtx) -> Option<&Limiter> {
+        ctx.tenant.map(|i| &*self.tenants.get(i).limiter)
     }
 
     /// Serve a request to the OpenAI-compatible API on `route`: its plugins
@@ -165,6 +183,7 @@ impl Gateway {
                     pools,
                     route: &r.name,
                     tenant: ctx.tenant.map(|i| self.tenants.get(i)),
+                    reservation: ctx.reservation.as_ref(),
                     request_id: &ctx.request_id,
                     started: ctx.started,
                 };
@@ -185,7 +204,8 @@ impl Gateway {
                 }
             }
         };
-        let written = write_reply(session, reply, &ctx.request_id).await;
+        let rate = self.limiter(ctx);
+        let written = write_reply(session, reply, &ctx.request_id, rate).await;
         ctx.inference = Some(outcome);
         written
     }
@@ -206,15 +226,19 @@ pub(super) async fn write_reply(
     session: &mut Session,
     reply: Reply<'_>,
     request_id: &str,
+    rate: Option<&Limiter>,
 ) -> Result<()> {
     match reply {
-        Reply::Whole(whole) => write_whole(session, whole, request_id).await,
+        Reply::Whole(whole) => write_whole(session, whole, request_id, rate).await,
         Reply::Stream(mut events) => {
             let mut resp = ResponseHeader::build(200, Some(4))?;
             for (k, v) in STREAM_HEADERS {
                 resp.insert_header(k, v)?;
             }
             resp.insert_header(REQUEST_ID, events.request_id())?;
+            if let Some(limiter) = rate {
+                tenants::add_rate_headers(&mut resp, limiter)?;
+            }
             if session
                 .write_response_header(Box::new(resp), false)
                 .await
@@ -246,11 +270,13 @@ pub(super) async fn write_reply(
     }
 }
 
-/// A whole answer: status, `content-type`, length, request id, `Retry-After`.
+/// A whole answer: status, `content-type`, length, request id, `Retry-After`,
+/// and the key's `x-ratelimit-*` headers.
 pub(super) async fn write_whole(
     session: &mut Session,
     whole: Whole,
     request_id: &str,
+    rate: Option<&Limiter>,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(whole.status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, whole.content_type)?;
@@ -258,6 +284,9 @@ pub(super) async fn write_whole(
     resp.insert_header(REQUEST_ID, request_id)?;
     if let Some(s) = whole.retry_after {
         resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
+    }
+    if let Some(limiter) = rate {
+        tenants::add_rate_headers(&mut resp, limiter)?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(whole.body), true).await

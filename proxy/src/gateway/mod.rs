@@ -172,7 +172,8 @@ impl ProxyHttp for Gateway {
         match &self.router.route(route).target {
             Target::Builtin(which) => {
                 let page = self.api.builtin(*which);
-                dispatch::write_whole(session, page, &ctx.request_id).await?;
+                let rate = self.limiter(ctx);
+                dispatch::write_whole(session, page, &ctx.request_id, rate).await?;
                 Ok(true)
             }
             Target::Inference(_) => {
@@ -251,6 +252,9 @@ impl ProxyHttp for Gateway {
             self.rewrites[i].1.apply(resp)?;
         }
         resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        if let Some(limiter) = self.limiter(ctx) {
+            crate::tenants::add_rate_headers(resp, limiter)?;
+        }
         crate::framing::frame_response(session, resp)?;
         if self.lifecycle.is_draining() {
             // Draining: this response is the connection's last.

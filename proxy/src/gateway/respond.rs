@@ -31,7 +31,13 @@ impl Gateway {
             GatewayError::MissingApiKey | GatewayError::InvalidApiKey => {
                 resp.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
             }
+            GatewayError::RateLimited { retry_after, .. } => {
+                resp.insert_header(http::header::RETRY_AFTER, retry_after.to_string())?;
+            }
             _ => {}
+        }
+        if let Some(limiter) = self.limiter(ctx) {
+            crate::tenants::add_rate_headers(&mut resp, limiter)?;
         }
         if err.status() == 413 || err.status() == 431 || self.lifecycle.is_draining() {
             // The rest of an oversized request may still be in flight: don't reuse.

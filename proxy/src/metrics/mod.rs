@@ -59,6 +59,9 @@ pub struct Metrics {
     /// `gantry_auth_rejections_total{route,reason}`: requests refused by a route's
     /// `auth = "keys"`, by [`Denial`].
     auth_rejections: IntCounterVec,
+    /// `gantry_key_rejections_total{key,limit}`: requests refused by a key's rate
+    /// limits (`requests`, `output_tokens`, `concurrent`).
+    key_rejections: IntCounterVec,
 }
 
 /// Statuses most answers have: their `gantry_requests_total` series are kept
@@ -358,6 +361,11 @@ impl Metrics {
                 "Requests refused on routes with auth = keys, by route and reason (missing, unknown, route, model)",
                 &["route", "reason"],
             ),
+            key_rejections: r.counter(
+                "gantry_key_rejections_total",
+                "Requests refused by an API key's rate limits, by key name and limit (requests, output_tokens, concurrent)",
+                &["key", "limit"],
+            ),
             exported: r.finish(),
         }
     }
@@ -376,6 +384,12 @@ impl Metrics {
     /// A configured key's `gantry_key_requests_total` series, resolved once.
     pub fn key_requests(&self, key: &str) -> IntCounter {
         self.key_requests.with_label_values(&[key])
+    }
+
+    /// Count a request refused by a key's rate limit (`limit`: `requests`,
+    /// `output_tokens`, `concurrent`).
+    pub fn key_rejected(&self, key: &str, limit: &str) {
+        self.key_rejections.with_label_values(&[key, limit]).inc();
     }
 
     /// Count a request refused by a route's `auth = "keys"`.

@@ -179,6 +179,18 @@ impl ApiError {
         e
     }
 
+    /// 429: the API key's rate limit (see [`crate::tenants::limiter`]).
+    pub fn rate_limited(exceeded: crate::tenants::limiter::Exceeded) -> Self {
+        let mut e = Self::new(
+            429,
+            "rate_limit_error",
+            Some("rate_limit_exceeded"),
+            exceeded.message(),
+        );
+        e.retry_after = Some(exceeded.retry_after_seconds());
+        e
+    }
+
     /// 503: no backend of the pool is healthy.
     pub fn no_backend(pool: &str) -> Self {
         Self::new(

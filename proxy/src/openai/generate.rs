@@ -16,6 +16,7 @@ use super::whole::Whole;
 use super::Reply;
 use super::{Api, Outcome};
 use crate::metrics::Direction;
+use crate::tenants::limiter::Reservation;
 use crate::upstream::inference::{InferenceBackend, InferencePool, LoadGuard};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -37,6 +38,8 @@ pub(super) struct GenerateCall<'a> {
     pub started: Instant,
     /// Bytes of the request body, for the load estimate.
     pub body_bytes: u64,
+    /// The key's hold on its limits, told what is generated.
+    pub reservation: Option<Arc<Reservation>>,
 }
 
 impl<'a> GenerateCall<'a> {
@@ -56,6 +59,7 @@ impl<'a> GenerateCall<'a> {
             request_id: call.request_id,
             started: call.started,
             body_bytes: call.body.len() as u64,
+            reservation: call.reservation.cloned(),
         }
     }
 }
@@ -90,6 +94,9 @@ pub struct Generation<'a> {
     itl: prometheus::Histogram,
     /// Set once the outcome is counted: the end, or a failure, was sent.
     done: bool,
+    /// The key's hold on its limits: tokens counted as they come, settled
+    /// to the backend's usage at the end.
+    reservation: Option<Arc<Reservation>>,
 }
 
 /// The OpenAI finish reason of a backend's `Finished`, or the failure it
@@ -165,6 +172,7 @@ impl Api {
             );
             let mut generation =
                 self.relay(opened, answer, pool, prompt_param, call.started, deadline);
+            generation.reservation = call.reservation.clone();
             if call.sampling.stream {
                 return Ok(Reply::Stream(Box::new(generation)));
             }
@@ -226,6 +234,7 @@ impl Api {
             last_token: Instant::now(),
             first_delta: true,
             done: false,
+            reservation: None,
         }
     }
 }
@@ -376,6 +385,9 @@ impl Generation<'_> {
                 if let Some(load) = self.load.as_mut() {
                     load.token_done(delta.token_ids.len() as u64);
                 }
+                if let Some(r) = &self.reservation {
+                    r.generated(delta.token_ids.len() as u64);
+                }
                 let first = std::mem::replace(&mut self.first_delta, false);
                 Some(Step::Text {
                     text: delta.text,
@@ -400,6 +412,9 @@ impl Generation<'_> {
                     .with_label_values(&labels)
                     .observe(f.queue_time_us as f64 / 1e6);
                 let (model, backend) = (labels[0], labels[1]);
+                if let Some(r) = &self.reservation {
+                    r.settle(usage.completion_tokens.into());
+                }
                 metrics.tokens(model, backend, Direction::In, usage.prompt_tokens.into());
                 metrics.tokens(
                     model,

@@ -38,6 +38,7 @@ pub use request::{check_body, check_body_property};
 pub use whole::Whole;
 
 use crate::metrics::{Denial, Metrics, Refusal};
+use crate::tenants::limiter::Reservation;
 use crate::tenants::Tenant;
 use crate::upstream::inference::{InferencePool, PoolSlot};
 use bytes::Bytes;
@@ -101,6 +102,9 @@ pub struct ApiCall<'a> {
     /// The tenant whose key let the request in, on a route with `auth = "keys"`:
     /// only its models exist for it.
     pub tenant: Option<&'a Tenant>,
+    /// That key's hold on its limits: a generation reserves its output
+    /// tokens in it before anything is sent to a backend.
+    pub reservation: Option<&'a Arc<Reservation>>,
     /// The request id, carried to the backend and into the answer.
     pub request_id: &'a str,
     /// When the gateway received it (time to first token counts from here).
@@ -221,6 +225,7 @@ impl Api {
                     pools: &[pool],
                     route: "",
                     tenant: None,
+                    reservation: None,
                     request_id,
                     started: Instant::now(),
                 };
@@ -286,7 +291,8 @@ impl Api {
             Endpoint::ChatCompletions => {
                 let (req, pool, _slot) =
                     self.admit::<ChatCompletionRequest>(body, &scope, call.route, outcome)?;
-                let request = req.generate_request(call.request_id);
+                let mut request = req.generate_request(call.request_id);
+                self.reserve_output(&call, pool, &mut request)?;
                 self.generate(
                     GenerateCall::new(&call, pool, request, &req.sampling, Shape::Chat),
                     outcome,
@@ -296,7 +302,8 @@ impl Api {
             Endpoint::Completions => {
                 let (req, pool, _slot) =
                     self.admit::<CompletionRequest>(body, &scope, call.route, outcome)?;
-                let request = req.generate_request(call.request_id);
+                let mut request = req.generate_request(call.request_id);
+                self.reserve_output(&call, pool, &mut request)?;
                 self.generate(
                     GenerateCall::new(&call, pool, request, &req.sampling, Shape::Completion),
                     outcome,
@@ -331,6 +338,38 @@ impl Api {
             .ok_or_else(|| self.not_found(scope, req.model(), route))?;
         let slot = admit_to(pool, &self.metrics, |l| req.check_input(l))?;
         Ok((req, pool, slot))
+    }
+
+    /// Reserve the tokens `request` may generate in its key's output limit:
+    /// its `max_tokens`, else the most its model generates on any of the
+    /// pool's backends; before any backend told, the backends' default cap,
+    /// set as the request's `max_tokens` so that no backend can generate more.
+    fn reserve_output(
+        &self,
+        call: &ApiCall<'_>,
+        pool: &InferencePool,
+        request: &mut pb::GenerateRequest,
+    ) -> Result<(), ApiError> {
+        let Some(reservation) = call.reservation.filter(|r| r.limits_output()) else {
+            return Ok(());
+        };
+        let sampling = request.sampling.get_or_insert_with(Default::default);
+        let tokens = match (sampling.max_tokens, pool.max_tokens(&request.model)) {
+            (0, Some(most)) => most,
+            (0, None) => {
+                sampling.max_tokens = gantry_config::backend::DEFAULT_MAX_TOKENS;
+                sampling.max_tokens
+            }
+            (asked, _) => asked,
+        };
+        reservation
+            .reserve_output(tokens.into())
+            .map_err(|exceeded| {
+                if let Some(t) = call.tenant {
+                    self.metrics.key_rejected(&t.name, exceeded.label());
+                }
+                ApiError::rate_limited(exceeded)
+            })
     }
 
     /// 404 for a model the caller cannot see: absent, or (counted) not one

@@ -26,7 +26,7 @@ use gantry_config::InferencePool as PoolConfig;
 use gantry_config::InferenceRouting;
 use gantry_proto::generate_request::Input;
 use gantry_proto::inference_client::InferenceClient;
-use gantry_proto::{LoadReport, WatchKvBlocksRequest, WatchLoadRequest};
+use gantry_proto::{ListModelsRequest, LoadReport, WatchKvBlocksRequest, WatchLoadRequest};
 use rand::Rng;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -94,6 +94,9 @@ pub struct InferenceBackend {
     ejections: prometheus::IntCounter,
     /// The KV blocks it holds, per model, from its `WatchKvBlocks` stream.
     blocks: RwLock<BackendBlocks>,
+    /// Each model's largest `max_tokens` (its `ListModels` answer, read each
+    /// time the watch streams open): the most one request can generate here.
+    max_tokens: RwLock<HashMap<String, u32>>,
     /// Its watch tasks, stopped when it is dropped.
     watchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -333,6 +336,21 @@ impl InferencePool {
         self.config.models.iter().any(|m| m == model)
     }
 
+    /// The most tokens one request for `model` may generate on any of the
+    /// pool's backends (their `ListModels` answers); `None` before any answered.
+    pub fn max_tokens(&self, model: &str) -> Option<u32> {
+        self.backends()
+            .iter()
+            .filter_map(|b| {
+                b.max_tokens
+                    .read()
+                    .expect("max_tokens lock")
+                    .get(model)
+                    .copied()
+            })
+            .max()
+    }
+
     /// Count a request against `max_inflight`; `None` when the pool is full.
     pub fn admit(self: &Arc<Self>) -> Option<PoolSlot> {
         let before = self.inflight.fetch_add(1, Ordering::AcqRel);
@@ -404,6 +422,7 @@ impl InferencePool {
                 .ejections
                 .with_label_values(&[&self.config.name, &addr.to_string()]),
             blocks: RwLock::default(),
+            max_tokens: RwLock::default(),
             watchers: Mutex::new(Vec::new()),
         });
         let tasks = vec![
@@ -616,6 +635,7 @@ async fn watch(
         drop(b);
         let mut health_client = HealthClient::new(channel.clone());
         let mut load_client = InferenceClient::new(channel.clone());
+        let mut models_client = load_client.clone();
         let opened = tokio::try_join!(
             health_client.watch(HealthCheckRequest {
                 service: String::new()
@@ -644,6 +664,14 @@ async fn watch(
                 }
                 let Some(b) = backend.upgrade() else { return };
                 let now = healthy && loaded;
+                if b.serving.load(Ordering::Acquire) != now && now {
+                    // Its models answer once they are loaded.
+                    if let Ok(models) = models_client.list_models(ListModelsRequest {}).await {
+                        let limits = models.into_inner().models.into_iter();
+                        *b.max_tokens.write().expect("max_tokens lock") =
+                            limits.map(|m| (m.name, m.max_tokens)).collect();
+                    }
+                }
                 if b.serving.swap(now, Ordering::AcqRel) != now {
                     if now {
                         tracing::info!(pool = %pool, backend = %label, "inference backend serving");

@@ -168,3 +168,218 @@ async fn a_proxied_route_checks_the_key_and_never_forwards_it() {
         Some(1.0)
     );
 }
+
+/// A gateway whose `/v1` route needs keys, over one fixture backend, with
+/// `team-a`'s `limits` lines.
+async fn limited_api(behaviour: Behaviour, limits: &str) -> (Gateway, Fixture) {
+    let backend = Fixture::start(behaviour);
+    let config = ai_config(&[backend.addr], "").replace(
+        "inference_pools = [\"ai\"]\n",
+        "inference_pools = [\"ai\"]\nauth = \"keys\"\n",
+    ) + &key("team-a", TEAM_A, limits);
+    let gw = Gateway::start(&config).await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
+    (gw, backend)
+}
+
+/// A streamed chat for `max_tokens`: the generated tokens (its usage) when
+/// let in, `None` on 429 `rate_limit_exceeded`.
+async fn streamed_tokens(gw: &Gateway, max_tokens: u32) -> Option<u64> {
+    let mut body = chat(true);
+    body["max_tokens"] = json!(max_tokens);
+    body["stream_options"] = json!({"include_usage": true});
+    let res = send(
+        gw.client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(TEAM_A)
+            .json(&body),
+    )
+    .await;
+    if res.status() == 429 {
+        assert!(res.headers().contains_key("retry-after"));
+        assert_eq!(error_of(res, 429).await["code"], "rate_limit_exceeded");
+        return None;
+    }
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    let usage = crate::openai::events(&text)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .find_map(|c| c["usage"]["completion_tokens"].as_u64());
+    Some(usage.expect("a usage chunk"))
+}
+
+#[tokio::test]
+async fn concurrent_streams_never_generate_more_than_the_keys_tokens_per_minute() {
+    const LIMIT: u64 = 1_000;
+    // Each answer is at most 20 tokens, whatever max_tokens reserves: what a
+    // request does not use must come back at once for the limit to be used.
+    let (gw, _backend) = limited_api(
+        Behaviour {
+            tokens: 20,
+            inter_token_delay: std::time::Duration::from_millis(1),
+            ..Behaviour::default()
+        },
+        &format!("output_tokens_per_minute = {LIMIT}"),
+    )
+    .await;
+    let mut seed = 7u32;
+    let mut asks = Vec::new();
+    for _ in 0..200 {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        asks.push(1 + (seed >> 16) % 100);
+    }
+    let mut used = 0;
+    let mut refused = 0;
+    for wave in asks.chunks(40) {
+        let answers =
+            futures_util::future::join_all(wave.iter().map(|&n| streamed_tokens(&gw, n))).await;
+        for a in answers {
+            match a {
+                Some(n) => used += n,
+                None => refused += 1,
+            }
+        }
+    }
+    assert!(
+        used <= LIMIT,
+        "{used} tokens generated against a limit of {LIMIT}"
+    );
+    assert!(
+        used >= LIMIT * 9 / 10,
+        "only {used} of {LIMIT} used ({refused} refused)"
+    );
+    assert!(refused > 0, "the limit was reached");
+    let res = send(gw.client.get(gw.url("/v1/models")).bearer_auth(TEAM_A)).await;
+    assert_eq!(
+        res.headers()["x-ratelimit-limit-tokens"],
+        LIMIT.to_string().as_str()
+    );
+    let remaining: u64 = res.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(remaining, LIMIT - used, "what was not generated came back");
+    assert!(gw
+        .metric("gantry_key_rejections_total{key=\"team-a\",limit=\"output_tokens\"}")
+        .await
+        .is_some_and(|n| n as u64 == refused));
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_is_charged_what_was_generated_not_max_tokens() {
+    let (gw, _backend) = limited_api(
+        Behaviour {
+            tokens: 1_000,
+            inter_token_delay: std::time::Duration::from_millis(50),
+            ..Behaviour::default()
+        },
+        "output_tokens_per_minute = 100",
+    )
+    .await;
+    let mut body = chat(true);
+    body["max_tokens"] = json!(100);
+    let res = send(
+        gw.client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(TEAM_A)
+            .json(&body),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-ratelimit-remaining-tokens"], "0");
+    let mut stream = futures_util::StreamExt::boxed(res.bytes_stream());
+    let mut seen = String::new();
+    while crate::openai::events(&seen).len() < 3 {
+        let chunk = futures_util::StreamExt::next(&mut stream)
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    drop(stream); // gone after ~3 of its 100 tokens
+    let remaining = || async {
+        let res = send(gw.client.get(gw.url("/v1/models")).bearer_auth(TEAM_A)).await;
+        res.headers()["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    // The 100 tokens would take 5 s to generate; the reservation settles as
+    // soon as the gateway sees the client gone.
+    eventually("the reservation settles to what was generated", || async {
+        (90..100).contains(&remaining().await)
+    })
+    .await;
+    assert!(streamed_tokens(&gw, 90).await.is_some());
+}
+
+#[tokio::test]
+async fn requests_per_minute_and_concurrency_are_limited_per_key_with_openai_headers() {
+    let origin = Origin::start("o").await;
+    let config = one_pool(&[origin.addr], "", "auth = \"keys\"\n")
+        + &key(
+            "team-a",
+            TEAM_A,
+            "requests_per_minute = 3\nmax_concurrent = 1",
+        );
+    let gw = Gateway::start(&config).await;
+    let get = |delay: u64| {
+        gw.client
+            .get(gw.url("/x"))
+            .bearer_auth(TEAM_A)
+            .header("x-delay-ms", delay.to_string())
+            .send()
+    };
+    // One slow request in flight: a second at the same time is refused.
+    let (slow, second) = tokio::join!(get(400), async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        get(0).await
+    });
+    assert_eq!(slow.unwrap().status(), 200);
+    let second = second.unwrap();
+    assert_eq!(second.headers()["retry-after"], "1");
+    let err = error_of(second, 429).await;
+    assert_eq!(err["code"], "rate_limit_exceeded");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrent = 1"),
+        "{err}"
+    );
+
+    // The refused one did not count: two of three used, one left.
+    let third = get(0).await.unwrap();
+    assert_eq!(third.status(), 200);
+    assert_eq!(third.headers()["x-ratelimit-limit-requests"], "3");
+    assert_eq!(third.headers()["x-ratelimit-remaining-requests"], "1");
+    let reset = third.headers()["x-ratelimit-reset-requests"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(reset.ends_with('s') && !reset.ends_with("ms"), "{reset}");
+    assert_eq!(get(0).await.unwrap().status(), 200);
+    let over = get(0).await.unwrap();
+    let wait: u64 = over.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((55..=60).contains(&wait), "{wait}");
+    assert_eq!(over.headers()["x-ratelimit-remaining-requests"], "0");
+    let err = error_of(over, 429).await;
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("requests_per_minute = 3"),
+        "{err}"
+    );
+    for (limit, n) in [("concurrent", 1.0), ("requests", 1.0)] {
+        let sample = format!("gantry_key_rejections_total{{key=\"team-a\",limit=\"{limit}\"}}");
+        assert_eq!(gw.metric(&sample).await, Some(n), "{sample}");
+    }
+}

@@ -9,14 +9,19 @@
 //! protect, and the digest is looked up, never compared byte by byte against
 //! a guess.
 
+pub mod limiter;
+
 use crate::metrics::{Denial, Metrics};
 use base64::Engine;
 use gantry_config::ApiKey;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName};
+use limiter::Limiter;
+use pingora::http::ResponseHeader;
 use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// The other header a key may come in (Anthropic's and many tools' choice).
 pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
@@ -41,6 +46,8 @@ pub struct Tenant {
     routes: Option<HashSet<usize>>,
     /// `gantry_key_requests_total{key}`, resolved once.
     requests: IntCounter,
+    /// Its rate limits and what it used of them.
+    pub limiter: Arc<Limiter>,
 }
 
 /// Why a request was not let in.
@@ -75,6 +82,7 @@ impl Tenants {
                 models: (!k.models.is_empty()).then(|| k.models.iter().cloned().collect()),
                 routes: (!k.routes.is_empty()).then(|| k.routes.iter().copied().collect()),
                 requests: metrics.key_requests(&k.name),
+                limiter: Limiter::new(k.limits),
             })
             .collect();
         let by_digest = keys
@@ -109,6 +117,35 @@ impl Tenant {
     /// Whether the key may use `model`.
     pub fn may_use(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+}
+
+/// The `x-ratelimit-*` headers OpenAI's clients read, for the limits the
+/// key has: `-limit-`, `-remaining-` and `-reset-` of `requests` (per minute)
+/// and `tokens` (generated per minute).
+pub fn add_rate_headers(resp: &mut ResponseHeader, limiter: &Limiter) -> pingora::Result<()> {
+    let (requests, tokens) = limiter.remaining();
+    for (what, r) in [("requests", requests), ("tokens", tokens)] {
+        let Some(r) = r else { continue };
+        resp.insert_header(format!("x-ratelimit-limit-{what}"), r.limit)?;
+        resp.insert_header(format!("x-ratelimit-remaining-{what}"), r.remaining)?;
+        resp.insert_header(format!("x-ratelimit-reset-{what}"), duration_text(r.reset))?;
+    }
+    Ok(())
+}
+
+/// A duration as OpenAI's reset headers write it: `20ms`, `1.5s`, `1m0s`.
+fn duration_text(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (minutes, ms) = (ms / 60_000, ms % 60_000);
+    let seconds = format!("{}.{:03}", ms / 1000, ms % 1000);
+    let seconds = seconds.trim_end_matches('0').trim_end_matches('.');
+    match minutes {
+        0 => format!("{seconds}s"),
+        m => format!("{m}m{seconds}s"),
     }
 }
 
@@ -172,6 +209,15 @@ mod tests {
             None
         );
         assert_eq!(presented_key(&headers(&[])), None);
+    }
+
+    #[test]
+    fn reset_durations_are_written_as_openai_writes_them() {
+        use std::time::Duration;
+        assert_eq!(duration_text(Duration::from_millis(20)), "20ms");
+        assert_eq!(duration_text(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(duration_text(Duration::from_secs(60)), "1m0s");
+        assert_eq!(duration_text(Duration::from_millis(59_999)), "59.999s");
     }
 
     #[test]
