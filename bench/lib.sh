@@ -34,10 +34,27 @@ bench_wait() {
   return 1
 }
 
-# bench_measure URL: one wrk run (WRK_THREADS, CONNS, DURATION); prints "rps p50 p99".
+# bench_measure URL: one wrk run (WRK_THREADS, CONNS, DURATION, and WRK_SCRIPT
+# when set); prints "rps p50 p99".
 bench_measure() {
-  wrk -t"${WRK_THREADS:-1}" -c"${CONNS:-50}" -d"${DURATION:-10}s" --latency "$1" |
+  wrk -t"${WRK_THREADS:-1}" -c"${CONNS:-50}" -d"${DURATION:-10}s" --latency \
+    ${WRK_SCRIPT:+-s "$WRK_SCRIPT"} "$1" |
     awk '/Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {printf "%.0f %s %s\n", r, p50, p99}'
+}
+
+# bench_alternate ROUNDS URL_A URL_B: bench_measure each URL once per round, in
+# reverse order every other round; appends to the caller's associative arrays
+# rps (space-separated), p50 and p99 (" / "-separated), indexed 0 and 1.
+bench_alternate() {
+  local rounds=$1 round i r a b; shift
+  local urls=("$@")
+  for round in $(seq "$rounds"); do
+    local order=(0 1); [ $((round % 2)) -eq 0 ] && order=(1 0)
+    for i in "${order[@]}"; do
+      read -r r a b < <(bench_measure "${urls[$i]}")
+      rps[$i]="${rps[$i]:+${rps[$i]} }$r"; p50[$i]="${p50[$i]:+${p50[$i]} / }$a"; p99[$i]="${p99[$i]:+${p99[$i]} / }$b"
+    done
+  done
 }
 
 # bench_mean "N N N": the mean, rounded.

@@ -61,14 +61,7 @@ for p in plain plugin; do bench_wait "http://$GANTRY/$p"; done
 curl -sI "http://$GANTRY/plugin" | grep -qi '^x-served-by: gantry' || { echo "plugin not active" >&2; exit 1; }
 measure() { bench_measure "http://$GANTRY$1"; } # $1 path → "rps p50 p99"
 declare -A rps p50 p99
-paths=(/plain /plugin)
-for round in $(seq "$ROUNDS"); do
-  order=(0 1); [ $((round % 2)) -eq 0 ] && order=(1 0)
-  for i in "${order[@]}"; do
-    read -r r a b < <(measure "${paths[$i]}")
-    rps[$i]="${rps[$i]:+${rps[$i]} }$r"; p50[$i]="${p50[$i]:+${p50[$i]} / }$a"; p99[$i]="${p99[$i]:+${p99[$i]} / }$b"
-  done
-done
+bench_alternate "$ROUNDS" "http://$GANTRY/plain" "http://$GANTRY/plugin"
 # The plugin route's p99 alone, then with a looping plugin on /loop at 1 % of its
 # request rate (one connection, paced by a wrk script).
 mean_rps=$(echo "${rps[1]}" | tr ' ' '\n' | awk '{s+=$1} END {print s/NR}')

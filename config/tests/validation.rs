@@ -295,7 +295,11 @@ fn keys_resolve_their_routes_and_keep_only_the_digest() {
     assert_eq!((k.name.as_str(), k.routes.as_slice()), ("team-a", &[0][..]));
     assert_eq!(k.sha256[..3], [0xba, 0x78, 0x16]);
     assert_eq!(k.models, ["m"]);
-    assert_eq!(k.limits, gantry_config::KeyLimits::default(), "no limits unless set");
+    assert_eq!(
+        k.limits,
+        gantry_config::KeyLimits::default(),
+        "no limits unless set"
+    );
 }
 
 #[test]

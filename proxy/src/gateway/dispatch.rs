@@ -65,8 +65,9 @@ impl Gateway {
     }
 
     /// On a route with `auth = "keys"`, find the request's tenant by its API
-    /// key, or answer 401 (no key, unknown key) or 403 (a key not allowed on
-    /// the route). `true` when it answered.
+    /// key and take a reservation of the key's limits, or answer 401 (no key,
+    /// unknown key), 403 (a key not allowed on the route) or 429 (no request
+    /// of the minute or no concurrency slot left). `true` when it answered.
     pub(super) async fn check_key(
         &self,
         session: &mut Session,
@@ -77,36 +78,38 @@ impl Gateway {
         if r.auth != RouteAuth::Keys {
             return Ok(false);
         }
-        let refused = match self.tenants.identify(route, &session.req_header().headers) {
-            Ok(tenant) => {
-                ctx.tenant = Some(tenant);
-                let t = self.tenants.get(tenant);
-                match t.limiter.admit() {
-                    Ok(held) => ctx.reservation = Some(held),
-                    Err(exceeded) => {
-                        self.metrics.key_rejected(&t.name, exceeded.label());
-                        let err = GatewayError::RateLimited {
-                            message: exceeded.message(),
-                            retry_after: exceeded.retry_after_seconds(),
-                        };
-                        self.respond(session, ctx, err).await?;
-                        return Ok(true);
-                    }
-                }
-                return Ok(false);
+        let tenant = match self.tenants.identify(route, &session.req_header().headers) {
+            Ok(tenant) => tenant,
+            Err(refused) => {
+                self.metrics.auth_rejected(&r.name, refused.denial());
+                let err = match refused {
+                    tenants::Refused::Missing => GatewayError::MissingApiKey,
+                    tenants::Refused::Unknown => GatewayError::InvalidApiKey,
+                    tenants::Refused::Route => GatewayError::KeyNotAllowed {
+                        route: r.name.clone(),
+                    },
+                };
+                self.respond(session, ctx, err).await?;
+                return Ok(true);
             }
-            Err(refused) => refused,
         };
-        self.metrics.auth_rejected(&r.name, refused.denial());
-        let err = match refused {
-            tenants::Refused::Missing => GatewayError::MissingApiKey,
-            tenants::Refused::Unknown => GatewayError::InvalidApiKey,
-            tenants::Refused::Route => GatewayError::KeyNotAllowed {
-                route: r.name.clone(),
-            },
-        };
-        self.respond(session, ctx, err).await?;
-        Ok(true)
+        ctx.tenant = Some(tenant);
+        let t = self.tenants.get(tenant);
+        match t.limiter.admit() {
+            Ok(held) => {
+                ctx.reservation = Some(held);
+                Ok(false)
+            }
+            Err(exceeded) => {
+                self.metrics.key_rejected(&t.name, exceeded.label());
+                let err = GatewayError::RateLimited {
+                    message: exceeded.message(),
+                    retry_after: exceeded.retry_after_seconds(),
+                };
+                self.respond(session, ctx, err).await?;
+                Ok(true)
+            }
+        }
     }
 
     /// The limits of the key that let the request in, if any.

@@ -209,6 +209,16 @@ async fn streamed_tokens(gw: &Gateway, max_tokens: u32) -> Option<u64> {
     Some(usage.expect("a usage chunk"))
 }
 
+/// `team-a`'s generated tokens left this minute, as its answers say.
+async fn remaining_tokens(gw: &Gateway) -> u64 {
+    let res = send(gw.client.get(gw.url("/v1/models")).bearer_auth(TEAM_A)).await;
+    res.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn concurrent_streams_never_generate_more_than_the_keys_tokens_per_minute() {
     const LIMIT: u64 = 1_000;
@@ -255,12 +265,11 @@ async fn concurrent_streams_never_generate_more_than_the_keys_tokens_per_minute(
         res.headers()["x-ratelimit-limit-tokens"],
         LIMIT.to_string().as_str()
     );
-    let remaining: u64 = res.headers()["x-ratelimit-remaining-tokens"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(remaining, LIMIT - used, "what was not generated came back");
+    assert_eq!(
+        remaining_tokens(&gw).await,
+        LIMIT - used,
+        "what was not generated came back"
+    );
     assert!(gw
         .metric("gantry_key_rejections_total{key=\"team-a\",limit=\"output_tokens\"}")
         .await
@@ -299,18 +308,10 @@ async fn a_client_that_leaves_is_charged_what_was_generated_not_max_tokens() {
         seen.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     drop(stream); // gone after ~3 of its 100 tokens
-    let remaining = || async {
-        let res = send(gw.client.get(gw.url("/v1/models")).bearer_auth(TEAM_A)).await;
-        res.headers()["x-ratelimit-remaining-tokens"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
-    // The 100 tokens would take 5 s to generate; the reservation settles as
-    // soon as the gateway sees the client gone.
+                  // The 100 tokens would take 5 s to generate; the reservation settles as
+                  // soon as the gateway sees the client gone.
     eventually("the reservation settles to what was generated", || async {
-        (90..100).contains(&remaining().await)
+        (90..100).contains(&remaining_tokens(&gw).await)
     })
     .await;
     assert!(streamed_tokens(&gw, 90).await.is_some());
