@@ -22,6 +22,16 @@ async fn send(req: reqwest::RequestBuilder) -> reqwest::Response {
     req.send().await.expect("gateway answers")
 }
 
+/// POST `body` to `path` with `key` as a bearer token.
+async fn post_as(
+    gw: &Gateway,
+    key: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    send(gw.client.post(gw.url(path)).bearer_auth(key).json(body)).await
+}
+
 #[tokio::test]
 async fn the_api_lets_in_configured_keys_only_and_each_sees_its_own_models() {
     let backend = Fixture::start(Behaviour::default());
@@ -67,13 +77,7 @@ async fn the_api_lets_in_configured_keys_only_and_each_sees_its_own_models() {
 
     // team-a may use `fixture` only: the other model does not exist for it.
     let embed = json!({"model": "fixture-embed", "input": "hello"});
-    let res = send(
-        gw.client
-            .post(gw.url("/v1/embeddings"))
-            .bearer_auth(TEAM_A)
-            .json(&embed),
-    )
-    .await;
+    let res = post_as(&gw, TEAM_A, "/v1/embeddings", &embed).await;
     let err = error_of(res, 404).await;
     assert_eq!(err["code"], "model_not_found");
     let message = err["message"].as_str().unwrap();
@@ -81,13 +85,7 @@ async fn the_api_lets_in_configured_keys_only_and_each_sees_its_own_models() {
         !message.contains("fixture-embed`;") && message.ends_with("fixture"),
         "{message}"
     );
-    let res = send(
-        gw.client
-            .post(gw.url("/v1/embeddings"))
-            .bearer_auth(TEAM_B)
-            .json(&embed),
-    )
-    .await;
+    let res = post_as(&gw, TEAM_B, "/v1/embeddings", &embed).await;
     assert_eq!(res.status(), 200);
     let listed = |body: serde_json::Value| -> Vec<String> {
         body["data"]
@@ -188,13 +186,7 @@ async fn streamed_tokens(gw: &Gateway, max_tokens: u32) -> Option<u64> {
     let mut body = chat(true);
     body["max_tokens"] = json!(max_tokens);
     body["stream_options"] = json!({"include_usage": true});
-    let res = send(
-        gw.client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(TEAM_A)
-            .json(&body),
-    )
-    .await;
+    let res = post_as(gw, TEAM_A, "/v1/chat/completions", &body).await;
     if res.status() == 429 {
         assert!(res.headers().contains_key("retry-after"));
         assert_eq!(error_of(res, 429).await["code"], "rate_limit_exceeded");
@@ -289,13 +281,7 @@ async fn a_client_that_leaves_is_charged_what_was_generated_not_max_tokens() {
     .await;
     let mut body = chat(true);
     body["max_tokens"] = json!(100);
-    let res = send(
-        gw.client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(TEAM_A)
-            .json(&body),
-    )
-    .await;
+    let res = post_as(&gw, TEAM_A, "/v1/chat/completions", &body).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["x-ratelimit-remaining-tokens"], "0");
     let mut stream = futures_util::StreamExt::boxed(res.bytes_stream());
