@@ -23,14 +23,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 bench_origin "$work" "$ORIGIN"
 cat > "$work/gantry.toml" <<CONF
-[server]
-threads = $WORKERS
-[[listeners]]
-name = "bench"
-address = "$GANTRY"
-[[pools]]
-name = "origin"
-endpoints = ["$ORIGIN"]
+$(bench_gateway_conf "$WORKERS" "$GANTRY" "$ORIGIN")
 [[routes]]
 name = "open"
 pool = "origin"

@@ -27,6 +27,12 @@ bench_origin() {
   bench_nginx_conf "$1" origin "server { listen $2; location / { root $1; try_files /1k.txt =404; } }"
 }
 
+# bench_gateway_conf WORKERS LISTEN ORIGIN: the head of a bench gateway's
+# configuration: its worker threads, the `bench` listener and the `origin` pool.
+bench_gateway_conf() {
+  printf '[server]\nthreads = %s\n[[listeners]]\nname = "bench"\naddress = "%s"\n[[pools]]\nname = "origin"\nendpoints = ["%s"]\n' "$1" "$2" "$3"
+}
+
 # bench_wait URL: wait up to 10 s for URL to answer 2xx; fail loudly otherwise.
 bench_wait() {
   for _ in $(seq 100); do curl -sf "$1" -o /dev/null && return 0; sleep 0.1; done

@@ -34,14 +34,7 @@ WAT
 wat2wasm "$work/loop.wat" -o "$work/loop.wasm"
 bench_origin "$work" "$ORIGIN"
 cat > "$work/gantry.toml" <<CONF
-[server]
-threads = $WORKERS
-[[listeners]]
-name = "bench"
-address = "$GANTRY"
-[[pools]]
-name = "origin"
-endpoints = ["$ORIGIN"]
+$(bench_gateway_conf "$WORKERS" "$GANTRY" "$ORIGIN")
 [[routes]]
 name = "plain"
 pool = "origin"

@@ -42,16 +42,9 @@ bench_nginx_conf "$work" proxy "upstream origin { server $ORIGIN; keepalive 128;
   server { listen $NGINX; location / { proxy_pass http://origin; proxy_http_version 1.1;
     proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }" "$WORKERS"
 cat > "$work/gantry.toml" <<CONF
-[server]
-threads = $WORKERS
+$(bench_gateway_conf "$WORKERS" "$GANTRY" "$ORIGIN")
 [admin]
 address = "$ADMIN"
-[[listeners]]
-name = "bench"
-address = "$GANTRY"
-[[pools]]
-name = "origin"
-endpoints = ["$ORIGIN"]
 [[routes]]
 name = "all"
 pool = "origin"
