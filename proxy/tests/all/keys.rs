@@ -370,3 +370,40 @@ async fn requests_per_minute_and_concurrency_are_limited_per_key_with_openai_hea
         assert_eq!(gw.metric(&sample).await, Some(n), "{sample}");
     }
 }
+
+#[tokio::test]
+async fn the_official_openai_client_sees_its_key_errors_and_limits() {
+    let (gw, _backend) = limited_api(
+        Behaviour {
+            tokens: 20,
+            ..Behaviour::default()
+        },
+        "output_tokens_per_minute = 100",
+    )
+    .await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_keys.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(gw.url(""))
+        .arg(TEAM_A)
+        .output()
+        .await
+        .expect("python3 runs (scripts/setup.sh installs openai)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        seen["bad_key"],
+        json!({"status": 401, "code": "invalid_api_key"})
+    );
+    assert_eq!(seen["ok"]["completion_tokens"], 5);
+    assert_eq!(seen["ok"]["limit_tokens"], "100");
+    assert_eq!(seen["ok"]["remaining_tokens"], "95");
+    assert_eq!(seen["over"]["status"], 429);
+    assert_eq!(seen["over"]["code"], "rate_limit_exceeded");
+    assert!(seen["over"]["retry_after"].as_str().is_some(), "{seen}");
+}
