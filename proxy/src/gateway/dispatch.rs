@@ -95,7 +95,7 @@ impl Gateway {
         };
         ctx.tenant = Some(tenant);
         let t = self.tenants.get(tenant);
-        match t.limiter.admit() {
+        match t.admit() {
             Ok(held) => {
                 ctx.reservation = Some(held);
                 Ok(false)

@@ -16,7 +16,7 @@ use base64::Engine;
 use gantry_config::ApiKey;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName};
-use limiter::Limiter;
+use limiter::{Exceeded, Limiter, Reservation};
 use pingora::http::ResponseHeader;
 use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
@@ -103,7 +103,6 @@ impl Tenants {
         if tenant.routes.as_ref().is_some_and(|r| !r.contains(&route)) {
             return Err(Refused::Route);
         }
-        tenant.requests.inc();
         Ok(i)
     }
 
@@ -114,6 +113,14 @@ impl Tenants {
 }
 
 impl Tenant {
+    /// Let a request in under the key's limits (counted in
+    /// `gantry_key_requests_total`), or say which one it ran into.
+    pub fn admit(&self) -> Result<Arc<Reservation>, Exceeded> {
+        let held = self.limiter.admit()?;
+        self.requests.inc();
+        Ok(held)
+    }
+
     /// Whether the key may use `model`.
     pub fn may_use(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|m| m.contains(model))

@@ -365,6 +365,11 @@ async fn requests_per_minute_and_concurrency_are_limited_per_key_with_openai_hea
             .contains("requests_per_minute = 3"),
         "{err}"
     );
+    assert_eq!(
+        gw.metric("gantry_key_requests_total{key=\"team-a\"}").await,
+        Some(3.0),
+        "requests let in, not those refused"
+    );
     for (limit, n) in [("concurrent", 1.0), ("requests", 1.0)] {
         let sample = format!("gantry_key_rejections_total{{key=\"team-a\",limit=\"{limit}\"}}");
         assert_eq!(gw.metric(&sample).await, Some(n), "{sample}");
