@@ -74,6 +74,9 @@ impl Gateway {
         }
         resp.insert_header(CONTENT_LENGTH, local.body.len())?;
         resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        if let Some(limiter) = self.limiter(ctx) {
+            crate::tenants::add_rate_headers(&mut resp, limiter)?;
+        }
         session.write_response_header(Box::new(resp), false).await?;
         session
             .write_response_body(Some(Bytes::from(local.body)), true)

@@ -412,3 +412,24 @@ async fn the_official_openai_client_sees_its_key_errors_and_limits() {
     assert_eq!(seen["over"]["code"], "rate_limit_exceeded");
     assert!(seen["over"]["retry_after"].as_str().is_some(), "{seen}");
 }
+
+#[tokio::test]
+async fn a_plugins_own_answer_on_a_keyed_route_carries_the_keys_rate_headers() {
+    use crate::plugins::{config, plugin, route, CONTINUE, DENY};
+    let origin = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let deny = plugin(dir.path(), "deny", DENY, CONTINUE);
+    let keyed = route("r", "/", &[("deny", &deny, "")]).replacen(
+        "path_prefix = \"/\"\n",
+        "path_prefix = \"/\"\nauth = \"keys\"\n",
+        1,
+    );
+    let gw = Gateway::start(
+        &(config(origin.addr, &[keyed]) + &key("team-a", TEAM_A, "requests_per_minute = 10")),
+    )
+    .await;
+    let res = send(gw.client.get(gw.url("/x")).bearer_auth(TEAM_A)).await;
+    assert_eq!(res.status(), 401, "the plugin's answer");
+    assert_eq!(res.headers()["x-ratelimit-limit-requests"], "10");
+    assert_eq!(res.headers()["x-ratelimit-remaining-requests"], "9");
+}

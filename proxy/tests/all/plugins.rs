@@ -55,7 +55,7 @@ pub(crate) const ADD_HEADERS: (&str, &str) = (
      (i32.const 0)",
     "(drop (call $add (i32.const 2) (i32.const 32) (i32.const 6) (i32.const 48) (i32.const 3))) (i32.const 0)",
 );
-const DENY: &str = "(drop (call $respond (i32.const 401) (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 6) (i32.const 0) (i32.const 0) (i32.const -1))) (i32.const 1)";
+pub(crate) const DENY: &str = "(drop (call $respond (i32.const 401) (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 6) (i32.const 0) (i32.const 0) (i32.const -1))) (i32.const 1)";
 const TRAP: &str = "(unreachable)";
 const LOOP: &str = "(loop $l (br $l)) (i32.const 0)";
 pub(crate) const CONTINUE: &str = "(i32.const 0)";
