@@ -62,6 +62,10 @@ pub struct Metrics {
     /// `gantry_key_rejections_total{key,limit}`: requests refused by a key's rate
     /// limits (`requests`, `output_tokens`, `concurrent`).
     key_rejections: IntCounterVec,
+    /// `gantry_key_inflight_requests{key}`.
+    key_inflight: IntGaugeVec,
+    /// `gantry_key_reserved_tokens{key}`: output tokens reserved, not yet settled.
+    key_reserved: IntGaugeVec,
 }
 
 /// Statuses most answers have: their `gantry_requests_total` series are kept
@@ -366,6 +370,16 @@ impl Metrics {
                 "Requests refused by an API key's rate limits, by key name and limit (requests, output_tokens, concurrent)",
                 &["key", "limit"],
             ),
+            key_inflight: r.gauge(
+                "gantry_key_inflight_requests",
+                "Requests in flight under an API key, by key name",
+                &["key"],
+            ),
+            key_reserved: r.gauge(
+                "gantry_key_reserved_tokens",
+                "Output tokens reserved under an API key and not yet settled, by key name",
+                &["key"],
+            ),
             exported: r.finish(),
         }
     }
@@ -384,6 +398,14 @@ impl Metrics {
     /// A configured key's `gantry_key_requests_total` series, resolved once.
     pub fn key_requests(&self, key: &str) -> IntCounter {
         self.key_requests.with_label_values(&[key])
+    }
+
+    /// A configured key's outstanding-work gauges, resolved once.
+    pub fn key_outstanding(&self, key: &str) -> crate::tenants::limiter::Outstanding {
+        crate::tenants::limiter::Outstanding {
+            requests: self.key_inflight.with_label_values(&[key]),
+            tokens: self.key_reserved.with_label_values(&[key]),
+        }
     }
 
     /// Count a request refused by a key's rate limit (`limit`: `requests`,

@@ -10,6 +10,7 @@
 //! what a request did not use is free again at once.
 
 use gantry_config::KeyLimits;
+use prometheus::IntGauge;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +25,16 @@ const CONCURRENCY_RETRY_AFTER: Duration = Duration::from_secs(1);
 pub struct Limiter {
     limits: KeyLimits,
     state: Mutex<State>,
+    gauges: Outstanding,
+}
+
+/// What a key holds now, as gauges: `gantry_key_inflight_requests` and
+/// `gantry_key_reserved_tokens` (reserved, not yet settled).
+pub struct Outstanding {
+    /// Requests in flight.
+    pub requests: IntGauge,
+    /// Output tokens reserved and not yet settled.
+    pub tokens: IntGauge,
 }
 
 struct State {
@@ -119,10 +130,11 @@ pub struct Reservation {
 }
 
 impl Limiter {
-    /// A limiter for `limits`, nothing used.
-    pub fn new(limits: KeyLimits) -> Arc<Limiter> {
+    /// A limiter for `limits`, nothing used, reporting to `gauges`.
+    pub fn new(limits: KeyLimits, gauges: Outstanding) -> Arc<Limiter> {
         Arc::new(Limiter {
             limits,
+            gauges,
             state: Mutex::new(State {
                 window: Window {
                     id: 0,
@@ -165,6 +177,7 @@ impl Limiter {
         window.requests += 1;
         let id = window.id;
         state.in_flight += 1;
+        self.gauges.requests.inc();
         Ok(Arc::new(Reservation {
             limiter: self.clone(),
             window: AtomicU64::new(id),
@@ -237,6 +250,7 @@ impl Reservation {
             });
         }
         window.output += tokens;
+        self.limiter.gauges.tokens.add(tokens as i64);
         // Reserved tokens settle into the window that holds them.
         self.window.store(window.id, Ordering::Relaxed);
         self.reserved.fetch_add(tokens, Ordering::Relaxed);
@@ -259,6 +273,8 @@ impl Drop for Reservation {
         let mut state = self.limiter.state.lock().expect("limiter lock");
         state.in_flight -= 1;
         let (reserved, generated) = (*self.reserved.get_mut(), *self.generated.get_mut());
+        self.limiter.gauges.requests.dec();
+        self.limiter.gauges.tokens.sub(reserved as i64);
         if state.window.id == *self.window.get_mut() && reserved > 0 {
             let window = &mut state.window;
             // Give back what was not generated; more than reserved cannot
@@ -272,6 +288,14 @@ impl Drop for Reservation {
 mod tests {
     use super::*;
 
+    fn gauges() -> Outstanding {
+        let gauge = || IntGauge::new("g", "g").unwrap();
+        Outstanding {
+            requests: gauge(),
+            tokens: gauge(),
+        }
+    }
+
     fn limits(rpm: Option<u64>, tokens: Option<u64>, concurrent: Option<u64>) -> KeyLimits {
         KeyLimits {
             requests_per_minute: rpm,
@@ -282,7 +306,7 @@ mod tests {
 
     #[test]
     fn tokens_are_reserved_up_front_and_what_was_not_generated_comes_back() {
-        let l = Limiter::new(limits(None, Some(100), None));
+        let l = Limiter::new(limits(None, Some(100), None), gauges());
         let a = l.admit().unwrap();
         a.reserve_output(70).unwrap();
         let b = l.admit().unwrap();
@@ -308,7 +332,7 @@ mod tests {
 
     #[test]
     fn requests_per_minute_and_in_flight_are_counted_apart() {
-        let l = Limiter::new(limits(Some(3), None, Some(2)));
+        let l = Limiter::new(limits(Some(3), None, Some(2)), gauges());
         let (a, b) = (l.admit().unwrap(), l.admit().unwrap());
         assert!(matches!(
             l.admit(),

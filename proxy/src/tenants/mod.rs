@@ -82,7 +82,7 @@ impl Tenants {
                 models: (!k.models.is_empty()).then(|| k.models.iter().cloned().collect()),
                 routes: (!k.routes.is_empty()).then(|| k.routes.iter().copied().collect()),
                 requests: metrics.key_requests(&k.name),
-                limiter: Limiter::new(k.limits),
+                limiter: Limiter::new(k.limits, metrics.key_outstanding(&k.name)),
             })
             .collect();
         let by_digest = keys
