@@ -179,6 +179,11 @@ pub struct KeySection {
     pub routes: Vec<String>,
     /// Requests let in per minute. Absent: no limit.
     pub requests_per_minute: Option<u64>,
+    /// Prompt tokens per minute on the OpenAI-compatible API, counted when a
+    /// request is let in (with the model's own tokenizer, fetched from a
+    /// backend; for embeddings, a bound of one token per byte plus two per
+    /// input) and settled to the backend's count. Absent: no limit.
+    pub input_tokens_per_minute: Option<u64>,
     /// Tokens generated per minute on the OpenAI-compatible API. A request
     /// reserves its `max_tokens` when it is let in (the gateway sets
     /// `max_tokens` when the client does not) and gives back what it did not

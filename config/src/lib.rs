@@ -170,6 +170,8 @@ pub struct ApiKey {
 pub struct KeyLimits {
     /// Requests let in per minute.
     pub requests_per_minute: Option<u64>,
+    /// Prompt tokens per minute (reserved by count or bound, settled to usage).
+    pub input_tokens_per_minute: Option<u64>,
     /// Tokens generated per minute (reserved by `max_tokens`, settled to usage).
     pub output_tokens_per_minute: Option<u64>,
     /// Requests in flight at once.

@@ -64,6 +64,10 @@ pub(super) fn convert_keys(c: &mut Checker, raw: &FileConfig, routes: &[Route]) 
             };
             let limits = KeyLimits {
                 requests_per_minute: at_least_one("requests_per_minute", k.requests_per_minute),
+                input_tokens_per_minute: at_least_one(
+                    "input_tokens_per_minute",
+                    k.input_tokens_per_minute,
+                ),
                 output_tokens_per_minute: at_least_one(
                     "output_tokens_per_minute",
                     k.output_tokens_per_minute,

@@ -7,8 +7,10 @@ use super::schema::*;
 use super::whole::Whole;
 use super::{Api, Outcome};
 use crate::metrics::Direction;
+use crate::tenants::limiter::Reservation;
 use crate::upstream::inference::InferencePool;
 use gantry_proto as pb;
+use std::sync::Arc;
 use std::time::Instant;
 
 impl Api {
@@ -18,6 +20,7 @@ impl Api {
         pool: &InferencePool,
         req: EmbeddingRequest,
         request_id: &str,
+        reservation: Option<&Arc<Reservation>>,
         outcome: &mut Outcome,
     ) -> Result<Whole, ApiError> {
         let deadline = Instant::now() + pool.config.request_timeout;
@@ -44,6 +47,9 @@ impl Api {
         let backend = outcome.backend.clone().unwrap_or_else(|| "none".into());
         let model = self.model_label(&req.model);
         let prompt_tokens = r.prompt_tokens.into();
+        if let Some(reservation) = reservation {
+            reservation.settle(prompt_tokens, 0);
+        }
         self.metrics
             .tokens(model, &backend, Direction::In, prompt_tokens);
         self.count(&req.model, outcome, "200");

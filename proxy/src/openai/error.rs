@@ -191,6 +191,19 @@ impl ApiError {
         e
     }
 
+    /// 503: the key limits prompt tokens and no backend of the pool gave
+    /// the model's prompt format to count them with.
+    pub fn uncountable(pool: &str) -> Self {
+        let mut e = Self::new(
+            503,
+            "server_error",
+            Some("service_unavailable"),
+            format!("This API key limits input tokens, and no backend of pool `{pool}` has given the model's prompt format to count them with; retry shortly"),
+        );
+        e.retry_after = Some(DEFAULT_RETRY_AFTER_SECONDS);
+        e
+    }
+
     /// 503: no backend of the pool is healthy.
     pub fn no_backend(pool: &str) -> Self {
         Self::new(

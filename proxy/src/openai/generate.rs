@@ -386,6 +386,9 @@ impl Generation<'_> {
                     load.token_done(delta.token_ids.len() as u64);
                 }
                 if let Some(r) = &self.reservation {
+                    if self.first_delta {
+                        r.prompt_processed();
+                    }
                     r.generated(delta.token_ids.len() as u64);
                 }
                 let first = std::mem::replace(&mut self.first_delta, false);
@@ -413,7 +416,7 @@ impl Generation<'_> {
                     .observe(f.queue_time_us as f64 / 1e6);
                 let (model, backend) = (labels[0], labels[1]);
                 if let Some(r) = &self.reservation {
-                    r.settle(usage.completion_tokens.into());
+                    r.settle(usage.prompt_tokens.into(), usage.completion_tokens.into());
                 }
                 metrics.tokens(model, backend, Direction::In, usage.prompt_tokens.into());
                 metrics.tokens(

@@ -38,7 +38,7 @@ pub use request::{check_body, check_body_property};
 pub use whole::Whole;
 
 use crate::metrics::{Denial, Metrics, Refusal};
-use crate::tenants::limiter::Reservation;
+use crate::tenants::limiter::{Reservation, Tokens};
 use crate::tenants::Tenant;
 use crate::upstream::inference::{InferencePool, PoolSlot};
 use bytes::Bytes;
@@ -292,7 +292,7 @@ impl Api {
                 let (req, pool, _slot) =
                     self.admit::<ChatCompletionRequest>(body, &scope, call.route, outcome)?;
                 let mut request = req.generate_request(call.request_id);
-                self.reserve_output(&call, pool, &mut request)?;
+                self.reserve_tokens(&call, pool, &mut request).await?;
                 self.generate(
                     GenerateCall::new(&call, pool, request, &req.sampling, Shape::Chat),
                     outcome,
@@ -303,7 +303,7 @@ impl Api {
                 let (req, pool, _slot) =
                     self.admit::<CompletionRequest>(body, &scope, call.route, outcome)?;
                 let mut request = req.generate_request(call.request_id);
-                self.reserve_output(&call, pool, &mut request)?;
+                self.reserve_tokens(&call, pool, &mut request).await?;
                 self.generate(
                     GenerateCall::new(&call, pool, request, &req.sampling, Shape::Completion),
                     outcome,
@@ -313,8 +313,15 @@ impl Api {
             Endpoint::Embeddings => {
                 let (req, pool, _slot) =
                     self.admit::<EmbeddingRequest>(body, &scope, call.route, outcome)?;
+                if let Some(r) = call.reservation.filter(|r| r.limits(Tokens::Input)) {
+                    // At most one token per byte (each piece covers at least
+                    // one), plus the two each input is framed with.
+                    let bound = req.inputs().iter().map(|t| t.len() as u64 + 2).sum();
+                    self.reserve(&call, r, bound, 0)?;
+                }
                 Ok(Reply::Whole(
-                    self.embed(pool, req, call.request_id, outcome).await?,
+                    self.embed(pool, req, call.request_id, call.reservation, outcome)
+                        .await?,
                 ))
             }
         }
@@ -340,36 +347,57 @@ impl Api {
         Ok((req, pool, slot))
     }
 
-    /// Reserve the tokens `request` may generate in its key's output limit:
-    /// its `max_tokens`, else the most its model generates on any of the
-    /// pool's backends; before any backend told, the backends' default cap,
-    /// set as the request's `max_tokens` so that no backend can generate more.
-    fn reserve_output(
+    /// Reserve, in its key's limits, the tokens `request` may use: its prompt,
+    /// counted as the backends count it (the model's prompt format, fetched
+    /// from a backend), and its `max_tokens` (else the most its model
+    /// generates on any of the pool's backends; before any backend told, the
+    /// backends' default cap, set as the request's `max_tokens` so that no
+    /// backend can generate more).
+    async fn reserve_tokens(
         &self,
         call: &ApiCall<'_>,
         pool: &InferencePool,
         request: &mut pb::GenerateRequest,
     ) -> Result<(), ApiError> {
-        let Some(reservation) = call.reservation.filter(|r| r.limits_output()) else {
+        let Some(reservation) = call.reservation else {
             return Ok(());
         };
-        let sampling = request.sampling.get_or_insert_with(Default::default);
-        let tokens = match (sampling.max_tokens, pool.max_tokens(&request.model)) {
-            (0, Some(most)) => most,
-            (0, None) => {
-                sampling.max_tokens = gantry_config::backend::DEFAULT_MAX_TOKENS;
-                sampling.max_tokens
-            }
-            (asked, _) => asked,
-        };
-        reservation
-            .reserve_output(tokens.into())
-            .map_err(|exceeded| {
-                if let Some(t) = call.tenant {
-                    self.metrics.key_rejected(&t.name, exceeded.label());
+        let mut output = 0;
+        if reservation.limits(Tokens::Output) {
+            let sampling = request.sampling.get_or_insert_with(Default::default);
+            output = match (sampling.max_tokens, pool.max_tokens(&request.model)) {
+                (0, Some(most)) => most,
+                (0, None) => {
+                    sampling.max_tokens = gantry_config::backend::DEFAULT_MAX_TOKENS;
+                    sampling.max_tokens
                 }
-                ApiError::rate_limited(exceeded)
-            })
+                (asked, _) => asked,
+            };
+        }
+        let mut input = 0;
+        if reservation.limits(Tokens::Input) {
+            input = pool
+                .prompt_tokens(&request.model, request.input.as_ref())
+                .await
+                .ok_or_else(|| ApiError::uncountable(&pool.config.name))?;
+        }
+        self.reserve(call, reservation, input.into(), output.into())
+    }
+
+    /// Reserve `input` and `output` tokens in `call`'s key, counting a refusal.
+    fn reserve(
+        &self,
+        call: &ApiCall<'_>,
+        reservation: &Reservation,
+        input: u64,
+        output: u64,
+    ) -> Result<(), ApiError> {
+        reservation.reserve(input, output).map_err(|exceeded| {
+            if let Some(t) = call.tenant {
+                self.metrics.key_rejected(&t.name, exceeded.label());
+            }
+            ApiError::rate_limited(exceeded)
+        })
     }
 
     /// 404 for a model the caller cannot see: absent, or (counted) not one

@@ -1,13 +1,14 @@
-//! One key's rate limits in this process: requests and generated tokens per
-//! minute, and requests in flight.
+//! One key's rate limits in this process: requests, prompt tokens and
+//! generated tokens per minute, and requests in flight.
 //!
 //! A minute is a fixed window that starts with the first request after the
 //! last one ended (as a Redis key with a one-minute expiry would). Tokens are
-//! reserved before any work starts and settled when it ends: a generation
-//! reserves its `max_tokens`; when it ends, however it ends (finished, failed,
-//! client gone), the reservation shrinks to what was generated. A minute's
-//! tokens therefore never exceed the limit, whatever the streams do, and
-//! what a request did not use is free again at once.
+//! reserved before any work starts and settled when it ends: a request
+//! reserves its prompt's tokens (counted as the backend counts them, or a
+//! bound that is never below that count) and its `max_tokens`; when it ends,
+//! however it ends (finished, failed, client gone), the reservation shrinks to
+//! what was used. A minute's tokens therefore never exceed the limit, whatever
+//! the streams do, and what a request did not use is free again at once.
 
 use gantry_config::KeyLimits;
 use prometheus::IntGauge;
@@ -21,6 +22,32 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Seconds a client is told to wait when it has too many requests in flight.
 const CONCURRENCY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// Which tokens: a prompt's, or generated ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokens {
+    /// Prompt tokens (`input_tokens_per_minute`).
+    Input = 0,
+    /// Generated tokens (`output_tokens_per_minute`).
+    Output = 1,
+}
+
+impl Tokens {
+    /// The limit's name in configuration and messages.
+    pub fn field(self) -> &'static str {
+        match self {
+            Tokens::Input => "input_tokens_per_minute",
+            Tokens::Output => "output_tokens_per_minute",
+        }
+    }
+
+    fn limit(self, limits: &KeyLimits) -> Option<u64> {
+        match self {
+            Tokens::Input => limits.input_tokens_per_minute,
+            Tokens::Output => limits.output_tokens_per_minute,
+        }
+    }
+}
+
 /// A key's limits and what it has used of them.
 pub struct Limiter {
     limits: KeyLimits,
@@ -33,7 +60,7 @@ pub struct Limiter {
 pub struct Outstanding {
     /// Requests in flight.
     pub requests: IntGauge,
-    /// Output tokens reserved and not yet settled.
+    /// Tokens (prompt and generated) reserved and not yet settled.
     pub tokens: IntGauge,
 }
 
@@ -47,8 +74,8 @@ struct Window {
     id: u64,
     started: Instant,
     requests: u64,
-    /// Generated tokens plus those reserved and not yet settled.
-    output: u64,
+    /// By [`Tokens`]: tokens used plus those reserved and not yet settled.
+    tokens: [u64; 2],
 }
 
 /// What a request ran into.
@@ -56,8 +83,9 @@ struct Window {
 pub enum Exceeded {
     /// `requests_per_minute`.
     Requests { limit: u64, retry_after: Duration },
-    /// `output_tokens_per_minute`: `asked` does not fit in what is left.
-    OutputTokens {
+    /// A token limit: `asked` does not fit in what is left.
+    Tokens {
+        kind: Tokens,
         limit: u64,
         asked: u64,
         retry_after: Duration,
@@ -71,7 +99,14 @@ impl Exceeded {
     pub fn label(&self) -> &'static str {
         match self {
             Exceeded::Requests { .. } => "requests",
-            Exceeded::OutputTokens { .. } => "output_tokens",
+            Exceeded::Tokens {
+                kind: Tokens::Input,
+                ..
+            } => "input_tokens",
+            Exceeded::Tokens {
+                kind: Tokens::Output,
+                ..
+            } => "output_tokens",
             Exceeded::Concurrent { .. } => "concurrent",
         }
     }
@@ -83,8 +118,21 @@ impl Exceeded {
             Exceeded::Requests { limit, .. } => format!(
                 "Rate limit reached for this API key: requests_per_minute = {limit}; retry in {wait}s"
             ),
-            Exceeded::OutputTokens { limit, asked, .. } => format!(
+            Exceeded::Tokens {
+                kind: Tokens::Output,
+                limit,
+                asked,
+                ..
+            } => format!(
                 "Rate limit reached for this API key: output_tokens_per_minute = {limit}, and this request reserves {asked} (its max_tokens, or the model's most when it sets none); retry in {wait}s or ask for fewer"
+            ),
+            Exceeded::Tokens {
+                kind: Tokens::Input,
+                limit,
+                asked,
+                ..
+            } => format!(
+                "Rate limit reached for this API key: input_tokens_per_minute = {limit}, and this request's input is {asked} tokens; retry in {wait}s"
             ),
             Exceeded::Concurrent { limit, .. } => format!(
                 "Rate limit reached for this API key: max_concurrent = {limit} requests in flight"
@@ -101,7 +149,7 @@ impl Exceeded {
     pub fn retry_after(&self) -> Duration {
         match *self {
             Exceeded::Requests { retry_after, .. }
-            | Exceeded::OutputTokens { retry_after, .. }
+            | Exceeded::Tokens { retry_after, .. }
             | Exceeded::Concurrent { retry_after, .. } => retry_after,
         }
     }
@@ -120,13 +168,15 @@ pub struct Remaining {
 
 /// A request's hold on its key's limits: one request of the minute, one in
 /// flight, and the tokens it reserved. Shared by whoever serves the request;
-/// when the last holder drops it, the tokens settle to what was generated
-/// and the request leaves the in-flight count.
+/// when the last holder drops it, the tokens settle to what was used and the
+/// request leaves the in-flight count.
 pub struct Reservation {
     limiter: Arc<Limiter>,
     window: AtomicU64,
-    reserved: AtomicU64,
-    generated: AtomicU64,
+    /// By [`Tokens`].
+    reserved: [AtomicU64; 2],
+    /// By [`Tokens`]: used so far, or the backend's final count.
+    used: [AtomicU64; 2],
 }
 
 impl Limiter {
@@ -136,20 +186,10 @@ impl Limiter {
             limits,
             gauges,
             state: Mutex::new(State {
-                window: Window {
-                    id: 0,
-                    started: Instant::now(),
-                    requests: 0,
-                    output: 0,
-                },
+                window: Window::new(0, Instant::now()),
                 in_flight: 0,
             }),
         })
-    }
-
-    /// The key's output token limit, if it has one.
-    pub fn output_limit(&self) -> Option<u64> {
-        self.limits.output_tokens_per_minute
     }
 
     /// Let a request in: one of the minute's requests and one in flight.
@@ -181,12 +221,12 @@ impl Limiter {
         Ok(Arc::new(Reservation {
             limiter: self.clone(),
             window: AtomicU64::new(id),
-            reserved: AtomicU64::new(0),
-            generated: AtomicU64::new(0),
+            reserved: Default::default(),
+            used: Default::default(),
         }))
     }
 
-    /// The requests and output-token limits as they stand (those configured).
+    /// The requests and generated-token limits as they stand (those configured).
     pub fn remaining(&self) -> (Option<Remaining>, Option<Remaining>) {
         let mut state = self.state.lock().expect("limiter lock");
         let now = Instant::now();
@@ -201,7 +241,10 @@ impl Limiter {
         };
         (
             of(self.limits.requests_per_minute, window.requests),
-            of(self.limits.output_tokens_per_minute, window.output),
+            of(
+                self.limits.output_tokens_per_minute,
+                window.tokens[Tokens::Output as usize],
+            ),
         )
     }
 }
@@ -210,61 +253,80 @@ impl State {
     /// The window `now` falls in, a new one if the last has ended.
     fn current(&mut self, now: Instant) -> &mut Window {
         if now.duration_since(self.window.started) >= WINDOW {
-            self.window = Window {
-                id: self.window.id + 1,
-                started: now,
-                requests: 0,
-                output: 0,
-            };
+            self.window = Window::new(self.window.id + 1, now);
         }
         &mut self.window
     }
 }
 
 impl Window {
+    fn new(id: u64, started: Instant) -> Window {
+        Window {
+            id,
+            started,
+            requests: 0,
+            tokens: [0; 2],
+        }
+    }
+
     fn reset(&self, now: Instant) -> Duration {
         WINDOW.saturating_sub(now.duration_since(self.started))
     }
 }
 
 impl Reservation {
-    /// Whether its key limits generated tokens.
-    pub fn limits_output(&self) -> bool {
-        self.limiter.limits.output_tokens_per_minute.is_some()
+    /// Whether its key limits `kind` tokens.
+    pub fn limits(&self, kind: Tokens) -> bool {
+        kind.limit(&self.limiter.limits).is_some()
     }
 
-    /// Reserve `tokens` more generated tokens of the minute (`Ok` at once
-    /// without an output limit).
-    pub fn reserve_output(&self, tokens: u64) -> Result<(), Exceeded> {
-        let Some(limit) = self.limiter.limits.output_tokens_per_minute else {
-            return Ok(());
-        };
+    /// Reserve `input` prompt tokens and `output` generated tokens of the
+    /// minute, both or neither (a kind the key does not limit always fits).
+    pub fn reserve(&self, input: u64, output: u64) -> Result<(), Exceeded> {
         let mut state = self.limiter.state.lock().expect("limiter lock");
         let now = Instant::now();
         let window = state.current(now);
-        if window.output + tokens > limit {
-            return Err(Exceeded::OutputTokens {
-                limit,
-                asked: tokens,
-                retry_after: window.reset(now),
-            });
+        let asked = [(Tokens::Input, input), (Tokens::Output, output)];
+        for (kind, n) in asked {
+            if let Some(limit) = kind.limit(&self.limiter.limits) {
+                if window.tokens[kind as usize] + n > limit {
+                    return Err(Exceeded::Tokens {
+                        kind,
+                        limit,
+                        asked: n,
+                        retry_after: window.reset(now),
+                    });
+                }
+            }
         }
-        window.output += tokens;
-        self.limiter.gauges.tokens.add(tokens as i64);
+        for (kind, n) in asked {
+            if kind.limit(&self.limiter.limits).is_some() {
+                window.tokens[kind as usize] += n;
+                self.reserved[kind as usize].fetch_add(n, Ordering::Relaxed);
+                self.limiter.gauges.tokens.add(n as i64);
+            }
+        }
         // Reserved tokens settle into the window that holds them.
         self.window.store(window.id, Ordering::Relaxed);
-        self.reserved.fetch_add(tokens, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Count tokens generated so far (as they stream).
+    /// Count generated tokens as they stream.
     pub fn generated(&self, tokens: u64) {
-        self.generated.fetch_add(tokens, Ordering::Relaxed);
+        self.used[Tokens::Output as usize].fetch_add(tokens, Ordering::Relaxed);
     }
 
-    /// The backend's final count of generated tokens.
-    pub fn settle(&self, generated: u64) {
-        self.generated.store(generated, Ordering::Relaxed);
+    /// The prompt has been processed: its reserved tokens are used, whatever
+    /// happens next.
+    pub fn prompt_processed(&self) {
+        let reserved = self.reserved[Tokens::Input as usize].load(Ordering::Relaxed);
+        self.used[Tokens::Input as usize].store(reserved, Ordering::Relaxed);
+    }
+
+    /// The backend's final counts.
+    pub fn settle(&self, input: u64, output: u64) {
+        self.used[Tokens::Input as usize].store(input, Ordering::Relaxed);
+        self.used[Tokens::Output as usize].store(output, Ordering::Relaxed);
     }
 }
 
@@ -272,14 +334,22 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         let mut state = self.limiter.state.lock().expect("limiter lock");
         state.in_flight -= 1;
-        let (reserved, generated) = (*self.reserved.get_mut(), *self.generated.get_mut());
         self.limiter.gauges.requests.dec();
-        self.limiter.gauges.tokens.sub(reserved as i64);
-        if state.window.id == *self.window.get_mut() && reserved > 0 {
-            let window = &mut state.window;
-            // Give back what was not generated; more than reserved cannot
-            // happen (max_tokens), but would be charged, not hidden.
-            window.output = (window.output + generated).saturating_sub(reserved);
+        let same_window = state.window.id == *self.window.get_mut();
+        for kind in [Tokens::Input, Tokens::Output] {
+            let reserved = *self.reserved[kind as usize].get_mut();
+            if reserved == 0 || kind.limit(&self.limiter.limits).is_none() {
+                continue;
+            }
+            self.limiter.gauges.tokens.sub(reserved as i64);
+            if same_window {
+                // Give back what was not used; more than reserved cannot
+                // happen (max_tokens, a bound on the prompt), but would be
+                // charged, not hidden.
+                let used = *self.used[kind as usize].get_mut();
+                let counted = &mut state.window.tokens[kind as usize];
+                *counted = (*counted + used).saturating_sub(reserved);
+            }
         }
     }
 }
@@ -299,35 +369,55 @@ mod tests {
     fn limits(rpm: Option<u64>, tokens: Option<u64>, concurrent: Option<u64>) -> KeyLimits {
         KeyLimits {
             requests_per_minute: rpm,
+            input_tokens_per_minute: tokens,
             output_tokens_per_minute: tokens,
             max_concurrent: concurrent,
         }
     }
 
     #[test]
-    fn tokens_are_reserved_up_front_and_what_was_not_generated_comes_back() {
+    fn tokens_are_reserved_up_front_and_what_was_not_used_comes_back() {
         let l = Limiter::new(limits(None, Some(100), None), gauges());
         let a = l.admit().unwrap();
-        a.reserve_output(70).unwrap();
+        a.reserve(10, 70).unwrap();
         let b = l.admit().unwrap();
-        match b.reserve_output(40) {
-            Err(Exceeded::OutputTokens {
+        match b.reserve(5, 40) {
+            Err(Exceeded::Tokens {
+                kind: Tokens::Output,
                 limit: 100,
                 asked: 40,
                 retry_after,
-            }) => {
-                assert!(retry_after <= WINDOW && retry_after > WINDOW / 2)
-            }
+            }) => assert!(retry_after <= WINDOW && retry_after > WINDOW / 2),
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            l.state.lock().unwrap().window.tokens,
+            [10, 70],
+            "neither kind"
+        );
+        a.prompt_processed();
         a.generated(5);
         a.generated(5);
         drop(a); // the client left after 10 tokens: 10 are charged, not 70
         assert_eq!(l.remaining().1.unwrap().remaining, 90);
-        b.reserve_output(90).unwrap();
-        b.settle(90);
+        assert_eq!(
+            l.state.lock().unwrap().window.tokens[0],
+            10,
+            "its prompt was read"
+        );
+        b.reserve(90, 90).unwrap();
+        b.settle(80, 90);
         drop(b);
-        assert_eq!(l.remaining().1.unwrap().remaining, 0);
+        assert_eq!(l.state.lock().unwrap().window.tokens, [90, 100]);
+    }
+
+    #[test]
+    fn a_request_that_never_reached_a_backend_gives_its_prompt_back() {
+        let l = Limiter::new(limits(None, Some(100), None), gauges());
+        let a = l.admit().unwrap();
+        a.reserve(60, 0).unwrap();
+        drop(a);
+        assert_eq!(l.state.lock().unwrap().window.tokens, [0, 0]);
     }
 
     #[test]

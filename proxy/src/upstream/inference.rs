@@ -336,6 +336,29 @@ impl InferencePool {
         self.config.models.iter().any(|m| m == model)
     }
 
+    /// How many tokens `input`'s prompt is for `model`, as the backends count
+    /// them (the model's prompt format, fetched from a backend and waited for
+    /// if need be); `None` when it cannot be counted.
+    pub async fn prompt_tokens(&self, model: &str, input: Option<&Input>) -> Option<u32> {
+        let input = input?;
+        if let Input::TokenIds(t) = input {
+            return Some(t.ids.len() as u32);
+        }
+        let text = gantry_prompt::PromptText::from_input(input)?;
+        let endpoint = || {
+            self.backends()
+                .iter()
+                .find(|b| b.eligible())
+                .map(|b| b.endpoint.clone())
+        };
+        let encoder = self
+            .prompts
+            .encoder_waiting(model, endpoint, &self.runtime)
+            .await?;
+        let ids = encoder.encode(text, "messages", usize::MAX).await.ok()?;
+        Some(ids.len() as u32)
+    }
+
     /// The most tokens one request for `model` may generate on any of the
     /// pool's backends (their `ListModels` answers); `None` before any answered.
     pub fn max_tokens(&self, model: &str) -> Option<u32> {

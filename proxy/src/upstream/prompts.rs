@@ -25,6 +25,9 @@ pub const REFETCH_AFTER_FAILURE: Duration = Duration::from_secs(30);
 const TOKENIZING_AT_ONCE: usize = 2;
 /// Largest prompt format accepted (a tokenizer.json is a few MiB).
 const MAX_FORMAT_BYTES: usize = 64 << 20;
+/// Longest a request that must have its prompt counted waits for the
+/// model's format to arrive.
+pub const FORMAT_WAIT: Duration = Duration::from_secs(5);
 
 enum State {
     Fetching,
@@ -36,6 +39,8 @@ enum State {
 #[derive(Default)]
 pub struct PoolPrompts {
     models: Mutex<HashMap<String, State>>,
+    /// Woken whenever a fetch ends.
+    fetched: tokio::sync::Notify,
 }
 
 impl PoolPrompts {
@@ -66,8 +71,34 @@ impl PoolPrompts {
                 }
             };
             this.models.lock().expect("prompts lock").insert(model, state);
+            this.fetched.notify_waiters();
         });
         None
+    }
+
+    /// The encoder for `model`, waiting up to [`FORMAT_WAIT`] while it is
+    /// fetched; `None` when no backend gives it.
+    pub async fn encoder_waiting(
+        self: &Arc<Self>,
+        model: &str,
+        endpoint: impl Fn() -> Option<Endpoint>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Option<Arc<PromptEncoder>> {
+        let deadline = tokio::time::Instant::now() + FORMAT_WAIT;
+        loop {
+            // Made before looking, so the end of a fetch cannot slip between.
+            let fetched = self.fetched.notified();
+            if let Some(encoder) = self.encoder(model, &endpoint, runtime) {
+                return Some(encoder);
+            }
+            let fetching = matches!(
+                self.models.lock().expect("prompts lock").get(model),
+                Some(State::Fetching)
+            );
+            if !fetching || tokio::time::timeout_at(deadline, fetched).await.is_err() {
+                return None;
+            }
+        }
     }
 }
 

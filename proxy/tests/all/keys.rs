@@ -448,3 +448,56 @@ async fn a_plugins_own_answer_on_a_keyed_route_carries_the_keys_rate_headers() {
     assert_eq!(res.headers()["x-ratelimit-limit-requests"], "10");
     assert_eq!(res.headers()["x-ratelimit-remaining-requests"], "9");
 }
+
+#[tokio::test]
+async fn prompts_are_counted_as_the_backend_counts_them_before_they_are_let_in() {
+    const LIMIT: u64 = 200;
+    let (gw, _backend) = limited_api(
+        Behaviour::default(),
+        &format!("input_tokens_per_minute = {LIMIT}"),
+    )
+    .await;
+    let (mut let_in, mut prompt) = (0, 0);
+    loop {
+        let res = post_as(&gw, TEAM_A, "/v1/chat/completions", &chat(false)).await;
+        if res.status() == 429 {
+            let err = error_of(res, 429).await;
+            let message = err["message"].as_str().unwrap();
+            assert!(
+                message.contains("input_tokens_per_minute = 200"),
+                "{message}"
+            );
+            break;
+        }
+        assert_eq!(res.status(), 200);
+        prompt = json(res).await["usage"]["prompt_tokens"].as_u64().unwrap();
+        let_in += 1;
+        assert!(let_in < 100, "never refused");
+    }
+    // Counted at the gateway exactly as the backend counts: one token more or
+    // less per request would let a different number in.
+    assert_eq!(let_in, LIMIT / prompt, "{prompt} prompt tokens per request");
+    assert_eq!(
+        gw.metric("gantry_key_rejections_total{key=\"team-a\",limit=\"input_tokens\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn embeddings_reserve_a_bound_on_their_tokens_and_settle_to_the_count() {
+    let (gw, _backend) = limited_api(Behaviour::default(), "input_tokens_per_minute = 20").await;
+    // "hello there": 11 bytes, so 13 reserved; the fixture counts 2 (words).
+    let embed = json!({"model": "fixture-embed", "input": "hello there"});
+    let mut let_in = 0;
+    while post_as(&gw, TEAM_A, "/v1/embeddings", &embed)
+        .await
+        .status()
+        == 200
+    {
+        let_in += 1;
+        assert!(let_in < 100, "never refused");
+    }
+    // Each settles to 2: after four, 8 used and 13 no longer fit in 20.
+    assert_eq!(let_in, 4);
+}
