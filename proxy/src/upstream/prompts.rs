@@ -1,11 +1,12 @@
-//! A prefix-routed pool's prompt encoders, one per model, built from the
+//! An inference pool's prompt encoders, one per model, built from the
 //! format a backend hands out (`GetPromptFormat`): the gateway then computes a
-//! prompt's token ids, and so its KV block names, exactly as the backends do
-//! ([`gantry_prompt`]), without a tokenizer of its own to configure or keep in
-//! step.
+//! prompt's token ids, and so its KV block names and its token count, exactly
+//! as the backends do ([`gantry_prompt`]), without a tokenizer of its own to
+//! configure or keep in step.
 //!
 //! Fetched once per model, in the background, on the first request that needs
-//! it; requests go by load until it is ready (never held up). A failed fetch
+//! it. Prefix routing goes by load until it is ready (never held up); a key's
+//! input-token limit waits for it ([`FORMAT_WAIT`] at most). A failed fetch
 //! (no backend serving, a backend too old to answer) is tried again after
 //! [`REFETCH_AFTER_FAILURE`]. A backend whose tokenizer differed would name no
 //! block alike, so it would simply never match: the pick falls back to load.
@@ -66,7 +67,7 @@ impl PoolPrompts {
             let state = match fetch(endpoint.connect_lazy(), &model).await {
                 Ok(encoder) => State::Ready(Arc::new(encoder)),
                 Err(why) => {
-                    tracing::warn!(model = %model, error = %why, "no prompt format for prefix routing; routing by load");
+                    tracing::warn!(model = %model, error = %why, "no prompt format: prefix routing falls back to load, and keys with input_tokens_per_minute get 503");
                     State::Failed(Instant::now())
                 }
             };
