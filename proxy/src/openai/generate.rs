@@ -40,6 +40,8 @@ pub(super) struct GenerateCall<'a> {
     pub body_bytes: u64,
     /// The key's hold on its limits, told what is generated.
     pub reservation: Option<Arc<Reservation>>,
+    /// The names of the prompt's reusable KV blocks (prefix routing).
+    pub prefix: Vec<u64>,
 }
 
 impl<'a> GenerateCall<'a> {
@@ -50,6 +52,7 @@ impl<'a> GenerateCall<'a> {
         request: pb::GenerateRequest,
         sampling: &'a Sampling,
         shape: Shape,
+        prefix: Vec<u64>,
     ) -> Self {
         GenerateCall {
             pool,
@@ -60,6 +63,7 @@ impl<'a> GenerateCall<'a> {
             started: call.started,
             body_bytes: call.body.len() as u64,
             reservation: call.reservation.cloned(),
+            prefix,
         }
     }
 }
@@ -119,7 +123,7 @@ impl Api {
     /// a stream breaks, within the pool's retries).
     pub(super) async fn generate<'a>(
         &'a self,
-        call: GenerateCall<'_>,
+        mut call: GenerateCall<'_>,
         outcome: &mut Outcome,
     ) -> Result<Reply<'a>, ApiError> {
         let pool = call.pool;
@@ -135,10 +139,8 @@ impl Api {
                 n => u64::from(n),
             };
         let model = call.request.model.clone();
-        let prefix = pool
-            .prompt_blocks(&model, call.request.input.as_ref())
-            .await;
-        let mut attempts = Attempts::new(self, pool, &model, deadline).with_prefix(prefix);
+        let mut attempts = Attempts::new(self, pool, &model, deadline)
+            .with_prefix(std::mem::take(&mut call.prefix));
         loop {
             let request = &call.request;
             let opened = attempts

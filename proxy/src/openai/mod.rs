@@ -291,21 +291,20 @@ impl Api {
             Endpoint::ChatCompletions => {
                 let (req, pool, _slot) =
                     self.admit::<ChatCompletionRequest>(body, &scope, call.route, outcome)?;
-                let mut request = req.generate_request(call.request_id);
-                self.reserve_tokens(&call, pool, &mut request).await?;
-                self.generate(
-                    GenerateCall::new(&call, pool, request, &req.sampling, Shape::Chat),
-                    outcome,
-                )
-                .await
+                let request = req.generate_request(call.request_id);
+                self.generation(&call, pool, request, &req.sampling, Shape::Chat, outcome)
+                    .await
             }
             Endpoint::Completions => {
                 let (req, pool, _slot) =
                     self.admit::<CompletionRequest>(body, &scope, call.route, outcome)?;
-                let mut request = req.generate_request(call.request_id);
-                self.reserve_tokens(&call, pool, &mut request).await?;
-                self.generate(
-                    GenerateCall::new(&call, pool, request, &req.sampling, Shape::Completion),
+                let request = req.generate_request(call.request_id);
+                self.generation(
+                    &call,
+                    pool,
+                    request,
+                    &req.sampling,
+                    Shape::Completion,
                     outcome,
                 )
                 .await
@@ -353,11 +352,12 @@ impl Api {
     /// generates on any of the pool's backends; before any backend told, the
     /// backends' default cap, set as the request's `max_tokens` so that no
     /// backend can generate more).
-    async fn reserve_tokens(
+    fn reserve_tokens(
         &self,
         call: &ApiCall<'_>,
         pool: &InferencePool,
         request: &mut pb::GenerateRequest,
+        prompt_ids: Option<&[u32]>,
     ) -> Result<(), ApiError> {
         let Some(reservation) = call.reservation else {
             return Ok(());
@@ -376,12 +376,32 @@ impl Api {
         }
         let mut input = 0;
         if reservation.limits(Tokens::Input) {
-            input = pool
-                .prompt_tokens(&request.model, request.input.as_ref())
-                .await
+            input = prompt_ids
+                .map(|ids| ids.len() as u64)
                 .ok_or_else(|| ApiError::uncountable(&pool.config.name))?;
         }
-        self.reserve(call, reservation, input.into(), output.into())
+        self.reserve(call, reservation, input, output.into())
+    }
+
+    /// A generation on `pool`: its prompt encoded once if the key counts it
+    /// or the pool routes by prefix, its tokens reserved, then generated.
+    async fn generation<'a>(
+        &'a self,
+        call: &ApiCall<'_>,
+        pool: &'a Arc<InferencePool>,
+        mut request: pb::GenerateRequest,
+        sampling: &Sampling,
+        shape: Shape,
+        outcome: &mut Outcome,
+    ) -> Result<Reply<'a>, ApiError> {
+        let counted = call.reservation.is_some_and(|r| r.limits(Tokens::Input));
+        let prompt_ids = pool
+            .prompt_ids(&request.model, request.input.as_ref(), counted)
+            .await;
+        self.reserve_tokens(call, pool, &mut request, prompt_ids.as_deref())?;
+        let prefix = pool.prompt_blocks(prompt_ids.as_deref());
+        let call = GenerateCall::new(call, pool, request, sampling, shape, prefix);
+        self.generate(call, outcome).await
     }
 
     /// Reserve `input` and `output` tokens in `call`'s key, counting a refusal.

@@ -132,14 +132,29 @@ impl Tenant {
 /// and `tokens` (generated per minute).
 pub fn add_rate_headers(resp: &mut ResponseHeader, limiter: &Limiter) -> pingora::Result<()> {
     let (requests, tokens) = limiter.remaining();
-    for (what, r) in [("requests", requests), ("tokens", tokens)] {
+    for (names, r) in [(&RATE_HEADERS[0], requests), (&RATE_HEADERS[1], tokens)] {
         let Some(r) = r else { continue };
-        resp.insert_header(format!("x-ratelimit-limit-{what}"), r.limit)?;
-        resp.insert_header(format!("x-ratelimit-remaining-{what}"), r.remaining)?;
-        resp.insert_header(format!("x-ratelimit-reset-{what}"), duration_text(r.reset))?;
+        let [limit, remaining, reset] = names.clone();
+        resp.insert_header(limit, r.limit)?;
+        resp.insert_header(remaining, r.remaining)?;
+        resp.insert_header(reset, duration_text(r.reset))?;
     }
     Ok(())
 }
+
+/// `-limit-`, `-remaining-` and `-reset-` of requests, then of tokens.
+const RATE_HEADERS: [[HeaderName; 3]; 2] = [
+    [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+];
 
 /// A duration as OpenAI's reset headers write it: `20ms`, `1.5s`, `1m0s`.
 fn duration_text(d: std::time::Duration) -> String {

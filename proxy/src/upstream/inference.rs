@@ -336,27 +336,53 @@ impl InferencePool {
         self.config.models.iter().any(|m| m == model)
     }
 
-    /// How many tokens `input`'s prompt is for `model`, as the backends count
-    /// them (the model's prompt format, fetched from a backend and waited for
-    /// if need be); `None` when it cannot be counted.
-    pub async fn prompt_tokens(&self, model: &str, input: Option<&Input>) -> Option<u32> {
-        let input = input?;
-        if let Input::TokenIds(t) = input {
-            return Some(t.ids.len() as u32);
+    /// `input`'s prompt token ids for `model`, as the backends encode them,
+    /// when they are wanted: to be `counted` (the model's prompt format is
+    /// then waited for, see [`super::prompts::FORMAT_WAIT`]), or for prefix
+    /// routing (only if the format is here already; it is fetched in the
+    /// background). Encoded once per request, used for both.
+    pub async fn prompt_ids(
+        &self,
+        model: &str,
+        input: Option<&Input>,
+        counted: bool,
+    ) -> Option<Vec<u32>> {
+        if !counted && self.config.routing != InferenceRouting::Prefix {
+            return None;
         }
-        let text = gantry_prompt::PromptText::from_input(input)?;
+        let input = input?;
+        let Some(text) = gantry_prompt::PromptText::from_input(input) else {
+            return match input {
+                Input::TokenIds(t) => Some(t.ids.clone()),
+                _ => None,
+            };
+        };
         let endpoint = || {
             self.backends()
                 .iter()
                 .find(|b| b.eligible())
                 .map(|b| b.endpoint.clone())
         };
-        let encoder = self
-            .prompts
-            .encoder_waiting(model, endpoint, &self.runtime)
-            .await?;
-        let ids = encoder.encode(text, "messages", usize::MAX).await.ok()?;
-        Some(ids.len() as u32)
+        let encoder = match counted {
+            true => {
+                self.prompts
+                    .encoder_waiting(model, endpoint, &self.runtime)
+                    .await
+            }
+            false => self.prompts.encoder(model, endpoint, &self.runtime),
+        }?;
+        super::prompts::encode(&encoder, text).await
+    }
+
+    /// The names of the prompt's reusable KV blocks, for [`Self::pick`]: empty
+    /// unless the pool routes by prefix and the prompt was encoded.
+    pub fn prompt_blocks(&self, ids: Option<&[u32]>) -> Vec<u64> {
+        match ids {
+            Some(ids) if self.config.routing == InferenceRouting::Prefix => {
+                super::prompts::reusable_blocks(ids)
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The most tokens one request for `model` may generate on any of the
@@ -466,25 +492,6 @@ impl InferencePool {
         backend
     }
 
-    /// The names of the prompt's reusable KV blocks, for [`Self::pick`]: empty
-    /// unless the pool routes by prefix and the model's prompt format is here
-    /// (fetched in the background on first need).
-    pub async fn prompt_blocks(&self, model: &str, input: Option<&Input>) -> Vec<u64> {
-        let Some(input) = input.filter(|_| self.config.routing == InferenceRouting::Prefix) else {
-            return Vec::new();
-        };
-        let endpoint = || {
-            self.backends()
-                .iter()
-                .find(|b| b.eligible())
-                .map(|b| b.endpoint.clone())
-        };
-        match self.prompts.encoder(model, endpoint, &self.runtime) {
-            Some(encoder) => super::prompts::prompt_blocks(&encoder, input).await,
-            None => Vec::new(),
-        }
-    }
-
     /// Pick a backend for `model`, leaving out `tried` (addresses already
     /// tried): the one holding the longest run of `prefix` (the prompt's block
     /// names) unless it is busier than the least loaded by more than
@@ -540,26 +547,23 @@ impl InferencePool {
             c.by_load.inc();
             return None;
         }
-        let loads: Vec<f64> = open.iter().map(|b| b.score(model).0).collect();
-        let matched: Vec<usize> = open
-            .iter()
-            .map(|b| b.matched_blocks(model, prefix))
-            .collect();
-        // The longest match; among equals, the least loaded.
-        let best = (0..open.len())
-            .max_by(|&i, &j| {
-                matched[i]
-                    .cmp(&matched[j])
-                    .then(loads[j].total_cmp(&loads[i]))
-            })
-            .expect("open is not empty");
-        let least = loads.iter().copied().fold(f64::INFINITY, f64::min);
-        let (pick, hit) = if matched[best] == 0 {
+        // One pass, no allocation: the longest match (among equals, the
+        // least loaded), and the least load of all.
+        let (mut best, mut best_matched, mut best_load) = (0, 0, f64::INFINITY);
+        let mut least = f64::INFINITY;
+        for (i, b) in open.iter().enumerate() {
+            let (load, matched) = (b.score(model).0, b.matched_blocks(model, prefix));
+            least = least.min(load);
+            if matched > best_matched || (matched == best_matched && load < best_load) {
+                (best, best_matched, best_load) = (i, matched, load);
+            }
+        }
+        let (pick, hit) = if best_matched == 0 {
             (&c.by_load, 0)
-        } else if loads[best] - least > self.config.prefix_max_extra_load {
+        } else if best_load - least > self.config.prefix_max_extra_load {
             (&c.by_imbalance, 0)
         } else {
-            (&c.by_prefix, matched[best])
+            (&c.by_prefix, best_matched)
         };
         pick.inc();
         c.blocks_matched.inc_by(hit as u64);

@@ -12,7 +12,6 @@
 //! block alike, so it would simply never match: the pick falls back to load.
 
 use gantry_prompt::{PromptEncoder, PromptFormat, PromptText};
-use gantry_proto::generate_request::Input;
 use gantry_proto::inference_client::InferenceClient;
 use gantry_proto::GetPromptFormatRequest;
 use std::collections::HashMap;
@@ -120,24 +119,17 @@ async fn fetch(channel: Channel, model: &str) -> Result<PromptEncoder, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The KV block names of the whole blocks of `input`'s prompt that a backend
-/// could reuse (before its last token), as the backends name them; empty when
-/// the prompt cannot be encoded (the backend will say why).
-pub async fn prompt_blocks(encoder: &Arc<PromptEncoder>, input: &Input) -> Vec<u64> {
-    let text = match (input, PromptText::from_input(input)) {
-        (_, Some(text)) => text,
-        (Input::TokenIds(t), None) => return reusable_blocks(&t.ids),
-        _ => return Vec::new(),
-    };
+/// `text`'s prompt token ids, as the backends encode them; `None` when it
+/// cannot be encoded (the backend will say why).
+pub async fn encode(encoder: &Arc<PromptEncoder>, text: PromptText) -> Option<Vec<u32>> {
     // The pool's input limits already bound the text; the context is the
     // backend's to check.
-    match encoder.encode(text, "messages", usize::MAX).await {
-        Ok(ids) => reusable_blocks(&ids),
-        Err(_) => Vec::new(),
-    }
+    encoder.encode(text, "messages", usize::MAX).await.ok()
 }
 
-fn reusable_blocks(ids: &[u32]) -> Vec<u64> {
+/// The KV block names of the whole blocks of a prompt that a backend could
+/// reuse (before its last token), as the backends name them.
+pub fn reusable_blocks(ids: &[u32]) -> Vec<u64> {
     match ids.split_last() {
         Some((_, before_last)) => gantry_proto::prefix::block_hashes(before_last),
         None => Vec::new(),
