@@ -84,10 +84,6 @@ pub fn resident_bytes() -> u64 {
 
 /// Prompts one model tokenizes at once (on blocking threads): the machine's
 /// cores, so tokenizing never takes more than the CPUs it could use anyway.
-pub(crate) fn tokenizer_parallelism() -> usize {
-    std::thread::available_parallelism().map_or(2, usize::from)
-}
-
 /// The candle device for a configured one.
 pub fn device(spec: DeviceSpec) -> anyhow::Result<Device> {
     match spec {
@@ -128,7 +124,7 @@ pub(crate) fn load_model(config: &ModelConfig) -> anyhow::Result<Model> {
             let prompts = Arc::new(PromptEncoder::new(
                 tokenizer.clone(),
                 loaded.chat_template,
-                tokenizer_parallelism(),
+                gantry_prompt::encoding_threads(),
             ));
             // Made now, so GetPromptFormat and ListModels answer at once.
             prompts.format().map_err(anyhow::Error::msg)?;

@@ -14,4 +14,4 @@ pub mod format;
 pub mod prompt;
 
 pub use format::PromptFormat;
-pub use prompt::{PromptEncoder, PromptError, PromptText};
+pub use prompt::{encoding_threads, PromptEncoder, PromptError, PromptText};

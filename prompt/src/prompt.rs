@@ -95,6 +95,12 @@ pub struct PromptEncoder {
     format: OnceLock<PromptFormat>,
 }
 
+/// Prompts encoded at once by one [`PromptEncoder`], on the backend and in
+/// the gateway alike: one per CPU (encoding is CPU work on blocking threads).
+pub fn encoding_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
 impl PromptEncoder {
     /// An encoder over `tokenizer` (with its control tokens added as special
     /// tokens) and the model's chat template, running at most `parallelism`

@@ -50,6 +50,8 @@ pub struct Behaviour {
     pub report_interval: Duration,
     /// KV blocks each generation model remembers for prefix reuse (0: none).
     pub prefix_cache_blocks: usize,
+    /// Answer `GetPromptFormat` (false: UNIMPLEMENTED, as an older backend).
+    pub prompt_format: bool,
 }
 
 impl Default for Behaviour {
@@ -64,6 +66,7 @@ impl Default for Behaviour {
             embed_models: vec!["fixture-embed".into()],
             report_interval: Duration::from_millis(20),
             prefix_cache_blocks: 4096,
+            prompt_format: true,
         }
     }
 }
@@ -252,6 +255,9 @@ impl Inference for Service {
         request: Request<pb::GetPromptFormatRequest>,
     ) -> Result<Response<pb::PromptFormat>, Status> {
         let model = request.into_inner().model;
+        if !self.behaviour.prompt_format {
+            return Err(Status::unimplemented("no GetPromptFormat here"));
+        }
         if !self.behaviour.models.contains(&model) {
             return Err(Status::not_found(format!("model `{model}` is not served")));
         }

@@ -198,7 +198,10 @@ impl ApiError {
             503,
             "server_error",
             Some("service_unavailable"),
-            format!("This API key limits input tokens, and no backend of pool `{pool}` has given the model's prompt format to count them with; retry shortly"),
+            format!(
+                "This API key's input_tokens_per_minute needs the prompt counted, and no backend of pool `{pool}` gave the model's prompt format (GetPromptFormat) within {} s; retry shortly",
+                crate::upstream::prompts::FORMAT_WAIT.as_secs()
+            ),
         );
         e.retry_after = Some(DEFAULT_RETRY_AFTER_SECONDS);
         e

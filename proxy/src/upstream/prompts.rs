@@ -21,8 +21,6 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Wait before fetching a model's prompt format again after a failure.
 pub const REFETCH_AFTER_FAILURE: Duration = Duration::from_secs(30);
-/// Prompts tokenized at once per model (on blocking threads).
-const TOKENIZING_AT_ONCE: usize = 2;
 /// Largest prompt format accepted (a tokenizer.json is a few MiB).
 const MAX_FORMAT_BYTES: usize = 64 << 20;
 /// Longest a request that must have its prompt counted waits for the
@@ -113,10 +111,12 @@ async fn fetch(channel: Channel, model: &str) -> Result<PromptEncoder, String> {
         .into_inner();
     let format = PromptFormat::from_proto(format);
     // Parsing a tokenizer is CPU work: off the runtime.
-    tokio::task::spawn_blocking(move || PromptEncoder::from_format(&format, TOKENIZING_AT_ONCE))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(move || {
+        PromptEncoder::from_format(&format, gantry_prompt::encoding_threads())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
 }
 
 /// `text`'s prompt token ids, as the backends encode them; `None` when it

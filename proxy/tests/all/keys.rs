@@ -501,3 +501,34 @@ async fn embeddings_reserve_a_bound_on_their_tokens_and_settle_to_the_count() {
     // Each settles to 2: after four, 8 used and 13 no longer fit in 20.
     assert_eq!(let_in, 4);
 }
+
+#[tokio::test]
+async fn a_prompt_that_cannot_be_counted_is_refused_not_let_through_uncounted() {
+    let (gw, _backend) = limited_api(
+        Behaviour {
+            prompt_format: false,
+            ..Behaviour::default()
+        },
+        "input_tokens_per_minute = 1000",
+    )
+    .await;
+    let res = post_as(&gw, TEAM_A, "/v1/chat/completions", &chat(false)).await;
+    assert!(res.headers().contains_key("retry-after"));
+    let err = error_of(res, 503).await;
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("input_tokens_per_minute needs the prompt counted"),
+        "{message}"
+    );
+    // Without an input limit the same backend serves the key.
+    let (gw, _backend) = limited_api(
+        Behaviour {
+            prompt_format: false,
+            ..Behaviour::default()
+        },
+        "output_tokens_per_minute = 1000",
+    )
+    .await;
+    let res = post_as(&gw, TEAM_A, "/v1/chat/completions", &chat(false)).await;
+    assert_eq!(res.status(), 200);
+}
