@@ -532,14 +532,14 @@ impl<'p> Scope<'_, 'p> {
         self.pools
             .iter()
             .flat_map(|p| {
-                p.config.models.iter().map(|m| Model {
+                let visible = p.config.models.iter().filter(|m| self.visible(m));
+                visible.map(|m| Model {
                     id: m.clone(),
                     object: "model",
                     created: 0,
                     owned_by: p.config.name.clone(),
                 })
             })
-            .filter(|m| self.visible(&m.id))
             .collect()
     }
 
