@@ -22,7 +22,8 @@ pub struct RequestCtx {
     pub(super) route: Option<usize>,
     /// The tenant whose API key let the request in (see [`crate::tenants`]).
     pub(super) tenant: Option<usize>,
-    /// Its hold on the key's limits, released when the request ends.
+    /// Its hold on the key's limits, released as its answer's last bytes are
+    /// handed to the client ([`Self::release_key`]), or when it ends.
     pub(super) reservation: Option<Arc<crate::tenants::limiter::Reservation>>,
     pub(super) tried: Vec<Backend>,
     pub(super) error: Option<GatewayError>,
@@ -64,6 +65,14 @@ impl RequestCtx {
             response_held: Vec::new(),
             _in_flight: lifecycle.track(),
         }
+    }
+
+    /// Give back the request's hold on its key's limits (its concurrency
+    /// slot, its unused tokens): called just before the answer's last bytes
+    /// are written, so a client that waits for each answer before it asks
+    /// again never finds its own last request still counted.
+    pub(super) fn release_key(&mut self) -> Option<Arc<crate::tenants::limiter::Reservation>> {
+        self.reservation.take()
     }
 
     /// The request id: the client's when it is a valid one, else a new one.

@@ -13,7 +13,10 @@ use crate::openai::error::ApiError;
 use crate::openai::whole::STREAM_HEADERS;
 use crate::openai::{ApiCall, Endpoint, Outcome, Reply, Whole};
 use crate::router::Match;
-use crate::tenants::{self, limiter::Limiter};
+use crate::tenants::{
+    self,
+    limiter::{Limiter, Reservation},
+};
 use bytes::Bytes;
 use gantry_config::RouteAuth;
 use pingora::http::ResponseHeader;
@@ -207,8 +210,9 @@ impl Gateway {
                 }
             }
         };
+        let held = ctx.release_key();
         let rate = self.limiter(ctx);
-        let written = write_reply(session, reply, &ctx.request_id, rate).await;
+        let written = write_reply(session, reply, &ctx.request_id, rate, held).await;
         ctx.inference = Some(outcome);
         written
     }
@@ -224,15 +228,21 @@ fn api_refusal(refused: Refused) -> ApiError {
 
 /// Write the API's answer: a whole one at once; a stream's events as they
 /// come, until it ends or the client leaves (dropping it cancels the
-/// backend's generation).
+/// backend's generation). `held`, the request's hold on its key's limits, is
+/// given back before the last bytes are written (see
+/// [`RequestCtx::release_key`]).
 pub(super) async fn write_reply(
     session: &mut Session,
     reply: Reply<'_>,
     request_id: &str,
     rate: Option<&Limiter>,
+    held: Option<Arc<Reservation>>,
 ) -> Result<()> {
     match reply {
-        Reply::Whole(whole) => write_whole(session, whole, request_id, rate).await,
+        Reply::Whole(whole) => {
+            drop(held);
+            write_whole(session, whole, request_id, rate).await
+        }
         Reply::Stream(mut events) => {
             let mut resp = ResponseHeader::build(200, Some(4))?;
             for (k, v) in STREAM_HEADERS {
@@ -258,6 +268,8 @@ pub(super) async fn write_reply(
                     _ = client_gone(session) => return Ok(()),
                 };
                 let Some(bytes) = next else {
+                    // The generation's own hold goes with the stream.
+                    drop((events, held));
                     return session.write_response_body(None, true).await;
                 };
                 if session

@@ -172,6 +172,7 @@ impl ProxyHttp for Gateway {
         match &self.router.route(route).target {
             Target::Builtin(which) => {
                 let page = self.api.builtin(*which);
+                drop(ctx.release_key());
                 let rate = self.limiter(ctx);
                 dispatch::write_whole(session, page, &ctx.request_id, rate).await?;
                 Ok(true)
@@ -272,6 +273,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        if end_of_stream {
+            drop(ctx.release_key());
+        }
         if ctx.replace_body.is_some() {
             *body = if end_of_stream {
                 ctx.replace_body.take()

@@ -36,6 +36,7 @@ impl Gateway {
             }
             _ => {}
         }
+        drop(ctx.release_key());
         if let Some(limiter) = self.limiter(ctx) {
             crate::tenants::add_rate_headers(&mut resp, limiter)?;
         }
@@ -65,7 +66,7 @@ impl Gateway {
     pub(super) async fn respond_locally(
         &self,
         session: &mut Session,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         local: gantry_plugins::LocalResponse,
     ) -> Result<()> {
         let mut resp = ResponseHeader::build(local.status, Some(local.headers.len() + 2))?;
@@ -74,6 +75,7 @@ impl Gateway {
         }
         resp.insert_header(CONTENT_LENGTH, local.body.len())?;
         resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        drop(ctx.release_key());
         if let Some(limiter) = self.limiter(ctx) {
             crate::tenants::add_rate_headers(&mut resp, limiter)?;
         }

@@ -41,6 +41,16 @@ pub struct PoolPrompts {
     fetched: tokio::sync::Notify,
 }
 
+/// Where a model's encoder stands, decided under one lock.
+enum Lookup {
+    Ready(Arc<PromptEncoder>),
+    /// A fetch is under way: [`PoolPrompts::fetched`] wakes when it ends.
+    Fetching,
+    /// No fetch is under way and none could start (no backend serving, or a
+    /// recent failure).
+    Unavailable,
+}
+
 impl PoolPrompts {
     /// The encoder for `model` if it is ready; otherwise `None`, and a fetch
     /// over `channel` is started on `runtime` when none is under way.
@@ -50,28 +60,10 @@ impl PoolPrompts {
         endpoint: impl FnOnce() -> Option<Endpoint>,
         runtime: &tokio::runtime::Handle,
     ) -> Option<Arc<PromptEncoder>> {
-        let mut models = self.models.lock().expect("prompts lock");
-        match models.get(model) {
-            Some(State::Ready(encoder)) => return Some(encoder.clone()),
-            Some(State::Fetching) => return None,
-            Some(State::Failed(at)) if at.elapsed() < REFETCH_AFTER_FAILURE => return None,
-            _ => {}
+        match self.lookup(model, endpoint, runtime) {
+            Lookup::Ready(encoder) => Some(encoder),
+            Lookup::Fetching | Lookup::Unavailable => None,
         }
-        let endpoint = endpoint()?;
-        models.insert(model.to_string(), State::Fetching);
-        let (this, model) = (self.clone(), model.to_string());
-        runtime.spawn(async move {
-            let state = match fetch(endpoint.connect_lazy(), &model).await {
-                Ok(encoder) => State::Ready(Arc::new(encoder)),
-                Err(why) => {
-                    tracing::warn!(model = %model, error = %why, "no prompt format: prefix routing falls back to load, and keys with input_tokens_per_minute get 503");
-                    State::Failed(Instant::now())
-                }
-            };
-            this.models.lock().expect("prompts lock").insert(model, state);
-            this.fetched.notify_waiters();
-        });
-        None
     }
 
     /// The encoder for `model`, waiting up to [`FORMAT_WAIT`] while it is
@@ -86,17 +78,53 @@ impl PoolPrompts {
         loop {
             // Made before looking, so the end of a fetch cannot slip between.
             let fetched = self.fetched.notified();
-            if let Some(encoder) = self.encoder(model, &endpoint, runtime) {
-                return Some(encoder);
-            }
-            let fetching = matches!(
-                self.models.lock().expect("prompts lock").get(model),
-                Some(State::Fetching)
-            );
-            if !fetching || tokio::time::timeout_at(deadline, fetched).await.is_err() {
-                return None;
+            match self.lookup(model, &endpoint, runtime) {
+                Lookup::Ready(encoder) => return Some(encoder),
+                Lookup::Unavailable => return None,
+                Lookup::Fetching => {
+                    if tokio::time::timeout_at(deadline, fetched).await.is_err() {
+                        return None;
+                    }
+                }
             }
         }
+    }
+
+    /// Where `model`'s encoder stands, starting a fetch when none is under
+    /// way and a backend is serving. One lock for the look and the start, so
+    /// a fetch that ends meanwhile is seen as ended, never as never begun.
+    fn lookup(
+        self: &Arc<Self>,
+        model: &str,
+        endpoint: impl FnOnce() -> Option<Endpoint>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Lookup {
+        let mut models = self.models.lock().expect("prompts lock");
+        match models.get(model) {
+            Some(State::Ready(encoder)) => return Lookup::Ready(encoder.clone()),
+            Some(State::Fetching) => return Lookup::Fetching,
+            Some(State::Failed(at)) if at.elapsed() < REFETCH_AFTER_FAILURE => {
+                return Lookup::Unavailable
+            }
+            _ => {}
+        }
+        let Some(endpoint) = endpoint() else {
+            return Lookup::Unavailable;
+        };
+        models.insert(model.to_string(), State::Fetching);
+        let (this, model) = (self.clone(), model.to_string());
+        runtime.spawn(async move {
+            let state = match fetch(endpoint.connect_lazy(), &model).await {
+                Ok(encoder) => State::Ready(Arc::new(encoder)),
+                Err(why) => {
+                    tracing::warn!(model = %model, error = %why, "no prompt format: prefix routing falls back to load, and keys with input_tokens_per_minute get 503");
+                    State::Failed(Instant::now())
+                }
+            };
+            this.models.lock().expect("prompts lock").insert(model, state);
+            this.fetched.notify_waiters();
+        });
+        Lookup::Fetching
     }
 }
 

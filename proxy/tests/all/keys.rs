@@ -428,6 +428,53 @@ async fn the_official_openai_client_sees_its_key_errors_and_limits() {
     assert!(seen["over"]["retry_after"].as_str().is_some(), "{seen}");
 }
 
+/// A client that waits for each answer before it asks again never has two
+/// requests in flight, whatever the transport: the slot a request holds is
+/// free by the time its answer's last byte reaches the client, on proxied
+/// routes, whole API answers and streams alike.
+#[tokio::test]
+async fn a_client_that_asks_one_at_a_time_is_never_refused_by_max_concurrent() {
+    let origin = Origin::start("o").await;
+    let backend = Fixture::start(Behaviour::default());
+    let api = ai_config(&[backend.addr], "").replace(
+        "inference_pools = [\"ai\"]\n",
+        "inference_pools = [\"ai\"]\nauth = \"keys\"\n",
+    );
+    let proxied = format!(
+        "[[pools]]\nname = \"web\"\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"web\"\npath_prefix = \"/web\"\npool = \"web\"\nauth = \"keys\"\n",
+        origin.addr
+    );
+    let gw = Gateway::start(&(api + &proxied + &key("team-a", TEAM_A, "max_concurrent = 1"))).await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
+    // HTTP/2: each request is a new stream, handled as soon as it arrives,
+    // while the one before may still be finishing.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut streamed = chat(true);
+    streamed["max_tokens"] = json!(2);
+    for i in 0..600 {
+        let req = match i % 3 {
+            0 => h2.get(gw.url("/web/x")),
+            1 => h2.get(gw.url("/v1/models")),
+            _ => h2.post(gw.url("/v1/chat/completions")).json(&streamed),
+        };
+        let res = send(req.bearer_auth(TEAM_A)).await;
+        let status = res.status();
+        let body = res.text().await.unwrap();
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    eventually("nothing held once the last answer is read", || async {
+        gw.metric("gantry_key_inflight_requests{key=\"team-a\"}")
+            .await
+            == Some(0.0)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_plugins_own_answer_on_a_keyed_route_carries_the_keys_rate_headers() {
     use crate::plugins::{config, plugin, route, CONTINUE, DENY};
@@ -469,7 +516,8 @@ async fn prompts_are_counted_as_the_backend_counts_them_before_they_are_let_in()
             );
             break;
         }
-        assert_eq!(res.status(), 200);
+        let status = res.status();
+        assert_eq!(status, 200, "{}", res.text().await.unwrap());
         prompt = json(res).await["usage"]["prompt_tokens"].as_u64().unwrap();
         let_in += 1;
         assert!(let_in < 100, "never refused");
