@@ -7,6 +7,7 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// Largest request header block accepted from a client, in bytes (64 KiB). Larger: 431.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -160,7 +161,25 @@ pub struct FileConfig {
     /// SHA-256 digests (`gantry keys create` makes a key and prints its digest).
     #[serde(default)]
     pub keys: Vec<KeySection>,
+    /// Where keys' budgets (`tokens_per_day`, `tokens_per_month`) are kept.
+    pub key_store: Option<KeyStoreSection>,
 }
+
+/// `[key_store]`: where what a key has spent is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyStoreSection {
+    /// File of the embedded store (a redb database, made if absent; relative
+    /// to the configuration file). Budgets are written to it every
+    /// [`BUDGET_FLUSH_INTERVAL_MS`] and when the gateway stops, so a restart
+    /// does not reset a day's or a month's spending. Required when a key has
+    /// a budget.
+    pub path: PathBuf,
+}
+
+/// How often budgets are written to `[key_store].path`, milliseconds: what a
+/// crash (not a restart) can forget.
+pub const BUDGET_FLUSH_INTERVAL_MS: u64 = 1_000;
 
 /// `[[keys]]`: one tenant's API key.
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +211,13 @@ pub struct KeySection {
     pub output_tokens_per_minute: Option<u64>,
     /// Requests in flight at once. Absent: no limit.
     pub max_concurrent: Option<u64>,
+    /// Tokens (prompt and generated) per UTC calendar day on the
+    /// OpenAI-compatible API, reserved and settled as the per-minute limits
+    /// are and kept in `[key_store]`. Absent: no budget.
+    pub tokens_per_day: Option<u64>,
+    /// Tokens (prompt and generated) per UTC calendar month, as
+    /// `tokens_per_day`. Absent: no budget.
+    pub tokens_per_month: Option<u64>,
 }
 
 /// Longest `[[keys]].name`: it is a metric label.

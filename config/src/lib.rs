@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub use file::{
     Builtin, FailureMode, HashOn, HealthCheckKind, InferenceRouting, LoadBalancing, RouteAuth,
+    BUDGET_FLUSH_INTERVAL_MS,
 };
 
 /// The default configuration compiled into the binary, used by `gantry serve` without
@@ -148,6 +149,9 @@ pub struct Config {
     pub admin_access: AdminAccess,
     /// API keys of tenants, in file order.
     pub keys: Vec<ApiKey>,
+    /// The embedded store's file, where keys' budgets are kept; `None` when
+    /// no `[key_store]` is configured (then no key has a budget).
+    pub key_store: Option<PathBuf>,
 }
 
 /// One tenant's API key, validated.
@@ -176,6 +180,17 @@ pub struct KeyLimits {
     pub output_tokens_per_minute: Option<u64>,
     /// Requests in flight at once.
     pub max_concurrent: Option<u64>,
+    /// Tokens (prompt and generated) per UTC calendar day.
+    pub tokens_per_day: Option<u64>,
+    /// Tokens (prompt and generated) per UTC calendar month.
+    pub tokens_per_month: Option<u64>,
+}
+
+impl KeyLimits {
+    /// Whether the key has a day or month budget.
+    pub fn has_budget(&self) -> bool {
+        self.tokens_per_day.is_some() || self.tokens_per_month.is_some()
+    }
 }
 
 /// Who may use the admin listener.

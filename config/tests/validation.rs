@@ -335,4 +335,34 @@ fn key_problems_name_the_field() {
         &key("a", DIGEST, "max_concurrent = 0"),
         "keys[0].max_concurrent: must be at least 1 (leave it out for no limit)",
     );
+    assert_problem(
+        &key("a", DIGEST, "tokens_per_month = 1000"),
+        "keys[0].tokens_per_month: a budget is kept in a file: set [key_store].path",
+    );
+    assert_problem(
+        &format!(
+            "[key_store]\npath = \"b.redb\"\n{}",
+            key("a", DIGEST, "tokens_per_day = 0")
+        ),
+        "keys[0].tokens_per_day: must be at least 1",
+    );
+}
+
+#[test]
+fn budgets_are_kept_in_the_key_store_relative_to_the_config() {
+    let text = format!(
+        "[key_store]\npath = \"state/budgets.redb\"\n[[keys]]\nname = \"a\"\nsha256 = \"{DIGEST}\"\ntokens_per_day = 10\ntokens_per_month = 200\n{}",
+        BASE.trim_end()
+    );
+    let c = parse(&text, "t", Path::new("/etc/gantry")).unwrap();
+    assert_eq!(
+        c.key_store.as_deref(),
+        Some(Path::new("/etc/gantry/state/budgets.redb"))
+    );
+    let limits = c.keys[0].limits;
+    assert_eq!(
+        (limits.tokens_per_day, limits.tokens_per_month),
+        (Some(10), Some(200))
+    );
+    assert!(limits.has_budget());
 }

@@ -7,6 +7,8 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::openai::Api;
 use crate::router::Router;
+use crate::tenants::budget::BudgetStore;
+use crate::tenants::Tenants;
 use crate::tls::SniResolver;
 use crate::upstream::HttpPool;
 use anyhow::Context;
@@ -42,6 +44,8 @@ pub struct Gantry {
     grpc_runtime: tokio::runtime::Runtime,
     /// The Wasm plugins (the engine's epoch ticker runs while this lives).
     pub plugins: Arc<crate::plugins::Plugins>,
+    /// Where keys' budgets are kept, when `[key_store]` is configured.
+    budgets: Option<Arc<BudgetStore>>,
 }
 
 /// Triggers shutdown from inside the process (tests, embedding).
@@ -105,6 +109,15 @@ impl Gantry {
             metrics.clone(),
             grpc_runtime.handle().clone(),
         ));
+        let tenants = Arc::new(Tenants::new(&config.keys, &metrics));
+        let budgets = match &config.key_store {
+            Some(path) => {
+                let store = BudgetStore::open(path, &tenants)?;
+                store.keep(grpc_runtime.handle());
+                Some(store)
+            }
+            None => None,
+        };
         let gateway = Gateway::new(
             Router::new(&config.routes),
             pools.clone(),
@@ -115,7 +128,7 @@ impl Gantry {
             plugins.clone(),
         )
         .with_trusted_proxies(config.trusted_proxies.clone())
-        .with_keys(&config.keys);
+        .with_tenants(tenants);
         let app = front_door(&config, &server.configuration, gateway, metrics.clone())?;
         let mut service = Service::new("gantry gateway".to_string(), app);
         service.set_connection_filter(Arc::new(Admission {
@@ -157,6 +170,7 @@ impl Gantry {
             api,
             grpc_runtime,
             plugins,
+            budgets,
         })
     }
 
@@ -177,6 +191,12 @@ impl Gantry {
             shutdown_signal: Box::new(drain),
         });
         self.grpc_runtime.shutdown_background();
+        // Requests have drained: what they settled is kept.
+        if let Some(store) = &self.budgets {
+            if let Err(e) = store.flush() {
+                tracing::error!(error = %e, "cannot write keys' budgets to the key store");
+            }
+        }
         tracing::info!("gantry gateway stopped");
     }
 }

@@ -73,6 +73,8 @@ pub(super) fn convert_keys(c: &mut Checker, raw: &FileConfig, routes: &[Route]) 
                     k.output_tokens_per_minute,
                 ),
                 max_concurrent: at_least_one("max_concurrent", k.max_concurrent),
+                tokens_per_day: at_least_one("tokens_per_day", k.tokens_per_day),
+                tokens_per_month: at_least_one("tokens_per_month", k.tokens_per_month),
             };
             ApiKey {
                 name: k.name.clone(),

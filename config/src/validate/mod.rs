@@ -176,6 +176,23 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         .map(|a| convert_admin_access(&mut c, a))
         .unwrap_or_default();
     let keys = convert_keys(&mut c, &raw, &routes);
+    let key_store = raw.key_store.as_ref().map(|s| base.join(&s.path));
+    if key_store.is_none() {
+        for (i, k) in keys.iter().enumerate() {
+            if let Some(field) = [
+                ("tokens_per_day", k.limits.tokens_per_day),
+                ("tokens_per_month", k.limits.tokens_per_month),
+            ]
+            .iter()
+            .find_map(|(f, v)| v.is_some().then_some(f))
+            {
+                c.fail(
+                    format!("keys[{i}].{field}"),
+                    "a budget is kept in a file: set [key_store].path, so a restart does not reset it",
+                );
+            }
+        }
+    }
 
     if c.problems.is_empty() {
         Ok(Config {
@@ -189,6 +206,7 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
             inference_pools,
             routes,
             keys,
+            key_store,
         })
     } else {
         Err(c.problems)

@@ -67,7 +67,7 @@ pub struct Gateway {
     /// Per route, then `none` (no route matched): request metrics resolved once.
     route_metrics: Vec<crate::metrics::RouteMetrics>,
     /// API keys of routes with `auth = "keys"`.
-    tenants: crate::tenants::Tenants,
+    tenants: Arc<crate::tenants::Tenants>,
 }
 
 impl Gateway {
@@ -95,7 +95,7 @@ impl Gateway {
             .map(|i| metrics.route(&router.route(i).name))
             .chain([metrics.route("none")])
             .collect();
-        let tenants = crate::tenants::Tenants::new(&[], &metrics);
+        let tenants = Arc::new(crate::tenants::Tenants::new(&[], &metrics));
         Gateway {
             router,
             rewrites,
@@ -113,9 +113,9 @@ impl Gateway {
         }
     }
 
-    /// Let requests in on routes with `auth = "keys"` by these keys.
-    pub fn with_keys(mut self, keys: &[gantry_config::ApiKey]) -> Self {
-        self.tenants = crate::tenants::Tenants::new(keys, &self.metrics);
+    /// Let requests in on routes with `auth = "keys"` by these tenants' keys.
+    pub fn with_tenants(mut self, tenants: Arc<crate::tenants::Tenants>) -> Self {
+        self.tenants = tenants;
         self
     }
 

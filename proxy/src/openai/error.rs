@@ -179,14 +179,15 @@ impl ApiError {
         e
     }
 
-    /// 429: the API key's rate limit (see [`crate::tenants::limiter`]).
+    /// 429: the API key's rate limit (`rate_limit_exceeded`) or budget
+    /// (`insufficient_quota`, as OpenAI answers a spent quota); see
+    /// [`crate::tenants::limiter`].
     pub fn rate_limited(exceeded: crate::tenants::limiter::Exceeded) -> Self {
-        let mut e = Self::new(
-            429,
-            "rate_limit_error",
-            Some("rate_limit_exceeded"),
-            exceeded.message(),
-        );
+        let (kind, code) = match exceeded.is_quota() {
+            true => ("insufficient_quota", "insufficient_quota"),
+            false => ("rate_limit_error", "rate_limit_exceeded"),
+        };
+        let mut e = Self::new(429, kind, Some(code), exceeded.message());
         e.retry_after = Some(exceeded.retry_after_seconds());
         e
     }

@@ -9,12 +9,15 @@
 //! however it ends (finished, failed, client gone), the reservation shrinks to
 //! what was used. A minute's tokens therefore never exceed the limit, whatever
 //! the streams do, and what a request did not use is free again at once.
+//! Budgets (tokens per day and per month, see [`super::budget`]) are reserved
+//! and settled with them, for prompt and generated tokens together.
 
+use super::budget::{Budget, Period};
 use gantry_config::KeyLimits;
 use prometheus::IntGauge;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The length of a rate-limit window.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -53,6 +56,8 @@ pub struct Limiter {
     limits: KeyLimits,
     state: Mutex<State>,
     gauges: Outstanding,
+    /// A budget settled since [`Limiter::budgets_to_keep`] last looked.
+    budgets_changed: AtomicBool,
 }
 
 /// What a key holds now, as gauges: `gantry_key_inflight_requests` and
@@ -67,6 +72,8 @@ pub struct Outstanding {
 struct State {
     window: Window,
     in_flight: u64,
+    /// By [`Period`], those the key has.
+    budgets: [Option<Budget>; 2],
 }
 
 struct Window {
@@ -92,6 +99,14 @@ pub enum Exceeded {
     },
     /// `max_concurrent`.
     Concurrent { limit: u64, retry_after: Duration },
+    /// A budget: `asked` tokens (prompt and generated) do not fit in what is
+    /// left of the day or month.
+    Budget {
+        period: Period,
+        limit: u64,
+        asked: u64,
+        retry_after: Duration,
+    },
 }
 
 impl Exceeded {
@@ -108,7 +123,13 @@ impl Exceeded {
                 ..
             } => "output_tokens",
             Exceeded::Concurrent { .. } => "concurrent",
+            Exceeded::Budget { period, .. } => period.field(),
         }
+    }
+
+    /// Whether a budget ran out (OpenAI's `insufficient_quota`), not a rate.
+    pub fn is_quota(&self) -> bool {
+        matches!(self, Exceeded::Budget { .. })
     }
 
     /// Why, in words that name the limit.
@@ -137,6 +158,15 @@ impl Exceeded {
             Exceeded::Concurrent { limit, .. } => format!(
                 "Rate limit reached for this API key: max_concurrent = {limit} requests in flight"
             ),
+            Exceeded::Budget {
+                period,
+                limit,
+                asked,
+                ..
+            } => format!(
+                "This API key's budget is spent: {} = {limit}, and this request reserves {asked} tokens (its prompt and its max_tokens); it renews in {wait}s (00:00 UTC)",
+                period.field()
+            ),
         }
     }
 
@@ -150,7 +180,8 @@ impl Exceeded {
         match *self {
             Exceeded::Requests { retry_after, .. }
             | Exceeded::Tokens { retry_after, .. }
-            | Exceeded::Concurrent { retry_after, .. } => retry_after,
+            | Exceeded::Concurrent { retry_after, .. }
+            | Exceeded::Budget { retry_after, .. } => retry_after,
         }
     }
 }
@@ -173,6 +204,8 @@ pub struct Remaining {
 pub struct Reservation {
     limiter: Arc<Limiter>,
     window: AtomicU64,
+    /// By [`Period`]: the period its tokens were reserved in.
+    periods: [AtomicU64; 2],
     /// By [`Tokens`].
     reserved: [AtomicU64; 2],
     /// By [`Tokens`]: used so far, or the backend's final count.
@@ -182,14 +215,46 @@ pub struct Reservation {
 impl Limiter {
     /// A limiter for `limits`, nothing used, reporting to `gauges`.
     pub fn new(limits: KeyLimits, gauges: Outstanding) -> Arc<Limiter> {
+        let budget = |period: Period, limit: Option<u64>| limit.map(|l| Budget::new(period, l));
         Arc::new(Limiter {
             limits,
             gauges,
             state: Mutex::new(State {
                 window: Window::new(0, Instant::now()),
                 in_flight: 0,
+                budgets: [
+                    budget(Period::Day, limits.tokens_per_day),
+                    budget(Period::Month, limits.tokens_per_month),
+                ],
             }),
+            budgets_changed: AtomicBool::new(false),
         })
+    }
+
+    /// The key's limits.
+    pub fn limits(&self) -> &KeyLimits {
+        &self.limits
+    }
+
+    /// Count `tokens` already settled in `period`'s `id` (read back from the
+    /// store), unless that period is over.
+    pub fn restore(&self, period: Period, id: u64, tokens: u64, now: SystemTime) {
+        let mut state = self.state.lock().expect("limiter lock");
+        if let Some(b) = &mut state.budgets[period as usize] {
+            b.roll(now);
+            if b.id == id {
+                b.counted += tokens;
+            }
+        }
+    }
+
+    /// The budgets, when one settled since the last call (to be kept).
+    pub(super) fn budgets_to_keep(&self) -> Option<Vec<Budget>> {
+        if !self.budgets_changed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        let state = self.state.lock().expect("limiter lock");
+        Some(state.budgets.iter().flatten().copied().collect())
     }
 
     /// Let a request in: one of the minute's requests and one in flight.
@@ -221,6 +286,7 @@ impl Limiter {
         Ok(Arc::new(Reservation {
             limiter: self.clone(),
             window: AtomicU64::new(id),
+            periods: Default::default(),
             reserved: Default::default(),
             used: Default::default(),
         }))
@@ -275,16 +341,17 @@ impl Window {
 }
 
 impl Reservation {
-    /// Whether its key limits `kind` tokens.
+    /// Whether its key counts `kind` tokens: a per-minute limit of that
+    /// kind, or a budget (which counts both).
     pub fn limits(&self, kind: Tokens) -> bool {
-        kind.limit(&self.limiter.limits).is_some()
+        kind.limit(&self.limiter.limits).is_some() || self.limiter.limits.has_budget()
     }
 
     /// Reserve `input` prompt tokens and `output` generated tokens of the
     /// minute, both or neither (a kind the key does not limit always fits).
     pub fn reserve(&self, input: u64, output: u64) -> Result<(), Exceeded> {
         let mut state = self.limiter.state.lock().expect("limiter lock");
-        let now = Instant::now();
+        let (now, wall) = (Instant::now(), SystemTime::now());
         let window = state.current(now);
         let asked = [(Tokens::Input, input), (Tokens::Output, output)];
         for (kind, n) in asked {
@@ -299,15 +366,36 @@ impl Reservation {
                 }
             }
         }
+        let window_id = window.id;
+        let total = input + output;
+        for budget in state.budgets.iter_mut().flatten() {
+            let left = budget.roll(wall);
+            if budget.counted + total > budget.limit {
+                return Err(Exceeded::Budget {
+                    period: budget.period,
+                    limit: budget.limit,
+                    asked: total,
+                    retry_after: left,
+                });
+            }
+        }
+        for budget in state.budgets.iter_mut().flatten() {
+            budget.counted += total;
+            budget.outstanding += total;
+            self.periods[budget.period as usize].store(budget.id, Ordering::Relaxed);
+        }
+        let window = &mut state.window;
         for (kind, n) in asked {
             if kind.limit(&self.limiter.limits).is_some() {
                 window.tokens[kind as usize] += n;
+            }
+            if self.limits(kind) {
                 self.reserved[kind as usize].fetch_add(n, Ordering::Relaxed);
                 self.limiter.gauges.tokens.add(n as i64);
             }
         }
         // Reserved tokens settle into the window that holds them.
-        self.window.store(window.id, Ordering::Relaxed);
+        self.window.store(window_id, Ordering::Relaxed);
         Ok(())
     }
 
@@ -336,19 +424,37 @@ impl Drop for Reservation {
         state.in_flight -= 1;
         self.limiter.gauges.requests.dec();
         let same_window = state.window.id == *self.window.get_mut();
+        let (mut reserved_total, mut used_total) = (0, 0);
         for kind in [Tokens::Input, Tokens::Output] {
             let reserved = *self.reserved[kind as usize].get_mut();
-            if reserved == 0 || kind.limit(&self.limiter.limits).is_none() {
+            let used = *self.used[kind as usize].get_mut();
+            reserved_total += reserved;
+            used_total += used;
+            if reserved == 0 {
                 continue;
             }
             self.limiter.gauges.tokens.sub(reserved as i64);
+            if kind.limit(&self.limiter.limits).is_none() {
+                continue;
+            }
             if same_window {
                 // Give back what was not used; more than reserved cannot
                 // happen (max_tokens, a bound on the prompt), but would be
                 // charged, not hidden.
-                let used = *self.used[kind as usize].get_mut();
                 let counted = &mut state.window.tokens[kind as usize];
                 *counted = (*counted + used).saturating_sub(reserved);
+            }
+        }
+        if reserved_total == 0 {
+            return;
+        }
+        for budget in state.budgets.iter_mut().flatten() {
+            // Settled in the period it was reserved in; a period that has
+            // ended keeps the reservation.
+            if budget.id == *self.periods[budget.period as usize].get_mut() {
+                budget.counted = (budget.counted + used_total).saturating_sub(reserved_total);
+                budget.outstanding -= reserved_total;
+                self.limiter.budgets_changed.store(true, Ordering::Release);
             }
         }
     }
@@ -372,6 +478,7 @@ mod tests {
             input_tokens_per_minute: tokens,
             output_tokens_per_minute: tokens,
             max_concurrent: concurrent,
+            ..KeyLimits::default()
         }
     }
 
@@ -409,6 +516,47 @@ mod tests {
         b.settle(80, 90);
         drop(b);
         assert_eq!(l.state.lock().unwrap().window.tokens, [90, 100]);
+    }
+
+    #[test]
+    fn budgets_count_both_kinds_and_keep_only_what_settled() {
+        let budget = KeyLimits {
+            tokens_per_day: Some(100),
+            ..KeyLimits::default()
+        };
+        let l = Limiter::new(budget, gauges());
+        let now = SystemTime::now();
+        let (day, _) = Period::Day.at(now);
+        l.restore(Period::Day, day - 1, 99, now); // yesterday's: gone
+        l.restore(Period::Day, day, 20, now);
+        let a = l.admit().unwrap();
+        assert!(a.limits(Tokens::Input) && a.limits(Tokens::Output));
+        a.reserve(30, 40).unwrap();
+        let b = l.admit().unwrap();
+        match b.reserve(5, 6) {
+            Err(
+                e @ Exceeded::Budget {
+                    period: Period::Day,
+                    limit: 100,
+                    asked: 11,
+                    ..
+                },
+            ) => assert!(e.is_quota() && e.label() == "tokens_per_day"),
+            other => panic!("{other:?}"),
+        }
+        assert!(l.budgets_to_keep().is_none(), "nothing settled yet");
+        a.settle(30, 10);
+        drop(a);
+        let kept = l.budgets_to_keep().expect("settled");
+        assert_eq!((kept[0].id, kept[0].settled()), (day, 60));
+        assert!(l.budgets_to_keep().is_none(), "kept once");
+        b.reserve(5, 35).unwrap();
+        let b_kept = l.state.lock().unwrap().budgets[0].unwrap();
+        assert_eq!(
+            (b_kept.counted, b_kept.settled()),
+            (100, 60),
+            "a reservation in flight is counted, not kept"
+        );
     }
 
     #[test]

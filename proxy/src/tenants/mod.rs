@@ -9,6 +9,7 @@
 //! protect, and the digest is looked up, never compared byte by byte against
 //! a guess.
 
+pub mod budget;
 pub mod limiter;
 
 use crate::metrics::{Denial, Metrics};
@@ -109,6 +110,11 @@ impl Tenants {
     /// Tenant `i` of [`Tenants::identify`].
     pub fn get(&self, i: usize) -> &Tenant {
         &self.tenants[i]
+    }
+
+    /// Every tenant, in configuration order.
+    pub fn all(&self) -> impl Iterator<Item = &Tenant> {
+        self.tenants.iter()
     }
 }
 

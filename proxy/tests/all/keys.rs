@@ -532,6 +532,84 @@ async fn prompts_are_counted_as_the_backend_counts_them_before_they_are_let_in()
     );
 }
 
+/// Budgets hold over UTC days and months, prompt and generated tokens
+/// together, reserved like the per-minute limits; what was spent is kept in
+/// the embedded store, so a restart does not give a spent budget back.
+#[tokio::test]
+async fn budgets_are_kept_across_a_restart_and_a_spent_one_is_insufficient_quota() {
+    const BUDGET: u64 = 60;
+    let backend = Fixture::start(Behaviour::default());
+    let dir = tempfile::tempdir().unwrap();
+    let config = |limits: &str| {
+        ai_config(&[backend.addr], "").replace(
+            "inference_pools = [\"ai\"]\n",
+            "inference_pools = [\"ai\"]\nauth = \"keys\"\n",
+        ) + &format!(
+            "[key_store]\npath = \"{}\"\n",
+            dir.path().join("budgets.redb").display()
+        ) + &key("team-a", TEAM_A, limits)
+    };
+    let mut body = chat(false);
+    body["max_tokens"] = json!(5);
+    let spent_on = |err: serde_json::Value, period: &str, limit: u64| {
+        assert_eq!(err["code"], "insufficient_quota");
+        assert_eq!(err["type"], "insufficient_quota");
+        let message = err["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("{period} = {limit}")),
+            "{message}"
+        );
+    };
+
+    let both = format!("tokens_per_day = {BUDGET}\ntokens_per_month = 1000");
+    let mut gw = Gateway::start(&config(&both)).await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
+    let (mut spent, mut each) = (0, 0);
+    loop {
+        let res = post_as(&gw, TEAM_A, "/v1/chat/completions", &body).await;
+        if res.status() == 429 {
+            let wait: u64 = res.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=86_400).contains(&wait), "until 00:00 UTC: {wait}");
+            spent_on(error_of(res, 429).await, "tokens_per_day", BUDGET);
+            break;
+        }
+        assert_eq!(res.status(), 200);
+        let usage = json(res).await["usage"].clone();
+        assert_eq!(usage["completion_tokens"], 5);
+        each = usage["total_tokens"].as_u64().unwrap();
+        spent += each;
+        assert!(spent <= BUDGET, "{spent} spent of {BUDGET}");
+    }
+    // Each request reserved its prompt and max_tokens, which it used: the one
+    // refused would have gone over.
+    assert!(
+        spent + each > BUDGET && spent > 0,
+        "{spent} spent, {each} each"
+    );
+    assert_eq!(
+        gw.metric("gantry_key_rejections_total{key=\"team-a\",limit=\"tokens_per_day\"}")
+            .await,
+        Some(1.0)
+    );
+    gw.shutdown().join().unwrap();
+
+    // Restarted: the day's spending was kept; and the month's, as a month's
+    // budget of what was spent shows.
+    let mut gw = Gateway::start(&config(&both)).await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
+    let res = post_as(&gw, TEAM_A, "/v1/chat/completions", &body).await;
+    spent_on(error_of(res, 429).await, "tokens_per_day", BUDGET);
+    gw.shutdown().join().unwrap();
+    let gw = Gateway::start(&config(&format!("tokens_per_month = {}", spent + 1))).await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
+    let res = post_as(&gw, TEAM_A, "/v1/chat/completions", &body).await;
+    spent_on(error_of(res, 429).await, "tokens_per_month", spent + 1);
+}
+
 #[tokio::test]
 async fn embeddings_reserve_a_bound_on_their_tokens_and_settle_to_the_count() {
     let (gw, _backend) = limited_api(Behaviour::default(), "input_tokens_per_minute = 20").await;
