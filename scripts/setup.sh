@@ -11,6 +11,8 @@ command -v perl >/dev/null || need_apt+=(perl)
 command -v curl >/dev/null || need_apt+=(curl)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+# The shared key store's tests start a real redis-server on a loopback port.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 for tool in "$@"; do

@@ -165,17 +165,46 @@ pub struct FileConfig {
     pub key_store: Option<KeyStoreSection>,
 }
 
-/// `[key_store]`: where what a key has spent is kept.
+/// `[key_store]`: where what a key has spent is kept. One of `path` (this
+/// process only) and `redis` (shared by every replica). Required when a key
+/// has a budget.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyStoreSection {
     /// File of the embedded store (a redb database, made if absent; relative
-    /// to the configuration file). Budgets are written to it every
-    /// [`BUDGET_FLUSH_INTERVAL_MS`] and when the gateway stops, so a restart
-    /// does not reset a day's or a month's spending. Required when a key has
-    /// a budget.
-    pub path: PathBuf,
+    /// to the configuration file). Limits are this process's; budgets are
+    /// written to the file every [`BUDGET_FLUSH_INTERVAL_MS`] and when the
+    /// gateway stops, so a restart does not reset a day's or a month's
+    /// spending.
+    pub path: Option<PathBuf>,
+    /// A Redis server (`redis://host:port/db`, `rediss://` for TLS) that
+    /// every replica shares: each key's limits, budgets and requests in
+    /// flight are counted there, atomically, once for the whole fleet.
+    pub redis: Option<String>,
+    /// With `redis`: what a request gets while Redis cannot be reached (a
+    /// command unanswered within [`REDIS_TIMEOUT_MS`]): `closed` (default),
+    /// 503; `local`, this replica's own limits, each key's divided by
+    /// `replicas`.
+    pub on_unreachable: Option<OnUnreachable>,
+    /// With `on_unreachable = "local"`: how many replicas share the limits.
+    pub replicas: Option<u32>,
 }
+
+/// What a keyed request gets while the shared key store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnreachable {
+    /// 503: no request is let in uncounted.
+    #[default]
+    Closed,
+    /// Counted by this replica alone, against each limit divided by the
+    /// number of replicas.
+    Local,
+}
+
+/// Longest a request waits on the shared key store (connect or answer),
+/// milliseconds, before it is treated as unreachable.
+pub const REDIS_TIMEOUT_MS: u64 = 250;
 
 /// How often budgets are written to `[key_store].path`, milliseconds: what a
 /// crash (not a restart) can forget.

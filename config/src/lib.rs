@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use file::{
-    Builtin, FailureMode, HashOn, HealthCheckKind, InferenceRouting, LoadBalancing, RouteAuth,
-    BUDGET_FLUSH_INTERVAL_MS,
+    Builtin, FailureMode, HashOn, HealthCheckKind, InferenceRouting, LoadBalancing, OnUnreachable,
+    RouteAuth, BUDGET_FLUSH_INTERVAL_MS, REDIS_TIMEOUT_MS,
 };
 
 /// The default configuration compiled into the binary, used by `gantry serve` without
@@ -149,9 +149,9 @@ pub struct Config {
     pub admin_access: AdminAccess,
     /// API keys of tenants, in file order.
     pub keys: Vec<ApiKey>,
-    /// The embedded store's file, where keys' budgets are kept; `None` when
-    /// no `[key_store]` is configured (then no key has a budget).
-    pub key_store: Option<PathBuf>,
+    /// Where keys' limits and budgets are counted; `None` when no
+    /// `[key_store]` is configured (limits in this process; no budgets).
+    pub key_store: Option<KeyStore>,
 }
 
 /// One tenant's API key, validated.
@@ -191,6 +191,35 @@ impl KeyLimits {
     pub fn has_budget(&self) -> bool {
         self.tokens_per_day.is_some() || self.tokens_per_month.is_some()
     }
+
+    /// Each limit divided among `replicas` (at least 1 each).
+    pub fn divided(&self, replicas: u32) -> KeyLimits {
+        let share = |v: Option<u64>| v.map(|v| (v / u64::from(replicas.max(1))).max(1));
+        KeyLimits {
+            requests_per_minute: share(self.requests_per_minute),
+            input_tokens_per_minute: share(self.input_tokens_per_minute),
+            output_tokens_per_minute: share(self.output_tokens_per_minute),
+            max_concurrent: share(self.max_concurrent),
+            tokens_per_day: share(self.tokens_per_day),
+            tokens_per_month: share(self.tokens_per_month),
+        }
+    }
+}
+
+/// Where keys' limits and budgets are counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyStore {
+    /// In this process; budgets kept in a redb file at this path.
+    Embedded(PathBuf),
+    /// In a Redis server shared by every replica.
+    Redis {
+        /// `redis://…` or `rediss://…`.
+        url: String,
+        /// While it cannot be reached.
+        on_unreachable: OnUnreachable,
+        /// Replicas sharing the limits (with `OnUnreachable::Local`; else 1).
+        replicas: u32,
+    },
 }
 
 /// Who may use the admin listener.

@@ -337,7 +337,7 @@ fn key_problems_name_the_field() {
     );
     assert_problem(
         &key("a", DIGEST, "tokens_per_month = 1000"),
-        "keys[0].tokens_per_month: a budget is kept in a file: set [key_store].path",
+        "keys[0].tokens_per_month: a budget must outlive the process: set [key_store].path (a file) or [key_store].redis",
     );
     assert_problem(
         &format!(
@@ -356,8 +356,10 @@ fn budgets_are_kept_in_the_key_store_relative_to_the_config() {
     );
     let c = parse(&text, "t", Path::new("/etc/gantry")).unwrap();
     assert_eq!(
-        c.key_store.as_deref(),
-        Some(Path::new("/etc/gantry/state/budgets.redb"))
+        c.key_store,
+        Some(gantry_config::KeyStore::Embedded(
+            "/etc/gantry/state/budgets.redb".into()
+        ))
     );
     let limits = c.keys[0].limits;
     assert_eq!(
@@ -365,4 +367,55 @@ fn budgets_are_kept_in_the_key_store_relative_to_the_config() {
         (Some(10), Some(200))
     );
     assert!(limits.has_budget());
+}
+
+#[test]
+fn the_shared_key_store_is_redis_with_a_stated_behaviour_when_unreachable() {
+    let store = |body: &str| format!("\n[key_store]\n{body}\n");
+    let full = |body: &str| format!("{BASE}{}", store(body));
+    let c = parse(
+        &full("redis = \"redis://10.0.0.5:6379/2\""),
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(
+        c.key_store,
+        Some(gantry_config::KeyStore::Redis {
+            url: "redis://10.0.0.5:6379/2".into(),
+            on_unreachable: gantry_config::OnUnreachable::Closed,
+            replicas: 1,
+        }),
+        "closed unless said otherwise"
+    );
+    let c = parse(
+        &full("redis = \"redis://r:6379\"\non_unreachable = \"local\"\nreplicas = 3"),
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    assert!(matches!(
+        c.key_store,
+        Some(gantry_config::KeyStore::Redis { replicas: 3, .. })
+    ));
+    assert_problem(
+        &store("redis = \"redis://r\"\non_unreachable = \"local\""),
+        "key_store.replicas: with on_unreachable = \"local\", the number of replicas",
+    );
+    assert_problem(
+        &store("path = \"a.redb\"\nredis = \"redis://r\""),
+        "key_store: set one of `path` (a file, this process) and `redis`",
+    );
+    assert_problem(
+        &store("redis = \"http://r\""),
+        "key_store.redis: `http://r` must be a redis:// or rediss:// URL",
+    );
+    assert_problem(
+        &store("path = \"a.redb\"\nreplicas = 2"),
+        "key_store.replicas: only with `redis`",
+    );
+    assert_problem(
+        &store("redis = \"redis://r\"\non_unreachable = \"open\""),
+        "on_unreachable",
+    );
 }

@@ -116,6 +116,12 @@ pub enum GatewayError {
         /// Seconds for `Retry-After`.
         retry_after: u32,
     },
+    /// The shared key store (Redis) cannot be reached and the fleet is set
+    /// to refuse rather than count alone (`on_unreachable = "closed"`).
+    #[error(
+        "this API key's limits are counted in a store that cannot be reached now; retry shortly"
+    )]
+    KeyStoreUnreachable,
     /// A bug or resource failure inside the gateway.
     #[error("internal gateway error")]
     Internal,
@@ -139,7 +145,9 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { .. } | GatewayError::TooManyHeaders { .. } => 431,
             GatewayError::Internal | GatewayError::PluginFailed { .. } => 500,
             GatewayError::UpstreamUnreachable | GatewayError::BadGateway => 502,
-            GatewayError::NoHealthyEndpoint | GatewayError::PluginBusy { .. } => 503,
+            GatewayError::NoHealthyEndpoint
+            | GatewayError::PluginBusy { .. }
+            | GatewayError::KeyStoreUnreachable => 503,
             GatewayError::UpstreamTimeout => 504,
             GatewayError::HttpVersion => 505,
         }
@@ -179,6 +187,7 @@ impl GatewayError {
             GatewayError::Internal => "internal_error",
             GatewayError::PluginFailed { .. } => "plugin_failed",
             GatewayError::PluginBusy { .. } => "plugin_busy",
+            GatewayError::KeyStoreUnreachable => "key_store_unreachable",
         }
     }
 

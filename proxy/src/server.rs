@@ -8,12 +8,13 @@ use crate::metrics::Metrics;
 use crate::openai::Api;
 use crate::router::Router;
 use crate::tenants::budget::BudgetStore;
-use crate::tenants::Tenants;
+use crate::tenants::shared::SharedStore;
+use crate::tenants::{Shared, Tenants};
 use crate::tls::SniResolver;
 use crate::upstream::HttpPool;
 use anyhow::Context;
 use async_trait::async_trait;
-use gantry_config::Config;
+use gantry_config::{Config, KeyStore};
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::ConnectionFilter;
@@ -109,14 +110,26 @@ impl Gantry {
             metrics.clone(),
             grpc_runtime.handle().clone(),
         ));
-        let tenants = Arc::new(Tenants::new(&config.keys, &metrics));
+        let shared = match &config.key_store {
+            Some(KeyStore::Redis {
+                url,
+                on_unreachable,
+                replicas,
+            }) => Some(Shared {
+                store: SharedStore::connect(url, grpc_runtime.handle(), metrics.key_store())?,
+                on_unreachable: *on_unreachable,
+                replicas: *replicas,
+            }),
+            _ => None,
+        };
+        let tenants = Arc::new(Tenants::new(&config.keys, &metrics, shared.as_ref()));
         let budgets = match &config.key_store {
-            Some(path) => {
+            Some(KeyStore::Embedded(path)) => {
                 let store = BudgetStore::open(path, &tenants)?;
                 store.keep(grpc_runtime.handle());
                 Some(store)
             }
-            None => None,
+            _ => None,
         };
         let gateway = Gateway::new(
             Router::new(&config.routes),

@@ -2,7 +2,7 @@
 //! require one.
 
 use super::*;
-use crate::{ApiKey, KeyLimits, RouteAuth};
+use crate::{ApiKey, KeyLimits, KeyStore, OnUnreachable, RouteAuth};
 
 pub(super) fn convert_keys(c: &mut Checker, raw: &FileConfig, routes: &[Route]) -> Vec<ApiKey> {
     let mut names = HashSet::new();
@@ -109,4 +109,65 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
         *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
     }
     Some(out)
+}
+
+/// `[key_store]`: exactly one of `path` and `redis`.
+pub(super) fn convert_key_store(
+    c: &mut Checker,
+    s: &KeyStoreSection,
+    base: &Path,
+) -> Option<KeyStore> {
+    let local_only = |c: &mut Checker, field: &str| {
+        c.fail(
+            format!("key_store.{field}"),
+            "only with `redis` (the embedded store is this process's own)",
+        )
+    };
+    match (&s.path, &s.redis) {
+        (Some(path), None) => {
+            if s.on_unreachable.is_some() {
+                local_only(c, "on_unreachable");
+            }
+            if s.replicas.is_some() {
+                local_only(c, "replicas");
+            }
+            Some(KeyStore::Embedded(base.join(path)))
+        }
+        (None, Some(url)) => {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                c.fail(
+                    "key_store.redis",
+                    format!("`{url}` must be a redis:// or rediss:// URL"),
+                );
+            }
+            let on_unreachable = s.on_unreachable.unwrap_or_default();
+            let replicas = match (on_unreachable, s.replicas) {
+                (OnUnreachable::Local, Some(n)) if n >= 1 => n,
+                (OnUnreachable::Local, _) => {
+                    c.fail(
+                        "key_store.replicas",
+                        "with on_unreachable = \"local\", the number of replicas (at least 1): each divides the keys' limits by it while Redis is unreachable",
+                    );
+                    1
+                }
+                (OnUnreachable::Closed, Some(_)) => {
+                    c.fail("key_store.replicas", "only with on_unreachable = \"local\"");
+                    1
+                }
+                (OnUnreachable::Closed, None) => 1,
+            };
+            Some(KeyStore::Redis {
+                url: url.clone(),
+                on_unreachable,
+                replicas,
+            })
+        }
+        _ => {
+            c.fail(
+                "key_store",
+                "set one of `path` (a file, this process) and `redis` (shared by replicas)",
+            );
+            None
+        }
+    }
 }

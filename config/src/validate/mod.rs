@@ -176,8 +176,11 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         .map(|a| convert_admin_access(&mut c, a))
         .unwrap_or_default();
     let keys = convert_keys(&mut c, &raw, &routes);
-    let key_store = raw.key_store.as_ref().map(|s| base.join(&s.path));
-    if key_store.is_none() {
+    let key_store = raw
+        .key_store
+        .as_ref()
+        .and_then(|s| keys::convert_key_store(&mut c, s, base));
+    if raw.key_store.is_none() {
         for (i, k) in keys.iter().enumerate() {
             if let Some(field) = [
                 ("tokens_per_day", k.limits.tokens_per_day),
@@ -188,7 +191,7 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
             {
                 c.fail(
                     format!("keys[{i}].{field}"),
-                    "a budget is kept in a file: set [key_store].path, so a restart does not reset it",
+                    "a budget must outlive the process: set [key_store].path (a file) or [key_store].redis",
                 );
             }
         }

@@ -75,6 +75,13 @@ impl RequestCtx {
         self.reservation.take()
     }
 
+    /// [`Self::release_key`], waiting until a shared key store has it.
+    pub(super) async fn give_back_key(&mut self) {
+        if let Some(held) = self.release_key() {
+            crate::tenants::limiter::Reservation::release(held).await;
+        }
+    }
+
     /// The request id: the client's when it is a valid one, else a new one.
     pub(super) fn take_request_id(&mut self, req: &RequestHeader) {
         self.request_id = match req.headers.get(&REQUEST_ID) {

@@ -15,7 +15,7 @@ use crate::openai::{ApiCall, Endpoint, Outcome, Reply, Whole};
 use crate::router::Match;
 use crate::tenants::{
     self,
-    limiter::{Limiter, Reservation},
+    limiter::{Denied, Limiter, Reservation},
 };
 use bytes::Bytes;
 use gantry_config::RouteAuth;
@@ -98,12 +98,17 @@ impl Gateway {
         };
         ctx.tenant = Some(tenant);
         let t = self.tenants.get(tenant);
-        match t.admit() {
+        match t.admit().await {
             Ok(held) => {
                 ctx.reservation = Some(held);
                 Ok(false)
             }
-            Err(exceeded) => {
+            Err(Denied::StoreUnreachable) => {
+                self.respond(session, ctx, GatewayError::KeyStoreUnreachable)
+                    .await?;
+                Ok(true)
+            }
+            Err(Denied::Limit(exceeded)) => {
                 self.metrics.key_rejected(&t.name, exceeded.label());
                 let err = GatewayError::RateLimited {
                     message: exceeded.message(),
@@ -240,7 +245,9 @@ pub(super) async fn write_reply(
 ) -> Result<()> {
     match reply {
         Reply::Whole(whole) => {
-            drop(held);
+            if let Some(held) = held {
+                Reservation::release(held).await;
+            }
             write_whole(session, whole, request_id, rate).await
         }
         Reply::Stream(mut events) => {
@@ -269,7 +276,10 @@ pub(super) async fn write_reply(
                 };
                 let Some(bytes) = next else {
                     // The generation's own hold goes with the stream.
-                    drop((events, held));
+                    drop(events);
+                    if let Some(held) = held {
+                        Reservation::release(held).await;
+                    }
                     return session.write_response_body(None, true).await;
                 };
                 if session

@@ -95,7 +95,7 @@ impl Gateway {
             .map(|i| metrics.route(&router.route(i).name))
             .chain([metrics.route("none")])
             .collect();
-        let tenants = Arc::new(crate::tenants::Tenants::new(&[], &metrics));
+        let tenants = Arc::new(crate::tenants::Tenants::new(&[], &metrics, None));
         Gateway {
             router,
             rewrites,
@@ -172,7 +172,7 @@ impl ProxyHttp for Gateway {
         match &self.router.route(route).target {
             Target::Builtin(which) => {
                 let page = self.api.builtin(*which);
-                drop(ctx.release_key());
+                ctx.give_back_key().await;
                 let rate = self.limiter(ctx);
                 dispatch::write_whole(session, page, &ctx.request_id, rate).await?;
                 Ok(true)

@@ -34,9 +34,13 @@ impl Gateway {
             GatewayError::RateLimited { retry_after, .. } => {
                 resp.insert_header(http::header::RETRY_AFTER, retry_after.to_string())?;
             }
+            GatewayError::KeyStoreUnreachable => {
+                let wait = crate::tenants::shared::UNREACHABLE_RETRY_AFTER;
+                resp.insert_header(http::header::RETRY_AFTER, wait.to_string())?;
+            }
             _ => {}
         }
-        drop(ctx.release_key());
+        ctx.give_back_key().await;
         if let Some(limiter) = self.limiter(ctx) {
             crate::tenants::add_rate_headers(&mut resp, limiter)?;
         }
@@ -75,7 +79,7 @@ impl Gateway {
         }
         resp.insert_header(CONTENT_LENGTH, local.body.len())?;
         resp.insert_header(REQUEST_ID, &ctx.request_id)?;
-        drop(ctx.release_key());
+        ctx.give_back_key().await;
         if let Some(limiter) = self.limiter(ctx) {
             crate::tenants::add_rate_headers(&mut resp, limiter)?;
         }

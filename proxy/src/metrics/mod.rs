@@ -66,6 +66,10 @@ pub struct Metrics {
     key_inflight: IntGaugeVec,
     /// `gantry_key_reserved_tokens{key}`: output tokens reserved, not yet settled.
     key_reserved: IntGaugeVec,
+    /// `gantry_key_store_up`: 1 while the shared key store (Redis) answers.
+    key_store_up: IntGaugeVec,
+    /// `gantry_key_store_errors_total`: its commands that failed or timed out.
+    key_store_errors: IntCounterVec,
 }
 
 /// Statuses most answers have: their `gantry_requests_total` series are kept
@@ -380,6 +384,16 @@ impl Metrics {
                 "Output tokens reserved under an API key and not yet settled, by key name",
                 &["key"],
             ),
+            key_store_up: r.gauge(
+                "gantry_key_store_up",
+                "1 while the shared key store (Redis) answers, 0 while it is unreachable",
+                &[],
+            ),
+            key_store_errors: r.counter(
+                "gantry_key_store_errors_total",
+                "Commands to the shared key store (Redis) that failed or timed out",
+                &[],
+            ),
             exported: r.finish(),
         }
     }
@@ -405,6 +419,14 @@ impl Metrics {
         crate::tenants::limiter::Outstanding {
             requests: self.key_inflight.with_label_values(&[key]),
             tokens: self.key_reserved.with_label_values(&[key]),
+        }
+    }
+
+    /// The shared key store's gauges, resolved once.
+    pub fn key_store(&self) -> crate::tenants::shared::StoreMetrics {
+        crate::tenants::shared::StoreMetrics {
+            up: self.key_store_up.with_label_values(&[]),
+            errors: self.key_store_errors.with_label_values(&[]),
         }
     }
 

@@ -192,6 +192,19 @@ impl ApiError {
         e
     }
 
+    /// 503: the shared key store cannot be reached (`on_unreachable =
+    /// "closed"`).
+    pub fn key_store_unreachable() -> Self {
+        let mut e = Self::new(
+            503,
+            "server_error",
+            Some("key_store_unreachable"),
+            "This API key's limits are counted in a store that cannot be reached now; retry shortly".into(),
+        );
+        e.retry_after = Some(crate::tenants::shared::UNREACHABLE_RETRY_AFTER);
+        e
+    }
+
     /// 503: the key limits prompt tokens and no backend of the pool gave
     /// the model's prompt format to count them with.
     pub fn uncountable(pool: &str) -> Self {

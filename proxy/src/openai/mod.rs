@@ -38,7 +38,7 @@ pub use request::{check_body, check_body_property};
 pub use whole::Whole;
 
 use crate::metrics::{Denial, Metrics, Refusal};
-use crate::tenants::limiter::{Reservation, Tokens};
+use crate::tenants::limiter::{Denied, Reservation, Tokens};
 use crate::tenants::Tenant;
 use crate::upstream::inference::{InferencePool, PoolSlot};
 use bytes::Bytes;
@@ -316,7 +316,7 @@ impl Api {
                     // At most one token per byte (each piece covers at least
                     // one), plus the two each input is framed with.
                     let bound = req.inputs().iter().map(|t| t.len() as u64 + 2).sum();
-                    self.reserve(&call, r, bound, 0)?;
+                    self.reserve(&call, r, bound, 0).await?;
                 }
                 Ok(Reply::Whole(
                     self.embed(pool, req, call.request_id, call.reservation, outcome)
@@ -352,7 +352,7 @@ impl Api {
     /// generates on any of the pool's backends; before any backend told, the
     /// backends' default cap, set as the request's `max_tokens` so that no
     /// backend can generate more).
-    fn reserve_tokens(
+    async fn reserve_tokens(
         &self,
         call: &ApiCall<'_>,
         pool: &InferencePool,
@@ -380,7 +380,7 @@ impl Api {
                 .map(|ids| ids.len() as u64)
                 .ok_or_else(|| ApiError::uncountable(&pool.config.name))?;
         }
-        self.reserve(call, reservation, input, output.into())
+        self.reserve(call, reservation, input, output.into()).await
     }
 
     /// A generation on `pool`: its prompt encoded once if the key counts it
@@ -398,26 +398,33 @@ impl Api {
         let prompt_ids = pool
             .prompt_ids(&request.model, request.input.as_ref(), counted)
             .await;
-        self.reserve_tokens(call, pool, &mut request, prompt_ids.as_deref())?;
+        self.reserve_tokens(call, pool, &mut request, prompt_ids.as_deref())
+            .await?;
         let prefix = pool.prompt_blocks(prompt_ids.as_deref());
         let call = GenerateCall::new(call, pool, request, sampling, shape, prefix);
         self.generate(call, outcome).await
     }
 
     /// Reserve `input` and `output` tokens in `call`'s key, counting a refusal.
-    fn reserve(
+    async fn reserve(
         &self,
         call: &ApiCall<'_>,
         reservation: &Reservation,
         input: u64,
         output: u64,
     ) -> Result<(), ApiError> {
-        reservation.reserve(input, output).map_err(|exceeded| {
-            if let Some(t) = call.tenant {
-                self.metrics.key_rejected(&t.name, exceeded.label());
-            }
-            ApiError::rate_limited(exceeded)
-        })
+        reservation
+            .reserve(input, output)
+            .await
+            .map_err(|denied| match denied {
+                Denied::Limit(exceeded) => {
+                    if let Some(t) = call.tenant {
+                        self.metrics.key_rejected(&t.name, exceeded.label());
+                    }
+                    ApiError::rate_limited(exceeded)
+                }
+                Denied::StoreUnreachable => ApiError::key_store_unreachable(),
+            })
     }
 
     /// 404 for a model the caller cannot see: absent, or (counted) not one

@@ -13,6 +13,7 @@
 //! and settled with them, for prompt and generated tokens together.
 
 use super::budget::{Budget, Period};
+use super::shared::{Admitted, Settlement, SharedKey, SharedStore, StoreRefusal, WindowView};
 use gantry_config::KeyLimits;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub const WINDOW: Duration = Duration::from_secs(60);
 
 /// Seconds a client is told to wait when it has too many requests in flight.
-const CONCURRENCY_RETRY_AFTER: Duration = Duration::from_secs(1);
+pub(super) const CONCURRENCY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Which tokens: a prompt's, or generated ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,28 @@ pub struct Limiter {
     gauges: Outstanding,
     /// A budget settled since [`Limiter::budgets_to_keep`] last looked.
     budgets_changed: AtomicBool,
+    /// The key's minute as the shared store last answered, with the key's
+    /// own limits (this limiter's may be divided among replicas), for the
+    /// `x-ratelimit-*` headers.
+    shared_view: Mutex<Option<(KeyLimits, WindowView, Instant)>>,
+}
+
+/// Why a request was not let in or its tokens not reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// A limit or budget.
+    Limit(Exceeded),
+    /// The shared key store did not answer (`on_unreachable = "closed"`).
+    StoreUnreachable,
+}
+
+impl From<StoreRefusal> for Denied {
+    fn from(r: StoreRefusal) -> Denied {
+        match r {
+            StoreRefusal::Exceeded(e) => Denied::Limit(e),
+            StoreRefusal::Unreachable => Denied::StoreUnreachable,
+        }
+    }
 }
 
 /// What a key holds now, as gauges: `gantry_key_inflight_requests` and
@@ -186,6 +209,14 @@ impl Exceeded {
     }
 }
 
+/// A reservation's place in the shared store.
+struct SharedHold {
+    store: Arc<SharedStore>,
+    key: Arc<SharedKey>,
+    /// Its concurrency lease.
+    member: Option<String>,
+}
+
 /// One limit's state, as the `x-ratelimit-*` headers report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Remaining {
@@ -203,6 +234,12 @@ pub struct Remaining {
 /// request leaves the in-flight count.
 pub struct Reservation {
     limiter: Arc<Limiter>,
+    /// Counted in the shared store rather than in `limiter`.
+    shared: Option<SharedHold>,
+    /// Counted in the shared store and settled there already.
+    settled_elsewhere: bool,
+    /// The window its tokens were reserved in (an id here, a start in ms in
+    /// the shared store).
     window: AtomicU64,
     /// By [`Period`]: the period its tokens were reserved in.
     periods: [AtomicU64; 2],
@@ -228,7 +265,53 @@ impl Limiter {
                 ],
             }),
             budgets_changed: AtomicBool::new(false),
+            shared_view: Mutex::new(None),
         })
+    }
+
+    /// A request `store` let in for `key`, held here for the gauges.
+    pub(super) fn admitted_shared(
+        self: &Arc<Self>,
+        store: &Arc<SharedStore>,
+        key: &Arc<SharedKey>,
+        admitted: Admitted,
+    ) -> Arc<Reservation> {
+        self.gauges.requests.inc();
+        self.see(key, admitted.view);
+        Arc::new(Reservation {
+            limiter: self.clone(),
+            shared: Some(SharedHold {
+                store: store.clone(),
+                key: key.clone(),
+                member: admitted.member,
+            }),
+            settled_elsewhere: false,
+            window: AtomicU64::new(0),
+            periods: Default::default(),
+            reserved: Default::default(),
+            used: Default::default(),
+        })
+    }
+
+    /// Remember the shared store's answer for the headers; `None` forgets it
+    /// (counting here again).
+    pub(super) fn see(&self, key: &SharedKey, view: WindowView) {
+        *self.shared_view.lock().expect("view lock") = Some((*key.limits(), view, Instant::now()));
+    }
+
+    /// The shared store's count of the minute's generated tokens, after a
+    /// reservation.
+    fn see_tokens(&self, output_tokens: u64, reset: Duration) {
+        if let Some((_, view, seen)) = &mut *self.shared_view.lock().expect("view lock") {
+            view.output_tokens = output_tokens;
+            view.reset = reset;
+            *seen = Instant::now();
+        }
+    }
+
+    /// Count here again (the shared store is unreachable).
+    pub(super) fn unsee(&self) {
+        *self.shared_view.lock().expect("view lock") = None;
     }
 
     /// The key's limits.
@@ -285,6 +368,8 @@ impl Limiter {
         self.gauges.requests.inc();
         Ok(Arc::new(Reservation {
             limiter: self.clone(),
+            shared: None,
+            settled_elsewhere: false,
             window: AtomicU64::new(id),
             periods: Default::default(),
             reserved: Default::default(),
@@ -294,22 +379,30 @@ impl Limiter {
 
     /// The requests and generated-token limits as they stand (those configured).
     pub fn remaining(&self) -> (Option<Remaining>, Option<Remaining>) {
-        let mut state = self.state.lock().expect("limiter lock");
         let now = Instant::now();
-        let window = state.current(now);
-        let reset = window.reset(now);
-        let of = |limit: Option<u64>, used: u64| {
+        let of = |limit: Option<u64>, used: u64, reset: Duration| {
             limit.map(|limit| Remaining {
                 limit,
                 remaining: limit.saturating_sub(used),
                 reset,
             })
         };
+        if let Some((limits, view, seen)) = *self.shared_view.lock().expect("view lock") {
+            let reset = view.reset.saturating_sub(now.duration_since(seen));
+            return (
+                of(limits.requests_per_minute, view.requests, reset),
+                of(limits.output_tokens_per_minute, view.output_tokens, reset),
+            );
+        }
+        let mut state = self.state.lock().expect("limiter lock");
+        let window = state.current(now);
+        let reset = window.reset(now);
         (
-            of(self.limits.requests_per_minute, window.requests),
+            of(self.limits.requests_per_minute, window.requests, reset),
             of(
                 self.limits.output_tokens_per_minute,
                 window.tokens[Tokens::Output as usize],
+                reset,
             ),
         )
     }
@@ -348,8 +441,30 @@ impl Reservation {
     }
 
     /// Reserve `input` prompt tokens and `output` generated tokens of the
-    /// minute, both or neither (a kind the key does not limit always fits).
-    pub fn reserve(&self, input: u64, output: u64) -> Result<(), Exceeded> {
+    /// minute and of the budgets, all or none (a kind the key does not limit
+    /// always fits), where the request was let in: here or in the shared
+    /// store.
+    pub async fn reserve(&self, input: u64, output: u64) -> Result<(), Denied> {
+        let Some(shared) = &self.shared else {
+            return self.reserve_here(input, output).map_err(Denied::Limit);
+        };
+        let r = shared.store.reserve(&shared.key, input, output).await?;
+        self.window.store(r.window_start, Ordering::Relaxed);
+        for (p, id) in r.periods.into_iter().enumerate() {
+            self.periods[p].store(id, Ordering::Relaxed);
+        }
+        for (kind, n) in [(Tokens::Input, input), (Tokens::Output, output)] {
+            if self.limits(kind) {
+                self.reserved[kind as usize].fetch_add(n, Ordering::Relaxed);
+                self.limiter.gauges.tokens.add(n as i64);
+            }
+        }
+        self.limiter.see_tokens(r.view.output_tokens, r.view.reset);
+        Ok(())
+    }
+
+    /// [`Self::reserve`] in this process's limiter.
+    pub fn reserve_here(&self, input: u64, output: u64) -> Result<(), Exceeded> {
         let mut state = self.limiter.state.lock().expect("limiter lock");
         let (now, wall) = (Instant::now(), SystemTime::now());
         let window = state.current(now);
@@ -418,8 +533,51 @@ impl Reservation {
     }
 }
 
+impl Reservation {
+    /// Give the hold back now if `this` is its last holder, waiting until
+    /// the shared store has it (a destructor can only send it on its way):
+    /// a request's slot is free on every replica before its answer ends.
+    pub async fn release(this: Arc<Reservation>) {
+        if let Ok(mut r) = Arc::try_unwrap(this) {
+            if let Some((store, key, settlement)) = r.shared_settlement() {
+                store.settle_now(&key, settlement).await;
+            }
+        }
+    }
+
+    /// What a reservation counted in the shared store settles, once (the
+    /// gauges counted down).
+    fn shared_settlement(&mut self) -> Option<(Arc<SharedStore>, Arc<SharedKey>, Settlement)> {
+        let shared = self.shared.take()?;
+        self.limiter.gauges.requests.dec();
+        let reserved = self.reserved.each_ref().map(|r| r.load(Ordering::Relaxed));
+        self.limiter
+            .gauges
+            .tokens
+            .sub(reserved.iter().sum::<u64>() as i64);
+        // Settled: nothing is left for the destructor to give back.
+        self.reserved = Default::default();
+        self.settled_elsewhere = true;
+        let settlement = Settlement {
+            window_start: *self.window.get_mut(),
+            periods: self.periods.each_ref().map(|p| p.load(Ordering::Relaxed)),
+            reserved,
+            used: self.used.each_ref().map(|u| u.load(Ordering::Relaxed)),
+            member: shared.member,
+        };
+        Some((shared.store, shared.key, settlement))
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
+        if let Some((store, key, settlement)) = self.shared_settlement() {
+            store.settle(&key, settlement);
+            return;
+        }
+        if self.settled_elsewhere {
+            return;
+        }
         let mut state = self.limiter.state.lock().expect("limiter lock");
         state.in_flight -= 1;
         self.limiter.gauges.requests.dec();
@@ -486,9 +644,9 @@ mod tests {
     fn tokens_are_reserved_up_front_and_what_was_not_used_comes_back() {
         let l = Limiter::new(limits(None, Some(100), None), gauges());
         let a = l.admit().unwrap();
-        a.reserve(10, 70).unwrap();
+        a.reserve_here(10, 70).unwrap();
         let b = l.admit().unwrap();
-        match b.reserve(5, 40) {
+        match b.reserve_here(5, 40) {
             Err(Exceeded::Tokens {
                 kind: Tokens::Output,
                 limit: 100,
@@ -512,7 +670,7 @@ mod tests {
             10,
             "its prompt was read"
         );
-        b.reserve(90, 90).unwrap();
+        b.reserve_here(90, 90).unwrap();
         b.settle(80, 90);
         drop(b);
         assert_eq!(l.state.lock().unwrap().window.tokens, [90, 100]);
@@ -531,9 +689,9 @@ mod tests {
         l.restore(Period::Day, day, 20, now);
         let a = l.admit().unwrap();
         assert!(a.limits(Tokens::Input) && a.limits(Tokens::Output));
-        a.reserve(30, 40).unwrap();
+        a.reserve_here(30, 40).unwrap();
         let b = l.admit().unwrap();
-        match b.reserve(5, 6) {
+        match b.reserve_here(5, 6) {
             Err(
                 e @ Exceeded::Budget {
                     period: Period::Day,
@@ -550,7 +708,7 @@ mod tests {
         let kept = l.budgets_to_keep().expect("settled");
         assert_eq!((kept[0].id, kept[0].settled()), (day, 60));
         assert!(l.budgets_to_keep().is_none(), "kept once");
-        b.reserve(5, 35).unwrap();
+        b.reserve_here(5, 35).unwrap();
         let b_kept = l.state.lock().unwrap().budgets[0].unwrap();
         assert_eq!(
             (b_kept.counted, b_kept.settled()),
@@ -563,7 +721,7 @@ mod tests {
     fn a_request_that_never_reached_a_backend_gives_its_prompt_back() {
         let l = Limiter::new(limits(None, Some(100), None), gauges());
         let a = l.admit().unwrap();
-        a.reserve(60, 0).unwrap();
+        a.reserve_here(60, 0).unwrap();
         drop(a);
         assert_eq!(l.state.lock().unwrap().window.tokens, [0, 0]);
     }

@@ -11,16 +11,19 @@
 
 pub mod budget;
 pub mod limiter;
+pub mod shared;
 
 use crate::metrics::{Denial, Metrics};
 use base64::Engine;
 use gantry_config::ApiKey;
+use gantry_config::OnUnreachable;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName};
-use limiter::{Exceeded, Limiter, Reservation};
+use limiter::{Denied, Limiter, Reservation};
 use pingora::http::ResponseHeader;
 use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
+use shared::{SharedKey, SharedStore};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -47,8 +50,22 @@ pub struct Tenant {
     routes: Option<HashSet<usize>>,
     /// `gantry_key_requests_total{key}`, resolved once.
     requests: IntCounter,
-    /// Its rate limits and what it used of them.
+    /// Its rate limits and what it used of them, in this process (with a
+    /// shared store: while it is unreachable, under `local`).
     pub limiter: Arc<Limiter>,
+    /// Where it is counted when the store is shared.
+    shared: Option<(Arc<SharedStore>, Arc<SharedKey>)>,
+    /// What its requests get while the shared store is unreachable.
+    on_unreachable: OnUnreachable,
+}
+
+/// The shared key store and how the fleet uses it.
+pub struct Shared {
+    pub store: Arc<SharedStore>,
+    pub on_unreachable: OnUnreachable,
+    /// Replicas that share the limits (each counts its share while the
+    /// store is unreachable, under `local`).
+    pub replicas: u32,
 }
 
 /// Why a request was not let in.
@@ -74,16 +91,26 @@ impl Refused {
 }
 
 impl Tenants {
-    /// The configured keys, with their metrics resolved.
-    pub fn new(keys: &[ApiKey], metrics: &Metrics) -> Tenants {
+    /// The configured keys, with their metrics resolved, counted in this
+    /// process or in `shared`.
+    pub fn new(keys: &[ApiKey], metrics: &Metrics, shared: Option<&Shared>) -> Tenants {
         let tenants = keys
             .iter()
-            .map(|k| Tenant {
-                name: k.name.clone(),
-                models: (!k.models.is_empty()).then(|| k.models.iter().cloned().collect()),
-                routes: (!k.routes.is_empty()).then(|| k.routes.iter().copied().collect()),
-                requests: metrics.key_requests(&k.name),
-                limiter: Limiter::new(k.limits, metrics.key_outstanding(&k.name)),
+            .map(|k| {
+                let here = match shared {
+                    Some(s) => k.limits.divided(s.replicas),
+                    None => k.limits,
+                };
+                Tenant {
+                    name: k.name.clone(),
+                    models: (!k.models.is_empty()).then(|| k.models.iter().cloned().collect()),
+                    routes: (!k.routes.is_empty()).then(|| k.routes.iter().copied().collect()),
+                    requests: metrics.key_requests(&k.name),
+                    limiter: Limiter::new(here, metrics.key_outstanding(&k.name)),
+                    shared: shared
+                        .map(|s| (s.store.clone(), Arc::new(SharedKey::new(&k.name, k.limits)))),
+                    on_unreachable: shared.map_or(OnUnreachable::Closed, |s| s.on_unreachable),
+                }
             })
             .collect();
         let by_digest = keys
@@ -121,10 +148,31 @@ impl Tenants {
 impl Tenant {
     /// Let a request in under the key's limits (counted in
     /// `gantry_key_requests_total`), or say which one it ran into.
-    pub fn admit(&self) -> Result<Arc<Reservation>, Exceeded> {
-        let held = self.limiter.admit()?;
+    pub async fn admit(&self) -> Result<Arc<Reservation>, Denied> {
+        let held = match &self.shared {
+            Some((store, key)) if store.is_up() => match store.admit(key).await {
+                Ok(admitted) => Ok(self.limiter.admitted_shared(store, key, admitted)),
+                Err(refusal) => match Denied::from(refusal) {
+                    Denied::StoreUnreachable => self.unreachable(),
+                    denied => Err(denied),
+                },
+            },
+            Some(_) => self.unreachable(),
+            None => self.limiter.admit().map_err(Denied::Limit),
+        }?;
         self.requests.inc();
         Ok(held)
+    }
+
+    /// The shared store is unreachable: 503, or this replica's share.
+    fn unreachable(&self) -> Result<Arc<Reservation>, Denied> {
+        match self.on_unreachable {
+            OnUnreachable::Closed => Err(Denied::StoreUnreachable),
+            OnUnreachable::Local => {
+                self.limiter.unsee();
+                self.limiter.admit().map_err(Denied::Limit)
+            }
+        }
     }
 
     /// Whether the key may use `model`.

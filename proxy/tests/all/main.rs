@@ -19,6 +19,7 @@ mod prefix_routing;
 mod python_openai;
 mod retry;
 mod routing;
+mod shared_keys;
 mod shutdown;
 mod slow_clients;
 mod tls;
