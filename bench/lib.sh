@@ -48,14 +48,15 @@ bench_measure() {
     awk '/Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {printf "%.0f %s %s\n", r, p50, p99}'
 }
 
-# bench_alternate ROUNDS URL_A URL_B: bench_measure each URL once per round, in
+# bench_alternate ROUNDS URL...: bench_measure each URL once per round, in
 # reverse order every other round; appends to the caller's associative arrays
-# rps (space-separated), p50 and p99 (" / "-separated), indexed 0 and 1.
+# rps (space-separated), p50 and p99 (" / "-separated), indexed by the URL's place.
 bench_alternate() {
   local rounds=$1 round i r a b; shift
   local urls=("$@")
   for round in $(seq "$rounds"); do
-    local order=(0 1); [ $((round % 2)) -eq 0 ] && order=(1 0)
+    local order=($(seq 0 $((${#urls[@]} - 1))))
+    [ $((round % 2)) -eq 0 ] && order=($(printf '%s\n' "${order[@]}" | tac))
     for i in "${order[@]}"; do
       read -r r a b < <(bench_measure "${urls[$i]}")
       rps[$i]="${rps[$i]:+${rps[$i]} }$r"; p50[$i]="${p50[$i]:+${p50[$i]} / }$a"; p99[$i]="${p99[$i]:+${p99[$i]} / }$b"
