@@ -218,7 +218,9 @@ pub struct KeySection {
     /// letters, digits, `-` and `_`, at most [`MAX_KEY_NAME_BYTES`] bytes.
     pub name: String,
     /// SHA-256 of the key, 64 hex digits. The key itself is never configured.
-    pub sha256: String,
+    /// Absent: the tenant's keys are all in `[key_store]` (made with `POST
+    /// /admin/keys/<name>` on the admin listener).
+    pub sha256: Option<String>,
     /// Models the key may use on the OpenAI-compatible API. Empty: every model.
     #[serde(default)]
     pub models: Vec<String>,

@@ -159,8 +159,9 @@ pub struct Config {
 pub struct ApiKey {
     /// The tenant's name (a metric label).
     pub name: String,
-    /// SHA-256 of the key.
-    pub sha256: [u8; 32],
+    /// SHA-256 of the configured key; `None`: its keys are all in the key
+    /// store.
+    pub sha256: Option<[u8; 32]>,
     /// Models it may use; empty: all.
     pub models: Vec<String>,
     /// Indexes into [`Config::routes`] it may use; empty: every route with keys.

@@ -293,7 +293,7 @@ fn keys_resolve_their_routes_and_keep_only_the_digest() {
     assert_eq!(c.routes[0].auth, gantry_config::RouteAuth::Keys);
     let k = &c.keys[0];
     assert_eq!((k.name.as_str(), k.routes.as_slice()), ("team-a", &[0][..]));
-    assert_eq!(k.sha256[..3], [0xba, 0x78, 0x16]);
+    assert_eq!(k.sha256.unwrap()[..3], [0xba, 0x78, 0x16]);
     assert_eq!(k.models, ["m"]);
     assert_eq!(
         k.limits,
@@ -334,6 +334,10 @@ fn key_problems_name_the_field() {
     assert_problem(
         &key("a", DIGEST, "max_concurrent = 0"),
         "keys[0].max_concurrent: must be at least 1 (leave it out for no limit)",
+    );
+    assert_problem(
+        "[[keys]]\nname = \"a\"\n",
+        "keys[0].sha256: required unless the tenant's keys are kept in [key_store]",
     );
     assert_problem(
         &key("a", DIGEST, "tokens_per_month = 1000"),

@@ -2,6 +2,10 @@
 //! `/readyz` (this gateway can take traffic: it is serving its configuration and
 //! not draining), `/status` (JSON: draining, and each pool's healthy endpoints)
 //! and `POST /admin/reload` (plugins; needs `Authorization: Bearer <admin.token>`).
+//! With a `[key_store]`, API keys made and revoked at run time (each needs the
+//! token): `POST /admin/keys/<tenant>` makes one and answers it once,
+//! `GET /admin/keys` lists every key by digest, `DELETE /admin/keys/<sha256>`
+//! revokes a stored one (see [`crate::tenants::keyring`]).
 //!
 //! Upstream health is not readiness: a pool with no healthy endpoint answers 503
 //! for its routes, but does not pull every gateway replica out of its Service.
@@ -35,6 +39,14 @@ pub struct AdminApp {
     pub access: gantry_config::AdminAccess,
     /// Held while a reload runs: one at a time.
     pub reloading: Arc<tokio::sync::Mutex<()>>,
+    /// Run-time API keys, with a `[key_store]`.
+    pub keys: Option<AdminKeys>,
+}
+
+/// What the key endpoints change.
+pub struct AdminKeys {
+    pub ring: crate::tenants::keyring::KeyRing,
+    pub tenants: Arc<crate::tenants::Tenants>,
 }
 
 /// One pool's health, as `/status` shows it.
@@ -134,16 +146,18 @@ impl AdminApp {
         pools
     }
 
-    /// `POST /admin/reload`: with the bearer token, reload every plugin off the
-    /// async runtime, one reload at a time.
-    async fn reload(&self, authorization: Option<&str>) -> Response<Vec<u8>> {
+    /// The refusal, unless `authorization` carries the admin token.
+    fn refuse_unless_admin(
+        &self,
+        authorization: Option<&str>,
+        without_token: &'static [u8],
+    ) -> Option<Response<Vec<u8>>> {
         let Some(token) = &self.access.token else {
-            return text(
+            return Some(text(
                 StatusCode::FORBIDDEN,
                 "text/plain",
-                b"admin.token is not set: reload by SIGHUP or by changing the plugin files\n"
-                    .to_vec(),
-            );
+                without_token.to_vec(),
+            ));
         };
         if !bearer_matches(authorization, token) {
             let mut resp = text(
@@ -155,7 +169,131 @@ impl AdminApp {
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),
             );
-            return resp;
+            return Some(resp);
+        }
+        None
+    }
+
+    /// `/admin/keys[/<tenant or sha256>]`: make (POST), list (GET) or revoke
+    /// (DELETE) run-time API keys, with the admin token.
+    async fn keys(
+        &self,
+        method: &http::Method,
+        rest: &str,
+        authorization: Option<&str>,
+    ) -> Response<Vec<u8>> {
+        use crate::tenants::keyring::{hex, parse_hex};
+        if let Some(refused) = self.refuse_unless_admin(
+            authorization,
+            b"admin.token is not set: the key endpoints need it\n",
+        ) {
+            return refused;
+        }
+        let Some(keys) = &self.keys else {
+            return text(
+                StatusCode::CONFLICT,
+                "text/plain",
+                b"no [key_store] is configured: keys are only in the configuration file\n".to_vec(),
+            );
+        };
+        let json = |status, value: serde_json::Value| {
+            text(
+                status,
+                "application/json",
+                serde_json::to_vec_pretty(&value).expect("json"),
+            )
+        };
+        let failed = |e: anyhow::Error| {
+            tracing::warn!(error = %e, "key store operation failed");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                b"the key store cannot be reached; retry shortly\n".to_vec(),
+            )
+        };
+        match (method.as_str(), rest) {
+            ("GET", "") => {
+                let stored = match keys.ring.list().await {
+                    Ok(s) => s,
+                    Err(e) => return failed(e),
+                };
+                let configured = keys.tenants.configured().map(|(d, name)| {
+                    serde_json::json!({"name": name, "sha256": hex(d), "source": "config"})
+                });
+                let stored = stored.iter().map(|(d, name)| {
+                    serde_json::json!({"name": name, "sha256": hex(d), "source": "store"})
+                });
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"keys": configured.chain(stored).collect::<Vec<_>>()}),
+                )
+            }
+            ("POST", name) => {
+                let Some(tenant) = keys.tenants.index_of(name) else {
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        "text/plain",
+                        format!("no tenant named `{name}` in [[keys]]: a stored key takes a configured tenant's limits\n").into_bytes(),
+                    );
+                };
+                let key = crate::tenants::new_key();
+                let digest = crate::tenants::key_digest(&key);
+                if let Err(e) = keys.ring.add(digest, name).await {
+                    return failed(e);
+                }
+                keys.tenants.change_stored(digest, Some(tenant));
+                tracing::info!(tenant = name, "API key made");
+                json(
+                    StatusCode::CREATED,
+                    serde_json::json!({"name": name, "key": key, "sha256": hex(&digest)}),
+                )
+            }
+            ("DELETE", digest) if !digest.is_empty() => {
+                let Some(digest) = parse_hex(digest) else {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        b"revoke a key by its sha256: 64 hex digits\n".to_vec(),
+                    );
+                };
+                if keys.tenants.is_configured(&digest) {
+                    return text(
+                        StatusCode::CONFLICT,
+                        "text/plain",
+                        b"this key is in the configuration file: remove it there\n".to_vec(),
+                    );
+                }
+                match keys.ring.remove(digest).await {
+                    Ok(true) => {
+                        keys.tenants.change_stored(digest, None);
+                        tracing::info!(sha256 = %hex(&digest), "API key revoked");
+                        json(StatusCode::OK, serde_json::json!({"revoked": hex(&digest)}))
+                    }
+                    Ok(false) => text(
+                        StatusCode::NOT_FOUND,
+                        "text/plain",
+                        b"no stored key has this sha256\n".to_vec(),
+                    ),
+                    Err(e) => failed(e),
+                }
+            }
+            _ => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                b"GET /admin/keys, POST /admin/keys/<tenant>, DELETE /admin/keys/<sha256>\n"
+                    .to_vec(),
+            ),
+        }
+    }
+
+    /// `POST /admin/reload`: with the bearer token, reload every plugin off the
+    /// async runtime, one reload at a time.
+    async fn reload(&self, authorization: Option<&str>) -> Response<Vec<u8>> {
+        if let Some(refused) = self.refuse_unless_admin(
+            authorization,
+            b"admin.token is not set: reload by SIGHUP or by changing the plugin files\n",
+        ) {
+            return refused;
         }
         let Ok(_running) = self.reloading.clone().try_lock_owned() else {
             return text(
@@ -230,6 +368,12 @@ impl ServeHttp for AdminApp {
                 self.reload(header(http::header::AUTHORIZATION).as_deref())
                     .await
             }
+            p if p == "/admin/keys" || p.starts_with("/admin/keys/") => {
+                let rest = p["/admin/keys".len()..].trim_start_matches('/');
+                let method = req.method.clone();
+                self.keys(&method, rest, header(http::header::AUTHORIZATION).as_deref())
+                    .await
+            }
             "/readyz" => {
                 if self.lifecycle.is_draining() {
                     text(
@@ -252,7 +396,7 @@ impl ServeHttp for AdminApp {
             _ => text(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"admin endpoints: /metrics /healthz /readyz /status, POST /admin/reload\n"
+                b"admin endpoints: /metrics /healthz /readyz /status, POST /admin/reload, /admin/keys\n"
                     .to_vec(),
             ),
         }

@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::openai::Api;
 use crate::router::Router;
 use crate::tenants::budget::BudgetStore;
+use crate::tenants::keyring::KeyRing;
 use crate::tenants::shared::SharedStore;
 use crate::tenants::{Shared, Tenants};
 use crate::tls::SniResolver;
@@ -131,6 +132,21 @@ impl Gantry {
             }
             _ => None,
         };
+        let ring = match (&budgets, &shared) {
+            (Some(store), _) => Some(KeyRing::Embedded(store.clone())),
+            (_, Some(s)) => Some(KeyRing::Shared(s.store.clone())),
+            _ => None,
+        };
+        match (&ring, &budgets) {
+            // This process alone changes its file: read once, before serving.
+            (Some(KeyRing::Embedded(_)), Some(store)) => tenants.set_stored(store.keys()?),
+            (Some(ring), _) => ring.follow(&tenants, grpc_runtime.handle()),
+            _ => {}
+        }
+        let admin_keys = ring.map(|ring| crate::admin::AdminKeys {
+            ring,
+            tenants: tenants.clone(),
+        });
         let gateway = Gateway::new(
             Router::new(&config.routes),
             pools.clone(),
@@ -166,6 +182,7 @@ impl Gantry {
                     plugins: plugins.clone(),
                     access: config.admin_access.clone(),
                     reloading: Default::default(),
+                    keys: admin_keys,
                 },
             );
             if !admin.ip().is_loopback() {

@@ -23,15 +23,24 @@ pub(super) fn convert_keys(c: &mut Checker, raw: &FileConfig, routes: &[Route]) 
                     ),
                 );
             }
-            let sha256 = parse_sha256(&k.sha256).unwrap_or_else(|| {
+            let sha256 = k.sha256.as_deref().map(|hex| {
+                let digest = parse_sha256(hex).unwrap_or_else(|| {
+                    c.fail(
+                        format!("{at}.sha256"),
+                        "must be 64 hex digits, the SHA-256 of the key (`gantry keys create` prints it)",
+                    );
+                    [0; 32]
+                });
+                if let Some(other) = digests.insert(digest, at.clone()) {
+                    c.fail(format!("{at}.sha256"), format!("the same key as {other}"));
+                }
+                digest
+            });
+            if sha256.is_none() && raw.key_store.is_none() {
                 c.fail(
                     format!("{at}.sha256"),
-                    "must be 64 hex digits, the SHA-256 of the key (`gantry keys create` prints it)",
+                    "required unless the tenant's keys are kept in [key_store] (made with POST /admin/keys/<name>)",
                 );
-                [0; 32]
-            });
-            if let Some(other) = digests.insert(sha256, at.clone()) {
-                c.fail(format!("{at}.sha256"), format!("the same key as {other}"));
             }
             let routes = k
                 .routes

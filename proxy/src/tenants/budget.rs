@@ -13,7 +13,7 @@
 use super::limiter::Limiter;
 use super::Tenants;
 use anyhow::Context;
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,6 +21,8 @@ use time::{Date, Month, OffsetDateTime};
 
 /// `"<key name>/<period>"` → (the period's id, tokens settled in it).
 const BUDGETS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("budgets");
+/// API keys made at run time (see [`super::keyring`]): digest (hex) → tenant.
+const KEYS: TableDefinition<&str, &str> = TableDefinition::new("keys");
 
 /// A budget's calendar period, in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +192,47 @@ impl BudgetStore {
                 }
             }
         });
+    }
+}
+
+impl BudgetStore {
+    /// Keep `digest` as a key of `tenant`.
+    pub fn add_key(&self, digest: &[u8; 32], tenant: &str) -> anyhow::Result<()> {
+        let write = self.db.begin_write()?;
+        write
+            .open_table(KEYS)?
+            .insert(super::keyring::hex(digest).as_str(), tenant)?;
+        write.commit()?;
+        Ok(())
+    }
+
+    /// Forget `digest`; whether it was kept.
+    pub fn remove_key(&self, digest: &[u8; 32]) -> anyhow::Result<bool> {
+        let write = self.db.begin_write()?;
+        let removed = write
+            .open_table(KEYS)?
+            .remove(super::keyring::hex(digest).as_str())?
+            .is_some();
+        write.commit()?;
+        Ok(removed)
+    }
+
+    /// Every stored key.
+    pub fn keys(&self) -> anyhow::Result<Vec<super::keyring::StoredKey>> {
+        let read = self.db.begin_read()?;
+        let table = match read.open_table(KEYS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut keys = Vec::new();
+        for row in table.iter()? {
+            let (digest, tenant) = row?;
+            if let Some(d) = super::keyring::parse_hex(digest.value()) {
+                keys.push((d, tenant.value().to_string()));
+            }
+        }
+        Ok(keys)
     }
 }
 

@@ -10,6 +10,7 @@
 //! a guess.
 
 pub mod budget;
+pub mod keyring;
 pub mod limiter;
 pub mod shared;
 
@@ -25,7 +26,7 @@ use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 use shared::{SharedKey, SharedStore};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// The other header a key may come in (Anthropic's and many tools' choice).
 pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
@@ -36,7 +37,11 @@ pub const KEY_PREFIX: &str = "gk-";
 
 /// Every configured key, by digest.
 pub struct Tenants {
+    /// Configured keys.
     by_digest: HashMap<[u8; 32], usize>,
+    /// Keys kept in the key store (see [`keyring`]), replaced whole when it
+    /// changes.
+    stored: RwLock<Arc<HashMap<[u8; 32], usize>>>,
     tenants: Vec<Tenant>,
 }
 
@@ -116,9 +121,57 @@ impl Tenants {
         let by_digest = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| (k.sha256, i))
+            .filter_map(|(i, k)| Some((k.sha256?, i)))
             .collect();
-        Tenants { by_digest, tenants }
+        Tenants {
+            by_digest,
+            stored: Default::default(),
+            tenants,
+        }
+    }
+
+    /// The stored keys are `keys` (those of tenants not configured are left
+    /// out, with a warning).
+    pub fn set_stored(&self, keys: Vec<keyring::StoredKey>) {
+        let map = keys
+            .into_iter()
+            .filter_map(|(digest, name)| match self.index_of(&name) {
+                Some(i) => Some((digest, i)),
+                None => {
+                    tracing::warn!(tenant = %name, "a stored API key of a tenant not in [[keys]]: ignored");
+                    None
+                }
+            })
+            .collect();
+        *self.stored.write().expect("stored keys lock") = Arc::new(map);
+    }
+
+    /// Honour (`Some(tenant)`) or stop honouring a stored key at once.
+    pub fn change_stored(&self, digest: [u8; 32], tenant: Option<usize>) {
+        let mut stored = self.stored.write().expect("stored keys lock");
+        let mut map = (**stored).clone();
+        match tenant {
+            Some(i) => map.insert(digest, i),
+            None => map.remove(&digest),
+        };
+        *stored = Arc::new(map);
+    }
+
+    /// The tenant named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.tenants.iter().position(|t| t.name == name)
+    }
+
+    /// Configured keys: digest and tenant.
+    pub fn configured(&self) -> impl Iterator<Item = (&[u8; 32], &str)> {
+        self.by_digest
+            .iter()
+            .map(|(d, &i)| (d, self.tenants[i].name.as_str()))
+    }
+
+    /// Whether `digest` is a configured key.
+    pub fn is_configured(&self, digest: &[u8; 32]) -> bool {
+        self.by_digest.contains_key(digest)
     }
 
     /// The tenant (an index for [`Tenants::get`]) whose key the request
@@ -126,7 +179,15 @@ impl Tenants {
     pub fn identify(&self, route: usize, headers: &HeaderMap) -> Result<usize, Refused> {
         let key = presented_key(headers).ok_or(Refused::Missing)?;
         let digest: [u8; 32] = Sha256::digest(key).into();
-        let &i = self.by_digest.get(&digest).ok_or(Refused::Unknown)?;
+        let i = match self.by_digest.get(&digest) {
+            Some(&i) => i,
+            None => *self
+                .stored
+                .read()
+                .expect("stored keys lock")
+                .get(&digest)
+                .ok_or(Refused::Unknown)?,
+        };
         let tenant = &self.tenants[i];
         if tenant.routes.as_ref().is_some_and(|r| !r.contains(&route)) {
             return Err(Refused::Route);
@@ -251,6 +312,11 @@ pub fn new_key() -> String {
         "{KEY_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     )
+}
+
+/// A key's SHA-256.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// A key's digest as configured: 64 lower-case hex digits.

@@ -41,6 +41,10 @@ pub const UNREACHABLE_RETRY_AFTER: u32 = 1;
 const DAY_TTL: Duration = Duration::from_secs(2 * 86_400);
 const MONTH_TTL: Duration = Duration::from_secs(32 * 86_400);
 
+/// Run-time API keys: digest (hex) → tenant, and its version counter.
+const KEYS_HASH: &str = "gantry:keys";
+const KEYS_VERSION: &str = "gantry:keys:version";
+
 /// Shared by the scripts: the time by Redis's clock, and the key's minute
 /// window (hash `w`: `start` in ms, `req`, `in`, `out`), opened afresh when
 /// none is open or the last has ended.
@@ -454,6 +458,71 @@ impl SharedStore {
         let _: Result<i64, _> = self
             .run(|mut c| async move { call.invoke_async(&mut c).await })
             .await;
+    }
+
+    /// Keep `digest` as a key of `tenant` (see [`super::keyring`]).
+    pub async fn add_key(&self, digest: &[u8; 32], tenant: &str) -> anyhow::Result<()> {
+        let hex = super::keyring::hex(digest);
+        let tenant = tenant.to_string();
+        self.run(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .hset(KEYS_HASH, hex, tenant)
+                .incr(KEYS_VERSION, 1)
+                .exec_async(&mut c)
+                .await
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the shared key store (Redis) cannot be reached"))
+    }
+
+    /// Forget `digest`; whether it was kept.
+    pub async fn remove_key(&self, digest: &[u8; 32]) -> anyhow::Result<bool> {
+        let hex = super::keyring::hex(digest);
+        let (removed, _): (u64, u64) = self
+            .run(|mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .hdel(KEYS_HASH, hex)
+                    .incr(KEYS_VERSION, 1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the shared key store (Redis) cannot be reached"))?;
+        Ok(removed == 1)
+    }
+
+    /// Every stored key.
+    pub async fn keys(&self) -> anyhow::Result<Vec<super::keyring::StoredKey>> {
+        let all: HashMap<String, String> = self
+            .run(|mut c| async move {
+                redis::cmd("HGETALL")
+                    .arg(KEYS_HASH)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the shared key store (Redis) cannot be reached"))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(hex, tenant)| Some((super::keyring::parse_hex(&hex)?, tenant)))
+            .collect())
+    }
+
+    /// The stored keys' version (bumped on every change); `None` when the
+    /// store cannot be reached.
+    pub async fn keys_version(&self) -> Option<u64> {
+        let v: Option<u64> = self
+            .run(|mut c| async move {
+                redis::cmd("GET")
+                    .arg(KEYS_VERSION)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+            .ok()?;
+        Some(v.unwrap_or(0))
     }
 
     /// Note a lease this replica holds (renewed while held) or gave back.

@@ -610,6 +610,99 @@ async fn budgets_are_kept_across_a_restart_and_a_spent_one_is_insufficient_quota
     spent_on(error_of(res, 429).await, "tokens_per_month", spent + 1);
 }
 
+/// `METHOD path` on `gw`'s admin listener, with the admin token when `token`.
+async fn admin(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    token: bool,
+) -> reqwest::Response {
+    let mut req = gw
+        .client
+        .request(method, format!("http://{}{path}", gw.admin));
+    if token {
+        req = req.bearer_auth(ADMIN_TOKEN);
+    }
+    send(req).await
+}
+
+/// Keys made at run time belong to a configured tenant (its limits, models
+/// and metrics), are stored as digests in the key store, outlive restarts,
+/// and stop working the moment they are revoked.
+#[tokio::test]
+async fn keys_made_and_revoked_at_run_time_are_kept_in_the_embedded_store() {
+    use reqwest::Method;
+    let backend = Fixture::start(Behaviour::default());
+    let dir = tempfile::tempdir().unwrap();
+    let config = ai_config(&[backend.addr], "").replace(
+        "inference_pools = [\"ai\"]\n",
+        "inference_pools = [\"ai\"]\nauth = \"keys\"\n",
+    ) + &format!(
+        "[key_store]\npath = \"{}\"\n[[keys]]\nname = \"team-a\"\nrequests_per_minute = 100\n",
+        dir.path().join("keys.redb").display()
+    );
+    let mut gw = Gateway::start(&config).await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
+    let models = |gw: &Gateway, key: &str| {
+        let req = gw.client.get(gw.url("/v1/models")).bearer_auth(key);
+        async move { send(req).await }
+    };
+
+    assert_eq!(
+        admin(&gw, Method::POST, "/admin/keys/team-a", false)
+            .await
+            .status(),
+        401
+    );
+    let res = admin(&gw, Method::POST, "/admin/keys/nobody", true).await;
+    assert_eq!(res.status(), 404, "a key takes a configured tenant");
+    let res = admin(&gw, Method::POST, "/admin/keys/team-a", true).await;
+    assert_eq!(res.status(), 201);
+    let made = json(res).await;
+    let key = made["key"].as_str().unwrap().to_string();
+    let sha = made["sha256"].as_str().unwrap().to_string();
+    assert!(key.starts_with("gk-") && sha == digest_hex(&key));
+    let res = models(&gw, &key).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["x-ratelimit-limit-requests"],
+        "100",
+        "the tenant's limits"
+    );
+    let listed = admin(&gw, Method::GET, "/admin/keys", true)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listed.contains(&sha) && listed.contains("\"store\""),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&key),
+        "the key itself is never shown again"
+    );
+
+    gw.shutdown().join().unwrap();
+    let mut gw = Gateway::start(&config).await;
+    assert_eq!(
+        models(&gw, &key).await.status(),
+        200,
+        "kept across a restart"
+    );
+    let res = admin(&gw, Method::DELETE, &format!("/admin/keys/{sha}"), true).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        error_of(models(&gw, &key).await, 401).await["code"],
+        "invalid_api_key"
+    );
+    let res = admin(&gw, Method::DELETE, &format!("/admin/keys/{sha}"), true).await;
+    assert_eq!(res.status(), 404, "revoked once");
+    gw.shutdown().join().unwrap();
+    let gw = Gateway::start(&config).await;
+    assert_eq!(models(&gw, &key).await.status(), 401, "revoked for good");
+}
+
 #[tokio::test]
 async fn embeddings_reserve_a_bound_on_their_tokens_and_settle_to_the_count() {
     let (gw, _backend) = limited_api(Behaviour::default(), "input_tokens_per_minute = 20").await;

@@ -305,3 +305,57 @@ async fn with_redis_gone_local_replicas_count_their_share_of_each_limit() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_key_made_or_revoked_on_one_replica_is_honoured_or_refused_on_all_within_a_second() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let backend = Fixture::start(Behaviour::default());
+    let store = format!("redis = \"{}\"", redis.url());
+    let a = replica(&backend, &store, "").await;
+    let b = replica(&backend, &store, "").await;
+    let admin = |gw: &Gateway, method: reqwest::Method, path: &str| {
+        let req = gw
+            .client
+            .request(method, format!("http://{}{path}", gw.admin))
+            .bearer_auth(ADMIN_TOKEN);
+        async move { req.send().await.expect("admin answers") }
+    };
+    let models = |gw: &Gateway, key: &str| {
+        let req = gw.client.get(gw.url("/v1/models")).bearer_auth(key);
+        async move { req.send().await.expect("gateway answers").status() }
+    };
+    let res = admin(&a, reqwest::Method::POST, "/admin/keys/fleet").await;
+    assert_eq!(res.status(), 201);
+    let made = json(res).await;
+    let (key, sha) = (
+        made["key"].as_str().unwrap().to_string(),
+        made["sha256"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(models(&a, &key).await, 200, "at once where it was made");
+    let made_at = Instant::now();
+    eventually("the other replica honours it", || async {
+        models(&b, &key).await == 200
+    })
+    .await;
+    assert!(
+        made_at.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        made_at.elapsed()
+    );
+
+    let res = admin(&b, reqwest::Method::DELETE, &format!("/admin/keys/{sha}")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(models(&b, &key).await, 401, "at once where it was revoked");
+    let revoked_at = Instant::now();
+    eventually("the other replica refuses it", || async {
+        models(&a, &key).await == 401
+    })
+    .await;
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        revoked_at.elapsed()
+    );
+}
