@@ -8,8 +8,10 @@ use std::process::ExitCode;
 
 #[cfg(feature = "backend")]
 mod backend_cli;
+mod keys_cli;
 #[cfg(feature = "backend")]
 use backend_cli::{backend_config, model_command, run_backend, ModelCommand};
+use keys_cli::KeysCommand;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -100,18 +102,6 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-enum KeysCommand {
-    /// Make a new random key: print it once, with the `[[keys]]` entry (its
-    /// SHA-256, never the key) to add to the gateway's configuration.
-    #[command(after_help = "Example:\n  gantry keys create --name team-a")]
-    Create {
-        /// The key's name in metrics and logs (letters, digits, `-`, `_`).
-        #[arg(long)]
-        name: String,
-    },
-}
-
-#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate files (gateway or backend configurations, told apart by their
     /// `[backend]`/`[[models]]` tables): exit 0 if all are valid, else print each
@@ -175,22 +165,14 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Keys(KeysCommand::Create { name }) => {
-            if !gantry_config::file::valid_key_name(&name) {
-                eprintln!(
-                    "error: --name `{name}` must be 1 to {} letters, digits, `-` or `_` (it is a metric label)",
-                    gantry_config::file::MAX_KEY_NAME_BYTES
-                );
-                return ExitCode::FAILURE;
-            }
-            let key = gantry::tenants::new_key();
-            println!("key (shown once, keep it secret): {key}\n");
-            println!("# add to the gateway's configuration:");
-            println!(
-                "[[keys]]\nname = {name:?}\nsha256 = {:?}",
-                gantry::tenants::digest_hex(&key)
-            );
-            return ExitCode::SUCCESS;
+        Command::Keys(command) => {
+            return match keys_cli::run(command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", gantry_config::EMBEDDED_DEFAULT);

@@ -124,12 +124,7 @@ impl BudgetStore {
     /// Open (or make) the store at `path` and give each of `tenants`' keys
     /// with a budget what it spent in the current periods.
     pub fn open(path: &Path, tenants: &Tenants) -> anyhow::Result<Arc<BudgetStore>> {
-        let db = Database::create(path).with_context(|| {
-            format!(
-                "[key_store].path: cannot open {} (is another gantry using it?)",
-                path.display()
-            )
-        })?;
+        let db = open_db(path)?;
         let keys: Vec<(String, Arc<Limiter>)> = tenants
             .all()
             .filter(|t| t.limiter.limits().has_budget())
@@ -234,6 +229,25 @@ impl BudgetStore {
         }
         Ok(keys)
     }
+}
+
+impl BudgetStore {
+    /// The store at `path` for its keys alone (`gantry keys`).
+    pub fn open_file(path: &Path) -> anyhow::Result<Arc<BudgetStore>> {
+        Ok(Arc::new(BudgetStore {
+            db: open_db(path)?,
+            keys: Vec::new(),
+        }))
+    }
+}
+
+fn open_db(path: &Path) -> anyhow::Result<Database> {
+    Database::create(path).with_context(|| {
+        format!(
+            "[key_store].path: cannot open {} (is another gantry using it?)",
+            path.display()
+        )
+    })
 }
 
 fn row_key(name: &str, period: Period) -> String {

@@ -1,5 +1,6 @@
 //! `gantry config check` prints, per problem, the file, the field path and what is wrong.
 
+use crate::harness::{Gateway, Origin};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -84,6 +85,77 @@ fn keys_create_prints_a_new_key_once_and_an_entry_config_check_accepts() {
     let bad = create("not a label");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--name `not a label` must be"));
+}
+
+/// `gantry keys create|list|revoke --config` work on the configuration's
+/// key store (here the embedded file), and a gateway started on it honours
+/// what they wrote.
+#[tokio::test]
+async fn keys_commands_write_the_configured_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{BASE}[[routes]]\nname = \"r\"\npool = \"p\"\nauth = \"keys\"\n\
+         [key_store]\npath = \"keys.redb\"\n[[keys]]\nname = \"team-a\"\n"
+    );
+    let file = write(dir.path(), "gantry.toml", &config);
+    let keys = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .arg("keys")
+            .args(args)
+            .args(["--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = keys(&["create", "--name", "nobody"]);
+    assert!(!ok && text.contains("no tenant named `nobody`"), "{text}");
+    let (ok, text) = keys(&["create", "--name", "team-a"]);
+    assert!(ok, "{text}");
+    let key = text
+        .split_whitespace()
+        .find(|w| w.starts_with("gk-"))
+        .expect("the key")
+        .to_string();
+    let sha = gantry::tenants::digest_hex(&key);
+    let (ok, listed) = keys(&["list"]);
+    assert!(
+        ok && listed.contains(&format!("team-a\t{sha}\tstore")),
+        "{listed}"
+    );
+    assert!(!listed.contains(&key));
+
+    // A gateway on this configuration lets the key in.
+    let origin = Origin::start("o").await;
+    let served = config.replace("127.0.0.1:3000", &origin.addr.to_string());
+    let gw = Gateway::start_in(&served.replace("127.0.0.1:8080", "{gateway}"), dir.path()).await;
+    let res = gw
+        .client
+        .get(gw.url("/x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // While it runs it holds the file: the command says to use its admin listener.
+    let (ok, text) = keys(&["list"]);
+    assert!(!ok && text.contains("admin listener"), "{text}");
+    drop(gw);
+
+    let (ok, text) = keys(&["revoke", &sha]);
+    assert!(ok, "{text}");
+    let (ok, text) = keys(&["revoke", &sha]);
+    assert!(!ok && text.contains("no key with this sha256"), "{text}");
+    let gw = Gateway::start_in(&served.replace("127.0.0.1:8080", "{gateway}"), dir.path()).await;
+    let res = gw
+        .client
+        .get(gw.url("/x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "revoked");
 }
 
 #[test]
