@@ -66,6 +66,8 @@ pub struct Metrics {
     key_inflight: IntGaugeVec,
     /// `gantry_key_reserved_tokens{key}`: output tokens reserved, not yet settled.
     key_reserved: IntGaugeVec,
+    /// `gantry_key_tokens_total{key,direction}`: tokens used under a key.
+    key_tokens: IntCounterVec,
     /// `gantry_key_store_up`: 1 while the shared key store (Redis) answers.
     key_store_up: IntGaugeVec,
     /// `gantry_key_store_errors_total`: its commands that failed or timed out.
@@ -384,6 +386,11 @@ impl Metrics {
                 "Output tokens reserved under an API key and not yet settled, by key name",
                 &["key"],
             ),
+            key_tokens: r.counter(
+                "gantry_key_tokens_total",
+                "Tokens used under an API key as its requests settle, by key name and direction (input: prompt, output: generated)",
+                &["key", "direction"],
+            ),
             key_store_up: r.gauge(
                 "gantry_key_store_up",
                 "1 while the shared key store (Redis) answers, 0 while it is unreachable",
@@ -419,6 +426,7 @@ impl Metrics {
         crate::tenants::limiter::Outstanding {
             requests: self.key_inflight.with_label_values(&[key]),
             tokens: self.key_reserved.with_label_values(&[key]),
+            used: ["input", "output"].map(|d| self.key_tokens.with_label_values(&[key, d])),
         }
     }
 

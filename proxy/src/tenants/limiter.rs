@@ -15,7 +15,7 @@
 use super::budget::{Budget, Period};
 use super::shared::{Admitted, Settlement, SharedKey, SharedStore, StoreRefusal, WindowView};
 use gantry_config::KeyLimits;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -90,6 +90,9 @@ pub struct Outstanding {
     pub requests: IntGauge,
     /// Tokens (prompt and generated) reserved and not yet settled.
     pub tokens: IntGauge,
+    /// By [`Tokens`]: tokens used, counted as requests settle
+    /// (`gantry_key_tokens_total{key,direction}`).
+    pub used: [IntCounter; 2],
 }
 
 struct State {
@@ -306,6 +309,15 @@ impl Limiter {
             view.output_tokens = output_tokens;
             view.reset = reset;
             *seen = Instant::now();
+        }
+    }
+
+    /// Count a settled request's tokens, by [`Tokens`].
+    fn count_used(&self, used: [u64; 2]) {
+        for (counter, n) in self.gauges.used.iter().zip(used) {
+            if n > 0 {
+                counter.inc_by(n);
+            }
         }
     }
 
@@ -555,6 +567,8 @@ impl Reservation {
             .gauges
             .tokens
             .sub(reserved.iter().sum::<u64>() as i64);
+        let used = self.used.each_ref().map(|u| u.load(Ordering::Relaxed));
+        self.limiter.count_used(used);
         // Settled: nothing is left for the destructor to give back.
         self.reserved = Default::default();
         self.settled_elsewhere = true;
@@ -562,7 +576,7 @@ impl Reservation {
             window_start: *self.window.get_mut(),
             periods: self.periods.each_ref().map(|p| p.load(Ordering::Relaxed)),
             reserved,
-            used: self.used.each_ref().map(|u| u.load(Ordering::Relaxed)),
+            used,
             member: shared.member,
         };
         Some((shared.store, shared.key, settlement))
@@ -582,6 +596,8 @@ impl Drop for Reservation {
         state.in_flight -= 1;
         self.limiter.gauges.requests.dec();
         let same_window = state.window.id == *self.window.get_mut();
+        self.limiter
+            .count_used(self.used.each_ref().map(|u| u.load(Ordering::Relaxed)));
         let (mut reserved_total, mut used_total) = (0, 0);
         for kind in [Tokens::Input, Tokens::Output] {
             let reserved = *self.reserved[kind as usize].get_mut();
@@ -624,9 +640,11 @@ mod tests {
 
     fn gauges() -> Outstanding {
         let gauge = || IntGauge::new("g", "g").unwrap();
+        let counter = || IntCounter::new("c", "c").unwrap();
         Outstanding {
             requests: gauge(),
             tokens: gauge(),
+            used: [counter(), counter()],
         }
     }
 

@@ -315,6 +315,10 @@ async fn a_client_that_leaves_is_charged_what_was_generated_not_max_tokens() {
     .await;
     assert_eq!(gw.metric(&held("reserved_tokens")).await, Some(0.0));
     assert_eq!(gw.metric(&held("inflight_requests")).await, Some(0.0));
+    // What it was charged is what the key's token counter says it used.
+    let charged = 100 - remaining_tokens(&gw).await;
+    let counted = "gantry_key_tokens_total{direction=\"output\",key=\"team-a\"}";
+    assert_eq!(gw.metric(counted).await, Some(charged as f64));
     assert!(streamed_tokens(&gw, 90).await.is_some());
 }
 
