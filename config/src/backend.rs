@@ -138,6 +138,34 @@ pub struct ModelFile {
     /// the blocks in use). 0 turns prefix reuse off. Default
     /// [`DEFAULT_PREFIX_CACHE_BYTES`].
     pub prefix_cache_bytes: Option<u64>,
+    /// Generation: sampling applied when a request leaves a value unset (as
+    /// vLLM applies a model's `generation_config.json`); reported in
+    /// `ListModels`. Absent values: greedy decoding, no top-p, top-k or
+    /// repetition penalty.
+    pub sampling: Option<SamplingDefaultsFile>,
+}
+
+/// `[models.sampling]`: a generation model's default sampling.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingDefaultsFile {
+    /// 0 to 2 (0: greedy).
+    pub temperature: Option<f32>,
+    /// Greater than 0, at most 1.
+    pub top_p: Option<f32>,
+    /// 0 (off) or the number of most likely tokens kept.
+    pub top_k: Option<u32>,
+    /// 0.01 to 2 (1: off).
+    pub repetition_penalty: Option<f32>,
+}
+
+/// A generation model's default sampling, validated; `None`: unset.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub repetition_penalty: Option<f32>,
 }
 
 /// The validated backend configuration.
@@ -186,6 +214,8 @@ pub struct ModelConfig {
     pub quantization: Quantization,
     /// Its limits.
     pub limits: ModelLimits,
+    /// Sampling for values a request leaves unset (generation).
+    pub sampling: SamplingDefaults,
 }
 
 /// A model's limits; each is enforced with a clear error naming it.
@@ -379,6 +409,17 @@ fn convert_model(c: &mut Checker, i: usize, m: &ModelFile, base: &Path) -> Model
             ),
         );
     }
+    let sampling = m.sampling.clone().unwrap_or_default();
+    if m.sampling.is_some() && m.kind == ModelKind::Embed {
+        c.fail(at("sampling"), "only generation models sample");
+    }
+    if let Err((field, why)) = gantry_proto::limits::check_sampling(
+        sampling.temperature,
+        sampling.top_p,
+        sampling.repetition_penalty,
+    ) {
+        c.fail(at(&format!("sampling.{field}")), why);
+    }
     ModelConfig {
         name: m.name.clone(),
         kind: m.kind,
@@ -386,6 +427,12 @@ fn convert_model(c: &mut Checker, i: usize, m: &ModelFile, base: &Path) -> Model
         device,
         quantization,
         limits,
+        sampling: SamplingDefaults {
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+            top_k: sampling.top_k,
+            repetition_penalty: sampling.repetition_penalty,
+        },
     }
 }
 
@@ -398,6 +445,35 @@ mod tests {
             Ok(_) => vec![],
             Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn sampling_defaults_are_checked_like_a_requests() {
+        let p = problems(
+            r#"
+[[models]]
+name = "m"
+kind = "generate"
+path = "missing.gguf"
+[models.sampling]
+temperature = 3.0
+[[models]]
+name = "e"
+kind = "embed"
+path = "missing"
+[models.sampling]
+top_p = 0.5
+"#,
+        )
+        .join("\n");
+        assert!(
+            p.contains("models[0].sampling.temperature: temperature must be between 0 and 2"),
+            "{p}"
+        );
+        assert!(
+            p.contains("models[1].sampling: only generation models sample"),
+            "{p}"
+        );
     }
 
     #[test]

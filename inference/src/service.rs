@@ -14,7 +14,7 @@ use crate::server::{
     LOAD_REPORT_INTERVAL, MAX_REQUEST_ID_BYTES, MAX_STOP_BYTES, MAX_STOP_SEQUENCES,
     RETRY_AFTER_SECONDS,
 };
-use gantry_config::backend::{ModelKind, ModelLimits};
+use gantry_config::backend::{ModelKind, ModelLimits, SamplingDefaults};
 use gantry_proto::limits;
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::inference_server::Inference;
@@ -96,14 +96,23 @@ fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
 }
 
 impl Service {
+    /// The request's sampling, checked, with the model's defaults
+    /// (`[models.sampling]`) for the values it leaves unset.
     fn validate_sampling(
         &self,
         name: &str,
         limits: &ModelLimits,
+        defaults: &SamplingDefaults,
         prompt_len: usize,
         s: Option<pb::SamplingParams>,
     ) -> Result<Sampler, Status> {
-        let s = s.unwrap_or_default();
+        let mut s = s.unwrap_or_default();
+        s.temperature = s.temperature.or(defaults.temperature);
+        s.top_p = s.top_p.or(defaults.top_p);
+        if s.top_k == 0 {
+            s.top_k = defaults.top_k.unwrap_or(0);
+        }
+        s.repetition_penalty = s.repetition_penalty.or(defaults.repetition_penalty);
         let room = limits.max_context.saturating_sub(prompt_len);
         let max_tokens = if s.max_tokens == 0 {
             limits.max_tokens.min(room)
@@ -335,7 +344,13 @@ impl Service {
                 ),
             ));
         }
-        let sampler = self.validate_sampling(name, &model.limits, prompt.len(), req.sampling)?;
+        let sampler = self.validate_sampling(
+            name,
+            &model.limits,
+            &model.config.sampling,
+            prompt.len(),
+            req.sampling,
+        )?;
         let request_id = if req.request_id.is_empty() {
             format!("gen-{:016x}", rand::random::<u64>())
         } else {
@@ -511,6 +526,16 @@ impl Inference for Service {
                         }
                         Served::Embed { .. } => 0,
                     },
+                    default_sampling: (m.config.kind == ModelKind::Generate).then(|| {
+                        let d = &m.config.sampling;
+                        pb::SamplingParams {
+                            temperature: d.temperature,
+                            top_p: d.top_p,
+                            top_k: d.top_k.unwrap_or(0),
+                            repetition_penalty: d.repetition_penalty,
+                            ..Default::default()
+                        }
+                    }),
                 })
                 .collect(),
         }))

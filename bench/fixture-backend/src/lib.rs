@@ -198,6 +198,7 @@ impl Inference for Service {
             max_queued: b.max_queued,
             device: "fixture".into(),
             prompt_format_fingerprint: self.format.fingerprint(),
+            default_sampling: None,
         };
         let models = b
             .models

@@ -104,6 +104,7 @@ pub fn generate_model(limits: ModelLimits) -> ModelConfig {
         device: device_spec(),
         quantization: quantization(),
         limits,
+        sampling: Default::default(),
     }
 }
 
@@ -119,6 +120,7 @@ pub fn embed_model() -> ModelConfig {
             max_batch: 8,
             ..ModelLimits::default()
         },
+        sampling: Default::default(),
     }
 }
 

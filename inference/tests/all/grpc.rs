@@ -784,3 +784,61 @@ async fn a_router_given_the_prompt_format_tokenizes_and_names_blocks_as_the_back
     }
     backend.shutdown().await.unwrap();
 }
+
+/// A model's `[models.sampling]` fills the values a request leaves unset, is
+/// reported in ListModels, and yields to a request's own values.
+#[tokio::test]
+async fn a_models_default_sampling_fills_what_a_request_leaves_unset() {
+    let mut model = generate_model(small());
+    model.sampling = gantry_config::backend::SamplingDefaults {
+        temperature: Some(1.5),
+        top_p: Some(0.95),
+        top_k: Some(40),
+        repetition_penalty: None,
+    };
+    let backend = Backend::start(backend_config(vec![model])).await.unwrap();
+    backend.ready().await.unwrap();
+    let mut c = client(backend.addr).await;
+    let listed = c
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let d = listed[0].default_sampling.clone().expect("reported");
+    assert_eq!(
+        (d.temperature, d.top_p, d.top_k),
+        (Some(1.5), Some(0.95), 40)
+    );
+    let run = |sampling: pb::SamplingParams| {
+        let mut c = c.clone();
+        async move {
+            let mut req = prompt(GEN, "Once upon a time", 12);
+            req.sampling = Some(pb::SamplingParams {
+                max_tokens: 12,
+                seed: Some(3),
+                ..sampling
+            });
+            collect(c.generate(req).await.unwrap().into_inner())
+                .await
+                .unwrap()
+                .1
+        }
+    };
+    let unset = run(pb::SamplingParams::default()).await;
+    let spelled_out = run(pb::SamplingParams {
+        temperature: Some(1.5),
+        top_p: Some(0.95),
+        top_k: 40,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(unset, spelled_out, "unset values take the model's defaults");
+    let greedy = run(pb::SamplingParams {
+        temperature: Some(0.0),
+        ..Default::default()
+    })
+    .await;
+    assert_ne!(unset, greedy, "a request's own temperature wins");
+    backend.shutdown().await.unwrap();
+}

@@ -514,7 +514,8 @@ fn generate_request(
         input: Some(input),
         sampling: Some(pb::SamplingParams {
             max_tokens: max_tokens.unwrap_or(0),
-            temperature: Some(s.temperature.unwrap_or(DEFAULT_TEMPERATURE)),
+            // Unset: the model's default (its backend's [models.sampling]).
+            temperature: s.temperature,
             top_p: s.top_p,
             top_k: s.top_k.unwrap_or(0),
             seed: s.seed.map(|v| v as u64),

@@ -185,4 +185,43 @@ async fn the_official_openai_client_works_against_gantry_serve() {
     let (status, body) = predict(r#"{"prompt": "x", "max_length": 5}"#).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "max_length");
+
+    // The README's question at default settings gets the right answer: the
+    // backend samples with the model's configured defaults ([models.sampling]),
+    // not OpenAI's temperature 1, when the request sets none.
+    let ask = |extra: Value| {
+        let client = client.clone();
+        async move {
+            let mut body = serde_json::json!({
+                "model": "smollm2-135m",
+                "max_tokens": 32,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            });
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let res = client
+                .post(format!("http://{gateway}/v1/chat/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let answer: Value = res.json().await.unwrap();
+            answer["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        answers.push(ask(serde_json::json!({})).await);
+    }
+    let right = answers.iter().filter(|a| a.contains("Paris")).count();
+    assert!(right >= 9, "{right} of 10 answers name Paris: {answers:#?}");
+    // An explicit temperature still wins: with the same seed, a hot request
+    // samples differently from one at the model's defaults.
+    let seeded = ask(serde_json::json!({"seed": 7})).await;
+    let hot = ask(serde_json::json!({"seed": 7, "temperature": 2.0})).await;
+    assert_ne!(seeded, hot, "temperature 2 was applied");
 }

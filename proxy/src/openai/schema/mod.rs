@@ -14,8 +14,6 @@ pub use gantry_proto::limits::{
     MAX_STOP_SEQUENCES as MAX_STOP, REPETITION_PENALTY_MAX, REPETITION_PENALTY_MIN,
     TEMPERATURE_GREEDY_BELOW, TEMPERATURE_MAX, TOP_P_MAX,
 };
-/// `temperature` when the request leaves it out (OpenAI's default).
-pub const DEFAULT_TEMPERATURE: f32 = 1.0;
 /// `n`: only one choice per request is generated.
 pub const N_MAX: u32 = 1;
 pub use gantry_proto::limits::MAX_STOP_BYTES;

@@ -87,11 +87,12 @@ pub struct Sampling {
     /// context allow. The model's own limit is reported in the 400 when exceeded.
     #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
-    /// 0 is greedy; higher is more random. Below 1e-5 it is greedy too. Default 1.
+    /// 0 is greedy; higher is more random. Below 1e-5 it is greedy too.
+    /// Default: the model's, set by its backend (`[models.sampling]`), else 0.
     #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f32>,
     /// Nucleus sampling: keep the smallest set of tokens whose probability adds up
-    /// to `top_p`. Default 1.
+    /// to `top_p`. Default: the model's (`[models.sampling]`), else 1.
     #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f32>,
     /// Choices to generate; only 1 is supported.
