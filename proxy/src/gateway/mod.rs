@@ -171,7 +171,10 @@ impl ProxyHttp for Gateway {
         let plugins = &plugins[route];
         match &self.router.route(route).target {
             Target::Builtin(which) => {
-                let page = self.api.builtin(*which);
+                let prefix = &self.router.route(route).path_prefix;
+                let page = self
+                    .api
+                    .builtin(*which, prefix, session.req_header().uri.path());
                 ctx.give_back_key().await;
                 let rate = self.limiter(ctx);
                 dispatch::write_whole(session, page, &ctx.request_id, rate).await?;

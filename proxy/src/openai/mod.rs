@@ -59,7 +59,7 @@ pub struct Api {
     models: std::collections::HashSet<String>,
     pub(crate) metrics: Arc<Metrics>,
     openapi_json: Bytes,
-    docs_html: Bytes,
+    docs: openapi::DocsPages,
 }
 
 /// The `model` label of requests naming a model no pool serves.
@@ -129,7 +129,6 @@ impl Api {
         let doc = openapi::document(&prefixes);
         let openapi_json =
             Bytes::from(serde_json::to_vec_pretty(&doc).expect("document serializes"));
-        let docs_html = Bytes::from(openapi::docs_html(&doc));
         let models = config
             .inference_pools
             .iter()
@@ -140,7 +139,7 @@ impl Api {
             models,
             metrics,
             openapi_json,
-            docs_html,
+            docs: Default::default(),
         }
     }
 
@@ -150,16 +149,32 @@ impl Api {
     }
 
     /// `/openapi.json` or `/docs`.
-    pub fn builtin(&self, which: gantry_config::Builtin) -> Whole {
-        let (body, content_type) = match which {
-            gantry_config::Builtin::Openapi => (self.openapi_json.clone(), "application/json"),
-            gantry_config::Builtin::Docs => (self.docs_html.clone(), "text/html; charset=utf-8"),
-        };
-        Whole {
-            status: 200,
+    pub fn builtin(&self, which: gantry_config::Builtin, prefix: &str, path: &str) -> Whole {
+        let whole = |status, content_type, body| Whole {
+            status,
             content_type,
             body,
             retry_after: None,
+        };
+        let tail = path
+            .strip_prefix(prefix.trim_end_matches('/'))
+            .unwrap_or("")
+            .trim_start_matches('/');
+        match which {
+            gantry_config::Builtin::Openapi => {
+                whole(200, "application/json", self.openapi_json.clone())
+            }
+            gantry_config::Builtin::Docs if tail == openapi::DOCS_DOCUMENT => {
+                whole(200, "application/json", self.openapi_json.clone())
+            }
+            gantry_config::Builtin::Docs => match self.docs.page(prefix, tail) {
+                Some(page) => whole(200, page.content_type, page.body),
+                None => whole(
+                    404,
+                    "application/json",
+                    Bytes::from_static(br#"{"error": {"message": "no such page of the API reference", "type": "invalid_request_error", "param": null, "code": "not_found"}}"#),
+                ),
+            },
         }
     }
 

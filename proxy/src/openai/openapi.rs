@@ -174,13 +174,59 @@ pub fn document(prefixes: &[String]) -> Document {
     doc
 }
 
-/// An HTML page rendering `doc` (Scalar's API reference; the page loads its
-/// renderer script from a CDN in the reader's browser).
-pub fn docs_html(doc: &Document) -> String {
-    let value = serde_json::to_value(doc).expect("document serializes");
-    utoipa_scalar::Scalar::new(value)
-        .title("Gantry API")
-        .to_html()
+/// The API reference pages: Swagger UI, every asset from the binary (the
+/// `utoipa-swagger-ui` crate's vendored release), reading the document from
+/// its own directory (`<docs route>/openapi.json`), so the page needs no
+/// outside request.
+pub struct DocsPages {
+    config: std::sync::Arc<utoipa_swagger_ui::Config<'static>>,
+}
+
+/// A page of [`DocsPages`]: its body and content type.
+pub struct DocsPage {
+    pub body: bytes::Bytes,
+    pub content_type: &'static str,
+}
+
+/// The document's file name under the docs route.
+pub const DOCS_DOCUMENT: &str = "openapi.json";
+
+impl Default for DocsPages {
+    fn default() -> Self {
+        DocsPages {
+            config: std::sync::Arc::new(utoipa_swagger_ui::Config::new([DOCS_DOCUMENT])),
+        }
+    }
+}
+
+impl DocsPages {
+    /// The page at `tail` (the path under the docs route, without its
+    /// leading `/`), served under `prefix`; `None` for no such page.
+    pub fn page(&self, prefix: &str, tail: &str) -> Option<DocsPage> {
+        let file = utoipa_swagger_ui::serve(tail, self.config.clone()).ok()??;
+        debug_assert!(!file.gzpipped, "built without compressed assets");
+        let mut body = file.bytes.into_owned();
+        if tail.is_empty() || tail == "index.html" {
+            // Relative asset URLs resolve under the route, with or without
+            // the trailing slash.
+            let base = format!("<head><base href=\"{}/\">", prefix.trim_end_matches('/'));
+            body = String::from_utf8_lossy(&body)
+                .replacen("<head>", &base, 1)
+                .into_bytes();
+        }
+        let content_type = match file.content_type.as_str() {
+            "text/html" => "text/html; charset=utf-8",
+            "text/css" => "text/css; charset=utf-8",
+            "application/javascript" | "text/javascript" => "text/javascript; charset=utf-8",
+            "image/png" => "image/png",
+            "application/json" => "application/json",
+            _ => "application/octet-stream",
+        };
+        Some(DocsPage {
+            body: body.into(),
+            content_type,
+        })
+    }
 }
 
 #[cfg(test)]

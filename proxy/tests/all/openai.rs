@@ -619,7 +619,39 @@ async fn the_openapi_document_and_docs_page_are_served() {
         .unwrap()
         .starts_with("text/html"));
     let page = res.text().await.unwrap();
-    assert!(page.contains("Gantry OpenAI-compatible API"));
+    assert!(page.contains("swagger-ui"), "{page}");
+    // Every script, style and image the page names comes from the gateway
+    // itself (no CDN: the page works offline), and each is served.
+    let refs: Vec<&str> = page
+        .split(['"', '\''])
+        .filter(|s| [".js", ".css", ".png"].iter().any(|e| s.ends_with(e)))
+        .collect();
+    assert!(refs.len() >= 3, "{refs:?}");
+    for r in &refs {
+        assert!(!r.contains("//"), "an outside asset: {r}");
+        let res = gw
+            .get(&format!("/docs/{}", r.trim_start_matches("./")))
+            .await;
+        assert_eq!(res.status(), 200, "{r}");
+        let kind = res.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(
+            kind.starts_with("text/") || kind.starts_with("image/"),
+            "{r}: {kind}"
+        );
+    }
+    // The page's own copy of the document, which its initializer points at.
+    let init = gw
+        .get("/docs/swagger-initializer.js")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        init.contains("openapi.json") && !init.contains("//petstore"),
+        "{init}"
+    );
+    assert_eq!(json(gw.get("/docs/openapi.json").await).await, doc);
+    assert_eq!(gw.get("/docs/nothing-here.js").await.status(), 404);
     // Raw HTTP/1.1 keeps working after streamed answers on the same connection.
     let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     for _ in 0..2 {
