@@ -13,6 +13,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 # The shared key store's tests start a real redis-server on a loopback port.
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# The pages (/docs) are tested in headless Chromium, driven by Playwright.
+command -v chromium >/dev/null || need_apt+=(chromium)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 for tool in "$@"; do
@@ -61,6 +63,11 @@ fi
 if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
   echo "setup: installing grpcio and grpcio-tools"
   pip_install grpcio==1.76.0 grpcio-tools==1.76.0
+fi
+# Playwright drives Debian's Chromium for the page tests (no browser download).
+if ! python3 -c 'import playwright' 2>/dev/null; then
+  echo "setup: installing playwright"
+  pip_install playwright==1.65.2
 fi
 # HTTP/2 floods are sent with Python's h2 package (proxy/tests/python/h2_floods.py).
 if ! python3 -c 'import h2' 2>/dev/null; then

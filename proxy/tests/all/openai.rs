@@ -606,6 +606,54 @@ async fn unknown_paths_and_methods_get_openai_style_errors() {
     assert_eq!(e["code"], "unknown_url");
 }
 
+/// `/docs` rendered by a real browser with every outside request blocked:
+/// the reference lists the API's operations from assets the gateway serves.
+/// The screenshot is kept in target/test-artifacts/docs.png.
+#[tokio::test]
+async fn the_docs_page_renders_offline_in_a_real_browser() {
+    let backend = Fixture::start(Behaviour::default());
+    let gw = ai_gateway(&[backend.addr], "").await;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let artifacts = repo.join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("docs.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = tokio::process::Command::new("python3")
+        .arg(repo.join("proxy/tests/python/docs_page.py"))
+        .arg(format!("http://{}", gw.addr))
+        .arg(&shot)
+        .output()
+        .await
+        .expect("python3 runs (scripts/setup.sh installs playwright and chromium)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser failed: {stderr}");
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["outside"], json!([]), "requests to other origins");
+    assert_eq!(
+        seen["failed"],
+        json!([]),
+        "same-origin requests that failed"
+    );
+    let operations: Vec<&str> = seen["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    for path in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+    ] {
+        assert!(operations.contains(&path), "{path} in {operations:?}");
+    }
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "a screenshot"
+    );
+}
+
 #[tokio::test]
 async fn the_openapi_document_and_docs_page_are_served() {
     let backend = Fixture::start(Behaviour::default());
