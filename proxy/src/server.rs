@@ -183,6 +183,7 @@ impl Gantry {
                     access: config.admin_access.clone(),
                     reloading: Default::default(),
                     keys: admin_keys,
+                    routes: crate::admin::RouteStatus::all(&config),
                 },
             );
             if !admin.ip().is_loopback() {

@@ -61,6 +61,32 @@ struct ModelLoad {
     tokens_in_flight: u64,
     max_running: u32,
     max_queued: u32,
+    kv_cache_bytes: u64,
+    tokens_per_second: f32,
+}
+
+/// One backend as the admin listener shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct BackendStatus {
+    pub address: String,
+    /// Takes traffic (serving, not draining, not ejected).
+    pub serving: bool,
+    /// This gateway's requests on it now.
+    pub in_flight: u32,
+    /// Each model's last load report.
+    pub models: Vec<ModelStatus>,
+}
+
+/// A model's load on one backend, as last reported.
+#[derive(Debug, serde::Serialize)]
+pub struct ModelStatus {
+    pub model: String,
+    pub running: u32,
+    pub max_running: u32,
+    pub queued: u32,
+    pub tokens_per_second: f32,
+    pub kv_cache_bytes: u64,
+    pub tokens_in_flight: u64,
 }
 
 /// One backend: an address with its own connection and watch task.
@@ -571,6 +597,38 @@ impl InferencePool {
         (hit > 0).then_some(open[best])
     }
 
+    /// Each backend and its models' last load, for the admin listener.
+    pub fn status(&self) -> Vec<BackendStatus> {
+        self.backends()
+            .iter()
+            .map(|b| {
+                let mut models: Vec<ModelStatus> = b
+                    .load
+                    .read()
+                    .expect("load lock")
+                    .iter()
+                    .filter(|(model, _)| self.serves(model))
+                    .map(|(model, l)| ModelStatus {
+                        model: model.clone(),
+                        running: l.running,
+                        max_running: l.max_running,
+                        queued: l.queued,
+                        tokens_per_second: l.tokens_per_second,
+                        kv_cache_bytes: l.kv_cache_bytes,
+                        tokens_in_flight: l.tokens_in_flight,
+                    })
+                    .collect();
+                models.sort_by(|a, b| a.model.cmp(&b.model));
+                BackendStatus {
+                    address: b.label.clone(),
+                    serving: b.eligible(),
+                    in_flight: b.own_requests(),
+                    models,
+                }
+            })
+            .collect()
+    }
+
     /// Whether any backend takes traffic.
     pub fn any_healthy(&self) -> bool {
         self.backends().iter().any(|b| b.eligible())
@@ -779,6 +837,8 @@ fn apply_report(b: &InferenceBackend, report: LoadReport) {
                 tokens_in_flight: m.tokens_in_flight,
                 max_running: m.max_running,
                 max_queued: m.max_queued,
+                kv_cache_bytes: m.kv_cache_bytes,
+                tokens_per_second: m.tokens_per_second,
             },
         );
     }

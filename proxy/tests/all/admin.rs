@@ -120,3 +120,81 @@ async fn without_a_configured_token_reload_is_refused() {
         .unwrap();
     assert_eq!(res.status(), 200, "a configured admin host name");
 }
+
+/// The dashboard in a real browser, every outside request blocked: it lists
+/// the endpoints, and an inference backend's running count rises while a
+/// stream is in flight. Screenshot: target/test-artifacts/dashboard.png.
+#[tokio::test]
+async fn the_dashboard_shows_endpoints_and_live_backend_load_in_a_real_browser() {
+    use gantry_fixture_backend::{Behaviour, Fixture};
+    use tokio::io::AsyncBufReadExt;
+    let backend = Fixture::start(Behaviour {
+        tokens: 80,
+        inter_token_delay: std::time::Duration::from_millis(50),
+        ..Behaviour::default()
+    });
+    let origin = Origin::start("o").await;
+    let config = crate::openai::ai_config(&[backend.addr], "")
+        + &format!(
+            "[[pools]]\nname = \"web\"\nendpoints = [\"{}\"]\n[[routes]]\nname = \"web\"\npath_prefix = \"/web\"\npool = \"web\"\n",
+            origin.addr
+        );
+    let gw = Gateway::start(&config).await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let artifacts = repo.join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    let mut browser = tokio::process::Command::new("python3")
+        .arg(repo.join("proxy/tests/python/admin_dashboard.py"))
+        .arg(format!("http://{}", gw.admin))
+        .arg(&shot)
+        .arg(backend.addr.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/setup.sh installs playwright and chromium)");
+    let mut lines = tokio::io::BufReader::new(browser.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await;
+    assert!(
+        matches!(&ready, Ok(Ok(Some(l))) if l == "READY"),
+        "the page listed the backend: {ready:?}"
+    );
+    // A stream in flight: the page shows the backend running it.
+    let stream = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .json(&crate::openai::chat(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let last = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the page saw the stream")
+        .unwrap()
+        .expect("a report");
+    let out = browser.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(stream);
+    let seen: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(
+        seen["outside"],
+        serde_json::json!([]),
+        "requests to other origins"
+    );
+    assert_eq!(
+        seen["endpoints"],
+        serde_json::json!([origin.addr.to_string()])
+    );
+    assert!(seen["running"].as_str().unwrap().starts_with('1'), "{seen}");
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "a screenshot"
+    );
+}

@@ -1,4 +1,6 @@
-//! The admin listener: `/metrics` (Prometheus), `/healthz` (the process is up),
+//! The admin listener: `/` (the dashboard: routes, pools and endpoints,
+//! inference backends' live load; one page, no outside assets, polling
+//! `/status`), `/metrics` (Prometheus), `/healthz` (the process is up),
 //! `/readyz` (this gateway can take traffic: it is serving its configuration and
 //! not draining), `/status` (JSON: draining, and each pool's healthy endpoints)
 //! and `POST /admin/reload` (plugins; needs `Authorization: Bearer <admin.token>`).
@@ -13,6 +15,10 @@
 //! Every request's `Host` must be an IP literal, `localhost`, or a name in
 //! `admin.hosts`: a page on another origin cannot reach the admin listener by
 //! DNS rebinding (403 otherwise).
+
+mod status;
+
+pub use status::RouteStatus;
 
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -41,6 +47,8 @@ pub struct AdminApp {
     pub reloading: Arc<tokio::sync::Mutex<()>>,
     /// Run-time API keys, with a `[key_store]`.
     pub keys: Option<AdminKeys>,
+    /// The configured routes, for `/status`.
+    pub routes: Vec<status::RouteStatus>,
 }
 
 /// What the key endpoints change.
@@ -386,17 +394,18 @@ impl ServeHttp for AdminApp {
                 }
             }
             "/status" => {
-                let status = serde_json::json!({
-                    "draining": self.lifecycle.is_draining(),
-                    "pools": self.refresh_health(),
-                });
-                let body = serde_json::to_vec_pretty(&status).expect("status serializes");
+                let body = serde_json::to_vec_pretty(&self.status()).expect("status serializes");
                 text(StatusCode::OK, "application/json", body)
             }
+            "/" | "/ui" => text(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                status::DASHBOARD.as_bytes().to_vec(),
+            ),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"admin endpoints: /metrics /healthz /readyz /status, POST /admin/reload, /admin/keys\n"
+                b"admin endpoints: / (dashboard), /metrics /healthz /readyz /status, POST /admin/reload, /admin/keys\n"
                     .to_vec(),
             ),
         }

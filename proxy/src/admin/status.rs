@@ -1,0 +1,101 @@
+//! `/status`: what the gateway serves and how its upstreams are, as JSON for
+//! scripts and for the dashboard (`/`, [`DASHBOARD`]).
+
+use super::AdminApp;
+use gantry_config::{Config, Target};
+use serde::Serialize;
+
+/// The admin dashboard: one page, no outside assets, that polls `/status`.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// A route, as `/status` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteStatus {
+    name: String,
+    hosts: Vec<String>,
+    path_prefix: String,
+    /// `pool <name>`, `inference <names>`, or the built-in page.
+    target: String,
+    /// `none` or `keys`.
+    auth: &'static str,
+    plugins: Vec<String>,
+}
+
+impl RouteStatus {
+    /// Every route of `config`.
+    pub fn all(config: &Config) -> Vec<RouteStatus> {
+        config
+            .routes
+            .iter()
+            .map(|r| RouteStatus {
+                name: r.name.clone(),
+                hosts: r.hosts.clone(),
+                path_prefix: r.path_prefix.clone(),
+                target: match &r.target {
+                    Target::Pool(i) => format!("pool {}", config.pools[*i].name),
+                    Target::Inference(pools) => {
+                        let names: Vec<&str> = pools
+                            .iter()
+                            .map(|i| config.inference_pools[*i].name.as_str())
+                            .collect();
+                        format!("inference {}", names.join(", "))
+                    }
+                    Target::Builtin(b) => format!("built-in {b:?}").to_lowercase(),
+                },
+                auth: match r.auth {
+                    gantry_config::RouteAuth::None => "none",
+                    gantry_config::RouteAuth::Keys => "keys",
+                },
+                plugins: r.plugins.iter().map(|p| p.name.clone()).collect(),
+            })
+            .collect()
+    }
+}
+
+#[derive(Serialize)]
+struct EndpointStatus {
+    address: String,
+    healthy: bool,
+}
+
+impl AdminApp {
+    /// The whole status document.
+    pub(super) fn status(&self) -> serde_json::Value {
+        let http_pools: Vec<_> = self
+            .pools
+            .iter()
+            .map(|pool| {
+                let backends = pool.selector.backends();
+                let endpoints: Vec<EndpointStatus> = backends
+                    .get_backend()
+                    .iter()
+                    .map(|b| EndpointStatus {
+                        address: b.addr.to_string(),
+                        healthy: backends.ready(b),
+                    })
+                    .collect();
+                serde_json::json!({"name": pool.config.name, "endpoints": endpoints})
+            })
+            .collect();
+        let inference_pools: Vec<_> = self
+            .api
+            .pools()
+            .iter()
+            .map(|pool| {
+                serde_json::json!({
+                    "name": pool.config.name,
+                    "models": pool.config.models,
+                    "backends": pool.status(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "draining": self.lifecycle.is_draining(),
+            "in_flight": self.lifecycle.inflight(),
+            "pools": self.refresh_health(),
+            "routes": self.routes,
+            "http_pools": http_pools,
+            "inference_pools": inference_pools,
+        })
+    }
+}
