@@ -17,7 +17,8 @@ use std::time::Duration;
 /// [`EMBEDDED_BACKEND_BASE`] as the base, so its model paths land in `models/` under
 /// the current directory (where `scripts/setup.sh` installs them).
 pub const EMBEDDED_BACKEND_DEFAULT: &str = include_str!("../examples/backend.toml");
-/// Base directory for the relative paths of [`EMBEDDED_BACKEND_DEFAULT`].
+/// Base directory for the relative paths of [`EMBEDDED_BACKEND_DEFAULT`], in
+/// the source tree; see [`crate::embedded_base`] for where it is looked for.
 pub const EMBEDDED_BACKEND_BASE: &str = "config/examples";
 
 /// Address the gRPC server listens on.
@@ -343,7 +344,7 @@ fn convert_model(c: &mut Checker, i: usize, m: &ModelFile, base: &Path) -> Model
         c.fail(
             at("path"),
             format!(
-                "`{}` is not {what} (run scripts/setup.sh to install the default models)",
+                "`{}` is not {what} (scripts/install.sh installs the default models into $GANTRY_HOME; scripts/setup.sh into the source tree)",
                 path.display()
             ),
         );

@@ -25,10 +25,38 @@ pub use file::{
 /// The default configuration compiled into the binary, used by `gantry serve` without
 /// `--config`. Kept as `config/examples/default.toml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../examples/default.toml");
-/// Where the embedded default's relative file names (its plugins) resolve from:
-/// the directory it comes from, relative to the repository root where
-/// `scripts/run.sh` runs.
+/// Where the embedded default's relative file names (its plugins) resolve from,
+/// inside the repository or the data home ([`embedded_base`]).
 pub const EMBEDDED_DEFAULT_DIR: &str = "config/examples";
+/// The environment variable naming Gantry's data home.
+pub const GANTRY_HOME_ENV: &str = "GANTRY_HOME";
+
+/// Gantry's data home, where `scripts/install.sh` puts the models and example
+/// plugins the embedded defaults use: `$GANTRY_HOME`, else
+/// `/usr/local/share/gantry` for root and `~/.local/share/gantry` for others.
+pub fn gantry_home() -> PathBuf {
+    if let Some(home) = std::env::var_os(GANTRY_HOME_ENV).filter(|h| !h.is_empty()) {
+        return PathBuf::from(home);
+    }
+    let root = std::env::var_os("USER").is_some_and(|u| u == "root")
+        || std::env::var_os("HOME").is_some_and(|h| h == "/root");
+    match std::env::var_os("HOME") {
+        Some(home) if !root => PathBuf::from(home).join(".local/share/gantry"),
+        _ => PathBuf::from("/usr/local/share/gantry"),
+    }
+}
+
+/// Where the embedded defaults' relative file names (models, plugins)
+/// resolve from: `config/examples` in the current directory when it is a
+/// Gantry source tree (`scripts/run.sh`) and `$GANTRY_HOME` is not set; else
+/// `config/examples` under [`gantry_home`], which mirrors the tree's layout.
+pub fn embedded_base() -> PathBuf {
+    let in_tree = Path::new(EMBEDDED_DEFAULT_DIR).join("default.toml");
+    if std::env::var_os(GANTRY_HOME_ENV).is_none() && in_tree.is_file() {
+        return PathBuf::from(EMBEDDED_DEFAULT_DIR);
+    }
+    gantry_home().join(EMBEDDED_DEFAULT_DIR)
+}
 
 /// One thing wrong with a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! `gantry serve`, and `gantry model` (the `backend` feature).
 
 use clap::Subcommand;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum ModelCommand {
@@ -63,7 +63,7 @@ pub fn backend_config(
         None => backend::parse_backend(
             backend::EMBEDDED_BACKEND_DEFAULT,
             "<embedded backend default>",
-            Path::new(backend::EMBEDDED_BACKEND_BASE),
+            &gantry_config::embedded_base(),
         )?,
     })
 }

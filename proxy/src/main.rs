@@ -216,7 +216,7 @@ fn serve(
         None => gantry_config::parse(
             gantry_config::EMBEDDED_DEFAULT,
             "<embedded default>",
-            Path::new(gantry_config::EMBEDDED_DEFAULT_DIR),
+            &gantry_config::embedded_base(),
         )?,
     };
     #[cfg(feature = "backend")]

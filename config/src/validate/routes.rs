@@ -231,7 +231,10 @@ fn check_plugin_file(c: &mut Checker, at: &str, file: &Path) {
         Ok(_) => {}
         Err(e) => c.fail(
             format!("{at}.file"),
-            format!("cannot read {}: {e}", file.display()),
+            format!(
+                "cannot read {}: {e} (the example plugins: scripts/install.sh puts them in $GANTRY_HOME; scripts/build-plugins.sh builds them in the source tree)",
+                file.display()
+            ),
         ),
     }
 }
