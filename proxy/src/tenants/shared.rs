@@ -65,10 +65,12 @@ end
 "#;
 
 /// KEYS: window, leases. ARGV: requests_per_minute, max_concurrent (0: no
-/// limit), lease member, lease ms. Returns {0 | 1 (requests) | 2
+/// limit), lease member, lease ms, then leases this replica gave back since
+/// (see [`SharedStore::settle`]). Returns {0 | 1 (requests) | 2
 /// (concurrent), ms to the window's end, window start, requests counted,
 /// output tokens counted}.
 const ADMIT_LUA: &str = r#"
+for i = 5, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
 local now = now_ms()
 local w = KEYS[1]
 local start = window(w, now)
@@ -146,6 +148,16 @@ if ARGV[10] ~= '' then redis.call('ZREM', KEYS[2], ARGV[10]) end
 return 0
 "#;
 
+/// KEYS: leases. ARGV: members given back.
+const RELEASE_LUA: &str = r#"
+for i = 1, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
+return 0
+"#;
+
+/// How long a lease given back waits to ride on the next admit of its key
+/// before it is sent alone.
+const RELEASE_WITHIN: Duration = Duration::from_millis(20);
+
 /// KEYS: leases. ARGV: lease ms, then members to renew (those still held).
 const RENEW_LUA: &str = r#"
 local t = redis.call('TIME')
@@ -181,6 +193,10 @@ pub struct SharedStore {
     reserve: Script,
     settle: Script,
     renew: Script,
+    release: Script,
+    /// Leases given back and not yet sent, by leases key: the next admit of
+    /// the key takes them along, else a flush within [`RELEASE_WITHIN`].
+    released: Mutex<HashMap<String, Vec<String>>>,
     /// This process, in lease members.
     replica: String,
     seq: AtomicU64,
@@ -283,6 +299,8 @@ impl SharedStore {
             reserve: script(RESERVE_LUA),
             settle: Script::new(SETTLE_LUA),
             renew: Script::new(RENEW_LUA),
+            release: Script::new(RELEASE_LUA),
+            released: Mutex::new(HashMap::new()),
             replica: format!("{:016x}", rand::random::<u64>()),
             seq: AtomicU64::new(0),
             leases: Mutex::new(HashMap::new()),
@@ -290,6 +308,14 @@ impl SharedStore {
             metrics,
         });
         store.metrics.up.set(0);
+        let weak = Arc::downgrade(&store);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(RELEASE_WITHIN).await;
+                let Some(store) = weak.upgrade() else { return };
+                store.flush_released().await;
+            }
+        });
         let weak = Arc::downgrade(&store);
         runtime.spawn(async move {
             let mut renewed = tokio::time::Instant::now();
@@ -319,6 +345,12 @@ impl SharedStore {
             let n = self.seq.fetch_add(1, Ordering::Relaxed);
             format!("{}:{n}", self.replica)
         });
+        let released = self
+            .released
+            .lock()
+            .expect("released lock")
+            .remove(&key.leases())
+            .unwrap_or_default();
         let mut call = self.admit.prepare_invoke();
         call.key(key.window())
             .key(key.leases())
@@ -326,6 +358,9 @@ impl SharedStore {
             .arg(key.limits.max_concurrent.unwrap_or(0))
             .arg(member.as_deref().unwrap_or(""))
             .arg(LEASE.as_millis() as u64);
+        for m in &released {
+            call.arg(m);
+        }
         let answer: Vec<u64> = self
             .run(|mut c| async move { call.invoke_async(&mut c).await })
             .await?;
@@ -423,10 +458,39 @@ impl SharedStore {
 
     /// Settle a request's tokens and give back its lease, in the background
     /// (when the request ends in a destructor).
+    /// A request that reserved no tokens gives back only its lease: it rides
+    /// on the key's next admit from this replica (so this replica's next
+    /// request never finds it held), or goes alone within
+    /// [`RELEASE_WITHIN`]: one script per request rather than two.
     pub fn settle(self: &Arc<Self>, key: &Arc<SharedKey>, s: Settlement) {
+        if let (Some(member), [0, 0]) = (&s.member, s.reserved) {
+            self.held(key, member, false);
+            self.released
+                .lock()
+                .expect("released lock")
+                .entry(key.leases())
+                .or_default()
+                .push(member.clone());
+            return;
+        }
         let (store, key) = (self.clone(), key.clone());
         self.runtime
             .spawn(async move { store.settle_now(&key, s).await });
+    }
+
+    /// Send the leases given back that no admit took along.
+    async fn flush_released(&self) {
+        let pending = std::mem::take(&mut *self.released.lock().expect("released lock"));
+        for (leases, members) in pending {
+            let mut call = self.release.prepare_invoke();
+            call.key(leases);
+            for m in members {
+                call.arg(m);
+            }
+            let _: Result<i64, _> = self
+                .run(|mut c| async move { call.invoke_async(&mut c).await })
+                .await;
+        }
     }
 
     /// Settle a request's tokens and give back its lease, done when the

@@ -359,3 +359,36 @@ async fn a_key_made_or_revoked_on_one_replica_is_honoured_or_refused_on_all_with
         revoked_at.elapsed()
     );
 }
+
+/// On a proxied route a request's lease is given back with the key's next
+/// admit from the same replica (one script per request, not two): a client
+/// that waits for each answer is never refused by its own last request.
+#[tokio::test]
+async fn a_one_at_a_time_client_of_a_proxied_route_is_never_refused_by_its_own_lease() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let origin = Origin::start("o").await;
+    let config = one_pool(&[origin.addr], "", "auth = \"keys\"\n")
+        + &format!(
+            "[key_store]\nredis = \"{}\"\n[[keys]]\nname = \"fleet\"\nsha256 = \"{}\"\nmax_concurrent = 1\n",
+            redis.url(),
+            digest_hex(KEY)
+        );
+    let gw = Gateway::start(&config).await;
+    eventually("the gateway reaches Redis", || async {
+        gw.metric("gantry_key_store_up").await == Some(1.0)
+    })
+    .await;
+    for i in 0..300 {
+        let res = gw
+            .client
+            .get(gw.url("/x"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        assert_eq!(status, 200, "request {i}: {}", res.text().await.unwrap());
+    }
+}
