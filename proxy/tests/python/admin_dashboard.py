@@ -9,29 +9,13 @@ Prints READY, then JSON: {"outside": [...], "endpoints": [...], "running": "..."
 """
 
 import json
-import shutil
 import sys
-from urllib.parse import urlsplit
 
-from playwright.sync_api import sync_playwright
+from browser import page_on
 
 base, screenshot, backend = sys.argv[1], sys.argv[2], sys.argv[3]
-origin = urlsplit(base).netloc
-outside = []
 
-with sync_playwright() as p:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    browser = p.chromium.launch(executable_path=chromium, headless=True)
-    page = browser.new_page(viewport={"width": 1280, "height": 800})
-
-    def only_the_gateway(route):
-        if urlsplit(route.request.url).netloc == origin:
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_the_gateway)
+with page_on(base, viewport=(1280, 800)) as (page, outside, _failed):
     page.goto(base + "/", wait_until="load")
     row = f'#backends tr[data-backend="{backend}"] td.running'
     page.wait_for_selector("#endpoints tr[data-endpoint]", timeout=10000)
@@ -46,6 +30,5 @@ with sync_playwright() as p:
     )
     running = page.inner_text(row)
     page.screenshot(path=screenshot, full_page=True)
-    browser.close()
 
 print(json.dumps({"outside": outside, "endpoints": endpoints, "running": running}))
