@@ -251,6 +251,20 @@ pub struct KeySection {
     pub tokens_per_month: Option<u64>,
 }
 
+/// The digest a `[[keys]].sha256` spells: 64 hex digits.
+pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let digit = |d: u8| (d as char).to_digit(16);
+        *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
 /// Longest `[[keys]].name`: it is a metric label.
 pub const MAX_KEY_NAME_BYTES: usize = 64;
 

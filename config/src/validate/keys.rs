@@ -107,19 +107,6 @@ pub(super) fn convert_keys(c: &mut Checker, raw: &FileConfig, routes: &[Route]) 
     keys
 }
 
-fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        let digit = |d: u8| (d as char).to_digit(16);
-        *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
-    }
-    Some(out)
-}
-
 /// `[key_store]`: exactly one of `path` and `redis`.
 pub(super) fn convert_key_store(
     c: &mut Checker,

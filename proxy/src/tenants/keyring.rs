@@ -98,14 +98,4 @@ pub fn hex(digest: &[u8; 32]) -> String {
 }
 
 /// The digest `hex` spells, if it is 64 hex digits.
-pub fn parse_hex(hex: &str) -> Option<[u8; 32]> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
-}
+pub use gantry_config::file::parse_sha256 as parse_hex;

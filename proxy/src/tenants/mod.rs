@@ -321,10 +321,7 @@ pub fn key_digest(key: &str) -> [u8; 32] {
 
 /// A key's digest as configured: 64 lower-case hex digits.
 pub fn digest_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    keyring::hex(&key_digest(key))
 }
 
 #[cfg(test)]
