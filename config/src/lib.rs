@@ -155,7 +155,7 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
 }
 
 /// The validated configuration the gateway runs on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Worker threads per service.
     pub threads: usize,
@@ -261,7 +261,7 @@ pub struct AdminAccess {
 }
 
 /// Client-facing limits (see [`file::LimitsSection`] for defaults).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Request line plus headers, bytes.
     pub max_header_bytes: usize,
@@ -286,7 +286,7 @@ pub struct Limits {
 }
 
 /// A client listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     /// Name for logs and metrics.
     pub name: String,
@@ -299,7 +299,7 @@ pub struct Listener {
 }
 
 /// TLS settings of a listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     /// Offer `h2` in ALPN.
     pub http2: bool,
@@ -308,7 +308,7 @@ pub struct Tls {
 }
 
 /// A certificate and key, both as absolute (or base-relative) paths.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Certificate {
     /// PEM chain.
     pub cert: PathBuf,
@@ -319,7 +319,7 @@ pub struct Certificate {
 }
 
 /// An upstream pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
     /// Unique name.
     pub name: String,
@@ -355,7 +355,7 @@ pub enum HashKey {
 }
 
 /// Active health check settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     /// Probe kind.
     pub kind: HealthCheckKind,
@@ -374,7 +374,7 @@ pub struct HealthCheck {
 }
 
 /// A pool of inference backends.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InferencePool {
     /// Unique name.
     pub name: String,
@@ -427,7 +427,7 @@ pub enum Target {
 }
 
 /// A route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// Unique name.
     pub name: String,
@@ -454,7 +454,7 @@ pub struct Route {
 }
 
 /// A plugin on a route, validated (the file exists and is not empty).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginRef {
     /// Name, unique on the route.
     pub name: String,
@@ -498,7 +498,7 @@ pub struct PluginRef {
 }
 
 /// A validated header rewrite: names lower-cased, values checked.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HeaderRewrite {
     /// Names to remove.
     pub remove: Vec<String>,

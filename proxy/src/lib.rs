@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod openai;
 pub mod plugins;
+pub mod reload;
 pub mod rewrite;
 pub mod router;
 pub mod server;
@@ -29,4 +30,5 @@ pub mod tenants;
 pub mod tls;
 pub mod upstream;
 
+pub use reload::ConfigSource;
 pub use server::{Gantry, ShutdownHandle, ShutdownTrigger};

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use gantry::{Gantry, ShutdownTrigger};
-use std::path::{Path, PathBuf};
+use gantry::{ConfigSource, Gantry, ShutdownTrigger};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[cfg(feature = "backend")]
@@ -129,14 +129,11 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run_gateway(config: gantry_config::Config) -> anyhow::Result<()> {
-    let gantry = Gantry::build(config).context("starting the gateway")?;
+/// Run the gateway on `source` until SIGTERM; SIGHUP reloads `source`.
+fn run_gateway(source: ConfigSource) -> anyhow::Result<()> {
+    let gantry = Gantry::load(source).context("starting the gateway")?;
     gantry.run(ShutdownTrigger::Signals);
     Ok(())
-}
-
-fn load(path: &Path) -> anyhow::Result<gantry_config::Config> {
-    Ok(gantry_config::load(path)?)
 }
 
 fn main() -> ExitCode {
@@ -178,7 +175,7 @@ fn main() -> ExitCode {
             print!("{}", gantry_config::EMBEDDED_DEFAULT);
             return ExitCode::SUCCESS;
         }
-        Command::Gateway { config } => load(&config),
+        Command::Gateway { config } => ConfigSource::file(&config),
         Command::Serve {
             config,
             backend_config: backend_path,
@@ -195,7 +192,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_format);
-    match config.and_then(run_gateway) {
+    match run_gateway(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -212,13 +209,11 @@ fn serve(
     no_backend: bool,
 ) -> anyhow::Result<()> {
     let gateway = match config {
-        Some(path) => load(&path)?,
-        None => gantry_config::parse(
-            gantry_config::EMBEDDED_DEFAULT,
-            "<embedded default>",
-            &gantry_config::embedded_base(),
-        )?,
+        Some(path) => ConfigSource::file(&path),
+        None => ConfigSource::embedded(),
     };
+    // A bad file is said before the backend loads its models.
+    gateway.read()?;
     #[cfg(feature = "backend")]
     let backend = if no_backend {
         None

@@ -2,17 +2,15 @@
 //! shutdown signal, draining in-flight requests first.
 
 use crate::admin::AdminApp;
-use crate::gateway::Gateway;
+use crate::gateway::{ConfigVersion, Gateway, Live, VersionParts};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::openai::Api;
-use crate::router::Router;
+use crate::reload::{ConfigSource, Reloader};
 use crate::tenants::budget::BudgetStore;
 use crate::tenants::keyring::KeyRing;
 use crate::tenants::shared::SharedStore;
 use crate::tenants::{Shared, Tenants};
 use crate::tls::SniResolver;
-use crate::upstream::HttpPool;
 use anyhow::Context;
 use async_trait::async_trait;
 use gantry_config::{Config, KeyStore};
@@ -26,7 +24,8 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// Most threads for the background runtime: it resolves and watches inference
-/// backends (health and load streams) and reloads plugins. Calls to backends
+/// backends (health and load streams), runs HTTP pools' health checks and
+/// reloads the configuration and plugins. Calls to backends
 /// run on the gateway's workers, on channels they open.
 const GRPC_THREADS_MAX: usize = 4;
 /// Seconds Pingora waits for runtimes to stop after our own drain has finished.
@@ -40,12 +39,10 @@ pub struct Gantry {
     pub lifecycle: Arc<Lifecycle>,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
-    /// Inference pools and the OpenAI-compatible API.
-    pub api: Arc<Api>,
+    /// Reloads the configuration; the live one.
+    pub reloader: Arc<Reloader>,
     /// Runs the gRPC connections and watch streams of the inference pools.
     grpc_runtime: tokio::runtime::Runtime,
-    /// The Wasm plugins (the engine's epoch ticker runs while this lives).
-    pub plugins: Arc<crate::plugins::Plugins>,
     /// Where keys' budgets are kept, when `[key_store]` is configured.
     budgets: Option<Arc<BudgetStore>>,
 }
@@ -70,8 +67,25 @@ pub enum ShutdownTrigger {
 }
 
 impl Gantry {
-    /// Build listeners, pools, health checks and the admin listener.
+    /// Read the configuration from `source` and build the gateway on it; a
+    /// reload reads `source` again.
+    pub fn load(source: ConfigSource) -> anyhow::Result<Gantry> {
+        let (config, sha256) = source.read()?;
+        Gantry::assemble(config, sha256, Some(source))
+    }
+
+    /// Build the gateway on a configuration already parsed (a reload builds
+    /// it again, reloading its plugins' files).
     pub fn build(config: Config) -> anyhow::Result<Gantry> {
+        Gantry::assemble(config, String::new(), None)
+    }
+
+    /// Build listeners, pools, health checks and the admin listener.
+    fn assemble(
+        config: Config,
+        sha256: String,
+        source: Option<ConfigSource>,
+    ) -> anyhow::Result<Gantry> {
         check_bindable(&config)?;
         let mut conf = ServerConf {
             threads: config.threads,
@@ -86,31 +100,26 @@ impl Gantry {
 
         let metrics = Arc::new(Metrics::new());
         let lifecycle = Arc::new(Lifecycle::default());
-
-        let mut pools = Vec::new();
-        for p in &config.pools {
-            let (pool, health) = HttpPool::build(p)?;
-            pools.push(Arc::new(pool));
-            if let Some(service) = health {
-                server.add_boxed_service(service);
-            }
-        }
-
-        // Plugins first: a plugin that fails to load stops start-up before any
-        // runtime exists (dropping one inside async code would panic).
-        let plugins = crate::plugins::Plugins::load(&config, metrics.clone())?;
         let grpc_runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.threads.clamp(1, GRPC_THREADS_MAX))
             .thread_name("gantry-grpc")
             .enable_all()
             .build()
             .context("starting the gRPC runtime")?;
-        plugins.watch(grpc_runtime.handle());
-        let api = Arc::new(Api::start(
-            &config,
-            metrics.clone(),
-            grpc_runtime.handle().clone(),
-        ));
+        let parts = VersionParts {
+            metrics: &metrics,
+            runtime: grpc_runtime.handle(),
+        };
+        let (version, _) = match ConfigVersion::build(1, sha256, config.clone(), parts, None) {
+            Ok(built) => built,
+            Err(e) => {
+                // A plugin that did not load: callers may be async code, where
+                // dropping a runtime would panic.
+                grpc_runtime.shutdown_background();
+                return Err(e);
+            }
+        };
+        let live: Live = Arc::new(arc_swap::ArcSwap::from_pointee(version));
         let shared = match &config.key_store {
             Some(KeyStore::Redis {
                 url,
@@ -147,17 +156,13 @@ impl Gantry {
             ring,
             tenants: tenants.clone(),
         });
-        let gateway = Gateway::new(
-            Router::new(&config.routes),
-            pools.clone(),
-            config.limits.clone(),
+        let reloader = Reloader::new(
+            source,
+            live.clone(),
             metrics.clone(),
-            lifecycle.clone(),
-            api.clone(),
-            plugins.clone(),
-        )
-        .with_trusted_proxies(config.trusted_proxies.clone())
-        .with_tenants(tenants);
+            grpc_runtime.handle().clone(),
+        );
+        let gateway = Gateway::new(live.clone(), metrics.clone(), lifecycle.clone(), tenants);
         let app = front_door(&config, &server.configuration, gateway, metrics.clone())?;
         let mut service = Service::new("gantry gateway".to_string(), app);
         service.set_connection_filter(Arc::new(Admission {
@@ -176,14 +181,9 @@ impl Gantry {
                 "gantry admin".to_string(),
                 AdminApp {
                     metrics: metrics.clone(),
-                    pools,
-                    api: api.clone(),
                     lifecycle: lifecycle.clone(),
-                    plugins: plugins.clone(),
-                    access: config.admin_access.clone(),
-                    reloading: Default::default(),
+                    reloader: reloader.clone(),
                     keys: admin_keys,
-                    routes: crate::admin::RouteStatus::all(&config),
                 },
             );
             if !admin.ip().is_loopback() {
@@ -198,9 +198,8 @@ impl Gantry {
             config,
             lifecycle,
             metrics,
-            api,
+            reloader,
             grpc_runtime,
-            plugins,
             budgets,
         })
     }
@@ -213,10 +212,13 @@ impl Gantry {
             admin = ?self.config.admin.map(|a| a.to_string()),
             "gantry gateway starting"
         );
+        if matches!(trigger, ShutdownTrigger::Signals) {
+            self.reloader.on_hangup();
+        }
         let drain = Drain {
             trigger,
             lifecycle: self.lifecycle.clone(),
-            grace: self.config.limits.shutdown_grace_period,
+            reloader: self.reloader.clone(),
         };
         self.server.run(RunArgs {
             shutdown_signal: Box::new(drain),
@@ -253,7 +255,8 @@ fn check_bindable(config: &Config) -> anyhow::Result<()> {
 struct Drain {
     trigger: ShutdownTrigger,
     lifecycle: Arc<Lifecycle>,
-    grace: std::time::Duration,
+    /// The live configuration's grace period applies.
+    reloader: Arc<Reloader>,
 }
 
 #[async_trait]
@@ -272,13 +275,14 @@ impl ShutdownSignalWatch for Drain {
             }
         }
         let inflight = self.lifecycle.inflight();
+        let grace = self.reloader.live().config.limits.shutdown_grace_period;
         tracing::info!(
             inflight,
-            grace_ms = self.grace.as_millis() as u64,
+            grace_ms = grace.as_millis() as u64,
             "shutdown requested: draining"
         );
         self.lifecycle.start_draining();
-        if tokio::time::timeout(self.grace, self.lifecycle.wait_idle())
+        if tokio::time::timeout(grace, self.lifecycle.wait_idle())
             .await
             .is_err()
         {

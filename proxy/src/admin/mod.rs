@@ -3,7 +3,8 @@
 //! `/status`), `/metrics` (Prometheus), `/healthz` (the process is up),
 //! `/readyz` (this gateway can take traffic: it is serving its configuration and
 //! not draining), `/status` (JSON: draining, and each pool's healthy endpoints)
-//! and `POST /admin/reload` (plugins; needs `Authorization: Bearer <admin.token>`).
+//! and `POST /admin/reload` (the configuration and its plugins, see
+//! [`crate::reload`]; needs `Authorization: Bearer <admin.token>`).
 //! With a `[key_store]`, API keys made and revoked at run time (each needs the
 //! token): `POST /admin/keys/<tenant>` makes one and answers it once,
 //! `GET /admin/keys` lists every key by digest, `DELETE /admin/keys/<sha256>`
@@ -21,8 +22,8 @@ mod status;
 pub use status::RouteStatus;
 
 use crate::lifecycle::Lifecycle;
-use crate::metrics::Metrics;
-use crate::upstream::HttpPool;
+use crate::metrics::{ConfigReload, Metrics};
+use crate::reload::Reloader;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -33,22 +34,13 @@ use std::sync::Arc;
 pub struct AdminApp {
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
-    /// Pools, for endpoint health.
-    pub pools: Vec<Arc<HttpPool>>,
-    /// Inference pools, for backend health and load.
-    pub api: Arc<crate::openai::Api>,
     /// Draining state.
     pub lifecycle: Arc<Lifecycle>,
-    /// The Wasm plugins: their metrics, and `POST /admin/reload`.
-    pub plugins: Arc<crate::plugins::Plugins>,
-    /// Who may use the listener.
-    pub access: gantry_config::AdminAccess,
-    /// Held while a reload runs: one at a time.
-    pub reloading: Arc<tokio::sync::Mutex<()>>,
+    /// The live configuration (routes, pools, plugins, who may use this
+    /// listener), and `POST /admin/reload`.
+    pub reloader: Arc<Reloader>,
     /// Run-time API keys, with a `[key_store]`.
     pub keys: Option<AdminKeys>,
-    /// The configured routes, for `/status`.
-    pub routes: Vec<status::RouteStatus>,
 }
 
 /// What the key endpoints change.
@@ -97,7 +89,7 @@ impl AdminApp {
     fn refresh_plugin_metrics(&self) {
         // Only the plugins loaded now: a reloaded plugin's old series leave.
         self.metrics.plugins.defined.reset();
-        for (route, plugins) in &self.plugins.by_route_name() {
+        for (route, plugins) in &self.reloader.live().plugins.by_route_name() {
             for p in plugins {
                 for (limit, n) in p.shared().take_limit_hits() {
                     self.metrics.plugin_limit_hit(&p.name, limit, n);
@@ -121,8 +113,9 @@ impl AdminApp {
     /// Refresh endpoint-health gauges from the health checker's current view;
     /// each pool's health.
     fn refresh_health(&self) -> Vec<PoolStatus> {
+        let live = self.reloader.live();
         let mut pools = Vec::new();
-        for pool in &self.pools {
+        for pool in &live.pools {
             let backends = pool.selector.backends();
             let (mut endpoints, mut healthy) = (0, 0);
             for b in backends.get_backend().iter() {
@@ -141,7 +134,7 @@ impl AdminApp {
                 healthy,
             });
         }
-        for pool in self.api.pools() {
+        for pool in live.api.pools() {
             pool.refresh_metrics();
             let backends = pool.backends();
             pools.push(PoolStatus {
@@ -160,7 +153,8 @@ impl AdminApp {
         authorization: Option<&str>,
         without_token: &'static [u8],
     ) -> Option<Response<Vec<u8>>> {
-        let Some(token) = &self.access.token else {
+        let live = self.reloader.live();
+        let Some(token) = &live.config.admin_access.token else {
             return Some(text(
                 StatusCode::FORBIDDEN,
                 "text/plain",
@@ -294,25 +288,27 @@ impl AdminApp {
         }
     }
 
-    /// `POST /admin/reload`: with the bearer token, reload every plugin off the
-    /// async runtime, one reload at a time.
+    /// `POST /admin/reload`: with the bearer token, reload the configuration
+    /// (and every plugin) off the async runtime, one reload at a time: 200
+    /// when it serves (500 when a plugin's new file did not load), 400 when the
+    /// file is refused (invalid, or changing what needs a restart), 500 when it
+    /// could not be built; the answer is the [`crate::reload::ReloadOutcome`].
     async fn reload(&self, authorization: Option<&str>) -> Response<Vec<u8>> {
-        if let Some(refused) = self.refuse_unless_admin(
-            authorization,
-            b"admin.token is not set: reload by SIGHUP or by changing the plugin files\n",
-        ) {
+        if let Some(refused) =
+            self.refuse_unless_admin(authorization, b"admin.token is not set: reload by SIGHUP\n")
+        {
             return refused;
         }
-        let Ok(_running) = self.reloading.clone().try_lock_owned() else {
-            return text(
-                StatusCode::CONFLICT,
-                "text/plain",
-                b"a reload is running; try again when it is done\n".to_vec(),
-            );
-        };
-        let plugins = self.plugins.clone();
-        let report = match tokio::task::spawn_blocking(move || plugins.reload(true)).await {
-            Ok(r) => r,
+        let reloader = self.reloader.clone();
+        let outcome = match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => {
+                return text(
+                    StatusCode::CONFLICT,
+                    "text/plain",
+                    b"a reload is running; try again when it is done\n".to_vec(),
+                )
+            }
             Err(_) => {
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -321,12 +317,12 @@ impl AdminApp {
                 )
             }
         };
-        let status = if report.failed.is_empty() {
-            StatusCode::OK
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
+        let status = match outcome.result {
+            ConfigReload::Ok if outcome.plugins.failed.is_empty() => StatusCode::OK,
+            ConfigReload::Invalid | ConfigReload::NeedsRestart => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let body = serde_json::to_vec(&report).expect("reports serialize");
+        let body = serde_json::to_vec_pretty(&outcome).expect("outcomes serialize");
         text(status, "application/json", body)
     }
 }
@@ -350,7 +346,8 @@ impl ServeHttp for AdminApp {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        if !host_allowed(header(http::header::HOST).as_deref(), &self.access) {
+        let access = &self.reloader.live().config.admin_access;
+        if !host_allowed(header(http::header::HOST).as_deref(), access) {
             return text(
                 StatusCode::FORBIDDEN,
                 "text/plain",

@@ -61,7 +61,8 @@ struct EndpointStatus {
 impl AdminApp {
     /// The whole status document.
     pub(super) fn status(&self) -> serde_json::Value {
-        let http_pools: Vec<_> = self
+        let live = self.reloader.live();
+        let http_pools: Vec<_> = live
             .pools
             .iter()
             .map(|pool| {
@@ -77,7 +78,7 @@ impl AdminApp {
                 serde_json::json!({"name": pool.config.name, "endpoints": endpoints})
             })
             .collect();
-        let inference_pools: Vec<_> = self
+        let inference_pools: Vec<_> = live
             .api
             .pools()
             .iter()
@@ -93,7 +94,13 @@ impl AdminApp {
             "draining": self.lifecycle.is_draining(),
             "in_flight": self.lifecycle.inflight(),
             "pools": self.refresh_health(),
-            "routes": self.routes,
+            "config": {
+                "version": live.number,
+                "sha256": live.sha256,
+                "source": self.reloader.source_name(),
+                "last_reload": self.reloader.last(),
+            },
+            "routes": RouteStatus::all(&live.config),
             "http_pools": http_pools,
             "inference_pools": inference_pools,
         })

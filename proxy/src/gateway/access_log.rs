@@ -16,8 +16,9 @@ impl Gateway {
         if let Some(limit) = ctx.error.as_ref().and_then(GatewayError::limit) {
             self.metrics.refused(limit);
         }
-        let counted = ctx.route.unwrap_or(self.route_metrics.len() - 1);
-        self.route_metrics[counted].finished(status, elapsed);
+        let metrics = &ctx.live.route_metrics;
+        let counted = ctx.route.unwrap_or(metrics.len() - 1);
+        metrics[counted].finished(status, elapsed);
         let req = session.req_header();
         tracing::info!(
             target: "gantry::access",
@@ -39,8 +40,8 @@ impl Gateway {
         );
     }
 
-    fn route_name(&self, ctx: &RequestCtx) -> &str {
+    fn route_name<'c>(&self, ctx: &'c RequestCtx) -> &'c str {
         ctx.route
-            .map_or("none", |i| self.router.route(i).name.as_str())
+            .map_or("none", |i| ctx.live.router.route(i).name.as_str())
     }
 }

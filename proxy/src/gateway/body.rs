@@ -51,8 +51,9 @@ impl Gateway {
     pub(super) async fn next_body_chunk(
         &self,
         session: &mut Session,
+        ctx: &RequestCtx,
     ) -> Result<std::result::Result<Option<Bytes>, Refused>> {
-        let limit = self.limits.client_read_timeout;
+        let limit = ctx.live.config.limits.client_read_timeout;
         match tokio::time::timeout(limit, session.read_request_body()).await {
             Ok(read) => read.map(Ok),
             Err(_) => {
@@ -88,7 +89,7 @@ impl Gateway {
         }
         let mut body = BytesMut::new();
         loop {
-            let chunk = match self.next_body_chunk(session).await? {
+            let chunk = match self.next_body_chunk(session, ctx).await? {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(refused) => return Ok(Err(refused)),
@@ -109,7 +110,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Chunk> {
-        match self.next_body_chunk(session).await {
+        match self.next_body_chunk(session, ctx).await {
             Ok(Ok(Some(data))) => Ok(Chunk::Data(data)),
             Ok(Ok(None)) => Ok(Chunk::End),
             Ok(Err(refused)) => {
@@ -133,9 +134,8 @@ impl Gateway {
         ctx: &mut RequestCtx,
         route: usize,
     ) -> Result<bool> {
-        let r = self.router.route(route);
+        let limit = ctx.live.router.route(route).max_body_bytes;
         let req = session.req_header();
-        let limit = r.max_body_bytes;
         let declared = req
             .headers
             .get(CONTENT_LENGTH)

@@ -17,6 +17,9 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// Per-request state carried through the phases.
 pub struct RequestCtx {
+    /// The configuration it is served on, from start to end (a reload
+    /// while it runs changes only what later requests get).
+    pub(super) live: Arc<super::ConfigVersion>,
     pub(super) started: Instant,
     pub(super) request_id: String,
     pub(super) route: Option<usize>,
@@ -46,9 +49,11 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    /// A new request's state, counted in flight in `lifecycle` while it lives.
-    pub(super) fn new(lifecycle: &Arc<Lifecycle>) -> Self {
+    /// A new request's state on `live`, counted in flight in `lifecycle`
+    /// while it lives.
+    pub(super) fn new(lifecycle: &Arc<Lifecycle>, live: Arc<super::ConfigVersion>) -> Self {
         RequestCtx {
+            live,
             started: Instant::now(),
             request_id: String::new(),
             route: None,

@@ -35,11 +35,9 @@ impl Gateway {
     ) -> Result<Option<usize>> {
         let req = session.req_header();
         let size = request_header_bytes(req);
-        if size > self.limits.max_header_bytes {
-            let err = GatewayError::HeadersTooLarge {
-                size,
-                limit: self.limits.max_header_bytes,
-            };
+        let limit = ctx.live.config.limits.max_header_bytes;
+        if size > limit {
+            let err = GatewayError::HeadersTooLarge { size, limit };
             self.respond(session, ctx, err).await?;
             return Ok(None);
         }
@@ -51,7 +49,10 @@ impl Gateway {
             return Ok(None);
         }
         let req = session.req_header();
-        let found = self.router.find(host_of(req), req.uri.path(), &req.method);
+        let found = ctx
+            .live
+            .router
+            .find(host_of(req), req.uri.path(), &req.method);
         let route = match found {
             Match::Route(i) => i,
             Match::NotFound => {
@@ -77,7 +78,8 @@ impl Gateway {
         ctx: &mut RequestCtx,
         route: usize,
     ) -> Result<bool> {
-        let r = self.router.route(route);
+        let live = ctx.live.clone();
+        let r = live.router.route(route);
         if r.auth != RouteAuth::Keys {
             return Ok(false);
         }
@@ -137,7 +139,8 @@ impl Gateway {
         route: usize,
         plugins: &[Arc<gantry_plugins::Plugin>],
     ) -> Result<()> {
-        let r = self.router.route(route);
+        let live = ctx.live.clone();
+        let r = live.router.route(route);
         let gantry_config::Target::Inference(pools) = &r.target else {
             unreachable!("serve_api is called for API routes");
         };
@@ -186,7 +189,7 @@ impl Gateway {
             }
         };
         let reply = match body {
-            Err(err) => Reply::Whole(self.api.refuse(&err, &mut outcome)),
+            Err(err) => Reply::Whole(live.api.refuse(&err, &mut outcome)),
             Ok((endpoint, body)) => {
                 let call = ApiCall {
                     endpoint,
@@ -202,13 +205,13 @@ impl Gateway {
                     // The work first: a client-gone check costs a read on the
                     // socket, wasted whenever the work is already done.
                     biased;
-                    reply = self.api.handle(call, &mut outcome) => Some(reply),
+                    reply = live.api.handle(call, &mut outcome) => Some(reply),
                     _ = client_gone(session) => None,
                 };
                 match handled {
                     Some(reply) => reply,
                     None => {
-                        self.api.client_left(&mut outcome);
+                        live.api.client_left(&mut outcome);
                         ctx.inference = Some(outcome);
                         return Ok(());
                     }

@@ -12,6 +12,7 @@
 //! | `upstream.rs`     | endpoint choice, the upstream request, connect retries         |
 //! | `respond.rs`      | local responses (errors, plugins' answers)                     |
 //! | `access_log.rs`   | access log line and request metrics                            |
+//! | `version.rs`      | one configuration, built; what a reload swaps                  |
 //!
 //! What came before the phases (connection caps, TLS, head deadlines, strict
 //! parsing) is the front door's ([`crate::front`]); draining and in-flight
@@ -25,104 +26,51 @@ mod plugin_calls;
 mod plugin_chain;
 mod respond;
 mod upstream;
+pub mod version;
 
 pub use context::{RequestCtx, REQUEST_ID};
+pub use version::{ConfigVersion, Live, VersionParts};
 
 use crate::error::GatewayError;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::openai::Api;
-use crate::rewrite::Rewrite;
-use crate::router::Router;
-use crate::upstream::HttpPool;
 use async_trait::async_trait;
 use bytes::Bytes;
-use gantry_config::{Limits, Target};
+use gantry_config::Target;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, Result};
-use plugin_chain::HotCounters;
 use std::sync::Arc;
 
 /// The gateway's `ProxyHttp` implementation.
 pub struct Gateway {
-    router: Router,
-    /// Per route, by index: (request rewrite, response rewrite).
-    rewrites: Vec<(Rewrite, Rewrite)>,
-    pools: Vec<Arc<HttpPool>>,
-    limits: Limits,
+    /// The configuration new requests get (see [`version`]).
+    live: Live,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
-    api: Arc<Api>,
-    /// Per route: its Wasm plugins, in order (swapped on hot reload).
-    plugins: Arc<crate::plugins::Plugins>,
     /// Connections for plugins' `proxy_http_call`s to HTTP pools.
     connector: pingora::connectors::http::Connector,
-    /// Per route and plugin position: the call counters every request moves,
-    /// resolved once (plugin names survive hot reloads).
-    hot: Vec<Vec<HotCounters>>,
-    /// Peers whose forwarding headers are believed (`server.trusted_proxies`).
-    trusted_proxies: Vec<ipnet::IpNet>,
-    /// Per route, then `none` (no route matched): request metrics resolved once.
-    route_metrics: Vec<crate::metrics::RouteMetrics>,
     /// API keys of routes with `auth = "keys"`.
     tenants: Arc<crate::tenants::Tenants>,
 }
 
 impl Gateway {
-    /// Assemble the gateway from its parts.
+    /// Assemble the gateway: requests are served on `live`'s configuration,
+    /// and let in on routes with `auth = "keys"` by `tenants`' keys.
     pub fn new(
-        router: Router,
-        pools: Vec<Arc<HttpPool>>,
-        limits: Limits,
+        live: Live,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
-        api: Arc<Api>,
-        plugins: Arc<crate::plugins::Plugins>,
+        tenants: Arc<crate::tenants::Tenants>,
     ) -> Self {
-        let rewrites = (0..router.len())
-            .map(|i| {
-                let r = router.route(i);
-                (
-                    Rewrite::new(&r.request_headers),
-                    Rewrite::new(&r.response_headers),
-                )
-            })
-            .collect();
-        let hot = HotCounters::for_routes(&router, &metrics);
-        let route_metrics = (0..router.len())
-            .map(|i| metrics.route(&router.route(i).name))
-            .chain([metrics.route("none")])
-            .collect();
-        let tenants = Arc::new(crate::tenants::Tenants::new(&[], &metrics, None));
         Gateway {
-            router,
-            rewrites,
-            pools,
-            limits,
+            live,
             metrics,
             lifecycle,
-            api,
-            plugins,
             connector: pingora::connectors::http::Connector::new(None),
-            hot,
-            trusted_proxies: Vec::new(),
             tenants,
-            route_metrics,
         }
-    }
-
-    /// Let requests in on routes with `auth = "keys"` by these tenants' keys.
-    pub fn with_tenants(mut self, tenants: Arc<crate::tenants::Tenants>) -> Self {
-        self.tenants = tenants;
-        self
-    }
-
-    /// Believe the forwarding headers of peers in these networks.
-    pub fn with_trusted_proxies(mut self, networks: Vec<ipnet::IpNet>) -> Self {
-        self.trusted_proxies = networks;
-        self
     }
 }
 
@@ -131,8 +79,9 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     /// A request's state, counted in flight until it is dropped.
+    /// On the live configuration, kept until the request ends.
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(&self.lifecycle)
+        RequestCtx::new(&self.lifecycle, self.live.load_full())
     }
 
     /// Client read and write timeouts, and keep-alive as the client asked
@@ -140,15 +89,16 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        session.set_read_timeout(Some(self.limits.client_read_timeout));
-        session.set_write_timeout(Some(self.limits.client_write_timeout));
+        let limits = &ctx.live.config.limits;
+        session.set_read_timeout(Some(limits.client_read_timeout));
+        session.set_write_timeout(Some(limits.client_write_timeout));
         if self.lifecycle.is_draining() || !crate::framing::client_keeps_alive(session.req_header())
         {
             session.set_keepalive(None);
         } else {
-            session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
+            session.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
         }
         Ok(())
     }
@@ -167,12 +117,13 @@ impl ProxyHttp for Gateway {
         if self.check_key(session, ctx, route).await? {
             return Ok(true);
         }
-        let plugins = self.plugins.snapshot();
+        let live = ctx.live.clone();
+        let plugins = live.plugins.snapshot();
         let plugins = &plugins[route];
-        match &self.router.route(route).target {
+        match &live.router.route(route).target {
             Target::Builtin(which) => {
-                let prefix = &self.router.route(route).path_prefix;
-                let page = self
+                let prefix = &live.router.route(route).path_prefix;
+                let page = live
                     .api
                     .builtin(*which, prefix, session.req_header().uri.path());
                 ctx.give_back_key().await;
@@ -253,7 +204,7 @@ impl ProxyHttp for Gateway {
             if !ctx.plugin_contexts.is_empty() {
                 self.response_plugins(resp, ctx, i)?;
             }
-            self.rewrites[i].1.apply(resp)?;
+            ctx.live.rewrites[i].1.apply(resp)?;
         }
         resp.insert_header(REQUEST_ID, &ctx.request_id)?;
         if let Some(limiter) = self.limiter(ctx) {

@@ -17,6 +17,7 @@ impl Gateway {
     /// network. `None` when it fails or outlasts its timeout.
     pub(super) async fn http_call(
         &self,
+        live: &super::ConfigVersion,
         mut call: gantry_plugins::HttpCall,
         plugin: &gantry_plugins::Plugin,
         request_id: &str,
@@ -33,8 +34,8 @@ impl Gateway {
         let method = http::Method::from_bytes(method.as_bytes()).ok()?;
         let limit = call.max_response_bytes;
         let work = async {
-            if let Some(pool) = self.api.pool_index(&call.upstream) {
-                let (status, headers, body) = self
+            if let Some(pool) = live.api.pool_index(&call.upstream) {
+                let (status, headers, body) = live
                     .api
                     .call(
                         pool,
@@ -49,7 +50,7 @@ impl Gateway {
                 pairs.extend(headers);
                 return Ok((pairs, body));
             }
-            match self.pools.iter().find(|p| p.config.name == call.upstream) {
+            match live.pools.iter().find(|p| p.config.name == call.upstream) {
                 Some(pool) => {
                     self.pool_call(pool, &call.headers, body, method, &path, limit)
                         .await

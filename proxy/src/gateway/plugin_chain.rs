@@ -81,8 +81,15 @@ impl HotCounters {
 
 impl Gateway {
     /// Count a plugin call and, on failure, log it and count the limit reached.
-    fn plugin_outcome(&self, route: usize, plugin: &str, hook: Hook, outcome: HookOutcome) {
-        let route = self.router.route(route).name.as_str();
+    fn plugin_outcome(
+        &self,
+        live: &super::ConfigVersion,
+        route: usize,
+        plugin: &str,
+        hook: Hook,
+        outcome: HookOutcome,
+    ) {
+        let route = live.router.route(route).name.as_str();
         self.metrics.plugin_call(route, plugin, hook, outcome);
     }
     fn plugin_failed(
@@ -101,12 +108,12 @@ impl Gateway {
         if let Some(limit) = err.limit() {
             self.metrics.plugin_limit_hit(&name, limit, 1);
         }
-        self.plugin_outcome(route, &name, hook, outcome);
+        self.plugin_outcome(&ctx.live, route, &name, hook, outcome);
         if outcome != HookOutcome::Error {
             // Said once when it was marked unhealthy; counted per request.
-            tracing::debug!(request_id = %ctx.request_id, route = %self.router.route(route).name, plugin = %name, error = %err, "plugin skipped while unhealthy");
+            tracing::debug!(request_id = %ctx.request_id, route = %ctx.live.router.route(route).name, plugin = %name, error = %err, "plugin skipped while unhealthy");
         } else {
-            tracing::warn!(request_id = %ctx.request_id, route = %self.router.route(route).name, plugin = %name, error = %err, "plugin failed");
+            tracing::warn!(request_id = %ctx.request_id, route = %ctx.live.router.route(route).name, plugin = %name, error = %err, "plugin failed");
         }
         name
     }
@@ -127,7 +134,7 @@ impl Gateway {
         let limit = plugins
             .iter()
             .map(|p| p.limits.bytes_per_host_call as u64)
-            .fold(self.router.route(route).max_body_bytes, u64::min);
+            .fold(ctx.live.router.route(route).max_body_bytes, u64::min);
         let mut body = match session.as_mut().is_body_empty() {
             true => None,
             false => match self.read_body(session, ctx, limit, true).await? {
@@ -141,13 +148,14 @@ impl Gateway {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let scheme = if tls { "https" } else { "http" };
         let props = self.request_properties(session, ctx, route, scheme);
+        let live = ctx.live.clone();
         ctx.plugin_contexts.reserve(plugins.len());
         for (k, plugin) in plugins.iter().enumerate() {
             let mut pairs = crate::plugins::request_pairs(session.req_header(), scheme);
             let result = match plugin.start_request(props.clone()) {
                 Ok(mut hc) => {
                     let request_id = ctx.request_id.as_str();
-                    let perform = |call| self.http_call(call, plugin, request_id);
+                    let perform = |call| self.http_call(&live, call, plugin, request_id);
                     // The body is read: a client that leaves now cancels the
                     // plugin's calls (an in-process inference call drops its
                     // backend stream).
@@ -172,13 +180,19 @@ impl Gateway {
             };
             match result {
                 Ok((hc, gantry_plugins::Decision::Respond(local))) => {
-                    self.plugin_outcome(route, &plugin.name, Hook::Request, HookOutcome::Respond);
+                    self.plugin_outcome(
+                        &ctx.live,
+                        route,
+                        &plugin.name,
+                        Hook::Request,
+                        HookOutcome::Respond,
+                    );
                     drop(hc);
                     self.respond_locally(session, ctx, local).await?;
                     return Ok(None);
                 }
                 Ok((mut hc, _)) => {
-                    self.hot[route][k].request.inc();
+                    ctx.live.hot[route][k].request.inc();
                     if hc.headers_changed().0 {
                         let before = crate::plugins::request_pairs(session.req_header(), scheme);
                         crate::plugins::apply_request_changes(
@@ -234,7 +248,7 @@ impl Gateway {
             method: req.method.clone(),
             scheme,
             id: ctx.request_id.clone(),
-            route: self.router.route(route).name.clone(),
+            route: ctx.live.router.route(route).name.clone(),
             source: session.client_addr().and_then(|a| a.as_inet()).copied(),
         })
         .into()
@@ -254,7 +268,7 @@ impl Gateway {
             match hc.on_response_headers(&mut pairs, false) {
                 // A response cannot wait for a plugin: pausing here continues.
                 Ok(gantry_plugins::Decision::Continue | gantry_plugins::Decision::Pause) => {
-                    self.hot[route][*k].response_headers.inc();
+                    ctx.live.hot[route][*k].response_headers.inc();
                     if hc.headers_changed().1 {
                         let before = crate::plugins::response_pairs(resp);
                         crate::plugins::apply_response_changes(resp, &before, &pairs)?;
@@ -264,6 +278,7 @@ impl Gateway {
                 }
                 Ok(gantry_plugins::Decision::Respond(local)) => {
                     self.plugin_outcome(
+                        &ctx.live,
                         route,
                         &plugin.name,
                         Hook::ResponseHeaders,
@@ -338,6 +353,7 @@ impl Gateway {
                         1,
                     );
                     self.plugin_outcome(
+                        &ctx.live,
                         route,
                         &plugin.name,
                         Hook::ResponseBody,
@@ -350,6 +366,7 @@ impl Gateway {
                 }
                 Ok(gantry_plugins::Decision::Pause) if !end_of_stream => {
                     self.plugin_outcome(
+                        &ctx.live,
                         route,
                         &plugin.name,
                         Hook::ResponseBody,
@@ -360,6 +377,7 @@ impl Gateway {
                 }
                 Ok(gantry_plugins::Decision::Respond(_)) => {
                     self.plugin_outcome(
+                        &ctx.live,
                         route,
                         &plugin.name,
                         Hook::ResponseBody,
@@ -370,7 +388,7 @@ impl Gateway {
                 Ok(_) => {
                     // Counted once per response, not per chunk.
                     if end_of_stream {
-                        self.hot[route][k].response_body.inc();
+                        ctx.live.hot[route][k].response_body.inc();
                     }
                     data = chunk;
                     continue;

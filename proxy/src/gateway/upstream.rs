@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 
-impl Gateway {
+impl super::ConfigVersion {
     /// The route's pool (only HTTP-pool routes reach the upstream phases).
     pub(super) fn pool_of(&self, route: usize) -> &Arc<crate::upstream::HttpPool> {
         match self.router.route(route).target {
@@ -24,7 +24,9 @@ impl Gateway {
             _ => unreachable!("only HTTP-pool routes reach the upstream phases"),
         }
     }
+}
 
+impl Gateway {
     /// A healthy endpoint of the route's pool not tried yet for this request
     /// (by the pool's balancing: round robin, random, or consistent hash of a
     /// header or the client address). None healthy: 503; none left: 502.
@@ -33,7 +35,9 @@ impl Gateway {
         session: &Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let pool = self.pool_of(ctx.route.expect("request_filter sets the route"));
+        let pool = ctx
+            .live
+            .pool_of(ctx.route.expect("request_filter sets the route"));
         let backend = if pool.hashes() {
             let header = pool
                 .hash_header()
@@ -74,7 +78,7 @@ impl Gateway {
         ctx: &RequestCtx,
     ) -> Result<()> {
         let i = ctx.route.expect("route chosen");
-        let route = self.router.route(i);
+        let route = ctx.live.router.route(i);
         if route.strip_prefix {
             let pq = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
             let stripped = router::strip_prefix(&route.path_prefix, pq);
@@ -89,13 +93,13 @@ impl Gateway {
             upstream.remove_header(&http::header::AUTHORIZATION);
             upstream.remove_header(&crate::tenants::API_KEY_HEADER);
         }
-        self.rewrites[i].0.apply(upstream)?;
+        ctx.live.rewrites[i].0.apply(upstream)?;
 
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        crate::forwarding::apply(upstream, peer, &self.trusted_proxies)?;
+        crate::forwarding::apply(upstream, peer, &ctx.live.config.trusted_proxies)?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         upstream.insert_header(REQUEST_ID, &ctx.request_id)?;
@@ -122,7 +126,8 @@ impl Gateway {
         }
         if let Some(chunk) = body.as_ref().filter(|_| !ctx.body_preread) {
             ctx.body_bytes += chunk.len() as u64;
-            let limit = self
+            let limit = ctx
+                .live
                 .router
                 .route(ctx.route.expect("route chosen"))
                 .max_body_bytes;
@@ -142,7 +147,7 @@ impl Gateway {
         ctx: &RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let pool = self.pool_of(ctx.route.expect("route chosen"));
+        let pool = ctx.live.pool_of(ctx.route.expect("route chosen"));
         let retries_used = ctx.tried.len() as u32 - 1;
         let idempotent = session.req_header().method.is_idempotent();
         if idempotent && retries_used < pool.config.retries {

@@ -236,3 +236,40 @@ impl ReloadResult {
         }
     }
 }
+
+/// How a configuration reload ended: the `result` label of
+/// `gantry_config_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigReload {
+    /// The new configuration serves.
+    Ok,
+    /// The file could not be read or is not valid; the old one keeps serving.
+    Invalid,
+    /// It changes what only a restart or a binary upgrade can (listeners,
+    /// threads, keys…); nothing was applied.
+    NeedsRestart,
+    /// Valid, but could not be built (a pool's names did not resolve, a
+    /// plugin did not load); the old one keeps serving.
+    Failed,
+}
+
+impl ConfigReload {
+    /// Every result, in label order.
+    pub const ALL: [ConfigReload; 4] = [
+        ConfigReload::Ok,
+        ConfigReload::Invalid,
+        ConfigReload::NeedsRestart,
+        ConfigReload::Failed,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigReload::Ok => "ok",
+            ConfigReload::Invalid => "invalid",
+            ConfigReload::NeedsRestart => "needs_restart",
+            ConfigReload::Failed => "failed",
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! This file defines every metric and the vocabulary of its fixed labels
 //! ([`Refusal`], [`Handshake`], [`Hook`], [`HookOutcome`], [`Direction`],
-//! [`CallResult`], [`ReloadResult`] in `labels.rs`; plugin limits are
+//! [`CallResult`], [`ReloadResult`], [`ConfigReload`] in `labels.rs`; plugin limits are
 //! [`gantry_plugins::Limit`]);
 //! call sites record through typed methods ([`Metrics::refused`],
 //! [`Metrics::tls_handshake`], [`Metrics::plugin_call`], [`Metrics::tokens`],
@@ -15,7 +15,8 @@
 mod labels;
 
 pub use labels::{
-    CallResult, Denial, Direction, Handshake, Hook, HookOutcome, Refusal, ReloadResult,
+    CallResult, ConfigReload, Denial, Direction, Handshake, Hook, HookOutcome, Refusal,
+    ReloadResult,
 };
 
 use gantry_telemetry::{Exported, Registrar};
@@ -72,6 +73,11 @@ pub struct Metrics {
     key_store_up: IntGaugeVec,
     /// `gantry_key_store_errors_total`: its commands that failed or timed out.
     key_store_errors: IntCounterVec,
+    /// `gantry_config_version`: the live configuration's number (1 at start,
+    /// one more per applied reload).
+    pub config_version: IntGauge,
+    /// `gantry_config_reloads_total{result}`, one counter per [`ConfigReload`].
+    config_reloads: Vec<IntCounter>,
 }
 
 /// Statuses most answers have: their `gantry_requests_total` series are kept
@@ -401,6 +407,21 @@ impl Metrics {
                 "Commands to the shared key store (Redis) that failed or timed out",
                 &[],
             ),
+            config_version: r.int_gauge(
+                "gantry_config_version",
+                "The live configuration: 1 at start, one more per applied reload",
+            ),
+            config_reloads: {
+                let reloads = r.counter(
+                    "gantry_config_reloads_total",
+                    "Configuration reloads (SIGHUP, POST /admin/reload), by result: ok, invalid, needs_restart, failed",
+                    &["result"],
+                );
+                ConfigReload::ALL
+                    .iter()
+                    .map(|r| reloads.with_label_values(&[r.as_str()]))
+                    .collect()
+            },
             exported: r.finish(),
         }
     }
@@ -502,6 +523,11 @@ impl Metrics {
             .limit_hits
             .with_label_values(&[plugin, limit.as_str()])
             .inc_by(n);
+    }
+
+    /// Count a configuration reload.
+    pub fn config_reload(&self, result: ConfigReload) {
+        self.config_reloads[result as usize].inc();
     }
 
     /// Count a plugin hot reload.

@@ -113,12 +113,26 @@ pub struct ApiCall<'a> {
 
 impl Api {
     /// Start every inference pool's watchers on `runtime` and build the OpenAPI
-    /// document for the routes that serve the API.
-    pub fn start(config: &Config, metrics: Arc<Metrics>, runtime: tokio::runtime::Handle) -> Self {
+    /// document for the routes that serve the API. A pool configured exactly
+    /// as one of `previous`'s (a reload) is that pool, with its backends,
+    /// their load and its prefix index.
+    pub fn start(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        runtime: tokio::runtime::Handle,
+        previous: Option<&Api>,
+    ) -> Self {
+        let kept = |p: &gantry_config::InferencePool| {
+            previous?.pools.iter().find(|old| old.config == *p).cloned()
+        };
         let pools = config
             .inference_pools
             .iter()
-            .map(|p| InferencePool::start(p.clone(), metrics.clone(), runtime.clone()))
+            .map(|p| {
+                kept(p).unwrap_or_else(|| {
+                    InferencePool::start(p.clone(), metrics.clone(), runtime.clone())
+                })
+            })
             .collect();
         let prefixes: Vec<String> = config
             .routes

@@ -19,9 +19,10 @@ pub const PLUGIN_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from
 /// Every route's plugins (by route index), the engine they run on, and what is
 /// needed to load them again.
 ///
-/// Hot reload: a changed file (checked every [`PLUGIN_WATCH_INTERVAL`]),
-/// `POST /admin/reload` or SIGHUP loads the new version off the request path and
-/// swaps it in; requests already running keep the version they started with (their
+/// Hot reload: a changed file (checked every [`PLUGIN_WATCH_INTERVAL`]), or a
+/// configuration reload (`POST /admin/reload`, SIGHUP; [`crate::reload`]) that
+/// leaves the route's plugins as they were, loads the new version off the
+/// request path and swaps it in; requests already running keep the version they started with (their
 /// contexts hold it), new ones get the new one. A module that fails to load is
 /// logged and counted, and the old version keeps serving.
 pub struct Plugins {
@@ -35,7 +36,7 @@ pub struct Plugins {
 }
 
 /// What a reload did.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ReloadReport {
     /// `route/plugin` names swapped to a new version.
     pub reloaded: Vec<String>,
@@ -148,33 +149,31 @@ impl Plugins {
         report
     }
 
-    /// Reload on file changes (polled) and on SIGHUP, on `runtime`.
+    /// Whether `config` gives every route the plugins these were loaded
+    /// for (a configuration reload then keeps them, reloading their files).
+    pub fn serve_the_same(&self, config: &Config) -> bool {
+        self.routes.len() == config.routes.len()
+            && self
+                .routes
+                .iter()
+                .zip(&config.routes)
+                .all(|((name, refs), r)| *name == r.name && *refs == r.plugins)
+    }
+
+    /// Reload on file changes (polled every [`PLUGIN_WATCH_INTERVAL`]) on
+    /// `runtime`, while these plugins are in use.
     pub fn watch(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
         if self.engine.is_none() {
             return;
         }
         let weak = Arc::downgrade(self);
         runtime.spawn(async move {
-            let mut hup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             loop {
-                let signalled = match hup.as_mut() {
-                    Some(h) => tokio::select! {
-                        _ = h.recv() => true,
-                        _ = tokio::time::sleep(PLUGIN_WATCH_INTERVAL) => false,
-                    },
-                    None => {
-                        tokio::time::sleep(PLUGIN_WATCH_INTERVAL).await;
-                        false
-                    }
-                };
+                tokio::time::sleep(PLUGIN_WATCH_INTERVAL).await;
                 let Some(plugins) = weak.upgrade() else {
                     return;
                 };
-                if signalled {
-                    tracing::info!("SIGHUP: reloading every plugin");
-                }
-                plugins.reload(signalled);
+                plugins.reload(false);
             }
         });
     }

@@ -8,12 +8,8 @@ use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, Tcp
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
-use pingora::services::background::background_service;
-use pingora::services::ServiceWithDependents;
 use std::sync::Arc;
-
-/// A health-check task for the server to run in the background.
-pub type HealthService = Box<dyn ServiceWithDependents>;
+use tokio::runtime::Handle;
 
 /// Bound on how many endpoints one selection visits before giving up.
 const MAX_SELECT_ITERATIONS: usize = 256;
@@ -47,18 +43,28 @@ pub struct HttpPool {
     pub selector: Arc<dyn Selector>,
     /// SNI for upstream TLS: configured, or the first endpoint's host.
     sni: String,
+    /// Its active health checks, stopped when the pool goes (a reload
+    /// removed or changed it, and its last request ended).
+    _health: Option<HealthChecks>,
+}
+
+/// Stops a pool's health-check task when dropped.
+struct HealthChecks(tokio::sync::watch::Sender<bool>);
+
+impl Drop for HealthChecks {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
 }
 
 impl HttpPool {
-    /// Build a pool, resolving endpoint names now. Returns the background service that
-    /// runs its health checks, if it has any.
-    pub fn build(
-        config: &gantry_config::Pool,
-    ) -> anyhow::Result<(HttpPool, Option<HealthService>)> {
-        let (selector, service) = match config.load_balancing {
-            LoadBalancing::RoundRobin => build_lb::<RoundRobin>(config)?,
-            LoadBalancing::Random => build_lb::<Random>(config)?,
-            LoadBalancing::ConsistentHash => build_lb::<Consistent>(config)?,
+    /// Build a pool, resolving endpoint names now; its health checks, if it
+    /// has any, run on `runtime` while it lives.
+    pub fn build(config: &gantry_config::Pool, runtime: &Handle) -> anyhow::Result<HttpPool> {
+        let (selector, health) = match config.load_balancing {
+            LoadBalancing::RoundRobin => build_lb::<RoundRobin>(config, runtime)?,
+            LoadBalancing::Random => build_lb::<Random>(config, runtime)?,
+            LoadBalancing::ConsistentHash => build_lb::<Consistent>(config, runtime)?,
         };
         let sni = config.sni.clone().unwrap_or_else(|| {
             config
@@ -68,14 +74,12 @@ impl HttpPool {
                 .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
                 .unwrap_or_default()
         });
-        Ok((
-            HttpPool {
-                config: config.clone(),
-                selector,
-                sni,
-            },
-            service,
-        ))
+        Ok(HttpPool {
+            config: config.clone(),
+            selector,
+            sni,
+            _health: health,
+        })
     }
 
     /// An endpoint for a request, skipping unhealthy ones and those already tried.
@@ -110,7 +114,8 @@ impl HttpPool {
 
 fn build_lb<S>(
     config: &gantry_config::Pool,
-) -> anyhow::Result<(Arc<dyn Selector>, Option<HealthService>)>
+    runtime: &Handle,
+) -> anyhow::Result<(Arc<dyn Selector>, Option<HealthChecks>)>
 where
     S: BackendSelection + Send + Sync + 'static,
     S::Iter: BackendIter,
@@ -159,9 +164,11 @@ where
     lb.set_health_check(check);
     lb.health_check_frequency = Some(hc.interval);
     lb.parallel_health_check = true;
-    let service = background_service(&format!("health check {}", config.name), lb);
-    let selector: Arc<dyn Selector> = service.task();
-    Ok((selector, Some(Box::new(service))))
+    let lb = Arc::new(lb);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = lb.clone();
+    runtime.spawn(async move { task.run(stopped, None).await });
+    Ok((lb, Some(HealthChecks(stop))))
 }
 
 /// Logs every ejection and re-admission.

@@ -202,6 +202,19 @@ pub fn one_pool(endpoints: &[SocketAddr], pool_extra: &str, tail: &str) -> Strin
     )
 }
 
+/// `config` with `{gateway}` and `{admin}` replaced, and an `[admin]` with
+/// [`ADMIN_TOKEN`] unless it has its own.
+fn config_text(config: &str, addr: SocketAddr, admin: SocketAddr) -> String {
+    let text = config
+        .replace("{gateway}", &addr.to_string())
+        .replace("{admin}", &admin.to_string());
+    if text.contains("[admin]") {
+        text
+    } else {
+        format!("[admin]\naddress = \"{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n{text}")
+    }
+}
+
 /// A running gateway. `{gateway}` and `{admin}` in the config text are replaced by
 /// ephemeral addresses; `{dir}` by a temporary directory (for TLS files).
 pub struct Gateway {
@@ -212,6 +225,9 @@ pub struct Gateway {
     pub lifecycle: Arc<gantry::lifecycle::Lifecycle>,
     handle: ShutdownHandle,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The configuration file it reads (again on reload), in `_dir`.
+    pub config_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -223,17 +239,12 @@ impl Gateway {
         init_logging();
         let addr = free_addr();
         let admin = free_addr();
-        let text = config
-            .replace("{gateway}", &addr.to_string())
-            .replace("{admin}", &admin.to_string());
-        let text = if text.contains("[admin]") {
-            text
-        } else {
-            format!("[admin]\naddress = \"{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n{text}")
-        };
-        let config = gantry_config::parse(&text, "test", base)
-            .unwrap_or_else(|e| panic!("{e}\n---\n{text}"));
-        let gantry = Gantry::build(config).expect("gateway builds");
+        let text = config_text(config, addr, admin);
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config_file = dir.path().join("gantry.toml");
+        std::fs::write(&config_file, &text).expect("configuration written");
+        let source = gantry::ConfigSource::file_in(&config_file, base);
+        let gantry = Gantry::load(source).unwrap_or_else(|e| panic!("{e:#}\n---\n{text}"));
         let (gantry_metrics, lifecycle) = (gantry.metrics.clone(), gantry.lifecycle.clone());
         let handle = ShutdownHandle::default();
         let trigger = ShutdownTrigger::Handle(handle.clone());
@@ -248,7 +259,19 @@ impl Gateway {
             lifecycle,
             handle,
             thread: Some(thread),
+            config_file,
+            _dir: dir,
         }
+    }
+
+    /// Write `config` (with the same `{gateway}` and `{admin}`) as the
+    /// gateway's configuration file, for the next reload.
+    pub fn write_config(&self, config: &str) {
+        let text = config_text(config, self.addr, self.admin);
+        let next = self.config_file.with_extension("toml.next");
+        std::fs::write(&next, text).expect("configuration written");
+        // Renamed into place: a reload never reads half a file.
+        std::fs::rename(&next, &self.config_file).expect("configuration replaced");
     }
 
     pub fn url(&self, path: &str) -> String {

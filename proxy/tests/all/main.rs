@@ -17,6 +17,7 @@ mod plugin_calls;
 mod plugins;
 mod prefix_routing;
 mod python_openai;
+mod reload;
 mod retry;
 mod routing;
 mod shared_keys;

@@ -498,7 +498,7 @@ async fn hot_reload_swaps_a_plugin_under_load_without_failing_a_request() {
     replace(&file, &versioned(2));
     let res = gw.admin_reload(Some(ADMIN_TOKEN)).await;
     assert_eq!(res.status(), 200);
-    assert!(json(res).await["reloaded"]
+    assert!(json(res).await["plugins"]["reloaded"]
         .as_array()
         .unwrap()
         .iter()
@@ -518,7 +518,7 @@ async fn hot_reload_swaps_a_plugin_under_load_without_failing_a_request() {
     assert_eq!(res.status(), 500);
     let report = json(res).await;
     assert!(
-        report["failed"][0]
+        report["plugins"]["failed"][0]
             .as_str()
             .unwrap()
             .contains("not a valid module"),
