@@ -31,6 +31,8 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// How long in-flight requests get to finish after SIGTERM, in milliseconds.
 pub const DEFAULT_SHUTDOWN_GRACE_PERIOD_MS: u64 = 30_000;
+/// The Unix socket a binary upgrade hands the listening sockets over on.
+pub const DEFAULT_UPGRADE_SOCKET: &str = "/tmp/gantry-upgrade.sock";
 /// Time to establish a TCP (and TLS) connection to an upstream endpoint, in milliseconds.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Longest wait for the next bytes from an upstream endpoint, in milliseconds.
@@ -303,6 +305,11 @@ pub struct ServerSection {
     /// `X-Client-IP` are removed. Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The Unix socket on which a binary upgrade hands the listening sockets
+    /// from the running gateway to the one started with `--upgrade` (both
+    /// read it from the same file). Default [`DEFAULT_UPGRADE_SOCKET`]; give
+    /// each gateway on one machine its own.
+    pub upgrade_socket: Option<String>,
 }
 
 /// `[limits]`

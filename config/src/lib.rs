@@ -173,6 +173,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Where a binary upgrade hands the listening sockets over.
+    pub upgrade_socket: PathBuf,
     /// Who may use the admin listener.
     pub admin_access: AdminAccess,
     /// API keys of tenants, in file order.

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod openai;
 pub mod plugins;
+pub mod process;
 pub mod reload;
 pub mod rewrite;
 pub mod router;
@@ -30,5 +31,6 @@ pub mod tenants;
 pub mod tls;
 pub mod upstream;
 
+pub use process::{Process, ShutdownHandle, ShutdownTrigger};
 pub use reload::ConfigSource;
-pub use server::{Gantry, ShutdownHandle, ShutdownTrigger};
+pub use server::Gantry;

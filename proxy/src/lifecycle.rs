@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub struct Lifecycle {
     draining: AtomicBool,
+    handing_over: AtomicBool,
     inflight: AtomicUsize,
     idle: Notify,
 }
@@ -24,6 +25,20 @@ impl Lifecycle {
     /// Whether draining has started.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// A binary upgrade has begun: a new process shares the listening
+    /// sockets, so new connections are still taken (the kernel gives each to
+    /// one of the two), but `/readyz` fails and every response closes its
+    /// connection, so clients reconnect, to either process, before this one
+    /// stops accepting.
+    pub fn start_handing_over(&self) {
+        self.handing_over.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether responses close their connection: draining or handing over.
+    pub fn closes_connections(&self) -> bool {
+        self.is_draining() || self.handing_over.load(Ordering::Relaxed)
     }
 
     /// Requests in progress.

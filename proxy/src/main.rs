@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use gantry::{ConfigSource, Gantry, ShutdownTrigger};
+use gantry::{ConfigSource, Gantry, Process, ShutdownTrigger};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -57,6 +57,11 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Take the listening sockets over from the running gateway (binary
+        /// upgrade): build, then wait on `server.upgrade_socket` until it is
+        /// sent SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Run the gateway and an inference backend in one process: on the embedded
     /// defaults, the gateway on 127.0.0.1:8080 (OpenAI-compatible API on /v1,
@@ -75,6 +80,10 @@ enum Command {
         /// Run the gateway only (as `gantry gateway`).
         #[arg(long, conflicts_with = "backend_config")]
         no_backend: bool,
+        /// Take the listening sockets over from the running gateway (binary
+        /// upgrade; with --no-backend: a backend's gRPC port is not handed over).
+        #[arg(long, requires = "no_backend")]
+        upgrade: bool,
     },
     /// Run the inference backend: models behind a continuous-batching scheduler,
     /// served over gRPC (gantry.inference.v1). Without --config, the embedded
@@ -129,10 +138,15 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Run the gateway on `source` until SIGTERM; SIGHUP reloads `source`.
-fn run_gateway(source: ConfigSource) -> anyhow::Result<()> {
-    let gantry = Gantry::load(source).context("starting the gateway")?;
-    gantry.run(ShutdownTrigger::Signals);
+/// Run the gateway on `source` until SIGTERM (or SIGQUIT, handing over to a
+/// new one); SIGHUP reloads `source`. `then` runs just before the process exits.
+fn run_gateway(
+    source: ConfigSource,
+    process: Process,
+    then: Box<dyn FnOnce() + Send>,
+) -> anyhow::Result<()> {
+    let gantry = Gantry::load_as(source, process).context("starting the gateway")?;
+    gantry.run_then(ShutdownTrigger::Signals, then);
     Ok(())
 }
 
@@ -175,14 +189,15 @@ fn main() -> ExitCode {
             print!("{}", gantry_config::EMBEDDED_DEFAULT);
             return ExitCode::SUCCESS;
         }
-        Command::Gateway { config } => ConfigSource::file(&config),
+        Command::Gateway { config, upgrade } => (ConfigSource::file(&config), upgrade),
         Command::Serve {
             config,
             backend_config: backend_path,
             no_backend,
+            upgrade,
         } => {
             init_logging(cli.log_format);
-            return match serve(config, backend_path, no_backend) {
+            return match serve(config, backend_path, no_backend, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -192,7 +207,12 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_format);
-    match run_gateway(config) {
+    let (config, take_over) = config;
+    let process = Process::Own {
+        take_over,
+        hand_over: true,
+    };
+    match run_gateway(config, process, Box::new(|| {})) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -207,6 +227,7 @@ fn serve(
     config: Option<PathBuf>,
     backend_path: Option<PathBuf>,
     no_backend: bool,
+    upgrade: bool,
 ) -> anyhow::Result<()> {
     let gateway = match config {
         Some(path) => ConfigSource::file(&path),
@@ -233,15 +254,33 @@ fn serve(
         _ => None,
     };
     // A gateway that could not start returns at once; exiting the process then
-    // stops the backend too. Otherwise both got the shutdown signal: wait for the
-    // backend's drain.
-    run_gateway(gateway)?;
-    if let Some(thread) = backend {
-        thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("the backend thread panicked"))??;
-    }
-    Ok(())
+    // stops the backend too. Otherwise both got the shutdown signal: the
+    // gateway waits for the backend's drain before the process exits.
+    let backend = std::sync::Mutex::new(backend);
+    let join_backend = move || -> anyhow::Result<()> {
+        match backend.lock().expect("backend handle lock").take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the backend thread panicked"))?,
+            None => Ok(()),
+        }
+    };
+    let join_backend = std::sync::Arc::new(join_backend);
+    let at_exit = join_backend.clone();
+    let process = Process::Own {
+        take_over: upgrade,
+        hand_over: no_backend,
+    };
+    run_gateway(
+        gateway,
+        process,
+        Box::new(move || {
+            if let Err(e) = at_exit() {
+                eprintln!("error: {e:#}");
+            }
+        }),
+    )?;
+    join_backend()
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {

@@ -91,6 +91,8 @@ pub const RESTART_ONLY: &[&str] = &[
     "limits.head_timeout_ms",
     "limits.keepalive_timeout_ms",
     "limits.h2_max_concurrent_streams",
+    "limits.shutdown_grace_period_ms",
+    "server.upgrade_socket",
 ];
 
 /// Which of [`RESTART_ONLY`] differ between `old` and `new`.
@@ -108,6 +110,8 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         a.head_timeout != b.head_timeout,
         a.keepalive_timeout != b.keepalive_timeout,
         a.h2_max_concurrent_streams != b.h2_max_concurrent_streams,
+        a.shutdown_grace_period != b.shutdown_grace_period,
+        old.upgrade_socket != new.upgrade_socket,
     ];
     RESTART_ONLY
         .iter()

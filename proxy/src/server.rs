@@ -5,6 +5,7 @@ use crate::admin::AdminApp;
 use crate::gateway::{ConfigVersion, Gateway, Live, VersionParts};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::process::{Drain, Finisher, Process, ShutdownTrigger, UPGRADE_WAIT};
 use crate::reload::{ConfigSource, Reloader};
 use crate::tenants::budget::BudgetStore;
 use crate::tenants::keyring::KeyRing;
@@ -17,11 +18,11 @@ use gantry_config::{Config, KeyStore};
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::ConnectionFilter;
+use pingora::server::configuration::Opt;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use std::sync::Arc;
-use tokio::sync::Notify;
 
 /// Most threads for the background runtime: it resolves and watches inference
 /// backends (health and load streams), runs HTTP pools' health checks and
@@ -45,39 +46,30 @@ pub struct Gantry {
     grpc_runtime: tokio::runtime::Runtime,
     /// Where keys' budgets are kept, when `[key_store]` is configured.
     budgets: Option<Arc<BudgetStore>>,
-}
-
-/// Triggers shutdown from inside the process (tests, embedding).
-#[derive(Clone, Default)]
-pub struct ShutdownHandle(Arc<Notify>);
-
-impl ShutdownHandle {
-    /// Begin a graceful shutdown, as SIGTERM would.
-    pub fn shutdown(&self) {
-        self.0.notify_one();
-    }
-}
-
-/// Where the shutdown request comes from.
-pub enum ShutdownTrigger {
-    /// SIGTERM or SIGINT (both graceful; Pingora's SIGQUIT upgrade is not used).
-    Signals,
-    /// An in-process handle.
-    Handle(ShutdownHandle),
+    /// Embedded, or a process of its own.
+    process: Process,
 }
 
 impl Gantry {
-    /// Read the configuration from `source` and build the gateway on it; a
-    /// reload reads `source` again.
+    /// Read the configuration from `source` and build the gateway on it, to
+    /// run inside this program ([`Process::Embedded`]); a reload reads
+    /// `source` again.
     pub fn load(source: ConfigSource) -> anyhow::Result<Gantry> {
+        Gantry::load_as(source, Process::Embedded)
+    }
+
+    /// [`Gantry::load`], run as `process`. With `Process::Own { upgrade:
+    /// true }` it returns once the running gateway handed its listening
+    /// sockets over.
+    pub fn load_as(source: ConfigSource, process: Process) -> anyhow::Result<Gantry> {
         let (config, sha256) = source.read()?;
-        Gantry::assemble(config, sha256, Some(source))
+        Gantry::assemble(config, sha256, Some(source), process)
     }
 
     /// Build the gateway on a configuration already parsed (a reload builds
-    /// it again, reloading its plugins' files).
+    /// it again, reloading its plugins' files), to run inside this program.
     pub fn build(config: Config) -> anyhow::Result<Gantry> {
-        Gantry::assemble(config, String::new(), None)
+        Gantry::assemble(config, String::new(), None, Process::Embedded)
     }
 
     /// Build listeners, pools, health checks and the admin listener.
@@ -85,18 +77,38 @@ impl Gantry {
         config: Config,
         sha256: String,
         source: Option<ConfigSource>,
+        process: Process,
     ) -> anyhow::Result<Gantry> {
-        check_bindable(&config)?;
+        let upgrade = matches!(
+            process,
+            Process::Own {
+                take_over: true,
+                ..
+            }
+        );
+        if !upgrade {
+            check_bindable(&config)?;
+        }
         let mut conf = ServerConf {
             threads: config.threads,
-            // Our own drain (see `Drain`) waits for in-flight requests; Pingora need not.
-            grace_period_seconds: Some(0),
             graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_TIMEOUT_SECS),
+            upgrade_sock: config.upgrade_socket.display().to_string(),
+            upgrade_sock_connect_accept_max_retries: Some(UPGRADE_WAIT.as_secs() as usize),
             ..ServerConf::default()
         };
+        conf.grace_period_seconds = Some(match process {
+            // Our own drain (see `Drain`) waits for in-flight requests; Pingora need not.
+            Process::Embedded => 0,
+            // Pingora's wait bounds the finisher's (see `Finisher`), which exits
+            // as soon as nothing is in flight.
+            Process::Own { .. } => config.limits.shutdown_grace_period.as_secs() + 2,
+        });
         conf.upstream_keepalive_pool_size = conf.upstream_keepalive_pool_size.max(128);
-        let mut server = Server::new_with_opt_and_conf(None, conf);
-        server.bootstrap();
+        let opt = Opt {
+            upgrade,
+            ..Opt::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(opt, conf);
 
         let metrics = Arc::new(Metrics::new());
         let lifecycle = Arc::new(Lifecycle::default());
@@ -193,7 +205,14 @@ impl Gantry {
             server.add_service(admin_service);
         }
 
+        if upgrade {
+            tracing::info!(socket = %config.upgrade_socket.display(), wait_s = UPGRADE_WAIT.as_secs(), "built: waiting for the running gateway's listening sockets (send it SIGQUIT)");
+        }
+        // Takes the sockets over when upgrading; built first, so the running
+        // gateway serves while this one loads its plugins and pools.
+        server.bootstrap();
         Ok(Gantry {
+            process,
             server,
             config,
             lifecycle,
@@ -205,8 +224,15 @@ impl Gantry {
     }
 
     /// Run until shutdown. Blocks the calling thread; returns once every in-flight
-    /// request finished or the grace period ran out.
+    /// request finished or the grace period ran out (a process of its own
+    /// exits then instead, see [`Gantry::run_then`]).
     pub fn run(self, trigger: ShutdownTrigger) {
+        self.run_then(trigger, Box::new(|| {}));
+    }
+
+    /// [`Gantry::run`]; a process of its own runs `then` (after writing what
+    /// must outlive it) just before it exits.
+    pub fn run_then(self, trigger: ShutdownTrigger, then: Box<dyn FnOnce() + Send>) {
         tracing::info!(
             listeners = ?self.config.listeners.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
             admin = ?self.config.admin.map(|a| a.to_string()),
@@ -215,22 +241,50 @@ impl Gantry {
         if matches!(trigger, ShutdownTrigger::Signals) {
             self.reloader.on_hangup();
         }
+        let deadline = Arc::new(std::sync::Mutex::new(None));
+        if let Process::Own { .. } = self.process {
+            let budgets = self.budgets.clone();
+            Finisher {
+                phases: self.server.watch_execution_phase(),
+                lifecycle: self.lifecycle.clone(),
+                reloader: self.reloader.clone(),
+                deadline: deadline.clone(),
+            }
+            .start(Box::new(move || {
+                keep_budgets(budgets.as_deref());
+                tracing::info!("gantry gateway stopped");
+                then();
+            }));
+        }
         let drain = Drain {
             trigger,
+            hand_over: matches!(
+                self.process,
+                Process::Own {
+                    hand_over: true,
+                    ..
+                }
+            ),
             lifecycle: self.lifecycle.clone(),
             reloader: self.reloader.clone(),
+            deadline,
         };
         self.server.run(RunArgs {
             shutdown_signal: Box::new(drain),
         });
         self.grpc_runtime.shutdown_background();
         // Requests have drained: what they settled is kept.
-        if let Some(store) = &self.budgets {
-            if let Err(e) = store.flush() {
-                tracing::error!(error = %e, "cannot write keys' budgets to the key store");
-            }
-        }
+        keep_budgets(self.budgets.as_deref());
         tracing::info!("gantry gateway stopped");
+    }
+}
+
+/// Write what keys settled to the key store, if there is one.
+fn keep_budgets(store: Option<&BudgetStore>) {
+    if let Some(store) = store {
+        if let Err(e) = store.flush() {
+            tracing::error!(error = %e, "cannot write keys' budgets to the key store");
+        }
     }
 }
 
@@ -247,52 +301,6 @@ fn check_bindable(config: &Config) -> anyhow::Result<()> {
             .with_context(|| format!("{what}: cannot listen on {addr}"))?;
     }
     Ok(())
-}
-
-/// Graceful shutdown: on the trigger, refuse new connections, close kept-alive ones
-/// after their current response, wait for in-flight requests (up to the grace
-/// period), then let Pingora stop the runtimes.
-struct Drain {
-    trigger: ShutdownTrigger,
-    lifecycle: Arc<Lifecycle>,
-    /// The live configuration's grace period applies.
-    reloader: Arc<Reloader>,
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for Drain {
-    async fn recv(&self) -> ShutdownSignal {
-        match &self.trigger {
-            ShutdownTrigger::Handle(h) => h.0.notified().await,
-            ShutdownTrigger::Signals => {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-                let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-        }
-        let inflight = self.lifecycle.inflight();
-        let grace = self.reloader.live().config.limits.shutdown_grace_period;
-        tracing::info!(
-            inflight,
-            grace_ms = grace.as_millis() as u64,
-            "shutdown requested: draining"
-        );
-        self.lifecycle.start_draining();
-        if tokio::time::timeout(grace, self.lifecycle.wait_idle())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                abandoned = self.lifecycle.inflight(),
-                "grace period over with requests still in flight"
-            );
-        }
-        ShutdownSignal::GracefulTerminate
-    }
 }
 
 /// Accept-time admission: refuse connections over `limits.max_connections` and

@@ -7,7 +7,7 @@ use crate::{
 };
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod keys;
@@ -170,6 +170,14 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
     let routes = convert_routes(&mut c, &raw, limits.max_body_bytes, base);
 
     let trusted_proxies = convert_trusted_proxies(&mut c, &raw.server.trusted_proxies);
+    let upgrade_socket = match raw.server.upgrade_socket.as_deref() {
+        Some("") => {
+            c.fail("server.upgrade_socket", "must be a path");
+            PathBuf::new()
+        }
+        Some(path) => base.join(path),
+        None => PathBuf::from(DEFAULT_UPGRADE_SOCKET),
+    };
     let admin_access = raw
         .admin
         .as_ref()
@@ -201,6 +209,7 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         Ok(Config {
             admin_access,
             trusted_proxies,
+            upgrade_socket,
             threads,
             limits,
             admin,

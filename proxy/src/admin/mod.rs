@@ -380,7 +380,7 @@ impl ServeHttp for AdminApp {
                     .await
             }
             "/readyz" => {
-                if self.lifecycle.is_draining() {
+                if self.lifecycle.closes_connections() {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "text/plain",

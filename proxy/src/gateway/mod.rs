@@ -94,7 +94,8 @@ impl ProxyHttp for Gateway {
         let limits = &ctx.live.config.limits;
         session.set_read_timeout(Some(limits.client_read_timeout));
         session.set_write_timeout(Some(limits.client_write_timeout));
-        if self.lifecycle.is_draining() || !crate::framing::client_keeps_alive(session.req_header())
+        if self.lifecycle.closes_connections()
+            || !crate::framing::client_keeps_alive(session.req_header())
         {
             session.set_keepalive(None);
         } else {
@@ -211,8 +212,8 @@ impl ProxyHttp for Gateway {
             crate::tenants::add_rate_headers(resp, limiter)?;
         }
         crate::framing::frame_response(session, resp)?;
-        if self.lifecycle.is_draining() {
-            // Draining: this response is the connection's last.
+        if self.lifecycle.closes_connections() {
+            // Draining or handing over: this response is the connection's last.
             session.set_keepalive(None);
         }
         Ok(())

@@ -44,7 +44,7 @@ impl Gateway {
         if let Some(limiter) = self.limiter(ctx) {
             crate::tenants::add_rate_headers(&mut resp, limiter)?;
         }
-        if err.status() == 413 || err.status() == 431 || self.lifecycle.is_draining() {
+        if err.status() == 413 || err.status() == 431 || self.lifecycle.closes_connections() {
             // The rest of an oversized request may still be in flight: don't reuse.
             session.set_keepalive(None);
         }

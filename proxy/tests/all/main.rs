@@ -24,3 +24,4 @@ mod shared_keys;
 mod shutdown;
 mod slow_clients;
 mod tls;
+mod upgrade;
