@@ -90,6 +90,24 @@ impl AdminApp {
                 })
             })
             .collect();
+        let plugins: Vec<_> = live
+            .plugins
+            .by_route_name()
+            .iter()
+            .flat_map(|(route, plugins)| {
+                plugins.iter().map(move |p| {
+                    serde_json::json!({
+                        "route": route,
+                        "name": p.name,
+                        "abi": p.abi,
+                        "healthy": !p.is_unhealthy(),
+                        "instances_in_use": p.instances_in_use(),
+                        "max_instances": p.limits.max_instances,
+                        "totals": self.metrics.plugin_totals(route, &p.name),
+                    })
+                })
+            })
+            .collect();
         serde_json::json!({
             "draining": self.lifecycle.is_draining(),
             "in_flight": self.lifecycle.inflight(),
@@ -103,6 +121,8 @@ impl AdminApp {
             "routes": RouteStatus::all(&live.config),
             "http_pools": http_pools,
             "inference_pools": inference_pools,
+            "plugins": plugins,
+            "recent_errors": self.metrics.recent_errors.list(),
         })
     }
 }

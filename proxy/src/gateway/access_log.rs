@@ -1,8 +1,9 @@
-//! The end of every request: the access log line (target `gantry::access`)
-//! and the request metrics.
+//! The end of every request: the access log line (target `gantry::access`),
+//! the request metrics, and a failed one kept for `/status`.
 
 use super::{Gateway, RequestCtx};
 use crate::error::GatewayError;
+use crate::metrics::FailedRequest;
 use crate::normalize::host_of;
 use pingora::proxy::Session;
 use pingora::Error;
@@ -19,6 +20,32 @@ impl Gateway {
         let metrics = &ctx.live.route_metrics;
         let counted = ctx.route.unwrap_or(metrics.len() - 1);
         metrics[counted].finished(status, elapsed);
+        // Built only for a failure or a logged line.
+        let upstream = || match &ctx.inference {
+            Some(o) => o.backend.clone().unwrap_or_default(),
+            None => ctx
+                .tried
+                .last()
+                .map(|b| b.addr.to_string())
+                .unwrap_or_default(),
+        };
+        if status >= 500 || (status == 0 && e.is_some()) {
+            self.metrics.recent_errors.record(FailedRequest {
+                at_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                request_id: ctx.request_id.clone(),
+                route: route.to_string(),
+                status,
+                error: match (&ctx.error, e) {
+                    (Some(err), _) => err.to_string(),
+                    (None, Some(e)) => e.to_string(),
+                    (None, None) if ctx.inference.is_some() => "the API's answer".into(),
+                    (None, None) => "the upstream's answer".into(),
+                },
+                upstream: upstream(),
+            });
+        }
         let req = session.req_header();
         tracing::info!(
             target: "gantry::access",
@@ -30,10 +57,7 @@ impl Gateway {
             route,
             key = ctx.tenant.map_or("", |i| self.tenants.get(i).name.as_str()),
             status,
-            upstream = %match &ctx.inference {
-                Some(o) => o.backend.clone().unwrap_or_default(),
-                None => ctx.tried.last().map(|b| b.addr.to_string()).unwrap_or_default(),
-            },
+            upstream = %upstream(),
             attempts = ctx.inference.as_ref().map_or(ctx.tried.len(), |o| o.attempts),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),

@@ -13,11 +13,13 @@
 //! pool, plugin, model names) are closed sets too: see the table's notes.
 
 mod labels;
+mod recent;
 
 pub use labels::{
     CallResult, ConfigReload, Denial, Direction, Handshake, Hook, HookOutcome, Refusal,
     ReloadResult,
 };
+pub use recent::{FailedRequest, PluginTotals, RecentErrors, RECENT_ERRORS};
 
 use gantry_telemetry::{Exported, Registrar};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
@@ -78,6 +80,8 @@ pub struct Metrics {
     pub config_version: IntGauge,
     /// `gantry_config_reloads_total{result}`, one counter per [`ConfigReload`].
     config_reloads: Vec<IntCounter>,
+    /// The last failed requests, for `/status` (not exported).
+    pub recent_errors: RecentErrors,
 }
 
 /// Statuses most answers have: their `gantry_requests_total` series are kept
@@ -422,6 +426,7 @@ impl Metrics {
                     .map(|r| reloads.with_label_values(&[r.as_str()]))
                     .collect()
             },
+            recent_errors: RecentErrors::default(),
             exported: r.finish(),
         }
     }
@@ -523,6 +528,24 @@ impl Metrics {
             .limit_hits
             .with_label_values(&[plugin, limit.as_str()])
             .inc_by(n);
+    }
+
+    /// A plugin's calls on `route`, its failures there, and its limit hits.
+    pub fn plugin_totals(&self, route: &str, plugin: &str) -> PluginTotals {
+        let here = [("route", route), ("plugin", plugin)];
+        PluginTotals {
+            calls: recent::sum(&self.plugins.calls, &here, None),
+            failed: recent::sum(
+                &self.plugins.calls,
+                &here,
+                Some(&[
+                    HookOutcome::Error.as_str(),
+                    HookOutcome::Unhealthy.as_str(),
+                    HookOutcome::Busy.as_str(),
+                ]),
+            ),
+            limit_hits: recent::sum(&self.plugins.limit_hits, &[("plugin", plugin)], None),
+        }
     }
 
     /// Count a configuration reload.

@@ -134,13 +134,29 @@ async fn the_dashboard_shows_endpoints_and_live_backend_load_in_a_real_browser()
         ..Behaviour::default()
     });
     let origin = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (request, response) = crate::plugins::ADD_HEADERS;
+    let plugin = crate::plugins::plugin(dir.path(), "tag", request, response);
     let config = crate::openai::ai_config(&[backend.addr], "")
         + &format!(
-            "[[pools]]\nname = \"web\"\nendpoints = [\"{}\"]\n[[routes]]\nname = \"web\"\npath_prefix = \"/web\"\npool = \"web\"\n",
-            origin.addr
+            "[[pools]]\nname = \"web\"\nendpoints = [\"{}\"]\n[[routes]]\nname = \"web\"\npath_prefix = \"/web\"\npool = \"web\"\n\
+             [[routes.plugins]]\nname = \"tag\"\nfile = \"{}\"\n",
+            origin.addr,
+            plugin.display()
         );
     let gw = Gateway::start(&config).await;
     gw.wait_backend_healthy("ai", backend.addr).await;
+    // A request through the plugin that the origin answers 503: the plugin
+    // counts a call, and the failure is listed.
+    let failed = gw
+        .client
+        .get(gw.url("/web/x"))
+        .header("x-status", "503")
+        .header("x-request-id", "dashboard-failed-request")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 503);
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let artifacts = repo.join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -151,6 +167,8 @@ async fn the_dashboard_shows_endpoints_and_live_backend_load_in_a_real_browser()
         .arg(format!("http://{}", gw.admin))
         .arg(&shot)
         .arg(backend.addr.to_string())
+        .arg("web/tag")
+        .arg("dashboard-failed-request")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -193,6 +211,17 @@ async fn the_dashboard_shows_endpoints_and_live_backend_load_in_a_real_browser()
         serde_json::json!([origin.addr.to_string()])
     );
     assert!(seen["running"].as_str().unwrap().starts_with('1'), "{seen}");
+    assert!(seen["plugin_calls"].as_str().unwrap() >= "1", "{seen}");
+    let error = seen["error"].to_string();
+    assert!(
+        error.contains("503") && error.contains("the upstream's answer"),
+        "{seen}"
+    );
+    let config = seen["config"].as_str().unwrap();
+    assert!(
+        config.starts_with("configuration version 1 (sha256 "),
+        "{seen}"
+    );
     assert!(
         std::fs::metadata(&shot).unwrap().len() > 10_000,
         "a screenshot"

@@ -1,11 +1,13 @@
 """Load the admin dashboard in headless Chromium with every request to another
-origin blocked; once it lists the endpoints and the inference backend BACKEND,
-print READY and wait for that backend's running count to rise (the test then
-starts a stream), then screenshot.
+origin blocked; once it lists the endpoints, the inference backend BACKEND, the
+plugin PLUGIN (route/name) with at least one call and the failed request
+ERROR_ID, print READY and wait for that backend's running count to rise (the
+test then starts a stream), then screenshot.
 
-    python3 admin_dashboard.py http://ADMIN SCREENSHOT.png BACKEND
+    python3 admin_dashboard.py http://ADMIN SCREENSHOT.png BACKEND PLUGIN ERROR_ID
 
-Prints READY, then JSON: {"outside": [...], "endpoints": [...], "running": "..."}.
+Prints READY, then JSON: {"outside": [...], "endpoints": [...], "running": "...",
+"plugin_calls": "...", "error": [...cells], "config": "..."}.
 """
 
 import json
@@ -13,7 +15,7 @@ import sys
 
 from browser import page_on
 
-base, screenshot, backend = sys.argv[1], sys.argv[2], sys.argv[3]
+base, screenshot, backend, plugin, error_id = sys.argv[1:6]
 
 with page_on(base, viewport=(1280, 800)) as (page, outside, _failed):
     page.goto(base + "/", wait_until="load")
@@ -23,6 +25,18 @@ with page_on(base, viewport=(1280, 800)) as (page, outside, _failed):
     endpoints = page.eval_on_selector_all(
         "#endpoints tr[data-endpoint]", "rows => rows.map(r => r.dataset.endpoint)"
     )
+    calls = f'#plugins tr[data-plugin="{plugin}"] td.calls'
+    page.wait_for_function(
+        f"() => parseInt(document.querySelector('{calls}')?.textContent ?? '0') >= 1",
+        timeout=10000,
+    )
+    plugin_calls = page.inner_text(calls)
+    error_row = f'#errors tr[data-request-id="{error_id}"]'
+    page.wait_for_selector(error_row, timeout=10000)
+    error = page.eval_on_selector(
+        error_row, "row => Array.from(row.cells).map(c => c.textContent)"
+    )
+    config = page.inner_text("#config")
     print("READY", flush=True)
     page.wait_for_function(
         f"() => parseInt(document.querySelector('{row}')?.textContent ?? '0') >= 1",
@@ -31,4 +45,15 @@ with page_on(base, viewport=(1280, 800)) as (page, outside, _failed):
     running = page.inner_text(row)
     page.screenshot(path=screenshot, full_page=True)
 
-print(json.dumps({"outside": outside, "endpoints": endpoints, "running": running}))
+print(
+    json.dumps(
+        {
+            "outside": outside,
+            "endpoints": endpoints,
+            "running": running,
+            "plugin_calls": plugin_calls,
+            "error": error,
+            "config": config,
+        }
+    )
+)
