@@ -6,7 +6,8 @@
 //! Until a reload succeeds the old configuration keeps serving.
 //!
 //! A reload changes routes, HTTP and inference pools, plugins, per-request
-//! limits, trusted proxies and the admin token. What is bound at start
+//! limits, trusted proxies and the admin token, and reads the TLS
+//! certificates' files again (renewed certificates at the same paths). What is bound at start
 //! ([`RESTART_ONLY`]: listeners, the admin address, threads, keys and their
 //! store, connection-level limits) is not: a file that changes any of it is
 //! refused as `needs_restart`, naming what changed, and applies with a restart
@@ -15,6 +16,7 @@
 use crate::gateway::{ConfigVersion, Live, VersionParts};
 use crate::metrics::{ConfigReload, Metrics};
 use crate::plugins::ReloadReport;
+use crate::tls::Certificates;
 use gantry_config::{Config, ConfigError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -146,6 +148,9 @@ pub struct Reloader {
     /// reload then builds the same one again (its plugins' files reloaded).
     source: Option<ConfigSource>,
     live: Live,
+    /// Each TLS listener's certificates, by listener name: read again on
+    /// every reload.
+    certificates: Vec<(String, Arc<Certificates>)>,
     metrics: Arc<Metrics>,
     runtime: Handle,
     /// Held while a reload runs.
@@ -159,6 +164,7 @@ impl Reloader {
     pub fn new(
         source: Option<ConfigSource>,
         live: Live,
+        certificates: Vec<(String, Arc<Certificates>)>,
         metrics: Arc<Metrics>,
         runtime: Handle,
     ) -> Arc<Reloader> {
@@ -166,6 +172,7 @@ impl Reloader {
         Arc::new(Reloader {
             source,
             live,
+            certificates,
             metrics,
             runtime,
             running: Mutex::new(()),
@@ -235,6 +242,17 @@ impl Reloader {
                 .collect();
             return refused(ConfigReload::NeedsRestart, problems);
         }
+        // Renewed certificates at the same paths: read now, in use with the rest.
+        let mut renewed = Vec::with_capacity(self.certificates.len());
+        for (listener, certs) in &self.certificates {
+            match certs.reread() {
+                Ok(resolver) => renewed.push((certs, resolver)),
+                Err(e) => {
+                    let problem = format!("listeners `{listener}`: {e:#}");
+                    return refused(ConfigReload::Failed, vec![problem]);
+                }
+            }
+        }
         let parts = VersionParts {
             metrics: &self.metrics,
             runtime: &self.runtime,
@@ -245,6 +263,9 @@ impl Reloader {
             Ok((version, plugins)) => {
                 let sha256 = version.sha256.clone();
                 self.live.store(Arc::new(version));
+                for (certs, resolver) in renewed {
+                    certs.swap(resolver);
+                }
                 self.metrics.config_version.set(number as i64);
                 ReloadOutcome {
                     result: ConfigReload::Ok,

@@ -11,7 +11,7 @@ use crate::tenants::budget::BudgetStore;
 use crate::tenants::keyring::KeyRing;
 use crate::tenants::shared::SharedStore;
 use crate::tenants::{Shared, Tenants};
-use crate::tls::SniResolver;
+use crate::tls::Certificates;
 use anyhow::Context;
 use async_trait::async_trait;
 use gantry_config::{Config, KeyStore};
@@ -168,14 +168,16 @@ impl Gantry {
             ring,
             tenants: tenants.clone(),
         });
+        let gateway = Gateway::new(live.clone(), metrics.clone(), lifecycle.clone(), tenants);
+        let (app, certificates) =
+            front_door(&config, &server.configuration, gateway, metrics.clone())?;
         let reloader = Reloader::new(
             source,
             live.clone(),
+            certificates,
             metrics.clone(),
             grpc_runtime.handle().clone(),
         );
-        let gateway = Gateway::new(live.clone(), metrics.clone(), lifecycle.clone(), tenants);
-        let app = front_door(&config, &server.configuration, gateway, metrics.clone())?;
         let mut service = Service::new("gantry gateway".to_string(), app);
         service.set_connection_filter(Arc::new(Admission {
             max_connections: config.limits.max_connections,
@@ -328,12 +330,18 @@ impl ConnectionFilter for Admission {
 
 /// The gateway's HTTP app behind its front door: Pingora's HTTP/1 and HTTP/2
 /// options from the limits, and a TLS acceptor per TLS listener.
+/// The TLS listeners' certificates, each one for a reload to read again.
+type ListenerCertificates = Vec<(String, Arc<Certificates>)>;
+
 fn front_door(
     config: &Config,
     server_conf: &Arc<ServerConf>,
     gateway: Gateway,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<crate::front::Front<pingora::proxy::HttpProxy<Gateway>>> {
+) -> anyhow::Result<(
+    crate::front::Front<pingora::proxy::HttpProxy<Gateway>>,
+    ListenerCertificates,
+)> {
     let mut proxy = pingora::proxy::http_proxy(server_conf, gateway);
     let mut options = HttpServerOptions::default();
     options.h2c = config.listeners.iter().any(|l| l.h2c);
@@ -352,20 +360,22 @@ fn front_door(
         h2c: config.listeners.iter().any(|l| l.h2c),
     };
     let mut app = crate::front::Front::new(proxy, metrics, front_limits);
+    let mut certificates = Vec::new();
     for l in config.listeners.iter() {
         if let Some(tls) = &l.tls {
-            let resolver =
-                SniResolver::load(tls).with_context(|| format!("listener `{}`", l.name))?;
+            let certs =
+                Certificates::load(tls).with_context(|| format!("listener `{}`", l.name))?;
+            certificates.push((l.name.clone(), certs.clone()));
             let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            settings.set_cert_resolver(Arc::new(resolver));
+            settings.set_cert_resolver(certs);
             if tls.http2 {
                 settings.enable_h2();
             }
             app = app.with_tls(l.address, settings.build());
         }
     }
-    Ok(app)
+    Ok((app, certificates))
 }
 
 /// `TlsSettings::with_callbacks` is the constructor that takes a resolver instead of

@@ -80,3 +80,39 @@ impl ResolvesServerCert for SniResolver {
         self.pick(client_hello.server_name())
     }
 }
+
+/// A listener's certificates, replaced whole when a reload reads their files
+/// again (renewed certificates at the same paths): handshakes after the swap
+/// present the new ones; connections already open keep theirs.
+#[derive(Debug)]
+pub struct Certificates {
+    /// The listener's settings the files come from.
+    tls: gantry_config::Tls,
+    resolver: arc_swap::ArcSwap<SniResolver>,
+}
+
+impl Certificates {
+    /// Load `tls`'s certificates.
+    pub fn load(tls: &gantry_config::Tls) -> anyhow::Result<Arc<Certificates>> {
+        Ok(Arc::new(Certificates {
+            tls: tls.clone(),
+            resolver: arc_swap::ArcSwap::from_pointee(SniResolver::load(tls)?),
+        }))
+    }
+
+    /// Read the files again; [`Certificates::swap`] puts them in use.
+    pub fn reread(&self) -> anyhow::Result<SniResolver> {
+        SniResolver::load(&self.tls)
+    }
+
+    /// Present `resolver`'s certificates from the next handshake on.
+    pub fn swap(&self, resolver: SniResolver) {
+        self.resolver.store(Arc::new(resolver));
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.resolver.load().pick(client_hello.server_name())
+    }
+}

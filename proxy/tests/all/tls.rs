@@ -209,3 +209,44 @@ async fn h2_stream_limit_is_advertised() {
     // The server's SETTINGS have arrived with the first response.
     assert_eq!(send.current_max_send_streams(), 7);
 }
+
+/// Certificates renewed at the same paths are presented after a reload (the
+/// configuration file unchanged); a certificate that no longer loads fails
+/// the reload and the ones in use stay.
+#[tokio::test]
+async fn a_reload_presents_renewed_certificates_and_refuses_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = write_cert(dir.path(), "localhost");
+    write_cert(dir.path(), "api.test");
+    let origin = Origin::start("o").await;
+    let gw = tls_gateway(dir.path(), &origin).await;
+    assert_eq!(
+        fetch(&old, "localhost", &gw, false).await.unwrap().status(),
+        200
+    );
+
+    let renewed = write_cert(dir.path(), "localhost");
+    assert!(
+        fetch(&renewed, "localhost", &gw, false).await.is_err(),
+        "the old certificate until the reload"
+    );
+    let res = gw.admin_reload(Some(ADMIN_TOKEN)).await;
+    assert_eq!(res.status(), 200);
+    let res = fetch(&renewed, "localhost", &gw, false).await.unwrap();
+    assert_eq!(res.status(), 200, "the renewed certificate");
+    assert!(fetch(&old, "localhost", &gw, false).await.is_err());
+
+    std::fs::write(dir.path().join("localhost.key"), "not a key").unwrap();
+    let res = gw.admin_reload(Some(ADMIN_TOKEN)).await;
+    let outcome = json(res).await;
+    assert_eq!(outcome["result"], "invalid", "{outcome}");
+    assert!(
+        outcome["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("listeners[0].tls.certificates[0].key"),
+        "{outcome}"
+    );
+    let res = fetch(&renewed, "localhost", &gw, false).await.unwrap();
+    assert_eq!(res.status(), 200, "the certificate in use stays");
+}
