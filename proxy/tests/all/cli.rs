@@ -197,7 +197,12 @@ fn serve_runs_from_any_directory_on_the_data_home() {
         let line = line.unwrap();
         seen.push_str(&line);
         seen.push('\n');
-        if line.contains("gantry gateway starting") || line.contains("error") {
+        // Health checks of the default's pool (nothing on :3000 here) warn
+        // before that; only a failure to start ends the wait early.
+        if line.contains("gantry gateway starting")
+            || line.contains("ERROR")
+            || line.starts_with("error:")
+        {
             break;
         }
     }
