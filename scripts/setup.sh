@@ -15,6 +15,9 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 # The pages (/docs) are tested in headless Chromium, driven by Playwright.
 command -v chromium >/dev/null || need_apt+=(chromium)
+# The Kubernetes manifests are rendered with kubectl's kustomize (Debian's client
+# is 1.20, kustomize v2: the manifests are written for it and later ones).
+command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 for tool in "$@"; do
@@ -73,6 +76,11 @@ fi
 if ! python3 -c 'import h2' 2>/dev/null; then
   echo "setup: installing h2"
   pip_install h2==4.4.1
+fi
+# The rendered manifests are validated against pinned Kubernetes schemas.
+if ! python3 -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+  echo "setup: installing kubernetes-validate"
+  pip_install kubernetes-validate==1.37.0 PyYAML==6.0.3
 fi
 # The OpenAI-compatible API is tested with the official `openai` client, and its
 # OpenAPI document with openapi-spec-validator.

@@ -310,6 +310,11 @@ pub struct ServerSection {
     /// read it from the same file). Default [`DEFAULT_UPGRADE_SOCKET`]; give
     /// each gateway on one machine its own.
     pub upgrade_socket: Option<String>,
+    /// A file in the `/etc/hosts` format (`ADDRESS NAME...` per line, `#`
+    /// comments) whose names answer pools' endpoint names before DNS, read again
+    /// at each resolution: names pinned at the edge without touching the
+    /// machine's resolver. Default: none.
+    pub hosts_file: Option<String>,
 }
 
 /// `[limits]`
@@ -408,7 +413,10 @@ pub struct CertificateSection {
 pub struct PoolSection {
     /// Unique name that routes refer to.
     pub name: String,
-    /// `host:port` of each endpoint. Host names are resolved at start-up.
+    /// `host:port` of each endpoint. A host name that resolves to several
+    /// addresses gives one endpoint per address; names are resolved at start-up
+    /// and again every `resolve_interval_ms` (a name that fails to resolve keeps
+    /// its last addresses).
     pub endpoints: Vec<String>,
     /// How an endpoint is picked. Default: `round_robin`.
     #[serde(default)]
@@ -434,6 +442,8 @@ pub struct PoolSection {
     pub sni: Option<String>,
     /// Active health checking. Absent: every endpoint is always considered healthy.
     pub health_check: Option<HealthCheckSection>,
+    /// Milliseconds. Default [`DEFAULT_RESOLVE_INTERVAL_MS`].
+    pub resolve_interval_ms: Option<u64>,
 }
 
 /// Endpoint selection policy.

@@ -175,6 +175,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Where a binary upgrade hands the listening sockets over.
     pub upgrade_socket: PathBuf,
+    /// Names answered before DNS for pools' endpoints (`/etc/hosts` format).
+    pub hosts_file: Option<PathBuf>,
     /// Who may use the admin listener.
     pub admin_access: AdminAccess,
     /// API keys of tenants, in file order.
@@ -345,6 +347,8 @@ pub struct Pool {
     pub sni: Option<String>,
     /// Active health check.
     pub health_check: Option<HealthCheck>,
+    /// Re-resolution period of endpoint host names.
+    pub resolve_interval: Duration,
 }
 
 /// What a consistent hash is computed over.

@@ -95,6 +95,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "limits.h2_max_concurrent_streams",
     "limits.shutdown_grace_period_ms",
     "server.upgrade_socket",
+    "server.hosts_file",
 ];
 
 /// Which of [`RESTART_ONLY`] differ between `old` and `new`.
@@ -114,6 +115,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         a.h2_max_concurrent_streams != b.h2_max_concurrent_streams,
         a.shutdown_grace_period != b.shutdown_grace_period,
         old.upgrade_socket != new.upgrade_socket,
+        old.hosts_file != new.hosts_file,
     ];
     RESTART_ONLY
         .iter()

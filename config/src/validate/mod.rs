@@ -178,6 +178,23 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         Some(path) => base.join(path),
         None => PathBuf::from(DEFAULT_UPGRADE_SOCKET),
     };
+    let hosts_file = match raw.server.hosts_file.as_deref() {
+        Some("") => {
+            c.fail("server.hosts_file", "must be a path");
+            None
+        }
+        Some(path) => {
+            let path = base.join(path);
+            if let Err(e) = std::fs::metadata(&path) {
+                c.fail(
+                    "server.hosts_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+            }
+            Some(path)
+        }
+        None => None,
+    };
     let admin_access = raw
         .admin
         .as_ref()
@@ -210,6 +227,7 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
             admin_access,
             trusted_proxies,
             upgrade_socket,
+            hosts_file,
             threads,
             limits,
             admin,

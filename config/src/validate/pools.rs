@@ -77,6 +77,11 @@ pub(super) fn convert_pool(c: &mut Checker, at: &str, p: &PoolSection) -> Pool {
         tls: p.tls,
         sni: p.sni.clone(),
         health_check,
+        resolve_interval: c.millis(
+            format!("{at}.resolve_interval_ms"),
+            p.resolve_interval_ms,
+            DEFAULT_RESOLVE_INTERVAL_MS,
+        ),
     }
 }
 

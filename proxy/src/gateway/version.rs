@@ -71,7 +71,11 @@ impl ConfigVersion {
             let kept = previous.and_then(|v| v.pools.iter().find(|old| old.config == *p));
             pools.push(match kept {
                 Some(pool) => pool.clone(),
-                None => Arc::new(HttpPool::build(p, parts.runtime)?),
+                None => Arc::new(HttpPool::build(
+                    p,
+                    config.hosts_file.clone(),
+                    parts.runtime,
+                )?),
             });
         }
         let kept_plugins = previous

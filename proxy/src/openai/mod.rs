@@ -130,7 +130,8 @@ impl Api {
             .iter()
             .map(|p| {
                 kept(p).unwrap_or_else(|| {
-                    InferencePool::start(p.clone(), metrics.clone(), runtime.clone())
+                    let hosts = config.hosts_file.clone();
+                    InferencePool::start(p.clone(), hosts, metrics.clone(), runtime.clone())
                 })
             })
             .collect();

@@ -1,13 +1,17 @@
 //! Upstream pools: endpoints, the load-balancing policy, active health checks and
 //! the connection settings used for every request to them.
 
+use super::resolve::EndpointResolver;
 use anyhow::Context;
 use async_trait::async_trait;
 use gantry_config::{HashKey, HealthCheckKind, LoadBalancing};
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::runtime::Handle;
 
@@ -43,8 +47,8 @@ pub struct HttpPool {
     pub selector: Arc<dyn Selector>,
     /// SNI for upstream TLS: configured, or the first endpoint's host.
     sni: String,
-    /// Its active health checks, stopped when the pool goes (a reload
-    /// removed or changed it, and its last request ended).
+    /// Its active health checks and re-resolution, stopped when the pool goes
+    /// (a reload removed or changed it, and its last request ended).
     _health: Option<HealthChecks>,
 }
 
@@ -58,13 +62,19 @@ impl Drop for HealthChecks {
 }
 
 impl HttpPool {
-    /// Build a pool, resolving endpoint names now; its health checks, if it
-    /// has any, run on `runtime` while it lives.
-    pub fn build(config: &gantry_config::Pool, runtime: &Handle) -> anyhow::Result<HttpPool> {
+    /// Build a pool, resolving endpoint names now (`hosts_file` first); its
+    /// health checks and the names' re-resolution, if it has either, run on
+    /// `runtime` while it lives.
+    pub fn build(
+        config: &gantry_config::Pool,
+        hosts_file: Option<PathBuf>,
+        runtime: &Handle,
+    ) -> anyhow::Result<HttpPool> {
+        let resolver = EndpointResolver::new(&config.endpoints, hosts_file);
         let (selector, health) = match config.load_balancing {
-            LoadBalancing::RoundRobin => build_lb::<RoundRobin>(config, runtime)?,
-            LoadBalancing::Random => build_lb::<Random>(config, runtime)?,
-            LoadBalancing::ConsistentHash => build_lb::<Consistent>(config, runtime)?,
+            LoadBalancing::RoundRobin => build_lb::<RoundRobin>(config, resolver, runtime)?,
+            LoadBalancing::Random => build_lb::<Random>(config, resolver, runtime)?,
+            LoadBalancing::ConsistentHash => build_lb::<Consistent>(config, resolver, runtime)?,
         };
         let sni = config.sni.clone().unwrap_or_else(|| {
             config
@@ -112,8 +122,37 @@ impl HttpPool {
     }
 }
 
+/// A pool's endpoints as Pingora's load balancer discovers them: the
+/// addresses resolved at start, then resolved again at each update.
+struct Resolved {
+    resolver: EndpointResolver,
+    /// The start's answer, handed out by the first discovery.
+    first: std::sync::Mutex<Option<Vec<std::net::SocketAddr>>>,
+}
+
+#[async_trait]
+impl ServiceDiscovery for Resolved {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let first = self.first.lock().expect("first answer lock").take();
+        let addrs = match first {
+            Some(addrs) => addrs,
+            None => self.resolver.resolve().await,
+        };
+        let backends = addrs
+            .into_iter()
+            .map(|addr| Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+                weight: 1,
+                ext: Default::default(),
+            })
+            .collect();
+        Ok((backends, HashMap::new()))
+    }
+}
+
 fn build_lb<S>(
     config: &gantry_config::Pool,
+    resolver: EndpointResolver,
     runtime: &Handle,
 ) -> anyhow::Result<(Arc<dyn Selector>, Option<HealthChecks>)>
 where
@@ -121,15 +160,33 @@ where
     S::Iter: BackendIter,
     S::Config: Send + Sync,
 {
-    let mut lb = LoadBalancer::<S>::try_from_iter(config.endpoints.iter().map(String::as_str))
-        .with_context(|| {
-            format!(
-                "pool `{}`: cannot resolve endpoints {:?}",
-                config.name, config.endpoints
-            )
-        })?;
+    use futures_util::FutureExt;
+    let (first, failed) = resolver.resolve_now();
+    if let Some((endpoint, e)) = failed.first() {
+        anyhow::bail!(
+            "pool `{}`: cannot resolve endpoint `{endpoint}`: {e}",
+            config.name
+        );
+    }
+    let names = resolver.has_names();
+    let discovery = Resolved {
+        resolver,
+        first: std::sync::Mutex::new(Some(first)),
+    };
+    let mut lb = LoadBalancer::<S>::from_backends(Backends::new(Box::new(discovery)));
+    lb.update()
+        .now_or_never()
+        .expect("the first discovery answers at once")
+        .map_err(|e| anyhow::anyhow!("pool `{}`: {e}", config.name))?;
+    if names {
+        // Names are resolved again every resolve_interval_ms (by `run` below).
+        lb.update_frequency = Some(config.resolve_interval);
+    }
     let Some(hc) = &config.health_check else {
-        return Ok((Arc::new(lb), None));
+        if !names {
+            return Ok((Arc::new(lb), None));
+        }
+        return Ok(run_in_background(lb, runtime));
     };
     let observer = Box::new(LogHealth {
         pool: config.name.clone(),
@@ -164,11 +221,24 @@ where
     lb.set_health_check(check);
     lb.health_check_frequency = Some(hc.interval);
     lb.parallel_health_check = true;
+    Ok(run_in_background(lb, runtime))
+}
+
+/// Run `lb`'s health checks and re-resolution on `runtime` until the pool goes.
+fn run_in_background<S>(
+    lb: LoadBalancer<S>,
+    runtime: &Handle,
+) -> (Arc<dyn Selector>, Option<HealthChecks>)
+where
+    S: BackendSelection + Send + Sync + 'static,
+    S::Iter: BackendIter,
+    S::Config: Send + Sync,
+{
     let lb = Arc::new(lb);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = lb.clone();
     runtime.spawn(async move { task.run(stopped, None).await });
-    Ok((lb, Some(HealthChecks(stop))))
+    (lb, Some(HealthChecks(stop)))
 }
 
 /// Logs every ejection and re-admission.

@@ -7,6 +7,7 @@ pub mod http;
 pub mod inference;
 pub mod prefix_index;
 pub mod prompts;
+pub mod resolve;
 
 pub use self::http::HttpPool;
 pub use self::inference::{InferenceBackend, InferencePool};

@@ -78,7 +78,12 @@ pub struct Origin {
 
 impl Origin {
     pub async fn start(name: &str) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::start_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// An origin listening on `addr` (any loopback address, port 0 for any).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Origin {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(OriginState::default());
         state.healthy.store(true, Ordering::SeqCst);

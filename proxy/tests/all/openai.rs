@@ -804,6 +804,7 @@ async fn calls_run_on_the_callers_runtime_not_the_watchers() {
     let metrics = std::sync::Arc::new(gantry::metrics::Metrics::new());
     let pool = InferencePool::start(
         config.inference_pools[0].clone(),
+        None,
         metrics,
         background.handle().clone(),
     );

@@ -317,9 +317,16 @@ pub struct InferencePool {
 }
 
 impl InferencePool {
-    /// Resolve the endpoints, start watching every backend, and keep resolving
-    /// every `resolve_interval`. Runs its tasks on `runtime`.
-    pub fn start(config: PoolConfig, metrics: Arc<Metrics>, runtime: Handle) -> Arc<InferencePool> {
+    /// Resolve the endpoints (`hosts_file` first), start watching every
+    /// backend, and keep resolving every `resolve_interval` (a name that does
+    /// not resolve yet, such as a headless Service with no ready pod, is
+    /// looked for again then). Runs its tasks on `runtime`.
+    pub fn start(
+        config: PoolConfig,
+        hosts_file: Option<std::path::PathBuf>,
+        metrics: Arc<Metrics>,
+        runtime: Handle,
+    ) -> Arc<InferencePool> {
         let counters = PickCounters::new(&metrics, &config.name);
         let pool = Arc::new(InferencePool {
             config,
@@ -330,16 +337,19 @@ impl InferencePool {
             metrics,
             runtime: runtime.clone(),
         });
-        let addrs = resolve_now(&pool.config.endpoints);
+        let resolver = super::resolve::EndpointResolver::new(&pool.config.endpoints, hosts_file);
+        let (addrs, failed) = resolver.resolve_now();
+        for (endpoint, error) in failed {
+            tracing::warn!(pool = %pool.config.name, endpoint = %endpoint, error = %error, "cannot resolve inference endpoint yet");
+        }
         pool.update(addrs);
         let weak = Arc::downgrade(&pool);
         let interval = pool.config.resolve_interval;
-        let endpoints = pool.config.endpoints.clone();
-        if endpoints.iter().any(|e| e.parse::<SocketAddr>().is_err()) {
+        if resolver.has_names() {
             runtime.spawn(async move {
                 loop {
                     tokio::time::sleep(interval).await;
-                    let addrs = resolve(&endpoints).await;
+                    let addrs = resolver.resolve().await;
                     match weak.upgrade() {
                         Some(pool) => pool.update(addrs),
                         None => return,
@@ -669,37 +679,6 @@ impl InferencePool {
 }
 
 /// Resolve at start-up, blocking: IP endpoints as they are, names by lookup.
-fn resolve_now(endpoints: &[String]) -> Vec<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    let mut out = Vec::new();
-    for e in endpoints {
-        match e.to_socket_addrs() {
-            Ok(addrs) => out.extend(addrs),
-            Err(err) => {
-                tracing::warn!(endpoint = %e, error = %err, "cannot resolve inference endpoint")
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-async fn resolve(endpoints: &[String]) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    for e in endpoints {
-        match tokio::net::lookup_host(e.as_str()).await {
-            Ok(addrs) => out.extend(addrs),
-            Err(err) => {
-                tracing::warn!(endpoint = %e, error = %err, "cannot resolve inference endpoint")
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// How long until `deadline`, for a gRPC timeout.
 pub fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
