@@ -62,6 +62,8 @@ pub struct OriginState {
     pub hits: AtomicUsize,
     /// `/healthz` answer: 200 when true, 503 when false.
     pub healthy: AtomicBool,
+    /// Milliseconds `/healthz` takes to answer (a probe that times out).
+    pub healthz_delay_ms: std::sync::atomic::AtomicU64,
     /// The last request's body and its `content-length` header.
     pub last_body: std::sync::Mutex<Option<(String, Option<String>)>>,
 }
@@ -136,6 +138,10 @@ async fn answer(
     origin: String,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
     if req.uri().path() == "/healthz" {
+        let delay = state.healthz_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let ok = state.healthy.load(Ordering::SeqCst);
         return Ok(Response::builder()
             .status(if ok { 200 } else { 503 })

@@ -210,3 +210,61 @@ async fn reloads_under_load_lose_no_request() {
     assert!(a.hits() > 10 && b.hits() > 10, "{} {}", a.hits(), b.hits());
     assert_eq!(gw.metric("gantry_config_version").await, Some(21.0));
 }
+
+/// What a reload keeps: a pool configured as before keeps its endpoints'
+/// health (an ejected endpoint gets no request, not even right after the
+/// swap, while a new pool would take its first probe's timeout to learn it),
+/// and each key what it used of its limits.
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_pools_health_and_what_keys_used() {
+    const KEY: &str = "gk-reload-0123456789abcdefghijklmnopqrstuvwxyz";
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let config = |version: u32| {
+        format!(
+            "[[listeners]]\nname = \"http\"\naddress = \"{{gateway}}\"\n\
+             [[pools]]\nname = \"p\"\nendpoints = [\"{}\", \"{}\"]\n\
+             [pools.health_check]\nkind = \"http\"\npath = \"/healthz\"\ninterval_ms = 300\ntimeout_ms = 1000\n\
+             healthy_threshold = 1\nunhealthy_threshold = 1\n\
+             [[routes]]\nname = \"all\"\npool = \"p\"\nauth = \"keys\"\n\
+             [routes.response_headers]\nset = {{ \"x-version\" = \"{version}\" }}\n\
+             [[keys]]\nname = \"team\"\nsha256 = \"{}\"\nrequests_per_minute = 4\n",
+            a.addr,
+            b.addr,
+            gantry::tenants::digest_hex(KEY)
+        )
+    };
+    let gw = Gateway::start(&config(1)).await;
+    // b's probes time out: a pool built anew would think it healthy for a second.
+    b.state
+        .healthz_delay_ms
+        .store(5000, std::sync::atomic::Ordering::SeqCst);
+    let ejected = format!(
+        "gantry_upstream_endpoint_healthy{{endpoint=\"{}\",pool=\"p\"}}",
+        b.addr
+    );
+    eventually("b ejected", || async {
+        gw.metric(&ejected).await == Some(0.0)
+    })
+    .await;
+    let ask = || gw.client.get(gw.url("/")).bearer_auth(KEY).send();
+    for _ in 0..2 {
+        assert_eq!(ask().await.unwrap().headers()["x-origin"], "a");
+    }
+
+    gw.write_config(&config(2));
+    let (status, outcome) = reload(&gw).await;
+    assert_eq!(status, 200, "{outcome}");
+    let b_hits = b.hits();
+    for _ in 0..2 {
+        let res = ask().await.unwrap();
+        assert_eq!(res.headers()["x-version"], "2");
+        assert_eq!(
+            res.headers()["x-origin"],
+            "a",
+            "the ejected endpoint stays out"
+        );
+    }
+    assert_eq!(b.hits(), b_hits);
+    let res = ask().await.unwrap();
+    assert_eq!(res.status(), 429, "4 requests a minute, reload or not");
+}
