@@ -58,8 +58,8 @@ impl Gantry {
         Gantry::load_as(source, Process::Embedded)
     }
 
-    /// [`Gantry::load`], run as `process`. With `Process::Own { upgrade:
-    /// true }` it returns once the running gateway handed its listening
+    /// [`Gantry::load`], run as `process`. With `Process::Own { take_over:
+    /// true, .. }` it returns once the running gateway handed its listening
     /// sockets over.
     pub fn load_as(source: ConfigSource, process: Process) -> anyhow::Result<Gantry> {
         let (config, sha256) = source.read()?;

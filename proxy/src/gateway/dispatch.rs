@@ -78,11 +78,11 @@ impl Gateway {
         ctx: &mut RequestCtx,
         route: usize,
     ) -> Result<bool> {
-        let live = ctx.live.clone();
-        let r = live.router.route(route);
-        if r.auth != RouteAuth::Keys {
+        if ctx.live.router.route(route).auth != RouteAuth::Keys {
             return Ok(false);
         }
+        let live = ctx.live.clone();
+        let r = live.router.route(route);
         let tenant = match self.tenants.identify(route, &session.req_header().headers) {
             Ok(tenant) => tenant,
             Err(refused) => {
