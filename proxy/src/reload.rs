@@ -79,48 +79,51 @@ impl ConfigSource {
     }
 }
 
+/// Whether a field differs between two configurations.
+type Differs = fn(&Config, &Config) -> bool;
+
 /// What only a restart or a binary upgrade changes, by the name a refusal
-/// gives it: bound to sockets, threads or state made at start.
-pub const RESTART_ONLY: &[&str] = &[
-    "server.threads",
-    "admin.address",
-    "listeners",
-    "keys",
-    "key_store",
-    "limits.max_connections",
-    "limits.max_connections_per_client",
-    "limits.max_header_bytes",
-    "limits.head_timeout_ms",
-    "limits.keepalive_timeout_ms",
-    "limits.h2_max_concurrent_streams",
-    "limits.shutdown_grace_period_ms",
-    "server.upgrade_socket",
-    "server.hosts_file",
+/// gives it, each with its comparison: bound to sockets, threads or state
+/// made at start.
+pub const RESTART_ONLY: &[(&str, Differs)] = &[
+    ("server.threads", |a, b| a.threads != b.threads),
+    ("server.upgrade_socket", |a, b| {
+        a.upgrade_socket != b.upgrade_socket
+    }),
+    ("server.hosts_file", |a, b| a.hosts_file != b.hosts_file),
+    ("admin.address", |a, b| a.admin != b.admin),
+    ("listeners", |a, b| a.listeners != b.listeners),
+    ("keys", |a, b| a.keys != b.keys),
+    ("key_store", |a, b| a.key_store != b.key_store),
+    ("limits.max_connections", |a, b| {
+        a.limits.max_connections != b.limits.max_connections
+    }),
+    ("limits.max_connections_per_client", |a, b| {
+        a.limits.max_connections_per_client != b.limits.max_connections_per_client
+    }),
+    ("limits.max_header_bytes", |a, b| {
+        a.limits.max_header_bytes != b.limits.max_header_bytes
+    }),
+    ("limits.head_timeout_ms", |a, b| {
+        a.limits.head_timeout != b.limits.head_timeout
+    }),
+    ("limits.keepalive_timeout_ms", |a, b| {
+        a.limits.keepalive_timeout != b.limits.keepalive_timeout
+    }),
+    ("limits.h2_max_concurrent_streams", |a, b| {
+        a.limits.h2_max_concurrent_streams != b.limits.h2_max_concurrent_streams
+    }),
+    ("limits.shutdown_grace_period_ms", |a, b| {
+        a.limits.shutdown_grace_period != b.limits.shutdown_grace_period
+    }),
 ];
 
 /// Which of [`RESTART_ONLY`] differ between `old` and `new`.
 pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let (a, b) = (&old.limits, &new.limits);
-    let differs = [
-        old.threads != new.threads,
-        old.admin != new.admin,
-        old.listeners != new.listeners,
-        old.keys != new.keys,
-        old.key_store != new.key_store,
-        a.max_connections != b.max_connections,
-        a.max_connections_per_client != b.max_connections_per_client,
-        a.max_header_bytes != b.max_header_bytes,
-        a.head_timeout != b.head_timeout,
-        a.keepalive_timeout != b.keepalive_timeout,
-        a.h2_max_concurrent_streams != b.h2_max_concurrent_streams,
-        a.shutdown_grace_period != b.shutdown_grace_period,
-        old.upgrade_socket != new.upgrade_socket,
-        old.hosts_file != new.hosts_file,
-    ];
     RESTART_ONLY
         .iter()
-        .zip(differs)
-        .filter_map(|(name, differs)| differs.then_some(*name))
+        .filter(|(_, differs)| differs(old, new))
+        .map(|(name, _)| *name)
         .collect()
 }
 
@@ -306,4 +309,51 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[server]\nthreads = 2\n[limits]\nmax_connections = 100\nhead_timeout_ms = 1000\nmax_body_bytes = 10\n\
+        [admin]\naddress = \"127.0.0.1:9090\"\n\
+        [[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:8080\"\n\
+        [[pools]]\nname = \"p\"\nendpoints = [\"127.0.0.1:3000\"]\n\
+        [[routes]]\nname = \"all\"\npool = \"p\"\n";
+
+    fn parsed(text: &str) -> Config {
+        gantry_config::parse(text, "t", std::path::Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn each_restart_only_field_is_named_and_nothing_else() {
+        let old = parsed(BASE);
+        for (from, to, named) in [
+            ("threads = 2", "threads = 3", vec!["server.threads"]),
+            ("127.0.0.1:9090", "127.0.0.1:9091", vec!["admin.address"]),
+            ("127.0.0.1:8080", "127.0.0.1:8081", vec!["listeners"]),
+            (
+                "max_connections = 100",
+                "max_connections = 7",
+                vec!["limits.max_connections"],
+            ),
+            (
+                "head_timeout_ms = 1000",
+                "head_timeout_ms = 9",
+                vec!["limits.head_timeout_ms"],
+            ),
+            (
+                "threads = 2\n[limits]\nmax_connections = 100",
+                "threads = 3\n[limits]\nmax_connections = 7",
+                vec!["server.threads", "limits.max_connections"],
+            ),
+            // What a reload applies: named by nothing.
+            ("max_body_bytes = 10", "max_body_bytes = 11", vec![]),
+            ("name = \"all\"", "name = \"every\"", vec![]),
+        ] {
+            assert!(BASE.contains(from), "{from}");
+            let new = parsed(&BASE.replace(from, to));
+            assert_eq!(needs_restart(&old, &new), named, "{from} → {to}");
+        }
+    }
 }
