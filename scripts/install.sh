@@ -7,10 +7,7 @@
 #   scripts/install.sh && gantry serve      # from any directory
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-scripts/build-plugins.sh
-cargo build --release --locked -p gantry
+scripts/build.sh
 if [ "$(id -u)" -eq 0 ]; then
   BIN_DIR=${BIN_DIR:-/usr/local/bin}; GANTRY_HOME=${GANTRY_HOME:-/usr/local/share/gantry}
 else

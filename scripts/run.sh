@@ -4,8 +4,5 @@
 # Extra arguments go to `gantry serve` (e.g. --config FILE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-scripts/build-plugins.sh
-cargo build --release --locked -p gantry
+scripts/build.sh
 exec target/release/gantry serve "$@"

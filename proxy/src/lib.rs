@@ -12,6 +12,7 @@
 //! contract.
 
 pub mod admin;
+pub mod clock;
 pub mod error;
 pub mod forwarding;
 pub mod framing;

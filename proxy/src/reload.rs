@@ -226,7 +226,7 @@ impl Reloader {
             sha256: current.sha256.clone(),
             problems,
             plugins: ReloadReport::default(),
-            at: unix_now(),
+            at: crate::clock::unix_seconds(),
         };
         let read = match &self.source {
             Some(source) => source.read(),
@@ -278,7 +278,7 @@ impl Reloader {
                     sha256,
                     problems: Vec::new(),
                     plugins,
-                    at: unix_now(),
+                    at: crate::clock::unix_seconds(),
                 }
             }
         }
@@ -303,12 +303,6 @@ impl Reloader {
             }
         });
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

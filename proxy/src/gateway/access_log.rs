@@ -31,9 +31,7 @@ impl Gateway {
         };
         if status >= 500 || (status == 0 && e.is_some()) {
             self.metrics.recent_errors.record(FailedRequest {
-                at_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
+                at_ms: crate::clock::unix_millis(),
                 request_id: ctx.request_id.clone(),
                 route: route.to_string(),
                 status,

@@ -4,7 +4,6 @@
 
 use super::schema::*;
 use bytes::{Bytes, BytesMut};
-use std::time::SystemTime;
 
 /// `io::Write` into a `BytesMut`, so serde escapes text straight into the
 /// output buffer.
@@ -19,12 +18,6 @@ impl std::io::Write for BytesMutWriter<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// What kind of generation answer to write.
@@ -58,7 +51,7 @@ impl Answer {
             shape,
             request_id: request_id.to_string(),
             id: format!("{kind}-{request_id}"),
-            created: unix_now(),
+            created: crate::clock::unix_seconds(),
             model: model.to_string(),
             include_usage,
             delta_prefix: Vec::new(),

@@ -319,7 +319,8 @@ pub fn key_digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// A key's digest as configured: 64 lower-case hex digits.
+/// The SHA-256 of a text as 64 lower-case hex digits: a key's digest as
+/// configured, and a configuration file's in `/status`.
 pub fn digest_hex(key: &str) -> String {
     keyring::hex(&key_digest(key))
 }

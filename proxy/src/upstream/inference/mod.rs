@@ -120,12 +120,6 @@ pub struct InferenceBackend {
     watchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl InferenceBackend {
     /// A client for one call. Must be called on a Tokio runtime: the first
     /// call opens the channel there.
@@ -142,14 +136,14 @@ impl InferenceBackend {
     pub fn eligible(&self) -> bool {
         self.serving.load(Ordering::Acquire)
             && !self.draining.load(Ordering::Acquire)
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= crate::clock::unix_millis()
     }
 
     /// Leave it out for [`EJECT_AFTER_FAILURE`] after a failed call (the
     /// backend's failure, never a request's own fault).
     pub fn eject(&self, why: &str) {
-        let until = now_ms() + EJECT_AFTER_FAILURE.as_millis() as u64;
-        if self.ejected_until_ms.swap(until, Ordering::Relaxed) <= now_ms() {
+        let until = crate::clock::unix_millis() + EJECT_AFTER_FAILURE.as_millis() as u64;
+        if self.ejected_until_ms.swap(until, Ordering::Relaxed) <= crate::clock::unix_millis() {
             self.ejections.inc();
             tracing::warn!(pool = %self.pool, backend = %self.label, reason = why, "inference backend ejected");
         }
