@@ -45,6 +45,9 @@ pub const DEFAULT_MAX_BATCH: u32 = 64;
 /// end (128 MiB: about 2,800 tokens of SmolLM2-135M's f32 KV).
 pub const DEFAULT_PREFIX_CACHE_BYTES: u64 = 128 << 20;
 
+/// The backend's spans' default `service.name`.
+const BACKEND_SERVICE_NAME: &str = "gantry-backend";
+
 /// A backend configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +58,8 @@ pub struct BackendFile {
     /// The models to serve.
     #[serde(default)]
     pub models: Vec<ModelFile>,
+    /// OpenTelemetry traces (OTLP). Absent: none.
+    pub traces: Option<crate::traces::TracesSection>,
 }
 
 /// `[backend]`.
@@ -180,6 +185,8 @@ pub struct BackendConfig {
     pub grace_period: Duration,
     /// Models, in file order.
     pub models: Vec<ModelConfig>,
+    /// Where spans are exported; `None`: no traces.
+    pub traces: Option<crate::traces::Traces>,
 }
 
 /// Where a model runs.
@@ -310,8 +317,13 @@ fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>>
         c.unique(&mut names, format!("models[{i}].name"), "model", &m.name);
         models.push(convert_model(&mut c, i, m, base));
     }
+    let traces = raw.traces.as_ref().map(|t| {
+        let accept = crate::traces::AcceptIncoming::Always;
+        crate::traces::convert_traces(&mut c, t, BACKEND_SERVICE_NAME, accept)
+    });
     if c.problems.is_empty() {
         Ok(BackendConfig {
+            traces,
             listen: listen.expect("checked"),
             metrics_listen,
             grace_period,

@@ -165,6 +165,8 @@ pub struct FileConfig {
     pub keys: Vec<KeySection>,
     /// Where keys' budgets (`tokens_per_day`, `tokens_per_month`) are kept.
     pub key_store: Option<KeyStoreSection>,
+    /// OpenTelemetry traces (OTLP). Absent: none.
+    pub traces: Option<crate::traces::TracesSection>,
 }
 
 /// `[key_store]`: where what a key has spent is kept. One of `path` (this

@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod file;
+pub mod traces;
 mod validate;
 
 use std::net::SocketAddr;
@@ -184,6 +185,8 @@ pub struct Config {
     /// Where keys' limits and budgets are counted; `None` when no
     /// `[key_store]` is configured (limits in this process; no budgets).
     pub key_store: Option<KeyStore>,
+    /// Where spans are exported; `None`: no traces.
+    pub traces: Option<traces::Traces>,
 }
 
 /// One tenant's API key, validated.

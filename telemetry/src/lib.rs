@@ -1,12 +1,17 @@
-//! Prometheus metrics as the gateway and the backend both export them.
+//! Metrics and traces as the gateway and the backend both export them.
+//!
+//! Traces are [`traces`]'s: OpenTelemetry spans over OTLP.
 //!
 //! Owns: one way to register a metric ([`Registrar`], which records every
 //! metric's name and label names in a [`Catalog`] that the docs' metric tables
 //! are checked against, [`documented`]), one text exposition
 //! ([`Exported::encode`], [`CONTENT_TYPE`]) and one plain `/metrics` listener ([`serve`], the
 //! backend's; the gateway serves the same bytes on its admin listener, behind
-//! its Host allowlist). Never imports another Gantry crate: the gateway and the
-//! backend define their own metrics and label vocabularies.
+//! its Host allowlist). Imports no other Gantry crate but the configuration's
+//! (the `[traces]` section): the gateway and the backend define their own
+//! metrics, label vocabularies and spans.
+
+pub mod traces;
 
 use http_body_util::Full;
 use hyper::body::Bytes;

@@ -57,6 +57,9 @@ fn nearest_field_hint(message: &str) -> Option<String> {
     (score > 0.7).then(|| format!("; did you mean `{best}`?"))
 }
 
+/// The gateway's spans' default `service.name`.
+const GATEWAY_SERVICE_NAME: &str = "gantry";
+
 /// Collects problems while converting.
 pub(crate) struct Checker {
     pub(crate) problems: Vec<Problem>,
@@ -201,6 +204,10 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
         .map(|a| convert_admin_access(&mut c, a))
         .unwrap_or_default();
     let keys = convert_keys(&mut c, &raw, &routes);
+    let traces = raw.traces.as_ref().map(|t| {
+        let accept = crate::traces::AcceptIncoming::TrustedProxies;
+        crate::traces::convert_traces(&mut c, t, GATEWAY_SERVICE_NAME, accept)
+    });
     let key_store = raw
         .key_store
         .as_ref()
@@ -224,6 +231,7 @@ pub(crate) fn convert(raw: FileConfig, base: &Path) -> Result<Config, Vec<Proble
 
     if c.problems.is_empty() {
         Ok(Config {
+            traces,
             admin_access,
             trusted_proxies,
             upgrade_socket,

@@ -130,6 +130,7 @@ pub fn backend_config(models: Vec<ModelConfig>) -> BackendConfig {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         grace_period: Duration::from_secs(10),
         models,
+        traces: None,
     }
 }
 
