@@ -318,6 +318,12 @@ fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>>
         models.push(convert_model(&mut c, i, m, base));
     }
     let traces = raw.traces.as_ref().map(|t| {
+        if t.accept_incoming == Some(crate::traces::AcceptIncoming::TrustedProxies) {
+            c.fail(
+                "traces.accept_incoming",
+                "the backend has no trusted proxies: `always` (its callers are gateways) or `never`",
+            );
+        }
         let accept = crate::traces::AcceptIncoming::Always;
         crate::traces::convert_traces(&mut c, t, BACKEND_SERVICE_NAME, accept)
     });

@@ -141,9 +141,7 @@ pub(crate) fn convert_traces(
             );
         }
     }
-    let sampling_ratio = raw
-        .sampling_ratio
-        .unwrap_or(DEFAULT_TRACES_SAMPLING_RATIO);
+    let sampling_ratio = raw.sampling_ratio.unwrap_or(DEFAULT_TRACES_SAMPLING_RATIO);
     if !(0.0..=1.0).contains(&sampling_ratio) {
         c.fail(field("sampling_ratio"), "must be between 0 and 1");
     }

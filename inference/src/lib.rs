@@ -9,7 +9,8 @@
 //!   strings, cancellation and load reporting;
 //! * [`embed`] — BERT sentence embeddings;
 //! * [`models`] — loading each model onto its device and warming it up;
-//! * `service` — the gRPC service (crate-private), and
+//! * `service` — the gRPC service (crate-private), `spans` — its traces
+//!   (queue, prefill, decode), and
 //!   [`server`] — health and lifecycle;
 //! * [`devtools`] — synthetic weights and Hugging Face export, apart from serving.
 //!
@@ -31,6 +32,7 @@ pub mod scheduler;
 pub mod sequence;
 pub mod server;
 pub(crate) mod service;
+pub(crate) mod spans;
 pub mod tokenizer;
 
 pub use server::Backend;

@@ -31,6 +31,8 @@ pub struct Metrics {
     kv_bytes: IntGaugeVec,
     kv_kept_bytes: IntGaugeVec,
     loads: Loads,
+    /// `gantry_backend_trace_spans_total{result}`.
+    pub trace_spans: gantry_telemetry::traces::SpanCounts,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,6 +100,10 @@ impl Metrics {
                 per_model,
             ),
             loads: Arc::default(),
+            trace_spans: gantry_telemetry::traces::SpanCounts::register(
+                &mut r,
+                "gantry_backend_trace_spans_total",
+            ),
             exported: r.finish(),
         }
     }

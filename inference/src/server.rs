@@ -12,6 +12,7 @@ use crate::scheduler::GenerateEngine;
 use crate::service::Service;
 use gantry_config::backend::BackendConfig;
 use gantry_proto::v1::inference_server::InferenceServer;
+use gantry_telemetry::traces::Traces;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,7 @@ pub struct Backend {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     grace: Duration,
     loaded: tokio::task::JoinHandle<anyhow::Result<()>>,
+    traces: Option<Arc<Traces>>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -81,9 +83,21 @@ impl Backend {
             }
             None => None,
         };
+        let traces = match &config.traces {
+            Some(t) => Some(Arc::new(
+                Traces::new(
+                    t,
+                    &tokio::runtime::Handle::current(),
+                    metrics.trace_spans.clone(),
+                )
+                .map_err(|e| anyhow::anyhow!(e))?,
+            )),
+            None => None,
+        };
         let service = Service {
             state: state.clone(),
             metrics: metrics.clone(),
+            traces: traces.clone(),
         };
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
@@ -146,6 +160,7 @@ impl Backend {
             server,
             grace: config.grace_period,
             loaded,
+            traces,
         })
     }
 
@@ -195,6 +210,10 @@ impl Backend {
             Err(_) => tracing::warn!(target: "gantry::backend", "server did not stop within 5 s"),
         }
         self.loaded.abort();
+        if let Some(traces) = self.traces {
+            // The provider waits for its export thread: not on a runtime thread.
+            tokio::task::spawn_blocking(move || traces.flush()).await?;
+        }
         Ok(())
     }
 }

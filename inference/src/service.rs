@@ -15,6 +15,7 @@ use crate::server::{
     RETRY_AFTER_SECONDS,
 };
 use gantry_config::backend::{ModelKind, ModelLimits, SamplingDefaults};
+use gantry_config::traces::AcceptIncoming;
 use gantry_proto::limits;
 use gantry_proto::v1 as pb;
 use gantry_proto::v1::inference_server::Inference;
@@ -32,6 +33,8 @@ use tonic::{Request, Response, Status};
 pub struct Service {
     pub(crate) state: Arc<State>,
     pub(crate) metrics: Metrics,
+    /// Where spans go; `None`: not traced.
+    pub(crate) traces: Option<Arc<gantry_telemetry::traces::Traces>>,
 }
 
 /// One model's KV block update on the wire.
@@ -307,6 +310,13 @@ impl Service {
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<BoxStream<pb::GenerateResponse>>, Status> {
         let deadline = deadline_of(&request);
+        let traced = self.traces.clone().map(|traces| {
+            let parent = match traces.accept_incoming() {
+                AcceptIncoming::Never => None,
+                _ => gantry_telemetry::traces::extract_grpc(request.metadata()),
+            };
+            (traces, parent, SystemTime::now())
+        });
         let req = request.into_inner();
         let model = self.state.model(&req.model)?;
         let name = &model.config.name;
@@ -383,8 +393,22 @@ impl Service {
                     cached_tokens,
                     completion_tokens,
                     time_to_first_token,
+                    queue_time,
                     ..
                 } => {
+                    if let Some((traces, parent, arrived)) = &traced {
+                        let phases = crate::spans::Phases {
+                            model: &model_name,
+                            request_id: &request_id,
+                            arrived: *arrived,
+                            queue_time: *queue_time,
+                            time_to_first_token: *time_to_first_token,
+                            prompt_tokens: *prompt_tokens,
+                            cached_tokens: *cached_tokens,
+                            completion_tokens: *completion_tokens,
+                        };
+                        phases.record(traces, parent.as_ref());
+                    }
                     metrics.prompt(&model_name, *prompt_tokens, *cached_tokens);
                     metrics.generated(
                         &model_name,

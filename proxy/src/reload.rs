@@ -9,7 +9,7 @@
 //! limits, trusted proxies and the admin token, and reads the TLS
 //! certificates' files again (renewed certificates at the same paths). What is bound at start
 //! ([`RESTART_ONLY`]: listeners, the admin address, threads, keys and their
-//! store, connection-level limits) is not: a file that changes any of it is
+//! store, traces, connection-level limits) is not: a file that changes any of it is
 //! refused as `needs_restart`, naming what changed, and applies with a restart
 //! or a binary upgrade (docs/OPERATIONS.md).
 
@@ -95,6 +95,7 @@ pub const RESTART_ONLY: &[(&str, Differs)] = &[
     ("listeners", |a, b| a.listeners != b.listeners),
     ("keys", |a, b| a.keys != b.keys),
     ("key_store", |a, b| a.key_store != b.key_store),
+    ("traces", |a, b| a.traces != b.traces),
     ("limits.max_connections", |a, b| {
         a.limits.max_connections != b.limits.max_connections
     }),

@@ -15,6 +15,7 @@ use crate::tls::Certificates;
 use anyhow::Context;
 use async_trait::async_trait;
 use gantry_config::{Config, KeyStore};
+use gantry_telemetry::traces::Traces;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::ConnectionFilter;
@@ -46,6 +47,8 @@ pub struct Gantry {
     grpc_runtime: tokio::runtime::Runtime,
     /// Where keys' budgets are kept, when `[key_store]` is configured.
     budgets: Option<Arc<BudgetStore>>,
+    /// Where spans go, when `[traces]` is configured.
+    traces: Option<Arc<Traces>>,
     /// Embedded, or a process of its own.
     process: Process,
 }
@@ -168,7 +171,20 @@ impl Gantry {
             ring,
             tenants: tenants.clone(),
         });
-        let gateway = Gateway::new(live.clone(), metrics.clone(), lifecycle.clone(), tenants);
+        let traces = match &config.traces {
+            Some(t) => Some(Arc::new(
+                Traces::new(t, grpc_runtime.handle(), metrics.trace_spans.clone())
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            )),
+            None => None,
+        };
+        let gateway = Gateway::new(
+            live.clone(),
+            metrics.clone(),
+            lifecycle.clone(),
+            tenants,
+            traces.clone(),
+        );
         let (app, certificates) =
             front_door(&config, &server.configuration, gateway, metrics.clone())?;
         let reloader = Reloader::new(
@@ -222,6 +238,7 @@ impl Gantry {
             reloader,
             grpc_runtime,
             budgets,
+            traces,
         })
     }
 
@@ -246,6 +263,7 @@ impl Gantry {
         let deadline = Arc::new(std::sync::Mutex::new(None));
         if let Process::Own { .. } = self.process {
             let budgets = self.budgets.clone();
+            let traces = self.traces.clone();
             Finisher {
                 phases: self.server.watch_execution_phase(),
                 lifecycle: self.lifecycle.clone(),
@@ -253,7 +271,7 @@ impl Gantry {
                 deadline: deadline.clone(),
             }
             .start(Box::new(move || {
-                keep_budgets(budgets.as_deref());
+                keep(budgets.as_deref(), traces.as_deref());
                 tracing::info!("gantry gateway stopped");
                 then();
             }));
@@ -274,19 +292,24 @@ impl Gantry {
         self.server.run(RunArgs {
             shutdown_signal: Box::new(drain),
         });
+        // Requests have drained: what they settled is kept, their spans
+        // exported (on the runtime, still running).
+        keep(self.budgets.as_deref(), self.traces.as_deref());
         self.grpc_runtime.shutdown_background();
-        // Requests have drained: what they settled is kept.
-        keep_budgets(self.budgets.as_deref());
         tracing::info!("gantry gateway stopped");
     }
 }
 
-/// Write what keys settled to the key store, if there is one.
-fn keep_budgets(store: Option<&BudgetStore>) {
+/// Keep what must outlive the process: what keys settled, written to the
+/// key store, and the spans still queued, exported.
+fn keep(store: Option<&BudgetStore>, traces: Option<&Traces>) {
     if let Some(store) = store {
         if let Err(e) = store.flush() {
             tracing::error!(error = %e, "cannot write keys' budgets to the key store");
         }
+    }
+    if let Some(traces) = traces {
+        traces.flush();
     }
 }
 

@@ -48,6 +48,7 @@ impl Gateway {
         tracing::info!(
             target: "gantry::access",
             request_id = %ctx.request_id,
+            trace_id = Self::trace_id(ctx).unwrap_or_default(),
             client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
             method = %req.method,
             host = host_of(req).unwrap_or(""),

@@ -45,6 +45,8 @@ pub struct RequestCtx {
     pub(super) request_body: Option<Bytes>,
     /// Per plugin context: response body it paused on (held until it continues).
     pub(super) response_held: Vec<Vec<u8>>,
+    /// Its server span, when traced (see `request_span.rs`).
+    pub(super) span: Option<gantry_telemetry::traces::Span>,
     _in_flight: RequestInFlight,
 }
 
@@ -68,6 +70,7 @@ impl RequestCtx {
             replace_body: None,
             request_body: None,
             response_held: Vec::new(),
+            span: None,
             _in_flight: lifecycle.track(),
         }
     }

@@ -200,6 +200,7 @@ impl Gateway {
                     reservation: ctx.reservation.as_ref(),
                     request_id: &ctx.request_id,
                     started: ctx.started,
+                    trace: self.api_trace(ctx),
                 };
                 let handled = tokio::select! {
                     // The work first: a client-gone check costs a read on the

@@ -12,6 +12,7 @@
 //! | `upstream.rs`     | endpoint choice, the upstream request, connect retries         |
 //! | `respond.rs`      | local responses (errors, plugins' answers)                     |
 //! | `access_log.rs`   | access log line and request metrics                            |
+//! | `request_span.rs` | the request's server span; trace context to the upstream       |
 //! | `version.rs`      | one configuration, built; what a reload swaps                  |
 //!
 //! What came before the phases (connection caps, TLS, head deadlines, strict
@@ -24,6 +25,7 @@ mod context;
 mod dispatch;
 mod plugin_calls;
 mod plugin_chain;
+mod request_span;
 mod respond;
 mod upstream;
 pub mod version;
@@ -53,16 +55,20 @@ pub struct Gateway {
     connector: pingora::connectors::http::Connector,
     /// API keys of routes with `auth = "keys"`.
     tenants: Arc<crate::tenants::Tenants>,
+    /// Where spans go; `None`: not traced.
+    traces: Option<Arc<gantry_telemetry::traces::Traces>>,
 }
 
 impl Gateway {
     /// Assemble the gateway: requests are served on `live`'s configuration,
-    /// and let in on routes with `auth = "keys"` by `tenants`' keys.
+    /// let in on routes with `auth = "keys"` by `tenants`' keys, and traced
+    /// by `traces` when there are.
     pub fn new(
         live: Live,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
         tenants: Arc<crate::tenants::Tenants>,
+        traces: Option<Arc<gantry_telemetry::traces::Traces>>,
     ) -> Self {
         Gateway {
             live,
@@ -70,6 +76,7 @@ impl Gateway {
             lifecycle,
             connector: pingora::connectors::http::Connector::new(None),
             tenants,
+            traces,
         }
     }
 }
@@ -111,10 +118,12 @@ impl ProxyHttp for Gateway {
     /// `true` when the response was sent.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.take_request_id(session.req_header());
+        self.start_span(session, ctx);
         let Some(route) = self.route_request(session, ctx).await? else {
             return Ok(true);
         };
         ctx.route = Some(route);
+        self.name_span(session, ctx, route);
         if self.check_key(session, ctx, route).await? {
             return Ok(true);
         }
@@ -289,9 +298,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// The access log line and the request metrics.
+    /// The access log line, the request metrics, the end of its span.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.log_request(session, e, ctx);
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        Self::end_span(ctx, status, e.map(|e| e.etype().as_str()));
         for (_, plugin) in ctx.plugin_contexts.drain(..) {
             crate::plugins::recycle(plugin.finish());
         }

@@ -103,6 +103,7 @@ impl Gateway {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         upstream.insert_header(REQUEST_ID, &ctx.request_id)?;
+        Self::propagate_span(ctx, upstream)?;
         if let Some(body) = &ctx.request_body {
             // The plugins may have changed the body's length.
             upstream.remove_header(&http::header::TRANSFER_ENCODING);

@@ -21,6 +21,7 @@ pub use labels::{
 };
 pub use recent::{FailedRequest, PluginTotals, RecentErrors, RECENT_ERRORS};
 
+use gantry_telemetry::traces::SpanCounts;
 use gantry_telemetry::{Exported, Registrar};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use std::sync::OnceLock;
@@ -82,6 +83,8 @@ pub struct Metrics {
     config_reloads: Vec<IntCounter>,
     /// The last failed requests, for `/status` (not exported).
     pub recent_errors: RecentErrors,
+    /// `gantry_trace_spans_total{result}`.
+    pub trace_spans: gantry_telemetry::traces::SpanCounts,
 }
 
 /// Statuses most answers have: their `gantry_requests_total` series are kept
@@ -427,6 +430,7 @@ impl Metrics {
                     .collect()
             },
             recent_errors: RecentErrors::default(),
+            trace_spans: SpanCounts::register(&mut r, "gantry_trace_spans_total"),
             exported: r.finish(),
         }
     }

@@ -5,9 +5,11 @@
 //! on while the pool's `retries` last; the others are the answer.
 
 use super::error::{ApiError, DEFAULT_RETRY_AFTER_SECONDS};
+use super::spans::{AttemptSpan, AttemptSpans};
 use super::{Api, Outcome};
 use crate::upstream::inference::{remaining, InferenceBackend, InferencePool, LoadGuard, NoPick};
 use gantry_proto::inference_client::InferenceClient;
+use gantry_telemetry::traces::SpanContext;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +27,8 @@ pub(super) struct Attempts<'a> {
     prefix: Vec<u64>,
     /// Why the last attempt failed.
     last: Option<ApiError>,
+    /// Each attempt's span, when the request is traced.
+    spans: Option<AttemptSpans<'a>>,
 }
 
 /// What a successful call gave, with the backend that gave it and its load.
@@ -32,6 +36,8 @@ pub(super) struct Answered<T> {
     pub backend: Arc<InferenceBackend>,
     pub load: LoadGuard,
     pub value: T,
+    /// The attempt's span, ended with the answer.
+    pub span: AttemptSpan,
 }
 
 impl<'a> Attempts<'a> {
@@ -45,7 +51,14 @@ impl<'a> Attempts<'a> {
             tried: Vec::new(),
             prefix: Vec::new(),
             last: None,
+            spans: None,
         }
+    }
+
+    /// Trace each attempt with a span of `spans`.
+    pub fn with_spans(mut self, spans: Option<AttemptSpans<'a>>) -> Self {
+        self.spans = spans;
+        self
     }
 
     /// Pick by where the prompt's prefix is (`prefix`: its block names).
@@ -98,7 +111,8 @@ impl<'a> Attempts<'a> {
         Ok(backend)
     }
 
-    /// Call backends in turn with `call` (given a client and the time left)
+    /// Call backends in turn with `call` (given a client, the time left and
+    /// the attempt's trace context, see [`AttemptSpan::request`])
     /// until one answers `Some`, carrying an estimated `load` of tokens. A
     /// `None` (a stream that ended before its first event) and a retryable
     /// status move on to another backend while retries last; `param` is the
@@ -113,29 +127,39 @@ impl<'a> Attempts<'a> {
         mut call: F,
     ) -> Result<Answered<T>, ApiError>
     where
-        F: FnMut(InferenceClient<Channel>, Duration) -> Fut,
+        F: FnMut(InferenceClient<Channel>, Duration, Option<SpanContext>) -> Fut,
         Fut: Future<Output = Result<Option<T>, tonic::Status>>,
     {
         let name = &self.pool.config.name;
         while self.may_retry() {
             let backend = self.next_backend(outcome)?;
             let guard = backend.begin(load);
-            let attempt = call(backend.client(), remaining(self.deadline));
+            let mut span = match &self.spans {
+                Some(spans) => spans.start(&backend),
+                None => AttemptSpan::default(),
+            };
+            let attempt = call(backend.client(), remaining(self.deadline), span.context());
             match tokio::time::timeout_at(self.deadline.into(), attempt).await {
-                Err(_) => return Err(ApiError::timeout(name, self.pool.config.request_timeout)),
+                Err(_) => {
+                    span.failed("timeout");
+                    return Err(ApiError::timeout(name, self.pool.config.request_timeout));
+                }
                 Ok(Ok(Some(value))) => {
                     return Ok(Answered {
                         backend,
                         load: guard,
                         value,
+                        span,
                     })
                 }
                 Ok(Ok(None)) => {
+                    span.failed("stream_ended");
                     backend.eject("stream ended before any event");
                     tracing::warn!(pool = %name, backend = %backend.label, "inference stream ended before any event");
                     self.last = Some(ApiError::upstream());
                 }
                 Ok(Err(status)) => {
+                    span.failed(&format!("{:?}", status.code()));
                     let err = ApiError::from_status(&status, param, name, request_id);
                     if !ApiError::retryable(status.code()) {
                         return Err(err);

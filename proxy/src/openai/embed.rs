@@ -4,6 +4,7 @@
 use super::attempt::Attempts;
 use super::error::ApiError;
 use super::schema::*;
+use super::spans::{Answered, AttemptSpan, AttemptSpans, Trace};
 use super::whole::Whole;
 use super::{Api, Outcome};
 use crate::metrics::Direction;
@@ -21,24 +22,41 @@ impl Api {
         req: EmbeddingRequest,
         request_id: &str,
         reservation: Option<&Arc<Reservation>>,
+        trace: Option<Trace<'_>>,
         outcome: &mut Outcome,
     ) -> Result<Whole, ApiError> {
         let deadline = Instant::now() + pool.config.request_timeout;
         let inputs = req.inputs();
         let load = inputs.iter().map(|s| s.len() as u64 / 4).sum();
-        let mut attempts = Attempts::new(self, pool, &req.model, deadline);
+        let spans = AttemptSpans::embeddings(trace, &req.model);
+        let mut attempts = Attempts::new(self, pool, &req.model, deadline).with_spans(spans);
         let answered = attempts
-            .call(outcome, load, "input", request_id, |mut client, left| {
-                let mut request = tonic::Request::new(pb::EmbedRequest {
-                    model: req.model.clone(),
-                    inputs: inputs.clone(),
-                });
-                request.set_timeout(left);
-                async move { Ok(Some(client.embed(request).await?.into_inner())) }
-            })
+            .call(
+                outcome,
+                load,
+                "input",
+                request_id,
+                |mut client, left, span| {
+                    let message = pb::EmbedRequest {
+                        model: req.model.clone(),
+                        inputs: inputs.clone(),
+                    };
+                    let request = AttemptSpan::request(span.as_ref(), message, left);
+                    async move { Ok(Some(client.embed(request).await?.into_inner())) }
+                },
+            )
             .await;
         let r = match answered {
-            Ok(a) => a.value,
+            Ok(mut a) => {
+                a.span.answered(Answered {
+                    model: &req.model,
+                    id: None,
+                    input_tokens: a.value.prompt_tokens,
+                    output_tokens: None,
+                    finish_reason: None,
+                });
+                a.value
+            }
             Err(err) => {
                 self.count(&req.model, outcome, &err.status.to_string());
                 return Err(err);

@@ -11,6 +11,7 @@
 use super::attempt::{Answered, Attempts};
 use super::error::ApiError;
 use super::schema::{Sampling, Usage};
+use super::spans::{self, AttemptSpan, AttemptSpans, Trace};
 use super::sse::{Answer, Shape};
 use super::whole::Whole;
 use super::Reply;
@@ -42,6 +43,8 @@ pub(super) struct GenerateCall<'a> {
     pub reservation: Option<Arc<Reservation>>,
     /// The names of the prompt's reusable KV blocks (prefix routing).
     pub prefix: Vec<u64>,
+    /// Its place in a trace, when traced.
+    pub trace: Option<Trace<'a>>,
 }
 
 impl<'a> GenerateCall<'a> {
@@ -64,6 +67,7 @@ impl<'a> GenerateCall<'a> {
             body_bytes: call.body.len() as u64,
             reservation: call.reservation.cloned(),
             prefix,
+            trace: call.trace,
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Generation<'a> {
     /// The key's hold on its limits: tokens counted as they come, settled
     /// to the backend's usage at the end.
     reservation: Option<Arc<Reservation>>,
+    /// The attempt's span, ended with the outcome.
+    span: AttemptSpan,
 }
 
 /// The OpenAI finish reason of a backend's `Finished`, or the failure it
@@ -139,8 +145,14 @@ impl Api {
                 n => u64::from(n),
             };
         let model = call.request.model.clone();
+        let operation = match call.shape {
+            Shape::Chat => "chat",
+            Shape::Completion => "text_completion",
+        };
+        let spans = AttemptSpans::generation(call.trace, operation, &call.request);
         let mut attempts = Attempts::new(self, pool, &model, deadline)
-            .with_prefix(std::mem::take(&mut call.prefix));
+            .with_prefix(std::mem::take(&mut call.prefix))
+            .with_spans(spans);
         loop {
             let request = &call.request;
             let opened = attempts
@@ -149,9 +161,8 @@ impl Api {
                     estimate,
                     prompt_param,
                     call.request_id,
-                    |mut client, left| {
-                        let mut request = tonic::Request::new(request.clone());
-                        request.set_timeout(left);
+                    |mut client, left, span| {
+                        let request = AttemptSpan::request(span.as_ref(), request.clone(), left);
                         async move {
                             let mut stream = client.generate(request).await?.into_inner();
                             Ok(stream.message().await?.map(|first| (stream, first)))
@@ -183,6 +194,7 @@ impl Api {
             generation.done = true;
             match generation.gather().await {
                 Ok(whole) => {
+                    generation.span.end();
                     self.count(&model, outcome, "200");
                     return Ok(Reply::Whole(whole));
                 }
@@ -190,9 +202,11 @@ impl Api {
                 // still answer it in full.
                 Err((error, true)) if attempts.may_retry() => {
                     tracing::warn!(request_id = call.request_id, backend = %generation.backend.label, error = %error.message, "inference stream broke before the answer was sent; retrying on another backend");
+                    generation.span.failed(&error.status.to_string());
                     attempts.broke(&generation.backend, error);
                 }
                 Err((error, _)) => {
+                    generation.span.failed(&error.status.to_string());
                     self.count(&model, outcome, &error.status.to_string());
                     return Err(error);
                 }
@@ -214,6 +228,7 @@ impl Api {
             backend,
             load,
             value: (stream, first),
+            span,
         } = opened;
         let labels = [self.model_label(&answer.model), backend.label.as_str()];
         Generation {
@@ -237,6 +252,7 @@ impl Api {
             first_delta: true,
             done: false,
             reservation: None,
+            span,
         }
     }
 }
@@ -316,6 +332,11 @@ impl Generation<'_> {
     fn end(&mut self, status: &str) {
         self.done = true;
         self.load = None;
+        if status == "200" {
+            self.span.end();
+        } else {
+            self.span.failed(status);
+        }
         let model = self.api.model_label(&self.answer.model);
         self.api
             .metrics
@@ -433,7 +454,15 @@ impl Generation<'_> {
                     Direction::Out,
                     usage.completion_tokens.into(),
                 );
-                Some(match finish_reason(f.reason) {
+                let reason = finish_reason(f.reason);
+                self.span.answered(spans::Answered {
+                    model: &self.answer.model,
+                    id: Some(self.answer.id()),
+                    input_tokens: usage.prompt_tokens,
+                    output_tokens: Some(usage.completion_tokens),
+                    finish_reason: reason.as_ref().ok().copied(),
+                });
+                Some(match reason {
                     Ok(reason) => Step::Finished { reason, usage },
                     Err((error, retryable)) => Step::Failed { error, retryable },
                 })

@@ -17,6 +17,7 @@
 //! | `embed.rs`    | embeddings                                                  |
 //! | `attempt.rs`  | attempts on a pool's backends, shared by both               |
 //! | `sse.rs`      | the answer's encoding, whole or as events                   |
+//! | `spans.rs`    | attempt spans (OpenTelemetry GenAI conventions)             |
 //! | `whole.rs`    | a whole answer; a streamed one's headers                    |
 //! | `error.rs`    | errors, OpenAI-shaped, and the gRPC status table            |
 //! | `openapi.rs`  | the OpenAPI document and the docs page                      |
@@ -29,12 +30,14 @@ mod generate;
 pub mod openapi;
 pub mod request;
 pub mod schema;
+mod spans;
 mod sse;
 pub mod whole;
 
 pub use endpoint::Endpoint;
 pub use generate::Generation;
 pub use request::{check_body, check_body_property};
+pub use spans::Trace;
 pub use whole::Whole;
 
 use crate::metrics::{Denial, Metrics, Refusal};
@@ -109,6 +112,8 @@ pub struct ApiCall<'a> {
     pub request_id: &'a str,
     /// When the gateway received it (time to first token counts from here).
     pub started: Instant,
+    /// Its place in a trace, when traced: each backend attempt is a span there.
+    pub trace: Option<Trace<'a>>,
 }
 
 impl Api {
@@ -258,6 +263,7 @@ impl Api {
                     reservation: None,
                     request_id,
                     started: Instant::now(),
+                    trace: None,
                 };
                 self.handle(call, &mut outcome).await
             }
@@ -349,8 +355,15 @@ impl Api {
                     self.reserve(&call, r, bound, 0).await?;
                 }
                 Ok(Reply::Whole(
-                    self.embed(pool, req, call.request_id, call.reservation, outcome)
-                        .await?,
+                    self.embed(
+                        pool,
+                        req,
+                        call.request_id,
+                        call.reservation,
+                        call.trace,
+                        outcome,
+                    )
+                    .await?,
                 ))
             }
         }

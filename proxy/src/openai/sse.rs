@@ -41,6 +41,11 @@ pub(super) struct Answer {
 }
 
 impl Answer {
+    /// The answer's `id` (`chatcmpl-…`, `cmpl-…`).
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
     pub(super) fn new(shape: Shape, request_id: &str, model: &str, include_usage: bool) -> Self {
         let kind = if shape == Shape::Chat {
             "chatcmpl"

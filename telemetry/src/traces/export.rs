@@ -31,6 +31,23 @@ pub struct SpanCounts {
     pub failed: IntCounter,
 }
 
+impl SpanCounts {
+    /// Register `name` (`…_trace_spans_total`) with its closed `result`
+    /// label set: `exported`, `dropped`, `failed`.
+    pub fn register(r: &mut crate::Registrar, name: &str) -> Self {
+        let spans = r.counter(
+            name,
+            "Finished spans, by what became of them: exported, dropped (export queue full), failed (export failed or timed out)",
+            &["result"],
+        );
+        SpanCounts {
+            exported: spans.with_label_values(&["exported"]),
+            dropped: spans.with_label_values(&["dropped"]),
+            failed: spans.with_label_values(&["failed"]),
+        }
+    }
+}
+
 /// The processor `config` describes: bounded queue, batches, OTLP export
 /// run on `runtime`.
 pub(super) fn processor(

@@ -14,10 +14,13 @@ mod export;
 mod propagation;
 
 pub use export::SpanCounts;
+/// The OpenTelemetry `Span` trait (bring it in scope as `OtelSpan as _`
+/// to call [`Span`]'s methods).
+pub use opentelemetry::trace::Span as OtelSpan;
 pub use opentelemetry::trace::{
-    Link, Span as _, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt as _, TraceId,
+    Link, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt as _, TraceId,
 };
-pub use opentelemetry::{KeyValue, Value};
+pub use opentelemetry::{Array, KeyValue, Value};
 pub use opentelemetry_sdk::trace::Span;
 pub use propagation::{extract, extract_grpc, inject_grpc, traceparent};
 
@@ -54,9 +57,8 @@ impl Traces {
     ) -> Result<Self, String> {
         let processor = export::processor(config, runtime, counts)?;
         // A parent's decision is followed; a new trace is kept with the ratio.
-        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            config.sampling_ratio,
-        )));
+        let sampler =
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sampling_ratio)));
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_sampler(sampler)

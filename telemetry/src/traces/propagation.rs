@@ -23,8 +23,10 @@ pub fn extract_grpc(metadata: &tonic::metadata::MetadataMap) -> Option<SpanConte
 /// `tracestate` header values, for a request going upstream.
 pub fn traceparent(span: &SpanContext) -> (String, Option<String>) {
     let mut out = Pairs::default();
-    TraceContextPropagator::new()
-        .inject_context(&Context::new().with_remote_span_context(span.clone()), &mut out);
+    TraceContextPropagator::new().inject_context(
+        &Context::new().with_remote_span_context(span.clone()),
+        &mut out,
+    );
     (out.traceparent, out.tracestate)
 }
 

@@ -1,0 +1,129 @@
+//! The request's server span (OpenTelemetry HTTP conventions): started as
+//! the request is read, continuing the client's W3C trace context when
+//! `[traces].accept_incoming` believes it (else a new trace linking to it),
+//! named once routed, propagated to the upstream, ended with the status.
+//! Tracing off, none of this runs.
+
+use super::{Gateway, RequestCtx};
+use gantry_config::traces::AcceptIncoming;
+use gantry_telemetry::traces::{
+    extract, traceparent, KeyValue, Link, OtelSpan as _, SpanBuilder, SpanKind, Status,
+};
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+impl Gateway {
+    /// Start the request's span, if traced.
+    pub(super) fn start_span(&self, session: &Session, ctx: &mut RequestCtx) {
+        let Some(traces) = &self.traces else {
+            return;
+        };
+        let req = session.req_header();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let incoming = extract(&req.headers);
+        let believed = match traces.accept_incoming() {
+            AcceptIncoming::Always => true,
+            AcceptIncoming::Never => false,
+            AcceptIncoming::TrustedProxies => peer.is_some_and(|ip| {
+                let trusted = &ctx.live.config.trusted_proxies;
+                trusted.iter().any(|net| net.contains(&ip))
+            }),
+        };
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", req.method.to_string()),
+            KeyValue::new("url.path", req.uri.path().to_string()),
+            KeyValue::new("gantry.request_id", ctx.request_id.clone()),
+        ];
+        if let Some(host) = crate::normalize::host_of(req) {
+            attributes.push(KeyValue::new("server.address", host.to_string()));
+        }
+        if let Some(ip) = peer {
+            attributes.push(KeyValue::new("client.address", ip.to_string()));
+        }
+        let mut builder = SpanBuilder::from_name(req.method.to_string())
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes);
+        let parent = match incoming {
+            Some(client) if !believed => {
+                // Not continued, but not lost: the new trace points at it.
+                builder = builder.with_links(vec![Link::with_context(client)]);
+                None
+            }
+            believed => believed,
+        };
+        ctx.span = Some(traces.start(builder, parent.as_ref()));
+    }
+
+    /// The routed request's span name: `{method} {route prefix}`.
+    pub(super) fn name_span(&self, session: &Session, ctx: &mut RequestCtx, route: usize) {
+        let prefix = ctx.live.router.route(route).path_prefix.clone();
+        let name = ctx.live.router.route(route).name.clone();
+        if let Some(span) = ctx.span.as_mut() {
+            span.update_name(format!("{} {prefix}", session.req_header().method));
+            span.set_attribute(KeyValue::new("http.route", prefix));
+            span.set_attribute(KeyValue::new("gantry.route", name));
+        }
+    }
+
+    /// The upstream continues the request's trace: its `traceparent` (and
+    /// `tracestate`) replace the client's.
+    pub(super) fn propagate_span(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()> {
+        let Some(span) = &ctx.span else {
+            return Ok(());
+        };
+        let (parent, state) = traceparent(span.span_context());
+        upstream.insert_header(TRACEPARENT, parent)?;
+        match state {
+            Some(state) => upstream.insert_header(TRACESTATE, state)?,
+            None => {
+                upstream.remove_header(TRACESTATE);
+            }
+        }
+        Ok(())
+    }
+
+    /// End the request's span with its status (0: none was sent).
+    pub(super) fn end_span(ctx: &mut RequestCtx, status: u16, error: Option<&str>) {
+        let Some(mut span) = ctx.span.take() else {
+            return;
+        };
+        if status > 0 {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+        }
+        if status >= 500 || status == 0 {
+            let error_type = match (status, error) {
+                (0, Some(e)) => e.to_string(),
+                (0, None) => "no_response".to_string(),
+                (s, _) => s.to_string(),
+            };
+            span.set_attribute(KeyValue::new("error.type", error_type.clone()));
+            span.set_status(Status::error(error_type));
+        }
+        span.end();
+    }
+
+    /// The request's trace id, when traced (for the access log).
+    pub(super) fn trace_id(ctx: &RequestCtx) -> Option<String> {
+        ctx.span
+            .as_ref()
+            .map(|s| s.span_context().trace_id().to_string())
+    }
+
+    /// Where the OpenAI API's attempt spans go.
+    pub(super) fn api_trace<'a>(&'a self, ctx: &'a RequestCtx) -> Option<crate::openai::Trace<'a>> {
+        Some(crate::openai::Trace {
+            traces: self.traces.as_deref()?,
+            parent: ctx.span.as_ref()?.span_context(),
+        })
+    }
+}
