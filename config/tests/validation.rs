@@ -423,3 +423,67 @@ fn the_shared_key_store_is_redis_with_a_stated_behaviour_when_unreachable() {
         "on_unreachable",
     );
 }
+
+#[test]
+fn traces_defaults_and_each_limit_named() {
+    use gantry_config::traces::{AcceptIncoming, OtlpProtocol};
+    let c = parse(
+        &format!("{BASE}[traces]\nendpoint = \"http://collector:4317\"\n"),
+        "t",
+        Path::new("."),
+    )
+    .unwrap();
+    let t = c.traces.expect("traced");
+    assert_eq!(t.protocol, OtlpProtocol::Grpc);
+    assert_eq!(t.accept_incoming, AcceptIncoming::TrustedProxies);
+    assert_eq!(t.service_name, "gantry");
+    assert_eq!(
+        t.queue_spans,
+        gantry_config::traces::DEFAULT_TRACES_QUEUE_SPANS
+    );
+    assert!(parse(BASE, "t", Path::new(".")).unwrap().traces.is_none());
+
+    let traces = |lines: &str| format!("[traces]\nendpoint = \"http://c:4317\"\n{lines}\n");
+    assert_problem(
+        "[traces]\nendpoint = \"https://c:4317\"\n",
+        "traces.endpoint: `https://c:4317` is not an http:// URL",
+    );
+    assert_problem(
+        &traces("sampling_ratio = 1.5"),
+        "traces.sampling_ratio: must be between 0 and 1",
+    );
+    assert_problem(
+        &traces("queue_spans = 10\nbatch_spans = 11"),
+        "traces.batch_spans: must be at most queue_spans (10)",
+    );
+    assert_problem(
+        &traces("queue_spans = 2000000"),
+        "traces.queue_spans: must be at most 1048576",
+    );
+    assert_problem(
+        &traces("queue_spans = 0"),
+        "traces.queue_spans: must be at least 1",
+    );
+    assert_problem(
+        &traces("headers = { \"bad header\" = \"x\" }"),
+        "traces.headers: `bad header` is not a header name",
+    );
+    assert_problem(&traces("sample = 1.0"), "did you mean `sampling_ratio`?");
+}
+
+#[test]
+fn the_backend_has_no_trusted_proxies_to_trace_from() {
+    let text = format!(
+        "{}\n[traces]\nendpoint = \"http://c:4317\"\naccept_incoming = \"trusted_proxies\"\n",
+        gantry_config::backend::EMBEDDED_BACKEND_DEFAULT
+    );
+    let err = gantry_config::backend::parse_backend(&text, "b", Path::new("examples"))
+        .expect_err("refused");
+    let found: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("traces.accept_incoming: the backend has no trusted proxies")),
+        "{found:#?}"
+    );
+}

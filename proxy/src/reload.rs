@@ -342,6 +342,11 @@ mod tests {
                 "threads = 3\n[limits]\nmax_connections = 7",
                 vec!["server.threads", "limits.max_connections"],
             ),
+            (
+                "[[routes]]",
+                "[traces]\nendpoint = \"http://collector:4317\"\n[[routes]]",
+                vec!["traces"],
+            ),
             // What a reload applies: named by nothing.
             ("max_body_bytes = 10", "max_body_bytes = 11", vec![]),
             ("name = \"all\"", "name = \"every\"", vec![]),

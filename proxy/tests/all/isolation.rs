@@ -406,12 +406,19 @@ async fn a_busy_plugin_answers_503_and_is_never_skipped_nor_marked_unhealthy() {
 /// The real backend (SmolLM2 on the CPU) in process, with only the generation
 /// model, on an ephemeral port.
 async fn real_backend() -> gantry_inference::Backend {
+    real_backend_with("").await
+}
+
+/// [`real_backend`], with `extra` tables added to its configuration.
+pub(crate) async fn real_backend_with(extra: &str) -> gantry_inference::Backend {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();
     let text = gantry_config::backend::EMBEDDED_BACKEND_DEFAULT
         .replace("127.0.0.1:50051", "127.0.0.1:0")
-        .replace("\"127.0.0.1:9091\"", "\"off\"");
+        .replace("\"127.0.0.1:9091\"", "\"off\"")
+        + "\n"
+        + extra;
     let mut config =
         gantry_config::backend::parse_backend(&text, "backend", &repo.join("config/examples"))
             .unwrap();

@@ -1,6 +1,7 @@
 //! Gantry's gateway integration tests: one binary, one module per topic
 //! (fast to link on small machines), every server on an ephemeral port.
 
+mod collector;
 mod harness;
 
 mod admin;
@@ -26,4 +27,5 @@ mod shared_keys;
 mod shutdown;
 mod slow_clients;
 mod tls;
+mod traces;
 mod upgrade;
