@@ -324,6 +324,12 @@ fn convert(raw: BackendFile, base: &Path) -> Result<BackendConfig, Vec<Problem>>
                 "the backend has no trusted proxies: `always` (its callers are gateways) or `never`",
             );
         }
+        if t.plugin_spans {
+            c.fail(
+                "traces.plugin_spans",
+                "the backend runs no plugins (a gateway setting)",
+            );
+        }
         let accept = crate::traces::AcceptIncoming::Always;
         crate::traces::convert_traces(&mut c, t, BACKEND_SERVICE_NAME, accept)
     });

@@ -56,6 +56,10 @@ pub struct TracesSection {
     pub accept_incoming: Option<AcceptIncoming>,
     /// `service.name` of the spans. Default `gantry` (gateway), `gantry-backend`.
     pub service_name: Option<String>,
+    /// Gateway only: a span for each plugin's request and response-headers
+    /// hook in a sampled request (`plugin {name} {hook}`). Default false.
+    #[serde(default)]
+    pub plugin_spans: bool,
 }
 
 /// How spans reach the receiver.
@@ -104,6 +108,8 @@ pub struct Traces {
     pub accept_incoming: AcceptIncoming,
     /// `service.name`.
     pub service_name: String,
+    /// A span per plugin hook call (gateway).
+    pub plugin_spans: bool,
 }
 
 /// Validate `raw` (at `path`), filling defaults: `service` and `accept` are
@@ -190,5 +196,6 @@ pub(crate) fn convert_traces(
         ),
         accept_incoming: raw.accept_incoming.unwrap_or(accept),
         service_name,
+        plugin_spans: raw.plugin_spans,
     }
 }

@@ -178,13 +178,10 @@ impl Gantry {
             )),
             None => None,
         };
-        let gateway = Gateway::new(
-            live.clone(),
-            metrics.clone(),
-            lifecycle.clone(),
-            tenants,
-            traces.clone(),
-        );
+        let mut gateway = Gateway::new(live.clone(), metrics.clone(), lifecycle.clone(), tenants);
+        if let (Some(traces), Some(config)) = (&traces, &config.traces) {
+            gateway = gateway.with_traces(traces.clone(), config.plugin_spans);
+        }
         let (app, certificates) =
             front_door(&config, &server.configuration, gateway, metrics.clone())?;
         let reloader = Reloader::new(

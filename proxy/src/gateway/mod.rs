@@ -57,18 +57,18 @@ pub struct Gateway {
     tenants: Arc<crate::tenants::Tenants>,
     /// Where spans go; `None`: not traced.
     traces: Option<Arc<gantry_telemetry::traces::Traces>>,
+    /// Plugin hooks get spans (in sampled requests).
+    plugin_spans: bool,
 }
 
 impl Gateway {
     /// Assemble the gateway: requests are served on `live`'s configuration,
-    /// let in on routes with `auth = "keys"` by `tenants`' keys, and traced
-    /// by `traces` when there are.
+    /// and let in on routes with `auth = "keys"` by `tenants`' keys.
     pub fn new(
         live: Live,
         metrics: Arc<Metrics>,
         lifecycle: Arc<Lifecycle>,
         tenants: Arc<crate::tenants::Tenants>,
-        traces: Option<Arc<gantry_telemetry::traces::Traces>>,
     ) -> Self {
         Gateway {
             live,
@@ -76,8 +76,20 @@ impl Gateway {
             lifecycle,
             connector: pingora::connectors::http::Connector::new(None),
             tenants,
-            traces,
+            traces: None,
+            plugin_spans: false,
         }
+    }
+
+    /// Trace requests in `traces` (with plugin hooks' spans when `plugin_spans`).
+    pub fn with_traces(
+        mut self,
+        traces: Arc<gantry_telemetry::traces::Traces>,
+        plugin_spans: bool,
+    ) -> Self {
+        self.traces = Some(traces);
+        self.plugin_spans = plugin_spans;
+        self
     }
 }
 

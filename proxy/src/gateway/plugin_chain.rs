@@ -152,6 +152,7 @@ impl Gateway {
         ctx.plugin_contexts.reserve(plugins.len());
         for (k, plugin) in plugins.iter().enumerate() {
             let mut pairs = crate::plugins::request_pairs(session.req_header(), scheme);
+            let started = self.hook_started(ctx);
             let result = match plugin.start_request(props.clone()) {
                 Ok(mut hc) => {
                     let request_id = ctx.request_id.as_str();
@@ -178,6 +179,8 @@ impl Gateway {
                 }
                 Err(e) => Err(e),
             };
+            let outcome = decided(result.as_ref().map(|(_, d)| d));
+            self.hook_span(ctx, started, &plugin.name, Hook::Request, outcome);
             match result {
                 Ok((hc, gantry_plugins::Decision::Respond(local))) => {
                     self.plugin_outcome(
@@ -265,7 +268,11 @@ impl Gateway {
         for (k, hc) in contexts.iter_mut().rev() {
             let plugin = hc.plugin().clone();
             let mut pairs = crate::plugins::response_pairs(resp);
-            match hc.on_response_headers(&mut pairs, false) {
+            let started = self.hook_started(ctx);
+            let result = hc.on_response_headers(&mut pairs, false);
+            let outcome = decided(result.as_ref());
+            self.hook_span(ctx, started, &plugin.name, Hook::ResponseHeaders, outcome);
+            match result {
                 // A response cannot wait for a plugin: pausing here continues.
                 Ok(gantry_plugins::Decision::Continue | gantry_plugins::Decision::Pause) => {
                     ctx.live.hot[route][*k].response_headers.inc();
@@ -412,5 +419,15 @@ impl Gateway {
         }
         *body = (!data.is_empty()).then_some(data);
         Ok(())
+    }
+}
+
+/// A hook call's outcome, for its span.
+fn decided<E>(result: std::result::Result<&gantry_plugins::Decision, E>) -> &'static str {
+    match result {
+        Ok(gantry_plugins::Decision::Continue) => HookOutcome::Continue.as_str(),
+        Ok(gantry_plugins::Decision::Pause) => HookOutcome::Pause.as_str(),
+        Ok(gantry_plugins::Decision::Respond(_)) => HookOutcome::Respond.as_str(),
+        Err(_) => HookOutcome::Error.as_str(),
     }
 }

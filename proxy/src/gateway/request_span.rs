@@ -5,6 +5,7 @@
 //! Tracing off, none of this runs.
 
 use super::{Gateway, RequestCtx};
+use crate::metrics::Hook;
 use gantry_config::traces::AcceptIncoming;
 use gantry_telemetry::traces::{
     extract, traceparent, KeyValue, Link, OtelSpan as _, SpanBuilder, SpanKind, Status,
@@ -12,6 +13,7 @@ use gantry_telemetry::traces::{
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::Result;
+use std::time::SystemTime;
 
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
@@ -63,13 +65,45 @@ impl Gateway {
 
     /// The routed request's span name: `{method} {route prefix}`.
     pub(super) fn name_span(&self, session: &Session, ctx: &mut RequestCtx, route: usize) {
-        let prefix = ctx.live.router.route(route).path_prefix.clone();
-        let name = ctx.live.router.route(route).name.clone();
-        if let Some(span) = ctx.span.as_mut() {
-            span.update_name(format!("{} {prefix}", session.req_header().method));
-            span.set_attribute(KeyValue::new("http.route", prefix));
-            span.set_attribute(KeyValue::new("gantry.route", name));
-        }
+        let Some(span) = ctx.span.as_mut() else {
+            return;
+        };
+        let route = ctx.live.router.route(route);
+        let method = &session.req_header().method;
+        span.update_name(format!("{method} {}", route.path_prefix));
+        span.set_attribute(KeyValue::new("http.route", route.path_prefix.clone()));
+        span.set_attribute(KeyValue::new("gantry.route", route.name.clone()));
+    }
+
+    /// When a plugin hook starts, if it gets a span: `plugin_spans` is on
+    /// and the request is sampled.
+    pub(super) fn hook_started(&self, ctx: &RequestCtx) -> Option<SystemTime> {
+        let sampled = ctx.span.as_ref()?.span_context().is_sampled();
+        (self.plugin_spans && sampled).then(SystemTime::now)
+    }
+
+    /// Record a plugin hook's span, from `started` ([`Self::hook_started`])
+    /// to now, with its outcome.
+    pub(super) fn hook_span(
+        &self,
+        ctx: &RequestCtx,
+        started: Option<SystemTime>,
+        plugin: &str,
+        hook: Hook,
+        outcome: &'static str,
+    ) {
+        let (Some(started), Some(traces), Some(parent)) = (started, &self.traces, &ctx.span) else {
+            return;
+        };
+        let builder = SpanBuilder::from_name(format!("plugin {plugin} {}", hook.as_str()))
+            .with_kind(SpanKind::Internal)
+            .with_start_time(started)
+            .with_attributes(vec![
+                KeyValue::new("gantry.plugin", plugin.to_string()),
+                KeyValue::new("gantry.plugin.hook", hook.as_str()),
+                KeyValue::new("gantry.plugin.outcome", outcome),
+            ]);
+        traces.start(builder, Some(parent.span_context())).end();
     }
 
     /// The upstream continues the request's trace: its `traceparent` (and

@@ -159,7 +159,7 @@ impl<'a> Attempts<'a> {
                     self.last = Some(ApiError::upstream());
                 }
                 Ok(Err(status)) => {
-                    span.failed(&format!("{:?}", status.code()));
+                    span.failed(format_args!("{:?}", status.code()));
                     let err = ApiError::from_status(&status, param, name, request_id);
                     if !ApiError::retryable(status.code()) {
                         return Err(err);

@@ -202,11 +202,11 @@ impl Api {
                 // still answer it in full.
                 Err((error, true)) if attempts.may_retry() => {
                     tracing::warn!(request_id = call.request_id, backend = %generation.backend.label, error = %error.message, "inference stream broke before the answer was sent; retrying on another backend");
-                    generation.span.failed(&error.status.to_string());
+                    generation.span.failed(error.status);
                     attempts.broke(&generation.backend, error);
                 }
                 Err((error, _)) => {
-                    generation.span.failed(&error.status.to_string());
+                    generation.span.failed(error.status);
                     self.count(&model, outcome, &error.status.to_string());
                     return Err(error);
                 }

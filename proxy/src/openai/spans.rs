@@ -123,10 +123,11 @@ impl AttemptSpan {
 
     /// The attempt failed (`error_type`: a gRPC code's name, `timeout`,
     /// `stream_ended`, or the HTTP status it became).
-    pub fn failed(&mut self, error_type: &str) {
+    pub fn failed(&mut self, error_type: impl std::fmt::Display) {
         if let Some(mut span) = self.0.take() {
-            span.set_attribute(KeyValue::new("error.type", error_type.to_string()));
-            span.set_status(Status::error(error_type.to_string()));
+            let error_type = error_type.to_string();
+            span.set_attribute(KeyValue::new("error.type", error_type.clone()));
+            span.set_status(Status::error(error_type));
             span.end();
         }
     }

@@ -354,3 +354,35 @@ async fn spans_not_sampled_are_not_exported_but_their_context_still_goes_upstrea
     assert_eq!(collector.spans().len(), 1);
     assert!(!sent.contains(&collector.spans()[0].trace_id));
 }
+
+#[tokio::test]
+async fn with_plugin_spans_each_hook_of_a_sampled_request_is_a_child_span() {
+    use crate::plugins::{config, example, route};
+    let collector = Collector::grpc().await;
+    let origin = Origin::start("o").await;
+    let file = example("add_header");
+    let plugin = (
+        "add-header",
+        file.as_path(),
+        "configuration = { request = { \"x-team\" = \"edge\" } }",
+    );
+    let gw = Gateway::start(
+        &(config(origin.addr, &[route("r", "/", &[plugin])])
+            + &collector.section("grpc", "plugin_spans = true")),
+    )
+    .await;
+    assert_eq!(gw.get("/").await.status(), 200);
+    let spans = collector
+        .wait_for("the request and its two hooks", |s| s.len() >= 3)
+        .await;
+    let server = one(&spans, "server", |s| s.kind == SpanKind::Server);
+    for hook in ["request", "response_headers"] {
+        let span = one(&spans, hook, |s| {
+            s.name == format!("plugin add-header {hook}")
+        });
+        assert_eq!(span.parent_span_id, server.span_id);
+        assert_eq!(span.trace_id, server.trace_id);
+        assert_eq!(span.str("gantry.plugin.outcome"), Some("continue"));
+        assert!(server.start_ns <= span.start_ns && span.end_ns <= server.end_ns);
+    }
+}
