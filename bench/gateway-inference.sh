@@ -136,13 +136,7 @@ lines.append("")
 block("real", "SmolLM2, 1 stream", "grpc-direct", "http-gateway-stream")
 lines.append(f"Machine: {platform.machine()}, {__import__('os').cpu_count()} cores; gateway with `threads = 1` (plus one background runtime thread that watches the backend); load generator and backend on the same cores.")
 table = "\n".join(lines)
-doc = "docs/BENCHMARKS.md"
-text = open(doc).read()
-block_text = "<!-- gateway-inference:start -->\n" + table + "\n<!-- gateway-inference:end -->"
-if "<!-- gateway-inference:start -->" in text:
-    text = re.sub(r"<!-- gateway-inference:start -->.*<!-- gateway-inference:end -->", lambda _: block_text, text, flags=re.S)
-else:
-    text += "\n## Gateway overhead on inference traffic\n\n`bench/gateway-inference.sh`\n\n" + block_text + "\n"
-open(doc, "w").write(text)
-print(table)
+sys.path.insert(0, "bench")
+from bench_doc import write_block
+write_block("gateway-inference", "Gateway overhead on inference traffic", "bench/gateway-inference.sh", table)
 PY

@@ -86,13 +86,7 @@ table = "\n".join([
     "",
     f"Throughput with the key: **{m1 / m0:.3f}×** in process, **{m2 / m0:.3f}×** in Redis; added p50: **{(mean_ms(p50_1) - mean_ms(p50_0)) * 1000:+.0f} µs** in process (target: limiter check ≤ 50 µs), **{(mean_ms(p50_2) - mean_ms(p50_0)) * 1000:+.0f} µs** in Redis (target ≤ 0.5 ms).",
 ])
-doc = "docs/BENCHMARKS.md"
-text = open(doc).read()
-block = "<!-- keys:start -->\n" + table + "\n<!-- keys:end -->"
-if "<!-- keys:start -->" in text:
-    text = re.sub(r"<!-- keys:start -->.*<!-- keys:end -->", lambda _: block, text, flags=re.S)
-else:
-    text += "\n## API keys and rate limits\n\n`bench/keys.sh`\n\n" + block + "\n"
-open(doc, "w").write(text)
-print(table)
+sys.path.insert(0, "bench")
+from bench_doc import write_block
+write_block("keys", "API keys and rate limits", "bench/keys.sh", table)
 PY

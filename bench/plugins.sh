@@ -110,13 +110,7 @@ table = "\n".join([
     "| benchmark | time [low estimate high] |",
     "|---|---|",
 ] + [f"| {line.split(' | ')[0]} | {line.split(' | ')[1]} |" for line in micro.splitlines() if " | " in line])
-doc = "docs/BENCHMARKS.md"
-text = open(doc).read()
-block = "<!-- plugins:start -->\n" + table + "\n<!-- plugins:end -->"
-if "<!-- plugins:start -->" in text:
-    text = re.sub(r"<!-- plugins:start -->.*<!-- plugins:end -->", lambda _: block, text, flags=re.S)
-else:
-    text += "\n## Wasm plugin overhead\n\n`bench/plugins.sh`\n\n" + block + "\n"
-open(doc, "w").write(text)
-print(table)
+sys.path.insert(0, "bench")
+from bench_doc import write_block
+write_block("plugins", "Wasm plugin overhead", "bench/plugins.sh", table)
 PY

@@ -122,13 +122,7 @@ lines.append("")
 lines.append(f"Machine: {platform.machine()}, {os.cpu_count()} cores; each gateway `threads = 1` (plus its background runtime, where exports run); "
              "load generator, fixture and receiver on the same cores.")
 table = "\n".join(lines)
-doc = "docs/BENCHMARKS.md"
-text = open(doc).read()
-block = "<!-- traces:start -->\n" + table + "\n<!-- traces:end -->"
-if "<!-- traces:start -->" in text:
-    text = re.sub(r"<!-- traces:start -->.*<!-- traces:end -->", lambda _: block, text, flags=re.S)
-else:
-    text += "\n## What tracing costs\n\n`bench/traces.sh`\n\n" + block + "\n"
-open(doc, "w").write(text)
-print(table)
+sys.path.insert(0, "bench")
+from bench_doc import write_block
+write_block("traces", "What tracing costs", "bench/traces.sh", table)
 PY
