@@ -19,6 +19,21 @@ fn client_traceparent() -> String {
     format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")
 }
 
+/// GET `path` with the client's `traceparent` and a `tracestate`; what the
+/// origin saw.
+async fn get_with_client_context(gw: &Gateway, path: &str) -> serde_json::Value {
+    let res = gw
+        .client
+        .get(gw.url(path))
+        .header("traceparent", client_traceparent())
+        .header("tracestate", "client=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    json(res).await
+}
+
 fn one<'a>(spans: &'a [Span], what: &str, pick: impl Fn(&Span) -> bool) -> &'a Span {
     let found: Vec<&Span> = spans.iter().filter(|s| pick(s)).collect();
     assert_eq!(found.len(), 1, "one {what} span: {spans:#?}");
@@ -234,16 +249,7 @@ async fn an_http_upstream_gets_the_trace_and_a_client_context_not_believed_is_re
     // No trusted proxies: the test client's context is not believed.
     let gw =
         Gateway::start(&(one_pool(&[origin.addr], "", "") + &collector.section("http", ""))).await;
-    let res = gw
-        .client
-        .get(gw.url("/hello"))
-        .header("traceparent", client_traceparent())
-        .header("tracestate", "client=1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let seen = json(res).await;
+    let seen = get_with_client_context(&gw, "/hello").await;
     let sent = seen["headers"]["traceparent"].as_str().unwrap().to_string();
     assert!(seen["headers"].get("tracestate").is_none(), "{seen}");
 
@@ -274,15 +280,7 @@ async fn tracing_off_touches_no_trace_header() {
     let gw = Gateway::start(&one_pool(&[origin.addr], "", "")).await;
     let seen = json(gw.get("/").await).await;
     assert!(seen["headers"].get("traceparent").is_none(), "{seen}");
-    let res = gw
-        .client
-        .get(gw.url("/"))
-        .header("traceparent", client_traceparent())
-        .header("tracestate", "client=1")
-        .send()
-        .await
-        .unwrap();
-    let seen = json(res).await;
+    let seen = get_with_client_context(&gw, "/").await;
     assert_eq!(seen["headers"]["traceparent"], client_traceparent());
     assert_eq!(seen["headers"]["tracestate"], "client=1");
     assert_eq!(
