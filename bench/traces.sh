@@ -94,7 +94,8 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 for mode in off on down; do
   rss=$(awk '/VmRSS/ {print $2}' "/proc/${gw[$mode]}/status")
-  spans=$(curl -s "http://127.0.0.1:1$(port $mode)/metrics" | awk '/^gantry_trace_spans_total/ {printf "%s=%s ", $1, $2}')
+  spans=$(curl -s "http://127.0.0.1:1$(port $mode)/metrics" |
+    awk '/^gantry_trace_spans_total/ {match($1, /result="[a-z]+"/); printf "%s=%s ", substr($1, RSTART + 8, RLENGTH - 9), $2}')
   echo "{\"mode\": \"$mode\", \"rss_kib\": $rss, \"spans\": \"$spans\"}" >> "$work/state.jsonl"
 done
 
@@ -116,7 +117,7 @@ for mode in ("off", "on", "down"):
     p50 = m(mode, lambda r: r["total_ms"]["p50"])
     p99 = m(mode, lambda r: r["total_ms"]["p99"])
     errs = sum(r["errors"] for r in rows if r["label"] == mode)
-    spans = state[mode]["spans"].replace('gantry_trace_spans_total{result=', '').replace('}', '').replace('"', '').strip()
+    spans = state[mode]["spans"].strip()
     lines.append(f"| {mode} | {rps:.0f} | **{rps / off:.3f}×** | {p50:.2f} | {p99:.2f} | {errs} | {state[mode]['rss_kib'] / 1024:.0f} | {spans or '—'} |")
 lines.append("")
 lines.append(f"Machine: {platform.machine()}, {os.cpu_count()} cores; each gateway `threads = 1` (plus its background runtime, where exports run); "
