@@ -2,6 +2,7 @@
 //! allocator, epoch interruption), the ticker that advances the epoch, the
 //! linker of host functions, and loading a plugin.
 
+use crate::background::Timers;
 use crate::error::PluginError;
 use crate::host::HostState;
 use crate::limits::PluginLimits;
@@ -47,8 +48,9 @@ impl Default for EngineCapacity {
 }
 
 impl EngineCapacity {
-    /// Sized for `plugins`: twice their `max_instances` (a reload's new
-    /// version fills while the old one's requests finish), at most
+    /// Sized for `plugins`: twice their `max_instances` and background
+    /// instance (a reload's new version fills while the old one's requests
+    /// finish), at most
     /// [`gantry_config::file::MAX_PLUGIN_ENGINE_INSTANCES`], and their largest
     /// `memory_bytes`.
     pub fn for_plugins<'a>(
@@ -56,7 +58,8 @@ impl EngineCapacity {
     ) -> Self {
         let (mut instances, mut memory_bytes) = (0usize, DEFAULT_MEMORY_BYTES);
         for p in plugins {
-            instances = instances.saturating_add(p.max_instances.saturating_mul(2));
+            let each = p.max_instances.saturating_add(1);
+            instances = instances.saturating_add(each.saturating_mul(2));
             memory_bytes = memory_bytes.max(p.memory_bytes);
         }
         EngineCapacity {
@@ -71,6 +74,8 @@ pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<HostState>>,
     stop: Arc<AtomicBool>,
+    /// Plugins' ticks (see [`crate::background`]).
+    timers: Arc<Timers>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -82,6 +87,7 @@ impl std::fmt::Debug for PluginEngine {
 impl Drop for PluginEngine {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.timers.stop();
     }
 }
 
@@ -127,6 +133,7 @@ impl PluginEngine {
             engine,
             linker: Arc::new(linker),
             stop,
+            timers: Timers::start()?,
         })
     }
 
@@ -211,12 +218,18 @@ impl PluginEngine {
             next_context: AtomicU32::new(2),
             health: Mutex::new(Health::default()),
             troubled: Default::default(),
+            background: Mutex::default(),
         });
         let vm = plugin.new_vm().map_err(|e| match e {
             PluginError::Trap { reason, hook, .. } => invalid(format!("{hook}: {reason}")),
             other => other,
         })?;
-        plugin.idle.lock().expect("idle lock").push(vm);
+        // A first instance that asked for ticks runs them; else it serves requests.
+        let adopted = plugin.background.lock().expect("background lock").adopt(vm);
+        match adopted {
+            Some(vm) => plugin.idle.lock().expect("idle lock").push(vm),
+            None => self.timers.add(&plugin),
+        }
         Ok(plugin)
     }
 }

@@ -24,6 +24,7 @@
 //! request), so a healthy plugin costs no compilation or instantiation per request.
 
 pub mod abi;
+mod background;
 mod context;
 mod cpu;
 mod engine;

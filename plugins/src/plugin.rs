@@ -28,6 +28,8 @@ pub(crate) struct Exports {
     pub(crate) on_http_call_response: Option<CallbackHook>,
     pub(crate) on_done: Option<TypedFunc<i32, i32>>,
     pub(crate) on_delete: Option<TypedFunc<i32, ()>>,
+    /// `proxy_on_tick(root)`, for the background instance.
+    pub(crate) on_tick: Option<TypedFunc<i32, ()>>,
 }
 
 /// `proxy_on_http_call_response(root, token, headers, body size, trailers)`.
@@ -62,6 +64,8 @@ pub struct Plugin {
     /// Whether `health` is anything but the default (a failure counted, a
     /// backoff earned): healthy calls then touch no lock.
     pub(crate) troubled: AtomicBool,
+    /// The instance that runs outside requests (ticks), if it asked to.
+    pub(crate) background: Mutex<crate::background::Background>,
 }
 
 /// Consecutive failures and the backoff they earned.
@@ -116,6 +120,7 @@ impl Plugin {
             next_token: 1,
             http: HttpState::default(),
             clock: Default::default(),
+            tick_period: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.store_limits);
@@ -172,6 +177,9 @@ impl Plugin {
                 .ok(),
             on_delete: instance
                 .get_typed_func::<i32, ()>(&mut store, "proxy_on_delete")
+                .ok(),
+            on_tick: instance
+                .get_typed_func::<i32, ()>(&mut store, "proxy_on_tick")
                 .ok(),
         };
         cpu::arm(&mut store);

@@ -76,6 +76,8 @@ pub struct Shared {
     log_lines_per_second: u32,
     /// Limits refused inside host calls, by [`Limit`], until the next scrape.
     hits: [AtomicU64; Limit::ALL.len()],
+    /// Ticks run (0) and failed (1), until the next scrape.
+    ticks: [AtomicU64; 2],
 }
 
 impl Shared {
@@ -92,7 +94,20 @@ impl Shared {
             max_metrics: limits.max_metrics,
             log_lines_per_second: limits.log_lines_per_second,
             hits: Default::default(),
+            ticks: Default::default(),
         }
+    }
+
+    pub(crate) fn ticked(&self, ok: bool) {
+        self.ticks[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ticks (`proxy_on_tick` calls) that ran and that failed since the last call.
+    pub fn take_ticks(&self) -> (u64, u64) {
+        (
+            self.ticks[0].swap(0, Ordering::Relaxed),
+            self.ticks[1].swap(0, Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn hit(&self, limit: Limit) {

@@ -26,6 +26,9 @@ pub struct HostState {
     pub(crate) http: HttpState,
     /// The CPU clock of the hook call running now.
     pub(crate) clock: crate::cpu::CallClock,
+    /// The tick period the root context asked for last (zero: stop), until
+    /// the host reads it (see [`crate::background`]).
+    pub(crate) tick_period: Option<std::time::Duration>,
 }
 
 impl AsMut<crate::cpu::CallClock> for HostState {
@@ -157,11 +160,11 @@ mod metrics;
 mod properties;
 mod shared_data;
 mod streams;
+mod timers;
 
 /// Functions the ABI defines that this host does not implement: they return
 /// `Unimplemented` (12), never succeed silently. Listed in docs/PLUGINS.md.
 const UNIMPLEMENTED: &[(&str, usize)] = &[
-    ("proxy_set_tick_period_milliseconds", 1),
     ("proxy_set_property", 4),
     ("proxy_register_shared_queue", 3),
     ("proxy_resolve_shared_queue", 5),
@@ -191,6 +194,7 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     metrics::link(linker)?;
     calls::link(linker)?;
     streams::link(linker)?;
+    timers::link(linker)?;
     Ok(())
 }
 

@@ -4,3 +4,4 @@
 mod fuzz_corpus;
 mod host_bounds;
 mod sandbox;
+mod timers;

@@ -25,6 +25,7 @@ pub(crate) fn module_with(request_headers: &str, response_headers: &str, extra: 
           (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
+          (import "env" "proxy_grpc_cancel" (func $grpc_cancel (param i32) (result i32)))
           (memory (export "memory") 1)
           (global $heap (mut i32) (i32.const 1024))
           (data (i32.const 16) "x-a")
@@ -358,7 +359,7 @@ fn copying_too_much_in_one_host_call_traps() {
 fn unimplemented_abi_calls_say_so() {
     let wasm = module(
         "(drop (call $respond
-            (i32.add (i32.const 500) (call $tick (i32.const 100)))
+            (i32.add (i32.const 500) (call $grpc_cancel (i32.const 1)))
             (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
          (i32.const 0)",
     );

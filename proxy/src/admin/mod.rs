@@ -22,7 +22,7 @@ mod status;
 pub use status::RouteStatus;
 
 use crate::lifecycle::Lifecycle;
-use crate::metrics::{ConfigReload, Metrics};
+use crate::metrics::{ConfigReload, Hook, HookOutcome, Metrics};
 use crate::reload::Reloader;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -94,6 +94,11 @@ impl AdminApp {
                 for (limit, n) in p.shared().take_limit_hits() {
                     self.metrics.plugin_limit_hit(&p.name, limit, n);
                 }
+                let (ticked, failed) = p.shared().take_ticks();
+                let (hook, ok, error) = (Hook::Tick, HookOutcome::Continue, HookOutcome::Error);
+                self.metrics.plugin_calls(route, &p.name, hook, ok, ticked);
+                self.metrics
+                    .plugin_calls(route, &p.name, hook, error, failed);
                 for m in p.shared().metrics() {
                     let kind = match m.kind {
                         gantry_plugins::MetricKind::Counter => "counter",

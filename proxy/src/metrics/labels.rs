@@ -130,6 +130,8 @@ pub enum Hook {
     ResponseHeaders,
     /// The response body.
     ResponseBody,
+    /// A timer tick (`proxy_on_tick`), outside any request.
+    Tick,
 }
 
 impl Hook {
@@ -139,6 +141,7 @@ impl Hook {
             Hook::Request => "request",
             Hook::ResponseHeaders => "response_headers",
             Hook::ResponseBody => "response_body",
+            Hook::Tick => "tick",
         }
     }
 }

@@ -510,6 +510,21 @@ impl Metrics {
         self.plugin_call_counter(route, plugin, hook, outcome).inc();
     }
 
+    /// Count `n` calls of a plugin's hook that ran outside requests (ticks).
+    pub fn plugin_calls(
+        &self,
+        route: &str,
+        plugin: &str,
+        hook: Hook,
+        outcome: HookOutcome,
+        n: u64,
+    ) {
+        if n > 0 {
+            self.plugin_call_counter(route, plugin, hook, outcome)
+                .inc_by(n);
+        }
+    }
+
     /// Count tokens of a model on a backend.
     pub fn tokens(&self, model: &str, backend: &str, direction: Direction, n: u64) {
         self.inference
@@ -636,10 +651,15 @@ mod tests {
             ),
             (
                 "gantry_plugin_calls_total",
-                [Hook::Request, Hook::ResponseHeaders, Hook::ResponseBody]
-                    .iter()
-                    .map(|h| h.as_str())
-                    .collect(),
+                [
+                    Hook::Request,
+                    Hook::ResponseHeaders,
+                    Hook::ResponseBody,
+                    Hook::Tick,
+                ]
+                .iter()
+                .map(|h| h.as_str())
+                .collect(),
             ),
             (
                 "gantry_plugin_calls_total",

@@ -16,6 +16,7 @@ mod isolation;
 mod keys;
 mod openai;
 mod plugin_calls;
+mod plugin_timers;
 mod plugins;
 mod prefix_routing;
 mod python_openai;
