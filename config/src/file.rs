@@ -120,6 +120,10 @@ pub const MAX_PLUGIN_ENGINE_INSTANCES: usize = 1000;
 /// Bytes of shared data one plugin may hold (keys and values, plus 64 bytes of
 /// bookkeeping per key; 1 MiB). A write past it is refused (`BadArgument`).
 pub const DEFAULT_PLUGIN_SHARED_DATA_BYTES: usize = 1 << 20;
+/// Bytes one plugin's shared queues may hold (names and items, plus 64 bytes
+/// of bookkeeping per queue and per item; 1 MiB). An enqueue past it is
+/// refused (`BadArgument`), never waited for.
+pub const DEFAULT_PLUGIN_SHARED_QUEUE_BYTES: usize = 1 << 20;
 /// Metrics one plugin may define; more are refused (`BadArgument`).
 pub const DEFAULT_PLUGIN_MAX_METRICS: usize = 64;
 /// Log lines one plugin may write per second; more are dropped and counted.
@@ -651,6 +655,8 @@ pub struct PluginSection {
     pub max_idle_instances: Option<usize>,
     /// Bytes. Default [`DEFAULT_PLUGIN_SHARED_DATA_BYTES`].
     pub shared_data_bytes: Option<usize>,
+    /// Bytes. Default [`DEFAULT_PLUGIN_SHARED_QUEUE_BYTES`].
+    pub shared_queue_bytes: Option<usize>,
     /// Default [`DEFAULT_PLUGIN_MAX_METRICS`].
     pub max_metrics: Option<usize>,
     /// Default [`DEFAULT_PLUGIN_LOG_LINES_PER_SECOND`].

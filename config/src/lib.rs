@@ -495,6 +495,8 @@ pub struct PluginRef {
     pub max_idle_instances: usize,
     /// Shared data bytes (keys, values, 64 per key).
     pub shared_data_bytes: usize,
+    /// Shared queue bytes (names, items, 64 per queue and per item).
+    pub shared_queue_bytes: usize,
     /// Metrics the plugin may define.
     pub max_metrics: usize,
     /// Log lines per second.

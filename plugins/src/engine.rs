@@ -224,7 +224,9 @@ impl PluginEngine {
             PluginError::Trap { reason, hook, .. } => invalid(format!("{hook}: {reason}")),
             other => other,
         })?;
-        // A first instance that asked for ticks runs them; else it serves requests.
+        let _ = plugin.shared.background.set(Arc::downgrade(&self.timers));
+        // A first instance that asked for ticks or registered a queue runs
+        // outside requests; else it serves them.
         let adopted = plugin.background.lock().expect("background lock").adopt(vm);
         match adopted {
             Some(vm) => plugin.idle.lock().expect("idle lock").push(vm),

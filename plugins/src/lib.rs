@@ -33,6 +33,7 @@ mod hooks;
 mod host;
 mod limits;
 mod plugin;
+mod queues;
 mod shared;
 
 pub use context::HttpContext;
@@ -48,6 +49,7 @@ pub use gantry_config::FailureMode as FailurePolicy;
 
 pub use cpu::WALL_FACTOR;
 
+pub use queues::SHARED_QUEUE_ENTRY_BYTES;
 pub use shared::{
     Metric, MetricKind, Shared, MAX_LOG_LINE_BYTES, MAX_METRIC_NAME_BYTES, SHARED_DATA_ENTRY_BYTES,
 };

@@ -12,6 +12,7 @@ use gantry_config::file::{
     DEFAULT_PLUGIN_MAX_INSTANCES as DEFAULT_MAX_INSTANCES, DEFAULT_PLUGIN_MAX_METRICS,
     DEFAULT_PLUGIN_MAX_MODULE_BYTES as DEFAULT_MAX_MODULE_BYTES,
     DEFAULT_PLUGIN_MEMORY_BYTES as DEFAULT_MEMORY_BYTES, DEFAULT_PLUGIN_SHARED_DATA_BYTES,
+    DEFAULT_PLUGIN_SHARED_QUEUE_BYTES,
 };
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ pub enum Limit {
     CompileTime,
     /// `shared_data_bytes`: a `proxy_set_shared_data` refused.
     SharedDataBytes,
+    /// `shared_queue_bytes`: a queue registration or enqueue refused.
+    SharedQueueBytes,
     /// `max_metrics`: a `proxy_define_metric` refused.
     Metrics,
     /// `log_lines_per_second`: log lines dropped.
@@ -50,7 +53,7 @@ pub enum Limit {
 
 impl Limit {
     /// Every limit, in declaration order.
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 13] = [
         Limit::Cpu,
         Limit::Memory,
         Limit::BytesPerHostCall,
@@ -60,6 +63,7 @@ impl Limit {
         Limit::ModuleBytes,
         Limit::CompileTime,
         Limit::SharedDataBytes,
+        Limit::SharedQueueBytes,
         Limit::Metrics,
         Limit::LogLines,
         Limit::BodyBytes,
@@ -77,6 +81,7 @@ impl Limit {
             Limit::ModuleBytes => "module_bytes",
             Limit::CompileTime => "compile_time",
             Limit::SharedDataBytes => "shared_data_bytes",
+            Limit::SharedQueueBytes => "shared_queue_bytes",
             Limit::Metrics => "metrics",
             Limit::LogLines => "log_lines",
             Limit::BodyBytes => "body_bytes",
@@ -108,6 +113,8 @@ pub struct PluginLimits {
     pub max_idle_instances: usize,
     /// Shared data bytes: keys, values and [`SHARED_DATA_ENTRY_BYTES`](crate::SHARED_DATA_ENTRY_BYTES) per key.
     pub shared_data_bytes: usize,
+    /// Shared queue bytes: names, items and [`SHARED_QUEUE_ENTRY_BYTES`](crate::SHARED_QUEUE_ENTRY_BYTES) per queue and item.
+    pub shared_queue_bytes: usize,
     /// Metrics the plugin may define.
     pub max_metrics: usize,
     /// Log lines per second; more are dropped.
@@ -133,6 +140,7 @@ impl PluginLimits {
             max_instances: p.max_instances,
             max_idle_instances: p.max_idle_instances,
             shared_data_bytes: p.shared_data_bytes,
+            shared_queue_bytes: p.shared_queue_bytes,
             max_metrics: p.max_metrics,
             log_lines_per_second: p.log_lines_per_second,
             max_http_call_timeout: p.max_http_call_timeout,
@@ -154,6 +162,7 @@ impl Default for PluginLimits {
             max_instances: DEFAULT_MAX_INSTANCES,
             max_idle_instances: DEFAULT_MAX_IDLE_INSTANCES,
             shared_data_bytes: DEFAULT_PLUGIN_SHARED_DATA_BYTES,
+            shared_queue_bytes: DEFAULT_PLUGIN_SHARED_QUEUE_BYTES,
             max_metrics: DEFAULT_PLUGIN_MAX_METRICS,
             log_lines_per_second: DEFAULT_PLUGIN_LOG_LINES_PER_SECOND,
             max_http_call_timeout: Duration::from_millis(DEFAULT_PLUGIN_MAX_HTTP_CALL_TIMEOUT_MS),

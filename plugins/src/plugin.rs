@@ -30,6 +30,8 @@ pub(crate) struct Exports {
     pub(crate) on_delete: Option<TypedFunc<i32, ()>>,
     /// `proxy_on_tick(root)`, for the background instance.
     pub(crate) on_tick: Option<TypedFunc<i32, ()>>,
+    /// `proxy_on_queue_ready(root, token)`, for the background instance.
+    pub(crate) on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
 }
 
 /// `proxy_on_http_call_response(root, token, headers, body size, trailers)`.
@@ -121,6 +123,7 @@ impl Plugin {
             http: HttpState::default(),
             clock: Default::default(),
             tick_period: None,
+            registered_queue: false,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.store_limits);
@@ -180,6 +183,9 @@ impl Plugin {
                 .ok(),
             on_tick: instance
                 .get_typed_func::<i32, ()>(&mut store, "proxy_on_tick")
+                .ok(),
+            on_queue_ready: instance
+                .get_typed_func::<(i32, i32), ()>(&mut store, "proxy_on_queue_ready")
                 .ok(),
         };
         cpu::arm(&mut store);

@@ -78,6 +78,12 @@ pub struct Shared {
     hits: [AtomicU64; Limit::ALL.len()],
     /// Ticks run (0) and failed (1), until the next scrape.
     ticks: [AtomicU64; 2],
+    /// Queue deliveries (`proxy_on_queue_ready`) run (0) and failed (1).
+    deliveries: [AtomicU64; 2],
+    /// Its shared queues.
+    pub(crate) queues: crate::queues::Queues,
+    /// Wakes the engine's background thread (set when the plugin is loaded).
+    pub(crate) background: std::sync::OnceLock<std::sync::Weak<crate::background::Timers>>,
 }
 
 impl Shared {
@@ -95,7 +101,40 @@ impl Shared {
             log_lines_per_second: limits.log_lines_per_second,
             hits: Default::default(),
             ticks: Default::default(),
+            deliveries: Default::default(),
+            queues: crate::queues::Queues::new(limits.shared_queue_bytes),
+            background: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Something was enqueued: the background thread delivers it.
+    pub(crate) fn wake_background(&self) {
+        if let Some(timers) = self.background.get().and_then(std::sync::Weak::upgrade) {
+            timers.wake();
+        }
+    }
+
+    pub(crate) fn delivered(&self, ok: bool) {
+        self.deliveries[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queue deliveries (`proxy_on_queue_ready` calls) that ran and that
+    /// failed since the last call.
+    pub fn take_deliveries(&self) -> (u64, u64) {
+        (
+            self.deliveries[0].swap(0, Ordering::Relaxed),
+            self.deliveries[1].swap(0, Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes its shared queues hold now.
+    pub fn queue_bytes(&self) -> usize {
+        self.queues.bytes()
+    }
+
+    /// The shared data value of `key`, if set.
+    pub fn data(&self, key: &str) -> Option<Vec<u8>> {
+        self.get(key).map(|(value, _)| value)
     }
 
     pub(crate) fn ticked(&self, ok: bool) {

@@ -193,6 +193,9 @@ pub(super) fn convert_plugin(
         shared_data_bytes: p
             .shared_data_bytes
             .unwrap_or(DEFAULT_PLUGIN_SHARED_DATA_BYTES),
+        shared_queue_bytes: p
+            .shared_queue_bytes
+            .unwrap_or(DEFAULT_PLUGIN_SHARED_QUEUE_BYTES),
         max_metrics: p.max_metrics.unwrap_or(DEFAULT_PLUGIN_MAX_METRICS),
         log_lines_per_second: p
             .log_lines_per_second

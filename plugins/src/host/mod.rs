@@ -29,6 +29,9 @@ pub struct HostState {
     /// The tick period the root context asked for last (zero: stop), until
     /// the host reads it (see [`crate::background`]).
     pub(crate) tick_period: Option<std::time::Duration>,
+    /// The instance registered a shared queue (its first instance then owns
+    /// the plugin's queues, see [`crate::background`]).
+    pub(crate) registered_queue: bool,
 }
 
 impl AsMut<crate::cpu::CallClock> for HostState {
@@ -158,6 +161,7 @@ mod logging;
 mod memory;
 mod metrics;
 mod properties;
+mod queues;
 mod shared_data;
 mod streams;
 mod timers;
@@ -166,10 +170,6 @@ mod timers;
 /// `Unimplemented` (12), never succeed silently. Listed in docs/PLUGINS.md.
 const UNIMPLEMENTED: &[(&str, usize)] = &[
     ("proxy_set_property", 4),
-    ("proxy_register_shared_queue", 3),
-    ("proxy_resolve_shared_queue", 5),
-    ("proxy_dequeue_shared_queue", 3),
-    ("proxy_enqueue_shared_queue", 3),
     ("proxy_grpc_call", 12),
     ("proxy_grpc_stream", 9),
     ("proxy_grpc_send", 4),
@@ -195,6 +195,7 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     calls::link(linker)?;
     streams::link(linker)?;
     timers::link(linker)?;
+    queues::link(linker)?;
     Ok(())
 }
 

@@ -3,5 +3,6 @@
 
 mod fuzz_corpus;
 mod host_bounds;
+mod queues;
 mod sandbox;
 mod timers;

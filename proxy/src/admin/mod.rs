@@ -94,11 +94,15 @@ impl AdminApp {
                 for (limit, n) in p.shared().take_limit_hits() {
                     self.metrics.plugin_limit_hit(&p.name, limit, n);
                 }
-                let (ticked, failed) = p.shared().take_ticks();
-                let (hook, ok, error) = (Hook::Tick, HookOutcome::Continue, HookOutcome::Error);
-                self.metrics.plugin_calls(route, &p.name, hook, ok, ticked);
-                self.metrics
-                    .plugin_calls(route, &p.name, hook, error, failed);
+                let (ok, error) = (HookOutcome::Continue, HookOutcome::Error);
+                for (hook, (ran, failed)) in [
+                    (Hook::Tick, p.shared().take_ticks()),
+                    (Hook::QueueReady, p.shared().take_deliveries()),
+                ] {
+                    self.metrics.plugin_calls(route, &p.name, hook, ok, ran);
+                    self.metrics
+                        .plugin_calls(route, &p.name, hook, error, failed);
+                }
                 for m in p.shared().metrics() {
                     let kind = match m.kind {
                         gantry_plugins::MetricKind::Counter => "counter",

@@ -132,6 +132,8 @@ pub enum Hook {
     ResponseBody,
     /// A timer tick (`proxy_on_tick`), outside any request.
     Tick,
+    /// A shared queue's delivery (`proxy_on_queue_ready`), outside any request.
+    QueueReady,
 }
 
 impl Hook {
@@ -142,6 +144,7 @@ impl Hook {
             Hook::ResponseHeaders => "response_headers",
             Hook::ResponseBody => "response_body",
             Hook::Tick => "tick",
+            Hook::QueueReady => "queue_ready",
         }
     }
 }

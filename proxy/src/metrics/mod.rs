@@ -656,6 +656,7 @@ mod tests {
                     Hook::ResponseHeaders,
                     Hook::ResponseBody,
                     Hook::Tick,
+                    Hook::QueueReady,
                 ]
                 .iter()
                 .map(|h| h.as_str())
