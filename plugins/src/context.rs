@@ -235,10 +235,12 @@ impl HttpContext {
         let Some(f) = exports.on_http_call_response.as_ref() else {
             return Ok(Decision::Pause);
         };
+        let failed = answer.is_none();
         let answer = answer.unwrap_or_default();
         let (headers, body) = (answer.headers.len() as i32, answer.body.len() as i32);
         let http = &mut store.data_mut().http;
         http.call_response = Some(answer);
+        http.call_failed = failed;
         http.resumed = false;
         cpu::arm(store);
         match f.call(&mut *store, (ROOT_CONTEXT, token as i32, headers, body, 0)) {
@@ -246,6 +248,7 @@ impl HttpContext {
                 self.plugin.record_success();
                 let http = &mut store.data_mut().http;
                 http.call_response = None;
+                http.call_failed = false;
                 if let Some(local) = http.local_response.take() {
                     Ok(Decision::Respond(local))
                 } else if http.resumed {

@@ -74,11 +74,59 @@ impl PropertySource for Vec<(String, Vec<u8>)> {
 
 /// One request's properties, shared by every plugin of its route.
 #[derive(Clone)]
-pub struct Properties(pub(crate) std::sync::Arc<dyn PropertySource>);
+pub struct Properties(
+    pub(crate) std::sync::Arc<dyn PropertySource>,
+    /// What the request's plugins set (`proxy_set_property`), shared by every
+    /// plugin of the chain and read before the source.
+    pub(crate) std::sync::Arc<std::sync::Mutex<SetProperties>>,
+);
+
+/// Properties set by a request's plugins: (path, value), in the order first set.
+type SetProperties = Vec<(String, Vec<u8>)>;
+
+/// Properties one request's plugins may set, at most.
+pub const MAX_SET_PROPERTIES: usize = 32;
+/// Longest property path a plugin may set, in bytes.
+pub const MAX_SET_PROPERTY_PATH_BYTES: usize = 256;
+
+impl Properties {
+    /// What the request's plugins set, in the order first set.
+    pub fn set_by_plugins(&self) -> Vec<(String, Vec<u8>)> {
+        self.1.lock().expect("properties lock").clone()
+    }
+
+    /// The property at `path`: set by a plugin of the chain, else the source's.
+    pub(crate) fn get(&self, path: &str) -> Option<Vec<u8>> {
+        let set = self.1.lock().expect("properties lock");
+        if let Some((_, v)) = set.iter().find(|(k, _)| k == path) {
+            return Some(v.clone());
+        }
+        drop(set);
+        self.0.property(path).map(std::borrow::Cow::into_owned)
+    }
+
+    /// Set `path` for the rest of the request (later plugins, the access
+    /// log); `false` past [`MAX_SET_PROPERTIES`] or [`MAX_SET_PROPERTY_PATH_BYTES`].
+    pub fn set(&self, path: String, value: Vec<u8>) -> bool {
+        let mut set = self.1.lock().expect("properties lock");
+        if let Some(slot) = set.iter_mut().find(|(k, _)| *k == path) {
+            slot.1 = value;
+            return true;
+        }
+        if path.is_empty()
+            || path.len() > MAX_SET_PROPERTY_PATH_BYTES
+            || set.len() >= MAX_SET_PROPERTIES
+        {
+            return false;
+        }
+        set.push((path, value));
+        true
+    }
+}
 
 impl Default for Properties {
     fn default() -> Self {
-        Properties(std::sync::Arc::new(Vec::new()))
+        Properties(std::sync::Arc::new(Vec::new()), Default::default())
     }
 }
 
@@ -90,12 +138,12 @@ impl std::fmt::Debug for Properties {
 
 impl From<Vec<(String, Vec<u8>)>> for Properties {
     fn from(list: Vec<(String, Vec<u8>)>) -> Self {
-        Properties(std::sync::Arc::new(list))
+        Properties(std::sync::Arc::new(list), Default::default())
     }
 }
 
 impl<T: PropertySource + 'static> From<std::sync::Arc<T>> for Properties {
     fn from(source: std::sync::Arc<T>) -> Self {
-        Properties(source)
+        Properties(source, Default::default())
     }
 }

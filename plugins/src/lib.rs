@@ -39,7 +39,10 @@ mod shared;
 pub use context::HttpContext;
 pub use engine::{EngineCapacity, PluginEngine};
 pub use error::{busy_reason, LimitTrap, PluginError};
-pub use hooks::{Decision, HttpCall, HttpCallResponse, LocalResponse, Properties, PropertySource};
+pub use hooks::{
+    Decision, HttpCall, HttpCallResponse, LocalResponse, Properties, PropertySource,
+    MAX_SET_PROPERTIES, MAX_SET_PROPERTY_PATH_BYTES,
+};
 pub use limits::{Limit, PluginLimits, DEFAULT_CPU_PER_CALL};
 pub use plugin::Plugin;
 

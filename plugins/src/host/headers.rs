@@ -180,8 +180,33 @@ pub(super) fn proxy_remove_header_map_value(
     Ok(Status::Ok as i32)
 }
 
+/// The map's size as Envoy counts it: its names' and values' bytes.
+pub(super) fn proxy_get_header_map_size(
+    mut c: Ctx<'_>,
+    kind: i32,
+    size_out: i32,
+) -> wasmtime::Result<i32> {
+    let Some(t) = MapType::from_abi(kind) else {
+        return Ok(Status::BadArgument as i32);
+    };
+    let Some(size) = map(&mut c.data_mut().http, t)
+        .map(|m| m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>())
+    else {
+        return Ok(Status::BadArgument as i32);
+    };
+    Ok(match write_u32(&mut c, size_out, size as u32) {
+        Ok(()) => Status::Ok,
+        Err(s) => s,
+    } as i32)
+}
+
 /// Links the header maps functions of the ABI.
 pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_size",
+        proxy_get_header_map_size,
+    )?;
     linker.func_wrap(
         "env",
         "proxy_get_header_map_pairs",

@@ -131,6 +131,8 @@ pub struct HttpState {
     pub(crate) calls: Vec<HttpCall>,
     /// The answer being delivered to `proxy_on_http_call_response`.
     pub(crate) call_response: Option<HttpCallResponse>,
+    /// That call failed or timed out (no answer): `proxy_get_status` says so.
+    pub(crate) call_failed: bool,
     /// The plugin asked to resume the paused request.
     pub(crate) resumed: bool,
     /// The request headers went upstream: readable, no longer writable.
@@ -155,6 +157,7 @@ macro_rules! tri {
 
 mod buffers;
 mod calls;
+mod foreign;
 mod headers;
 mod local_response;
 mod logging;
@@ -169,17 +172,13 @@ mod timers;
 /// Functions the ABI defines that this host does not implement: they return
 /// `Unimplemented` (12), never succeed silently. Listed in docs/PLUGINS.md.
 const UNIMPLEMENTED: &[(&str, usize)] = &[
-    ("proxy_set_property", 4),
     ("proxy_grpc_call", 12),
     ("proxy_grpc_stream", 9),
     ("proxy_grpc_send", 4),
     ("proxy_grpc_cancel", 1),
     ("proxy_grpc_close", 1),
-    ("proxy_get_status", 3),
-    ("proxy_call_foreign_function", 6),
     ("proxy_close_stream", 1),
     ("proxy_clear_route_cache", 0),
-    ("proxy_get_header_map_size", 2),
 ];
 
 /// Every host function, on `linker`: the table of the ABI's imports.
@@ -196,6 +195,7 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     streams::link(linker)?;
     timers::link(linker)?;
     queues::link(linker)?;
+    foreign::link(linker)?;
     Ok(())
 }
 

@@ -21,9 +21,7 @@ pub(super) fn proxy_get_property(
         .data()
         .http
         .properties
-        .0
-        .property(&key)
-        .map(std::borrow::Cow::into_owned)
+        .get(&key)
         .or_else(|| (key == "plugin_name").then(|| c.data().plugin.as_bytes().to_vec()))
         .or_else(|| {
             let name = key.strip_prefix("request.headers.")?;
@@ -40,8 +38,34 @@ pub(super) fn proxy_get_property(
     }
 }
 
+/// Set a property for the rest of the request: later plugins of the chain
+/// read it, and the access log shows it (`BadArgument` past
+/// [`crate::MAX_SET_PROPERTIES`] or a path longer than
+/// [`crate::MAX_SET_PROPERTY_PATH_BYTES`]).
+pub(super) fn proxy_set_property(
+    mut c: Ctx<'_>,
+    pptr: i32,
+    plen: i32,
+    vptr: i32,
+    vlen: i32,
+) -> wasmtime::Result<i32> {
+    let path = tri!(read(&mut c, pptr, plen));
+    let value = tri!(read(&mut c, vptr, vlen));
+    let key = path
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect::<Vec<_>>()
+        .join(".");
+    Ok(match c.data().http.properties.set(key, value) {
+        true => Status::Ok,
+        false => Status::BadArgument,
+    } as i32)
+}
+
 /// Links the properties functions of the ABI.
 pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_get_property", proxy_get_property)?;
+    linker.func_wrap("env", "proxy_set_property", proxy_set_property)?;
     Ok(())
 }

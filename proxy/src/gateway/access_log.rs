@@ -60,11 +60,55 @@ impl Gateway {
             attempts = ctx.inference.as_ref().map_or(ctx.tried.len(), |o| o.attempts),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+            properties = %SetProperties(ctx.plugin_properties.as_ref()),
         );
     }
 
     fn route_name<'c>(&self, ctx: &'c RequestCtx) -> &'c str {
         ctx.route
             .map_or("none", |i| ctx.live.router.route(i).name.as_str())
+    }
+}
+
+/// The properties a request's plugins set, as `path=value` pairs (values
+/// lossily as text), rendered only when the line is written.
+struct SetProperties<'a>(Option<&'a gantry_plugins::Properties>);
+
+impl std::fmt::Display for SetProperties<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(props) = self.0 else {
+            return Ok(());
+        };
+        for (i, (path, value)) in props.set_by_plugins().iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(
+                f,
+                "{sep}{path}={}",
+                String::from_utf8_lossy(value).escape_debug()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SetProperties;
+
+    #[test]
+    fn the_log_shows_what_plugins_set_escaped() {
+        assert_eq!(SetProperties(None).to_string(), "");
+        let props: gantry_plugins::Properties = Vec::new().into();
+        assert_eq!(SetProperties(Some(&props)).to_string(), "");
+        let set = [("team.name", "edge"), ("note", "a\nb")];
+        // The plugins' clone shares what is set.
+        let plugins = props.clone();
+        for (k, v) in set {
+            assert!(plugins.set(k.into(), v.into()));
+        }
+        assert_eq!(
+            SetProperties(Some(&props)).to_string(),
+            "team.name=edge note=a\\nb"
+        );
     }
 }

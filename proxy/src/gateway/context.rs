@@ -45,6 +45,9 @@ pub struct RequestCtx {
     pub(super) request_body: Option<Bytes>,
     /// Per plugin context: response body it paused on (held until it continues).
     pub(super) response_held: Vec<Vec<u8>>,
+    /// What its route's plugins read and set (`proxy_set_property`; the
+    /// access log shows what they set).
+    pub(super) plugin_properties: Option<gantry_plugins::Properties>,
     /// Its server span, when traced (see `request_span.rs`).
     pub(super) span: Option<gantry_telemetry::traces::Span>,
     _in_flight: RequestInFlight,
@@ -71,6 +74,7 @@ impl RequestCtx {
             request_body: None,
             response_held: Vec::new(),
             span: None,
+            plugin_properties: None,
             _in_flight: lifecycle.track(),
         }
     }

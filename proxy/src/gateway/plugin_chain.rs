@@ -23,6 +23,8 @@ struct RequestProperties {
     id: String,
     route: String,
     source: Option<std::net::SocketAddr>,
+    /// On an inference route: the models its pools serve, comma-separated.
+    models: String,
 }
 
 impl gantry_plugins::PropertySource for RequestProperties {
@@ -33,6 +35,7 @@ impl gantry_plugins::PropertySource for RequestProperties {
             "request.scheme" => self.scheme,
             "request.id" => &self.id,
             "route_name" => &self.route,
+            "route.models" => &self.models,
             "source.address" => return Some(Cow::Owned(self.source?.to_string().into_bytes())),
             _ => return None,
         };
@@ -148,6 +151,7 @@ impl Gateway {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let scheme = if tls { "https" } else { "http" };
         let props = self.request_properties(session, ctx, route, scheme);
+        ctx.plugin_properties = Some(props.clone());
         let live = ctx.live.clone();
         ctx.plugin_contexts.reserve(plugins.len());
         for (k, plugin) in plugins.iter().enumerate() {
@@ -246,7 +250,16 @@ impl Gateway {
         scheme: &'static str,
     ) -> gantry_plugins::Properties {
         let req = session.req_header();
+        let models = match &ctx.live.router.route(route).target {
+            gantry_config::Target::Inference(indexes) => {
+                let pools = ctx.live.api.pools();
+                let served = indexes.iter().flat_map(|&i| &pools[i].config.models);
+                served.map(String::as_str).collect::<Vec<_>>().join(",")
+            }
+            _ => String::new(),
+        };
         Arc::new(RequestProperties {
+            models,
             path: req.uri.path().to_string(),
             method: req.method.clone(),
             scheme,
