@@ -657,6 +657,12 @@ pub struct PluginSection {
     pub shared_data_bytes: Option<usize>,
     /// Bytes. Default [`DEFAULT_PLUGIN_SHARED_QUEUE_BYTES`].
     pub shared_queue_bytes: Option<usize>,
+    /// On a route with `inference_pools`: the plugin also sees the answer,
+    /// its response headers and body hooks called with the whole answer, or
+    /// with each server-sent event of a stream (its instance is held for the
+    /// stream). Default false: only the request.
+    #[serde(default)]
+    pub stream_events: bool,
     /// Default [`DEFAULT_PLUGIN_MAX_METRICS`].
     pub max_metrics: Option<usize>,
     /// Default [`DEFAULT_PLUGIN_LOG_LINES_PER_SECOND`].

@@ -497,6 +497,8 @@ pub struct PluginRef {
     pub shared_data_bytes: usize,
     /// Shared queue bytes (names, items, 64 per queue and per item).
     pub shared_queue_bytes: usize,
+    /// It sees the API's answer, event by event (inference routes).
+    pub stream_events: bool,
     /// Metrics the plugin may define.
     pub max_metrics: usize,
     /// Log lines per second.

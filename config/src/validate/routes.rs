@@ -196,6 +196,7 @@ pub(super) fn convert_plugin(
         shared_queue_bytes: p
             .shared_queue_bytes
             .unwrap_or(DEFAULT_PLUGIN_SHARED_QUEUE_BYTES),
+        stream_events: p.stream_events,
         max_metrics: p.max_metrics.unwrap_or(DEFAULT_PLUGIN_MAX_METRICS),
         log_lines_per_second: p
             .log_lines_per_second
@@ -336,8 +337,15 @@ pub(super) fn convert_route(
     let request_headers = convert_rewrite(c, &format!("{at}.request_headers"), &r.request_headers);
     let response_headers =
         convert_rewrite(c, &format!("{at}.response_headers"), &r.response_headers);
-    for p in &mut plugins {
+    let inference = matches!(target, Some(Target::Inference(_)));
+    for (k, p) in plugins.iter_mut().enumerate() {
         p.max_request_body_bytes = max_body_bytes;
+        if p.stream_events && !inference {
+            c.fail(
+                format!("{at}.plugins[{k}].stream_events"),
+                "only on a route with `inference_pools` (an HTTP route's plugins always see the response body)",
+            );
+        }
     }
     Some(Route {
         name: r.name.clone(),

@@ -150,9 +150,10 @@ impl Gateway {
                 let Some(body) = self.request_plugins(session, ctx, route, plugins).await? else {
                     return Ok(());
                 };
-                // The request phase is over: a long stream must not hold the
-                // plugins' instances.
-                ctx.plugin_contexts.clear();
+                // The request phase is over: a long stream holds only the
+                // instances of plugins that asked to see the answer.
+                ctx.plugin_contexts
+                    .retain(|(k, _)| r.plugins[*k].stream_events);
                 Some(body.unwrap_or_default())
             }
         };
@@ -220,8 +221,13 @@ impl Gateway {
             }
         };
         let held = ctx.release_key();
-        let rate = self.limiter(ctx);
-        let written = write_reply(session, reply, &ctx.request_id, rate, held).await;
+        let written = if ctx.plugin_contexts.is_empty() {
+            let rate = self.limiter(ctx);
+            write_reply(session, reply, &ctx.request_id, rate, held).await
+        } else {
+            self.write_reply_through_plugins(session, ctx, route, reply, held)
+                .await
+        };
         ctx.inference = Some(outcome);
         written
     }

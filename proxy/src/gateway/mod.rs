@@ -9,6 +9,7 @@
 //! | `body.rs`         | the one bounded request body reader; HTTP routes' body limit   |
 //! | `plugin_chain.rs` | the route's Wasm plugins around a request                      |
 //! | `plugin_calls.rs` | plugins' `proxy_http_call`s                                     |
+//! | `answer_plugins.rs` | plugins on the API's answer, event by event (`stream_events`) |
 //! | `upstream.rs`     | endpoint choice, the upstream request, connect retries         |
 //! | `respond.rs`      | local responses (errors, plugins' answers)                     |
 //! | `access_log.rs`   | access log line and request metrics                            |
@@ -20,6 +21,7 @@
 //! counting are [`crate::lifecycle`]'s.
 
 mod access_log;
+mod answer_plugins;
 mod body;
 mod context;
 mod dispatch;

@@ -25,6 +25,8 @@ struct RequestProperties {
     source: Option<std::net::SocketAddr>,
     /// On an inference route: the models its pools serve, comma-separated.
     models: String,
+    /// The configured name of the API key that let the request in.
+    key: String,
 }
 
 impl gantry_plugins::PropertySource for RequestProperties {
@@ -36,6 +38,7 @@ impl gantry_plugins::PropertySource for RequestProperties {
             "request.id" => &self.id,
             "route_name" => &self.route,
             "route.models" => &self.models,
+            "request.key" => &self.key,
             "source.address" => return Some(Cow::Owned(self.source?.to_string().into_bytes())),
             _ => return None,
         };
@@ -260,6 +263,10 @@ impl Gateway {
         };
         Arc::new(RequestProperties {
             models,
+            key: ctx
+                .tenant
+                .map(|i| self.tenants.get(i).name.clone())
+                .unwrap_or_default(),
             path: req.uri.path().to_string(),
             method: req.method.clone(),
             scheme,

@@ -107,6 +107,10 @@ pub struct Generation<'a> {
     reservation: Option<Arc<Reservation>>,
     /// The attempt's span, ended with the outcome.
     span: AttemptSpan,
+    /// Tokens generated so far.
+    generated: u64,
+    /// The backend's usage, once finished: (prompt, completion) tokens.
+    usage: Option<(u32, u32)>,
 }
 
 /// The OpenAI finish reason of a backend's `Finished`, or the failure it
@@ -253,6 +257,8 @@ impl Api {
             done: false,
             reservation: None,
             span,
+            generated: 0,
+            usage: None,
         }
     }
 }
@@ -261,6 +267,17 @@ impl Generation<'_> {
     /// The request id the answer carries.
     pub fn request_id(&self) -> &str {
         &self.answer.request_id
+    }
+
+    /// Tokens generated so far (what was sent, and what waits in a batch
+    /// [`Self::next`] returned).
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated
+    }
+
+    /// The backend's (prompt, completion) token counts, once it finished.
+    pub fn usage(&self) -> Option<(u32, u32)> {
+        self.usage
     }
 
     /// The next bytes to send: every event already waiting, gathered into one
@@ -405,6 +422,7 @@ impl Generation<'_> {
                         .observe(now.duration_since(self.last_token).as_secs_f64());
                 }
                 self.last_token = now;
+                self.generated += delta.token_ids.len() as u64;
                 if let Some(load) = self.load.as_mut() {
                     load.token_done(delta.token_ids.len() as u64);
                 }
@@ -454,6 +472,7 @@ impl Generation<'_> {
                     Direction::Out,
                     usage.completion_tokens.into(),
                 );
+                self.usage = Some((usage.prompt_tokens, usage.completion_tokens));
                 let reason = finish_reason(f.reason);
                 self.span.answered(spans::Answered {
                     model: &self.answer.model,

@@ -27,6 +27,7 @@ mod routing;
 mod shared_keys;
 mod shutdown;
 mod slow_clients;
+mod stream_plugins;
 mod tls;
 mod traces;
 mod upgrade;

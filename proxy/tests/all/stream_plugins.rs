@@ -1,0 +1,67 @@
+//! Plugins on the API's answer (`stream_events = true`): the `token-meter`
+//! SDK example counts every answer's output tokens, streamed or whole,
+//! exactly as the answers' `usage` reports them, and the events reach the
+//! client unchanged.
+
+use crate::harness::*;
+use crate::openai::{ai_config, events};
+use crate::plugins::example;
+use gantry_fixture_backend::{Behaviour, Fixture};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_meter_counts_exactly_what_the_answers_usage_says() {
+    let backend = Fixture::start(Behaviour::default());
+    let meter = format!(
+        "[[routes.plugins]]\nname = \"token-meter\"\nfile = \"{}\"\nstream_events = true\n",
+        example("token_meter").display()
+    );
+    // The plugin goes on the `openai` route (the first of ai_config's routes).
+    let config = ai_config(&[backend.addr], "").replacen(
+        "max_body_bytes = 4096\n",
+        &format!("max_body_bytes = 4096\n{meter}"),
+        1,
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
+    let mut expected = 0;
+    for i in 0..50u32 {
+        let stream = i % 5 != 0;
+        let body = json!({"model": "fixture", "max_tokens": 1 + i % 7, "stream": stream,
+                          "stream_options": {"include_usage": true},
+                          "messages": [{"role": "user", "content": "count"}]});
+        let res = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        let usage = if stream {
+            let events = events(&text);
+            assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+            let usage_event: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+            let content: String = events[..events.len() - 2]
+                .iter()
+                .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+                .filter_map(|e| {
+                    e["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect();
+            assert!(content.starts_with("tok0"), "events unchanged: {text}");
+            usage_event["usage"].clone()
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()["usage"].clone()
+        };
+        expected += usage["completion_tokens"].as_u64().unwrap();
+    }
+    let sample = "gantry_plugin_metric{kind=\"counter\",name=\"output_tokens.anonymous\",plugin=\"token-meter\",route=\"openai\"}";
+    assert_eq!(gw.metric(sample).await, Some(expected as f64));
+    // The stream's plugin instance went back when each answer ended.
+    let idle = gw.metric("gantry_plugin_calls_total{hook=\"response_body\",outcome=\"continue\",plugin=\"token-meter\",route=\"openai\"}").await;
+    assert_eq!(idle, Some(50.0), "one end-of-body count per answer");
+}
