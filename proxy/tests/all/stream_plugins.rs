@@ -65,3 +65,54 @@ async fn a_token_meter_counts_exactly_what_the_answers_usage_says() {
     let idle = gw.metric("gantry_plugin_calls_total{hook=\"response_body\",outcome=\"continue\",plugin=\"token-meter\",route=\"openai\"}").await;
     assert_eq!(idle, Some(50.0), "one end-of-body count per answer");
 }
+
+/// What the official `openai` client reads from `gw`: (streamed, whole) text.
+async fn read_with_openai_client(gw: &Gateway) -> (String, String) {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_stream.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(gw.url(""))
+        .output()
+        .await
+        .expect("python3 runs (scripts/setup.sh installs openai)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        seen["stream"].as_str().unwrap().to_string(),
+        seen["whole"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redacting_plugin_rewrites_events_the_official_client_still_parses() {
+    let backend = Fixture::start(Behaviour::default());
+    let plain = Gateway::start(&ai_config(&[backend.addr], "")).await;
+    plain.wait_backend_healthy("ai", backend.addr).await;
+    let (original, whole) = read_with_openai_client(&plain).await;
+    assert_eq!(original, whole);
+    // A word across two events' text (`tok1` ends one, ` tok2` starts the next).
+    let word = "1 tok2";
+    assert!(original.contains(word), "{original}");
+    let redact = format!(
+        "[[routes.plugins]]\nname = \"output-redact\"\nfile = \"{}\"\nstream_events = true\n\
+         configuration = {{ words = [\"{word}\"], replacement = \"#\" }}\n",
+        example("output_redact").display()
+    );
+    let config = ai_config(&[backend.addr], "").replacen(
+        "max_body_bytes = 4096\n",
+        &format!("max_body_bytes = 4096\n{redact}"),
+        1,
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
+    let expected = original.replace(word, "#");
+    assert_eq!(
+        read_with_openai_client(&gw).await,
+        (expected.clone(), expected)
+    );
+}
