@@ -2,7 +2,9 @@
 //! context already open, and one request through a plugin (instance checkout,
 //! request and response header hooks, context done and the instance returned), for
 //! a no-op WAT module and, when built (scripts/build-plugins.sh), the `add-header`
-//! example written with the proxy-wasm SDK. `bench/plugins.sh` runs it and writes
+//! example written with the proxy-wasm SDK; and one streamed answer's event
+//! through the `token-meter` and `output-redact` examples (the per-event hook
+//! of `stream_events`). `bench/plugins.sh` runs it and writes
 //! the numbers to docs/BENCHMARKS.md.
 //!
 //!   cargo bench -p gantry-plugins --bench hooks
@@ -72,6 +74,24 @@ fn bench_plugin(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>) {
     );
 }
 
+/// One server-sent event of a streamed chat answer through `plugin`'s
+/// response-body hook (not the end of the stream), on a context already open.
+fn bench_event(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>) {
+    let event = bytes::Bytes::from_static(
+        br#"data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"fixture","choices":[{"index":0,"delta":{"content":"tok7 "},"finish_reason":null}]}
+
+"#,
+    );
+    c.bench_function(&format!("{label}: one streamed event"), |b| {
+        let mut ctx = plugin.start_request(Vec::new()).unwrap();
+        b.iter(|| {
+            let mut chunk = event.clone();
+            black_box(ctx.on_response_body(&mut chunk, false).unwrap());
+            chunk
+        });
+    });
+}
+
 fn hooks(c: &mut Criterion) {
     let engine = PluginEngine::new().expect("engine");
     let load = |name: &str, wasm: &[u8], configuration: &[u8]| {
@@ -100,6 +120,23 @@ fn hooks(c: &mut Criterion) {
             bench_plugin(c, "add-header (proxy-wasm SDK)", &add);
         }
         Err(_) => eprintln!("{example} not built (scripts/build-plugins.sh): skipped"),
+    }
+    for (name, file, config) in [
+        ("token-meter", "token_meter", &b""[..]),
+        (
+            "output-redact",
+            "output_redact",
+            br#"{"words": ["secret"]}"#,
+        ),
+    ] {
+        let path = format!(
+            "{}/examples/target/wasm32-unknown-unknown/release/{file}.wasm",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        match std::fs::read(&path) {
+            Ok(wasm) => bench_event(c, name, &load(name, &wasm, config)),
+            Err(_) => eprintln!("{path} not built (scripts/build-plugins.sh): skipped"),
+        }
     }
 }
 
