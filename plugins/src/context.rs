@@ -184,8 +184,9 @@ impl HttpContext {
         decision
     }
 
-    /// Perform the calls the last hook made, and any its callbacks make, handing
-    /// each answer back; a local response or a resume from a callback decides.
+    /// Perform the calls the last hook made, and any its callbacks make, all
+    /// at once, handing each answer back as it comes (completion order, not
+    /// dispatch order); a local response or a resume from a callback decides.
     pub(crate) async fn settle<F, Fut>(
         &mut self,
         mut decision: Decision,
@@ -195,22 +196,26 @@ impl HttpContext {
         F: FnMut(HttpCall) -> Fut + Send,
         Fut: std::future::Future<Output = Option<HttpCallResponse>> + Send,
     {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let mut pending = FuturesUnordered::new();
         loop {
             let calls = match self.vm.as_mut() {
                 Some(vm) => std::mem::take(&mut vm.store.data_mut().http.calls),
                 None => Vec::new(),
             };
-            if calls.is_empty() {
-                return Ok(decision);
-            }
             for call in calls {
                 let token = call.token;
-                let answer = perform(call).await;
-                match self.deliver(token, answer)? {
-                    Decision::Respond(local) => return Ok(Decision::Respond(local)),
-                    Decision::Continue => decision = Decision::Continue,
-                    Decision::Pause => {}
-                }
+                let answer = perform(call);
+                pending.push(async move { (token, answer.await) });
+            }
+            let Some((token, answer)) = pending.next().await else {
+                return Ok(decision);
+            };
+            match self.deliver(token, answer)? {
+                // The calls still out are dropped (cancelled) with `pending`.
+                Decision::Respond(local) => return Ok(Decision::Respond(local)),
+                Decision::Continue => decision = Decision::Continue,
+                Decision::Pause => {}
             }
         }
     }

@@ -499,3 +499,73 @@ fn a_loaded_machine_does_not_turn_a_short_hook_into_a_cpu_trap() {
         "the load made some call take longer than its CPU budget in wall time ({slowest:?})"
     );
 }
+
+/// A future ready after `polls` polls (waking itself each time): answers that
+/// take different times, without a timer.
+struct After {
+    polls: u32,
+    answer: Option<gantry_plugins::HttpCallResponse>,
+}
+
+impl std::future::Future for After {
+    type Output = Option<gantry_plugins::HttpCallResponse>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        if self.polls == 0 {
+            return std::task::Poll::Ready(self.answer.take());
+        }
+        self.polls -= 1;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+#[test]
+fn calls_from_one_context_run_at_once_and_are_answered_as_they_complete() {
+    // Two calls (tokens 1 and 2); the first answer's token is kept at 500,
+    // the second callback answers 500 + 10 × first + second.
+    let request = format!(
+        "(drop {}) (drop {}) (i32.const 1)",
+        http_call(64, 4),
+        http_call(64, 4)
+    );
+    let callback = r#"
+      (data (i32.const 64) "side")
+      (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+        (if (i32.eqz (i32.load (i32.const 500)))
+          (then (i32.store (i32.const 500) (local.get 1)))
+          (else (drop (call $respond
+            (i32.add (i32.const 500)
+              (i32.add (i32.mul (i32.const 10) (i32.load (i32.const 500))) (local.get 1)))
+            (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1))))))"#;
+    let wasm = module_with(&request, "(i32.const 0)", callback);
+    let plugin = engine()
+        .load(
+            "caller",
+            &wasm,
+            vec![],
+            PluginLimits::default(),
+            FailurePolicy::Closed,
+            vec!["side".into()],
+        )
+        .unwrap();
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let mut started = Vec::new();
+    let decision = ready(ctx.on_request(&mut request_headers(), None, |call| {
+        started.push(call.token);
+        // The first call is the slower one.
+        After {
+            polls: if call.token == 1 { 5 } else { 1 },
+            answer: Some(gantry_plugins::HttpCallResponse::default()),
+        }
+    }))
+    .unwrap();
+    assert_eq!(started, [1, 2], "both started before either was answered");
+    assert!(
+        matches!(&decision, Decision::Respond(r) if r.status == 521),
+        "answered in completion order (2, then 1): {decision:?}"
+    );
+}
