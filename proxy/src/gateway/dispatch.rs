@@ -154,7 +154,11 @@ impl Gateway {
                 // instances of plugins that asked to see the answer.
                 ctx.plugin_contexts
                     .retain(|(k, _)| r.plugins[*k].stream_events);
-                Some(body.unwrap_or_default())
+                let body = body.unwrap_or_default();
+                Some(match chosen(ctx, CHOSEN_MODEL) {
+                    Some(model) => with_model(body, &model),
+                    None => body,
+                })
             }
         };
         let mut outcome = Outcome::default();
@@ -202,6 +206,7 @@ impl Gateway {
                     request_id: &ctx.request_id,
                     started: ctx.started,
                     trace: self.api_trace(ctx),
+                    preferred_backend: chosen(ctx, CHOSEN_BACKEND),
                 };
                 let handled = tokio::select! {
                     // The work first: a client-gone check costs a read on the
@@ -230,6 +235,32 @@ impl Gateway {
         };
         ctx.inference = Some(outcome);
         written
+    }
+}
+
+/// The property a routing plugin sets to pick the backend (its `ip:port`,
+/// as in `inference.backends`): tried first while it takes traffic and is
+/// not saturated.
+const CHOSEN_BACKEND: &str = "inference.backend";
+/// The property a routing plugin sets to change the request's `model`.
+const CHOSEN_MODEL: &str = "inference.model";
+
+/// What the route's plugins set `property` to, as text.
+fn chosen(ctx: &RequestCtx, property: &str) -> Option<String> {
+    let set = ctx.plugin_properties.as_ref()?.set_by_plugins();
+    let (_, value) = set.into_iter().find(|(k, _)| k == property)?;
+    String::from_utf8(value).ok().filter(|v| !v.is_empty())
+}
+
+/// `body` (a JSON object) asking for `model` instead; left as it is when it
+/// is not a JSON object (the API then answers why).
+fn with_model(body: Bytes, model: &str) -> Bytes {
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.insert("model".into(), model.into());
+            serde_json::to_vec(&fields).map_or(body, Bytes::from)
+        }
+        _ => body,
     }
 }
 

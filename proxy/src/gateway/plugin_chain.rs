@@ -27,6 +27,22 @@ struct RequestProperties {
     models: String,
     /// The configured name of the API key that let the request in.
     key: String,
+    /// On an inference route: its pools, for `inference.backends`.
+    pools: Vec<Arc<crate::upstream::inference::InferencePool>>,
+}
+
+impl RequestProperties {
+    /// `inference.backends`: each of the route's pools and its backends as
+    /// `/status` shows them (`address`, `serving`, `in_flight`, each model's
+    /// last load), read when a plugin asks.
+    fn backends(&self) -> Vec<u8> {
+        let pools: Vec<serde_json::Value> = self
+            .pools
+            .iter()
+            .map(|p| serde_json::json!({"pool": p.config.name, "backends": p.status()}))
+            .collect();
+        serde_json::to_vec(&pools).expect("JSON of a status")
+    }
 }
 
 impl gantry_plugins::PropertySource for RequestProperties {
@@ -40,6 +56,9 @@ impl gantry_plugins::PropertySource for RequestProperties {
             "route.models" => &self.models,
             "request.key" => &self.key,
             "source.address" => return Some(Cow::Owned(self.source?.to_string().into_bytes())),
+            "inference.backends" if !self.pools.is_empty() => {
+                return Some(Cow::Owned(self.backends()))
+            }
             _ => return None,
         };
         Some(Cow::Borrowed(text.as_bytes()))
@@ -253,16 +272,22 @@ impl Gateway {
         scheme: &'static str,
     ) -> gantry_plugins::Properties {
         let req = session.req_header();
-        let models = match &ctx.live.router.route(route).target {
+        let pools: Vec<_> = match &ctx.live.router.route(route).target {
             gantry_config::Target::Inference(indexes) => {
-                let pools = ctx.live.api.pools();
-                let served = indexes.iter().flat_map(|&i| &pools[i].config.models);
-                served.map(String::as_str).collect::<Vec<_>>().join(",")
+                let all = ctx.live.api.pools();
+                indexes.iter().map(|&i| all[i].clone()).collect()
             }
-            _ => String::new(),
+            _ => Vec::new(),
         };
+        let models = pools
+            .iter()
+            .flat_map(|p| &p.config.models)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
         Arc::new(RequestProperties {
             models,
+            pools,
             key: ctx
                 .tenant
                 .map(|i| self.tenants.get(i).name.clone())

@@ -204,7 +204,8 @@ pub struct BackendMetrics {
     pub prefix_index_problems: IntCounterVec,
     /// `gantry_inference_picks_total{pool,reason}`: backends picked, by why:
     /// `load`, `prefix` (it held the prompt's longest prefix), `imbalance` (the
-    /// prefix holder was too busy; picked by load).
+    /// prefix holder was too busy; picked by load), `plugin` (a route's plugin
+    /// asked for it).
     pub picks: IntCounterVec,
     /// `gantry_inference_prefix_blocks_total{pool,result}`: a prefix-routed
     /// prompt's reusable KV blocks, `matched` at the picked backend or `missed`.
@@ -246,7 +247,7 @@ impl BackendMetrics {
             ),
             picks: r.counter(
                 "gantry_inference_picks_total",
-                "Inference backends picked, by reason: load, prefix or imbalance",
+                "Inference backends picked, by reason: load, prefix, imbalance or plugin",
                 &["pool", "reason"],
             ),
             prefix_blocks_total: r.counter(

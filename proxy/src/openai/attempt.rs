@@ -29,6 +29,8 @@ pub(super) struct Attempts<'a> {
     last: Option<ApiError>,
     /// Each attempt's span, when the request is traced.
     spans: Option<AttemptSpans<'a>>,
+    /// The backend a plugin asked for (its `ip:port`), tried first.
+    preferred: Option<String>,
 }
 
 /// What a successful call gave, with the backend that gave it and its load.
@@ -52,7 +54,15 @@ impl<'a> Attempts<'a> {
             prefix: Vec::new(),
             last: None,
             spans: None,
+            preferred: None,
         }
+    }
+
+    /// Try the backend `preferred` first, while it takes traffic and is not
+    /// saturated (a routing plugin's choice).
+    pub fn with_preferred(mut self, preferred: Option<String>) -> Self {
+        self.preferred = preferred;
+        self
     }
 
     /// Trace each attempt with a span of `spans`.
@@ -84,19 +94,22 @@ impl<'a> Attempts<'a> {
     /// failure if there was one, else 429 (all saturated) or 503 (none healthy).
     fn next_backend(&mut self, outcome: &mut Outcome) -> Result<Arc<InferenceBackend>, ApiError> {
         let name = &self.pool.config.name;
-        let backend = self
-            .pool
-            .pick(self.model, &self.prefix, &self.tried)
-            .map_err(|why| {
-                self.last.take().unwrap_or_else(|| match why {
-                    NoPick::Saturated => ApiError::saturated(
-                        name,
-                        "every queue is full",
-                        DEFAULT_RETRY_AFTER_SECONDS,
-                    ),
-                    NoPick::NoneHealthy => ApiError::no_backend(name),
-                })
-            })?;
+        let preferred = self
+            .preferred
+            .take()
+            .and_then(|label| self.pool.preferred(&label, self.model, &self.tried));
+        let picked = match preferred {
+            Some(backend) => Ok(backend),
+            None => self.pool.pick(self.model, &self.prefix, &self.tried),
+        };
+        let backend = picked.map_err(|why| {
+            self.last.take().unwrap_or_else(|| match why {
+                NoPick::Saturated => {
+                    ApiError::saturated(name, "every queue is full", DEFAULT_RETRY_AFTER_SECONDS)
+                }
+                NoPick::NoneHealthy => ApiError::no_backend(name),
+            })
+        })?;
         if !self.tried.is_empty() {
             self.api
                 .metrics

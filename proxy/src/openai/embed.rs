@@ -4,14 +4,12 @@
 use super::attempt::Attempts;
 use super::error::ApiError;
 use super::schema::*;
-use super::spans::{Answered, AttemptSpan, AttemptSpans, Trace};
+use super::spans::{Answered, AttemptSpan, AttemptSpans};
 use super::whole::Whole;
 use super::{Api, Outcome};
 use crate::metrics::Direction;
-use crate::tenants::limiter::Reservation;
 use crate::upstream::inference::InferencePool;
 use gantry_proto as pb;
-use std::sync::Arc;
 use std::time::Instant;
 
 impl Api {
@@ -20,16 +18,17 @@ impl Api {
         &self,
         pool: &InferencePool,
         req: EmbeddingRequest,
-        request_id: &str,
-        reservation: Option<&Arc<Reservation>>,
-        trace: Option<Trace<'_>>,
+        call: &super::ApiCall<'_>,
         outcome: &mut Outcome,
     ) -> Result<Whole, ApiError> {
+        let (request_id, reservation) = (call.request_id, call.reservation);
         let deadline = Instant::now() + pool.config.request_timeout;
         let inputs = req.inputs();
         let load = inputs.iter().map(|s| s.len() as u64 / 4).sum();
-        let spans = AttemptSpans::embeddings(trace, &req.model);
-        let mut attempts = Attempts::new(self, pool, &req.model, deadline).with_spans(spans);
+        let spans = AttemptSpans::embeddings(call.trace, &req.model);
+        let mut attempts = Attempts::new(self, pool, &req.model, deadline)
+            .with_spans(spans)
+            .with_preferred(call.preferred_backend.clone());
         let answered = attempts
             .call(
                 outcome,

@@ -45,6 +45,8 @@ pub(super) struct GenerateCall<'a> {
     pub prefix: Vec<u64>,
     /// Its place in a trace, when traced.
     pub trace: Option<Trace<'a>>,
+    /// The backend a route's plugin asked for, tried first.
+    pub preferred_backend: Option<String>,
 }
 
 impl<'a> GenerateCall<'a> {
@@ -68,6 +70,7 @@ impl<'a> GenerateCall<'a> {
             reservation: call.reservation.cloned(),
             prefix,
             trace: call.trace,
+            preferred_backend: call.preferred_backend.clone(),
         }
     }
 }
@@ -156,7 +159,8 @@ impl Api {
         let spans = AttemptSpans::generation(call.trace, operation, &call.request);
         let mut attempts = Attempts::new(self, pool, &model, deadline)
             .with_prefix(std::mem::take(&mut call.prefix))
-            .with_spans(spans);
+            .with_spans(spans)
+            .with_preferred(call.preferred_backend.take());
         loop {
             let request = &call.request;
             let opened = attempts

@@ -114,6 +114,8 @@ pub struct ApiCall<'a> {
     pub started: Instant,
     /// Its place in a trace, when traced: each backend attempt is a span there.
     pub trace: Option<Trace<'a>>,
+    /// The backend a route's plugin asked for (`inference.backend`), tried first.
+    pub preferred_backend: Option<String>,
 }
 
 impl Api {
@@ -264,6 +266,7 @@ impl Api {
                     request_id,
                     started: Instant::now(),
                     trace: None,
+                    preferred_backend: None,
                 };
                 self.handle(call, &mut outcome).await
             }
@@ -354,17 +357,7 @@ impl Api {
                     let bound = req.inputs().iter().map(|t| t.len() as u64 + 2).sum();
                     self.reserve(&call, r, bound, 0).await?;
                 }
-                Ok(Reply::Whole(
-                    self.embed(
-                        pool,
-                        req,
-                        call.request_id,
-                        call.reservation,
-                        call.trace,
-                        outcome,
-                    )
-                    .await?,
-                ))
+                Ok(Reply::Whole(self.embed(pool, req, &call, outcome).await?))
             }
         }
     }

@@ -263,6 +263,7 @@ struct PickCounters {
     by_load: prometheus::IntCounter,
     by_prefix: prometheus::IntCounter,
     by_imbalance: prometheus::IntCounter,
+    by_plugin: prometheus::IntCounter,
     blocks_matched: prometheus::IntCounter,
     blocks_missed: prometheus::IntCounter,
 }
@@ -280,6 +281,7 @@ impl PickCounters {
             by_load: pick("load"),
             by_prefix: pick("prefix"),
             by_imbalance: pick("imbalance"),
+            by_plugin: pick("plugin"),
             blocks_matched: blocks("matched"),
             blocks_missed: blocks("missed"),
         }
@@ -555,6 +557,25 @@ impl InferencePool {
         let (sa, sb) = (a.score(model), b.score(model));
         let first = sa.0 < sb.0 || (sa.0 == sb.0 && sa.1 <= sb.1);
         Ok(if first { a.clone() } else { b.clone() })
+    }
+
+    /// The backend a plugin asked for (`inference.backend`, by its `ip:port`),
+    /// while it takes traffic, is not in `tried` and is not saturated for
+    /// `model`; else `None` and the pick goes on as usual.
+    pub fn preferred(
+        &self,
+        label: &str,
+        model: &str,
+        tried: &[SocketAddr],
+    ) -> Option<Arc<InferenceBackend>> {
+        let chosen = self
+            .backends()
+            .iter()
+            .find(|b| b.label == label && b.eligible() && !tried.contains(&b.addr))
+            .filter(|b| !b.saturated(model))
+            .cloned()?;
+        self.counters.by_plugin.inc();
+        Some(chosen)
     }
 
     /// The backend of `open` holding the longest run of `prefix`, if it is not
