@@ -9,14 +9,7 @@ pub(super) fn proxy_get_property(
     ptr_out: i32,
     size_out: i32,
 ) -> wasmtime::Result<i32> {
-    // The SDK joins path segments with NUL: ["request", "path"] → "request\0path".
-    let path = tri!(read(&mut c, pptr, plen));
-    let path: Vec<&[u8]> = path.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
-    let key = path
-        .iter()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect::<Vec<_>>()
-        .join(".");
+    let key = property_key(&tri!(read(&mut c, pptr, plen)));
     let value = c
         .data()
         .http
@@ -49,18 +42,22 @@ pub(super) fn proxy_set_property(
     vptr: i32,
     vlen: i32,
 ) -> wasmtime::Result<i32> {
-    let path = tri!(read(&mut c, pptr, plen));
+    let key = property_key(&tri!(read(&mut c, pptr, plen)));
     let value = tri!(read(&mut c, vptr, vlen));
-    let key = path
-        .split(|b| *b == 0)
-        .filter(|p| !p.is_empty())
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect::<Vec<_>>()
-        .join(".");
     Ok(match c.data().http.properties.set(key, value) {
         true => Status::Ok,
         false => Status::BadArgument,
     } as i32)
+}
+
+/// A property's path as the gateway names it: the SDK joins path segments
+/// with NUL (`["request", "path"]` → `request\0path`), the gateway with `.`.
+fn property_key(path: &[u8]) -> String {
+    path.split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// Links the properties functions of the ABI.

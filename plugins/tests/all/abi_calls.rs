@@ -2,7 +2,7 @@
 //! request, a header map's size, foreign functions, a call's status.
 
 use crate::sandbox::*;
-use gantry_plugins::{Decision, FailurePolicy, PluginLimits, Properties};
+use gantry_plugins::{Decision, PluginLimits, Properties};
 
 /// Answer with status `500 + value` (the WAT expression `value`).
 fn respond_with(value: &str) -> String {
@@ -150,16 +150,7 @@ fn a_failed_call_says_so_in_its_status() {
         (drop (call $respond (i32.add (i32.const 500) (i32.load (i32.const 400)))
           (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1))))"#;
     let wasm = module_with(&request, "(i32.const 0)", callback);
-    let plugin = engine()
-        .load(
-            "caller",
-            &wasm,
-            vec![],
-            PluginLimits::default(),
-            FailurePolicy::Closed,
-            vec!["side".into()],
-        )
-        .unwrap();
+    let plugin = load_calling_side(&wasm, PluginLimits::default());
     for (answer, expected) in [
         (None, 514),
         (Some(gantry_plugins::HttpCallResponse::default()), 500),

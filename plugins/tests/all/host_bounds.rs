@@ -46,16 +46,7 @@ fn http_calls_reach_allowed_pools_only_and_the_answer_comes_back_to_the_plugin()
         (drop (call $respond (i32.const 203) (i32.const 0) (i32.const 0)
           (i32.load (i32.const 400)) (i32.load (i32.const 404)) (i32.const 0) (i32.const 0) (i32.const -1))))"#;
     let wasm = module_with(&request, "(i32.const 0)", callback);
-    let plugin = engine()
-        .load(
-            "caller",
-            &wasm,
-            vec![],
-            PluginLimits::default(),
-            FailurePolicy::Closed,
-            vec!["side".into()],
-        )
-        .unwrap();
+    let plugin = load_calling_side(&wasm, PluginLimits::default());
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut headers = request_headers();
     let mut seen = Vec::new();
@@ -542,16 +533,7 @@ fn calls_from_one_context_run_at_once_and_are_answered_as_they_complete() {
               (i32.add (i32.mul (i32.const 10) (i32.load (i32.const 500))) (local.get 1)))
             (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1))))))"#;
     let wasm = module_with(&request, "(i32.const 0)", callback);
-    let plugin = engine()
-        .load(
-            "caller",
-            &wasm,
-            vec![],
-            PluginLimits::default(),
-            FailurePolicy::Closed,
-            vec!["side".into()],
-        )
-        .unwrap();
+    let plugin = load_calling_side(&wasm, PluginLimits::default());
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut started = Vec::new();
     let decision = ready(ctx.on_request(&mut request_headers(), None, |call| {
