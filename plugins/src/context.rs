@@ -67,6 +67,9 @@ impl HttpContext {
         match result {
             Ok(action) => {
                 self.plugin.record_success();
+                if std::mem::take(&mut store.data_mut().http.close_requested) {
+                    return Ok(Decision::Close);
+                }
                 if let Some(local) = store.data_mut().http.local_response.take() {
                     return Ok(Decision::Respond(local));
                 }
@@ -162,7 +165,7 @@ impl HttpContext {
         let Some(body) = body else {
             return Ok(headers);
         };
-        if let Decision::Respond(_) = headers {
+        if let Decision::Respond(_) | Decision::Close = headers {
             return Ok(headers);
         }
         let n = body.len() as i32;
@@ -214,6 +217,7 @@ impl HttpContext {
             match self.deliver(token, answer)? {
                 // The calls still out are dropped (cancelled) with `pending`.
                 Decision::Respond(local) => return Ok(Decision::Respond(local)),
+                Decision::Close => return Ok(Decision::Close),
                 Decision::Continue => decision = Decision::Continue,
                 Decision::Pause => {}
             }
@@ -254,7 +258,9 @@ impl HttpContext {
                 let http = &mut store.data_mut().http;
                 http.call_response = None;
                 http.call_failed = false;
-                if let Some(local) = http.local_response.take() {
+                if std::mem::take(&mut http.close_requested) {
+                    Ok(Decision::Close)
+                } else if let Some(local) = http.local_response.take() {
                     Ok(Decision::Respond(local))
                 } else if http.resumed {
                     Ok(Decision::Continue)

@@ -25,6 +25,9 @@ pub enum Decision {
     /// The plugin stopped iteration: in a body hook before the end of the body,
     /// buffer and call again with more; elsewhere, wait for its calls.
     Pause,
+    /// The plugin closed the stream (`proxy_close_stream`): end the exchange
+    /// at once, with no answer (or no more of it).
+    Close,
 }
 
 /// A `proxy_http_call` a plugin made. The gateway performs it and hands the

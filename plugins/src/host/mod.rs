@@ -135,6 +135,8 @@ pub struct HttpState {
     pub(crate) call_failed: bool,
     /// The plugin asked to resume the paused request.
     pub(crate) resumed: bool,
+    /// The plugin closed the stream (`proxy_close_stream`).
+    pub(crate) close_requested: bool,
     /// The request headers went upstream: readable, no longer writable.
     pub(crate) request_headers_sent: bool,
 }
@@ -177,7 +179,6 @@ const UNIMPLEMENTED: &[(&str, usize)] = &[
     ("proxy_grpc_send", 4),
     ("proxy_grpc_cancel", 1),
     ("proxy_grpc_close", 1),
-    ("proxy_close_stream", 1),
     ("proxy_clear_route_cache", 0),
 ];
 

@@ -17,6 +17,15 @@ pub(super) fn proxy_continue(mut c: Ctx<'_>) -> i32 {
     Status::Ok as i32
 }
 
+/// `proxy_close_stream`: whichever stream it names (request, response,
+/// downstream, upstream), the exchange ends at once: the client gets no
+/// answer (or no more of it), and an inference stream's generation is
+/// cancelled.
+pub(super) fn proxy_close_stream(mut c: Ctx<'_>, _stream: i32) -> i32 {
+    c.data_mut().http.close_requested = true;
+    Status::Ok as i32
+}
+
 /// `proxy_done`: nothing to finish.
 pub(super) fn proxy_done(_c: Ctx<'_>) -> i32 {
     Status::Ok as i32
@@ -34,5 +43,6 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         linker.func_wrap("env", name, proxy_continue)?;
     }
     linker.func_wrap("env", "proxy_done", proxy_done)?;
+    linker.func_wrap("env", "proxy_close_stream", proxy_close_stream)?;
     Ok(())
 }

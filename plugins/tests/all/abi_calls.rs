@@ -167,3 +167,19 @@ fn a_failed_call_says_so_in_its_status() {
         );
     }
 }
+
+#[test]
+fn a_plugin_that_closes_the_stream_ends_the_exchange() {
+    let wasm = module("(drop (call $close (i32.const 0))) (i32.const 0)");
+    let (d, _) = run(&wasm, PluginLimits::default()).unwrap();
+    assert_eq!(d, Decision::Close);
+    // The instance is fine: the next request runs on it as usual.
+    let plugin = load(&module("(i32.const 0)"), PluginLimits::default());
+    assert_eq!(status_of_continue(&plugin), Decision::Continue);
+}
+
+fn status_of_continue(plugin: &std::sync::Arc<gantry_plugins::Plugin>) -> Decision {
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    ctx.on_request_headers(&mut request_headers(), true)
+        .unwrap()
+}

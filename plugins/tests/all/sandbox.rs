@@ -36,6 +36,7 @@ pub(crate) fn module_with(request_headers: &str, response_headers: &str, extra: 
           (import "env" "proxy_get_header_map_size" (func $map_size (param i32 i32) (result i32)))
           (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_get_status" (func $status (param i32 i32 i32) (result i32)))
+          (import "env" "proxy_close_stream" (func $close (param i32) (result i32)))
           (memory (export "memory") 1)
           (global $heap (mut i32) (i32.const 1024))
           (data (i32.const 16) "x-a")

@@ -14,7 +14,6 @@
 
 use super::body::client_gone;
 use super::{Gateway, RequestCtx, REQUEST_ID};
-use crate::error::GatewayError;
 use crate::openai::whole::STREAM_HEADERS;
 use crate::openai::{Generation, Reply, Whole};
 use crate::tenants::{self, limiter::Reservation};
@@ -72,8 +71,11 @@ impl Gateway {
             Some(local) => Some(local),
             None => Some(whole.body),
         };
-        if self.response_body_plugins(&mut body, true, ctx).is_err() {
-            let err = ctx.error.take().unwrap_or(GatewayError::Internal);
+        if let Err(e) = self.response_body_plugins(&mut body, true, ctx) {
+            // Closed by a plugin: no answer at all.
+            let Some(err) = ctx.error.take() else {
+                return Err(e);
+            };
             if let Some(held) = held {
                 Reservation::release(held).await;
             }
@@ -129,7 +131,7 @@ impl Gateway {
                 // still hear the end.
                 None => Bytes::new(),
             };
-            let (out, failed) = self.events_through_plugins(ctx, batch, &mut ended);
+            let (out, failed) = self.events_through_plugins(ctx, batch, &mut ended)?;
             if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
                 // The client is gone: dropping the stream cancels it.
                 return Ok(());
@@ -148,13 +150,14 @@ impl Gateway {
     /// One batch of events through the plugins, event by event. `ended`
     /// turns true once `[DONE]` (or the stream's end) went through. `true`
     /// with the output when a plugin failing closed ended the stream (its
-    /// output ends with an error event).
+    /// output ends with an error event); an error when a plugin closed it
+    /// (nothing more is written, the connection goes).
     fn events_through_plugins(
         &self,
         ctx: &mut RequestCtx,
         batch: Bytes,
         ended: &mut bool,
-    ) -> (Bytes, bool) {
+    ) -> Result<(Bytes, bool)> {
         let mut out = BytesMut::with_capacity(batch.len());
         let mut pieces = split_events(&batch);
         if batch.is_empty() {
@@ -163,20 +166,22 @@ impl Gateway {
         for event in pieces {
             let end = event.is_empty() || event.starts_with(b"data: [DONE]");
             let mut body = Some(event);
-            if self.response_body_plugins(&mut body, end, ctx).is_err() {
-                let err = ctx.error.clone().unwrap_or(GatewayError::Internal);
+            if let Err(e) = self.response_body_plugins(&mut body, end, ctx) {
+                let Some(err) = ctx.error.clone() else {
+                    return Err(e);
+                };
                 out.extend_from_slice(b"data: ");
                 out.extend_from_slice(&err.body());
                 out.extend_from_slice(EVENT_END);
                 *ended = true;
-                return (out.freeze(), true);
+                return Ok((out.freeze(), true));
             }
             if let Some(b) = body {
                 out.extend_from_slice(&b);
             }
             *ended |= end;
         }
-        (out.freeze(), false)
+        Ok((out.freeze(), false))
     }
 }
 

@@ -208,6 +208,17 @@ impl Gateway {
             let outcome = decided(result.as_ref().map(|(_, d)| d));
             self.hook_span(ctx, started, &plugin.name, Hook::Request, outcome);
             match result {
+                Ok((hc, gantry_plugins::Decision::Close)) => {
+                    self.plugin_outcome(
+                        &ctx.live,
+                        route,
+                        &plugin.name,
+                        Hook::Request,
+                        HookOutcome::Close,
+                    );
+                    drop(hc);
+                    return Err(closed_by(&plugin.name));
+                }
                 Ok((hc, gantry_plugins::Decision::Respond(local))) => {
                     self.plugin_outcome(
                         &ctx.live,
@@ -328,6 +339,17 @@ impl Gateway {
                     }
                     crate::plugins::recycle(pairs);
                 }
+                Ok(gantry_plugins::Decision::Close) => {
+                    self.plugin_outcome(
+                        &ctx.live,
+                        route,
+                        &plugin.name,
+                        Hook::ResponseHeaders,
+                        HookOutcome::Close,
+                    );
+                    ctx.plugin_contexts = contexts;
+                    return Err(closed_by(&plugin.name));
+                }
                 Ok(gantry_plugins::Decision::Respond(local)) => {
                     self.plugin_outcome(
                         &ctx.live,
@@ -427,6 +449,16 @@ impl Gateway {
                     ctx.response_held[i] = Vec::from(chunk);
                     continue;
                 }
+                Ok(gantry_plugins::Decision::Close) => {
+                    self.plugin_outcome(
+                        &ctx.live,
+                        route,
+                        &plugin.name,
+                        Hook::ResponseBody,
+                        HookOutcome::Close,
+                    );
+                    return Err(closed_by(&plugin.name));
+                }
                 Ok(gantry_plugins::Decision::Respond(_)) => {
                     self.plugin_outcome(
                         &ctx.live,
@@ -473,6 +505,18 @@ fn decided<E>(result: std::result::Result<&gantry_plugins::Decision, E>) -> &'st
         Ok(gantry_plugins::Decision::Continue) => HookOutcome::Continue.as_str(),
         Ok(gantry_plugins::Decision::Pause) => HookOutcome::Pause.as_str(),
         Ok(gantry_plugins::Decision::Respond(_)) => HookOutcome::Respond.as_str(),
+        Ok(gantry_plugins::Decision::Close) => HookOutcome::Close.as_str(),
         Err(_) => HookOutcome::Error.as_str(),
     }
+}
+
+/// The error that ends an exchange a plugin closed (`proxy_close_stream`):
+/// the client's side, so nothing is answered and the connection goes.
+pub(super) fn closed_by(plugin: &str) -> Box<pingora::Error> {
+    pingora::Error::create(
+        pingora::ErrorType::ConnectionClosed,
+        pingora::ErrorSource::Downstream,
+        Some(format!("plugin `{plugin}` closed the stream").into()),
+        None,
+    )
 }

@@ -165,6 +165,8 @@ pub enum HookOutcome {
     Unhealthy,
     /// Every instance in use.
     Busy,
+    /// Closed the stream (`proxy_close_stream`): no answer, or no more of it.
+    Close,
 }
 
 impl HookOutcome {
@@ -177,6 +179,7 @@ impl HookOutcome {
             HookOutcome::Error => "error",
             HookOutcome::Unhealthy => "unhealthy",
             HookOutcome::Busy => "busy",
+            HookOutcome::Close => "close",
         }
     }
 }

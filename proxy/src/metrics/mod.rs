@@ -672,6 +672,7 @@ mod tests {
                     HookOutcome::Error,
                     HookOutcome::Unhealthy,
                     HookOutcome::Busy,
+                    HookOutcome::Close,
                 ]
                 .iter()
                 .map(|o| o.as_str())

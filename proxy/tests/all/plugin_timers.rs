@@ -1,5 +1,6 @@
-//! Plugins' timers through the gateway: an unmodified proxy-wasm SDK plugin
-//! (`local-ratelimit`) whose `on_tick` starts each rate window.
+//! Plugins' timers through the gateway (an unmodified proxy-wasm SDK plugin
+//! `local-ratelimit` whose `on_tick` starts each rate window), and a plugin
+//! closing the stream (`proxy_close_stream`).
 
 use crate::harness::*;
 use crate::plugins::{config, example, route};
@@ -51,4 +52,27 @@ async fn a_timer_in_an_sdk_plugin_opens_each_new_window() {
     let ticks = "gantry_plugin_calls_total{hook=\"tick\",outcome=\"continue\",plugin=\"local-ratelimit\",route=\"r\"}";
     let counted = gw.metric(ticks).await.unwrap_or(0.0);
     assert!(counted >= 2.0, "{counted} ticks counted");
+}
+
+#[tokio::test]
+async fn a_plugin_that_closes_the_stream_gets_the_client_no_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
+    let wasm = crate::plugins::wat_module(
+        r#"(import "env" "proxy_close_stream" (func $close (param i32) (result i32)))"#,
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+             (drop (call $close (i32.const 0))) (i32.const 0))"#,
+    );
+    let file = dir.path().join("closer.wasm");
+    std::fs::write(&file, wasm).unwrap();
+    let gw = Gateway::start(&config(
+        origin.addr,
+        &[route("r", "/", &[("closer", &file, "")])],
+    ))
+    .await;
+    let res = gw.client.get(gw.url("/")).send().await;
+    assert!(res.is_err(), "no answer: {res:?}");
+    assert_eq!(origin.hits(), 0);
+    let closed = "gantry_plugin_calls_total{hook=\"request\",outcome=\"close\",plugin=\"closer\",route=\"r\"}";
+    assert_eq!(gw.metric(closed).await, Some(1.0));
 }

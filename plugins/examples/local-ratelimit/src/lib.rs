@@ -47,7 +47,11 @@ impl RootContext for Root {
         let config = match serde_json::from_slice::<Config>(&bytes) {
             Ok(c) if c.window_ms > 0 => c,
             Ok(_) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, "local-ratelimit: window_ms must be at least 1").ok();
+                proxy_wasm::hostcalls::log(
+                    LogLevel::Error,
+                    "local-ratelimit: window_ms must be at least 1",
+                )
+                .ok();
                 return false;
             }
             Err(e) => {
@@ -63,11 +67,14 @@ impl RootContext for Root {
 
     /// A new window: the count starts again.
     fn on_tick(&mut self) {
-        self.set_shared_data(COUNT, Some(&0u64.to_le_bytes()), None).ok();
+        self.set_shared_data(COUNT, Some(&0u64.to_le_bytes()), None)
+            .ok();
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Limit { config: self.config? }))
+        Some(Box::new(Limit {
+            config: self.config?,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -116,7 +123,10 @@ impl HttpContext for Limit {
         let retry = ((self.config.window_ms + 999) / 1000).to_string();
         self.send_http_response(
             429,
-            vec![("content-type", "application/json"), ("retry-after", &retry)],
+            vec![
+                ("content-type", "application/json"),
+                ("retry-after", &retry),
+            ],
             Some(body.as_bytes()),
         );
         Action::Pause

@@ -54,7 +54,11 @@ impl RootContext for Root {
                 true
             }
             Ok(_) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, "output-redact: `words` must hold non-empty words").ok();
+                proxy_wasm::hostcalls::log(
+                    LogLevel::Error,
+                    "output-redact: `words` must hold non-empty words",
+                )
+                .ok();
                 false
             }
             Err(e) => {
@@ -96,7 +100,13 @@ impl Redact {
 
     /// Characters that could start a word going on in the next event.
     fn hold_back(&self) -> usize {
-        self.config.words.iter().map(|w| w.chars().count()).max().unwrap_or(1) - 1
+        self.config
+            .words
+            .iter()
+            .map(|w| w.chars().count())
+            .max()
+            .unwrap_or(1)
+            - 1
     }
 
     /// One streamed chunk's text, with what was held, redacted; the end held
@@ -108,7 +118,10 @@ impl Redact {
             return whole;
         }
         let keep = whole.chars().count().saturating_sub(self.hold_back());
-        let split = whole.char_indices().nth(keep).map_or(whole.len(), |(i, _)| i);
+        let split = whole
+            .char_indices()
+            .nth(keep)
+            .map_or(whole.len(), |(i, _)| i);
         self.held = whole[split..].to_string();
         whole[..split].to_string()
     }
@@ -123,14 +136,17 @@ impl Redact {
             let text = message["content"].as_str()?.to_string();
             message["content"] = Value::String(self.redact(&text));
         } else if choice.get("delta").is_some() {
-            let text = choice["delta"]["content"].as_str().unwrap_or("").to_string();
+            let text = choice["delta"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             let out = self.stream_text(&text, finishing);
             choice["delta"]["content"] = Value::String(out);
         } else {
             // Completions: `text`, whole or streamed.
             let text = choice["text"].as_str()?.to_string();
-            let streamed = v.get("object").and_then(Value::as_str) == Some("text_completion")
-                && !finishing;
+            let streamed =
+                v.get("object").and_then(Value::as_str) == Some("text_completion") && !finishing;
             let out = if streamed {
                 self.stream_text(&text, false)
             } else {
