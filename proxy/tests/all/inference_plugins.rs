@@ -25,9 +25,10 @@ async fn a_token_meter_counts_exactly_what_the_answers_usage_says() {
     );
     let gw = Gateway::start(&config).await;
     gw.wait_backend_healthy("ai", backend.addr).await;
+    // 500 streamed answers (and 100 whole ones), each counted exactly.
     let mut expected = 0;
-    for i in 0..50u32 {
-        let stream = i % 5 != 0;
+    for i in 0..600u32 {
+        let stream = i % 6 != 0;
         let body = json!({"model": "fixture", "max_tokens": 1 + i % 7, "stream": stream,
                           "stream_options": {"include_usage": true},
                           "messages": [{"role": "user", "content": "count"}]});
@@ -64,7 +65,7 @@ async fn a_token_meter_counts_exactly_what_the_answers_usage_says() {
     assert_eq!(gw.metric(sample).await, Some(expected as f64));
     // The stream's plugin instance went back when each answer ended.
     let idle = gw.metric("gantry_plugin_calls_total{hook=\"response_body\",outcome=\"continue\",plugin=\"token-meter\",route=\"openai\"}").await;
-    assert_eq!(idle, Some(50.0), "one end-of-body count per answer");
+    assert_eq!(idle, Some(600.0), "one end-of-body count per answer");
 }
 
 /// What the official `openai` client reads from `gw`: (streamed, whole) text.
