@@ -107,6 +107,15 @@ impl Gateway {
             tenants::add_rate_headers(&mut resp, limiter)?;
         }
         self.response_plugins(&mut resp, ctx, route)?;
+        if let Some(local) = ctx.replace_body.take() {
+            // A plugin answered in the stream's place: the generation is cancelled.
+            drop(events);
+            if let Some(held) = held {
+                Reservation::release(held).await;
+            }
+            session.write_response_header(Box::new(resp), false).await?;
+            return session.write_response_body(Some(local), true).await;
+        }
         if session
             .write_response_header(Box::new(resp), false)
             .await

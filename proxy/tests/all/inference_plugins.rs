@@ -246,3 +246,42 @@ async fn a_routing_plugin_reads_the_candidates_and_picks_the_backend() {
     assert_eq!(res.status(), 200);
     assert_eq!(json(res).await["model"], "fixture");
 }
+
+#[tokio::test]
+async fn a_plugin_may_answer_in_place_of_a_stream_whose_generation_is_then_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Fixture::start(Behaviour {
+        tokens: 50,
+        inter_token_delay: std::time::Duration::from_millis(20),
+        ..Behaviour::default()
+    });
+    // Its response-headers hook answers 403 "denied" instead.
+    let wasm = wat_module(
+        r#"(import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 64) "denied")
+           (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+           (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+             (drop (call $respond (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 64) (i32.const 6) (i32.const 0) (i32.const 0) (i32.const -1)))
+             (i32.const 1))"#,
+    );
+    let file = dir.path().join("deny-answer.wasm");
+    std::fs::write(&file, wasm).unwrap();
+    let config = with_plugin(ai_config(&[backend.addr], ""), "deny", &file).replacen(
+        "file = ",
+        "stream_events = true\nfile = ",
+        1,
+    );
+    let gw = Gateway::start(&config).await;
+    gw.wait_backend_healthy("ai", backend.addr).await;
+    let res = crate::openai::post(&gw, "/v1/chat/completions", &crate::openai::chat(true)).await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(res.text().await.unwrap(), "denied");
+    eventually("the generation cancelled", || async {
+        backend
+            .stats
+            .cancelled
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1
+    })
+    .await;
+}
