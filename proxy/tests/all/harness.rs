@@ -39,18 +39,22 @@ pub fn init_logging() {
     });
 }
 
-/// A free port on loopback. The OS picks it; we release it for the gateway to bind.
-/// The OS may hand the same port out again once released, so ports already given
-/// to a test in this process are never returned twice.
+/// A free port on loopback, released for the gateway to bind. Taken below
+/// Linux's ephemeral range (32768–60999): a port the OS picked with `:0` could
+/// be handed to any outgoing connection as its source port before the gateway
+/// binds it (seen in CI as "Address already in use"); these never are. Ports
+/// are handed out in turn from a place that depends on the process id, so
+/// none is given twice in a process and parallel runs rarely meet.
 pub fn free_addr() -> SocketAddr {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
     loop {
-        let l = StdListener::bind("127.0.0.1:0").expect("bind ephemeral port");
-        let addr = l.local_addr().unwrap();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&addr.port()) {
-            given.push(addr.port());
-            return addr;
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        if let Ok(l) = StdListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
         }
     }
 }
