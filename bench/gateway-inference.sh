@@ -16,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+. bench/lib.sh
 CONC=${CONC:-500}
 REQUESTS=${REQUESTS:-6000}
 ROUNDS=${ROUNDS:-3}
@@ -30,7 +31,6 @@ work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 gateway_config() { # $1 listen port, $2 backend port, $3 model list
@@ -65,7 +65,7 @@ for gap in $GAPS_US; do
     --first-token-us "$FIRST_US" --inter-token-us "$gap" 2>/dev/null & pids+=($!)
   gateway_config 1817$port 5016$port '"fixture"' > "$work/stream$port.toml"
   RUST_LOG=warn target/release/gantry gateway --config "$work/stream$port.toml" & pids+=($!)
-  wait_port 5016$port; wait_port 1817$port; sleep 1
+  bench_wait_port 5016$port; bench_wait_port 1817$port; sleep 1
   # Poisson arrivals at the rate that keeps CONC streams in flight on average
   # (closed-loop workers would send synchronized waves of CONC requests at once).
   rate=$(python3 -c "print($CONC / (($FIRST_US + ($TOKENS - 1) * $gap) / 1e6))")
@@ -79,7 +79,7 @@ done
 target/release/fixture-backend --listen 127.0.0.1:50169 --tokens "$TOKENS" 2>/dev/null & pids+=($!)
 gateway_config 18189 50169 '"fixture"' > "$work/rps.toml"
 RUST_LOG=warn target/release/gantry gateway --config "$work/rps.toml" & gw=$!; pids+=($gw)
-wait_port 50169; wait_port 18189; sleep 1
+bench_wait_port 50169; bench_wait_port 18189; sleep 1
 $LOAD --http http://127.0.0.1:18189 --concurrency "$THROUGHPUT_CONC" --seconds 2 --label warm > /dev/null
 before=$(cpu_ticks $gw)
 $LOAD --http http://127.0.0.1:18189 --concurrency "$THROUGHPUT_CONC" --seconds "$THROUGHPUT_SECONDS" --label throughput > "$work/rps.json"
@@ -93,7 +93,7 @@ sed -e "s#127.0.0.1:50051#127.0.0.1:50163#" -e 's#"127.0.0.1:9091"#"off"#' -e "s
 RUST_LOG=warn target/release/gantry backend --config "$work/backend.toml" & pids+=($!)
 gateway_config 18183 50163 '"smollm2-135m"' > "$work/real.toml"
 RUST_LOG=warn target/release/gantry gateway --config "$work/real.toml" & pids+=($!)
-wait_port 50163; wait_port 18183; sleep 15
+bench_wait_port 50163; bench_wait_port 18183; sleep 15
 for round in $(seq 1 "$ROUNDS"); do
   $LOAD --grpc 127.0.0.1:50163 --model smollm2-135m --max-tokens 32 --concurrency 1 --requests 10 --label "real r$round" >> "$work/results.jsonl"
   $LOAD --http http://127.0.0.1:18183 --stream --model smollm2-135m --max-tokens 32 --concurrency 1 --requests 10 --label "real r$round" >> "$work/results.jsonl"

@@ -1,5 +1,5 @@
-# Shared by the loopback benchmarks (bench/run.sh, bench/plugins.sh): an nginx
-# config writer, readiness waits, one wrk measurement, and the mean of a list.
+# Shared by the benchmarks (bench/run.sh, plugins.sh, keys.sh, traces.sh, ...): an nginx
+# config writer, readiness waits (HTTP and TCP ports), one wrk measurement, and the mean of a list.
 # Source it after `cd` to the repository root.
 
 # bench_nginx_conf WORK NAME SERVER_BLOCK [WORKERS]: write WORK/NAME.conf.
@@ -81,3 +81,14 @@ bench_plugin_route() {
 
 # The add-header example's configuration in every bench.
 BENCH_ADD_HEADER='{ request = { "x-team" = "edge" }, response = { "x-served-by" = "gantry" } }'
+
+# bench_wait_port PORT...: wait up to 60 s for each loopback PORT to accept
+# connections (a gRPC or raw TCP server); fail loudly otherwise.
+bench_wait_port() {
+  local port
+  for port in "$@"; do
+    for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue 2; sleep 0.1; done
+    echo "bench: port $port never opened" >&2
+    return 1
+  done
+}

@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+. bench/lib.sh
 CONVERSATIONS=${CONVERSATIONS:-24}
 TURNS=${TURNS:-3}
 RATE=${RATE:-0.5}
@@ -22,7 +23,6 @@ work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 endpoints=""
 for i in 0 1 2; do
   port=$((50170 + i))
@@ -62,7 +62,7 @@ TOML
   RUST_LOG=warn target/release/gantry gateway --config "$work/gateway-$routing.toml" 2> "$work/gateway-$routing.log" &
   pids+=($!)
 done
-for port in 18180 18181; do wait_port $port; done
+for port in 18180 18181; do bench_wait_port $port; done
 for i in 0 1 2; do
   for _ in $(seq 300); do grep -q 'backend: SERVING' "$work/backend$i.log" && break; sleep 0.2; done
 done

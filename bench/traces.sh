@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+. bench/lib.sh
 ROUNDS=${ROUNDS:-3}
 SECONDS_EACH=${SECONDS_EACH:-10}
 THROUGHPUT_CONC=${THROUGHPUT_CONC:-64}
@@ -24,7 +25,6 @@ work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 # An OTLP/gRPC receiver that answers every export (the body is not decoded:
 # the receiver's own cost is not what is measured).
@@ -78,7 +78,7 @@ declare -A gw
 for mode in off on down; do
   RUST_LOG=warn target/release/gantry gateway --config "$work/$mode.toml" & gw[$mode]=$!; pids+=($!)
 done
-wait_port 43170; wait_port 50170; wait_port 8171; wait_port 8172; wait_port 8173; sleep 1
+bench_wait_port 43170 50170 8171 8172 8173; sleep 1
 
 LOAD=target/release/openai-load
 port() { case $1 in off) echo 8171;; on) echo 8172;; down) echo 8173;; esac; }

@@ -203,7 +203,7 @@ impl Plugin {
 
 /// The engine's background thread and the plugins it serves.
 #[derive(Default)]
-pub(crate) struct Timers {
+pub(crate) struct BackgroundThread {
     plugins: Mutex<Vec<Weak<Plugin>>>,
     changed: Condvar,
     /// Set (under the lock) by a wake, so none is lost between a look and a wait.
@@ -211,29 +211,29 @@ pub(crate) struct Timers {
     stop: AtomicBool,
 }
 
-impl Timers {
+impl BackgroundThread {
     /// Start the thread.
-    pub(crate) fn start() -> std::io::Result<Arc<Timers>> {
-        let timers = Arc::new(Timers::default());
-        let run = timers.clone();
+    pub(crate) fn start() -> std::io::Result<Arc<BackgroundThread>> {
+        let thread = Arc::new(BackgroundThread::default());
+        let run = thread.clone();
         std::thread::Builder::new()
             .name("gantry-plugin-background".into())
             .spawn(move || run.run())?;
-        Ok(timers)
+        Ok(thread)
     }
 
     /// Serve `plugin`'s background instance from now on, while it lives.
     pub(crate) fn add(&self, plugin: &Arc<Plugin>) {
         self.plugins
             .lock()
-            .expect("timers lock")
+            .expect("background thread lock")
             .push(Arc::downgrade(plugin));
         self.wake();
     }
 
     /// Look again now (something was enqueued, a plugin added).
     pub(crate) fn wake(&self) {
-        let _plugins = self.plugins.lock().expect("timers lock");
+        let _plugins = self.plugins.lock().expect("background thread lock");
         self.woken.store(true, Ordering::Release);
         self.changed.notify_one();
     }
@@ -245,7 +245,7 @@ impl Timers {
     }
 
     fn run(&self) {
-        let mut plugins = self.plugins.lock().expect("timers lock");
+        let mut plugins = self.plugins.lock().expect("background thread lock");
         while !self.stop.load(Ordering::Relaxed) {
             self.woken.store(false, Ordering::Release);
             plugins.retain(|p| p.strong_count() > 0);
@@ -261,13 +261,13 @@ impl Timers {
                 }
             }
             drop(live);
-            plugins = self.plugins.lock().expect("timers lock");
+            plugins = self.plugins.lock().expect("background thread lock");
             let wait = wake.saturating_duration_since(Instant::now());
             if !wait.is_zero() && !self.woken.load(Ordering::Acquire) {
                 plugins = self
                     .changed
                     .wait_timeout(plugins, wait)
-                    .expect("timers lock")
+                    .expect("background thread lock")
                     .0;
             }
         }

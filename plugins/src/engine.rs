@@ -2,7 +2,7 @@
 //! allocator, epoch interruption), the ticker that advances the epoch, the
 //! linker of host functions, and loading a plugin.
 
-use crate::background::Timers;
+use crate::background::BackgroundThread;
 use crate::error::PluginError;
 use crate::host::HostState;
 use crate::limits::PluginLimits;
@@ -74,8 +74,8 @@ pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<HostState>>,
     stop: Arc<AtomicBool>,
-    /// Plugins' ticks (see [`crate::background`]).
-    timers: Arc<Timers>,
+    /// The thread of plugins' background calls (see [`crate::background`]).
+    background: Arc<BackgroundThread>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -87,7 +87,7 @@ impl std::fmt::Debug for PluginEngine {
 impl Drop for PluginEngine {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.timers.stop();
+        self.background.stop();
     }
 }
 
@@ -133,7 +133,7 @@ impl PluginEngine {
             engine,
             linker: Arc::new(linker),
             stop,
-            timers: Timers::start()?,
+            background: BackgroundThread::start()?,
         })
     }
 
@@ -224,13 +224,16 @@ impl PluginEngine {
             PluginError::Trap { reason, hook, .. } => invalid(format!("{hook}: {reason}")),
             other => other,
         })?;
-        let _ = plugin.shared.background.set(Arc::downgrade(&self.timers));
+        let _ = plugin
+            .shared
+            .background
+            .set(Arc::downgrade(&self.background));
         // A first instance that asked for ticks or registered a queue runs
         // outside requests; else it serves them.
         let adopted = plugin.background.lock().expect("background lock").adopt(vm);
         match adopted {
             Some(vm) => plugin.idle.lock().expect("idle lock").push(vm),
-            None => self.timers.add(&plugin),
+            None => self.background.add(&plugin),
         }
         Ok(plugin)
     }

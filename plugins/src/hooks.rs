@@ -98,14 +98,16 @@ impl Properties {
         self.1.lock().expect("properties lock").clone()
     }
 
+    /// What a plugin of the chain set `path` to, if one did.
+    pub fn set_value(&self, path: &str) -> Option<Vec<u8>> {
+        let set = self.1.lock().expect("properties lock");
+        set.iter().find(|(k, _)| k == path).map(|(_, v)| v.clone())
+    }
+
     /// The property at `path`: set by a plugin of the chain, else the source's.
     pub(crate) fn get(&self, path: &str) -> Option<Vec<u8>> {
-        let set = self.1.lock().expect("properties lock");
-        if let Some((_, v)) = set.iter().find(|(k, _)| k == path) {
-            return Some(v.clone());
-        }
-        drop(set);
-        self.0.property(path).map(std::borrow::Cow::into_owned)
+        self.set_value(path)
+            .or_else(|| self.0.property(path).map(std::borrow::Cow::into_owned))
     }
 
     /// Set `path` for the rest of the request (later plugins, the access

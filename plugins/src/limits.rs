@@ -43,6 +43,10 @@ pub enum Limit {
     SharedDataBytes,
     /// `shared_queue_bytes`: a queue registration or enqueue refused.
     SharedQueueBytes,
+    /// [`MAX_SET_PROPERTIES`](crate::MAX_SET_PROPERTIES) per request, or a
+    /// path over [`MAX_SET_PROPERTY_PATH_BYTES`](crate::MAX_SET_PROPERTY_PATH_BYTES):
+    /// a `proxy_set_property` refused.
+    Properties,
     /// `max_metrics`: a `proxy_define_metric` refused.
     Metrics,
     /// `log_lines_per_second`: log lines dropped.
@@ -53,7 +57,7 @@ pub enum Limit {
 
 impl Limit {
     /// Every limit, in declaration order.
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 14] = [
         Limit::Cpu,
         Limit::Memory,
         Limit::BytesPerHostCall,
@@ -64,6 +68,7 @@ impl Limit {
         Limit::CompileTime,
         Limit::SharedDataBytes,
         Limit::SharedQueueBytes,
+        Limit::Properties,
         Limit::Metrics,
         Limit::LogLines,
         Limit::BodyBytes,
@@ -82,6 +87,7 @@ impl Limit {
             Limit::CompileTime => "compile_time",
             Limit::SharedDataBytes => "shared_data_bytes",
             Limit::SharedQueueBytes => "shared_queue_bytes",
+            Limit::Properties => "properties",
             Limit::Metrics => "metrics",
             Limit::LogLines => "log_lines",
             Limit::BodyBytes => "body_bytes",

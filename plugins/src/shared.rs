@@ -83,7 +83,8 @@ pub struct Shared {
     /// Its shared queues.
     pub(crate) queues: crate::queues::Queues,
     /// Wakes the engine's background thread (set when the plugin is loaded).
-    pub(crate) background: std::sync::OnceLock<std::sync::Weak<crate::background::Timers>>,
+    pub(crate) background:
+        std::sync::OnceLock<std::sync::Weak<crate::background::BackgroundThread>>,
 }
 
 impl Shared {
@@ -109,8 +110,8 @@ impl Shared {
 
     /// Something was enqueued: the background thread delivers it.
     pub(crate) fn wake_background(&self) {
-        if let Some(timers) = self.background.get().and_then(std::sync::Weak::upgrade) {
-            timers.wake();
+        if let Some(thread) = self.background.get().and_then(std::sync::Weak::upgrade) {
+            thread.wake();
         }
     }
 

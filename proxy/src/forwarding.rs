@@ -23,6 +23,13 @@ pub const SPOOFABLE_FORWARDING_HEADERS: [HeaderName; 6] = [
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// Whether `ip` is in `server.trusted_proxies`: its forwarding headers (and,
+/// with `[traces] accept_incoming = "trusted_proxies"`, its trace context)
+/// are believed.
+pub fn is_trusted(ip: std::net::IpAddr, trusted_proxies: &[ipnet::IpNet]) -> bool {
+    trusted_proxies.iter().any(|n| n.contains(&ip))
+}
+
 /// Set the upstream request's forwarding headers for a peer at `peer`.
 pub fn apply(
     upstream: &mut RequestHeader,
@@ -32,7 +39,7 @@ pub fn apply(
     let Some(ip) = peer else {
         return Ok(());
     };
-    if !trusted_proxies.iter().any(|n| n.contains(&ip)) {
+    if !is_trusted(ip, trusted_proxies) {
         for name in &SPOOFABLE_FORWARDING_HEADERS {
             // Most requests carry none: look before removing (a removal also
             // rebuilds Pingora's case-preserving name map).

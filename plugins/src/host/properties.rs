@@ -44,10 +44,11 @@ pub(super) fn proxy_set_property(
 ) -> wasmtime::Result<i32> {
     let key = property_key(&tri!(read(&mut c, pptr, plen)));
     let value = tri!(read(&mut c, vptr, vlen));
-    Ok(match c.data().http.properties.set(key, value) {
-        true => Status::Ok,
-        false => Status::BadArgument,
-    } as i32)
+    if c.data().http.properties.set(key, value) {
+        return Ok(Status::Ok as i32);
+    }
+    c.data().shared.hit(Limit::Properties);
+    Ok(Status::BadArgument as i32)
 }
 
 /// A property's path as the gateway names it: the SDK joins path segments

@@ -1,4 +1,4 @@
-//! Timers: `proxy_set_tick_period_milliseconds`. The period is noted in
+//! BackgroundThread: `proxy_set_tick_period_milliseconds`. The period is noted in
 //! the instance; the host reads it after the call that set it (see
 //! [`crate::background`]).
 

@@ -86,6 +86,11 @@ fn a_request_may_set_only_so_many_properties() {
         502,
         "BadArgument"
     );
+    assert_eq!(
+        plugin.shared().take_limit_hits(),
+        vec![(gantry_plugins::Limit::Properties, 1)],
+        "counted"
+    );
 }
 
 #[test]

@@ -247,8 +247,7 @@ const CHOSEN_MODEL: &str = "inference.model";
 
 /// What the route's plugins set `property` to, as text.
 fn chosen(ctx: &RequestCtx, property: &str) -> Option<String> {
-    let set = ctx.plugin_properties.as_ref()?.set_by_plugins();
-    let (_, value) = set.into_iter().find(|(k, _)| k == property)?;
+    let value = ctx.plugin_properties.as_ref()?.set_value(property)?;
     String::from_utf8(value).ok().filter(|v| !v.is_empty())
 }
 

@@ -21,27 +21,45 @@ struct RequestProperties {
     method: http::Method,
     scheme: &'static str,
     id: String,
-    route: String,
     source: Option<std::net::SocketAddr>,
-    /// On an inference route: the models its pools serve, comma-separated.
-    models: String,
     /// The configured name of the API key that let the request in.
     key: String,
-    /// On an inference route: its pools, for `inference.backends`.
-    pools: Vec<Arc<crate::upstream::inference::InferencePool>>,
+    /// The configuration the request is served on, and its route there: the
+    /// route's name, models and pools are read from it when a plugin asks.
+    live: Arc<super::ConfigVersion>,
+    route: usize,
 }
 
 impl RequestProperties {
+    /// The route's inference pools (none on an HTTP route).
+    fn pools(&self) -> impl Iterator<Item = &Arc<crate::upstream::inference::InferencePool>> {
+        let indexes = match &self.live.router.route(self.route).target {
+            gantry_config::Target::Inference(indexes) => indexes.as_slice(),
+            _ => &[],
+        };
+        let all = self.live.api.pools();
+        indexes.iter().map(move |&i| &all[i])
+    }
+
+    /// `route.models`: what the route's pools serve, comma-separated.
+    fn models(&self) -> Vec<u8> {
+        let models: Vec<&str> = self
+            .pools()
+            .flat_map(|p| &p.config.models)
+            .map(String::as_str)
+            .collect();
+        models.join(",").into_bytes()
+    }
+
     /// `inference.backends`: each of the route's pools and its backends as
     /// `/status` shows them (`address`, `serving`, `in_flight`, each model's
-    /// last load), read when a plugin asks.
-    fn backends(&self) -> Vec<u8> {
+    /// last load).
+    fn backends(&self) -> Option<Vec<u8>> {
         let pools: Vec<serde_json::Value> = self
-            .pools
-            .iter()
+            .pools()
             .map(|p| serde_json::json!({"pool": p.config.name, "backends": p.status()}))
             .collect();
-        serde_json::to_vec(&pools).expect("JSON of a status")
+        (!pools.is_empty()).then(|| serde_json::to_vec(&pools).expect("JSON of a status"))
     }
 }
 
@@ -52,13 +70,11 @@ impl gantry_plugins::PropertySource for RequestProperties {
             "request.method" => self.method.as_str(),
             "request.scheme" => self.scheme,
             "request.id" => &self.id,
-            "route_name" => &self.route,
-            "route.models" => &self.models,
+            "route_name" => &self.live.router.route(self.route).name,
+            "route.models" => return Some(Cow::Owned(self.models())),
             "request.key" => &self.key,
             "source.address" => return Some(Cow::Owned(self.source?.to_string().into_bytes())),
-            "inference.backends" if !self.pools.is_empty() => {
-                return Some(Cow::Owned(self.backends()))
-            }
+            "inference.backends" => return self.backends().map(Cow::Owned),
             _ => return None,
         };
         Some(Cow::Borrowed(text.as_bytes()))
@@ -283,22 +299,9 @@ impl Gateway {
         scheme: &'static str,
     ) -> gantry_plugins::Properties {
         let req = session.req_header();
-        let pools: Vec<_> = match &ctx.live.router.route(route).target {
-            gantry_config::Target::Inference(indexes) => {
-                let all = ctx.live.api.pools();
-                indexes.iter().map(|&i| all[i].clone()).collect()
-            }
-            _ => Vec::new(),
-        };
-        let models = pools
-            .iter()
-            .flat_map(|p| &p.config.models)
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(",");
         Arc::new(RequestProperties {
-            models,
-            pools,
+            live: ctx.live.clone(),
+            route,
             key: ctx
                 .tenant
                 .map(|i| self.tenants.get(i).name.clone())
@@ -307,7 +310,6 @@ impl Gateway {
             method: req.method.clone(),
             scheme,
             id: ctx.request_id.clone(),
-            route: ctx.live.router.route(route).name.clone(),
             source: session.client_addr().and_then(|a| a.as_inet()).copied(),
         })
         .into()

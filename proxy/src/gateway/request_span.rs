@@ -34,8 +34,7 @@ impl Gateway {
             AcceptIncoming::Always => true,
             AcceptIncoming::Never => false,
             AcceptIncoming::TrustedProxies => peer.is_some_and(|ip| {
-                let trusted = &ctx.live.config.trusted_proxies;
-                trusted.iter().any(|net| net.contains(&ip))
+                crate::forwarding::is_trusted(ip, &ctx.live.config.trusted_proxies)
             }),
         };
         let mut attributes = vec![
