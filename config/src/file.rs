@@ -641,9 +641,11 @@ pub struct PluginSection {
     /// Bytes. Default [`DEFAULT_PLUGIN_MAX_MODULE_BYTES`].
     pub max_module_bytes: Option<usize>,
     /// Pools (`[[pools]]` or `[[inference_pools]]`, by name) the plugin may
-    /// `proxy_http_call`. Default: none.
+    /// `proxy_http_call` (and, `[[pools]]` only, `proxy_grpc_call` /
+    /// `proxy_grpc_stream`). Default: none.
     #[serde(default)]
     pub upstreams: Vec<String>,
+    /// Calls per request: HTTP calls, gRPC calls and gRPC streams together.
     /// Default [`DEFAULT_PLUGIN_MAX_HTTP_CALLS`].
     pub max_http_calls: Option<usize>,
     /// Milliseconds. Default [`DEFAULT_PLUGIN_MAX_COMPILE_MS`].
@@ -667,7 +669,8 @@ pub struct PluginSection {
     pub max_metrics: Option<usize>,
     /// Default [`DEFAULT_PLUGIN_LOG_LINES_PER_SECOND`].
     pub log_lines_per_second: Option<u32>,
-    /// Milliseconds. Default [`DEFAULT_PLUGIN_MAX_HTTP_CALL_TIMEOUT_MS`].
+    /// Longest HTTP or gRPC call, and a gRPC stream's whole life; milliseconds.
+    /// Default [`DEFAULT_PLUGIN_MAX_HTTP_CALL_TIMEOUT_MS`].
     pub max_http_call_timeout_ms: Option<u64>,
 }
 

@@ -37,6 +37,10 @@ pub enum MapType {
     ResponseHeaders,
     /// Response trailers (always empty here).
     ResponseTrailers,
+    /// Initial metadata of a gRPC stream, in `proxy_on_grpc_receive_initial_metadata`.
+    GrpcReceiveInitialMetadata,
+    /// Trailing metadata of a gRPC stream, in `proxy_on_grpc_receive_trailing_metadata`.
+    GrpcReceiveTrailingMetadata,
     /// Headers of an `proxy_http_call` answer.
     HttpCallResponseHeaders,
 }
@@ -49,6 +53,8 @@ impl MapType {
             1 => MapType::RequestTrailers,
             2 => MapType::ResponseHeaders,
             3 => MapType::ResponseTrailers,
+            4 => MapType::GrpcReceiveInitialMetadata,
+            5 => MapType::GrpcReceiveTrailingMetadata,
             6 => MapType::HttpCallResponseHeaders,
             _ => return None,
         })
@@ -64,6 +70,8 @@ pub enum BufferType {
     ResponseBody,
     /// The body of an `proxy_http_call` answer.
     HttpCallResponseBody,
+    /// A gRPC message, in `proxy_on_grpc_receive`.
+    GrpcReceiveBuffer,
     /// The VM configuration (empty here).
     VmConfiguration,
     /// The plugin's configuration from the route.
@@ -77,6 +85,7 @@ impl BufferType {
             0 => BufferType::RequestBody,
             1 => BufferType::ResponseBody,
             4 => BufferType::HttpCallResponseBody,
+            5 => BufferType::GrpcReceiveBuffer,
             6 => BufferType::VmConfiguration,
             7 => BufferType::PluginConfiguration,
             _ => return None,

@@ -2,8 +2,9 @@
 //! response hooks, the HTTP calls a hook makes, and the answers delivered
 //! back to it.
 
+use crate::callouts::{Callouts, GrpcEvent};
 use crate::error::{classify, PluginError};
-use crate::hooks::{Decision, HttpCall, HttpCallResponse};
+use crate::hooks::{Decision, HttpCallResponse};
 use crate::host::HttpState;
 use crate::limits::Limit;
 use crate::plugin::{Exports, Hook, Plugin, Vm, ROOT_CONTEXT};
@@ -109,21 +110,17 @@ impl HttpContext {
 
     /// The request phase of this plugin: its request-headers hook, then, when
     /// the request has a body, its request-body hook with the whole body
-    /// (`end_of_stream` set). Calls the plugin makes with `proxy_http_call` are
-    /// performed by `perform` (`None`: the call failed or timed out) and the
-    /// answers handed to `proxy_on_http_call_response`, until the plugin
-    /// continues, resumes or answers. Pausing with nothing left to wait for (no
-    /// body to come, no call pending) continues.
-    pub async fn on_request<F, Fut>(
+    /// (`end_of_stream` set). The calls the plugin makes (`proxy_http_call`,
+    /// `proxy_grpc_call`, `proxy_grpc_stream`) are performed by `callouts` and
+    /// their answers handed to the plugin's callbacks as they come, until the
+    /// plugin answers, or its calls and streams have all ended. Pausing with
+    /// nothing left to wait for (no body to come, no call pending) continues.
+    pub async fn on_request<'a>(
         &mut self,
         headers: &mut Vec<(String, String)>,
         body: Option<&mut Vec<u8>>,
-        mut perform: F,
-    ) -> Result<Decision, PluginError>
-    where
-        F: FnMut(HttpCall) -> Fut + Send,
-        Fut: std::future::Future<Output = Option<HttpCallResponse>> + Send,
-    {
+        mut callouts: impl Callouts<'a>,
+    ) -> Result<Decision, PluginError> {
         let n = headers.len() as i32;
         if let Some(vm) = self.vm.as_mut() {
             let http = &mut vm.store.data_mut().http;
@@ -132,12 +129,13 @@ impl HttpContext {
             http.request_headers_changed = false;
             http.calls_allowed = true;
         }
-        let result = self.request_phase(n, body, &mut perform).await;
+        let result = self.request_phase(n, body, &mut callouts).await;
         if let Some(vm) = self.vm.as_mut() {
             let http = &mut vm.store.data_mut().http;
             *headers = std::mem::take(&mut http.request_headers);
             http.calls_allowed = false;
             http.calls.clear();
+            http.grpc.end();
         }
         match result? {
             Decision::Pause => Ok(Decision::Continue),
@@ -145,23 +143,19 @@ impl HttpContext {
         }
     }
 
-    pub(crate) async fn request_phase<F, Fut>(
+    pub(crate) async fn request_phase<'a>(
         &mut self,
         n: i32,
         body: Option<&mut Vec<u8>>,
-        perform: &mut F,
-    ) -> Result<Decision, PluginError>
-    where
-        F: FnMut(HttpCall) -> Fut + Send,
-        Fut: std::future::Future<Output = Option<HttpCallResponse>> + Send,
-    {
+        callouts: &mut impl Callouts<'a>,
+    ) -> Result<Decision, PluginError> {
         let headers = self.call(
             "proxy_on_request_headers",
             |e| e.on_request_headers.as_ref(),
             n,
             body.is_none(),
         )?;
-        let headers = self.settle(headers, perform).await?;
+        let headers = self.settle(headers, callouts).await?;
         let Some(body) = body else {
             return Ok(headers);
         };
@@ -178,7 +172,7 @@ impl HttpContext {
             n,
             true,
         ) {
-            Ok(d) => self.settle(d, perform).await,
+            Ok(d) => self.settle(d, callouts).await,
             Err(e) => Err(e),
         };
         if let Some(vm) = self.vm.as_mut() {
@@ -190,31 +184,49 @@ impl HttpContext {
     /// Perform the calls the last hook made, and any its callbacks make, all
     /// at once, handing each answer back as it comes (completion order, not
     /// dispatch order); a local response or a resume from a callback decides.
-    pub(crate) async fn settle<F, Fut>(
+    /// A call or stream the plugin cancels is dropped at once.
+    pub(crate) async fn settle<'a>(
         &mut self,
         mut decision: Decision,
-        perform: &mut F,
-    ) -> Result<Decision, PluginError>
-    where
-        F: FnMut(HttpCall) -> Fut + Send,
-        Fut: std::future::Future<Output = Option<HttpCallResponse>> + Send,
-    {
-        use futures_util::stream::{FuturesUnordered, StreamExt};
-        let mut pending = FuturesUnordered::new();
+        callouts: &mut impl Callouts<'a>,
+    ) -> Result<Decision, PluginError> {
+        use futures_util::stream::{self, AbortHandle, BoxStream, SelectAll, StreamExt};
+        /// One answer: an HTTP call's, or one event of a gRPC call or stream.
+        enum Answer {
+            Http(Option<HttpCallResponse>),
+            Grpc(GrpcEvent),
+        }
+        let mut pending: SelectAll<BoxStream<'a, (u32, Answer)>> = SelectAll::new();
+        let mut grpc_calls: Vec<(u32, AbortHandle)> = Vec::new();
         loop {
-            let calls = match self.vm.as_mut() {
-                Some(vm) => std::mem::take(&mut vm.store.data_mut().http.calls),
-                None => Vec::new(),
-            };
-            for call in calls {
-                let token = call.token;
-                let answer = perform(call);
-                pending.push(async move { (token, answer.await) });
+            if let Some(vm) = self.vm.as_mut() {
+                let http = &mut vm.store.data_mut().http;
+                for call in std::mem::take(&mut http.calls) {
+                    let (token, answer) = (call.token, callouts.http(call));
+                    let answer = async move { (token, Answer::Http(answer.await)) };
+                    pending.push(stream::once(answer).boxed());
+                }
+                for call in std::mem::take(&mut http.grpc.made) {
+                    let token = call.token;
+                    let (events, abort) = stream::abortable(callouts.grpc(call));
+                    grpc_calls.push((token, abort));
+                    pending.push(events.map(move |e| (token, Answer::Grpc(e))).boxed());
+                }
+                for token in http.grpc.cancelled.drain(..) {
+                    grpc_calls
+                        .iter()
+                        .filter(|(t, _)| *t == token)
+                        .for_each(|(_, abort)| abort.abort());
+                }
             }
             let Some((token, answer)) = pending.next().await else {
                 return Ok(decision);
             };
-            match self.deliver(token, answer)? {
+            let delivered = match answer {
+                Answer::Http(answer) => self.deliver(token, answer)?,
+                Answer::Grpc(event) => self.deliver_grpc(token, event)?,
+            };
+            match delivered {
                 // The calls still out are dropped (cancelled) with `pending`.
                 Decision::Respond(local) => return Ok(Decision::Respond(local)),
                 Decision::Close => return Ok(Decision::Close),
@@ -233,12 +245,7 @@ impl HttpContext {
     ) -> Result<Decision, PluginError> {
         const HOOK: &str = "proxy_on_http_call_response";
         let Some(vm) = self.vm.as_mut() else {
-            return Err(PluginError::Trap {
-                plugin: self.plugin.name.clone(),
-                hook: HOOK,
-                reason: "the instance failed earlier in this request".into(),
-                limit: None,
-            });
+            return Err(self.gone(HOOK));
         };
         let Vm { store, exports } = vm;
         let Some(f) = exports.on_http_call_response.as_ref() else {
@@ -258,17 +265,85 @@ impl HttpContext {
                 let http = &mut store.data_mut().http;
                 http.call_response = None;
                 http.call_failed = false;
-                if std::mem::take(&mut http.close_requested) {
-                    Ok(Decision::Close)
-                } else if let Some(local) = http.local_response.take() {
-                    Ok(Decision::Respond(local))
-                } else if http.resumed {
-                    Ok(Decision::Continue)
-                } else {
-                    Ok(Decision::Pause)
-                }
+                Ok(after_callback(http))
             }
             Err(e) => Err(self.failed(HOOK, e)),
+        }
+    }
+
+    /// Hand one event of a gRPC call or stream to its callback; nothing for a
+    /// token the plugin cancelled or closed. A unary call ends with its answer,
+    /// a stream with its close; the status message is cut to
+    /// [`MAX_GRPC_STATUS_MESSAGE_BYTES`].
+    fn deliver_grpc(&mut self, token: u32, event: GrpcEvent) -> Result<Decision, PluginError> {
+        const HOOKS: [&str; 4] = [
+            "proxy_on_grpc_receive_initial_metadata",
+            "proxy_on_grpc_receive",
+            "proxy_on_grpc_receive_trailing_metadata",
+            "proxy_on_grpc_close",
+        ];
+        let Some(vm) = self.vm.as_mut() else {
+            return Err(self.gone(HOOKS[1]));
+        };
+        let Vm { store, exports } = vm;
+        let grpc = &mut store.data_mut().http.grpc;
+        let unary = match grpc.open.get(&token) {
+            None => return Ok(Decision::Pause),
+            Some(open) => matches!(open, crate::host::GrpcOpen::Call),
+        };
+        let (which, arg) = match event {
+            GrpcEvent::InitialMetadata(ref m) => (0, m.len()),
+            GrpcEvent::Message(ref m) => (1, m.len()),
+            GrpcEvent::TrailingMetadata(ref m) => (2, m.len()),
+            GrpcEvent::Close(ref s) => (3, s.code as usize),
+        };
+        let ended = which == 3 || (which == 1 && unary);
+        if ended {
+            grpc.open.remove(&token);
+        }
+        match event {
+            GrpcEvent::InitialMetadata(m) => grpc.initial_metadata = m,
+            GrpcEvent::Message(m) => grpc.message = m,
+            GrpcEvent::TrailingMetadata(m) => grpc.trailing_metadata = m,
+            GrpcEvent::Close(mut status) => {
+                let mut cut = status.message.len().min(MAX_GRPC_STATUS_MESSAGE_BYTES);
+                while !status.message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                status.message.truncate(cut);
+                grpc.status = Some(status);
+            }
+        }
+        let result = match exports.on_grpc[which].as_ref() {
+            None => Ok(Decision::Pause),
+            Some(f) => {
+                store.data_mut().http.resumed = false;
+                cpu::arm(store);
+                f.call(&mut *store, (self.id, token as i32, arg as i32))
+                    .map(|()| after_callback(&mut store.data_mut().http))
+            }
+        };
+        let grpc = &mut store.data_mut().http.grpc;
+        grpc.initial_metadata.clear();
+        grpc.trailing_metadata.clear();
+        grpc.message = bytes::Bytes::new();
+        grpc.status = None;
+        match result {
+            Ok(decision) => {
+                self.plugin.record_success();
+                Ok(decision)
+            }
+            Err(e) => Err(self.failed(HOOKS[which], e)),
+        }
+    }
+
+    /// The error for a hook asked of an instance that failed earlier.
+    fn gone(&self, hook: &'static str) -> PluginError {
+        PluginError::Trap {
+            plugin: self.plugin.name.clone(),
+            hook,
+            reason: "the instance failed earlier in this request".into(),
+            limit: None,
         }
     }
 
@@ -423,6 +498,25 @@ impl HttpContext {
             std::mem::swap(slot(&mut vm.store.data_mut().http), value);
         }
         result
+    }
+}
+
+/// Longest gRPC status message handed to a plugin (`proxy_get_status`), in
+/// bytes: a longer one is cut, so what a server sends never traps the plugin
+/// on `bytes_per_host_call`.
+pub const MAX_GRPC_STATUS_MESSAGE_BYTES: usize = 1024;
+
+/// What a callback decided: it closed the stream, answered, resumed the
+/// request, or left it waiting.
+fn after_callback(http: &mut HttpState) -> Decision {
+    if std::mem::take(&mut http.close_requested) {
+        Decision::Close
+    } else if let Some(local) = http.local_response.take() {
+        Decision::Respond(local)
+    } else if http.resumed {
+        Decision::Continue
+    } else {
+        Decision::Pause
     }
 }
 

@@ -25,6 +25,7 @@
 
 pub mod abi;
 mod background;
+mod callouts;
 mod context;
 mod cpu;
 mod engine;
@@ -36,7 +37,11 @@ mod plugin;
 mod queues;
 mod shared;
 
-pub use context::HttpContext;
+pub use callouts::{
+    http_only, Callouts, GrpcCall, GrpcEvent, GrpcMessages, GrpcStatus, HttpOnly,
+    GRPC_SEND_QUEUE_MESSAGES,
+};
+pub use context::{HttpContext, MAX_GRPC_STATUS_MESSAGE_BYTES};
 pub use engine::{EngineCapacity, PluginEngine};
 pub use error::{busy_reason, LimitTrap, PluginError};
 pub use hooks::{

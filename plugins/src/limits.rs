@@ -31,8 +31,11 @@ pub enum Limit {
     BytesPerHostCall,
     /// `max_headers_added`.
     HeadersAdded,
-    /// `max_http_calls`.
+    /// `max_http_calls` (HTTP and gRPC calls and streams together).
     HttpCalls,
+    /// [`GRPC_SEND_QUEUE_MESSAGES`](crate::GRPC_SEND_QUEUE_MESSAGES) waiting
+    /// on one gRPC stream: a `proxy_grpc_send` past it traps.
+    GrpcMessages,
     /// `max_instances`: all in use.
     Instances,
     /// `max_module_bytes`, on (re)load.
@@ -57,12 +60,13 @@ pub enum Limit {
 
 impl Limit {
     /// Every limit, in declaration order.
-    pub const ALL: [Limit; 14] = [
+    pub const ALL: [Limit; 15] = [
         Limit::Cpu,
         Limit::Memory,
         Limit::BytesPerHostCall,
         Limit::HeadersAdded,
         Limit::HttpCalls,
+        Limit::GrpcMessages,
         Limit::Instances,
         Limit::ModuleBytes,
         Limit::CompileTime,
@@ -82,6 +86,7 @@ impl Limit {
             Limit::BytesPerHostCall => "bytes_per_host_call",
             Limit::HeadersAdded => "headers_added",
             Limit::HttpCalls => "http_calls",
+            Limit::GrpcMessages => "grpc_messages",
             Limit::Instances => "instances",
             Limit::ModuleBytes => "module_bytes",
             Limit::CompileTime => "compile_time",

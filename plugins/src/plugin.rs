@@ -32,7 +32,13 @@ pub(crate) struct Exports {
     pub(crate) on_tick: Option<TypedFunc<i32, ()>>,
     /// `proxy_on_queue_ready(root, token)`, for the background instance.
     pub(crate) on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    /// `proxy_on_grpc_receive_initial_metadata`, `proxy_on_grpc_receive`,
+    /// `proxy_on_grpc_receive_trailing_metadata`, `proxy_on_grpc_close`.
+    pub(crate) on_grpc: [Option<GrpcHook>; 4],
 }
+
+/// A gRPC callback: (context, token, metadata count, message size or status code).
+pub(crate) type GrpcHook = TypedFunc<(i32, i32, i32), ()>;
 
 /// `proxy_on_http_call_response(root, token, headers, body size, trailers)`.
 type CallbackHook = TypedFunc<(i32, i32, i32, i32, i32), ()>;
@@ -187,6 +193,17 @@ impl Plugin {
             on_queue_ready: instance
                 .get_typed_func::<(i32, i32), ()>(&mut store, "proxy_on_queue_ready")
                 .ok(),
+            on_grpc: [
+                "proxy_on_grpc_receive_initial_metadata",
+                "proxy_on_grpc_receive",
+                "proxy_on_grpc_receive_trailing_metadata",
+                "proxy_on_grpc_close",
+            ]
+            .map(|name| {
+                instance
+                    .get_typed_func::<(i32, i32, i32), ()>(&mut store, name)
+                    .ok()
+            }),
         };
         cpu::arm(&mut store);
         exports

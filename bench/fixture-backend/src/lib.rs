@@ -5,10 +5,14 @@
 //! dead on purpose; the gateway benchmark uses it so the gateway's own overhead is
 //! what gets measured.
 //!
+//! [`ratelimit`] is a second fixture: a rate-limit service in Envoy's shape,
+//! for the plugins that ask one over gRPC.
+//!
 //! Each fixture runs on its own Tokio runtime, so [`Fixture::kill`] can drop every
 //! socket at once, as a crashed process would.
 
 mod prefix;
+pub mod ratelimit;
 
 use gantry_proto::inference_server::{Inference, InferenceServer};
 use gantry_proto::{self as pb, generate_response::Event};

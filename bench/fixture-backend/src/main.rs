@@ -26,10 +26,23 @@ struct Args {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Serve the rate-limit fixture (Envoy's `RateLimitService` shape) instead.
+    #[arg(long)]
+    ratelimit: bool,
 }
 
 fn main() {
     let args = Args::parse();
+    if args.ratelimit {
+        let service = gantry_fixture_backend::ratelimit::RateLimitFixture::start(args.listen);
+        eprintln!(
+            "fixture rate-limit service (benchmark fixture) on {}",
+            service.addr
+        );
+        loop {
+            std::thread::park();
+        }
+    }
     let behaviour = Behaviour {
         tokens: args.tokens,
         first_token_delay: Duration::from_micros(args.first_token_us),

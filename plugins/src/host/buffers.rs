@@ -23,6 +23,7 @@ pub(super) fn proxy_get_buffer_bytes(
             Some(r) => &r.body,
             None => return Ok(Status::NotFound as i32),
         },
+        BufferType::GrpcReceiveBuffer => &state.http.grpc.message[..],
     };
     let start = (start as u32 as usize).min(whole.len());
     let end = start.saturating_add(max as u32 as usize).min(whole.len());

@@ -26,26 +26,8 @@ pub(super) fn proxy_http_call(
         return Ok(Status::SerializationFailure as i32);
     };
     let state = c.data_mut();
-    if !state.http.calls_allowed {
-        // Only the request phase can wait for an answer.
-        return Ok(Status::InternalFailure as i32);
-    }
-    if !state.upstreams.contains(&upstream) {
-        tracing::warn!(target: "gantry::plugin", plugin = %state.plugin, upstream, "proxy_http_call to a pool not in the plugin's `upstreams`");
-        return Ok(Status::BadArgument as i32);
-    }
-    state.http.calls_made += 1;
-    if state.http.calls_made > state.limits.max_http_calls {
-        return Err(LimitTrap::error(
-            Limit::HttpCalls,
-            format!(
-                "plugin `{}` made more than {} proxy_http_calls for one request (max_http_calls)",
-                state.plugin, state.limits.max_http_calls
-            ),
-        ));
-    }
-    let token = state.next_token;
-    state.next_token = state.next_token.wrapping_add(1).max(1);
+    let token = tri!(admit(state, &upstream, "proxy_http_call"));
+    let timeout = call_timeout(state, timeout_ms);
     state.http.calls.push(HttpCall {
         token,
         upstream,
@@ -54,19 +36,56 @@ pub(super) fn proxy_http_call(
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect(),
         body,
-        // 0 (no timeout) and anything longer get the plugin's maximum.
-        timeout: match std::time::Duration::from_millis(u64::from(timeout_ms as u32)) {
-            t if t.is_zero() || t > state.limits.max_http_call_timeout => {
-                state.limits.max_http_call_timeout
-            }
-            t => t,
-        },
+        timeout,
         max_response_bytes: state.limits.bytes_per_host_call,
     });
     Ok(match write_u32(&mut c, token_out, token) {
         Ok(()) => Status::Ok,
         Err(s) => s,
     } as i32)
+}
+
+/// Whether a call to `upstream` may start now, and its token: only in the
+/// request phase (`InternalFailure` elsewhere), only to one of the plugin's
+/// `upstreams` (`BadArgument`), and at most `max_http_calls` per request, HTTP
+/// and gRPC calls and streams together (a trap past it).
+pub(super) fn admit(
+    state: &mut HostState,
+    upstream: &str,
+    what: &str,
+) -> wasmtime::Result<Result<u32, Status>> {
+    if !state.http.calls_allowed {
+        // Only the request phase can wait for an answer.
+        return Ok(Err(Status::InternalFailure));
+    }
+    if !state.upstreams.iter().any(|u| u == upstream) {
+        tracing::warn!(target: "gantry::plugin", plugin = %state.plugin, upstream, "{what} to a pool not in the plugin's `upstreams`");
+        return Ok(Err(Status::BadArgument));
+    }
+    state.http.calls_made += 1;
+    if state.http.calls_made > state.limits.max_http_calls {
+        return Err(LimitTrap::error(
+            Limit::HttpCalls,
+            format!(
+                "plugin `{}` made more than {} calls (HTTP and gRPC) for one request (max_http_calls)",
+                state.plugin, state.limits.max_http_calls
+            ),
+        ));
+    }
+    let token = state.next_token;
+    state.next_token = state.next_token.wrapping_add(1).max(1);
+    Ok(Ok(token))
+}
+
+/// The time a call may take: what the plugin asked for, except that 0 (no
+/// timeout) and anything longer get the plugin's `max_http_call_timeout_ms`.
+pub(super) fn call_timeout(state: &HostState, timeout_ms: i32) -> std::time::Duration {
+    match std::time::Duration::from_millis(u64::from(timeout_ms as u32)) {
+        t if t.is_zero() || t > state.limits.max_http_call_timeout => {
+            state.limits.max_http_call_timeout
+        }
+        t => t,
+    }
 }
 
 /// Links the HTTP calls functions of the ABI.

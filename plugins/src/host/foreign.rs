@@ -66,7 +66,8 @@ pub(super) fn proxy_call_foreign_function(
     }
 }
 
-/// `proxy_get_status`: in `proxy_on_http_call_response`, 0 and an empty
+/// `proxy_get_status`: in `proxy_on_grpc_close`, the gRPC status the call or
+/// stream ended with; in `proxy_on_http_call_response`, 0 and an empty
 /// message for an answered call, 14 (gRPC's UNAVAILABLE, as Envoy reports a
 /// failed call) and `call failed or timed out` for one that got no answer;
 /// 0 and empty elsewhere.
@@ -76,14 +77,16 @@ pub(super) fn proxy_get_status(
     ptr_out: i32,
     size_out: i32,
 ) -> wasmtime::Result<i32> {
-    let (code, message): (u32, &[u8]) = match c.data().http.call_failed {
-        true => (14, b"call failed or timed out"),
-        false => (0, b""),
+    let http = &c.data().http;
+    let (code, message): (u32, Vec<u8>) = match (&http.grpc.status, http.call_failed) {
+        (Some(status), _) => (status.code, status.message.clone().into_bytes()),
+        (None, true) => (14, b"call failed or timed out".to_vec()),
+        (None, false) => (0, Vec::new()),
     };
     if let Err(s) = write_u32(&mut c, code_out, code) {
         return Ok(s as i32);
     }
-    Ok(give(&mut c, message, ptr_out, size_out)? as i32)
+    Ok(give(&mut c, &message, ptr_out, size_out)? as i32)
 }
 
 /// Links the foreign function and status functions of the ABI.

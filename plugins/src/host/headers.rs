@@ -9,7 +9,9 @@ pub(super) fn writable_map(http: &mut HttpState, kind: i32) -> Result<MapType, S
     let t = MapType::from_abi(kind).ok_or(Status::BadArgument)?;
     let writable = match t {
         MapType::RequestHeaders => !http.request_headers_sent,
-        MapType::HttpCallResponseHeaders => false,
+        MapType::HttpCallResponseHeaders
+        | MapType::GrpcReceiveInitialMetadata
+        | MapType::GrpcReceiveTrailingMetadata => false,
         _ => true,
     };
     if writable {
@@ -28,6 +30,8 @@ pub(super) fn map(http: &mut HttpState, t: MapType) -> Option<&mut Vec<(String, 
         MapType::RequestHeaders => Some(&mut http.request_headers),
         MapType::ResponseHeaders => Some(&mut http.response_headers),
         MapType::HttpCallResponseHeaders => http.call_response.as_mut().map(|r| &mut r.headers),
+        MapType::GrpcReceiveInitialMetadata => Some(&mut http.grpc.initial_metadata),
+        MapType::GrpcReceiveTrailingMetadata => Some(&mut http.grpc.trailing_metadata),
         _ => None,
     }
 }

@@ -8,6 +8,8 @@ use crate::{HttpCall, HttpCallResponse, LocalResponse, PluginLimits, Shared};
 use std::sync::Arc;
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, StoreLimits};
 
+pub(crate) use grpc::{GrpcOpen, GrpcState};
+
 /// Everything one VM's store holds for the host functions.
 pub struct HostState {
     pub(crate) plugin: Arc<str>,
@@ -139,6 +141,8 @@ pub struct HttpState {
     pub(crate) close_requested: bool,
     /// The request headers went upstream: readable, no longer writable.
     pub(crate) request_headers_sent: bool,
+    /// gRPC calls and streams.
+    pub(crate) grpc: GrpcState,
 }
 
 type Ctx<'a> = Caller<'a, HostState>;
@@ -160,6 +164,7 @@ macro_rules! tri {
 mod buffers;
 mod calls;
 mod foreign;
+mod grpc;
 mod headers;
 mod local_response;
 mod logging;
@@ -173,14 +178,7 @@ mod timers;
 
 /// Functions the ABI defines that this host does not implement: they return
 /// `Unimplemented` (12), never succeed silently. Listed in docs/PLUGINS.md.
-const UNIMPLEMENTED: &[(&str, usize)] = &[
-    ("proxy_grpc_call", 12),
-    ("proxy_grpc_stream", 9),
-    ("proxy_grpc_send", 4),
-    ("proxy_grpc_cancel", 1),
-    ("proxy_grpc_close", 1),
-    ("proxy_clear_route_cache", 0),
-];
+const UNIMPLEMENTED: &[(&str, usize)] = &[("proxy_clear_route_cache", 0)];
 
 /// Every host function, on `linker`: the table of the ABI's imports.
 pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -193,6 +191,7 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     shared_data::link(linker)?;
     metrics::link(linker)?;
     calls::link(linker)?;
+    grpc::link(linker)?;
     streams::link(linker)?;
     timers::link(linker)?;
     queues::link(linker)?;

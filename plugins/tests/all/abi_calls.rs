@@ -161,10 +161,14 @@ fn a_failed_call_says_so_in_its_status() {
         (Some(gantry_plugins::HttpCallResponse::default()), 500),
     ] {
         let mut ctx = plugin.start_request(vec![]).unwrap();
-        let decision = ready(ctx.on_request(&mut request_headers(), None, |_| {
-            let answer = answer.clone();
-            async move { answer }
-        }))
+        let decision = ready(ctx.on_request(
+            &mut request_headers(),
+            None,
+            gantry_plugins::http_only(|_| {
+                let answer = answer.clone();
+                async move { answer }
+            }),
+        ))
         .unwrap();
         assert!(
             matches!(&decision, Decision::Respond(r) if r.status == expected),

@@ -50,15 +50,19 @@ fn http_calls_reach_allowed_pools_only_and_the_answer_comes_back_to_the_plugin()
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut headers = request_headers();
     let mut seen = Vec::new();
-    let decision = ready(ctx.on_request(&mut headers, None, |call| {
-        seen.push(call.upstream.clone());
-        async move {
-            Some(gantry_plugins::HttpCallResponse {
-                headers: vec![(":status".into(), "200".into())],
-                body: format!("answer to {}", call.token).into_bytes(),
-            })
-        }
-    }))
+    let decision = ready(ctx.on_request(
+        &mut headers,
+        None,
+        gantry_plugins::http_only(|call| {
+            seen.push(call.upstream.clone());
+            async move {
+                Some(gantry_plugins::HttpCallResponse {
+                    headers: vec![(":status".into(), "200".into())],
+                    body: format!("answer to {}", call.token).into_bytes(),
+                })
+            }
+        }),
+    ))
     .unwrap();
     assert_eq!(seen, ["side"], "only the allowed call is made");
     match decision {
@@ -84,7 +88,12 @@ fn too_many_http_calls_trap_at_the_limit() {
     let plugin = load_calling_side(&wasm, limits);
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut headers = request_headers();
-    let err = ready(ctx.on_request(&mut headers, None, |_| async { None })).unwrap_err();
+    let err = ready(ctx.on_request(
+        &mut headers,
+        None,
+        gantry_plugins::http_only(|_| async { None }),
+    ))
+    .unwrap_err();
     match err {
         PluginError::Trap { limit, reason, .. } => {
             assert_eq!(limit.map(gantry_plugins::Limit::as_str), Some("http_calls"));
@@ -108,8 +117,12 @@ fn a_request_body_hook_sees_the_whole_body_and_may_replace_it() {
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut headers = request_headers();
     let mut body = b"the original body".to_vec();
-    let decision =
-        ready(ctx.on_request(&mut headers, Some(&mut body), |_| async { None })).unwrap();
+    let decision = ready(ctx.on_request(
+        &mut headers,
+        Some(&mut body),
+        gantry_plugins::http_only(|_| async { None }),
+    ))
+    .unwrap();
     assert_eq!(decision, Decision::Continue);
     assert_eq!(body, b"hello");
 }
@@ -184,7 +197,12 @@ fn the_response_phase_reads_the_request_headers_as_sent_but_cannot_change_them()
     let plugin = load(&module_with(request, response, ""), PluginLimits::default());
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut headers = request_headers();
-    let d = ready(ctx.on_request(&mut headers, None, |_| async { None })).unwrap();
+    let d = ready(ctx.on_request(
+        &mut headers,
+        None,
+        gantry_plugins::http_only(|_| async { None }),
+    ))
+    .unwrap();
     assert_eq!(d, Decision::Continue);
     assert!(headers.contains(&("x-a".into(), "1".into())));
     ctx.keep_request_headers(headers);
@@ -331,8 +349,12 @@ fn a_plugin_cannot_grow_a_request_body_past_the_routes_limit() {
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut headers = request_headers();
     let mut body = b"start".to_vec();
-    let decision =
-        ready(ctx.on_request(&mut headers, Some(&mut body), |_| async { None })).unwrap();
+    let decision = ready(ctx.on_request(
+        &mut headers,
+        Some(&mut body),
+        gantry_plugins::http_only(|_| async { None }),
+    ))
+    .unwrap();
     assert_eq!(decision, Decision::Continue, "refused, not trapped");
     assert_eq!(body.len(), 100);
     assert_eq!(
@@ -412,10 +434,14 @@ fn http_call_timeouts_are_clamped_to_the_plugins_maximum() {
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut headers = request_headers();
     let mut timeouts = Vec::new();
-    let _ = ready(ctx.on_request(&mut headers, None, |call| {
-        timeouts.push(call.timeout);
-        async { None }
-    }));
+    let _ = ready(ctx.on_request(
+        &mut headers,
+        None,
+        gantry_plugins::http_only(|call| {
+            timeouts.push(call.timeout);
+            async { None }
+        }),
+    ));
     assert_eq!(
         timeouts,
         [
@@ -536,14 +562,18 @@ fn calls_from_one_context_run_at_once_and_are_answered_as_they_complete() {
     let plugin = load_calling_side(&wasm, PluginLimits::default());
     let mut ctx = plugin.start_request(vec![]).unwrap();
     let mut started = Vec::new();
-    let decision = ready(ctx.on_request(&mut request_headers(), None, |call| {
-        started.push(call.token);
-        // The first call is the slower one.
-        After {
-            polls: if call.token == 1 { 5 } else { 1 },
-            answer: Some(gantry_plugins::HttpCallResponse::default()),
-        }
-    }))
+    let decision = ready(ctx.on_request(
+        &mut request_headers(),
+        None,
+        gantry_plugins::http_only(|call| {
+            started.push(call.token);
+            // The first call is the slower one.
+            After {
+                polls: if call.token == 1 { 5 } else { 1 },
+                answer: Some(gantry_plugins::HttpCallResponse::default()),
+            }
+        }),
+    ))
     .unwrap();
     assert_eq!(started, [1, 2], "both started before either was answered");
     assert!(

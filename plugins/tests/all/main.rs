@@ -3,6 +3,7 @@
 
 mod abi_calls;
 mod fuzz_corpus;
+mod grpc;
 mod host_bounds;
 mod queues;
 mod sandbox;

@@ -25,7 +25,7 @@ pub(crate) fn module_with(request_headers: &str, response_headers: &str, extra: 
           (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
-          (import "env" "proxy_grpc_cancel" (func $grpc_cancel (param i32) (result i32)))
+          (import "env" "proxy_clear_route_cache" (func $clear_route_cache (result i32)))
           (import "env" "proxy_register_shared_queue" (func $register (param i32 i32 i32) (result i32)))
           (import "env" "proxy_resolve_shared_queue" (func $resolve (param i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_enqueue_shared_queue" (func $enqueue (param i32 i32 i32) (result i32)))
@@ -37,6 +37,11 @@ pub(crate) fn module_with(request_headers: &str, response_headers: &str, extra: 
           (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_get_status" (func $status (param i32 i32 i32) (result i32)))
           (import "env" "proxy_close_stream" (func $close (param i32) (result i32)))
+          (import "env" "proxy_grpc_call" (func $grpc_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_grpc_stream" (func $grpc_stream (param i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_grpc_send" (func $grpc_send (param i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_grpc_cancel" (func $grpc_cancel (param i32) (result i32)))
+          (import "env" "proxy_grpc_close" (func $grpc_close (param i32) (result i32)))
           (memory (export "memory") 1)
           (global $heap (mut i32) (i32.const 1024))
           (data (i32.const 16) "x-a")
@@ -144,7 +149,12 @@ fn only_a_write_marks_a_header_map_changed() {
         for _ in 0..2 {
             let mut ctx = plugin.start_request(vec![]).unwrap();
             let mut headers = request_headers();
-            ready(ctx.on_request(&mut headers, None, |_| async { None })).unwrap();
+            ready(ctx.on_request(
+                &mut headers,
+                None,
+                gantry_plugins::http_only(|_| async { None }),
+            ))
+            .unwrap();
             assert_eq!(ctx.headers_changed().0, expected.0, "{request}");
             ctx.keep_request_headers(headers);
             let mut resp = vec![(":status".to_string(), "200".to_string())];
@@ -370,7 +380,7 @@ fn copying_too_much_in_one_host_call_traps() {
 fn unimplemented_abi_calls_say_so() {
     let wasm = module(
         "(drop (call $respond
-            (i32.add (i32.const 500) (call $grpc_cancel (i32.const 1)))
+            (i32.add (i32.const 500) (call $clear_route_cache))
             (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))
          (i32.const 0)",
     );

@@ -27,6 +27,7 @@ mod context;
 mod dispatch;
 mod plugin_calls;
 mod plugin_chain;
+mod plugin_grpc;
 mod request_span;
 mod respond;
 mod upstream;

@@ -1,9 +1,10 @@
 //! A plugin's `proxy_http_call`: to an inference pool in process (the
 //! OpenAI-compatible API), or to an HTTP pool over the network; bounded by the
 //! plugin's call timeout and `bytes_per_host_call`, counted per plugin,
-//! upstream and result.
+//! upstream and result. [`PluginCallouts`] hands a plugin's calls, HTTP and
+//! gRPC, to the gateway.
 
-use super::Gateway;
+use super::{ConfigVersion, Gateway};
 use crate::metrics::CallResult;
 use crate::upstream::HttpPool;
 use bytes::Bytes;
@@ -11,13 +12,44 @@ use http::header::{CONTENT_LENGTH, HOST};
 use pingora::http::RequestHeader;
 use pingora::Error;
 
+/// What performs one plugin's calls for one request.
+pub(super) struct PluginCallouts<'a> {
+    pub gateway: &'a Gateway,
+    pub live: &'a ConfigVersion,
+    pub plugin: &'a gantry_plugins::Plugin,
+    pub request_id: &'a str,
+}
+
+impl<'a> gantry_plugins::Callouts<'a> for PluginCallouts<'a> {
+    fn http(
+        &mut self,
+        call: gantry_plugins::HttpCall,
+    ) -> futures_util::future::BoxFuture<'a, Option<gantry_plugins::HttpCallResponse>> {
+        let PluginCallouts {
+            gateway,
+            live,
+            plugin,
+            request_id,
+        } = *self;
+        Box::pin(gateway.http_call(live, call, plugin, request_id))
+    }
+
+    fn grpc(
+        &mut self,
+        call: gantry_plugins::GrpcCall,
+    ) -> futures_util::stream::BoxStream<'a, gantry_plugins::GrpcEvent> {
+        self.gateway
+            .grpc_call(self.live, call, self.plugin, self.request_id)
+    }
+}
+
 impl Gateway {
     /// Perform a plugin's `proxy_http_call`: to an inference pool in process (the
     /// OpenAI-compatible API, paths under `/v1`), to an HTTP pool over the
     /// network. `None` when it fails or outlasts its timeout.
     pub(super) async fn http_call(
         &self,
-        live: &super::ConfigVersion,
+        live: &ConfigVersion,
         mut call: gantry_plugins::HttpCall,
         plugin: &gantry_plugins::Plugin,
         request_id: &str,

@@ -198,12 +198,17 @@ impl Gateway {
             let result = match plugin.start_request(props.clone()) {
                 Ok(mut hc) => {
                     let request_id = ctx.request_id.as_str();
-                    let perform = |call| self.http_call(&live, call, plugin, request_id);
+                    let callouts = super::plugin_calls::PluginCallouts {
+                        gateway: self,
+                        live: &live,
+                        plugin,
+                        request_id,
+                    };
                     // The body is read: a client that leaves now cancels the
                     // plugin's calls (an in-process inference call drops its
                     // backend stream).
                     let ran = {
-                        let run = hc.on_request(&mut pairs, body.as_mut(), perform);
+                        let run = hc.on_request(&mut pairs, body.as_mut(), callouts);
                         let gone = super::body::client_gone(session);
                         tokio::select! {
                             // The work first: a client-gone check costs a read on the

@@ -269,6 +269,9 @@ pub struct PluginMetrics {
     /// `gantry_plugin_http_calls_total{plugin,upstream,result}`: plugins'
     /// `proxy_http_call`s, by [`CallResult`].
     http_calls: IntCounterVec,
+    /// `gantry_plugin_grpc_calls_total{plugin,upstream,result}`: plugins' gRPC
+    /// calls and streams, by [`CallResult`].
+    grpc_calls: IntCounterVec,
     /// `gantry_plugin_calls_total{route,plugin,hook,outcome}`, by [`Hook`] and
     /// [`HookOutcome`].
     calls: IntCounterVec,
@@ -288,6 +291,11 @@ impl PluginMetrics {
             http_calls: r.counter(
                 "gantry_plugin_http_calls_total",
                 "HTTP calls made by Wasm plugins (proxy_http_call), by plugin, pool and result",
+                &["plugin", "upstream", "result"],
+            ),
+            grpc_calls: r.counter(
+                "gantry_plugin_grpc_calls_total",
+                "gRPC calls and streams made by Wasm plugins (proxy_grpc_call, proxy_grpc_stream), by plugin, pool and result",
                 &["plugin", "upstream", "result"],
             ),
             calls: r.counter(
@@ -538,6 +546,14 @@ impl Metrics {
     pub fn plugin_http_call(&self, plugin: &str, upstream: &str, result: CallResult) {
         self.plugins
             .http_calls
+            .with_label_values(&[plugin, upstream, result.as_str()])
+            .inc();
+    }
+
+    /// Count a plugin's gRPC call or stream: `ok` when it ended with status OK.
+    pub fn plugin_grpc_call(&self, plugin: &str, upstream: &str, result: CallResult) {
+        self.plugins
+            .grpc_calls
             .with_label_values(&[plugin, upstream, result.as_str()])
             .inc();
     }

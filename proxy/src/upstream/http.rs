@@ -47,6 +47,8 @@ pub struct HttpPool {
     pub selector: Arc<dyn Selector>,
     /// SNI for upstream TLS: configured, or the first endpoint's host.
     sni: String,
+    /// HTTP/2 channels to its endpoints, for plugins' gRPC calls.
+    pub grpc: super::grpc::GrpcChannels,
     /// Its active health checks and re-resolution, stopped when the pool goes
     /// (a reload removed or changed it, and its last request ended).
     _health: Option<HealthChecks>,
@@ -88,6 +90,7 @@ impl HttpPool {
             config: config.clone(),
             selector,
             sni,
+            grpc: Default::default(),
             _health: health,
         })
     }

@@ -17,6 +17,7 @@ mod isolation;
 mod keys;
 mod openai;
 mod plugin_calls;
+mod plugin_grpc;
 mod plugin_timers;
 mod plugins;
 mod prefix_routing;

@@ -1,0 +1,305 @@
+//! gRPC calls and streams: `proxy_grpc_call`, `proxy_grpc_stream`,
+//! `proxy_grpc_send`, `proxy_grpc_cancel`, `proxy_grpc_close`. Admitted like
+//! HTTP calls (request phase, the plugin's `upstreams`, `max_http_calls`,
+//! `max_http_call_timeout_ms`); the gateway performs them over tonic and the
+//! answers come back through `proxy_on_grpc_*` (see [`crate::callouts`]).
+
+use super::calls::{admit, call_timeout};
+use super::*;
+use crate::callouts::{GrpcCall, GrpcMessages, GrpcStatus, GRPC_SEND_QUEUE_MESSAGES};
+use bytes::Bytes;
+use std::collections::HashMap;
+use tokio::sync::mpsc;
+
+/// `?` for a helper that itself answers `Result<Result<T, Status>>`.
+macro_rules! tri_inner {
+    ($e:expr) => {
+        match $e? {
+            Ok(v) => v,
+            Err(status) => return Ok(Err(status)),
+        }
+    };
+}
+
+/// One request's gRPC calls and streams, and what is being delivered now.
+#[derive(Debug, Default)]
+pub struct GrpcState {
+    /// Calls and streams made by the hook now running, for the gateway.
+    pub(crate) made: Vec<GrpcCall>,
+    /// Calls and streams not yet closed, by token.
+    pub(crate) open: HashMap<u32, GrpcOpen>,
+    /// Tokens the plugin cancelled: no more of their events are delivered.
+    pub(crate) cancelled: Vec<u32>,
+    /// The metadata being delivered (`proxy_on_grpc_receive_*_metadata`).
+    pub(crate) initial_metadata: Vec<(String, String)>,
+    pub(crate) trailing_metadata: Vec<(String, String)>,
+    /// The message being delivered (`proxy_on_grpc_receive`).
+    pub(crate) message: Bytes,
+    /// The status being delivered (`proxy_on_grpc_close`), for `proxy_get_status`.
+    pub(crate) status: Option<GrpcStatus>,
+}
+
+/// An open call or stream.
+#[derive(Debug)]
+pub(crate) enum GrpcOpen {
+    /// A unary call.
+    Call,
+    /// A stream: its send queue while the sending half is open.
+    Stream(Option<mpsc::Sender<Bytes>>),
+}
+
+impl GrpcState {
+    /// The request phase ended: every stream's sending half closes; calls
+    /// still out are dropped by the caller.
+    pub(crate) fn end(&mut self) {
+        *self = GrpcState::default();
+    }
+}
+
+/// The metadata a plugin passes, decoded and with lower-case names.
+fn metadata(c: &mut Ctx<'_>, at: Guest) -> wasmtime::Result<Result<Vec<(String, String)>, Status>> {
+    let encoded = match read(c, at.ptr, at.len)? {
+        Ok(bytes) => bytes,
+        Err(s) => return Ok(Err(s)),
+    };
+    Ok(abi::decode_map(&encoded)
+        .map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect()
+        })
+        .map_err(|_| Status::SerializationFailure))
+}
+
+/// Where a call goes: upstream, service and method.
+struct Target {
+    upstream: String,
+    service: String,
+    method: String,
+}
+
+fn target(
+    c: &mut Ctx<'_>,
+    up: Guest,
+    service: Guest,
+    method: Guest,
+) -> wasmtime::Result<Result<Target, Status>> {
+    let upstream = tri_inner!(read_str(c, up.ptr, up.len));
+    let service = tri_inner!(read_str(c, service.ptr, service.len));
+    let method = tri_inner!(read_str(c, method.ptr, method.len));
+    // A path segment each: no '/' that would reach another method.
+    if service.is_empty() || method.is_empty() || service.contains('/') || method.contains('/') {
+        return Ok(Err(Status::BadArgument));
+    }
+    Ok(Ok(Target {
+        upstream,
+        service,
+        method,
+    }))
+}
+
+/// `proxy_grpc_call`: one message, one answer (or a failure).
+#[allow(clippy::too_many_arguments)]
+fn proxy_grpc_call(
+    mut c: Ctx<'_>,
+    up: Guest,
+    service: Guest,
+    method: Guest,
+    meta: Guest,
+    message: Guest,
+    timeout_ms: i32,
+    token_out: i32,
+) -> wasmtime::Result<i32> {
+    let to = tri!(target(&mut c, up, service, method));
+    let metadata = tri!(metadata(&mut c, meta));
+    let message = tri!(read(&mut c, message.ptr, message.len));
+    let state = c.data_mut();
+    let token = tri!(admit(state, &to.upstream, "proxy_grpc_call"));
+    let call = GrpcCall {
+        token,
+        upstream: to.upstream,
+        service: to.service,
+        method: to.method,
+        metadata,
+        messages: GrpcMessages::Unary(Bytes::from(message)),
+        timeout: call_timeout(state, timeout_ms),
+        max_message_bytes: state.limits.bytes_per_host_call,
+    };
+    state.http.grpc.made.push(call);
+    state.http.grpc.open.insert(token, GrpcOpen::Call);
+    Ok(match write_u32(&mut c, token_out, token) {
+        Ok(()) => Status::Ok,
+        Err(s) => s,
+    } as i32)
+}
+
+/// `proxy_grpc_stream`: a stream whose messages `proxy_grpc_send` queues; it
+/// may last the plugin's `max_http_call_timeout_ms` in all.
+fn proxy_grpc_stream(
+    mut c: Ctx<'_>,
+    up: Guest,
+    service: Guest,
+    method: Guest,
+    meta: Guest,
+    token_out: i32,
+) -> wasmtime::Result<i32> {
+    let to = tri!(target(&mut c, up, service, method));
+    let metadata = tri!(metadata(&mut c, meta));
+    let state = c.data_mut();
+    let token = tri!(admit(state, &to.upstream, "proxy_grpc_stream"));
+    let (send, queue) = mpsc::channel(GRPC_SEND_QUEUE_MESSAGES);
+    let call = GrpcCall {
+        token,
+        upstream: to.upstream,
+        service: to.service,
+        method: to.method,
+        metadata,
+        messages: GrpcMessages::Stream(queue),
+        timeout: state.limits.max_http_call_timeout,
+        max_message_bytes: state.limits.bytes_per_host_call,
+    };
+    state.http.grpc.made.push(call);
+    state
+        .http
+        .grpc
+        .open
+        .insert(token, GrpcOpen::Stream(Some(send)));
+    Ok(match write_u32(&mut c, token_out, token) {
+        Ok(()) => Status::Ok,
+        Err(s) => s,
+    } as i32)
+}
+
+/// `proxy_grpc_send`: queue a message on an open stream (`NotFound` for a
+/// token that is no open stream, or one whose sending half ended); with
+/// `end_stream`, the sending half ends after it. More than
+/// [`GRPC_SEND_QUEUE_MESSAGES`] waiting traps.
+fn proxy_grpc_send(
+    mut c: Ctx<'_>,
+    token: i32,
+    message: Guest,
+    end_stream: i32,
+) -> wasmtime::Result<i32> {
+    let message = tri!(read(&mut c, message.ptr, message.len));
+    let state = c.data_mut();
+    let Some(GrpcOpen::Stream(slot)) = state.http.grpc.open.get_mut(&(token as u32)) else {
+        return Ok(Status::NotFound as i32);
+    };
+    let Some(send) = slot.as_ref() else {
+        return Ok(Status::NotFound as i32);
+    };
+    if !message.is_empty() {
+        match send.try_send(Bytes::from(message)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(LimitTrap::error(
+                    Limit::GrpcMessages,
+                    format!(
+                        "plugin `{}` has more than {GRPC_SEND_QUEUE_MESSAGES} messages waiting to be sent on one gRPC stream",
+                        state.plugin
+                    ),
+                ))
+            }
+            // The stream has ended; its close is on the way to the plugin.
+            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(Status::NotFound as i32),
+        }
+    }
+    if end_stream != 0 {
+        *slot = None;
+    }
+    Ok(Status::Ok as i32)
+}
+
+/// `proxy_grpc_cancel`: the call or stream ends at once; the plugin hears
+/// nothing more of it.
+fn proxy_grpc_cancel(mut c: Ctx<'_>, token: i32) -> i32 {
+    let grpc = &mut c.data_mut().http.grpc;
+    let token = token as u32;
+    if grpc.open.remove(&token).is_none() {
+        return Status::NotFound as i32;
+    }
+    if let Some(at) = grpc.made.iter().position(|call| call.token == token) {
+        // Made by the hook now running: never started.
+        grpc.made.remove(at);
+    } else {
+        grpc.cancelled.push(token);
+    }
+    Status::Ok as i32
+}
+
+/// `proxy_grpc_close`: as Envoy does, a stream's sending half ends (its
+/// answers still come), and a unary call is cancelled.
+fn proxy_grpc_close(mut c: Ctx<'_>, token: i32) -> i32 {
+    match c.data_mut().http.grpc.open.get_mut(&(token as u32)) {
+        None => Status::NotFound as i32,
+        Some(GrpcOpen::Call) => proxy_grpc_cancel(c, token),
+        Some(GrpcOpen::Stream(send)) => {
+            *send = None;
+            Status::Ok as i32
+        }
+    }
+}
+
+/// Links the gRPC functions of the ABI.
+pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    let at = |ptr, len| Guest { ptr, len };
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        // (upstream, service, method, initial metadata, message: pointer and
+        // length each), timeout, token out.
+        move |c: Ctx<'_>,
+              up: i32,
+              ul: i32,
+              sp: i32,
+              sl: i32,
+              mp: i32,
+              ml: i32,
+              hp: i32,
+              hl: i32,
+              bp: i32,
+              bl: i32,
+              timeout: i32,
+              out: i32| {
+            proxy_grpc_call(
+                c,
+                at(up, ul),
+                at(sp, sl),
+                at(mp, ml),
+                at(hp, hl),
+                at(bp, bl),
+                timeout,
+                out,
+            )
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_stream",
+        // (upstream, service, method, initial metadata: pointer and length
+        // each), token out.
+        move |c: Ctx<'_>,
+              up: i32,
+              ul: i32,
+              sp: i32,
+              sl: i32,
+              mp: i32,
+              ml: i32,
+              hp: i32,
+              hl: i32,
+              out: i32| {
+            proxy_grpc_stream(c, at(up, ul), at(sp, sl), at(mp, ml), at(hp, hl), out)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_send",
+        move |c: Ctx<'_>, token: i32, ptr: i32, len: i32, end: i32| {
+            proxy_grpc_send(c, token, at(ptr, len), end)
+        },
+    )?;
+    linker.func_wrap("env", "proxy_grpc_cancel", proxy_grpc_cancel)?;
+    linker.func_wrap("env", "proxy_grpc_close", proxy_grpc_close)?;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! gRPC to the endpoints of an HTTP pool, for plugins' `proxy_grpc_call` and
+//! `proxy_grpc_stream`: one HTTP/2 channel per endpoint, kept with the pool
+//! (so a call costs a stream on a warm connection, not a handshake), and a
+//! codec that passes messages through as bytes (the plugin encodes them).
+
+use bytes::{Buf, BufMut, Bytes};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+/// Channels one pool keeps, at most: endpoints come and go with DNS, and past
+/// this many the pool forgets them all and connects again on use.
+pub const MAX_GRPC_CHANNELS_PER_POOL: usize = 256;
+
+/// A pool's gRPC channels, by endpoint address; connected on first use.
+#[derive(Default)]
+pub struct GrpcChannels(Mutex<HashMap<String, Channel>>);
+
+impl GrpcChannels {
+    /// The channel to `addr` (`ip:port`), made on first use.
+    pub fn get(&self, addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
+        let mut channels = self.0.lock().expect("grpc channels lock");
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        if channels.len() >= MAX_GRPC_CHANNELS_PER_POOL {
+            channels.clear();
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("endpoint {addr}: {e}"))?
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Messages as bytes, both ways: what a plugin sends goes out as it wrote it,
+/// what comes back reaches it unparsed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesCodec;
+
+impl Codec for BytesCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = BytesCodec;
+    type Decoder = BytesCodec;
+
+    fn encoder(&mut self) -> BytesCodec {
+        BytesCodec
+    }
+
+    fn decoder(&mut self) -> BytesCodec {
+        BytesCodec
+    }
+}
+
+impl Encoder for BytesCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for BytesCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
