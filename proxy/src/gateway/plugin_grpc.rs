@@ -127,7 +127,7 @@ type Opening = std::pin::Pin<
 /// Where a stream is: opening, open, its trailers given, ended.
 enum Phase {
     Opening(Opening),
-    Open(tonic::Streaming<Bytes>),
+    Open(Box<tonic::Streaming<Bytes>>),
     Closing,
     Done,
 }
@@ -142,7 +142,7 @@ impl Phase {
                     let (metadata, body, _) = response.into_parts();
                     Some((
                         GrpcEvent::InitialMetadata(pairs(metadata)),
-                        Phase::Open(body),
+                        Phase::Open(Box::new(body)),
                     ))
                 }
                 Err(s) => close(s),
