@@ -171,8 +171,9 @@ fn proxy_grpc_stream(
     } as i32)
 }
 
-/// `proxy_grpc_send`: queue a message on an open stream (`NotFound` for a
-/// token that is no open stream, or one whose sending half ended); with
+/// `proxy_grpc_send`: queue a message (an empty one too) on an open stream
+/// (`NotFound` for a token that is no open stream, or one whose sending half
+/// ended); with
 /// `end_stream`, the sending half ends after it. More than
 /// [`GRPC_SEND_QUEUE_MESSAGES`] waiting traps.
 fn proxy_grpc_send(
@@ -189,21 +190,21 @@ fn proxy_grpc_send(
     let Some(send) = slot.as_ref() else {
         return Ok(Status::NotFound as i32);
     };
-    if !message.is_empty() {
-        match send.try_send(Bytes::from(message)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(LimitTrap::error(
-                    Limit::GrpcMessages,
-                    format!(
-                        "plugin `{}` has more than {GRPC_SEND_QUEUE_MESSAGES} messages waiting to be sent on one gRPC stream",
-                        state.plugin
-                    ),
-                ))
-            }
-            // The stream has ended; its close is on the way to the plugin.
-            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(Status::NotFound as i32),
+    // Sent even when empty (a message whose fields are all defaults is empty),
+    // as Envoy does.
+    match send.try_send(Bytes::from(message)) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            return Err(LimitTrap::error(
+                Limit::GrpcMessages,
+                format!(
+                    "plugin `{}` has more than {GRPC_SEND_QUEUE_MESSAGES} messages waiting to be sent on one gRPC stream",
+                    state.plugin
+                ),
+            ))
         }
+        // The stream has ended; its close is on the way to the plugin.
+        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(Status::NotFound as i32),
     }
     if end_stream != 0 {
         *slot = None;

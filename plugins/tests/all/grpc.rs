@@ -158,11 +158,14 @@ fn a_failed_grpc_call_closes_with_its_status_and_message() {
     );
 }
 
-/// A plugin that opens a stream, sends "ping" twice (ending the sending half
-/// with the second) and logs each callback as a letter at 600 (length at
-/// 596), answering the log when the stream closes with the close's status
-/// code added to 200.
-fn stream_logger(after_initial_metadata: &str) -> Vec<u8> {
+/// Two "ping"s, the second ending the sending half.
+const PING_PING: &[(u32, bool)] = &[(4, false), (4, true)];
+
+/// A plugin that opens a stream, sends `sends` ("ping" cut to each length,
+/// each maybe ending the sending half) and logs each callback as a letter at
+/// 600 (length at 596), answering the log when the stream closes with the
+/// close's status code added to 200.
+fn stream_logger(sends: &[(u32, bool)], after_initial_metadata: &str) -> Vec<u8> {
     let log = |letter: u8| {
         format!(
             "(i32.store8 (i32.add (i32.const 600) (i32.load (i32.const 596))) (i32.const {letter}))
@@ -186,12 +189,16 @@ fn stream_logger(after_initial_metadata: &str) -> Vec<u8> {
             "(i32.load (i32.const 596))"
         ),
     );
-    let request = format!(
-        "(drop {GRPC_STREAM})
-         (drop (call $grpc_send (i32.load (i32.const 300)) (i32.const 84) (i32.const 4) (i32.const 0)))
-         (drop (call $grpc_send (i32.load (i32.const 300)) (i32.const 84) (i32.const 4) (i32.const 1)))
-         (i32.const 1)"
-    );
+    let sends: String = sends
+        .iter()
+        .map(|(len, end)| {
+            format!(
+                "(drop (call $grpc_send (i32.load (i32.const 300)) (i32.const 84) (i32.const {len}) (i32.const {})))",
+                i32::from(*end)
+            )
+        })
+        .collect();
+    let request = format!("(drop {GRPC_STREAM}) {sends} (i32.const 1)");
     module_with(&request, "(i32.const 0)", &format!("{STRINGS} {callbacks}"))
 }
 
@@ -217,7 +224,7 @@ fn echo(call: GrpcCall) -> BoxStream<'static, GrpcEvent> {
 
 #[test]
 fn a_grpc_stream_sends_its_messages_and_hears_every_event_in_order() {
-    let wasm = stream_logger("");
+    let wasm = stream_logger(PING_PING, "");
     assert_eq!(
         answered(request(&wasm, PluginLimits::default(), Grpc(echo))),
         (200, "IMMTC".to_string())
@@ -225,10 +232,23 @@ fn a_grpc_stream_sends_its_messages_and_hears_every_event_in_order() {
 }
 
 #[test]
+fn an_empty_message_is_sent_too() {
+    // A message whose fields are all defaults encodes to nothing.
+    let wasm = stream_logger(&[(0, true)], "");
+    assert_eq!(
+        answered(request(&wasm, PluginLimits::default(), Grpc(echo))),
+        (200, "IMTC".to_string())
+    );
+}
+
+#[test]
 fn a_cancelled_stream_says_nothing_more() {
     // Cancelled on its initial metadata: no message, no close; with nothing
     // left to wait for, the request goes on.
-    let wasm = stream_logger("(drop (call $grpc_cancel (i32.load (i32.const 300))))");
+    let wasm = stream_logger(
+        PING_PING,
+        "(drop (call $grpc_cancel (i32.load (i32.const 300))))",
+    );
     assert_eq!(
         request(&wasm, PluginLimits::default(), Grpc(echo)).unwrap(),
         Decision::Continue
