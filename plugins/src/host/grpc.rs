@@ -99,72 +99,60 @@ fn target(
     }))
 }
 
-/// `proxy_grpc_call`: one message, one answer (or a failure).
-#[allow(clippy::too_many_arguments)]
-fn proxy_grpc_call(
-    mut c: Ctx<'_>,
-    up: Guest,
-    service: Guest,
-    method: Guest,
-    meta: Guest,
-    message: Guest,
-    timeout_ms: i32,
-    token_out: i32,
-) -> wasmtime::Result<i32> {
-    let to = tri!(target(&mut c, up, service, method));
-    let metadata = tri!(metadata(&mut c, meta));
-    let message = tri!(read(&mut c, message.ptr, message.len));
-    let state = c.data_mut();
-    let token = tri!(admit(state, &to.upstream, "proxy_grpc_call"));
-    let call = GrpcCall {
-        token,
-        upstream: to.upstream,
-        service: to.service,
-        method: to.method,
-        metadata,
-        messages: GrpcMessages::Unary(Bytes::from(message)),
-        timeout: call_timeout(state, timeout_ms),
-        max_message_bytes: state.limits.bytes_per_host_call,
-    };
-    state.http.grpc.made.push(call);
-    state.http.grpc.open.insert(token, GrpcOpen::Call);
-    Ok(match write_u32(&mut c, token_out, token) {
-        Ok(()) => Status::Ok,
-        Err(s) => s,
-    } as i32)
+/// What a new call sends: one message, with a timeout (`proxy_grpc_call`), or
+/// a stream of them (`proxy_grpc_stream`, which may last the plugin's
+/// `max_http_call_timeout_ms` in all).
+enum Sends {
+    Unary { message: Guest, timeout_ms: i32 },
+    Stream,
 }
 
-/// `proxy_grpc_stream`: a stream whose messages `proxy_grpc_send` queues; it
-/// may last the plugin's `max_http_call_timeout_ms` in all.
-fn proxy_grpc_stream(
+/// Start a call or stream to `upstream`'s `service`/`method` with `meta` as
+/// its initial metadata, admitted as every call is ([`admit`]).
+fn open(
     mut c: Ctx<'_>,
-    up: Guest,
-    service: Guest,
-    method: Guest,
-    meta: Guest,
+    what: &str,
+    [up, service, method, meta]: [Guest; 4],
+    sends: Sends,
     token_out: i32,
 ) -> wasmtime::Result<i32> {
     let to = tri!(target(&mut c, up, service, method));
     let metadata = tri!(metadata(&mut c, meta));
+    let unary = match sends {
+        Sends::Unary {
+            message,
+            timeout_ms,
+        } => Some((tri!(read(&mut c, message.ptr, message.len)), timeout_ms)),
+        Sends::Stream => None,
+    };
     let state = c.data_mut();
-    let token = tri!(admit(state, &to.upstream, "proxy_grpc_stream"));
-    let (send, queue) = mpsc::channel(GRPC_SEND_QUEUE_MESSAGES);
-    let call = GrpcCall {
+    let token = tri!(admit(state, &to.upstream, what));
+    let (messages, open, timeout) = match unary {
+        Some((message, timeout_ms)) => (
+            GrpcMessages::Unary(Bytes::from(message)),
+            GrpcOpen::Call,
+            call_timeout(state, timeout_ms),
+        ),
+        None => {
+            let (send, queue) = mpsc::channel(GRPC_SEND_QUEUE_MESSAGES);
+            (
+                GrpcMessages::Stream(queue),
+                GrpcOpen::Stream(Some(send)),
+                state.limits.max_http_call_timeout,
+            )
+        }
+    };
+    state.http.grpc.made.push(GrpcCall {
         token,
         upstream: to.upstream,
         service: to.service,
         method: to.method,
         metadata,
-        messages: GrpcMessages::Stream(queue),
-        timeout: state.limits.max_http_call_timeout,
+        messages,
+        timeout,
         max_message_bytes: state.limits.bytes_per_host_call,
-    };
-    state.http.grpc.made.push(call);
-    state
-        .http
-        .grpc
-        .open
-        .insert(token, GrpcOpen::Stream(Some(send)));
+    });
+    state.http.grpc.open.insert(token, open);
     Ok(match write_u32(&mut c, token_out, token) {
         Ok(()) => Status::Ok,
         Err(s) => s,
@@ -173,8 +161,7 @@ fn proxy_grpc_stream(
 
 /// `proxy_grpc_send`: queue a message (an empty one too) on an open stream
 /// (`NotFound` for a token that is no open stream, or one whose sending half
-/// ended); with
-/// `end_stream`, the sending half ends after it. More than
+/// ended); with `end_stream`, the sending half ends after it. More than
 /// [`GRPC_SEND_QUEUE_MESSAGES`] waiting traps.
 fn proxy_grpc_send(
     mut c: Ctx<'_>,
@@ -263,16 +250,12 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
               bl: i32,
               timeout: i32,
               out: i32| {
-            proxy_grpc_call(
-                c,
-                at(up, ul),
-                at(sp, sl),
-                at(mp, ml),
-                at(hp, hl),
-                at(bp, bl),
-                timeout,
-                out,
-            )
+            let sends = Sends::Unary {
+                message: at(bp, bl),
+                timeout_ms: timeout,
+            };
+            let to = [at(up, ul), at(sp, sl), at(mp, ml), at(hp, hl)];
+            open(c, "proxy_grpc_call", to, sends, out)
         },
     )?;
     linker.func_wrap(
@@ -290,7 +273,8 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
               hp: i32,
               hl: i32,
               out: i32| {
-            proxy_grpc_stream(c, at(up, ul), at(sp, sl), at(mp, ml), at(hp, hl), out)
+            let to = [at(up, ul), at(sp, sl), at(mp, ml), at(hp, hl)];
+            open(c, "proxy_grpc_stream", to, Sends::Stream, out)
         },
     )?;
     linker.func_wrap(
