@@ -67,13 +67,8 @@ import re, statistics, sys
 r0, r1, r2 = ([float(x) for x in a.split()] for a in sys.argv[1:4])
 p50_0, p50_1, p50_2, p99_0, p99_1, p99_2 = sys.argv[4:10]
 rounds, duration, conns, workers = sys.argv[10:14]
-def ms(v):
-    for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
-        if v.endswith(unit):
-            return float(v[:-len(unit)]) * f
-    return float(v)
-def mean_ms(s):
-    return statistics.mean(ms(x.strip()) for x in s.split(" / "))
+sys.path.insert(0, "bench")
+from bench_doc import mean_ms, wrk_ms as ms
 m0, m1, m2 = statistics.mean(r0), statistics.mean(r1), statistics.mean(r2)
 table = "\n".join([
     f"wrk -t1 -c{conns} -d{duration}s, {rounds} rounds in alternating order, gateway `threads = {workers}`, nginx origin (1 KiB), loopback; both routes get the same `Authorization` header.",

@@ -77,14 +77,8 @@ r0, r1 = ([float(x) for x in a.split()] for a in sys.argv[1:3])
 p50_0, p50_1, p99_0, p99_1 = sys.argv[3:7]
 rounds, duration, conns, workers = sys.argv[7:11]
 alone, looped, loops, pace, code, micro = sys.argv[11:17]
-def ms(v):
-    v = v.strip()
-    for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
-        if v.endswith(unit):
-            return float(v[:-len(unit)]) * f
-    return float(v)
-def mean_ms(s):
-    return statistics.mean(ms(x) for x in s.split(" / "))
+sys.path.insert(0, "bench")
+from bench_doc import mean_ms, wrk_ms as ms
 m0, m1 = statistics.mean(r0), statistics.mean(r1)
 table = "\n".join([
     f"wrk -t1 -c{conns} -d{duration}s, {rounds} rounds in alternating order, gateway `threads = {workers}`, nginx origin (1 KiB), loopback.",

@@ -92,12 +92,8 @@ loaded_rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gantry_pid/status")
 series=$(for i in $(seq 0 $((n - 1))); do printf '%s|%s|%s\n' "${rps[$i]}" "${p50[$i]}" "${p99[$i]}"; done)
 ratios=$(python3 - "$series" <<'PY'
 import statistics, sys
-def ms(v):
-    v = v.strip()
-    for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
-        if v.endswith(unit):
-            return float(v[:-len(unit)]) * f
-    return float(v)
+sys.path.insert(0, "bench")
+from bench_doc import wrk_ms as ms
 rows = [line.split("|") for line in sys.argv[1].splitlines()]
 rps = [statistics.mean(float(x) for x in r.split()) for r, _, _ in rows]
 p50 = [statistics.mean(ms(x) for x in a.split(" / ")) for _, a, _ in rows]
