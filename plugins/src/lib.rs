@@ -4,7 +4,8 @@
 //! Owns: the engine, each plugin's instances and health, the host side of the
 //! ABI (`host/`, one file per ABI area), limits and their traps. Must never
 //! import: Pingora, the gateway (`gantry`), the backend; the gateway drives it
-//! through the contract below and performs its HTTP calls.
+//! through the contract below and performs its HTTP and gRPC calls
+//! ([`Callouts`]).
 //!
 //! The gateway drives plugins through a small per-phase contract that knows
 //! nothing of Pingora: [`Plugin::start_request`] gives an [`HttpContext`], whose

@@ -77,3 +77,23 @@ impl Decoder for BytesCodec {
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pool_keeps_one_channel_per_endpoint_and_at_most_the_bound() {
+        let channels = GrpcChannels::default();
+        let timeout = Duration::from_secs(1);
+        channels.get("127.0.0.1:1", timeout).unwrap();
+        channels.get("127.0.0.1:1", timeout).unwrap();
+        assert_eq!(channels.0.lock().unwrap().len(), 1, "one per endpoint");
+        // Endpoints that come and go with DNS: never more than the bound.
+        for port in 2..(MAX_GRPC_CHANNELS_PER_POOL as u16 + 50) {
+            channels.get(&format!("127.0.0.1:{port}"), timeout).unwrap();
+            assert!(channels.0.lock().unwrap().len() <= MAX_GRPC_CHANNELS_PER_POOL);
+        }
+        assert!(channels.get("not an address", timeout).is_err());
+    }
+}
