@@ -495,7 +495,11 @@ pub enum HashOn {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSection {
     /// `tcp`: the endpoint accepts a connection. `http`: `GET path` answers 200.
+    /// `grpc`: `grpc.health.v1.Health/Check` answers SERVING (cleartext HTTP/2).
     pub kind: HealthCheckKind,
+    /// The service asked about for `kind = "grpc"`. Default: `""` (the server
+    /// as a whole).
+    pub service: Option<String>,
     /// Path for `kind = "http"`. Default [`DEFAULT_HEALTH_PATH`].
     pub path: Option<String>,
     /// Host header for `kind = "http"`. Default: `localhost`.
@@ -518,6 +522,8 @@ pub enum HealthCheckKind {
     Tcp,
     /// An HTTP GET answers 200.
     Http,
+    /// gRPC's health service answers SERVING (`grpc.health.v1.Health/Check`).
+    Grpc,
 }
 
 /// `[[inference_pools]]`

@@ -372,6 +372,8 @@ pub struct HealthCheck {
     pub path: String,
     /// HTTP Host header.
     pub host: String,
+    /// The gRPC service asked about (`kind = "grpc"`; empty: the server).
+    pub service: String,
     /// Time between checks.
     pub interval: Duration,
     /// Time one check may take.

@@ -120,6 +120,27 @@ fn impossible_values() {
 }
 
 #[test]
+fn grpc_health_checks() {
+    let pool = "[[pools]]\nname = \"q\"\nendpoints = [\"127.0.0.1:1\"]\n";
+    assert!(problems(&format!(
+        "{pool}[pools.health_check]\nkind = \"grpc\"\nservice = \"svc\""
+    ))
+    .is_empty());
+    assert_problem(
+        &format!("{pool}tls = true\n[pools.health_check]\nkind = \"grpc\""),
+        "pools[1].health_check.kind: `grpc` checks speak cleartext HTTP/2; this pool has `tls = true`",
+    );
+    assert_problem(
+        &format!("{pool}[pools.health_check]\nkind = \"tcp\"\nservice = \"svc\""),
+        "pools[1].health_check.service: `service` needs `kind = \"grpc\"`",
+    );
+    assert_problem(
+        &format!("{pool}[pools.health_check]\nkind = \"grpc\"\npath = \"/h\""),
+        "pools[1].health_check.kind: `path` and `host` need `kind = \"http\"`",
+    );
+}
+
+#[test]
 fn routes_and_headers() {
     assert_problem(
         "[[routes]]\nname = \"x\"\npool = \"nope\"",

@@ -2,7 +2,8 @@
 //! Envoy's `envoy.service.ratelimit.v3.RateLimitService` (`ShouldRateLimit`),
 //! which rate-limit plugins ask over gRPC. It keeps no counts: a request is
 //! `OVER_LIMIT` when one of its descriptors' entries has a value starting with
-//! [`OVER_LIMIT_PREFIX`], so a test knows every decision in advance.
+//! [`OVER_LIMIT_PREFIX`], so a test knows every decision in advance. It also
+//! serves `grpc.health.v1` (SERVING), for pools' `grpc` health checks.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,9 +77,14 @@ impl RateLimitFixture {
         let decided = Arc::new(AtomicU64::new(0));
         let service = RateLimitServer(decided.clone());
         runtime.spawn(async move {
+            let (health, health_service) = tonic_health::server::health_reporter();
+            health
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let _ = tonic::transport::Server::builder()
+                .add_service(health_service)
                 .add_service(service)
                 .serve_with_incoming(incoming)
                 .await;

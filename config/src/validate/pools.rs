@@ -53,6 +53,12 @@ pub(super) fn convert_pool(c: &mut Checker, at: &str, p: &PoolSection) -> Pool {
         .health_check
         .as_ref()
         .map(|h| convert_health_check(c, &format!("{at}.health_check"), h));
+    if p.tls && p.health_check.as_ref().map(|h| h.kind) == Some(HealthCheckKind::Grpc) {
+        c.fail(
+            format!("{at}.health_check.kind"),
+            "`grpc` checks speak cleartext HTTP/2; this pool has `tls = true`",
+        );
+    }
     Pool {
         name: p.name.clone(),
         endpoints: p.endpoints.clone(),
@@ -91,10 +97,16 @@ pub(super) fn convert_health_check(
     hat: &str,
     h: &HealthCheckSection,
 ) -> HealthCheck {
-    if h.kind == HealthCheckKind::Tcp && (h.path.is_some() || h.host.is_some()) {
+    if h.kind != HealthCheckKind::Http && (h.path.is_some() || h.host.is_some()) {
         c.fail(
             format!("{hat}.kind"),
             "`path` and `host` need `kind = \"http\"`",
+        );
+    }
+    if h.kind != HealthCheckKind::Grpc && h.service.is_some() {
+        c.fail(
+            format!("{hat}.service"),
+            "`service` needs `kind = \"grpc\"`",
         );
     }
     let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
@@ -118,6 +130,7 @@ pub(super) fn convert_health_check(
         kind: h.kind,
         path,
         host: h.host.clone().unwrap_or_else(|| "localhost".into()),
+        service: h.service.clone().unwrap_or_default(),
         interval,
         timeout,
         healthy_threshold: c.at_least_one(

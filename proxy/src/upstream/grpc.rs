@@ -1,7 +1,8 @@
 //! gRPC to the endpoints of an HTTP pool, for plugins' `proxy_grpc_call` and
 //! `proxy_grpc_stream`: one HTTP/2 channel per endpoint, kept with the pool
-//! (so a call costs a stream on a warm connection, not a handshake), and a
-//! codec that passes messages through as bytes (the plugin encodes them).
+//! (so a call costs a stream on a warm connection, not a handshake), a codec
+//! that passes messages through as bytes (the plugin encodes them), and the
+//! pool's `grpc` health check.
 
 use bytes::{Buf, BufMut, Bytes};
 use std::collections::HashMap;
@@ -75,6 +76,64 @@ impl Decoder for BytesCodec {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// `kind = "grpc"`: an endpoint is healthy when `grpc.health.v1.Health/Check`
+/// for `service` answers SERVING within the timeout, on a new connection.
+pub struct GrpcHealthCheck {
+    /// The service asked about (empty: the server).
+    pub service: String,
+    /// Time one check may take, connecting included.
+    pub timeout: Duration,
+    /// Passes needed to re-admit.
+    pub healthy_threshold: usize,
+    /// Failures needed to eject.
+    pub unhealthy_threshold: usize,
+    /// Told of every change.
+    pub observer: pingora::lb::health_check::HealthObserveCallback,
+}
+
+#[async_trait::async_trait]
+impl pingora::lb::health_check::HealthCheck for GrpcHealthCheck {
+    async fn check(&self, target: &pingora::lb::Backend) -> pingora::Result<()> {
+        use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+        let failed = |why: String| {
+            pingora::Error::explain(pingora::ErrorType::Custom("grpc health check"), why)
+        };
+        let ask = async {
+            let channel = Endpoint::from_shared(format!("http://{}", target.addr))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(self.timeout)
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: self.service.clone(),
+                })
+                .await
+                .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+            Ok::<_, String>(answer.into_inner().status)
+        };
+        match tokio::time::timeout(self.timeout, ask).await {
+            Err(_) => Err(failed(format!("no answer within {:?}", self.timeout))),
+            Ok(Err(why)) => Err(failed(why)),
+            Ok(Ok(status)) if status == ServingStatus::Serving as i32 => Ok(()),
+            Ok(Ok(status)) => Err(failed(format!("status {status}, not SERVING"))),
+        }
+    }
+
+    async fn health_status_change(&self, target: &pingora::lb::Backend, healthy: bool) {
+        self.observer.observe(target, healthy).await;
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.healthy_threshold
+        } else {
+            self.unhealthy_threshold
+        }
     }
 }
 

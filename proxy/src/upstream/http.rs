@@ -220,6 +220,13 @@ where
             http.health_changed_callback = Some(observer);
             Box::new(http)
         }
+        HealthCheckKind::Grpc => Box::new(super::grpc::GrpcHealthCheck {
+            service: hc.service.clone(),
+            timeout: hc.timeout,
+            healthy_threshold: hc.healthy_threshold as usize,
+            unhealthy_threshold: hc.unhealthy_threshold as usize,
+            observer,
+        }),
     };
     lb.set_health_check(check);
     lb.health_check_frequency = Some(hc.interval);

@@ -87,6 +87,48 @@ async fn when_the_service_is_down_the_plugin_fails_open_or_closed_as_configured(
     assert_eq!(origin.hits(), 2, "only the fail-open requests went through");
 }
 
+#[tokio::test]
+async fn a_pool_checked_over_grpc_health_ejects_a_dead_service() {
+    let origin = Origin::start("o").await;
+    let mut service = RateLimitFixture::start("127.0.0.1:0".parse().unwrap());
+    let check = "[pools.health_check]\nkind = \"grpc\"\ninterval_ms = 100\nhealthy_threshold = 1\nunhealthy_threshold = 1\n";
+    // `not-grpc`: an HTTP/1.1 server, which accepts connections (a `tcp`
+    // check would pass) but does not speak gRPC's health service.
+    let text = format!(
+        "{}{check}[[pools]]\nname = \"not-grpc\"\nendpoints = [\"{}\"]\n{check}",
+        ratelimit_config(origin.addr, service.addr, true),
+        origin.addr
+    );
+    let gw = Gateway::start(&text).await;
+    let healthy = format!(
+        "gantry_upstream_endpoint_healthy{{endpoint=\"{}\",pool=\"ratelimit\"}}",
+        service.addr
+    );
+    let gw = &gw;
+    let healthy = healthy.as_str();
+    eventually("checked healthy", || async move {
+        gw.metric(healthy).await == Some(1.0)
+    })
+    .await;
+    assert_eq!(status_for(gw, "ok-1").await, 200);
+    let not_grpc = format!(
+        "gantry_upstream_endpoint_healthy{{endpoint=\"{}\",pool=\"not-grpc\"}}",
+        origin.addr
+    );
+    let not_grpc = not_grpc.as_str();
+    eventually("the HTTP/1.1 server ejected", || async move {
+        gw.metric(not_grpc).await == Some(0.0)
+    })
+    .await;
+    service.kill();
+    eventually("ejected", || async move {
+        gw.metric(healthy).await == Some(0.0)
+    })
+    .await;
+    // No healthy endpoint: the call fails at once, and the plugin fails closed.
+    assert_eq!(status_for(gw, "ok-2").await, 500);
+}
+
 /// `bytes` as a WAT data string.
 fn wat_bytes(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("\\{b:02x}")).collect()
