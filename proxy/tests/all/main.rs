@@ -16,6 +16,7 @@ mod inference_plugins;
 mod isolation;
 mod keys;
 mod openai;
+mod openai_backends;
 mod plugin_calls;
 mod plugin_grpc;
 mod plugin_timers;
