@@ -12,6 +12,7 @@ mod common;
 mod embed;
 mod grpc;
 mod hf;
+mod kv_events;
 mod model;
 mod prefix_cache;
 mod python_client;
