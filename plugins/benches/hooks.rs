@@ -59,6 +59,23 @@ fn bench_plugin(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>) {
         },
     );
     c.bench_function(
+        &format!("{label}: request phase as the gateway runs it (no calls)"),
+        |b| {
+            let mut ctx = plugin.start_request(props.clone()).unwrap();
+            b.iter(|| {
+                let mut headers = request.clone();
+                let phase = ctx.on_request(
+                    &mut headers,
+                    None,
+                    gantry_plugins::http_only(|_| async { None }),
+                );
+                let decision = futures_util::FutureExt::now_or_never(phase);
+                black_box(decision.expect("no call to wait for").unwrap());
+                headers
+            });
+        },
+    );
+    c.bench_function(
         &format!("{label}: one request (checkout, both header hooks, done)"),
         |b| {
             b.iter(|| {

@@ -52,7 +52,10 @@ impl GrpcState {
     /// The request phase ended: every stream's sending half closes; calls
     /// still out are dropped by the caller.
     pub(crate) fn end(&mut self) {
-        *self = GrpcState::default();
+        // Most requests make no gRPC call: nothing to drop, no new map.
+        if !(self.made.is_empty() && self.open.is_empty() && self.cancelled.is_empty()) {
+            *self = GrpcState::default();
+        }
     }
 }
 
