@@ -191,6 +191,13 @@ impl HttpContext {
         callouts: &mut impl Callouts<'a>,
     ) -> Result<Decision, PluginError> {
         use futures_util::stream::{self, AbortHandle, BoxStream, SelectAll, StreamExt};
+        // Most hooks make no call: nothing to wait for, nothing to set up.
+        if self.vm.as_ref().is_none_or(|vm| {
+            let http = &vm.store.data().http;
+            http.calls.is_empty() && http.grpc.made.is_empty()
+        }) {
+            return Ok(decision);
+        }
         /// One answer: an HTTP call's, or one event of a gRPC call or stream.
         enum Answer {
             Http(Option<HttpCallResponse>),
