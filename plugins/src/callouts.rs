@@ -37,7 +37,7 @@ pub struct GrpcCall {
     /// How long the call (a unary call) or the whole stream may last.
     pub timeout: Duration,
     /// The largest message to accept (the plugin's `bytes_per_host_call`); a
-    /// larger one fails the call with `RESOURCE_EXHAUSTED`.
+    /// larger one fails the call with `OUT_OF_RANGE`.
     pub max_message_bytes: usize,
 }
 

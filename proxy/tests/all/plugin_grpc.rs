@@ -224,3 +224,91 @@ async fn a_plugin_streams_from_a_grpc_service_and_hears_every_event_in_order() {
     let ok = "gantry_plugin_grpc_calls_total{plugin=\"streamer\",result=\"ok\",upstream=\"gen\"}";
     assert_eq!(gw.metric(ok).await, Some(1.0));
 }
+
+#[tokio::test]
+async fn an_answer_over_bytes_per_host_call_fails_the_call_out_of_range() {
+    use prost::Message as _;
+    // A unary ListModels to the fixture backend, reached as the HTTP pool
+    // `gen`: its answer as the body (status 200), or the close's code added
+    // to 200 with "closed".
+    let fixture = gantry_fixture_backend::Fixture::start(Default::default());
+    let service = "gantry.inference.v1.Inference";
+    let limit = service.len() + 3;
+    let mut direct = gantry_proto::inference_client::InferenceClient::connect(format!(
+        "http://{}",
+        fixture.addr
+    ))
+    .await
+    .unwrap();
+    let models = direct
+        .list_models(gantry_proto::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .encode_to_vec();
+    assert!(models.len() > limit, "the answer is larger than the limit");
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start("o").await;
+    let wasm = crate::plugins::wat_module(
+        r#"(import "env" "proxy_grpc_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+      (import "env" "proxy_get_buffer_bytes" (func $buffer (param i32 i32 i32 i32 i32) (result i32)))
+      (import "env" "proxy_send_local_response" (func $respond (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
+        &format!(
+            r#"(data (i32.const 16) "gen")
+      (data (i32.const 32) "{service}")
+      (data (i32.const 80) "ListModels")
+      (data (i32.const 96) "closed")
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (if (i32.ne (call $call (i32.const 16) (i32.const 3) (i32.const 32) (i32.const {service_len})
+                (i32.const 80) (i32.const 10) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                (i32.const 2000) (i32.const 300)) (i32.const 0))
+          (then unreachable))
+        (i32.const 1))
+      (func (export "proxy_on_grpc_receive") (param i32 i32 i32)
+        (drop (call $buffer (i32.const 5) (i32.const 0) (local.get 2) (i32.const 400) (i32.const 404)))
+        (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
+          (i32.load (i32.const 400)) (i32.load (i32.const 404)) (i32.const 0) (i32.const 0) (i32.const -1))))
+      (func (export "proxy_on_grpc_close") (param i32 i32 i32)
+        (drop (call $respond (i32.add (i32.const 200) (local.get 2)) (i32.const 0) (i32.const 0)
+          (i32.const 96) (i32.const 6) (i32.const 0) (i32.const 0) (i32.const -1))))"#,
+            service_len = service.len(),
+        ),
+    );
+    let file = dir.path().join("lister.wasm");
+    std::fs::write(&file, wasm).unwrap();
+    let text = format!(
+        "{}\n[[pools]]\nname = \"gen\"\nendpoints = [\"{}\"]\n",
+        config(
+            origin.addr,
+            &[
+                route(
+                    "whole",
+                    "/whole",
+                    &[("lister", &file, "upstreams = [\"gen\"]")]
+                ),
+                route(
+                    "cut",
+                    "/cut",
+                    &[(
+                        "lister",
+                        &file,
+                        &format!("upstreams = [\"gen\"]\nbytes_per_host_call = {limit}"),
+                    )]
+                ),
+            ]
+        ),
+        fixture.addr
+    );
+    let gw = Gateway::start(&text).await;
+    let res = gw.get("/whole").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.bytes().await.unwrap(),
+        models,
+        "the answer, byte for byte"
+    );
+    let res = gw.get("/cut").await;
+    assert_eq!(res.status(), 200 + 11, "OUT_OF_RANGE");
+    assert_eq!(res.text().await.unwrap(), "closed");
+    assert_eq!(origin.hits(), 0);
+}
