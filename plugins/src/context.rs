@@ -50,12 +50,7 @@ impl HttpContext {
         end_of_stream: bool,
     ) -> Result<Decision, PluginError> {
         let Some(vm) = self.vm.as_mut() else {
-            return Err(PluginError::Trap {
-                plugin: self.plugin.name.clone(),
-                hook,
-                reason: "the instance failed earlier in this request".into(),
-                limit: None,
-            });
+            return Err(self.gone(hook));
         };
         // Borrowed, never cloned: a clone of a typed function takes and drops a
         // reference on its registered type, a shared count, on every hook.
@@ -190,7 +185,7 @@ impl HttpContext {
         mut decision: Decision,
         callouts: &mut impl Callouts<'a>,
     ) -> Result<Decision, PluginError> {
-        use futures_util::stream::{self, AbortHandle, BoxStream, SelectAll, StreamExt};
+        use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
         // Most hooks make no call: nothing to wait for, nothing to set up.
         if self.vm.as_ref().is_none_or(|vm| {
             let http = &vm.store.data().http;
@@ -204,7 +199,6 @@ impl HttpContext {
             Grpc(GrpcEvent),
         }
         let mut pending: SelectAll<BoxStream<'a, (u32, Answer)>> = SelectAll::new();
-        let mut grpc_calls: Vec<(u32, AbortHandle)> = Vec::new();
         loop {
             if let Some(vm) = self.vm.as_mut() {
                 let http = &mut vm.store.data_mut().http;
@@ -216,14 +210,11 @@ impl HttpContext {
                 for call in std::mem::take(&mut http.grpc.made) {
                     let token = call.token;
                     let (events, abort) = stream::abortable(callouts.grpc(call));
-                    grpc_calls.push((token, abort));
+                    // proxy_grpc_cancel stops it with this.
+                    if let Some(open) = http.grpc.open.get_mut(&token) {
+                        open.abort = Some(abort);
+                    }
                     pending.push(events.map(move |e| (token, Answer::Grpc(e))).boxed());
-                }
-                for token in http.grpc.cancelled.drain(..) {
-                    grpc_calls
-                        .iter()
-                        .filter(|(t, _)| *t == token)
-                        .for_each(|(_, abort)| abort.abort());
                 }
             }
             let Some((token, answer)) = pending.next().await else {
@@ -281,8 +272,8 @@ impl HttpContext {
     /// Hand one event of a gRPC call or stream to its callback; nothing for a
     /// token the plugin cancelled or closed. A unary call ends with its answer,
     /// a stream with its close; the status message is cut to
-    /// [`MAX_GRPC_STATUS_MESSAGE_BYTES`].
-    fn deliver_grpc(&mut self, token: u32, event: GrpcEvent) -> Result<Decision, PluginError> {
+    /// [`MAX_GRPC_STATUS_MESSAGE_BYTES`] (or `bytes_per_host_call`, if less).
+    fn deliver_grpc(&mut self, token: u32, mut event: GrpcEvent) -> Result<Decision, PluginError> {
         const HOOKS: [&str; 4] = [
             "proxy_on_grpc_receive_initial_metadata",
             "proxy_on_grpc_receive",
@@ -293,52 +284,37 @@ impl HttpContext {
             return Err(self.gone(HOOKS[1]));
         };
         let Vm { store, exports } = vm;
-        let grpc = &mut store.data_mut().http.grpc;
-        let unary = match grpc.open.get(&token) {
-            None => return Ok(Decision::Pause),
-            Some(open) => matches!(open, crate::host::GrpcOpen::Call),
+        let state = store.data_mut();
+        let Some(unary) = state.http.grpc.open.get(&token).map(|o| o.unary) else {
+            return Ok(Decision::Pause);
         };
-        let (which, arg) = match event {
-            GrpcEvent::InitialMetadata(ref m) => (0, m.len()),
-            GrpcEvent::Message(ref m) => (1, m.len()),
-            GrpcEvent::TrailingMetadata(ref m) => (2, m.len()),
-            GrpcEvent::Close(ref s) => (3, s.code as usize),
-        };
-        let ended = which == 3 || (which == 1 && unary);
-        if ended {
-            grpc.open.remove(&token);
-        }
-        match event {
-            GrpcEvent::InitialMetadata(m) => grpc.initial_metadata = m,
-            GrpcEvent::Message(m) => grpc.message = m,
-            GrpcEvent::TrailingMetadata(m) => grpc.trailing_metadata = m,
-            GrpcEvent::Close(mut status) => {
-                let mut cut = status.message.len().min(MAX_GRPC_STATUS_MESSAGE_BYTES);
-                while !status.message.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                status.message.truncate(cut);
-                grpc.status = Some(status);
-            }
-        }
-        let result = match exports.on_grpc[which].as_ref() {
-            None => Ok(Decision::Pause),
-            Some(f) => {
-                store.data_mut().http.resumed = false;
-                cpu::arm(store);
-                f.call(&mut *store, (self.id, token as i32, arg as i32))
-                    .map(|()| after_callback(&mut store.data_mut().http))
+        let (which, arg) = match &mut event {
+            GrpcEvent::InitialMetadata(m) => (0, m.len()),
+            GrpcEvent::Message(m) => (1, m.len()),
+            GrpcEvent::TrailingMetadata(m) => (2, m.len()),
+            GrpcEvent::Close(s) => {
+                let most = MAX_GRPC_STATUS_MESSAGE_BYTES.min(state.limits.bytes_per_host_call);
+                s.message.truncate(s.message.floor_char_boundary(most));
+                (3, s.code as usize)
             }
         };
-        let grpc = &mut store.data_mut().http.grpc;
-        grpc.initial_metadata.clear();
-        grpc.trailing_metadata.clear();
-        grpc.message = bytes::Bytes::new();
-        grpc.status = None;
+        let http = &mut state.http;
+        if which == 3 || (which == 1 && unary) {
+            http.grpc.open.remove(&token);
+        }
+        let Some(f) = exports.on_grpc[which].as_ref() else {
+            return Ok(Decision::Pause);
+        };
+        http.grpc.delivering = Some(event);
+        http.resumed = false;
+        cpu::arm(store);
+        let result = f.call(&mut *store, (self.id, token as i32, arg as i32));
+        let http = &mut store.data_mut().http;
+        http.grpc.delivering = None;
         match result {
-            Ok(decision) => {
+            Ok(()) => {
                 self.plugin.record_success();
-                Ok(decision)
+                Ok(after_callback(http))
             }
             Err(e) => Err(self.failed(HOOKS[which], e)),
         }

@@ -321,6 +321,35 @@ pub fn fake_embedding(text: &str) -> Vec<f32> {
     v.iter().map(|x| x / norm).collect()
 }
 
+/// A runtime of its own with `threads` workers, for one fixture, and the
+/// connections to `addr` (port 0: an ephemeral one) as a gRPC server takes
+/// them, without Nagle's delay (as the real backend). Bound without
+/// `block_on`, so tests may start fixtures from async code.
+pub(crate) fn own_runtime(
+    addr: SocketAddr,
+    threads: usize,
+    name: &str,
+) -> (
+    tokio::runtime::Runtime,
+    tonic::transport::server::TcpIncoming,
+    SocketAddr,
+) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .thread_name(name)
+        .build()
+        .expect("fixture runtime");
+    let listener = std::net::TcpListener::bind(addr).expect("fixture binds");
+    listener.set_nonblocking(true).expect("non-blocking socket");
+    let addr = listener.local_addr().unwrap();
+    let _enter = runtime.enter();
+    let listener = tokio::net::TcpListener::from_std(listener).expect("fixture listener");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    drop(_enter);
+    (runtime, incoming, addr)
+}
+
 /// A running fixture.
 pub struct Fixture {
     /// Its gRPC address.
@@ -343,22 +372,7 @@ impl Fixture {
 
     /// Start on `addr` with `threads` runtime worker threads.
     pub fn start_with_threads(addr: SocketAddr, behaviour: Behaviour, threads: usize) -> Fixture {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .thread_name("fixture-backend")
-            .build()
-            .expect("fixture runtime");
-        // Bound without `block_on`, so tests may start fixtures from async code.
-        let std_listener = std::net::TcpListener::bind(addr).expect("fixture binds");
-        std_listener
-            .set_nonblocking(true)
-            .expect("non-blocking socket");
-        let addr = std_listener.local_addr().unwrap();
-        let listener = {
-            let _enter = runtime.enter();
-            tokio::net::TcpListener::from_std(std_listener).expect("fixture listener")
-        };
+        let (runtime, incoming, addr) = own_runtime(addr, threads, "fixture-backend");
         let stats = Arc::new(Stats::default());
         let prefixes = behaviour
             .models
@@ -386,9 +400,6 @@ impl Fixture {
             health
                 .set_service_status("", tonic_health::ServingStatus::Serving)
                 .await;
-            // As the real backend: no Nagle delay on small token writes.
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let _ = tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(InferenceServer::new(service))

@@ -61,19 +61,7 @@ pub struct RateLimitFixture {
 impl RateLimitFixture {
     /// Start on `addr` (port 0: an ephemeral one).
     pub fn start(addr: SocketAddr) -> RateLimitFixture {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .thread_name("fixture-ratelimit")
-            .build()
-            .expect("fixture runtime");
-        let listener = std::net::TcpListener::bind(addr).expect("fixture binds");
-        listener.set_nonblocking(true).expect("non-blocking socket");
-        let addr = listener.local_addr().unwrap();
-        let listener = {
-            let _enter = runtime.enter();
-            tokio::net::TcpListener::from_std(listener).expect("fixture listener")
-        };
+        let (runtime, incoming, addr) = crate::own_runtime(addr, 1, "fixture-ratelimit");
         let decided = Arc::new(AtomicU64::new(0));
         let service = RateLimitServer(decided.clone());
         runtime.spawn(async move {
@@ -81,8 +69,6 @@ impl RateLimitFixture {
             health
                 .set_service_status("", tonic_health::ServingStatus::Serving)
                 .await;
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let _ = tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(service)

@@ -1,6 +1,7 @@
 //! Bodies and call answers as buffers: `proxy_get_buffer_bytes`, `proxy_set_buffer_bytes`.
 
 use super::*;
+use crate::callouts::GrpcEvent;
 
 pub(super) fn proxy_get_buffer_bytes(
     mut c: Ctx<'_>,
@@ -23,7 +24,10 @@ pub(super) fn proxy_get_buffer_bytes(
             Some(r) => &r.body,
             None => return Ok(Status::NotFound as i32),
         },
-        BufferType::GrpcReceiveBuffer => &state.http.grpc.message[..],
+        BufferType::GrpcReceiveBuffer => match &state.http.grpc.delivering {
+            Some(GrpcEvent::Message(m)) => m,
+            _ => return Ok(Status::NotFound as i32),
+        },
     };
     let start = (start as u32 as usize).min(whole.len());
     let end = start.saturating_add(max as u32 as usize).min(whole.len());

@@ -20,29 +20,53 @@ pub(super) fn proxy_http_call(
     token_out: i32,
 ) -> wasmtime::Result<i32> {
     let upstream = tri!(read_str(&mut c, uptr, ulen));
-    let encoded = tri!(read(&mut c, hptr, hlen));
+    let headers = tri!(read_call_map(
+        &mut c,
+        Guest {
+            ptr: hptr,
+            len: hlen
+        }
+    ));
     let body = tri!(read(&mut c, bptr, blen));
-    let Ok(headers) = abi::decode_map(&encoded) else {
-        return Ok(Status::SerializationFailure as i32);
-    };
     let state = c.data_mut();
     let token = tri!(admit(state, &upstream, "proxy_http_call"));
     let timeout = call_timeout(state, timeout_ms);
     state.http.calls.push(HttpCall {
         token,
         upstream,
-        headers: headers
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect(),
+        headers,
         body,
         timeout,
         max_response_bytes: state.limits.bytes_per_host_call,
     });
-    Ok(match write_u32(&mut c, token_out, token) {
+    Ok(give_token(&mut c, token_out, token))
+}
+
+/// The headers (or gRPC metadata) a call sends, decoded, names lower-cased;
+/// `SerializationFailure` when the map does not decode.
+pub(super) fn read_call_map(
+    c: &mut Ctx<'_>,
+    at: Guest,
+) -> wasmtime::Result<Result<Vec<(String, String)>, Status>> {
+    Ok(read(c, at.ptr, at.len)?.and_then(|encoded| {
+        abi::decode_map(&encoded)
+            .map(|pairs| {
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect()
+            })
+            .map_err(|_| Status::SerializationFailure)
+    }))
+}
+
+/// Write a new call's token where the plugin asked: the call's status.
+pub(super) fn give_token(c: &mut Ctx<'_>, token_out: i32, token: u32) -> i32 {
+    let status = match write_u32(c, token_out, token) {
         Ok(()) => Status::Ok,
         Err(s) => s,
-    } as i32)
+    };
+    status as i32
 }
 
 /// Whether a call to `upstream` may start now, and its token: only in the

@@ -78,7 +78,11 @@ pub(super) fn proxy_get_status(
     size_out: i32,
 ) -> wasmtime::Result<i32> {
     let http = &c.data().http;
-    let (code, message): (u32, Vec<u8>) = match (&http.grpc.status, http.call_failed) {
+    let closed = match &http.grpc.delivering {
+        Some(crate::callouts::GrpcEvent::Close(status)) => Some(status),
+        _ => None,
+    };
+    let (code, message): (u32, Vec<u8>) = match (closed, http.call_failed) {
         (Some(status), _) => (status.code, status.message.clone().into_bytes()),
         (None, true) => (14, b"call failed or timed out".to_vec()),
         (None, false) => (0, Vec::new()),

@@ -4,22 +4,13 @@
 //! `max_http_call_timeout_ms`); the gateway performs them over tonic and the
 //! answers come back through `proxy_on_grpc_*` (see [`crate::callouts`]).
 
-use super::calls::{admit, call_timeout};
+use super::calls::{admit, call_timeout, give_token, read_call_map};
 use super::*;
-use crate::callouts::{GrpcCall, GrpcMessages, GrpcStatus, GRPC_SEND_QUEUE_MESSAGES};
+use crate::callouts::{GrpcCall, GrpcEvent, GrpcMessages, GRPC_SEND_QUEUE_MESSAGES};
 use bytes::Bytes;
+use futures_util::stream::AbortHandle;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
-
-/// `?` for a helper that itself answers `Result<Result<T, Status>>`.
-macro_rules! tri_inner {
-    ($e:expr) => {
-        match $e? {
-            Ok(v) => v,
-            Err(status) => return Ok(Err(status)),
-        }
-    };
-}
 
 /// One request's gRPC calls and streams, and what is being delivered now.
 #[derive(Debug, Default)]
@@ -28,24 +19,20 @@ pub struct GrpcState {
     pub(crate) made: Vec<GrpcCall>,
     /// Calls and streams not yet closed, by token.
     pub(crate) open: HashMap<u32, GrpcOpen>,
-    /// Tokens the plugin cancelled: no more of their events are delivered.
-    pub(crate) cancelled: Vec<u32>,
-    /// The metadata being delivered (`proxy_on_grpc_receive_*_metadata`).
-    pub(crate) initial_metadata: Vec<(String, String)>,
-    pub(crate) trailing_metadata: Vec<(String, String)>,
-    /// The message being delivered (`proxy_on_grpc_receive`).
-    pub(crate) message: Bytes,
-    /// The status being delivered (`proxy_on_grpc_close`), for `proxy_get_status`.
-    pub(crate) status: Option<GrpcStatus>,
+    /// The event being handed to a `proxy_on_grpc_*` callback: what its
+    /// metadata map, `GrpcReceiveBuffer` and `proxy_get_status` read.
+    pub(crate) delivering: Option<GrpcEvent>,
 }
 
 /// An open call or stream.
 #[derive(Debug)]
-pub(crate) enum GrpcOpen {
-    /// A unary call.
-    Call,
-    /// A stream: its send queue while the sending half is open.
-    Stream(Option<mpsc::Sender<Bytes>>),
+pub(crate) struct GrpcOpen {
+    /// A unary call (`proxy_grpc_call`), which ends with its answer.
+    pub(crate) unary: bool,
+    /// A stream's send queue, while its sending half is open.
+    pub(crate) send: Option<mpsc::Sender<Bytes>>,
+    /// Stops the call once the gateway has started it (`None` before).
+    pub(crate) abort: Option<AbortHandle>,
 }
 
 impl GrpcState {
@@ -53,53 +40,10 @@ impl GrpcState {
     /// still out are dropped by the caller.
     pub(crate) fn end(&mut self) {
         // Most requests make no gRPC call: nothing to drop, no new map.
-        if !(self.made.is_empty() && self.open.is_empty() && self.cancelled.is_empty()) {
+        if !(self.made.is_empty() && self.open.is_empty()) {
             *self = GrpcState::default();
         }
     }
-}
-
-/// The metadata a plugin passes, decoded and with lower-case names.
-fn metadata(c: &mut Ctx<'_>, at: Guest) -> wasmtime::Result<Result<Vec<(String, String)>, Status>> {
-    let encoded = match read(c, at.ptr, at.len)? {
-        Ok(bytes) => bytes,
-        Err(s) => return Ok(Err(s)),
-    };
-    Ok(abi::decode_map(&encoded)
-        .map(|pairs| {
-            pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .collect()
-        })
-        .map_err(|_| Status::SerializationFailure))
-}
-
-/// Where a call goes: upstream, service and method.
-struct Target {
-    upstream: String,
-    service: String,
-    method: String,
-}
-
-fn target(
-    c: &mut Ctx<'_>,
-    up: Guest,
-    service: Guest,
-    method: Guest,
-) -> wasmtime::Result<Result<Target, Status>> {
-    let upstream = tri_inner!(read_str(c, up.ptr, up.len));
-    let service = tri_inner!(read_str(c, service.ptr, service.len));
-    let method = tri_inner!(read_str(c, method.ptr, method.len));
-    // A path segment each: no '/' that would reach another method.
-    if service.is_empty() || method.is_empty() || service.contains('/') || method.contains('/') {
-        return Ok(Err(Status::BadArgument));
-    }
-    Ok(Ok(Target {
-        upstream,
-        service,
-        method,
-    }))
 }
 
 /// What a new call sends: one message, with a timeout (`proxy_grpc_call`), or
@@ -119,8 +63,17 @@ fn open(
     sends: Sends,
     token_out: i32,
 ) -> wasmtime::Result<i32> {
-    let to = tri!(target(&mut c, up, service, method));
-    let metadata = tri!(metadata(&mut c, meta));
+    let upstream = tri!(read_str(&mut c, up.ptr, up.len));
+    let service = tri!(read_str(&mut c, service.ptr, service.len));
+    let method = tri!(read_str(&mut c, method.ptr, method.len));
+    // A path segment each: no '/' that would reach another method.
+    if [&service, &method]
+        .iter()
+        .any(|s| s.is_empty() || s.contains('/'))
+    {
+        return Ok(Status::BadArgument as i32);
+    }
+    let metadata = tri!(read_call_map(&mut c, meta));
     let unary = match sends {
         Sends::Unary {
             message,
@@ -129,37 +82,36 @@ fn open(
         Sends::Stream => None,
     };
     let state = c.data_mut();
-    let token = tri!(admit(state, &to.upstream, what));
-    let (messages, open, timeout) = match unary {
+    let token = tri!(admit(state, &upstream, what));
+    let (messages, send, timeout) = match unary {
         Some((message, timeout_ms)) => (
             GrpcMessages::Unary(Bytes::from(message)),
-            GrpcOpen::Call,
+            None,
             call_timeout(state, timeout_ms),
         ),
         None => {
             let (send, queue) = mpsc::channel(GRPC_SEND_QUEUE_MESSAGES);
-            (
-                GrpcMessages::Stream(queue),
-                GrpcOpen::Stream(Some(send)),
-                state.limits.max_http_call_timeout,
-            )
+            let life = state.limits.max_http_call_timeout;
+            (GrpcMessages::Stream(queue), Some(send), life)
         }
+    };
+    let open = GrpcOpen {
+        unary: matches!(messages, GrpcMessages::Unary(_)),
+        send,
+        abort: None,
     };
     state.http.grpc.made.push(GrpcCall {
         token,
-        upstream: to.upstream,
-        service: to.service,
-        method: to.method,
+        upstream,
+        service,
+        method,
         metadata,
         messages,
         timeout,
         max_message_bytes: state.limits.bytes_per_host_call,
     });
     state.http.grpc.open.insert(token, open);
-    Ok(match write_u32(&mut c, token_out, token) {
-        Ok(()) => Status::Ok,
-        Err(s) => s,
-    } as i32)
+    Ok(give_token(&mut c, token_out, token))
 }
 
 /// `proxy_grpc_send`: queue a message (an empty one too) on an open stream
@@ -174,7 +126,13 @@ fn proxy_grpc_send(
 ) -> wasmtime::Result<i32> {
     let message = tri!(read(&mut c, message.ptr, message.len));
     let state = c.data_mut();
-    let Some(GrpcOpen::Stream(slot)) = state.http.grpc.open.get_mut(&(token as u32)) else {
+    let Some(slot) = state
+        .http
+        .grpc
+        .open
+        .get_mut(&(token as u32))
+        .map(|o| &mut o.send)
+    else {
         return Ok(Status::NotFound as i32);
     };
     let Some(send) = slot.as_ref() else {
@@ -188,7 +146,7 @@ fn proxy_grpc_send(
             return Err(LimitTrap::error(
                 Limit::GrpcMessages,
                 format!(
-                    "plugin `{}` has more than {GRPC_SEND_QUEUE_MESSAGES} messages waiting to be sent on one gRPC stream",
+                    "plugin `{}` has more than {GRPC_SEND_QUEUE_MESSAGES} messages waiting to be sent on one gRPC stream (GRPC_SEND_QUEUE_MESSAGES)",
                     state.plugin
                 ),
             ))
@@ -207,14 +165,13 @@ fn proxy_grpc_send(
 fn proxy_grpc_cancel(mut c: Ctx<'_>, token: i32) -> i32 {
     let grpc = &mut c.data_mut().http.grpc;
     let token = token as u32;
-    if grpc.open.remove(&token).is_none() {
+    let Some(open) = grpc.open.remove(&token) else {
         return Status::NotFound as i32;
-    }
-    if let Some(at) = grpc.made.iter().position(|call| call.token == token) {
+    };
+    match open.abort {
+        Some(abort) => abort.abort(),
         // Made by the hook now running: never started.
-        grpc.made.remove(at);
-    } else {
-        grpc.cancelled.push(token);
+        None => grpc.made.retain(|call| call.token != token),
     }
     Status::Ok as i32
 }
@@ -224,9 +181,9 @@ fn proxy_grpc_cancel(mut c: Ctx<'_>, token: i32) -> i32 {
 fn proxy_grpc_close(mut c: Ctx<'_>, token: i32) -> i32 {
     match c.data_mut().http.grpc.open.get_mut(&(token as u32)) {
         None => Status::NotFound as i32,
-        Some(GrpcOpen::Call) => proxy_grpc_cancel(c, token),
-        Some(GrpcOpen::Stream(send)) => {
-            *send = None;
+        Some(open) if open.unary => proxy_grpc_cancel(c, token),
+        Some(open) => {
+            open.send = None;
             Status::Ok as i32
         }
     }

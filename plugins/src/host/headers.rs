@@ -1,6 +1,7 @@
 //! Header maps: read whole or one value, replace, add, remove; every header added counted against `max_headers_added`.
 
 use super::*;
+use crate::callouts::GrpcEvent;
 
 /// The map a plugin asks to change, if it exists (`BadArgument`) and may be
 /// changed now (`InternalFailure`): request headers only until they are sent, an
@@ -30,8 +31,14 @@ pub(super) fn map(http: &mut HttpState, t: MapType) -> Option<&mut Vec<(String, 
         MapType::RequestHeaders => Some(&mut http.request_headers),
         MapType::ResponseHeaders => Some(&mut http.response_headers),
         MapType::HttpCallResponseHeaders => http.call_response.as_mut().map(|r| &mut r.headers),
-        MapType::GrpcReceiveInitialMetadata => Some(&mut http.grpc.initial_metadata),
-        MapType::GrpcReceiveTrailingMetadata => Some(&mut http.grpc.trailing_metadata),
+        MapType::GrpcReceiveInitialMetadata => match &mut http.grpc.delivering {
+            Some(GrpcEvent::InitialMetadata(m)) => Some(m),
+            _ => None,
+        },
+        MapType::GrpcReceiveTrailingMetadata => match &mut http.grpc.delivering {
+            Some(GrpcEvent::TrailingMetadata(m)) => Some(m),
+            _ => None,
+        },
         _ => None,
     }
 }

@@ -8,7 +8,7 @@ use crate::{HttpCall, HttpCallResponse, LocalResponse, PluginLimits, Shared};
 use std::sync::Arc;
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, StoreLimits};
 
-pub(crate) use grpc::{GrpcOpen, GrpcState};
+pub(crate) use grpc::GrpcState;
 
 /// Everything one VM's store holds for the host functions.
 pub struct HostState {

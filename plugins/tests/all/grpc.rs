@@ -76,6 +76,21 @@ fn answered(decision: Result<Decision, PluginError>) -> (u16, String) {
     }
 }
 
+/// A `proxy_on_grpc_close` that answers `status` (a WAT expression; the
+/// close's code is at 500) with `proxy_get_status`'s message as the body.
+fn answer_the_status(status: &str) -> String {
+    format!(
+        r#"(func (export "proxy_on_grpc_close") (param i32 i32 i32)
+             (drop (call $status (i32.const 500) (i32.const 504) (i32.const 508)))
+             {})"#,
+        respond(
+            status,
+            "(i32.load (i32.const 504))",
+            "(i32.load (i32.const 508))"
+        )
+    )
+}
+
 #[test]
 fn a_grpc_calls_answer_reaches_proxy_on_grpc_receive() {
     // The answer's message comes back as the body, its size in the status.
@@ -124,16 +139,7 @@ fn a_grpc_calls_answer_reaches_proxy_on_grpc_receive() {
 
 #[test]
 fn a_failed_grpc_call_closes_with_its_status_and_message() {
-    let on_close = format!(
-        r#"(func (export "proxy_on_grpc_close") (param i32 i32 i32)
-             (drop (call $status (i32.const 500) (i32.const 504) (i32.const 508)))
-             {})"#,
-        respond(
-            "(i32.add (i32.const 500) (i32.load (i32.const 500)))",
-            "(i32.load (i32.const 504))",
-            "(i32.load (i32.const 508))"
-        )
-    );
+    let on_close = answer_the_status("(i32.add (i32.const 500) (i32.load (i32.const 500)))");
     let wasm = module_with(
         &format!("(drop {}) (i32.const 1)", grpc_call(0)),
         "(i32.const 0)",
@@ -351,4 +357,37 @@ fn grpc_calls_go_only_to_the_plugins_upstreams_and_only_from_the_request_phase()
         STRINGS,
     );
     assert_eq!(status(&wasm), 502);
+}
+
+#[test]
+fn a_long_status_message_is_cut_on_a_character_boundary() {
+    let on_close = answer_the_status("(i32.const 500)");
+    let wasm = module_with(
+        &format!("(drop {}) (i32.const 1)", grpc_call(0)),
+        "(i32.const 0)",
+        &format!("{STRINGS} {on_close}"),
+    );
+    // "x" then two-byte characters: no limit falls on a character's end.
+    let long = format!("x{}", "é".repeat(3000));
+    let cut = |limits: PluginLimits| {
+        let message = long.clone();
+        let close = move |_: GrpcCall| {
+            events(vec![GrpcEvent::Close(GrpcStatus {
+                code: 9,
+                message: message.clone(),
+            })])
+        };
+        answered(request(&wasm, limits, Grpc(close))).1
+    };
+    let text = cut(PluginLimits::default());
+    assert_eq!(
+        text.len(),
+        gantry_plugins::MAX_GRPC_STATUS_MESSAGE_BYTES - 1
+    );
+    assert!(long.starts_with(&text));
+    let small = PluginLimits {
+        bytes_per_host_call: 100,
+        ..PluginLimits::default()
+    };
+    assert_eq!(cut(small).len(), 99, "and never past bytes_per_host_call");
 }

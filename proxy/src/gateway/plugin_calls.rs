@@ -82,7 +82,7 @@ impl Gateway {
                 pairs.extend(headers);
                 return Ok((pairs, body));
             }
-            match live.pools.iter().find(|p| p.config.name == call.upstream) {
+            match live.http_pool(&call.upstream) {
                 Some(pool) => {
                     self.pool_call(pool, &call.headers, body, method, &path, limit)
                         .await

@@ -45,9 +45,7 @@ impl Gateway {
 /// The channel to a healthy endpoint of the pool named `upstream`.
 fn channel(live: &ConfigVersion, upstream: &str) -> Result<Channel, String> {
     let pool = live
-        .pools
-        .iter()
-        .find(|p| p.config.name == upstream)
+        .http_pool(upstream)
         .ok_or_else(|| format!("no HTTP pool named `{upstream}` (gRPC calls go to HTTP pools)"))?;
     if pool.config.tls {
         return Err(format!(

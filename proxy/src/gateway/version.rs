@@ -52,6 +52,11 @@ pub struct VersionParts<'a> {
 }
 
 impl ConfigVersion {
+    /// The HTTP pool named `name`, if there is one.
+    pub fn http_pool(&self, name: &str) -> Option<&Arc<HttpPool>> {
+        self.pools.iter().find(|p| p.config.name == name)
+    }
+
     /// Build `config`'s version. With `previous` (a reload), what is
     /// configured exactly as before is kept as it is, state and all: HTTP
     /// pools (their endpoints' health), inference pools (their backends'
