@@ -194,9 +194,12 @@ pub struct SharedStore {
     settle: Script,
     renew: Script,
     release: Script,
-    /// Leases given back and not yet sent, by leases key: the next admit of
-    /// the key takes them along, else a flush within [`RELEASE_WITHIN`].
-    released: Mutex<HashMap<String, Vec<String>>>,
+    /// Leases given back and not yet known gone from the store, by leases
+    /// key: the next admit of the key takes them along, else a flush within
+    /// [`RELEASE_WITHIN`]. A flush forgets them only once its release is
+    /// answered, so an admit sent while one is on its way still gives them
+    /// back (removing a lease twice is nothing: members are never reused).
+    released: Mutex<HashMap<String, HashSet<String>>>,
     /// This process, in lease members.
     replica: String,
     seq: AtomicU64,
@@ -470,7 +473,7 @@ impl SharedStore {
                 .expect("released lock")
                 .entry(key.leases())
                 .or_default()
-                .push(member.clone());
+                .insert(member.clone());
             return;
         }
         let (store, key) = (self.clone(), key.clone());
@@ -478,18 +481,28 @@ impl SharedStore {
             .spawn(async move { store.settle_now(&key, s).await });
     }
 
-    /// Send the leases given back that no admit took along.
-    async fn flush_released(&self) {
-        let pending = std::mem::take(&mut *self.released.lock().expect("released lock"));
+    /// Send the leases given back that no admit took along (a background
+    /// task does this every [`RELEASE_WITHIN`]).
+    pub async fn flush_released(&self) {
+        let pending = self.released.lock().expect("released lock").clone();
         for (leases, members) in pending {
             let mut call = self.release.prepare_invoke();
-            call.key(leases);
-            for m in members {
+            call.key(&leases);
+            for m in &members {
                 call.arg(m);
             }
             let _: Result<i64, _> = self
                 .run(|mut c| async move { call.invoke_async(&mut c).await })
                 .await;
+            // Sent (or the store is away, and the leases lapse): forget
+            // those no admit took along meanwhile.
+            let mut released = self.released.lock().expect("released lock");
+            if let Some(left) = released.get_mut(&leases) {
+                left.retain(|m| !members.contains(m));
+                if left.is_empty() {
+                    released.remove(&leases);
+                }
+            }
         }
     }
 

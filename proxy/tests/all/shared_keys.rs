@@ -392,3 +392,51 @@ async fn a_one_at_a_time_client_of_a_proxied_route_is_never_refused_by_its_own_l
         assert_eq!(status, 200, "request {i}: {}", res.text().await.unwrap());
     }
 }
+
+/// A lease given back alone (no admit of its key came within
+/// `RELEASE_WITHIN`) is still given back by the key's next admit while that
+/// release is on its way: the first lone release loads its script, three
+/// round trips, and an admit sent meanwhile must not find the slot held.
+#[tokio::test]
+async fn an_admit_while_a_lone_release_is_on_its_way_gives_that_lease_back_too() {
+    use gantry::tenants::shared::{Settlement, SharedKey, SharedStore};
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let metrics = gantry::metrics::Metrics::new();
+    let store = SharedStore::connect(
+        &redis.url(),
+        &tokio::runtime::Handle::current(),
+        metrics.key_store(),
+    )
+    .unwrap();
+    eventually("the store reaches Redis", || async { store.is_up() }).await;
+    let limits = gantry_config::KeyLimits {
+        max_concurrent: Some(1),
+        ..Default::default()
+    };
+    let key = Arc::new(SharedKey::new("fleet", limits));
+    let first = store.admit(&key).await.expect("the first request");
+    store.settle(
+        &key,
+        Settlement {
+            window_start: 0,
+            periods: [0, 0],
+            reserved: [0, 0],
+            used: [0, 0],
+            member: first.member,
+        },
+    );
+    // The lone release starts (its first command is sent) and is not
+    // answered before the next request's admit.
+    let mut flush = Box::pin(store.flush_released());
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(flush.as_mut().poll(&mut cx) == Poll::Pending);
+    let next = store.admit(&key).await;
+    assert!(next.is_ok(), "the next request found the slot held");
+    flush.await;
+}
