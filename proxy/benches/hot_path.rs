@@ -1,5 +1,5 @@
 //! The gateway's per-request functions, without wrk's noise: route matching
-//! (100 routes), path normalization, forwarding headers, and counting a
+//! (4, 100 and 1000 routes), path normalization, forwarding headers, and counting a
 //! finished request (docs/BENCHMARKS.md, "The hot path").
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -23,17 +23,14 @@ fn config_with_routes(n: usize) -> gantry_config::Config {
 }
 
 fn hot_path(c: &mut Criterion) {
-    let config = config_with_routes(100);
-    let router = Router::new(&config.routes);
-    c.bench_function("route match, 100 prefix routes, last one", |b| {
-        b.iter(|| {
-            router.find(
-                Some("example.com"),
-                black_box("/api/v99/items"),
-                &http::Method::GET,
-            )
-        })
-    });
+    for n in [4, 100, 1000] {
+        let config = config_with_routes(n);
+        let router = Router::new(&config.routes);
+        let path = format!("/api/v{}/items", n - 1);
+        c.bench_function(&format!("route match, {n} prefix routes, last one"), |b| {
+            b.iter(|| router.find(Some("example.com"), black_box(&path), &http::Method::GET))
+        });
+    }
     c.bench_function("path normalization, already normal", |b| {
         b.iter(|| gantry::normalize::path(black_box("/api/v1/items/42")))
     });

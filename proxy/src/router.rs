@@ -1,8 +1,14 @@
 //! Route matching: host first (exact, then wildcard, then any), then the longest
 //! path prefix on a segment boundary, then method.
+//!
+//! A path's candidate prefixes are few (the path itself and each cut before a
+//! `/`), so the table is indexed by prefix: a request looks up each candidate
+//! of a length some route has, longest first, and never scans the routes.
+//! Its cost follows the path's segments, not the number of routes.
 
 use gantry_config::Route;
 use http::Method;
+use std::collections::HashMap;
 
 /// The outcome of matching a request against the route table.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,41 +25,69 @@ pub enum Match {
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Route>,
-    /// Route indices by path prefix length (longest first), then file order: the
-    /// order in which a request tries them.
-    order: Vec<usize>,
+    /// Route indices by exact path prefix (`/` included), in file order.
+    by_prefix: HashMap<Box<str>, Vec<usize>>,
+    /// By length: whether some route's prefix (other than `/`) is that
+    /// long, so a candidate no route can equal costs no lookup.
+    prefix_lengths: Vec<bool>,
+    /// The best host score any route can give (see [`host_score`]): a
+    /// match with it ends the search.
+    best_score: u8,
 }
 
 impl Router {
     /// Compile the routes of a validated config.
     pub fn new(routes: &[Route]) -> Self {
-        let mut order: Vec<usize> = (0..routes.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(routes[i].path_prefix.len()));
+        let mut by_prefix: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+        let mut prefix_lengths = Vec::new();
+        let mut best_score = 0;
+        for (i, r) in routes.iter().enumerate() {
+            by_prefix
+                .entry(r.path_prefix.as_str().into())
+                .or_default()
+                .push(i);
+            if r.path_prefix != "/" {
+                let len = r.path_prefix.len();
+                if prefix_lengths.len() <= len {
+                    prefix_lengths.resize(len + 1, false);
+                }
+                prefix_lengths[len] = true;
+            }
+            best_score = best_score.max(route_best_score(&r.hosts));
+        }
         Router {
             routes: routes.to_vec(),
-            order,
+            by_prefix,
+            prefix_lengths,
+            best_score,
         }
     }
 
     /// Find the route for a request: the most specific host, then the longest
     /// prefix, then file order, among routes that accept the method. `host` may
-    /// carry a port; it is ignored. One pass, no allocation unless nothing matches.
+    /// carry a port; it is ignored. No allocation unless nothing matches.
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Match {
         let host = host.map(strip_port);
         let mut best: Option<(u8, usize)> = None;
         let mut path_matched = false;
-        for &i in &self.order {
-            let r = &self.routes[i];
-            let Some(score) = host_score(&r.hosts, host) else {
+        for prefix in self.candidates(path) {
+            let Some(indices) = self.by_prefix.get(prefix) else {
                 continue;
             };
-            if !prefix_matches(&r.path_prefix, path) {
-                continue;
-            }
-            path_matched = true;
-            // `order` is longest prefix first, so only a better host replaces `best`.
-            if accepts(r, method) && best.is_none_or(|(s, _)| score > s) {
-                best = Some((score, i));
+            for &i in indices {
+                let r = &self.routes[i];
+                let Some(score) = host_score(&r.hosts, host) else {
+                    continue;
+                };
+                path_matched = true;
+                // Candidates come longest first, so only a better host
+                // replaces `best`.
+                if accepts(r, method) && best.is_none_or(|(s, _)| score > s) {
+                    best = Some((score, i));
+                    if score == self.best_score {
+                        return Match::Route(i);
+                    }
+                }
             }
         }
         match best {
@@ -61,11 +95,11 @@ impl Router {
             None if !path_matched => Match::NotFound,
             None => {
                 let mut allowed: Vec<String> = self
-                    .routes
-                    .iter()
-                    .filter(|r| {
-                        host_score(&r.hosts, host).is_some() && prefix_matches(&r.path_prefix, path)
-                    })
+                    .candidates(path)
+                    .filter_map(|prefix| self.by_prefix.get(prefix))
+                    .flatten()
+                    .map(|&i| &self.routes[i])
+                    .filter(|r| host_score(&r.hosts, host).is_some())
                     .flat_map(|r| r.methods.iter().cloned())
                     .collect();
                 allowed.sort();
@@ -73,6 +107,24 @@ impl Router {
                 Match::MethodNotAllowed(allowed)
             }
         }
+    }
+
+    /// The prefixes a route may have to match `path`, longest first: the
+    /// path itself, each cut just before a `/`, then `/`; only lengths some
+    /// route's prefix has.
+    fn candidates<'p>(&'p self, path: &'p str) -> impl Iterator<Item = &'p str> + 'p {
+        let cuts = path
+            .bytes()
+            .enumerate()
+            .skip(1)
+            .filter(|&(_, b)| b == b'/')
+            .map(|(at, _)| at)
+            .rev();
+        std::iter::once(path.len())
+            .chain(cuts)
+            .filter(|&len| self.prefix_lengths.get(len) == Some(&true))
+            .map(move |len| &path[..len])
+            .chain(std::iter::once("/"))
     }
 
     /// Number of routes.
@@ -93,6 +145,17 @@ impl Router {
 
 fn accepts(route: &Route, method: &Method) -> bool {
     route.methods.is_empty() || route.methods.iter().any(|m| m == method.as_str())
+}
+
+/// The best [`host_score`] a route with `patterns` can give.
+fn route_best_score(patterns: &[String]) -> u8 {
+    if patterns.is_empty() {
+        1
+    } else if patterns.iter().any(|p| !p.starts_with("*.")) {
+        3
+    } else {
+        2
+    }
 }
 
 /// 3: exact host, 2: wildcard, 1: route matches any host; `None`: no match.
@@ -128,12 +191,6 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':')
         .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
         .map_or(host, |(h, _)| h)
-}
-
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    prefix == "/"
-        || (path.starts_with(prefix)
-            && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
 }
 
 /// The path with `prefix` removed, always starting with `/`; the query is kept.
@@ -227,6 +284,115 @@ mod tests {
             r.find(Some("other.test"), "/submit", &Method::POST),
             Match::NotFound
         );
+    }
+
+    /// The rule the index implements, route by route: a prefix matches on
+    /// a segment boundary; the best host wins, then the longest prefix,
+    /// then file order.
+    fn find_by_scan(routes: &[Route], host: Option<&str>, path: &str, method: &Method) -> Match {
+        let prefix_matches = |prefix: &str| {
+            prefix == "/"
+                || (path.starts_with(prefix)
+                    && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
+        };
+        let host = host.map(strip_port);
+        let matching: Vec<usize> = (0..routes.len())
+            .filter(|&i| {
+                host_score(&routes[i].hosts, host).is_some()
+                    && prefix_matches(&routes[i].path_prefix)
+            })
+            .collect();
+        let best = matching
+            .iter()
+            .copied()
+            .filter(|&i| accepts(&routes[i], method))
+            .max_by_key(|&i| {
+                let r = &routes[i];
+                (
+                    host_score(&r.hosts, host),
+                    r.path_prefix.len(),
+                    std::cmp::Reverse(i),
+                )
+            });
+        match best {
+            Some(i) => Match::Route(i),
+            None if matching.is_empty() => Match::NotFound,
+            None => {
+                let mut allowed: Vec<String> = matching
+                    .iter()
+                    .flat_map(|&i| routes[i].methods.iter().cloned())
+                    .collect();
+                allowed.sort();
+                allowed.dedup();
+                Match::MethodNotAllowed(allowed)
+            }
+        }
+    }
+
+    #[test]
+    fn the_prefix_index_finds_what_a_scan_of_every_route_finds() {
+        use rand::prelude::*;
+        let mut rng = StdRng::seed_from_u64(7);
+        let segments = ["a", "b", "api", "v1", "x"];
+        let hosts = ["a.test", "*.test", "b.a.test"];
+        let methods = ["GET", "POST"];
+        let prefix = |rng: &mut StdRng| {
+            let n = rng.random_range(0..4);
+            let mut p = String::new();
+            for _ in 0..n {
+                p.push('/');
+                p.push_str(segments.choose(rng).unwrap());
+            }
+            if p.is_empty() {
+                p.push('/');
+            }
+            p
+        };
+        for _ in 0..500 {
+            let routes: Vec<Route> = (0..rng.random_range(1..12))
+                .map(|i| {
+                    let h: Vec<&str> = hosts
+                        .iter()
+                        .copied()
+                        .filter(|_| rng.random_bool(0.2))
+                        .collect();
+                    let m: Vec<&str> = methods
+                        .iter()
+                        .copied()
+                        .filter(|_| rng.random_bool(0.3))
+                        .collect();
+                    route(&format!("r{i}"), &h, &prefix(&mut rng), &m)
+                })
+                .collect();
+            let router = Router::new(&routes);
+            for _ in 0..50 {
+                let mut path = prefix(&mut rng);
+                if rng.random_bool(0.3) {
+                    path.push('/');
+                }
+                if rng.random_bool(0.2) {
+                    path.push_str("ix");
+                }
+                let host = ["a.test", "c.b.a.test", "other", "A.TEST:8080"]
+                    .choose(&mut rng)
+                    .copied()
+                    .filter(|_| rng.random_bool(0.8));
+                let method = if rng.random_bool(0.5) {
+                    Method::GET
+                } else {
+                    Method::POST
+                };
+                assert_eq!(
+                    router.find(host, &path, &method),
+                    find_by_scan(&routes, host, &path, &method),
+                    "{host:?} {method} {path} in {:?}",
+                    routes
+                        .iter()
+                        .map(|r| (&r.hosts, &r.path_prefix, &r.methods))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
     }
 
     #[test]
