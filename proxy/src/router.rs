@@ -10,6 +10,11 @@ use gantry_config::Route;
 use http::Method;
 use std::collections::HashMap;
 
+/// The index's hasher: a path is hashed on every request, and foldhash (seeded
+/// per process) costs a fraction of SipHash on short keys. The keys are the
+/// configuration's prefixes; a client's path only looks them up.
+type PrefixMap = HashMap<Box<str>, Vec<usize>, foldhash::fast::RandomState>;
+
 /// The outcome of matching a request against the route table.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Match {
@@ -26,7 +31,7 @@ pub enum Match {
 pub struct Router {
     routes: Vec<Route>,
     /// Route indices by exact path prefix (`/` included), in file order.
-    by_prefix: HashMap<Box<str>, Vec<usize>>,
+    by_prefix: PrefixMap,
     /// By length: whether some route's prefix (other than `/`) is that
     /// long, so a candidate no route can equal costs no lookup.
     prefix_lengths: Vec<bool>,
@@ -38,7 +43,7 @@ pub struct Router {
 impl Router {
     /// Compile the routes of a validated config.
     pub fn new(routes: &[Route]) -> Self {
-        let mut by_prefix: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+        let mut by_prefix = PrefixMap::default();
         let mut prefix_lengths = Vec::new();
         let mut best_score = 0;
         for (i, r) in routes.iter().enumerate() {
