@@ -37,7 +37,7 @@ pub struct Router {
     prefix_lengths: Vec<bool>,
     /// The best host score any route can give (see [`host_score`]): a
     /// match with it ends the search.
-    best_score: u8,
+    best_score: HostMatch,
 }
 
 impl Router {
@@ -45,7 +45,7 @@ impl Router {
     pub fn new(routes: &[Route]) -> Self {
         let mut by_prefix = PrefixMap::default();
         let mut prefix_lengths = Vec::new();
-        let mut best_score = 0;
+        let mut best_score = HostMatch::Any;
         for (i, r) in routes.iter().enumerate() {
             by_prefix
                 .entry(r.path_prefix.as_str().into())
@@ -73,7 +73,7 @@ impl Router {
     /// carry a port; it is ignored. No allocation unless nothing matches.
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Match {
         let host = host.map(strip_port);
-        let mut best: Option<(u8, usize)> = None;
+        let mut best: Option<(HostMatch, usize)> = None;
         let mut path_matched = false;
         for prefix in self.candidates(path) {
             let Some(indices) = self.by_prefix.get(prefix) else {
@@ -152,37 +152,58 @@ fn accepts(route: &Route, method: &Method) -> bool {
     route.methods.is_empty() || route.methods.iter().any(|m| m == method.as_str())
 }
 
-/// The best [`host_score`] a route with `patterns` can give.
-fn route_best_score(patterns: &[String]) -> u8 {
-    if patterns.is_empty() {
-        1
-    } else if patterns.iter().any(|p| !p.starts_with("*.")) {
-        3
+/// How specifically a route's host patterns match a request's host; a
+/// better one wins over a longer path prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum HostMatch {
+    /// The route names no host.
+    Any,
+    /// A `*.domain` pattern.
+    Wildcard,
+    /// A host named exactly.
+    Exact,
+}
+
+/// What `pattern` gives the hosts it matches.
+fn pattern_kind(pattern: &str) -> HostMatch {
+    if pattern.starts_with("*.") {
+        HostMatch::Wildcard
     } else {
-        2
+        HostMatch::Exact
     }
 }
 
-/// 3: exact host, 2: wildcard, 1: route matches any host; `None`: no match.
-/// Patterns are lower-case; the host is compared case-insensitively.
-fn host_score(patterns: &[String], host: Option<&str>) -> Option<u8> {
+/// The best [`host_score`] a route with `patterns` can give.
+fn route_best_score(patterns: &[String]) -> HostMatch {
+    patterns
+        .iter()
+        .map(|p| pattern_kind(p))
+        .max()
+        .unwrap_or(HostMatch::Any)
+}
+
+/// How `patterns` match `host`; `None`: no match. Patterns are lower-case;
+/// the host is compared case-insensitively.
+fn host_score(patterns: &[String], host: Option<&str>) -> Option<HostMatch> {
     if patterns.is_empty() {
-        return Some(1);
+        return Some(HostMatch::Any);
     }
     let host = host?;
     let mut best = None;
     for p in patterns {
-        if p.eq_ignore_ascii_case(host) {
-            return Some(3);
-        }
-        if let Some(domain) = p.strip_prefix("*.") {
-            let split = host.len().saturating_sub(domain.len() + 1);
-            if split > 0
-                && host.as_bytes()[split] == b'.'
-                && host[split + 1..].eq_ignore_ascii_case(domain)
-            {
-                best = Some(2);
+        match pattern_kind(p) {
+            HostMatch::Exact if p.eq_ignore_ascii_case(host) => return Some(HostMatch::Exact),
+            HostMatch::Wildcard => {
+                let domain = &p[2..];
+                let split = host.len().saturating_sub(domain.len() + 1);
+                if split > 0
+                    && host.as_bytes()[split] == b'.'
+                    && host[split + 1..].eq_ignore_ascii_case(domain)
+                {
+                    best = Some(HostMatch::Wildcard);
+                }
             }
+            _ => {}
         }
     }
     best
