@@ -80,9 +80,11 @@ for bin in "${bins[@]}"; do
   group_of[$bin]=$g; groups+=("$g")
 done
 
-# wrk_requests URL: requests completed in one wrk run.
+# wrk_requests URL [COMMAND...]: requests completed in one wrk run, run under
+# COMMAND when given (perf stat).
 wrk_requests() {
-  wrk -t1 -c"$CONNS" -d"${DURATION}s" "$1" | awk '/requests in/ {print $1}'
+  local url=$1; shift
+  "$@" wrk -t1 -c"$CONNS" -d"${DURATION}s" "$url" | awk '/requests in/ {print $1}'
 }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -90,14 +92,12 @@ declare -A allocs reallocs cpu
 hz=$(getconf CLK_TCK)
 n=${#urls[@]}
 for round in $(seq "$ROUNDS"); do
-  order=($(seq 0 $((n - 1)))); [ $((round % 2)) -eq 0 ] && order=($(seq $((n - 1)) -1 0))
-  for i in "${order[@]}"; do
+  for i in $(bench_order "$round" "$n"); do
     pid=${procs[$i]} g=${group_of[${bins[$i]}]}
     t0=$(ticks "$pid"); reqs=$(wrk_requests "${urls[$i]}"); t1=$(ticks "$pid")
     us=$(awk -v t="$((t1 - t0))" -v hz="$hz" -v r="$reqs" 'BEGIN {printf "%.1f", t / hz * 1e6 / r}')
-    perf stat -x, -o "$work/stat" -e "$g:alloc_$g,$g:zalloc_$g,$g:realloc_$g" -p "$pid" -- \
-      wrk -t1 -c"$CONNS" -d"${DURATION}s" "${urls[$i]}" > "$work/wrk"
-    reqs=$(awk '/requests in/ {print $1}' "$work/wrk")
+    reqs=$(wrk_requests "${urls[$i]}" \
+      perf stat -x, -o "$work/stat" -e "$g:alloc_$g,$g:zalloc_$g,$g:realloc_$g" -p "$pid" --)
     read -r a r < <(awk -F, -v r="$reqs" '$3 ~ /:(alloc|zalloc)_/ {a += $1} $3 ~ /:realloc_/ {re += $1}
       END {printf "%.2f %.2f\n", a / r, re / r}' "$work/stat")
     allocs[$i]="${allocs[$i]:+${allocs[$i]} / }$a"; reallocs[$i]="${reallocs[$i]:+${reallocs[$i]} / }$r"

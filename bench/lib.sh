@@ -48,6 +48,13 @@ bench_measure() {
     awk '/Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {printf "%.0f %s %s\n", r, p50, p99}'
 }
 
+# bench_order ROUND N: the indexes 0..N-1 in the order round ROUND (from 1) measures
+# them: odd rounds forward, even rounds backward, so no target is always measured
+# first or last on a shared, noisy machine.
+bench_order() {
+  if [ $(($1 % 2)) -eq 0 ]; then seq $(($2 - 1)) -1 0; else seq 0 $(($2 - 1)); fi
+}
+
 # bench_alternate ROUNDS URL...: bench_measure each URL once per round, in
 # reverse order every other round; appends to the caller's associative arrays
 # rps (space-separated), p50 and p99 (" / "-separated), indexed by the URL's place.
@@ -55,9 +62,7 @@ bench_alternate() {
   local rounds=$1 round i r a b; shift
   local urls=("$@")
   for round in $(seq "$rounds"); do
-    local order=($(seq 0 $((${#urls[@]} - 1))))
-    [ $((round % 2)) -eq 0 ] && order=($(printf '%s\n' "${order[@]}" | tac))
-    for i in "${order[@]}"; do
+    for i in $(bench_order "$round" ${#urls[@]}); do
       read -r r a b < <(bench_measure "${urls[$i]}")
       rps[$i]="${rps[$i]:+${rps[$i]} }$r"; p50[$i]="${p50[$i]:+${p50[$i]} / }$a"; p99[$i]="${p99[$i]:+${p99[$i]} / }$b"
     done

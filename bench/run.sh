@@ -71,13 +71,11 @@ for url in "${urls[@]}"; do bench_wait "$url" || { tail -n 5 "$work"/*.err >&2 2
 curl -sI "http://$GANTRY/header" | grep -qi '^x-served-by: gantry' || { echo "bench: add-header plugin not active" >&2; exit 1; }
 idle_rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$gantry_pid/status")
 
-# Every target once per round; odd rounds run in reverse order so no target is
-# always measured first or last on a shared, noisy machine.
+# Every target once per round, in bench_order.
 declare -A rps p50 p99
 n=${#urls[@]}
 for round in $(seq "$ROUNDS"); do
-  order=($(seq 0 $((n - 1)))); [ $((round % 2)) -eq 0 ] && order=($(seq $((n - 1)) -1 0))
-  for i in "${order[@]}"; do
+  for i in $(bench_order "$round" "$n"); do
     read -r r a b < <(bench_measure "${urls[$i]}")
     rps[$i]="${rps[$i]:+${rps[$i]} }$r"; p50[$i]="${p50[$i]:+${p50[$i]} / }$a"; p99[$i]="${p99[$i]:+${p99[$i]} / }$b"
   done
