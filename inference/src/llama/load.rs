@@ -1,6 +1,6 @@
 //! Loading a llama GGUF file: the shape from its metadata, the tokenizer and chat
 //! vocabulary, and the weights converted to the format the forward runs in
-//! (fused, padded for the tiled kernels, re-quantised as configured).
+//! (fused, padded for the block format and tiled kernels, re-quantised as configured).
 
 use super::{Block, Llama, LlamaShape};
 use crate::chat::ChatTemplate;
@@ -29,17 +29,25 @@ pub struct LoadedGguf {
 const TILED_K: usize = 256;
 
 /// Zero columns to append to a `hidden`-wide state so every matmul's inner
-/// dimension is a multiple of [`TILED_K`], or 0 where the tiled kernels do not
-/// apply (not CPU, neither q8_0 nor q4_k, no VNNI). Measured here for SmolLM2 (576 → 768):
-/// 4.8× faster at one row and 7.6× per row at eight rows, despite a third more
-/// arithmetic. The padding is exact: padded weights and state columns are zero,
-/// and the RMS norms are rescaled so they still average over `hidden` columns.
-fn tiled_padding(hidden: usize, device: &Device, quantization: Quantization) -> usize {
-    let tiled = matches!(quantization, Quantization::Q8_0 | Quantization::Q4K);
-    if !device.is_cpu() || !tiled || !has_vnni() {
-        return 0;
-    }
-    hidden.next_multiple_of(TILED_K) - hidden
+/// dimension suits the weights' format and kernels:
+/// - q4_k always: its super-block holds 256 weights of a row, on every device
+///   and with or without the tiled kernels (a CI machine without VNNI found
+///   SmolLM2's 576 refused);
+/// - q8_0 where candle's tiled kernels run (`tiled_kernels`: CPU with VNNI), to
+///   a multiple of [`TILED_K`]. Measured here for SmolLM2 (576 → 768): 4.8×
+///   faster at one row and 7.6× per row at eight rows, despite a third more
+///   arithmetic;
+/// - otherwise none.
+///
+/// The padding is exact: padded weights and state columns are zero, and the RMS
+/// norms are rescaled so they still average over `hidden` columns.
+fn hidden_padding(hidden: usize, quantization: Quantization, tiled_kernels: bool) -> usize {
+    let multiple = match quantization {
+        Quantization::Q4K => GgmlDType::Q4K.block_size(),
+        Quantization::Q8_0 if tiled_kernels => TILED_K,
+        _ => return 0,
+    };
+    hidden.next_multiple_of(multiple) - hidden
 }
 
 fn has_vnni() -> bool {
@@ -169,7 +177,7 @@ struct Weights<'a> {
     quantization: Quantization,
     /// The dtype of dense weights and activations.
     dtype: DType,
-    /// Zero columns appended to the hidden state (see [`tiled_padding`]).
+    /// Zero columns appended to the hidden state (see [`hidden_padding`]).
     pad: usize,
     /// Scale of the RMS norm weights so the mean square over `hidden + pad`
     /// columns stands for the mean over `hidden`.
@@ -184,7 +192,7 @@ impl<'a> Weights<'a> {
         quantization: Quantization,
         hidden: usize,
     ) -> Self {
-        let pad = tiled_padding(hidden, device, quantization);
+        let pad = hidden_padding(hidden, quantization, device.is_cpu() && has_vnni());
         Self {
             ct,
             file,
@@ -201,6 +209,17 @@ impl<'a> Weights<'a> {
 
     /// The whole model: embedding and LM head, blocks, final norm, rotary tables.
     fn model(&mut self, mut shape: LlamaShape) -> anyhow::Result<Llama> {
+        // The hidden width is padded to the block (see `hidden_padding`); the
+        // feed-forward width, the down projection's inner dimension, is not.
+        if let Some(format) = self.block_format() {
+            let block = format.block_size();
+            anyhow::ensure!(
+                shape.ffn.is_multiple_of(block),
+                "`quantization`: {format:?} stores rows in blocks of {block} weights, but \
+                 this model's feed-forward width is {}; choose `keep` or `bf16`",
+                shape.ffn
+            );
+        }
         let (embed, lm_head) = self.embedding_and_head(&mut shape)?;
         let norm = self.norm("output_norm.weight")?;
         let blocks = (0..shape.n_layer)
@@ -232,6 +251,17 @@ impl<'a> Weights<'a> {
         })
     }
 
+    /// The block format weights are re-quantised to, if the configuration
+    /// names one (`keep` and `bf16` do not).
+    fn block_format(&self) -> Option<GgmlDType> {
+        match self.quantization {
+            Quantization::Q8_0 => Some(GgmlDType::Q8_0),
+            Quantization::Q4_0 => Some(GgmlDType::Q4_0),
+            Quantization::Q4K => Some(GgmlDType::Q4K),
+            Quantization::Keep | Quantization::Bf16 => None,
+        }
+    }
+
     fn raw(&mut self, name: &str) -> candle_core::Result<QTensor> {
         self.ct.tensor(self.file, name, self.device)
     }
@@ -255,11 +285,8 @@ impl<'a> Weights<'a> {
         };
         let embed_q = Arc::new(embed_q);
         let wanted = match self.quantization {
-            Quantization::Q8_0 => Some(GgmlDType::Q8_0),
-            Quantization::Q4_0 => Some(GgmlDType::Q4_0),
-            Quantization::Q4K => Some(GgmlDType::Q4K),
             Quantization::Keep => Some(embed_q.dtype()),
-            Quantization::Bf16 => None,
+            _ => self.block_format(),
         };
         let lm_head = match self.raw("output.weight") {
             Ok(t) => self.convert(vec![t], 0, self.pad)?,
@@ -312,12 +339,7 @@ impl<'a> Weights<'a> {
         pad_n: usize,
         pad_k: usize,
     ) -> candle_core::Result<QMatMul> {
-        let target = match self.quantization {
-            Quantization::Q8_0 => Some(GgmlDType::Q8_0),
-            Quantization::Q4_0 => Some(GgmlDType::Q4_0),
-            Quantization::Q4K => Some(GgmlDType::Q4K),
-            Quantization::Keep | Quantization::Bf16 => None,
-        };
+        let target = self.block_format();
         if parts.len() == 1
             && pad_n == 0
             && pad_k == 0
@@ -374,4 +396,25 @@ fn rope_tables(
         angles.cos()?.to_dtype(dtype)?,
         angles.sin()?.to_dtype(dtype)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4_k_pads_the_hidden_width_to_its_block_with_or_without_tiled_kernels() {
+        for tiled in [false, true] {
+            assert_eq!(
+                hidden_padding(576, Quantization::Q4K, tiled),
+                192,
+                "{tiled}"
+            );
+            assert_eq!(hidden_padding(768, Quantization::Q4K, tiled), 0, "{tiled}");
+            assert_eq!(hidden_padding(576, Quantization::Q4_0, tiled), 0, "{tiled}");
+            assert_eq!(hidden_padding(576, Quantization::Bf16, tiled), 0, "{tiled}");
+        }
+        assert_eq!(hidden_padding(576, Quantization::Q8_0, true), 192);
+        assert_eq!(hidden_padding(576, Quantization::Q8_0, false), 0);
+    }
 }

@@ -77,7 +77,7 @@ pub struct Llama {
     lm_head: QMatMul,
     cos: Tensor,
     sin: Tensor,
-    /// Zero columns appended to the hidden state (see `load::tiled_padding`).
+    /// Zero columns appended to the hidden state (see `load::hidden_padding`).
     pad: usize,
     /// RMS norm epsilon, adjusted for the padding.
     norm_eps: f32,
