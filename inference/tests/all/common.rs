@@ -93,6 +93,11 @@ pub fn encode(text: &str) -> Vec<u32> {
         .to_vec()
 }
 
+/// A prompt greedy decoding continues for hundreds of tokens on every kernel
+/// path (it counts), for tests that need a stream to end by length.
+/// "Count to a thousand:" ended after 19 tokens without candle's tiled kernels.
+pub const COUNTING: &str = "1, 2, 3, 4,";
+
 pub const GEN: &str = "smollm2-135m";
 pub const EMB: &str = "all-minilm-l6-v2";
 

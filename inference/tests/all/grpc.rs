@@ -234,7 +234,7 @@ async fn a_full_queue_is_resource_exhausted_with_a_retry_hint() {
     .await;
     let mut c = client(backend.addr).await;
     let mut long = c
-        .generate(prompt(GEN, "Count to a thousand:", 200))
+        .generate(prompt(GEN, COUNTING, 200))
         .await
         .unwrap()
         .into_inner();
@@ -289,7 +289,7 @@ async fn a_full_queue_is_resource_exhausted_with_a_retry_hint() {
 async fn grpc_timeout_is_honoured_with_deadline_exceeded() {
     let backend = start(small()).await;
     let mut c = client(backend.addr).await;
-    let mut req = tonic::Request::new(prompt(GEN, "Count to a thousand:", 250));
+    let mut req = tonic::Request::new(prompt(GEN, COUNTING, 250));
     req.set_timeout(Duration::from_millis(300));
     let started = Instant::now();
     let status = match c.generate(req).await {
@@ -364,7 +364,7 @@ async fn load_reports_follow_the_batch_at_least_every_100ms() {
     let mut gen = c.clone();
     let stream = tokio::spawn(async move {
         collect(
-            gen.generate(prompt(GEN, "Count to a thousand:", 60))
+            gen.generate(prompt(GEN, COUNTING, 60))
                 .await
                 .unwrap()
                 .into_inner(),
@@ -455,7 +455,7 @@ async fn health_is_not_serving_while_loading_then_serving_then_not_serving_while
 
     // Drain while a stream runs: it finishes; new requests are refused.
     let mut running = c
-        .generate(prompt(GEN, "Count to a thousand:", 250))
+        .generate(prompt(GEN, COUNTING, 250))
         .await
         .unwrap()
         .into_inner();
@@ -490,7 +490,7 @@ async fn streams_still_running_when_the_grace_period_ends_are_cancelled() {
     backend.ready().await.unwrap();
     let mut c = client(backend.addr).await;
     let mut running = c
-        .generate(prompt(GEN, "Count to a thousand:", 250))
+        .generate(prompt(GEN, COUNTING, 250))
         .await
         .unwrap()
         .into_inner();

@@ -168,7 +168,7 @@ async fn requests_joining_a_running_batch_get_their_solo_tokens_in_shared_steps(
 #[tokio::test]
 async fn a_full_queue_refuses_at_once() {
     let e = engine(limits(1, 1));
-    let (a, rx_a) = job("Count to a thousand:", greedy(200));
+    let (a, rx_a) = job(COUNTING, greedy(200));
     e.submit(a).unwrap();
     let mut load = e.load();
     while load.borrow().running < 1 {
@@ -192,7 +192,7 @@ async fn a_full_queue_refuses_at_once() {
 #[tokio::test]
 async fn a_client_that_goes_away_leaves_the_batch_within_one_step() {
     let e = engine(limits(2, 2));
-    let (a, mut rx) = job("Count to a thousand:", greedy(500));
+    let (a, mut rx) = job(COUNTING, greedy(500));
     e.submit(a).unwrap();
     // Wait for the first token, then hang up.
     assert!(matches!(rx.recv().await, Some(Event::Delta { .. })));
@@ -220,7 +220,7 @@ async fn a_client_that_goes_away_leaves_the_batch_within_one_step() {
 #[tokio::test]
 async fn a_passed_deadline_ends_the_stream_with_deadline_exceeded() {
     let e = engine(limits(2, 2));
-    let (mut j, mut rx) = job("Count to a thousand:", greedy(500));
+    let (mut j, mut rx) = job(COUNTING, greedy(500));
     j.deadline = Some(Instant::now() + Duration::from_millis(200));
     e.submit(j).unwrap();
     let started = Instant::now();
@@ -240,8 +240,8 @@ async fn a_passed_deadline_ends_the_stream_with_deadline_exceeded() {
 #[tokio::test]
 async fn the_kv_budget_holds_requests_back_until_memory_frees() {
     let per_token = model().model.kv_bytes_per_token() as u64;
-    let (a, rx_a) = job("Count to a thousand:", greedy(40));
-    let (b, rx_b) = job("Count to a thousand:", greedy(40));
+    let (a, rx_a) = job(COUNTING, greedy(40));
+    let (b, rx_b) = job(COUNTING, greedy(40));
     // Room for one sequence's prompt and output, not for two.
     let one = (a.prompt.len() + 40) as u64 * per_token;
     let e = engine(ModelLimits {
@@ -272,14 +272,14 @@ async fn the_kv_budget_holds_requests_back_until_memory_frees() {
 #[tokio::test]
 async fn a_sequence_whose_sampling_fails_leaves_alone_and_the_batch_goes_on() {
     let e = engine(limits(8, 8));
-    let (j, rx) = job("Count to a thousand:", greedy(40));
+    let (j, rx) = job(COUNTING, greedy(40));
     e.submit(j).unwrap();
     let (alone, _, _, _) = run(rx).await;
 
     // The same greedy stream again, with poisoned requests joining its batch.
     // These samplers bypass the server's validation: dividing logits by a
     // subnormal temperature or penalty overflows f32 and the softmax is NaN.
-    let (j, mut rx) = job("Count to a thousand:", greedy(40));
+    let (j, mut rx) = job(COUNTING, greedy(40));
     e.submit(j).unwrap();
     assert!(matches!(rx.recv().await, Some(Event::Delta { .. })));
     let poisons = [
@@ -340,7 +340,7 @@ async fn a_sequence_whose_sampling_fails_leaves_alone_and_the_batch_goes_on() {
         "same tokens as alone: {alone:?} vs {text:?}"
     );
     // The engine still serves.
-    let (j, rx) = job("Count to a thousand:", greedy(5));
+    let (j, rx) = job(COUNTING, greedy(5));
     e.submit(j).unwrap();
     assert_eq!(run(rx).await.2, Finish::Length);
 }
