@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod normalize;
 pub mod openai;
+pub mod own_headers;
 pub mod plugins;
 pub mod process;
 pub mod reload;

@@ -32,7 +32,7 @@ impl Gateway {
         if status >= 500 || (status == 0 && e.is_some()) {
             self.metrics.recent_errors.record(FailedRequest {
                 at_ms: crate::clock::unix_millis(),
-                request_id: ctx.request_id.clone(),
+                request_id: ctx.request_id.to_string(),
                 route: route.to_string(),
                 status,
                 error: match (&ctx.error, e) {

@@ -13,9 +13,10 @@
 //! whole answer into a 500.
 
 use super::body::client_gone;
-use super::{Gateway, RequestCtx, REQUEST_ID};
+use super::{Gateway, RequestCtx};
 use crate::openai::whole::STREAM_HEADERS;
 use crate::openai::{Generation, Reply, Whole};
+use crate::own_headers::REQUEST_ID;
 use crate::tenants::{self, limiter::Reservation};
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -58,7 +59,7 @@ impl Gateway {
     ) -> Result<()> {
         let mut resp = ResponseHeader::build(whole.status, Some(4))?;
         resp.insert_header(http::header::CONTENT_TYPE, whole.content_type)?;
-        resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        resp.insert_header(REQUEST_ID.wire(), ctx.request_id.header())?;
         if let Some(s) = whole.retry_after {
             resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
         }
@@ -102,7 +103,7 @@ impl Gateway {
         for (k, v) in STREAM_HEADERS {
             resp.insert_header(k, v)?;
         }
-        resp.insert_header(REQUEST_ID, events.request_id())?;
+        resp.insert_header(REQUEST_ID.wire(), events.request_id())?;
         if let Some(limiter) = self.limiter(ctx) {
             tenants::add_rate_headers(&mut resp, limiter)?;
         }

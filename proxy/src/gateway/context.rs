@@ -2,18 +2,80 @@
 
 use crate::error::GatewayError;
 use crate::lifecycle::{Lifecycle, RequestInFlight};
+use crate::own_headers::REQUEST_ID;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::lb::Backend;
 use pingora::Error;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Request id header, read from the client when valid and generated otherwise.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest client-supplied request id kept as is.
 const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A request's id, held as the header value it is sent as (upstream and to
+/// the client): a client's valid id shares the request head's bytes, a new
+/// one is written once; each header carrying it is a reference, not a copy.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The client's `X-Request-Id` when it is a valid one (1 to
+    /// [`MAX_REQUEST_ID_LEN`] visible ASCII characters), else a new one.
+    pub fn of(req: &RequestHeader) -> Self {
+        match req.headers.get(&REQUEST_ID.name) {
+            Some(v) if valid_request_id(v) => RequestId(v.clone()),
+            _ => Self::generate(),
+        }
+    }
+
+    /// A new id: a random UUID as 32 lowercase hex digits, in one allocation
+    /// that every header carrying it shares.
+    pub fn generate() -> Self {
+        let mut text = [0u8; uuid::fmt::Simple::LENGTH];
+        uuid::Uuid::new_v4().simple().encode_lower(&mut text);
+        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(text));
+        RequestId(value.expect("hex digits are a valid header value"))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only visible ASCII is ever held (see `of` and `generate`).
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as a header value (a reference to the same bytes).
+    pub fn header(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl Default for RequestId {
+    /// No id yet (before the request's head is read).
+    fn default() -> Self {
+        RequestId(HeaderValue::from_static(""))
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
 
 /// Per-request state carried through the phases.
 pub struct RequestCtx {
@@ -21,14 +83,16 @@ pub struct RequestCtx {
     /// while it runs changes only what later requests get).
     pub(super) live: Arc<super::ConfigVersion>,
     pub(super) started: Instant,
-    pub(super) request_id: String,
+    pub(super) request_id: RequestId,
     pub(super) route: Option<usize>,
     /// The tenant whose API key let the request in (see [`crate::tenants`]).
     pub(super) tenant: Option<usize>,
     /// Its hold on the key's limits, released as its answer's last bytes are
     /// handed to the client ([`Self::release_key`]), or when it ends.
     pub(super) reservation: Option<Arc<crate::tenants::limiter::Reservation>>,
-    pub(super) tried: Vec<Backend>,
+    /// Endpoints tried, in order (one, unless a connection failed and was
+    /// retried: held inline, no allocation per request).
+    pub(super) tried: smallvec::SmallVec<[Backend; 1]>,
     pub(super) error: Option<GatewayError>,
     pub(super) body_bytes: u64,
     /// The whole body was read (and counted) in `request_filter`.
@@ -60,11 +124,11 @@ impl RequestCtx {
         RequestCtx {
             live,
             started: Instant::now(),
-            request_id: String::new(),
+            request_id: RequestId::default(),
             route: None,
             tenant: None,
             reservation: None,
-            tried: Vec::new(),
+            tried: smallvec::SmallVec::new(),
             error: None,
             body_bytes: 0,
             body_preread: false,
@@ -94,14 +158,6 @@ impl RequestCtx {
         }
     }
 
-    /// The request id: the client's when it is a valid one, else a new one.
-    pub(super) fn take_request_id(&mut self, req: &RequestHeader) {
-        self.request_id = match req.headers.get(&REQUEST_ID) {
-            Some(v) if valid_request_id(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            _ => uuid::Uuid::new_v4().simple().to_string(),
-        };
-    }
-
     /// Record `err` as this request's outcome and turn it into a phase error.
     pub(super) fn fail(&mut self, err: GatewayError) -> Box<Error> {
         let e = err.clone().into_pingora();
@@ -124,4 +180,42 @@ pub(super) fn request_header_bytes(req: &RequestHeader) -> usize {
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_id(id: &[u8]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header(REQUEST_ID.wire(), HeaderValue::from_bytes(id).unwrap())
+            .unwrap();
+        req
+    }
+
+    #[test]
+    fn a_valid_client_id_is_kept_and_any_other_replaced_by_32_hex_digits() {
+        let kept = RequestId::of(&with_id(b"abc-123"));
+        assert_eq!(kept.as_str(), "abc-123");
+        assert_eq!(kept.header(), "abc-123");
+        let longest = "x".repeat(MAX_REQUEST_ID_LEN);
+        assert_eq!(
+            RequestId::of(&with_id(longest.as_bytes())).as_str(),
+            longest
+        );
+        let too_long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        let none = RequestHeader::build("GET", b"/", None).unwrap();
+        for replaced in [
+            RequestId::of(&with_id(too_long.as_bytes())),
+            RequestId::of(&with_id(b"has space")),
+            RequestId::of(&with_id(b"")),
+            RequestId::of(&none),
+        ] {
+            assert_eq!(replaced.len(), 32, "{replaced}");
+            assert!(replaced
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        }
+        assert_ne!(RequestId::generate(), RequestId::generate());
+    }
 }

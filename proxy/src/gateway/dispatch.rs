@@ -6,12 +6,13 @@
 
 use super::body::{client_gone, Refused};
 use super::context::request_header_bytes;
-use super::{Gateway, RequestCtx, REQUEST_ID};
+use super::{Gateway, RequestCtx};
 use crate::error::GatewayError;
 use crate::normalize::host_of;
 use crate::openai::error::ApiError;
 use crate::openai::whole::STREAM_HEADERS;
 use crate::openai::{ApiCall, Endpoint, Outcome, Reply, Whole};
+use crate::own_headers::REQUEST_ID;
 use crate::router::Match;
 use crate::tenants::{
     self,
@@ -295,7 +296,7 @@ pub(super) async fn write_reply(
             for (k, v) in STREAM_HEADERS {
                 resp.insert_header(k, v)?;
             }
-            resp.insert_header(REQUEST_ID, events.request_id())?;
+            resp.insert_header(REQUEST_ID.wire(), events.request_id())?;
             if let Some(limiter) = rate {
                 tenants::add_rate_headers(&mut resp, limiter)?;
             }
@@ -346,7 +347,7 @@ pub(super) async fn write_whole(
     let mut resp = ResponseHeader::build(whole.status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, whole.content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, whole.body.len())?;
-    resp.insert_header(REQUEST_ID, request_id)?;
+    resp.insert_header(REQUEST_ID.wire(), request_id)?;
     if let Some(s) = whole.retry_after {
         resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
     }

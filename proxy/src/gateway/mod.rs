@@ -33,7 +33,8 @@ mod respond;
 mod upstream;
 pub mod version;
 
-pub use context::{RequestCtx, REQUEST_ID};
+use crate::own_headers::REQUEST_ID;
+pub use context::{RequestCtx, RequestId};
 pub use version::{ConfigVersion, Live, VersionParts};
 
 use crate::error::GatewayError;
@@ -132,7 +133,7 @@ impl ProxyHttp for Gateway {
     /// before the upstream phases proxy it. May not contact an HTTP pool.
     /// `true` when the response was sent.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.take_request_id(session.req_header());
+        ctx.request_id = context::RequestId::of(session.req_header());
         self.start_span(session, ctx);
         let Some(route) = self.route_request(session, ctx).await? else {
             return Ok(true);
@@ -231,7 +232,7 @@ impl ProxyHttp for Gateway {
             }
             ctx.live.rewrites[i].1.apply(resp)?;
         }
-        resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        resp.insert_header(REQUEST_ID.wire(), ctx.request_id.header())?;
         if let Some(limiter) = self.limiter(ctx) {
             crate::tenants::add_rate_headers(resp, limiter)?;
         }
@@ -288,7 +289,7 @@ impl ProxyHttp for Gateway {
         session.set_keepalive(None);
         if session.response_written().is_none() {
             if ctx.request_id.is_empty() {
-                ctx.request_id = uuid::Uuid::new_v4().simple().to_string();
+                ctx.request_id = context::RequestId::generate();
             }
             if let Err(write_err) = self.respond(session, ctx, err).await {
                 tracing::debug!(error = %write_err, "could not send error response");

@@ -314,7 +314,7 @@ impl Gateway {
             path: req.uri.path().to_string(),
             method: req.method.clone(),
             scheme,
-            id: ctx.request_id.clone(),
+            id: ctx.request_id.to_string(),
             source: session.client_addr().and_then(|a| a.as_inet()).copied(),
         })
         .into()

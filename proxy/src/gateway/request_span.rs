@@ -40,7 +40,7 @@ impl Gateway {
         let mut attributes = vec![
             KeyValue::new("http.request.method", req.method.to_string()),
             KeyValue::new("url.path", req.uri.path().to_string()),
-            KeyValue::new("gantry.request_id", ctx.request_id.clone()),
+            KeyValue::new("gantry.request_id", ctx.request_id.to_string()),
         ];
         if let Some(host) = crate::normalize::host_of(req) {
             attributes.push(KeyValue::new("server.address", host.to_string()));

@@ -2,8 +2,9 @@
 //! [`crate::error`]), a plugin's local response, and a body that replaces the
 //! upstream's.
 
-use super::{Gateway, RequestCtx, REQUEST_ID};
+use super::{Gateway, RequestCtx};
 use crate::error::GatewayError;
+use crate::own_headers::REQUEST_ID;
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use pingora::http::ResponseHeader;
@@ -22,7 +23,7 @@ impl Gateway {
         let mut resp = ResponseHeader::build(err.status(), Some(4))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(CONTENT_LENGTH, body.len())?;
-        resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        resp.insert_header(REQUEST_ID.wire(), ctx.request_id.header())?;
         match &err {
             GatewayError::MethodNotAllowed { allowed } => {
                 resp.insert_header(http::header::ALLOW, allowed.join(", "))?;
@@ -78,7 +79,7 @@ impl Gateway {
             resp.append_header(k, v)?;
         }
         resp.insert_header(CONTENT_LENGTH, local.body.len())?;
-        resp.insert_header(REQUEST_ID, &ctx.request_id)?;
+        resp.insert_header(REQUEST_ID.wire(), ctx.request_id.header())?;
         ctx.give_back_key().await;
         if let Some(limiter) = self.limiter(ctx) {
             crate::tenants::add_rate_headers(&mut resp, limiter)?;

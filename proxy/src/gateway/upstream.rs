@@ -3,8 +3,9 @@
 //! ([`Gateway::prepare_upstream_request`]), its streamed body's limit, and
 //! retries after a failed connect.
 
-use super::{Gateway, RequestCtx, REQUEST_ID};
+use super::{Gateway, RequestCtx};
 use crate::error::GatewayError;
+use crate::own_headers::{forwarded_proto, REQUEST_ID, X_FORWARDED_PROTO};
 use crate::router;
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
@@ -13,8 +14,6 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::Session;
 use pingora::{Error, Result};
 use std::sync::Arc;
-
-const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 
 impl super::ConfigVersion {
     /// The route's pool (only HTTP-pool routes reach the upstream phases).
@@ -101,8 +100,8 @@ impl Gateway {
             .map(|a| a.ip());
         crate::forwarding::apply(upstream, peer, &ctx.live.config.trusted_proxies)?;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
-        upstream.insert_header(REQUEST_ID, &ctx.request_id)?;
+        upstream.insert_header(X_FORWARDED_PROTO.wire(), forwarded_proto(tls))?;
+        upstream.insert_header(REQUEST_ID.wire(), ctx.request_id.header())?;
         Self::propagate_span(ctx, upstream)?;
         if let Some(body) = &ctx.request_body {
             // The plugins may have changed the body's length.

@@ -15,6 +15,7 @@ pub mod limiter;
 pub mod shared;
 
 use crate::metrics::{Denial, Metrics};
+use crate::own_headers::OwnHeader;
 use base64::Engine;
 use gantry_config::ApiKey;
 use gantry_config::OnUnreachable;
@@ -249,25 +250,25 @@ pub fn add_rate_headers(resp: &mut ResponseHeader, limiter: &Limiter) -> pingora
     let (requests, tokens) = limiter.remaining();
     for (names, r) in [(&RATE_HEADERS[0], requests), (&RATE_HEADERS[1], tokens)] {
         let Some(r) = r else { continue };
-        let [limit, remaining, reset] = names.clone();
-        resp.insert_header(limit, r.limit)?;
-        resp.insert_header(remaining, r.remaining)?;
-        resp.insert_header(reset, duration_text(r.reset))?;
+        let [limit, remaining, reset] = names;
+        resp.insert_header(limit.wire(), r.limit)?;
+        resp.insert_header(remaining.wire(), r.remaining)?;
+        resp.insert_header(reset.wire(), duration_text(r.reset))?;
     }
     Ok(())
 }
 
 /// `-limit-`, `-remaining-` and `-reset-` of requests, then of tokens.
-const RATE_HEADERS: [[HeaderName; 3]; 2] = [
+const RATE_HEADERS: [[OwnHeader; 3]; 2] = [
     [
-        HeaderName::from_static("x-ratelimit-limit-requests"),
-        HeaderName::from_static("x-ratelimit-remaining-requests"),
-        HeaderName::from_static("x-ratelimit-reset-requests"),
+        OwnHeader::new("x-ratelimit-limit-requests"),
+        OwnHeader::new("x-ratelimit-remaining-requests"),
+        OwnHeader::new("x-ratelimit-reset-requests"),
     ],
     [
-        HeaderName::from_static("x-ratelimit-limit-tokens"),
-        HeaderName::from_static("x-ratelimit-remaining-tokens"),
-        HeaderName::from_static("x-ratelimit-reset-tokens"),
+        OwnHeader::new("x-ratelimit-limit-tokens"),
+        OwnHeader::new("x-ratelimit-remaining-tokens"),
+        OwnHeader::new("x-ratelimit-reset-tokens"),
     ],
 ];
 

@@ -104,7 +104,13 @@ impl HttpPool {
     /// How the request is sent to `backend`: timeouts and TLS from the pool's settings.
     pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
         let c = &self.config;
-        let mut peer = HttpPeer::new(backend.addr.clone(), c.tls, self.sni.clone());
+        // A plain connection has no SNI: no name to copy per request.
+        let sni = if c.tls {
+            self.sni.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(backend.addr.clone(), c.tls, sni);
         peer.options.connection_timeout = Some(c.connect_timeout);
         peer.options.read_timeout = Some(c.read_timeout);
         peer.options.write_timeout = Some(c.write_timeout);
