@@ -5,6 +5,7 @@
 # outside the allocator, std and the collections (the code that asked for it).
 #
 #   bench/alloc-sites.sh                          # Gantry's plain route
+#   PLUGIN=noop bench/alloc-sites.sh              # a route with the noop (or add_header) plugin
 #   PROXY=minimal bench/alloc-sites.sh            # the minimal Pingora proxy
 #   GANTRY_BIN=/tmp/gantry-old bench/alloc-sites.sh
 # Needs root (uprobes) and perf; run after a release build (bench/allocs.sh builds one).
@@ -34,7 +35,14 @@ if [ "$PROXY" = minimal ]; then
   "$bin" "$LISTEN" "$ORIGIN" 1 2>/dev/null & proxy=$!
 else
   bin=$GANTRY_BIN
-  { bench_gateway_conf 1 "$LISTEN" "$ORIGIN"; printf '[[routes]]\nname = "all"\npool = "origin"\n'; } > "$work/gantry.toml"
+  {
+    bench_gateway_conf 1 "$LISTEN" "$ORIGIN"
+    if [ -n "${PLUGIN:-}" ]; then
+      bench_plugin_route plugin / "$PLUGIN" "$([ "$PLUGIN" = add_header ] && echo "$BENCH_ADD_HEADER")"
+    else
+      printf '[[routes]]\nname = "all"\npool = "origin"\n'
+    fi
+  } > "$work/gantry.toml"
   RUST_LOG=warn "$bin" gateway --config "$work/gantry.toml" & proxy=$!
 fi
 pids+=("$proxy")

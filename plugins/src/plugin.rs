@@ -343,7 +343,7 @@ impl Plugin {
         };
         let id = self.next_context.fetch_add(1, Ordering::Relaxed) as i32;
         vm.store.data_mut().http = HttpState {
-            properties,
+            properties: Some(properties),
             ..HttpState::default()
         };
         vm.store.data_mut().store_limits.memory_refused = false;

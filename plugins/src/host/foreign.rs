@@ -57,7 +57,10 @@ pub(super) fn proxy_call_foreign_function(
     let arg = tri!(read(&mut c, aptr, alen));
     let answer = match name.as_str() {
         "constant_time_compare" => constant_time_compare(&arg),
-        "request_info" => Ok(request_info(&c.data().http.properties)),
+        "request_info" => Ok(match &c.data().http.properties {
+            Some(properties) => request_info(properties),
+            None => request_info(&crate::Properties::default()),
+        }),
         _ => Err(Status::NotFound),
     };
     match answer {

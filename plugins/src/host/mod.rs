@@ -118,7 +118,9 @@ pub struct HttpState {
     /// copied only when the plugin changes it.
     pub(crate) response_body: bytes::Bytes,
     /// What `proxy_get_property` answers; shared by every plugin on the route.
-    pub(crate) properties: crate::Properties,
+    /// `None` outside a request (an idle instance, a root context's timer or
+    /// call): a state reset to its default allocates nothing.
+    pub(crate) properties: Option<crate::Properties>,
     pub(crate) local_response: Option<LocalResponse>,
     pub(crate) headers_added: usize,
     /// Whether a host call changed the request (response) headers during the

@@ -14,7 +14,8 @@ pub(super) fn proxy_get_property(
         .data()
         .http
         .properties
-        .get(&key)
+        .as_ref()
+        .and_then(|p| p.get(&key))
         .or_else(|| (key == "plugin_name").then(|| c.data().plugin.as_bytes().to_vec()))
         .or_else(|| {
             let name = key.strip_prefix("request.headers.")?;
@@ -44,7 +45,12 @@ pub(super) fn proxy_set_property(
 ) -> wasmtime::Result<i32> {
     let key = property_key(&tri!(read(&mut c, pptr, plen)));
     let value = tri!(read(&mut c, vptr, vlen));
-    if c.data().http.properties.set(key, value) {
+    let properties = c
+        .data_mut()
+        .http
+        .properties
+        .get_or_insert_with(Default::default);
+    if properties.set(key, value) {
         return Ok(Status::Ok as i32);
     }
     c.data().shared.hit(Limit::Properties);

@@ -20,7 +20,8 @@ struct RequestProperties {
     path: String,
     method: http::Method,
     scheme: &'static str,
-    id: String,
+    /// Shares the request id's bytes (no copy).
+    id: super::RequestId,
     source: Option<std::net::SocketAddr>,
     /// The configured name of the API key that let the request in.
     key: String,
@@ -69,7 +70,7 @@ impl gantry_plugins::PropertySource for RequestProperties {
             "request.path" => self.path.as_str(),
             "request.method" => self.method.as_str(),
             "request.scheme" => self.scheme,
-            "request.id" => &self.id,
+            "request.id" => self.id.as_str(),
             "route_name" => &self.live.router.route(self.route).name,
             "route.models" => return Some(Cow::Owned(self.models())),
             "request.key" => &self.key,
@@ -314,7 +315,7 @@ impl Gateway {
             path: req.uri.path().to_string(),
             method: req.method.clone(),
             scheme,
-            id: ctx.request_id.to_string(),
+            id: ctx.request_id.clone(),
             source: session.client_addr().and_then(|a| a.as_inet()).copied(),
         })
         .into()

@@ -6,34 +6,72 @@
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::cell::RefCell;
 
-/// Header lists kept per thread for reuse (each with its strings).
-const SPARE_LISTS: usize = 4;
+/// One header as the ABI's lists hold it: name and value.
+type Pair = (String, String);
+
+/// Header lists kept per thread for reuse (each with its strings): one per
+/// plugin request in flight on the thread, up to this many (each request
+/// holds its request list until it ends, so fewer than the requests in
+/// flight means new lists under load).
+const SPARE_LISTS: usize = 64;
+/// A list whose strings hold more than this many bytes is not kept, so
+/// one client's large headers stay with its own request.
+const SPARE_LIST_BYTES: usize = 4 * 1024;
+/// Headers cut from a list refilled with fewer (a request's list reused for a
+/// response, say) are kept for the next longer one, up to this many per thread...
+const SPARE_PAIRS: usize = 256;
+/// ...each holding at most this many bytes. All told, a thread keeps at most
+/// 64 × 4 KiB + 256 × 512 B = 384 KiB of header strings.
+const SPARE_PAIR_BYTES: usize = 512;
+
+/// What a thread keeps for the next requests' header lists.
+struct Spare {
+    lists: Vec<Vec<Pair>>,
+    pairs: Vec<Pair>,
+}
 
 thread_local! {
-    static SPARE: RefCell<Vec<Vec<(String, String)>>> = const { RefCell::new(Vec::new()) };
+    static SPARE: RefCell<Spare> = const {
+        RefCell::new(Spare {
+            lists: Vec::new(),
+            pairs: Vec::new(),
+        })
+    };
+}
+
+fn capacity(pair: &Pair) -> usize {
+    pair.0.capacity() + pair.1.capacity()
 }
 
 /// A list to fill: a spare one (strings and all) when there is one.
-fn spare_list() -> Vec<(String, String)> {
-    SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default()
+fn spare_list() -> Vec<Pair> {
+    SPARE
+        .with(|s| s.borrow_mut().lists.pop())
+        .unwrap_or_default()
 }
 
-/// Keep a list done with for the next request on this thread.
-pub fn recycle(list: Vec<(String, String)>) {
+/// Keep a list done with for the next request on this thread, unless
+/// [`SPARE_LISTS`] are kept already or it holds over [`SPARE_LIST_BYTES`].
+pub fn recycle(list: Vec<Pair>) {
+    if list.iter().map(capacity).sum::<usize>() > SPARE_LIST_BYTES {
+        return;
+    }
     SPARE.with(|s| {
-        let mut spare = s.borrow_mut();
-        if spare.len() < SPARE_LISTS {
-            spare.push(list);
+        let lists = &mut s.borrow_mut().lists;
+        if lists.len() < SPARE_LISTS {
+            lists.push(list);
         }
     });
 }
 
-/// Overwrite `list` with `items`, reusing its strings' buffers.
-fn fill<'a>(list: &mut Vec<(String, String)>, items: impl Iterator<Item = (&'a str, &'a [u8])>) {
+/// Overwrite `list` with `items`, reusing its strings' buffers, and those of
+/// headers other lists no longer needed.
+fn fill<'a>(list: &mut Vec<Pair>, items: impl Iterator<Item = (&'a str, &'a [u8])>) {
     let mut n = 0;
     for (name, value) in items {
         if n == list.len() {
-            list.push(Default::default());
+            let spare = SPARE.with(|s| s.borrow_mut().pairs.pop());
+            list.push(spare.unwrap_or_default());
         }
         let (k, v) = &mut list[n];
         k.clear();
@@ -45,7 +83,16 @@ fn fill<'a>(list: &mut Vec<(String, String)>, items: impl Iterator<Item = (&'a s
         }
         n += 1;
     }
-    list.truncate(n);
+    if list.len() > n {
+        SPARE.with(|s| {
+            let pairs = &mut s.borrow_mut().pairs;
+            for pair in list.drain(n..) {
+                if pairs.len() < SPARE_PAIRS && capacity(&pair) <= SPARE_PAIR_BYTES {
+                    pairs.push(pair);
+                }
+            }
+        });
+    }
 }
 
 /// The request's headers as the ABI sees them.
@@ -262,5 +309,52 @@ mod tests {
             list(&[(":status", "200"), ("content-type", "text/plain")])
         );
         assert!(capacity >= 7, "the recycled list was reused ({capacity})");
+    }
+
+    #[test]
+    fn a_list_holding_large_headers_is_not_kept() {
+        let mut large = ResponseHeader::build(200, None).unwrap();
+        large
+            .insert_header("set-cookie", "x".repeat(SPARE_LIST_BYTES))
+            .unwrap();
+        recycle(response_pairs(&large));
+        let next = response_pairs(&ResponseHeader::build(204, None).unwrap());
+        let kept: usize = next.iter().map(|(k, v)| k.capacity() + v.capacity()).sum();
+        assert!(kept < SPARE_LIST_BYTES, "{kept} bytes came back");
+    }
+
+    #[test]
+    fn headers_cut_from_a_shorter_list_fill_the_next_longer_one() {
+        let with_values = |value: &str| {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            for i in 0..6 {
+                resp.append_header(format!("x-{i}"), value).unwrap();
+            }
+            resp
+        };
+        recycle(response_pairs(&with_values(&"v".repeat(100))));
+        // The same list refilled with `:status` alone: six headers are cut...
+        let short = response_pairs(&ResponseHeader::build(204, None).unwrap());
+        assert_eq!(short.len(), 1);
+        // ...and a second list (the first is still in use) takes their
+        // buffers: one-byte values in strings that held a hundred.
+        let again = response_pairs(&with_values("v"));
+        let roomy = again.iter().filter(|(_, v)| v.capacity() >= 100).count();
+        assert_eq!(roomy, 6, "the cut headers' buffers were reused");
+    }
+
+    #[test]
+    fn lists_are_kept_for_as_many_requests_in_flight_as_spare_lists() {
+        let resp = ResponseHeader::build(200, None).unwrap();
+        let held: Vec<_> = (0..SPARE_LISTS).map(|_| response_pairs(&resp)).collect();
+        let addresses: Vec<_> = held.iter().map(|l| l.as_ptr()).collect();
+        held.into_iter().for_each(recycle);
+        let again: Vec<_> = (0..SPARE_LISTS).map(|_| response_pairs(&resp)).collect();
+        for list in &again {
+            assert!(
+                addresses.contains(&list.as_ptr()),
+                "a new list, not a kept one"
+            );
+        }
     }
 }
