@@ -47,13 +47,11 @@ else
 fi
 pids+=("$proxy")
 bench_wait "http://$LISTEN/"
-perf probe -q -d "sites:*" 2>/dev/null || true
-perf probe -q -x "$bin" -a "sites:alloc=mi_malloc_aligned" -a "sites:zalloc=mi_zalloc_aligned" \
-  -a "sites:realloc=mi_realloc_aligned"
+bench_alloc_probes sites "$bin"
 wrk -t1 -c10 -d1s "http://$LISTEN/" >/dev/null # connections open, pools warm
 # Two connections and a large buffer: DWARF call chains are big, and a lost chunk
 # would undercount.
-perf record -q -m 16M -o "$work/perf.data" -e sites:alloc,sites:zalloc,sites:realloc \
+perf record -q -m 16M -o "$work/perf.data" -e sites:alloc_sites,sites:zalloc_sites,sites:realloc_sites \
   --call-graph dwarf,8192 -p "$proxy" -- sleep 3 & rec=$!
 sleep 0.5
 reqs=$(wrk -t1 -c2 -d1s "http://$LISTEN/" | awk '/requests in/ {print $1}')
@@ -61,7 +59,7 @@ wait "$rec"
 perf script -i "$work/perf.data" -F event,ip,sym --no-inline 2>/dev/null | awk -v reqs="$reqs" -v top="$TOP" '
   BEGIN { RS = ""; FS = "\n"; skip = "^(mi_|__rust|alloc::|<alloc::|core::|<core::|hashbrown|<hashbrown|bytes::|<bytes::|std::|<std::|http::header::|<http::header::|smallvec|<smallvec|\\[unknown\\])" }
   {
-    ev = $1; sub(/^ *[a-z]+:/, "", ev); sub(/:.*/, "", ev)
+    ev = $1; sub(/^ *[a-z]+:/, "", ev); sub(/[: ].*/, "", ev); sub(/_sites$/, "", ev)
     key = ""; n = 0
     for (i = 2; i <= NF && n < 2; i++) {
       f = $i; sub(/^[ \t]*[0-9a-f]+ /, "", f)

@@ -68,15 +68,12 @@ if [ -n "${GANTRY_BEFORE:-}" ]; then
 fi
 for url in "${urls[@]}"; do bench_wait "$url"; done
 
-# One uprobe group per binary (perf names events GROUP:EVENT; event names must be
-# unique across groups, so they carry the group too).
+# One uprobe group per binary (bench_alloc_probes).
 declare -A group_of
 for bin in "${bins[@]}"; do
   [ -n "${group_of[$bin]:-}" ] && continue
   g="allocs${#groups[@]}"
-  perf probe -q -d "$g:*" 2>/dev/null || true # a run killed before its cleanup
-  perf probe -q -x "$bin" -a "$g:alloc_$g=mi_malloc_aligned" -a "$g:zalloc_$g=mi_zalloc_aligned" \
-    -a "$g:realloc_$g=mi_realloc_aligned"
+  bench_alloc_probes "$g" "$bin"
   group_of[$bin]=$g; groups+=("$g")
 done
 

@@ -97,3 +97,14 @@ bench_wait_port() {
     return 1
   done
 }
+
+# bench_alloc_probes GROUP BIN: uprobes GROUP:alloc_GROUP, zalloc_GROUP and
+# realloc_GROUP on BIN's mimalloc entry points (what Rust's global allocator
+# calls), replacing any a killed run left. Event names carry the group: perf
+# refuses an event name that repeats across groups. Remove with
+# `perf probe -q -d "GROUP:*"`.
+bench_alloc_probes() {
+  perf probe -q -d "$1:*" 2>/dev/null || true
+  perf probe -q -x "$2" -a "$1:alloc_$1=mi_malloc_aligned" -a "$1:zalloc_$1=mi_zalloc_aligned" \
+    -a "$1:realloc_$1=mi_realloc_aligned"
+}

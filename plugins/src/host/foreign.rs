@@ -21,11 +21,12 @@ fn constant_time_compare(arg: &[u8]) -> Result<Vec<u8>, Status> {
 
 /// `request_info`: the request's route and what it may ask for, as JSON:
 /// `{"route", "method", "path", "id", "models"}` (`models`: what the
-/// route's inference pools serve; empty on other routes). No argument.
-fn request_info(properties: &crate::Properties) -> Vec<u8> {
+/// route's inference pools serve; empty on other routes, and every field
+/// empty outside a request). No argument.
+fn request_info(properties: Option<&crate::Properties>) -> Vec<u8> {
     let text = |key: &str| {
         properties
-            .get(key)
+            .and_then(|p| p.get(key))
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default()
     };
@@ -57,10 +58,7 @@ pub(super) fn proxy_call_foreign_function(
     let arg = tri!(read(&mut c, aptr, alen));
     let answer = match name.as_str() {
         "constant_time_compare" => constant_time_compare(&arg),
-        "request_info" => Ok(match &c.data().http.properties {
-            Some(properties) => request_info(properties),
-            None => request_info(&crate::Properties::default()),
-        }),
+        "request_info" => Ok(request_info(c.data().http.properties.as_ref())),
         _ => Err(Status::NotFound),
     };
     match answer {
@@ -139,7 +137,7 @@ mod tests {
             ("route.models".to_string(), b"a,b".to_vec()),
         ]
         .into();
-        let info: serde_json::Value = serde_json::from_slice(&request_info(&props)).unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&request_info(Some(&props))).unwrap();
         assert_eq!(info["route"], "openai");
         assert_eq!(info["method"], "POST");
         assert_eq!(info["path"], "");
