@@ -91,6 +91,51 @@ fn bench_plugin(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>) {
     );
 }
 
+/// One whole request in the steady state of a loaded worker: `in_flight`
+/// requests hold an instance each, and each iteration ends the oldest (its
+/// response header and body hooks, done) and starts a new one (checkout, its
+/// request hooks). With many in flight, each request's hooks run on an
+/// instance other requests used since, as they do behind a busy listener.
+fn bench_in_flight(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>, in_flight: usize) {
+    let request = pairs(&[
+        (":method", "GET"),
+        (":path", "/plugin"),
+        (":authority", "127.0.0.1:18392"),
+        (":scheme", "http"),
+        ("user-agent", "wrk"),
+        ("accept", "*/*"),
+    ]);
+    let response = pairs(&[
+        (":status", "200"),
+        ("content-type", "text/plain"),
+        ("content-length", "1024"),
+    ]);
+    let body = bytes::Bytes::from(vec![b'x'; 1024]);
+    let start = |request: &Vec<(String, String)>| {
+        let mut ctx = plugin.start_request(Vec::new()).unwrap();
+        let mut headers = request.clone();
+        black_box(ctx.on_request_headers(&mut headers, true).unwrap());
+        ctx
+    };
+    c.bench_function(
+        &format!("{label}: one whole request, {in_flight} in flight"),
+        |b| {
+            let mut ring: std::collections::VecDeque<_> =
+                (0..in_flight).map(|_| start(&request)).collect();
+            b.iter(|| {
+                let mut ctx = ring.pop_front().unwrap();
+                let mut resp = response.clone();
+                black_box(ctx.on_response_headers(&mut resp, false).unwrap());
+                let mut chunk = body.clone();
+                black_box(ctx.on_response_body(&mut chunk, true).unwrap());
+                drop(ctx);
+                ring.push_back(start(&request));
+                resp
+            });
+        },
+    );
+}
+
 /// One server-sent event of a streamed chat answer through `plugin`'s
 /// response-body hook (not the end of the stream), on a context already open.
 fn bench_event(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>) {
@@ -129,6 +174,16 @@ fn hooks(c: &mut Criterion) {
         env!("CARGO_MANIFEST_DIR"),
         "/examples/target/wasm32-unknown-unknown/release/add_header.wasm"
     );
+    let noop_sdk = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/target/wasm32-unknown-unknown/release/noop.wasm"
+    );
+    if let Ok(wasm) = std::fs::read(noop_sdk) {
+        let sdk = load("noop-sdk", &wasm, b"");
+        for in_flight in [1, 50] {
+            bench_in_flight(c, "noop (proxy-wasm SDK)", &sdk, in_flight);
+        }
+    }
     match std::fs::read(example) {
         Ok(wasm) => {
             let config =

@@ -43,10 +43,11 @@ pub(crate) type GrpcHook = TypedFunc<(i32, i32, i32), ()>;
 /// `proxy_on_http_call_response(root, token, headers, body size, trailers)`.
 type CallbackHook = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
-/// One instance with its configured root context.
+/// One instance with its configured root context. Two pointers: a request
+/// moves it out of the idle list and back, and into its HTTP context.
 pub(crate) struct Vm {
     pub(crate) store: Store<HostState>,
-    pub(crate) exports: Exports,
+    pub(crate) exports: Box<Exports>,
 }
 
 /// A loaded plugin: compiled once, instantiated per concurrent request, reused.
@@ -227,7 +228,10 @@ impl Plugin {
                 }
             }
         }
-        Ok(Vm { store, exports })
+        Ok(Vm {
+            store,
+            exports: Box::new(exports),
+        })
     }
 
     /// A hook call failed: after [`UNHEALTHY_AFTER_FAILURES`] in a row the plugin

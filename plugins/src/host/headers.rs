@@ -43,8 +43,7 @@ pub(super) fn map(http: &mut HttpState, t: MapType) -> Option<&mut Vec<(String, 
     }
 }
 /// Count a header a plugin adds; trap past `max_headers_added`.
-pub(super) fn count_added(caller: &mut Ctx<'_>) -> Result<(), wasmtime::Error> {
-    let state = caller.data_mut();
+pub(super) fn count_added(state: &mut HostState) -> Result<(), wasmtime::Error> {
     state.http.headers_added += 1;
     if state.http.headers_added > state.limits.max_headers_added {
         return Err(LimitTrap::error(
@@ -56,6 +55,12 @@ pub(super) fn count_added(caller: &mut Ctx<'_>) -> Result<(), wasmtime::Error> {
         ));
     }
     Ok(())
+}
+
+/// Where `name` is in a map. The map's names are lower case; the guest's
+/// is compared without copying it.
+fn position(map: &[(String, String)], name: &str) -> Option<usize> {
+    map.iter().position(|(k, _)| k.eq_ignore_ascii_case(name))
 }
 
 pub(super) fn proxy_get_header_map_pairs(
@@ -90,7 +95,7 @@ pub(super) fn proxy_set_header_map_pairs(
     };
     let before = map(&mut c.data_mut().http, t).map_or(0, |m| m.len());
     for _ in before..pairs.len() {
-        count_added(&mut c)?;
+        count_added(c.data_mut())?;
     }
     match map(&mut c.data_mut().http, t) {
         Some(m) => {
@@ -112,18 +117,24 @@ pub(super) fn proxy_get_header_map_value(
     ptr_out: i32,
     size_out: i32,
 ) -> wasmtime::Result<i32> {
-    let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
+    let key = Guest {
+        ptr: kptr,
+        len: klen,
+    };
+    let ([key], state) = tri!(view_str(&mut c, [key]));
     let Some(t) = MapType::from_abi(kind) else {
         return Ok(Status::BadArgument as i32);
     };
-    let value = map(&mut c.data_mut().http, t)
-        .and_then(|m| m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()));
+    // Copied out of the map: handing it over runs the guest's allocator.
+    let value = map(&mut state.http, t).and_then(|m| Some(m[position(m, key)?].1.clone()));
     match value {
         Some(v) => Ok(give(&mut c, v.as_bytes(), ptr_out, size_out)? as i32),
         None => Ok(Status::NotFound as i32),
     }
 }
 
+/// Set a header to one value: the first of that name takes the value in
+/// place (its string reused), any others go; a new name is added at the end.
 pub(super) fn proxy_replace_header_map_value(
     mut c: Ctx<'_>,
     kind: i32,
@@ -132,21 +143,43 @@ pub(super) fn proxy_replace_header_map_value(
     vptr: i32,
     vlen: i32,
 ) -> wasmtime::Result<i32> {
-    let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
-    let value = tri!(read_str(&mut c, vptr, vlen));
-    let t = match writable_map(&mut c.data_mut().http, kind) {
+    let spans = [
+        Guest {
+            ptr: kptr,
+            len: klen,
+        },
+        Guest {
+            ptr: vptr,
+            len: vlen,
+        },
+    ];
+    let ([key, value], state) = tri!(view_str(&mut c, spans));
+    let t = match writable_map(&mut state.http, kind) {
         Ok(t) => t,
         Err(status) => return Ok(status as i32),
     };
-    let exists = map(&mut c.data_mut().http, t).is_some_and(|m| m.iter().any(|(k, _)| *k == key));
-    if !exists {
-        count_added(&mut c)?;
-    }
-    let Some(m) = map(&mut c.data_mut().http, t) else {
+    let Some(at) = map(&mut state.http, t).map(|m| position(m, key)) else {
         return Ok(Status::BadArgument as i32);
     };
-    m.retain(|(k, _)| *k != key);
-    m.push((key, value));
+    if at.is_none() {
+        count_added(state)?;
+    }
+    let m = map(&mut state.http, t).expect("the map was found above");
+    match at {
+        Some(i) => {
+            let v = &mut m[i].1;
+            v.clear();
+            v.push_str(value);
+            let mut later = i + 1;
+            while later < m.len() {
+                match m[later].0.eq_ignore_ascii_case(key) {
+                    true => drop(m.remove(later)),
+                    false => later += 1,
+                }
+            }
+        }
+        None => m.push((key.to_ascii_lowercase(), value.to_owned())),
+    }
     Ok(Status::Ok as i32)
 }
 
@@ -158,16 +191,25 @@ pub(super) fn proxy_add_header_map_value(
     vptr: i32,
     vlen: i32,
 ) -> wasmtime::Result<i32> {
-    let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
-    let value = tri!(read_str(&mut c, vptr, vlen));
-    count_added(&mut c)?;
-    let t = match writable_map(&mut c.data_mut().http, kind) {
+    let spans = [
+        Guest {
+            ptr: kptr,
+            len: klen,
+        },
+        Guest {
+            ptr: vptr,
+            len: vlen,
+        },
+    ];
+    let ([key, value], state) = tri!(view_str(&mut c, spans));
+    count_added(state)?;
+    let t = match writable_map(&mut state.http, kind) {
         Ok(t) => t,
         Err(status) => return Ok(status as i32),
     };
-    match map(&mut c.data_mut().http, t) {
+    match map(&mut state.http, t) {
         Some(m) => {
-            m.push((key, value));
+            m.push((key.to_ascii_lowercase(), value.to_owned()));
             Ok(Status::Ok as i32)
         }
         None => Ok(Status::BadArgument as i32),
@@ -180,13 +222,17 @@ pub(super) fn proxy_remove_header_map_value(
     kptr: i32,
     klen: i32,
 ) -> wasmtime::Result<i32> {
-    let key = tri!(read_str(&mut c, kptr, klen)).to_ascii_lowercase();
-    let t = match writable_map(&mut c.data_mut().http, kind) {
+    let key = Guest {
+        ptr: kptr,
+        len: klen,
+    };
+    let ([key], state) = tri!(view_str(&mut c, [key]));
+    let t = match writable_map(&mut state.http, kind) {
         Ok(t) => t,
         Err(status) => return Ok(status as i32),
     };
-    if let Some(m) = map(&mut c.data_mut().http, t) {
-        m.retain(|(k, _)| *k != key);
+    if let Some(m) = map(&mut state.http, t) {
+        m.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
     }
     Ok(Status::Ok as i32)
 }

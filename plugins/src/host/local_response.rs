@@ -43,7 +43,7 @@ pub(super) fn proxy_send_local_response(
         .filter(|(k, _)| !LOCAL_RESPONSE_DROPPED.contains(&k.as_str()) && !k.starts_with(':'))
         .collect();
     for _ in &headers {
-        count_added(&mut c)?;
+        count_added(c.data_mut())?;
     }
     c.data_mut().http.local_response = Some(LocalResponse {
         status: status as u16,

@@ -33,6 +33,50 @@ pub(super) fn read(
         },
     )
 }
+/// Spans of guest memory (bytes or text) next to the host state, borrowed
+/// together; or the status a bad span gets; or a trap.
+type Viewed<'c, S, const N: usize> =
+    Result<Result<([S; N], &'c mut HostState), Status>, wasmtime::Error>;
+
+/// The guest's bytes at each span and the host state, borrowed together:
+/// nothing is copied (a header name only looked up costs no allocation).
+/// `Err(status)` when a span is outside the guest's memory; a trap when one
+/// is over `bytes_per_host_call`, as [`read`].
+pub(super) fn view<'c, const N: usize>(
+    caller: &'c mut Ctx<'_>,
+    spans: [Guest; N],
+) -> Viewed<'c, &'c [u8], N> {
+    for span in &spans {
+        check_bytes(caller, span.len as u32 as usize)?;
+    }
+    let Some(mem) = memory(caller) else {
+        return Ok(Err(Status::InvalidMemoryAccess));
+    };
+    let (data, state) = mem.data_and_store_mut(caller);
+    let data: &'c [u8] = data;
+    let mut out = [&data[..0]; N];
+    for (slot, span) in out.iter_mut().zip(spans) {
+        let (ptr, len) = (span.ptr as u32 as usize, span.len as u32 as usize);
+        match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
+            Some(bytes) => *slot = bytes,
+            None => return Ok(Err(Status::InvalidMemoryAccess)),
+        }
+    }
+    Ok(Ok((out, state)))
+}
+/// [`view`] of text: `BadArgument` when a span is not UTF-8.
+pub(super) fn view_str<'c, const N: usize>(
+    caller: &'c mut Ctx<'_>,
+    spans: [Guest; N],
+) -> Viewed<'c, &'c str, N> {
+    Ok(view(caller, spans)?.and_then(|(bytes, state)| {
+        let mut out = [""; N];
+        for (slot, b) in out.iter_mut().zip(bytes) {
+            *slot = std::str::from_utf8(b).map_err(|_| Status::BadArgument)?;
+        }
+        Ok((out, state))
+    }))
+}
 pub(super) fn read_str(
     caller: &mut Ctx<'_>,
     ptr: i32,

@@ -114,6 +114,75 @@ fn the_header_map_size_is_its_names_and_values_bytes() {
     );
 }
 
+/// Replacing a header, as Envoy's `setCopy` does: the first of that name
+/// takes the value where it stands, later ones go, and the guest's spelling
+/// of the name does not matter (nor when it removes one); a name the map
+/// lacks is added, in lower case, and counted against `max_headers_added`.
+#[test]
+fn a_replaced_header_keeps_its_place_and_loses_its_duplicates() {
+    // "X-A" at 64, "X-New" at 80; the value "hello" at 48.
+    let extra = r#"(data (i32.const 64) "X-A") (data (i32.const 80) "X-New")"#;
+    let wasm = module_with(
+        "(drop (call $replace (i32.const 0) (i32.const 64) (i32.const 3) (i32.const 48) (i32.const 5)))
+         (drop (call $replace (i32.const 0) (i32.const 80) (i32.const 5) (i32.const 32) (i32.const 1)))
+         (i32.const 0)",
+        "(drop (call $remove (i32.const 2) (i32.const 64) (i32.const 3))) (i32.const 0)",
+        extra,
+    );
+    let list = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let plugin = load(&wasm, PluginLimits::default());
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let mut headers = list(&[(":path", "/"), ("x-a", "0"), ("host", "x"), ("x-a", "2")]);
+    ctx.on_request_headers(&mut headers, true).unwrap();
+    assert_eq!(
+        headers,
+        list(&[
+            (":path", "/"),
+            ("x-a", "hello"),
+            ("host", "x"),
+            ("x-new", "1")
+        ])
+    );
+    // Removing "X-A" removes every "x-a".
+    let mut resp = list(&[(":status", "200"), ("x-a", "1"), ("x-b", "2"), ("x-a", "3")]);
+    ctx.on_response_headers(&mut resp, false).unwrap();
+    assert_eq!(resp, list(&[(":status", "200"), ("x-b", "2")]));
+    drop(ctx);
+
+    // Only the new name counts as added: a limit of one lets both through.
+    let limits = PluginLimits {
+        max_headers_added: 1,
+        ..PluginLimits::default()
+    };
+    let plugin = load(&wasm, limits);
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let mut headers = list(&[(":path", "/"), ("x-a", "0")]);
+    ctx.on_request_headers(&mut headers, true).unwrap();
+    assert_eq!(headers.len(), 3, "{headers:?}");
+    drop(ctx);
+    let plugin = load(
+        &wasm,
+        PluginLimits {
+            max_headers_added: 0,
+            ..limits
+        },
+    );
+    let mut ctx = plugin.start_request(vec![]).unwrap();
+    let err = ctx
+        .on_request_headers(&mut list(&[(":path", "/"), ("x-a", "0")]), true)
+        .unwrap_err();
+    assert_eq!(
+        err.limit(),
+        Some(gantry_plugins::Limit::HeadersAdded),
+        "{err}"
+    );
+}
+
 #[test]
 fn foreign_functions_compare_in_constant_time_and_unknown_ones_are_not_found() {
     // constant_time_compare("abc", "abc"): length 3 then both, at 128; the

@@ -25,6 +25,7 @@ pub(crate) fn module_with(request_headers: &str, response_headers: &str, extra: 
           (import "env" "proxy_set_buffer_bytes" (func $set (param i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
+          (import "env" "proxy_replace_header_map_value" (func $replace (param i32 i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_clear_route_cache" (func $clear_route_cache (result i32)))
           (import "env" "proxy_register_shared_queue" (func $register (param i32 i32 i32) (result i32)))
           (import "env" "proxy_resolve_shared_queue" (func $resolve (param i32 i32 i32 i32 i32) (result i32)))

@@ -100,14 +100,15 @@ pub struct RequestCtx {
     /// The inference backend that answered (OpenAI-compatible API routes).
     pub(super) inference: Option<crate::openai::Outcome>,
     /// HTTP contexts of the route's plugins that let the request through, for the
-    /// response phase.
-    pub(super) plugin_contexts: Vec<(usize, gantry_plugins::HttpContext)>,
+    /// response phase (a route's first two held inline: no allocation per request).
+    pub(super) plugin_contexts: smallvec::SmallVec<[(usize, gantry_plugins::HttpContext); 2]>,
     /// A body that replaces the upstream's (a plugin answered in the response phase).
     pub(super) replace_body: Option<Bytes>,
     /// The request body as the route's plugins left it, sent upstream instead of
     /// the client's (which was read whole for them).
     pub(super) request_body: Option<Bytes>,
-    /// Per plugin context: response body it paused on (held until it continues).
+    /// Per plugin context: response body it paused on (held until it continues);
+    /// empty until a plugin pauses.
     pub(super) response_held: Vec<Vec<u8>>,
     /// What its route's plugins read and set (`proxy_set_property`; the
     /// access log shows what they set).
@@ -133,7 +134,7 @@ impl RequestCtx {
             body_bytes: 0,
             body_preread: false,
             inference: None,
-            plugin_contexts: Vec::new(),
+            plugin_contexts: smallvec::SmallVec::new(),
             replace_body: None,
             request_body: None,
             response_held: Vec::new(),

@@ -15,9 +15,14 @@ use pingora::Result;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+/// The longest request path a plugin request's properties hold without an
+/// allocation of its own (a longer one is copied to the heap).
+const INLINE_PATH_BYTES: usize = 64;
+
 /// What `proxy_get_property` answers about one request.
 struct RequestProperties {
-    path: String,
+    /// Held inline up to [`INLINE_PATH_BYTES`]: no allocation of its own.
+    path: smallvec::SmallVec<[u8; INLINE_PATH_BYTES]>,
     method: http::Method,
     scheme: &'static str,
     /// Shares the request id's bytes (no copy).
@@ -67,7 +72,7 @@ impl RequestProperties {
 impl gantry_plugins::PropertySource for RequestProperties {
     fn property(&self, path: &str) -> Option<Cow<'_, [u8]>> {
         let text = match path {
-            "request.path" => self.path.as_str(),
+            "request.path" => return Some(Cow::Borrowed(&self.path)),
             "request.method" => self.method.as_str(),
             "request.scheme" => self.scheme,
             "request.id" => self.id.as_str(),
@@ -192,7 +197,6 @@ impl Gateway {
         let props = self.request_properties(session, ctx, route, scheme);
         ctx.plugin_properties = Some(props.clone());
         let live = ctx.live.clone();
-        ctx.plugin_contexts.reserve(plugins.len());
         for (k, plugin) in plugins.iter().enumerate() {
             let mut pairs = crate::plugins::request_pairs(session.req_header(), scheme);
             let started = self.hook_started(ctx);
@@ -312,7 +316,7 @@ impl Gateway {
                 .tenant
                 .map(|i| self.tenants.get(i).name.clone())
                 .unwrap_or_default(),
-            path: req.uri.path().to_string(),
+            path: req.uri.path().as_bytes().into(),
             method: req.method.clone(),
             scheme,
             id: ctx.request_id.clone(),
@@ -408,12 +412,15 @@ impl Gateway {
         if body.as_ref().is_none_or(|b| b.is_empty()) && !end_of_stream {
             return Ok(());
         }
-        ctx.response_held.resize(n, Vec::new());
         // The chunk goes from plugin to plugin as shared bytes: copied only when
         // a plugin holds or changes it.
         let mut data = body.take().unwrap_or_default();
         for i in (0..n).rev() {
-            let held = std::mem::take(&mut ctx.response_held[i]);
+            let held = ctx
+                .response_held
+                .get_mut(i)
+                .map(std::mem::take)
+                .unwrap_or_default();
             let arrived = std::mem::take(&mut data);
             let mut chunk = match held.is_empty() {
                 true => arrived,
@@ -454,6 +461,9 @@ impl Gateway {
                         Hook::ResponseBody,
                         HookOutcome::Pause,
                     );
+                    if ctx.response_held.len() < n {
+                        ctx.response_held.resize(n, Vec::new());
+                    }
                     ctx.response_held[i] = Vec::from(chunk);
                     continue;
                 }

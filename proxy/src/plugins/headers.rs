@@ -4,6 +4,7 @@
 //! request through a plugin allocates none for its headers once warm.
 
 use pingora::http::{RequestHeader, ResponseHeader};
+use smallvec::SmallVec;
 use std::cell::RefCell;
 
 /// One header as the ABI's lists hold it: name and value.
@@ -127,33 +128,29 @@ pub fn request_pairs(req: &RequestHeader, scheme: &str) -> Vec<(String, String)>
 
 /// The names whose values differ between two header lists (pseudo-headers
 /// included), so only those are rewritten.
-fn changed_names(before: &[(String, String)], after: &[(String, String)]) -> Vec<String> {
-    // No allocation per name: the two lists' values for a name are compared in place.
-    fn values<'a>(
-        list: &'a [(String, String)],
-        name: &'a str,
-    ) -> impl Iterator<Item = &'a String> + 'a {
+fn changed_names<'a>(before: &'a [Pair], after: &'a [Pair]) -> SmallVec<[&'a str; 4]> {
+    // No allocation per name, nor for the few names a plugin changes: the two
+    // lists' values for a name are compared in place.
+    fn values<'a>(list: &'a [Pair], name: &'a str) -> impl Iterator<Item = &'a String> + 'a {
         list.iter().filter(move |(n, _)| n == name).map(|(_, v)| v)
     }
-    let mut names: Vec<String> = Vec::new();
+    let mut names: SmallVec<[&str; 4]> = SmallVec::new();
     // The usual change: headers appended, nothing else touched.
     if after.len() > before.len() && after[..before.len()] == *before {
         for (n, _) in &after[before.len()..] {
-            if !names.contains(n) {
-                names.push(n.clone());
+            if !names.contains(&n.as_str()) {
+                names.push(n);
             }
         }
         return names;
     }
     for (n, _) in before.iter().chain(after.iter()) {
-        if !names.contains(n) && !values(before, n).eq(values(after, n)) {
-            names.push(n.clone());
+        if !names.contains(&n.as_str()) && !values(before, n).eq(values(after, n)) {
+            names.push(n);
         }
     }
     names
 }
-
-/// Write only what a plugin changed back into the request.
 pub fn apply_request_changes(
     req: &mut RequestHeader,
     before: &[(String, String)],
@@ -163,13 +160,13 @@ pub fn apply_request_changes(
         return Ok(());
     }
     let changed = changed_names(before, after);
-    if changed.iter().any(|n| n.starts_with(':') || n == "host") {
+    if changed.iter().any(|n| n.starts_with(':') || *n == "host") {
         return apply_request(req, after.to_vec());
     }
     for name in &changed {
-        req.remove_header(name.as_str());
+        req.remove_header(*name);
     }
-    for (name, value) in after.iter().filter(|(n, _)| changed.contains(n)) {
+    for (name, value) in after.iter().filter(|(n, _)| changed.contains(&n.as_str())) {
         req.append_header(name.clone(), value.as_str())?;
     }
     Ok(())
@@ -189,9 +186,9 @@ pub fn apply_response_changes(
         return apply_response(resp, after.to_vec());
     }
     for name in &changed {
-        resp.remove_header(name.as_str());
+        resp.remove_header(*name);
     }
-    for (name, value) in after.iter().filter(|(n, _)| changed.contains(n)) {
+    for (name, value) in after.iter().filter(|(n, _)| changed.contains(&n.as_str())) {
         resp.append_header(name.clone(), value.as_str())?;
     }
     Ok(())
