@@ -28,20 +28,29 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn bench_plugin(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>) {
-    let request = pairs(&[
+/// A request's headers as the gateway hands them to a plugin (wrk's).
+fn request() -> Vec<(String, String)> {
+    pairs(&[
         (":method", "GET"),
         (":path", "/plugin"),
         (":authority", "127.0.0.1:18392"),
         (":scheme", "http"),
         ("user-agent", "wrk"),
         ("accept", "*/*"),
-    ]);
-    let response = pairs(&[
+    ])
+}
+
+/// The origin's answer's headers (a 1 KiB file).
+fn response() -> Vec<(String, String)> {
+    pairs(&[
         (":status", "200"),
         ("content-type", "text/plain"),
         ("content-length", "1024"),
-    ]);
+    ])
+}
+
+fn bench_plugin(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>) {
+    let (request, response) = (request(), response());
     let props: gantry_plugins::Properties = vec![
         ("request.path".to_string(), b"/plugin".to_vec()),
         ("route_name".to_string(), b"plugin".to_vec()),
@@ -97,19 +106,7 @@ fn bench_plugin(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>) {
 /// request hooks). With many in flight, each request's hooks run on an
 /// instance other requests used since, as they do behind a busy listener.
 fn bench_in_flight(c: &mut Criterion, label: &str, plugin: &Arc<Plugin>, in_flight: usize) {
-    let request = pairs(&[
-        (":method", "GET"),
-        (":path", "/plugin"),
-        (":authority", "127.0.0.1:18392"),
-        (":scheme", "http"),
-        ("user-agent", "wrk"),
-        ("accept", "*/*"),
-    ]);
-    let response = pairs(&[
-        (":status", "200"),
-        ("content-type", "text/plain"),
-        ("content-length", "1024"),
-    ]);
+    let (request, response) = (request(), response());
     let body = bytes::Bytes::from(vec![b'x'; 1024]);
     let start = |request: &Vec<(String, String)>| {
         let mut ctx = plugin.start_request(Vec::new()).unwrap();

@@ -57,6 +57,20 @@ pub(super) fn count_added(state: &mut HostState) -> Result<(), wasmtime::Error> 
     Ok(())
 }
 
+/// A header's name and value as the guest passes them.
+fn name_and_value(kptr: i32, klen: i32, vptr: i32, vlen: i32) -> [Guest; 2] {
+    [
+        Guest {
+            ptr: kptr,
+            len: klen,
+        },
+        Guest {
+            ptr: vptr,
+            len: vlen,
+        },
+    ]
+}
+
 /// Where `name` is in a map. The map's names are lower case; the guest's
 /// is compared without copying it.
 fn position(map: &[(String, String)], name: &str) -> Option<usize> {
@@ -143,17 +157,7 @@ pub(super) fn proxy_replace_header_map_value(
     vptr: i32,
     vlen: i32,
 ) -> wasmtime::Result<i32> {
-    let spans = [
-        Guest {
-            ptr: kptr,
-            len: klen,
-        },
-        Guest {
-            ptr: vptr,
-            len: vlen,
-        },
-    ];
-    let ([key, value], state) = tri!(view_str(&mut c, spans));
+    let ([key, value], state) = tri!(view_str(&mut c, name_and_value(kptr, klen, vptr, vlen)));
     let t = match writable_map(&mut state.http, kind) {
         Ok(t) => t,
         Err(status) => return Ok(status as i32),
@@ -191,17 +195,7 @@ pub(super) fn proxy_add_header_map_value(
     vptr: i32,
     vlen: i32,
 ) -> wasmtime::Result<i32> {
-    let spans = [
-        Guest {
-            ptr: kptr,
-            len: klen,
-        },
-        Guest {
-            ptr: vptr,
-            len: vlen,
-        },
-    ];
-    let ([key, value], state) = tri!(view_str(&mut c, spans));
+    let ([key, value], state) = tri!(view_str(&mut c, name_and_value(kptr, klen, vptr, vlen)));
     count_added(state)?;
     let t = match writable_map(&mut state.http, kind) {
         Ok(t) => t,
