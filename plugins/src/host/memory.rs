@@ -14,24 +14,14 @@ pub(super) struct Guest {
 pub(super) fn memory(caller: &mut Ctx<'_>) -> Option<Memory> {
     caller.data().exports.memory
 }
-/// Copy `len` bytes at `ptr` out of the guest, or `Err(status)`.
+/// Copy `len` bytes at `ptr` out of the guest, or `Err(status)` (checked as
+/// [`view`] checks).
 pub(super) fn read(
     caller: &mut Ctx<'_>,
     ptr: i32,
     len: i32,
 ) -> Result<Result<Vec<u8>, Status>, wasmtime::Error> {
-    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-    check_bytes(caller, len)?;
-    let Some(mem) = memory(caller) else {
-        return Ok(Err(Status::InvalidMemoryAccess));
-    };
-    let data = mem.data(&caller);
-    Ok(
-        match ptr.checked_add(len).and_then(|end| data.get(ptr..end)) {
-            Some(bytes) => Ok(bytes.to_vec()),
-            None => Err(Status::InvalidMemoryAccess),
-        },
-    )
+    Ok(view(caller, [Guest { ptr, len }])?.map(|([bytes], _)| bytes.to_vec()))
 }
 /// Spans of guest memory (bytes or text) next to the host state, borrowed
 /// together; or the status a bad span gets; or a trap.
@@ -82,7 +72,7 @@ pub(super) fn read_str(
     ptr: i32,
     len: i32,
 ) -> Result<Result<String, Status>, wasmtime::Error> {
-    Ok(read(caller, ptr, len)?.and_then(|b| String::from_utf8(b).map_err(|_| Status::BadArgument)))
+    Ok(view_str(caller, [Guest { ptr, len }])?.map(|([text], _)| text.to_owned()))
 }
 /// Trap when one host call would copy more than `bytes_per_host_call`.
 pub(super) fn check_bytes(caller: &Ctx<'_>, len: usize) -> Result<(), wasmtime::Error> {

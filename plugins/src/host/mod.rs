@@ -150,7 +150,7 @@ pub struct HttpState {
 type Ctx<'a> = Caller<'a, HostState>;
 
 use headers::count_added;
-use memory::{give, read, read_str, view_str, write_u32, write_u64, Guest};
+use memory::{give, read, read_str, view, view_str, write_u32, write_u64, Guest};
 
 /// `?` for a host function's guest-facing status: an error status is
 /// returned to the plugin, a trap propagates.

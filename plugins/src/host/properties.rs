@@ -9,7 +9,12 @@ pub(super) fn proxy_get_property(
     ptr_out: i32,
     size_out: i32,
 ) -> wasmtime::Result<i32> {
-    let key = property_key(&tri!(read(&mut c, pptr, plen)));
+    let path = Guest {
+        ptr: pptr,
+        len: plen,
+    };
+    let ([path], _) = tri!(view(&mut c, [path]));
+    let key = property_key(path);
     let value = c
         .data()
         .http

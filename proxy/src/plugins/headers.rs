@@ -151,6 +151,8 @@ fn changed_names<'a>(before: &'a [Pair], after: &'a [Pair]) -> SmallVec<[&'a str
     }
     names
 }
+
+/// Write only what a plugin changed back into the request.
 pub fn apply_request_changes(
     req: &mut RequestHeader,
     before: &[(String, String)],
